@@ -1,0 +1,61 @@
+#pragma once
+// One flat parameter buffer and one flat gradient buffer, described by a registry of
+// (name, shape, offset). Layers hold pointers into it; optimizers, clipping, checkpoints and
+// (later) sharding walk the registry. Offsets are rounded up to 16 elements (64 bytes for
+// float) so that every tensor starts on a cache line.
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "core/buffer.h"
+#include "core/tensor.h"
+
+namespace lmf {
+
+struct ParamEntry {
+  std::string name;  // Hugging Face style name, e.g. "transformer.h.0.attn.c_attn.weight"
+  Shape shape;
+  size_t offset = 0;  // in elements, into the flat buffers
+  size_t size = 0;    // numel(shape)
+  bool decay = true;  // AdamW weight decay applies (matrices); not for biases, norms
+};
+
+template <class T>
+class ParamStore {
+ public:
+  static constexpr size_t kAlignElems = 16;
+
+  // Registers a tensor; valid until allocate(). Returns its index in the registry.
+  size_t add(std::string name, Shape shape, bool decay);
+  // Allocates params and grads (zeroed). After this, no more add().
+  void allocate();
+
+  bool allocated() const { return params_.size() > 0 || entries_.empty(); }
+  const std::vector<ParamEntry>& entries() const { return entries_; }
+  const ParamEntry& entry(size_t i) const { return entries_[i]; }
+  // Index of `name`, or -1.
+  long find(const std::string& name) const;
+
+  T* param(size_t i) { return params_.data() + entries_[i].offset; }
+  const T* param(size_t i) const { return params_.data() + entries_[i].offset; }
+  T* grad(size_t i) { return grads_.data() + entries_[i].offset; }
+
+  T* params() { return params_.data(); }
+  const T* params() const { return params_.data(); }
+  T* grads() { return grads_.data(); }
+  const T* grads() const { return grads_.data(); }
+  size_t flat_size() const { return total_; }  // including alignment padding
+  size_t num_params() const;                   // sum of numel, no padding
+  void zero_grad() { grads_.zero(); }
+
+ private:
+  std::vector<ParamEntry> entries_;
+  std::unordered_map<std::string, size_t> index_;
+  size_t total_ = 0;
+  Buffer<T> params_, grads_;
+};
+
+extern template class ParamStore<float>;
+extern template class ParamStore<double>;
+
+}  // namespace lmf

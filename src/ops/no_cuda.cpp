@@ -1,0 +1,11 @@
+// Built when CUDA is off: the CUDA backend's entry points report that this build has none.
+#include "ops/cuda_backend.h"
+
+#include "core/error.h"
+
+namespace lmf::cuda {
+
+bool available() { return false; }
+void require() { throw UserError("this lmforge was built without CUDA (device = \"cuda\" needs a CUDA build)"); }
+
+}  // namespace lmf::cuda
