@@ -13,40 +13,40 @@ namespace lmf::ops {
 
 // out = inp @ w^T + bias
 // out (N, OC); inp (N, C); w (OC, C); bias (OC) or nullptr.
-template <class T>
-void matmul_forward(T* out, const T* inp, const T* w, const T* bias, int N, int C, int OC);
+template <class F>
+void matmul_forward(F* out, const F* inp, const F* w, const F* bias, int N, int C, int OC);
 // dinp = dout @ w (assigned; skipped if nullptr); dw += dout^T @ inp; dbias += sum_rows(dout)
 // (skipped if nullptr).
-template <class T>
-void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, const T* w, int N, int C,
+template <class F>
+void matmul_backward(F* dinp, F* dw, F* dbias, const F* dout, const F* inp, const F* w, int N, int C,
                      int OC);
 
 // out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]
 // out (B, T, C); tokens (B, T); wte (V, C); wpe (maxT, C).
-template <class T>
-void encoder_forward(T* out, const int32_t* tokens, const T* wte, const T* wpe, int B, int T, int C);
+template <class F>
+void encoder_forward(F* out, const int32_t* tokens, const F* wte, const F* wpe, int B, int T, int C);
 // dwte[tokens[b,t]] += dout[b,t]; dwpe[t] += sum_b dout[b,t]. Deterministic (no atomics).
-template <class T>
-void encoder_backward(T* dwte, T* dwpe, const T* dout, const int32_t* tokens, int B, int T, int C);
+template <class F>
+void encoder_backward(F* dwte, F* dwpe, const F* dout, const int32_t* tokens, int B, int T, int C);
 
 // out = (inp - mean) * rstd * w + b, per row, eps 1e-5.
 // out, inp (N, C); mean, rstd (N) saved for backward; w, b (C).
-template <class T>
-void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* w, const T* b, int N, int C);
+template <class F>
+void layernorm_forward(F* out, F* mean, F* rstd, const F* inp, const F* w, const F* b, int N, int C);
 // dinp += ...; dw += ...; db += ...
-template <class T>
-void layernorm_backward(T* dinp, T* dw, T* db, const T* dout, const T* inp, const T* w, const T* mean,
-                        const T* rstd, int N, int C);
+template <class F>
+void layernorm_backward(F* dinp, F* dw, F* db, const F* dout, const F* inp, const F* w, const F* mean,
+                        const F* rstd, int N, int C);
 
 // GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
-template <class T>
-void gelu_forward(T* out, const T* inp, size_t n);
-template <class T>
-void gelu_backward(T* dinp, const T* inp, const T* dout, size_t n);  // dinp = gelu'(inp) * dout
+template <class F>
+void gelu_forward(F* out, const F* inp, size_t n);
+template <class F>
+void gelu_backward(F* dinp, const F* inp, const F* dout, size_t n);  // dinp = gelu'(inp) * dout
 
 // out = a + b, (n). Backward of a residual add is the identity: no op needed.
-template <class T>
-void residual_forward(T* out, const T* a, const T* b, size_t n);
+template <class F>
+void residual_forward(F* out, const F* a, const F* b, size_t n);
 
 // Causal multi-head self-attention, scale 1/sqrt(hs), hs = C / NH.
 // qkv (B, T, 3C): for each (b, t), [q (NH, hs) | k (NH, hs) | v (NH, hs)].
@@ -54,11 +54,11 @@ void residual_forward(T* out, const T* a, const T* b, size_t n);
 // lse (B, NH, T): log-sum-exp of each row of scaled scores, saved for backward.
 // Memory: at most one (T x T) block of scores per thread; backward recomputes the
 // probabilities from q, k and lse (no (B, NH, T, T) tensor is ever stored).
-template <class T>
-void attention_forward(T* out, T* lse, const T* qkv, int B, int T, int C, int NH);
+template <class F>
+void attention_forward(F* out, F* lse, const F* qkv, int B, int T, int C, int NH);
 // dqkv (B, T, 3C) assigned.
-template <class T>
-void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const T* lse, int B, int T,
+template <class F>
+void attention_backward(F* dqkv, const F* dout, const F* qkv, const F* out, const F* lse, int B, int T,
                         int C, int NH);
 
 // Classifier fused with softmax cross-entropy, in row chunks so the (N, V) logits are never
@@ -68,13 +68,13 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, cons
 // If dx != nullptr the backward runs in the same pass, with dlogits = (softmax - onehot) *
 // dloss[i]: dx (N, C) assigned, dw (V, C) accumulated (dw must be non-null then).
 // Returns sum of losses over rows not ignored.
-template <class T>
-double classifier_ce_forward(T* losses, T* dx, T* dw, const T* x, const T* w, const int32_t* targets,
-                             const T* dloss, int N, int C, int V);
+template <class F>
+double classifier_ce_forward(F* losses, F* dx, F* dw, const F* x, const F* w, const int32_t* targets,
+                             const F* dloss, int N, int C, int V);
 
 // Rows of logits only (for sampling/eval): logits (N, V) = x (N, C) @ w^T (V, C).
-template <class T>
-void classifier_logits(T* logits, const T* x, const T* w, int N, int C, int V);
+template <class F>
+void classifier_logits(F* logits, const F* x, const F* w, int N, int C, int V);
 
 // AdamW (Loshchilov & Hutter), one flat range. m, v (n) fp32 state; t is the 1-based step.
 // p -= lr * (mhat / (sqrt(vhat) + eps) + wd * p)

@@ -1,0 +1,32 @@
+#pragma once
+// Row-major GEMM over OpenBLAS: C (M, N) = alpha * op(A) (M, K) @ op(B) (K, N) + beta * C.
+// op(A) is A (M, K) with leading dimension lda, or A^T where A is (K, M); likewise B.
+// The build links OpenBLAS's OpenMP variant: called inside our own `omp parallel` region a GEMM
+// runs on the calling thread; called outside, it uses all threads.
+#include <cblas.h>
+
+#include <type_traits>
+
+namespace lmf::ops::cpu {
+
+template <class T>
+inline void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
+                 const T* B, int ldb, T beta, T* C, int ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {  // BLAS leaves this case to the caller: C = beta * C
+    for (int i = 0; i < M; ++i)
+      for (int j = 0; j < N; ++j)
+        C[(size_t)i * ldc + j] = beta == T(0) ? T(0) : beta * C[(size_t)i * ldc + j];
+    return;
+  }
+  const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans;
+  const CBLAS_TRANSPOSE tb = trans_b ? CblasTrans : CblasNoTrans;
+  if constexpr (std::is_same_v<T, float>) {
+    cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  } else {
+    static_assert(std::is_same_v<T, double>);
+    cblas_dgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  }
+}
+
+}  // namespace lmf::ops::cpu

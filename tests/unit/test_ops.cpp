@@ -1,0 +1,614 @@
+// One table-driven test for the CPU ops: every case runs the fast op (ops.h) in float against
+// the plain reference (ops/reference.h) in double, forward and backward, and then the fast op's
+// double instantiation against the same reference.
+//
+// Inputs are drawn in double and rounded to float, so both sides see the same values and every
+// difference comes from the fast op's arithmetic.
+//
+// Tolerances are derived, not tuned. For a sum of K rounded terms the probabilistic bound of
+// Higham & Mary ("A new approach to probabilistic rounding error analysis", SIAM J. Sci. Comput.
+// 2019, Thm. 3.1) gives |computed - exact| <= lambda * sqrt(K) * u * sum|terms|, failing with
+// probability at most about 2 K exp(-lambda^2 / 2) per output; lambda = 6 keeps that below 1e-4
+// for the largest K here (50257). We write gamma(K) = lambda * sqrt(K) * u, with u the fast
+// type's epsilon (twice the unit roundoff: conservative) and, for double-vs-double, 2 eps (both
+// sides round). sum|terms| is bounded per op from the inputs' max magnitudes (e.g. C * max|x| *
+// max|w| for a dot product of length C); composite ops (layernorm, attention, cross-entropy)
+// chain these bounds through their formulas, each derivation written beside its check.
+// Transcendentals (the float path's own exp and tanh) count as 16 rounded operations.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <map>
+#include <ostream>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "core/rng.h"
+#include "ops/ops.h"
+#include "ops/reference.h"
+
+namespace lmf::ops {
+namespace {
+
+using Vec = std::vector<double>;
+using Shape = std::vector<int>;
+
+constexpr double kLambda = 6.0;
+
+struct Tol {
+  double u;
+  double gamma(double K) const { return kLambda * std::sqrt(K) * u; }
+};
+template <class T>
+Tol tol_for() {
+  const double eps = std::numeric_limits<T>::epsilon();
+  return Tol{std::is_same_v<T, double> ? 2 * eps : eps};
+}
+
+// n values uniform in [lo, hi), exactly representable in float.
+Vec rand_vec(size_t n, uint64_t stream, double lo = -1.0, double hi = 1.0) {
+  Rng r(20240611, stream);
+  Vec v(n);
+  for (auto& x : v) x = (double)(float)(lo + (hi - lo) * r.uniform());
+  return v;
+}
+std::vector<int32_t> rand_tokens(size_t n, int V, uint64_t stream) {
+  Rng r(20240611, stream);
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = (int32_t)r.below((uint64_t)V);
+  return t;
+}
+template <class T>
+std::vector<T> cast(const Vec& v) {
+  return std::vector<T>(v.begin(), v.end());
+}
+template <class T>
+std::vector<T> nans(size_t n) {  // for outputs that must be assigned, not accumulated
+  return std::vector<T>(n, std::numeric_limits<T>::quiet_NaN());
+}
+double max_abs(const Vec& v) {
+  double m = 0;
+  for (double x : v) m = std::max(m, std::abs(x));
+  return m;
+}
+
+// Max error with a per-element tolerance; a NaN anywhere fails.
+template <class T>
+void expect_close(const char* what, const std::vector<T>& got, const Vec& want, const Vec& tol) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  double worst_ratio = 0;
+  size_t at = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double e = std::abs((double)got[i] - want[i]);
+    const double ratio = std::isnan(e) ? std::numeric_limits<double>::infinity() : e / tol[i];
+    if (ratio > worst_ratio || (tol[i] == 0 && e > 0)) {
+      worst_ratio = tol[i] == 0 && e > 0 ? std::numeric_limits<double>::infinity() : ratio;
+      at = i;
+    }
+  }
+  EXPECT_LE(worst_ratio, 1.0) << what << ": at index " << at << " got " << (double)got[at]
+                              << " want " << want[at] << " (|diff| "
+                              << std::abs((double)got[at] - want[at]) << ", tol " << tol[at] << ")";
+}
+template <class T>
+void expect_close(const char* what, const std::vector<T>& got, const Vec& want, double tol) {
+  expect_close(what, got, want, Vec(want.size(), tol));
+}
+
+// ---- matmul: out = inp @ w^T + bias -------------------------------------------------------------
+template <class T>
+void check_matmul(const Shape& s) {
+  const int N = s[0], C = s[1], OC = s[2];
+  const Tol t = tol_for<T>();
+  const Vec inp = rand_vec((size_t)N * C, 1), w = rand_vec((size_t)OC * C, 2),
+            bias = rand_vec(OC, 3), dout = rand_vec((size_t)N * OC, 4),
+            dw0 = rand_vec((size_t)OC * C, 5), db0 = rand_vec(OC, 6);
+  const double A = max_abs(inp), W = max_abs(w), G = max_abs(dout);
+  for (bool with_bias : {true, false}) {  // both branches: bias / dbias / dinp present or null
+    SCOPED_TRACE(with_bias ? "with bias" : "without bias, dinp = nullptr");
+    Vec out_r((size_t)N * OC);
+    ref::matmul_forward(out_r.data(), inp.data(), w.data(), with_bias ? bias.data() : nullptr, N, C,
+                        OC);
+    auto inp_t = cast<T>(inp), w_t = cast<T>(w), bias_t = cast<T>(bias), dout_t = cast<T>(dout);
+    auto out_t = nans<T>(out_r.size());
+    matmul_forward<T>(out_t.data(), inp_t.data(), w_t.data(), with_bias ? bias_t.data() : nullptr,
+                      N, C, OC);
+    // A dot product of length C plus the bias.
+    expect_close("out", out_t, out_r,
+                 t.gamma(C + 1) * (C * A * W + (with_bias ? max_abs(bias) : 0)));
+
+    Vec dinp_r((size_t)N * C), dw_r = dw0, db_r = db0;
+    ref::matmul_backward(dinp_r.data(), dw_r.data(), with_bias ? db_r.data() : nullptr, dout.data(),
+                         inp.data(), w.data(), N, C, OC);
+    auto dinp_t = nans<T>(dinp_r.size());
+    auto dw_t = cast<T>(dw0), db_t = cast<T>(db0);
+    matmul_backward<T>(with_bias ? dinp_t.data() : nullptr, dw_t.data(),
+                       with_bias ? db_t.data() : nullptr, dout_t.data(), inp_t.data(), w_t.data(),
+                       N, C, OC);
+    if (with_bias) expect_close("dinp", dinp_t, dinp_r, t.gamma(OC) * OC * G * W);
+    // Sums over N rows, plus the value accumulated onto.
+    expect_close("dw", dw_t, dw_r, t.gamma(N + 1) * (N * G * A + max_abs(dw0)));
+    expect_close("dbias", db_t, db_r, with_bias ? t.gamma(N + 1) * (N * G + max_abs(db0)) : 0.0);
+  }
+}
+
+// ---- encoder: out = wte[tokens] + wpe[t]
+// ----------------------------------------------------------
+template <class T>
+void check_encoder(const Shape& s) {
+  const int B = s[0], T_ = s[1], C = s[2], V = s[3];
+  const Tol t = tol_for<T>();
+  const auto tokens = rand_tokens((size_t)B * T_, V, 7);
+  const Vec wte = rand_vec((size_t)V * C, 8), wpe = rand_vec((size_t)T_ * C, 9),
+            dout = rand_vec((size_t)B * T_ * C, 10), dwte0 = rand_vec(wte.size(), 11),
+            dwpe0 = rand_vec(wpe.size(), 12);
+  Vec out_r((size_t)B * T_ * C);
+  ref::encoder_forward(out_r.data(), tokens.data(), wte.data(), wpe.data(), B, T_, C);
+  auto wte_t = cast<T>(wte), wpe_t = cast<T>(wpe), dout_t = cast<T>(dout);
+  auto out_t = nans<T>(out_r.size());
+  encoder_forward<T>(out_t.data(), tokens.data(), wte_t.data(), wpe_t.data(), B, T_, C);
+  expect_close("out", out_t, out_r, t.gamma(2) * (max_abs(wte) + max_abs(wpe)));
+
+  Vec dwte_r = dwte0, dwpe_r = dwpe0;
+  ref::encoder_backward(dwte_r.data(), dwpe_r.data(), dout.data(), tokens.data(), B, T_, C);
+  auto dwte_t = cast<T>(dwte0), dwpe_t = cast<T>(dwpe0);
+  encoder_backward<T>(dwte_t.data(), dwpe_t.data(), dout_t.data(), tokens.data(), B, T_, C);
+  const double G = max_abs(dout);
+  // A token's row sums as many gradients as the token occurs; a position's row sums B.
+  std::vector<int> count(V, 0);
+  for (int32_t tok : tokens) ++count[tok];
+  const int K = *std::max_element(count.begin(), count.end());
+  expect_close("dwte", dwte_t, dwte_r, t.gamma(K + 1) * (K * G + max_abs(dwte0)));
+  expect_close("dwpe", dwpe_t, dwpe_r, t.gamma(B + 1) * (B * G + max_abs(dwpe0)));
+}
+
+// ---- layernorm
+// -------------------------------------------------------------------------------------
+template <class T>
+void check_layernorm(const Shape& s) {
+  const int N = s[0], C = s[1];
+  const Tol t = tol_for<T>();
+  // Inputs centred at 2: the mean is large against the spread, as for a residual stream.
+  const Vec x = rand_vec((size_t)N * C, 13, 1.0, 3.0), w = rand_vec(C, 14), b = rand_vec(C, 15),
+            dout = rand_vec((size_t)N * C, 16), dinp0 = rand_vec((size_t)N * C, 17),
+            dw0 = rand_vec(C, 18), db0 = rand_vec(C, 19);
+  Vec out_r(x.size()), mean_r(N), rstd_r(N);
+  ref::layernorm_forward(out_r.data(), mean_r.data(), rstd_r.data(), x.data(), w.data(), b.data(),
+                         N, C);
+  auto x_t = cast<T>(x), w_t = cast<T>(w), b_t = cast<T>(b), dout_t = cast<T>(dout);
+  auto out_t = nans<T>(x.size()), mean_t = nans<T>(N), rstd_t = nans<T>(N);
+  layernorm_forward<T>(out_t.data(), mean_t.data(), rstd_t.data(), x_t.data(), w_t.data(),
+                       b_t.data(), N, C);
+  const double X = max_abs(x), W = max_abs(w), Bm = max_abs(b), G = max_abs(dout),
+               r = max_abs(rstd_r);
+  double nu = 0;  // max |normalised value|
+  for (int i = 0; i < N; ++i)
+    for (int c = 0; c < C; ++c)
+      nu = std::max(nu, std::abs(x[(size_t)i * C + c] - mean_r[i]) * rstd_r[i]);
+  // mean: a sum of C terms <= X. var + eps: relative error gamma(C) nu^2 (its terms are <= d^2 =
+  // nu^2 (var + eps)); rstd halves it. norm = (x - mean) rstd inherits mean's error times rstd
+  // and rstd's relative error times nu.
+  const double tol_mean = t.gamma(C) * X, tol_rstd = r * (0.5 * t.gamma(C) * nu * nu + t.gamma(4));
+  const double dnorm = t.gamma(C) * (X * r + 0.5 * nu * nu * nu) + t.gamma(4) * nu;
+  expect_close("mean", mean_t, mean_r, tol_mean);
+  expect_close("rstd", rstd_t, rstd_r, tol_rstd);
+  expect_close("out", out_t, out_r, W * dnorm + t.gamma(3) * (nu * W + Bm));
+
+  // Each backward runs on its own forward's mean and rstd.
+  Vec dinp_r = dinp0, dw_r = dw0, db_r = db0;
+  ref::layernorm_backward(dinp_r.data(), dw_r.data(), db_r.data(), dout.data(), x.data(), w.data(),
+                          mean_r.data(), rstd_r.data(), N, C);
+  auto dinp_t = cast<T>(dinp0), dw_t = cast<T>(dw0), db_t = cast<T>(db0);
+  layernorm_backward<T>(dinp_t.data(), dw_t.data(), db_t.data(), dout_t.data(), x_t.data(),
+                        w_t.data(), mean_t.data(), rstd_t.data(), N, C);
+  // dinp = (dnorm - mean(dnorm) - norm * mean(dnorm * norm)) rstd with |dnorm| <= g = W G: the two
+  // means are sums of C terms <= g and <= g nu; norm's error enters twice (factor and inside the
+  // second mean); the bracket, <= g (2 + nu^2), carries rstd's relative error; then one add.
+  const double g = W * G, bracket = g * (2 + nu * nu);
+  const double tol_dinp = r * (t.gamma(C) * g * (1 + nu * nu) + 2 * nu * g * dnorm +
+                               bracket * (0.5 * t.gamma(C) * nu * nu + t.gamma(4))) +
+                          t.gamma(1) * (max_abs(dinp0) + r * bracket);
+  expect_close("dinp", dinp_t, dinp_r, tol_dinp);
+  expect_close("dw", dw_t, dw_r, t.gamma(N + 1) * (N * nu * G + max_abs(dw0)) + N * G * dnorm);
+  expect_close("db", db_t, db_r, t.gamma(N + 1) * (N * G + max_abs(db0)));
+}
+
+// ---- gelu (per-element tolerances: pointwise, no reduction)
+// ------------------------------------------
+template <class T>
+void check_gelu(const Shape& s) {
+  const size_t n = (size_t)s[0];
+  const Tol t = tol_for<T>();
+  const Vec x = rand_vec(n, 20, -6.0, 6.0), dout = rand_vec(n, 21);
+  Vec out_r(n), dinp_r(n);
+  ref::gelu_forward(out_r.data(), x.data(), n);
+  ref::gelu_backward(dinp_r.data(), x.data(), dout.data(), n);
+  auto x_t = cast<T>(x), dout_t = cast<T>(dout);
+  auto out_t = nans<T>(n), dinp_t = nans<T>(n);
+  gelu_forward<T>(out_t.data(), x_t.data(), n);
+  gelu_backward<T>(dinp_t.data(), x_t.data(), dout_t.data(), n);
+  Vec tol_out(n), tol_dinp(n);
+  const double sq = 0.7978845608028654, a = 0.044715;
+  for (size_t i = 0; i < n; ++i) {
+    const double xi = std::abs(x[i]), u = sq * (xi + a * xi * xi * xi), th = std::tanh(u);
+    const double sech2 = 1 - th * th, dudx = sq * (1 + 3 * a * xi * xi);
+    // tanh's absolute error: its own (a few ulp of 1) plus its argument's relative error times
+    // u sech^2(u), the condition of tanh at u.
+    const double dth = t.gamma(16) * (1 + u * sech2);
+    tol_out[i] = 0.5 * xi * dth + t.gamma(4) * std::abs(out_r[i]);
+    // gelu' = 0.5 (1 + th) + 0.5 x (1 - th^2) du/dx: th enters both terms.
+    tol_dinp[i] = std::abs(dout[i]) * (dth * (0.5 + xi * dudx * std::abs(th)) +
+                                       t.gamma(8) * (1 + 0.5 * xi * sech2 * dudx));
+  }
+  expect_close("out", out_t, out_r, tol_out);
+  expect_close("dinp", dinp_t, dinp_r, tol_dinp);
+}
+
+template <class T>
+void check_residual(const Shape& s) {
+  const size_t n = (size_t)s[0];
+  const Vec a = rand_vec(n, 22), b = rand_vec(n, 23);
+  Vec out_r(n);
+  ref::residual_forward(out_r.data(), a.data(), b.data(), n);
+  auto a_t = cast<T>(a), b_t = cast<T>(b);
+  auto out_t = nans<T>(n);
+  residual_forward<T>(out_t.data(), a_t.data(), b_t.data(), n);
+  expect_close("out", out_t, out_r, tol_for<T>().gamma(1) * (max_abs(a) + max_abs(b)));
+}
+
+// ---- attention
+// -------------------------------------------------------------------------------------
+template <class T>
+void check_attention(const Shape& s) {
+  const int B = s[0], T_ = s[1], C = s[2], NH = s[3], hs = C / NH;
+  const Tol t = tol_for<T>();
+  const Vec qkv = rand_vec((size_t)B * T_ * 3 * C, 24), dout = rand_vec((size_t)B * T_ * C, 25);
+  Vec out_r((size_t)B * T_ * C), lse_r((size_t)B * NH * T_);
+  ref::attention_forward(out_r.data(), lse_r.data(), qkv.data(), B, T_, C, NH);
+  auto qkv_t = cast<T>(qkv), dout_t = cast<T>(dout);
+  auto out_t = nans<T>(out_r.size()), lse_t = nans<T>(lse_r.size());
+  attention_forward<T>(out_t.data(), lse_t.data(), qkv_t.data(), B, T_, C, NH);
+
+  Vec dqkv_r(qkv.size());
+  ref::attention_backward(dqkv_r.data(), dout.data(), qkv.data(), out_r.data(), lse_r.data(), B, T_,
+                          C, NH);
+  auto dqkv_t = nans<T>(qkv.size());
+  attention_backward<T>(dqkv_t.data(), dout_t.data(), qkv_t.data(), out_t.data(), lse_t.data(), B,
+                        T_, C, NH);
+
+  // Tolerances from the actual magnitudes of each (b, h), with P from the reference:
+  //  score s_ij = scale q_i . k_j: error ds_ij = gamma(hs) scale sum_d |q_id k_jd|;
+  //  lse_i: the largest score error in the row, the relative error of a sum of T exps, one log;
+  //  P_ij = exp(s_ij - lse_i): relative error dp_i = max_j ds_ij + dlse_i + exp's own;
+  //  out_i = sum_j P_ij v_j: sum_j P_ij dp_i |v_j| plus gamma(T) sum_j P_ij |v_j|.
+  // Backward: dP_ij = dO_i . v_j and D_i = dO_i . O_i (dot products of length hs, D also
+  // carries out's error); dS_ij = P_ij (dP_ij - D_i) scale has error e_ij; then
+  // dQ_i = sum_j dS_ij k_j, dK_j = sum_i dS_ij q_i, dV_j = sum_i P_ij dO_i, each with its own sum
+  // of errors plus gamma(T) times its sum of |terms| (|k|, |q| bounded by the head's max).
+  const double scale = 1 / std::sqrt((double)hs);
+  Vec tol_out(out_r.size()), tol_lse(lse_r.size()), tol_d(qkv.size());
+  Vec P((size_t)T_ * T_), dp(T_), col_e(T_), col_abs(T_), col_v(T_);
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < NH; ++h) {
+      ref::attention_probs(P.data(), static_cast<double*>(nullptr), qkv.data(), b, h, T_, C, NH);
+      auto at = [&](int tt, int part, int d) {
+        return ((size_t)b * T_ + tt) * 3 * C + (size_t)part * C + (size_t)h * hs + d;
+      };
+      auto ot = [&](int tt, int d) { return ((size_t)b * T_ + tt) * C + (size_t)h * hs + d; };
+      double Q = 0, K = 0, V = 0;
+      for (int tt = 0; tt < T_; ++tt)
+        for (int d = 0; d < hs; ++d) {
+          Q = std::max(Q, std::abs(qkv[at(tt, 0, d)]));
+          K = std::max(K, std::abs(qkv[at(tt, 1, d)]));
+          V = std::max(V, std::abs(qkv[at(tt, 2, d)]));
+        }
+      std::fill(col_e.begin(), col_e.end(), 0.0);
+      std::fill(col_abs.begin(), col_abs.end(), 0.0);
+      std::fill(col_v.begin(), col_v.end(), 0.0);
+      for (int i = 0; i < T_; ++i) {
+        double ds_i = 0;
+        for (int j = 0; j <= i; ++j) {
+          double sab = 0;
+          for (int d = 0; d < hs; ++d) sab += std::abs(qkv[at(i, 0, d)] * qkv[at(j, 1, d)]);
+          ds_i = std::max(ds_i, t.gamma(hs) * scale * sab);
+        }
+        const size_t li = ((size_t)b * NH + h) * T_ + i;
+        tol_lse[li] = ds_i + t.gamma(T_) + t.gamma(4) * std::abs(lse_r[li]);
+        dp[i] = ds_i + tol_lse[li] + t.gamma(16);
+        for (int d = 0; d < hs; ++d) tol_out[ot(i, d)] = V * (dp[i] + t.gamma(T_));
+      }
+      for (int i = 0; i < T_; ++i) {
+        double g1 = 0, D = 0, Dab = 0;  // |dO_i|_1, D_i, sum |dO O|
+        for (int d = 0; d < hs; ++d) {
+          g1 += std::abs(dout[ot(i, d)]);
+          D += dout[ot(i, d)] * out_r[ot(i, d)];
+          Dab += std::abs(dout[ot(i, d)] * out_r[ot(i, d)]);
+        }
+        const double dD = t.gamma(hs) * Dab + g1 * tol_out[ot(i, 0)];
+        double row_e = 0, row_abs = 0;
+        for (int j = 0; j <= i; ++j) {
+          double dP = 0, dPab = 0;
+          for (int d = 0; d < hs; ++d) {
+            dP += dout[ot(i, d)] * qkv[at(j, 2, d)];
+            dPab += std::abs(dout[ot(i, d)] * qkv[at(j, 2, d)]);
+          }
+          const double p = P[(size_t)i * T_ + j], diff = std::abs(dP - D);
+          const double e = scale * p * (diff * (dp[i] + t.gamma(3)) + t.gamma(hs) * dPab + dD);
+          const double a = scale * p * diff;
+          row_e += e;
+          row_abs += a;
+          col_e[j] += e;
+          col_abs[j] += a;
+          col_v[j] += p * (dp[i] + t.gamma(T_));
+        }
+        for (int d = 0; d < hs; ++d) tol_d[at(i, 0, d)] = K * (row_e + t.gamma(T_) * row_abs);
+      }
+      double G = 0;
+      for (int tt = 0; tt < T_; ++tt)
+        for (int d = 0; d < hs; ++d) G = std::max(G, std::abs(dout[ot(tt, d)]));
+      for (int j = 0; j < T_; ++j)
+        for (int d = 0; d < hs; ++d) {
+          tol_d[at(j, 1, d)] = Q * (col_e[j] + t.gamma(T_) * col_abs[j]);
+          tol_d[at(j, 2, d)] = G * col_v[j];
+        }
+    }
+  expect_close("out", out_t, out_r, tol_out);
+  expect_close("lse", lse_t, lse_r, tol_lse);
+  expect_close("dqkv", dqkv_t, dqkv_r, tol_d);
+}
+
+// ---- classifier + cross-entropy
+// ----------------------------------------------------------------------
+template <class T>
+void check_classifier(const Shape& s) {
+  const int N = s[0], C = s[1], V = s[2];
+  const Tol t = tol_for<T>();
+  const Vec x = rand_vec((size_t)N * C, 26), w = rand_vec((size_t)V * C, 27),
+            dloss = rand_vec(N, 28), dw0 = rand_vec((size_t)V * C, 29);
+  auto targets = rand_tokens(N, V, 30);
+  for (int i = 3; i < N; i += 5) targets[i] = -1;  // ignored rows
+  Vec losses_r(N), dx_r((size_t)N * C), dw_r = dw0;
+  const double total_r =
+      ref::classifier_ce_forward(losses_r.data(), dx_r.data(), dw_r.data(), x.data(), w.data(),
+                                 targets.data(), dloss.data(), N, C, V);
+  // Tolerances from the actual magnitudes, with the logits from the reference:
+  //  logit l_ij: error dl_ij = gamma(C) sum_c |x_ic w_jc| (a dot product of length C);
+  //  lse_i: the row's largest logit error, the relative error of a sum of V exps, one log;
+  //  loss_i = lse_i - l_it; p_ij = exp(l_ij - lse_i) has relative error dp_i;
+  //  dlogit_ij = (p_ij - y_ij) dloss_i: error e_ij = |dloss_i| (p_ij dp_i + gamma(2) (p_ij +
+  //  y_ij)); dx_i = sum_j dlogit_ij w_j and dw_j = dw0_j + sum_i dlogit_ij x_i: their sums of e
+  //  plus gamma(V) (resp. gamma(N + 1)) times their sums of |terms| (|w|, |x| bounded by the max).
+  const double X = max_abs(x), W = max_abs(w);
+  Vec logits((size_t)N * V), labs((size_t)N * V), xa(x.size()), wa(w.size());
+  for (size_t i = 0; i < x.size(); ++i) xa[i] = std::abs(x[i]);
+  for (size_t i = 0; i < w.size(); ++i) wa[i] = std::abs(w[i]);
+  ref::classifier_logits(logits.data(), x.data(), w.data(), N, C, V);
+  ref::classifier_logits(labs.data(), xa.data(), wa.data(), N, C, V);
+  Vec tol_loss(N), tol_dx((size_t)N * C), tol_dw((size_t)V * C), col_e(V), col_abs(V);
+  double tol_total = 0;
+  for (int i = 0; i < N; ++i) {
+    if (targets[i] < 0) continue;  // loss 0, gradient 0: tolerance 0
+    const double* l = logits.data() + (size_t)i * V;
+    double dl = 0, mx = -1e300, sum = 0;
+    for (int j = 0; j < V; ++j) {
+      dl = std::max(dl, t.gamma(C) * labs[(size_t)i * V + j]);
+      mx = std::max(mx, l[j]);
+    }
+    for (int j = 0; j < V; ++j) sum += std::exp(l[j] - mx);
+    const double lse = mx + std::log(sum);
+    const double dlse = dl + t.gamma(V) + t.gamma(4) * std::abs(lse);
+    tol_loss[i] = dlse + dl + t.gamma(1) * std::abs(losses_r[i]);
+    tol_total += tol_loss[i];
+    const double dp = dl + dlse + t.gamma(16), g = std::abs(dloss[i]);
+    double row_e = 0, row_abs = 0;
+    for (int j = 0; j < V; ++j) {
+      const double p = std::exp(l[j] - lse), y = j == targets[i] ? 1.0 : 0.0;
+      const double e = g * (p * dp + t.gamma(2) * (p + y)), a = g * std::abs(p - y);
+      row_e += e;
+      row_abs += a;
+      col_e[j] += e;
+      col_abs[j] += a;
+    }
+    for (int c = 0; c < C; ++c) tol_dx[(size_t)i * C + c] = W * (row_e + t.gamma(V) * row_abs);
+  }
+  for (int j = 0; j < V; ++j)
+    for (int c = 0; c < C; ++c) {
+      const size_t k = (size_t)j * C + c;
+      tol_dw[k] = X * (col_e[j] + t.gamma(N + 1) * col_abs[j]) + t.gamma(N + 1) * std::abs(dw0[k]);
+    }
+  Vec tol_logits(labs.size());
+  for (size_t k = 0; k < labs.size(); ++k) tol_logits[k] = t.gamma(C) * labs[k];
+
+  auto x_t = cast<T>(x), w_t = cast<T>(w), dloss_t = cast<T>(dloss);
+  for (bool grad : {true, false}) {  // the fused backward, and the forward-only path
+    SCOPED_TRACE(grad ? "with backward" : "forward only");
+    auto losses_t = nans<T>(N), dx_t = nans<T>((size_t)N * C);
+    auto dw_t = cast<T>(dw0);
+    const double total_t = classifier_ce_forward<T>(
+        losses_t.data(), grad ? dx_t.data() : nullptr, grad ? dw_t.data() : nullptr, x_t.data(),
+        w_t.data(), targets.data(), grad ? dloss_t.data() : nullptr, N, C, V);
+    expect_close("losses", losses_t, losses_r, tol_loss);
+    EXPECT_LE(std::abs(total_t - total_r), tol_total) << "sum of losses";
+    if (grad) {
+      expect_close("dx", dx_t, dx_r, tol_dx);
+      expect_close("dw", dw_t, dw_r, tol_dw);
+    }
+  }
+  Vec logits_r((size_t)N * V);
+  ref::classifier_logits(logits_r.data(), x.data(), w.data(), N, C, V);
+  auto logits_t = nans<T>(logits_r.size());
+  classifier_logits<T>(logits_t.data(), x_t.data(), w_t.data(), N, C, V);
+  expect_close("logits", logits_t, logits_r, tol_logits);
+}
+
+// ---- optimizer kernels (float only)
+// ----------------------------------------------------------------
+void check_adamw(const Shape& s) {
+  const size_t n = (size_t)s[0];
+  const long step = s[1];
+  const Tol t = tol_for<float>();
+  const float lr = 1e-3f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f;
+  const Vec p = rand_vec(n, 31), g = rand_vec(n, 32), m = rand_vec(n, 33, -0.1, 0.1),
+            v = rand_vec(n, 34, 0.0, 0.01);
+  Vec p_r = p, m_r = m, v_r = v;
+  ref::adamw_update<double>(p_r.data(), g.data(), m_r.data(), v_r.data(), n, lr, b1, b2, eps, wd,
+                            step);
+  auto p_t = cast<float>(p), g_t = cast<float>(g), m_t = cast<float>(m), v_t = cast<float>(v);
+  adamw_update(p_t.data(), g_t.data(), m_t.data(), v_t.data(), n, lr, b1, b2, eps, wd, step);
+  Vec tol_p(n), tol_m(n), tol_v(n);
+  const double b1c = 1 - std::pow((double)b1, step), b2c = 1 - std::pow((double)b2, step);
+  for (size_t i = 0; i < n; ++i) {
+    tol_m[i] = t.gamma(3) * (b1 * std::abs(m[i]) + (1 - b1) * std::abs(g[i]));
+    tol_v[i] = t.gamma(4) * (b2 * v[i] + (1 - b2) * g[i] * g[i]);
+    // The Adam step mhat / (sqrt(vhat) + eps) has ~8 roundings (incl. m, v and the corrections).
+    const double step_mag = std::abs(m_r[i] / b1c) / (std::sqrt(v_r[i] / b2c) + eps);
+    tol_p[i] = t.gamma(12) * (std::abs(p[i]) + lr * (step_mag + wd * std::abs(p[i])));
+  }
+  expect_close("m", m_t, m_r, tol_m);
+  expect_close("v", v_t, v_r, tol_v);
+  expect_close("p", p_t, p_r, tol_p);
+}
+
+void check_sum_squares(const Shape& s) {
+  const size_t n = (size_t)s[0];
+  const Vec x = rand_vec(n, 35);
+  auto x_t = cast<float>(x);
+  const double want = ref::sum_squares(x.data(), n);
+  // Squares of floats are exact in double; both sides sum n of them in double.
+  EXPECT_LE(std::abs(sum_squares(x_t.data(), n) - want), tol_for<double>().gamma(n) * want);
+}
+
+void check_scale(const Shape& s) {
+  const size_t n = (size_t)s[0];
+  const Vec x = rand_vec(n, 36);
+  const float k = 0.37f;
+  Vec x_r = x;
+  ref::scale<double>(x_r.data(), k, n);
+  auto x_t = cast<float>(x);
+  scale(x_t.data(), k, n);
+  expect_close("x", x_t, x_r, tol_for<float>().gamma(1) * max_abs(x) * k);
+}
+
+// ---- the table
+// -----------------------------------------------------------------------------------
+struct OpEntry {
+  void (*f32)(const Shape&);
+  void (*f64)(const Shape&);  // nullptr: the op is float-only
+};
+const std::map<std::string, OpEntry>& op_table() {
+  static const std::map<std::string, OpEntry> t = {
+      {"matmul", {check_matmul<float>, check_matmul<double>}},
+      {"encoder", {check_encoder<float>, check_encoder<double>}},
+      {"layernorm", {check_layernorm<float>, check_layernorm<double>}},
+      {"gelu", {check_gelu<float>, check_gelu<double>}},
+      {"residual", {check_residual<float>, check_residual<double>}},
+      {"attention", {check_attention<float>, check_attention<double>}},
+      {"classifier", {check_classifier<float>, check_classifier<double>}},
+      {"adamw", {check_adamw, nullptr}},
+      {"sum_squares", {check_sum_squares, nullptr}},
+      {"scale", {check_scale, nullptr}},
+  };
+  return t;
+}
+
+struct OpCase {
+  std::string op;
+  Shape shape;
+};
+void PrintTo(const OpCase& c, std::ostream* os) {
+  *os << c.op;
+  for (int d : c.shape) *os << ' ' << d;
+}
+
+// Odd sizes around the vector width and the kernels' blocks (attention: 64 query rows;
+// classifier: 256 rows per chunk; pointwise ops: 16384 elements per thread chunk), plus wide
+// layers (C = 768, V = 50257).
+const std::vector<OpCase> kCases = {
+    {"matmul", {1, 1, 1}},
+    {"matmul", {31, 32, 33}},
+    {"matmul", {33, 31, 32}},
+    {"matmul", {257, 96, 130}},
+    {"matmul", {4, 768, 1000}},
+    {"matmul", {130, 33, 257}},
+    {"encoder", {1, 1, 1, 1}},
+    {"encoder", {2, 31, 33, 7}},
+    {"encoder", {3, 33, 32, 1000}},
+    {"encoder", {4, 130, 96, 50}},
+    {"encoder", {2, 8, 130, 3}},
+    {"layernorm", {1, 1}},
+    {"layernorm", {31, 32}},
+    {"layernorm", {33, 31}},
+    {"layernorm", {130, 96}},
+    {"layernorm", {257, 768}},
+    {"gelu", {1}},
+    {"gelu", {31}},
+    {"gelu", {33}},
+    {"gelu", {16385}},
+    {"gelu", {100003}},
+    {"residual", {1}},
+    {"residual", {33}},
+    {"residual", {100003}},
+    {"attention", {1, 1, 4, 1}},
+    {"attention", {2, 31, 32, 2}},
+    {"attention", {1, 32, 16, 4}},
+    {"attention", {2, 33, 24, 3}},
+    {"attention", {1, 33, 3, 3}},
+    {"attention", {1, 64, 32, 2}},
+    {"attention", {2, 65, 32, 1}},
+    {"attention", {1, 130, 96, 4}},
+    {"attention", {1, 300, 128, 2}},
+    {"classifier", {1, 1, 1}},
+    {"classifier", {31, 32, 33}},
+    {"classifier", {33, 31, 1000}},
+    {"classifier", {257, 96, 1000}},
+    {"classifier", {3, 8, 50257}},
+    {"adamw", {1, 1}},
+    {"adamw", {33, 1}},
+    {"adamw", {16385, 10}},
+    {"adamw", {100003, 1000}},
+    {"sum_squares", {1}},
+    {"sum_squares", {31}},
+    {"sum_squares", {1000003}},
+    {"scale", {1}},
+    {"scale", {33}},
+    {"scale", {100003}},
+};
+
+std::string case_name(const testing::TestParamInfo<OpCase>& info) {
+  std::string s = info.param.op;
+  for (int d : info.param.shape) {
+    s.push_back('_');  // not `"_" + to_string(d)`: GCC 12 -O3 warns falsely there (PR 105329)
+    s.append(std::to_string(d));
+  }
+  return s;
+}
+
+class OpTest : public testing::TestWithParam<OpCase> {};
+
+TEST_P(OpTest, FastFloatMatchesDoubleReference) {
+  const auto& c = GetParam();
+  op_table().at(c.op).f32(c.shape);
+}
+
+TEST_P(OpTest, FastDoubleMatchesDoubleReference) {
+  const auto& c = GetParam();
+  const auto f = op_table().at(c.op).f64;
+  if (!f) GTEST_SKIP() << c.op << " is float-only";
+  f(c.shape);
+}
+
+INSTANTIATE_TEST_SUITE_P(CpuOps, OpTest, testing::ValuesIn(kCases), case_name);
+
+TEST(OpTable, EveryOpHasACase) {
+  for (const auto& [name, entry] : op_table()) {
+    const bool found =
+        std::any_of(kCases.begin(), kCases.end(), [&](const OpCase& c) { return c.op == name; });
+    EXPECT_TRUE(found) << name;
+  }
+}
+
+}  // namespace
+}  // namespace lmf::ops
