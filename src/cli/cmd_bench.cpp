@@ -1,0 +1,58 @@
+#include <fmt/core.h>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "core/threading.h"
+#include "train/bench.h"
+#include "train/trainer.h"
+
+namespace lmf::cli {
+
+void add_bench(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "bench", "Time full training steps (forward, backward, AdamW) on random tokens; one JSON line per run");
+  struct Opts {
+    int L = 12, C = 768, H = 12, vocab = 50257, B = 4, T = 64, steps = 7, warmup = 2, threads = 0;
+    double peak_tflops = 0;
+  };
+  auto o = std::make_shared<Opts>();
+  cmd->add_option("--L", o->L, "layers")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--C", o->C, "width")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--H", o->H, "heads")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--vocab", o->vocab, "vocabulary size")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--B", o->B, "batch size")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--T", o->T, "sequence length")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--steps", o->steps, "timed steps (median reported)")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--warmup", o->warmup, "untimed steps first")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--threads", o->threads, "CPU threads; 0 = all")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--peak-tflops", o->peak_tflops, "peak for MFU; 0 = this machine's measured sgemm rate")
+      ->capture_default_str();
+  cmd->callback([o]() {
+    if (o->C % o->H != 0) throw UserError("--C {} must be a multiple of --H {}", o->C, o->H);
+    set_num_threads(o->threads);
+    ModelConfig mc;
+    mc.n_layer = o->L;
+    mc.n_embd = o->C;
+    mc.n_head = o->H;
+    mc.vocab_size = o->vocab;
+    mc.block_size = o->T;
+    double sgemm = measure_sgemm_tflops();
+    double peak = o->peak_tflops > 0 ? o->peak_tflops : sgemm;
+    auto r = bench_train_step(mc, o->B, o->T, o->steps, o->warmup);
+    nlohmann::json j = {{"impl", "lmforge"},
+                        {"L", o->L}, {"C", o->C}, {"H", o->H}, {"vocab", o->vocab}, {"B", o->B}, {"T", o->T},
+                        {"threads", num_threads()},
+                        {"params", r.params},
+                        {"ms_per_step", std::round(r.ms_per_step * 100) / 100},
+                        {"tokens_per_s", std::round(r.tokens_per_s * 10) / 10},
+                        {"model_tflops", std::round(r.model_tflops * 1e4) / 1e4},
+                        {"sgemm_tflops", std::round(sgemm * 1e4) / 1e4},
+                        {"mfu", std::round(r.model_tflops / peak * 1e4) / 1e4},
+                        {"peak_rss_mb", std::round(r.peak_rss_mb)},
+                        {"loss", std::round(r.loss * 1e4) / 1e4}};
+    fmt::print("{}\n", j.dump());
+  });
+}
+
+}  // namespace lmf::cli

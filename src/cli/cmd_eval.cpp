@@ -1,0 +1,41 @@
+#include <fmt/core.h>
+
+#include <cmath>
+
+#include "cli/commands.h"
+#include "core/threading.h"
+#include "data/loader.h"
+#include "train/run_io.h"
+#include "train/trainer.h"
+
+namespace lmf::cli {
+
+void add_eval(CLI::App& app) {
+  auto* cmd = app.add_subcommand("eval", "Print a trained run's validation loss and perplexity");
+  struct Opts {
+    std::string run, data;
+    int batches = 0, threads = 0;
+  };
+  auto o = std::make_shared<Opts>();
+  cmd->add_option("--run,-r", o->run, "run directory (its latest checkpoint is used)")->required();
+  cmd->add_option("--data", o->data, "shard directory to evaluate on (default: the run's [data] dir)");
+  cmd->add_option("--batches", o->batches, "validation batches (default: the run's [train] eval_batches)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--threads", o->threads, "CPU threads; 0 = all")->check(CLI::NonNegativeNumber);
+  cmd->callback([o]() {
+    set_num_threads(o->threads);
+    auto run = open_run(o->run);
+    const auto& t = run.cfg.train;
+    std::string dir = o->data.empty() ? run.cfg.data.dir : o->data;
+    data::DataLoader val(dir, "val", t.batch_size, t.seq_len, uint64_t(t.seed), false);
+    if (val.vocab_size() > uint32_t(run.cfg.model.vocab_size))
+      throw UserError("{}: the data's vocabulary ({} tokens) is larger than the model's ({})", dir, val.vocab_size(),
+                      run.cfg.model.vocab_size);
+    int batches = o->batches > 0 ? o->batches : t.eval_batches;
+    double loss = evaluate_model(*run.model, val, batches, t.batch_size, t.seq_len);
+    fmt::print("step {}: val loss {:.4f}, perplexity {:.3f} ({} batches of {}x{} from {})\n", run.step, loss,
+               std::exp(loss), batches, t.batch_size, t.seq_len, dir);
+  });
+}
+
+}  // namespace lmf::cli

@@ -1,0 +1,60 @@
+#include <fmt/core.h>
+
+#include <cstdio>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/threading.h"
+#include "data/tokenizer.h"
+#include "infer/generate.h"
+#include "train/run_io.h"
+
+namespace lmf::cli {
+
+void add_sample(CLI::App& app) {
+  auto* cmd = app.add_subcommand("sample", "Generate text from a trained run (KV-cache decoding)");
+  struct Opts {
+    std::string run, prompt;
+    SampleOptions s;
+    int threads = 1;
+  };
+  auto o = std::make_shared<Opts>();
+  o->s.temperature = 0.8;
+  o->s.top_k = 0;
+  o->s.top_p = 0.95;
+  o->s.seed = 1;
+  o->s.max_new_tokens = 200;
+  cmd->add_option("--run,-r", o->run, "run directory (its latest checkpoint is used)")->required();
+  cmd->add_option("--prompt,-p", o->prompt, "text to continue")->required();
+  cmd->add_option("--temperature", o->s.temperature, "softmax temperature; 0 = greedy")->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--top-k", o->s.top_k, "sample among the k most likely tokens; 0 = all")->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--top-p", o->s.top_p, "nucleus sampling threshold in (0, 1]")->capture_default_str()
+      ->check(CLI::Range(1e-9, 1.0));
+  cmd->add_option("--seed", o->s.seed, "sampling seed")->capture_default_str();
+  cmd->add_option("--max-new-tokens,-n", o->s.max_new_tokens, "tokens to generate")->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--threads", o->threads, "CPU threads")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->callback([o]() {
+    set_num_threads(o->threads);
+    auto run = open_run(o->run);
+    auto tok = data::make_tokenizer(run.cfg.data.tokenizer);
+    if (tok->vocab_size() > run.cfg.model.vocab_size)
+      throw UserError("{}: tokenizer '{}' has {} tokens, the model only {}", o->run, tok->name(), tok->vocab_size(),
+                      run.cfg.model.vocab_size);
+    auto ids = tok->encode(o->prompt);
+    if (ids.empty()) ids.push_back(tok->eot_id());
+    o->s.stop_token = tok->eot_id();
+    std::fputs(o->prompt.c_str(), stdout);
+    generate(*run.model, ids, o->s, [&](int32_t id) {
+      int32_t one[1] = {id};
+      std::string piece = tok->decode(one);
+      std::fputs(piece.c_str(), stdout);
+      std::fflush(stdout);
+    });
+    std::fputs("\n", stdout);
+  });
+}
+
+}  // namespace lmf::cli

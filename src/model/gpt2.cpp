@@ -1,0 +1,205 @@
+#include "model/gpt2.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+#include "core/rng.h"
+
+namespace lmf {
+
+template <class F>
+Gpt2<F>::Gpt2(const ModelConfig& cfg) : cfg_(cfg) {
+  LMF_CHECK(cfg.vocab_size > 0, "Gpt2 needs a resolved vocab_size (got {})", cfg.vocab_size);
+  LMF_CHECK(cfg.n_embd % cfg.n_head == 0, "n_embd {} % n_head {}", cfg.n_embd, cfg.n_head);
+  const int64_t C = cfg.n_embd, V = cfg.vocab_size, L = cfg.n_layer;
+  idx_.wte = ps_.add("transformer.wte.weight", {V, C}, true);
+  idx_.wpe = ps_.add("transformer.wpe.weight", {cfg.block_size, C}, true);
+  for (int64_t l = 0; l < L; ++l) {
+    auto n = [l](const char* s) { return fmt::format("transformer.h.{}.{}", l, s); };
+    typename Index::Layer li;
+    li.ln1_w = ps_.add(n("ln_1.weight"), {C}, false);
+    li.ln1_b = ps_.add(n("ln_1.bias"), {C}, false);
+    li.qkv_w = ps_.add(n("attn.c_attn.weight"), {3 * C, C}, true);
+    li.qkv_b = ps_.add(n("attn.c_attn.bias"), {3 * C}, false);
+    li.proj_w = ps_.add(n("attn.c_proj.weight"), {C, C}, true);
+    li.proj_b = ps_.add(n("attn.c_proj.bias"), {C}, false);
+    li.ln2_w = ps_.add(n("ln_2.weight"), {C}, false);
+    li.ln2_b = ps_.add(n("ln_2.bias"), {C}, false);
+    li.fc_w = ps_.add(n("mlp.c_fc.weight"), {4 * C, C}, true);
+    li.fc_b = ps_.add(n("mlp.c_fc.bias"), {4 * C}, false);
+    li.fcproj_w = ps_.add(n("mlp.c_proj.weight"), {C, 4 * C}, true);
+    li.fcproj_b = ps_.add(n("mlp.c_proj.bias"), {C}, false);
+    idx_.layers.push_back(li);
+  }
+  idx_.lnf_w = ps_.add("transformer.ln_f.weight", {C}, false);
+  idx_.lnf_b = ps_.add("transformer.ln_f.bias", {C}, false);
+  idx_.lm_head = cfg.tied_embeddings ? idx_.wte : ps_.add("lm_head.weight", {V, C}, true);
+  ps_.allocate();
+  bind_layers();
+}
+
+template <class F>
+void Gpt2<F>::bind_layers() {
+  const int C = cfg_.n_embd;
+  auto p = [this](size_t i) { return nn::P<F>::of(ps_, i); };
+  blocks_.clear();
+  for (const auto& li : idx_.layers) {
+    nn::Gpt2Block<F> b;
+    b.C = C;
+    b.NH = cfg_.n_head;
+    b.ln1 = {p(li.ln1_w), p(li.ln1_b), C};
+    b.qkv = {p(li.qkv_w), p(li.qkv_b), C, 3 * C};
+    b.proj = {p(li.proj_w), p(li.proj_b), C, C};
+    b.ln2 = {p(li.ln2_w), p(li.ln2_b), C};
+    b.fc = {p(li.fc_w), p(li.fc_b), C, 4 * C};
+    b.fcproj = {p(li.fcproj_w), p(li.fcproj_b), 4 * C, C};
+    blocks_.push_back(b);
+  }
+  lnf_ = {p(idx_.lnf_w), p(idx_.lnf_b), C};
+}
+
+template <class F>
+bool Gpt2<F>::hf_transposed(const std::string& name) {
+  auto ends = [&](const char* s) {
+    size_t n = std::strlen(s);
+    return name.size() >= n && name.compare(name.size() - n, n, s) == 0;
+  };
+  return ends("attn.c_attn.weight") || ends("attn.c_proj.weight") || ends("mlp.c_fc.weight") ||
+         ends("mlp.c_proj.weight");
+}
+
+template <class F>
+void Gpt2<F>::init(uint64_t seed) {
+  const double std_resid = cfg_.init_std / std::sqrt(2.0 * cfg_.n_layer);
+  const auto& es = ps_.entries();
+  for (size_t i = 0; i < es.size(); ++i) {
+    const auto& e = es[i];
+    F* w = ps_.param(i);
+    bool is_bias = e.name.ends_with(".bias");
+    bool is_norm = e.name.find(".ln_") != std::string::npos;
+    if (is_norm && !is_bias) {
+      std::fill(w, w + e.size, F(1));
+    } else if (is_bias) {
+      std::fill(w, w + e.size, F(0));
+    } else {
+      bool resid = e.name.ends_with("attn.c_proj.weight") || e.name.ends_with("mlp.c_proj.weight");
+      double sd = resid ? std_resid : cfg_.init_std;
+#pragma omp parallel for schedule(static)
+      for (size_t j = 0; j < e.size; j += 2) {
+        auto z = philox_normal2(seed, kStreamInit + i, j / 2);
+        w[j] = static_cast<F>(z[0] * sd);
+        if (j + 1 < e.size) w[j + 1] = static_cast<F>(z[1] * sd);
+      }
+    }
+  }
+}
+
+template <class F>
+double Gpt2<F>::flops_per_token(int T) const {
+  double n = static_cast<double>(ps_.num_params()) - double(cfg_.block_size) * cfg_.n_embd;
+  return 6.0 * n + 12.0 * cfg_.n_layer * T * cfg_.n_embd;
+}
+
+template <class F>
+void Gpt2<F>::ensure_activations(int B, int T) {
+  const size_t N = size_t(B) * T, C = cfg_.n_embd, L = cfg_.n_layer;
+  if (B == cur_B_ && T == cur_T_) return;
+  // Re-carve for exactly (B, T): the saved layout depends on both.
+  const int NH = cfg_.n_head;
+  size_t per_block = nn::Gpt2Block<F>::saved_size(B, T, int(C), NH);
+  size_t total = (L + 1) * N * C + L * per_block + N * C + 2 * N;  // resid, blocks, lnf, lnf stats
+  acts_.resize(total);
+  F* p = acts_.data();
+  resid_.assign(L + 1, nullptr);
+  for (size_t l = 0; l <= L; ++l) { resid_[l] = p; p += N * C; }
+  encoded_ = resid_[0];
+  saved_.clear();
+  for (size_t l = 0; l < L; ++l) saved_.push_back(nn::Gpt2Block<F>::carve(p, B, T, int(C), NH));
+  lnf_out_ = p; p += N * C;
+  lnf_saved_ = {p, p + N}; p += 2 * N;
+  LMF_CHECK(size_t(p - acts_.data()) == total, "activation layout {} != {}", p - acts_.data(), total);
+
+  size_t stotal = 2 * N * 4 * C + N * C + N * 3 * C + 2 * N * C + 2 * N;
+  scratch_.resize(stotal);
+  F* s = scratch_.data();
+  sc_.wide = s; s += N * 4 * C;
+  sc_.dwide = s; s += N * 4 * C;
+  sc_.dnarrow = s; s += N * C;
+  sc_.dqkv = s; s += N * 3 * C;
+  dres_ = s; s += N * C;
+  dlnf_ = s; s += N * C;
+  losses_ = s; s += N;
+  dloss_ = s; s += N;
+  LMF_CHECK(size_t(s - scratch_.data()) == stotal, "scratch layout");
+  tokens_.resize(N);
+  targets_.resize(N);
+  cur_B_ = B;
+  cur_T_ = T;
+}
+
+template <class F>
+double Gpt2<F>::forward(const int32_t* tokens, const int32_t* targets, int B, int T, double grad_scale) {
+  if (T > cfg_.block_size)
+    throw UserError("sequence length {} exceeds the model's block_size {}", T, cfg_.block_size);
+  ensure_activations(B, T);
+  const int C = cfg_.n_embd, V = cfg_.vocab_size, N = B * T;
+  for (int i = 0; i < N; ++i) {
+    if (tokens[i] < 0 || tokens[i] >= V)
+      throw UserError("token id {} is outside the model's vocabulary of {}", tokens[i], V);
+  }
+  std::memcpy(tokens_.data(), tokens, sizeof(int32_t) * N);
+  ops::encoder_forward(encoded_, tokens_.data(), ps_.param(idx_.wte), ps_.param(idx_.wpe), B, T, C);
+  tape_.clear();
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    blocks_[l].forward(resid_[l + 1], resid_[l], saved_[l], sc_, B, T);
+    tape_.push_back({&blocks_[l], &saved_[l], resid_[l]});
+  }
+  lnf_.forward(lnf_out_, lnf_saved_, resid_[blocks_.size()], N);
+  have_grad_ = false;
+  if (!targets) return 0.0;
+  long valid = 0;
+  for (int i = 0; i < N; ++i) {
+    if (targets[i] >= V)
+      throw UserError("target id {} is outside the model's vocabulary of {}", targets[i], V);
+    valid += targets[i] >= 0;
+  }
+  std::memcpy(targets_.data(), targets, sizeof(int32_t) * N);
+  const F* w = ps_.param(idx_.lm_head);
+  double sum;
+  if (grad_scale > 0) {
+    std::fill(dloss_, dloss_ + N, static_cast<F>(grad_scale));
+    sum = ops::classifier_ce_forward(losses_, dlnf_, ps_.grad(idx_.lm_head), lnf_out_, w, targets_.data(),
+                                     dloss_, N, C, V);
+    have_grad_ = true;
+  } else {
+    sum = ops::classifier_ce_forward<F>(losses_, nullptr, nullptr, lnf_out_, w, targets_.data(), nullptr, N, C, V);
+  }
+  return valid > 0 ? sum / valid : 0.0;
+}
+
+template <class F>
+void Gpt2<F>::backward() {
+  LMF_CHECK(have_grad_, "backward() without a forward(grad_scale > 0)");
+  const int C = cfg_.n_embd, N = cur_B_ * cur_T_;
+  std::fill(dres_, dres_ + size_t(N) * C, F(0));
+  lnf_.backward(dres_, dlnf_, resid_[blocks_.size()], lnf_saved_, N);
+  for (auto it = tape_.rbegin(); it != tape_.rend(); ++it)
+    it->block->backward(dres_, it->input, *it->saved, sc_, cur_B_, cur_T_);
+  ops::encoder_backward(ps_.grad(idx_.wte), ps_.grad(idx_.wpe), dres_, tokens_.data(), cur_B_, cur_T_, C);
+  have_grad_ = false;
+}
+
+template <class F>
+void Gpt2<F>::last_logits(F* out) {
+  const int C = cfg_.n_embd, V = cfg_.vocab_size;
+  for (int b = 0; b < cur_B_; ++b) {
+    const F* x = lnf_out_ + (size_t(b) * cur_T_ + cur_T_ - 1) * C;
+    ops::classifier_logits(out + size_t(b) * V, x, ps_.param(idx_.lm_head), 1, C, V);
+  }
+}
+
+template class Gpt2<float>;
+template class Gpt2<double>;
+
+}  // namespace lmf

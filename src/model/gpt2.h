@@ -1,0 +1,98 @@
+#pragma once
+// GPT-2 family language model over one flat ParamStore. Parameter names are Hugging Face's
+// (GPT2LMHeadModel), shapes are lmforge's (out, in) for every matrix.
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "core/buffer.h"
+#include "core/param_store.h"
+#include "model/model_config.h"
+#include "nn/gpt2_block.h"
+
+namespace lmf {
+
+template <class F>
+class Gpt2 {
+ public:
+  explicit Gpt2(const ModelConfig& cfg);  // registers and allocates parameters (zeros)
+  Gpt2(const Gpt2&) = delete;
+  Gpt2& operator=(const Gpt2&) = delete;
+
+  // GPT-2 initialisation: N(0, init_std) for matrices and embeddings, init_std/sqrt(2L) for the
+  // residual projections (attn.c_proj, mlp.c_proj), zeros for biases, ones for norm gains.
+  // Drawn from Philox by (seed, parameter index, element), so independent of thread count.
+  void init(uint64_t seed);
+
+  // Forward over tokens (B, T). With targets (B, T) returns the mean loss over targets >= 0
+  // (else returns 0 and leaves logits for `logits()` when want_logits).
+  // If `grad_scale` > 0, the classifier's backward runs fused with its forward, with
+  // dL/dloss_i = grad_scale for every row, and backward() may follow.
+  double forward(const int32_t* tokens, const int32_t* targets, int B, int T, double grad_scale = 0);
+  // Backward of the last forward (which must have had grad_scale > 0). Accumulates into grads.
+  void backward();
+  // Logits of the last position of each sequence of the last forward: (B, V). Computed on demand.
+  void last_logits(F* out /*(B, V)*/);
+
+  // Named intermediates of the last forward, for layer-by-layer comparison with a reference.
+  const F* block_output(size_t l) const { return resid_[l + 1]; }  // (B, T, C)
+  const F* final_norm_output() const { return lnf_out_; }           // (B, T, C)
+
+  ParamStore<F>& params() { return ps_; }
+  const ParamStore<F>& params() const { return ps_; }
+  const ModelConfig& config() const { return cfg_; }
+  // 6 x (parameters - position table) + 12 L T C, as ../shared/bench/torch_train_bench.py.
+  double flops_per_token(int T) const;
+  size_t activation_bytes() const { return acts_.bytes() + scratch_.bytes(); }
+
+  // Indices into the registry, by role (for weight export and the inference path).
+  struct Index {
+    size_t wte, wpe, lnf_w, lnf_b, lm_head;  // lm_head == wte when tied
+    struct Layer {
+      size_t ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fcproj_w, fcproj_b;
+    };
+    std::vector<Layer> layers;
+  };
+  const Index& index() const { return idx_; }
+  // True for matrices that Hugging Face's GPT-2 stores transposed (Conv1D: (in, out)).
+  static bool hf_transposed(const std::string& name);
+
+ private:
+  void ensure_activations(int B, int T);
+  void bind_layers();
+
+  ModelConfig cfg_;
+  ParamStore<F> ps_;
+  Index idx_;
+  std::vector<nn::Gpt2Block<F>> blocks_;
+  nn::LayerNorm<F> lnf_;
+
+  // Activations for the current (B, T).
+  int cur_B_ = 0, cur_T_ = 0;  // shape the activations are carved for
+  Buffer<F> acts_, scratch_;
+  Buffer<int32_t> tokens_, targets_;
+  F* encoded_ = nullptr;  // (N, C) embedding output = block 0 input
+  std::vector<F*> resid_;  // L+1 pointers (N, C): resid_[l] = input of block l, resid_[L] = output
+  std::vector<typename nn::Gpt2Block<F>::Saved> saved_;
+  typename nn::Gpt2Block<F>::Scratch sc_{};
+  F* lnf_out_ = nullptr;   // (N, C)
+  typename nn::LayerNorm<F>::Saved lnf_saved_{};
+  F* dres_ = nullptr;      // (N, C)
+  F* dlnf_ = nullptr;      // (N, C)
+  F* losses_ = nullptr;    // (N)
+  F* dloss_ = nullptr;     // (N)
+
+  // The forward record that backward walks in reverse: which block ran with which slot.
+  struct TapeEntry {
+    const nn::Gpt2Block<F>* block;
+    typename nn::Gpt2Block<F>::Saved* saved;
+    const F* input;
+  };
+  std::vector<TapeEntry> tape_;
+  bool have_grad_ = false;
+};
+
+extern template class Gpt2<float>;
+extern template class Gpt2<double>;
+
+}  // namespace lmf

@@ -1,0 +1,21 @@
+#pragma once
+// Shape of a model. Filled from the [model] section of a run's config.
+#include <cstdint>
+#include <string>
+
+namespace lmf {
+
+struct ModelConfig {
+  std::string arch = "gpt2";  // model family; "gpt2" now, "llama" with its issue
+  int n_layer = 4;            // transformer blocks
+  int n_head = 4;             // attention heads; n_embd % n_head == 0
+  int n_embd = 256;           // width C
+  int vocab_size = 0;         // 0: take it from the data (the shards' header)
+  int block_size = 256;       // maximum context length (positions in wpe)
+  bool tied_embeddings = true;  // classifier shares the token embedding (GPT-2)
+  double init_std = 0.02;     // GPT-2 init; residual projections use init_std / sqrt(2 n_layer)
+
+  int head_size() const { return n_embd / n_head; }
+};
+
+}  // namespace lmf

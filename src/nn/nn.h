@@ -1,0 +1,58 @@
+#pragma once
+// Layers: small structs holding views into the ParamStore (weights and their gradients) with
+// forward() and backward(). Activations a layer saves for its backward live in a `Saved`
+// struct that the model allocates; the model records which layer ran with which Saved slot
+// and walks that record in reverse for backward (no general autograd engine).
+//
+// THE GRADIENT RULE (every layer and op follows it):
+//   - parameter gradients ACCUMULATE (+=): micro-batches and shared weights (tied embeddings,
+//     a looped core) add up without extra buffers; the trainer zeroes them once per step;
+//   - activation gradients are ASSIGNED (=), except into the residual stream: LayerNorm's
+//     backward adds into `dinp`, because its input is the residual, whose gradient also flows
+//     around the block. So one buffer `dres` carries dL/d(residual) down the whole network.
+#include "core/param_store.h"
+#include "ops/ops.h"
+
+namespace lmf::nn {
+
+// A view of one registered tensor and its gradient.
+template <class F>
+struct P {
+  F* w = nullptr;   // parameter
+  F* dw = nullptr;  // its gradient
+  static P of(ParamStore<F>& ps, size_t i) { return {ps.param(i), ps.grad(i)}; }
+};
+
+// y = x W^T + b. W (out, in), b (out) or absent.
+template <class F>
+struct Linear {
+  P<F> weight, bias;  // bias.w == nullptr: no bias
+  int in = 0, out = 0;
+
+  void forward(F* y /*(N,out)*/, const F* x /*(N,in)*/, int N) const {
+    ops::matmul_forward(y, x, weight.w, bias.w, N, in, out);
+  }
+  // dx = dy W (assigned; dx may be nullptr); dW += dy^T x; db += sum(dy).
+  void backward(F* dx /*(N,in)*/, const F* dy /*(N,out)*/, const F* x /*(N,in)*/, int N) const {
+    ops::matmul_backward(dx, weight.dw, bias.dw, dy, x, weight.w, N, in, out);
+  }
+};
+
+template <class F>
+struct LayerNorm {
+  P<F> weight, bias;  // (C)
+  int C = 0;
+  struct Saved {
+    F* mean;  // (N)
+    F* rstd;  // (N)
+  };
+  void forward(F* y /*(N,C)*/, Saved s, const F* x /*(N,C)*/, int N) const {
+    ops::layernorm_forward(y, s.mean, s.rstd, x, weight.w, bias.w, N, C);
+  }
+  // dx += ...: the residual-stream exception of the gradient rule.
+  void backward(F* dx /*(N,C)*/, const F* dy /*(N,C)*/, const F* x /*(N,C)*/, Saved s, int N) const {
+    ops::layernorm_backward(dx, weight.dw, bias.dw, dy, x, weight.w, s.mean, s.rstd, N, C);
+  }
+};
+
+}  // namespace lmf::nn

@@ -1,0 +1,51 @@
+#include "train/bench.h"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "core/buffer.h"
+#include "core/rng.h"
+#include "core/timer.h"
+#include "model/gpt2.h"
+#include "optim/adamw.h"
+
+namespace lmf {
+
+BenchResult bench_train_step(const ModelConfig& cfg, int B, int T, int steps, int warmup, uint64_t seed) {
+  Gpt2<float> model(cfg);
+  model.init(seed);
+  OptimConfig oc;
+  AdamW opt(model.params(), oc);
+  Buffer<int32_t> x(size_t(B) * T), y(size_t(B) * T);
+  Rng rng(seed, kStreamData);
+  for (size_t i = 0; i < x.size(); ++i) {
+    x[i] = int32_t(rng.below(cfg.vocab_size));
+    y[i] = int32_t(rng.below(cfg.vocab_size));
+  }
+  std::vector<double> times;
+  BenchResult r;
+  for (int s = 0; s < warmup + steps; ++s) {
+    Timer t;
+    model.params().zero_grad();
+    r.loss = model.forward(x.data(), y.data(), B, T, 1.0 / (double(B) * T));
+    model.backward();
+    clip_grad_norm(model.params(), 1.0);
+    opt.step(model.params(), 1e-4);
+    if (s >= warmup) times.push_back(t.seconds());
+  }
+  std::sort(times.begin(), times.end());
+  double med = times[times.size() / 2];
+  r.ms_per_step = med * 1e3;
+  r.tokens_per_s = double(B) * T / med;
+  r.flops_per_token = model.flops_per_token(T);
+  r.model_tflops = r.flops_per_token * r.tokens_per_s / 1e12;
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  r.peak_rss_mb = ru.ru_maxrss / 1024.0;
+  r.params = model.params().num_params();
+  return r;
+}
+
+}  // namespace lmf

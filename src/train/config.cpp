@@ -1,0 +1,279 @@
+#include "train/config.h"
+
+#include <fmt/format.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <toml++/toml.h>
+#include <variant>
+
+#include "core/error.h"
+
+namespace lmf {
+
+namespace {
+
+using FieldRef = std::variant<int*, long*, double*, bool*, std::string*>;
+
+struct Field {
+  const char* section;
+  const char* key;
+  FieldRef ref;
+  const char* description;
+};
+
+// The one table of fields: section, key, member, description. A member of a config struct
+// that is not listed here cannot be set from TOML and is not written to the resolved config.
+std::vector<Field> fields(RunConfig& c) {
+  return {
+      {"model", "arch", &c.model.arch, "model family: gpt2"},
+      {"model", "n_layer", &c.model.n_layer, "transformer blocks"},
+      {"model", "n_head", &c.model.n_head, "attention heads; n_embd must be a multiple"},
+      {"model", "n_embd", &c.model.n_embd, "model width C"},
+      {"model", "vocab_size", &c.model.vocab_size, "vocabulary size; 0 = from the data's shards"},
+      {"model", "block_size", &c.model.block_size, "maximum context length (learned positions)"},
+      {"model", "tied_embeddings", &c.model.tied_embeddings, "classifier shares the token embedding"},
+      {"model", "init_std", &c.model.init_std,
+       "std of the normal init; residual projections get init_std / sqrt(2 n_layer)"},
+
+      {"data", "dir", &c.data.dir, "directory of token shards (train_*.bin, val_*.bin) from `lmforge prepare`"},
+      {"data", "tokenizer", &c.data.tokenizer, "tokenizer the shards were made with: byte"},
+      {"data", "shuffle", &c.data.shuffle, "visit training windows in a seeded random order each epoch"},
+
+      {"optim", "name", &c.optim.name, "optimizer: adamw"},
+      {"optim", "lr", &c.optim.lr, "peak learning rate"},
+      {"optim", "min_lr_ratio", &c.optim.min_lr_ratio, "final learning rate as a fraction of lr"},
+      {"optim", "schedule", &c.optim.schedule, "learning-rate schedule: cosine | wsd | constant"},
+      {"optim", "warmup_steps", &c.optim.warmup_steps, "linear warmup steps from 0 to lr"},
+      {"optim", "decay_fraction", &c.optim.decay_fraction, "wsd: fraction of steps in the final linear decay"},
+      {"optim", "beta1", &c.optim.beta1, "AdamW first-moment decay"},
+      {"optim", "beta2", &c.optim.beta2, "AdamW second-moment decay"},
+      {"optim", "eps", &c.optim.eps, "AdamW denominator epsilon"},
+      {"optim", "weight_decay", &c.optim.weight_decay, "decoupled weight decay on matrices (not biases, norms)"},
+      {"optim", "grad_clip", &c.optim.grad_clip, "clip the global gradient norm to this; 0 disables"},
+
+      {"train", "batch_size", &c.train.batch_size, "sequences per micro-batch (B)"},
+      {"train", "seq_len", &c.train.seq_len, "tokens per sequence (T), at most model.block_size"},
+      {"train", "grad_accum", &c.train.grad_accum, "micro-batches per optimizer step"},
+      {"train", "steps", &c.train.steps, "optimizer steps in total"},
+      {"train", "seed", &c.train.seed, "seeds initialisation and data order"},
+      {"train", "threads", &c.train.threads, "CPU threads; 0 = all cores (or OMP_NUM_THREADS)"},
+      {"train", "eval_every", &c.train.eval_every, "validate every this many steps and at the end; 0 = only at the end"},
+      {"train", "eval_batches", &c.train.eval_batches, "validation batches per evaluation"},
+      {"train", "device", &c.train.device, "cpu | cuda"},
+
+      {"checkpoint", "every", &c.checkpoint.every, "checkpoint every this many steps and at the end; 0 = only at the end"},
+      {"checkpoint", "keep_last", &c.checkpoint.keep_last, "complete checkpoints kept (older removed); 0 = all"},
+
+      {"log", "run_dir", &c.log.run_dir, "run directory: config, metrics, checkpoints, plots"},
+      {"log", "progress", &c.log.progress, "auto (bar on a terminal, lines otherwise) | plain | off"},
+      {"log", "peak_tflops", &c.log.peak_tflops, "peak TFLOP/s for MFU; 0 = measure this machine's sgemm once"},
+  };
+}
+
+const char* type_name(const FieldRef& r) {
+  return std::visit(
+      [](auto* p) -> const char* {
+        using T = std::remove_pointer_t<decltype(p)>;
+        if constexpr (std::is_same_v<T, std::string>) return "a string";
+        else if constexpr (std::is_same_v<T, bool>) return "a boolean (true/false)";
+        else if constexpr (std::is_same_v<T, double>) return "a number";
+        else return "an integer";
+      },
+      r);
+}
+
+// Sets a field from a TOML node; `where` prefixes errors ("config.toml: [train] steps").
+void set_from_node(const FieldRef& ref, const toml::node& node, const std::string& where) {
+  auto bad = [&]() {
+    std::ostringstream got;
+    got << node.type();
+    return UserError("{}: expected {}, got {}", where, type_name(ref), got.str());
+  };
+  std::visit(
+      [&](auto* p) {
+        using T = std::remove_pointer_t<decltype(p)>;
+        if constexpr (std::is_same_v<T, std::string>) {
+          if (!node.is_string()) throw bad();
+          *p = *node.value<std::string>();
+        } else if constexpr (std::is_same_v<T, bool>) {
+          if (!node.is_boolean()) throw bad();
+          *p = *node.value<bool>();
+        } else if constexpr (std::is_same_v<T, double>) {
+          if (!node.is_number()) throw bad();
+          *p = *node.value<double>();
+        } else {
+          if (!node.is_integer()) throw bad();
+          int64_t v = *node.value<int64_t>();
+          if (v < std::numeric_limits<T>::min() || v > std::numeric_limits<T>::max())
+            throw UserError("{}: {} is out of range", where, v);
+          *p = static_cast<T>(v);
+        }
+      },
+      ref);
+}
+
+void apply_table(RunConfig& cfg, const toml::table& root, const std::string& origin) {
+  auto fs = fields(cfg);
+  std::set<std::string> sections;
+  for (const auto& f : fs) sections.insert(f.section);
+  for (auto&& [skey, snode] : root) {
+    std::string sname(skey.str());
+    if (!sections.contains(sname)) {
+      throw UserError("{}: unknown section [{}] (known: [model] [data] [optim] [train] [checkpoint] [log])",
+                      origin, sname);
+    }
+    const toml::table* tbl = snode.as_table();
+    if (!tbl) throw UserError("{}: [{}] must be a table", origin, sname);
+    for (auto&& [k, v] : *tbl) {
+      std::string key(k.str());
+      const Field* hit = nullptr;
+      for (const auto& f : fs)
+        if (sname == f.section && key == f.key) hit = &f;
+      if (!hit) throw UserError("{}: unknown key '{}' in section [{}]", origin, key, sname);
+      set_from_node(hit->ref, v, fmt::format("{}: [{}] {}", origin, sname, key));
+    }
+  }
+}
+
+}  // namespace
+
+void apply_override(RunConfig& cfg, const std::string& assignment) {
+  auto eq = assignment.find('=');
+  auto dot = assignment.find('.');
+  if (eq == std::string::npos || dot == std::string::npos || dot > eq)
+    throw UserError("--set {}: expected section.key=value", assignment);
+  std::string section = assignment.substr(0, dot), key = assignment.substr(dot + 1, eq - dot - 1);
+  std::string value = assignment.substr(eq + 1);
+  auto fs = fields(cfg);
+  for (const auto& f : fs) {
+    if (section != f.section || key != f.key) continue;
+    std::string where = fmt::format("--set {}.{}", section, key);
+    // Parse the value as TOML so that types follow the same rules as in a file; a bare word
+    // is taken as a string for convenience (--set log.run_dir=runs/x).
+    toml::table t;
+    try {
+      t = toml::parse("v = " + value);
+    } catch (const toml::parse_error&) {
+      if (!std::holds_alternative<std::string*>(f.ref))
+        throw UserError("{}: expected {}, got '{}'", where, type_name(f.ref), value);
+      t = toml::table{{"v", value}};
+    }
+    set_from_node(f.ref, *t.get("v"), where);
+    return;
+  }
+  throw UserError("--set {}: unknown key '{}' in section [{}]", assignment, key, section);
+}
+
+RunConfig default_config(const std::vector<std::string>& overrides) {
+  RunConfig cfg;
+  for (const auto& o : overrides) apply_override(cfg, o);
+  validate_config(cfg);
+  return cfg;
+}
+
+RunConfig config_from_toml_string(const std::string& text, const std::string& origin) {
+  RunConfig cfg;
+  toml::table root;
+  try {
+    root = toml::parse(text, origin);
+  } catch (const toml::parse_error& e) {
+    throw UserError("{}:{}:{}: malformed TOML: {}", origin, e.source().begin.line, e.source().begin.column,
+                    e.description());
+  }
+  apply_table(cfg, root, origin);
+  return cfg;
+}
+
+RunConfig load_config(const std::filesystem::path& path, const std::vector<std::string>& overrides) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec))
+    throw UserError("{}: config file not found", path.string());
+  std::ifstream in(path);
+  if (!in) throw UserError("{}: cannot read config file", path.string());
+  std::stringstream ss;
+  ss << in.rdbuf();
+  RunConfig cfg = config_from_toml_string(ss.str(), path.string());
+  for (const auto& o : overrides) apply_override(cfg, o);
+  validate_config(cfg);
+  return cfg;
+}
+
+void validate_config(const RunConfig& c) {
+  auto need = [](bool ok, const char* field, const std::string& what) {
+    if (!ok) throw UserError("config: {} {}", field, what);
+  };
+  need(c.model.arch == "gpt2", "[model] arch", fmt::format("must be \"gpt2\" (got \"{}\")", c.model.arch));
+  need(c.model.n_layer >= 1, "[model] n_layer", "must be >= 1");
+  need(c.model.n_head >= 1, "[model] n_head", "must be >= 1");
+  need(c.model.n_embd >= 1 && c.model.n_embd % c.model.n_head == 0, "[model] n_embd",
+       fmt::format("must be a positive multiple of n_head = {} (got {})", c.model.n_head, c.model.n_embd));
+  need(c.model.vocab_size >= 0, "[model] vocab_size", "must be >= 0 (0 = from the data)");
+  need(c.model.block_size >= 1, "[model] block_size", "must be >= 1");
+  need(c.model.init_std > 0, "[model] init_std", "must be > 0");
+  need(c.data.tokenizer == "byte", "[data] tokenizer", fmt::format("must be \"byte\" (got \"{}\")", c.data.tokenizer));
+  need(c.optim.name == "adamw", "[optim] name", fmt::format("must be \"adamw\" (got \"{}\")", c.optim.name));
+  need(c.optim.lr > 0, "[optim] lr", "must be > 0");
+  need(c.optim.min_lr_ratio >= 0 && c.optim.min_lr_ratio <= 1, "[optim] min_lr_ratio", "must be in [0, 1]");
+  need(c.optim.schedule == "cosine" || c.optim.schedule == "wsd" || c.optim.schedule == "constant",
+       "[optim] schedule", fmt::format("must be cosine, wsd or constant (got \"{}\")", c.optim.schedule));
+  need(c.optim.warmup_steps >= 0, "[optim] warmup_steps", "must be >= 0");
+  need(c.optim.decay_fraction >= 0 && c.optim.decay_fraction <= 1, "[optim] decay_fraction", "must be in [0, 1]");
+  need(c.optim.beta1 >= 0 && c.optim.beta1 < 1, "[optim] beta1", "must be in [0, 1)");
+  need(c.optim.beta2 >= 0 && c.optim.beta2 < 1, "[optim] beta2", "must be in [0, 1)");
+  need(c.optim.eps > 0, "[optim] eps", "must be > 0");
+  need(c.optim.weight_decay >= 0, "[optim] weight_decay", "must be >= 0");
+  need(c.optim.grad_clip >= 0, "[optim] grad_clip", "must be >= 0");
+  need(c.train.batch_size >= 1, "[train] batch_size", "must be >= 1");
+  need(c.train.seq_len >= 1 && c.train.seq_len <= c.model.block_size, "[train] seq_len",
+       fmt::format("must be in [1, model.block_size = {}] (got {})", c.model.block_size, c.train.seq_len));
+  need(c.train.grad_accum >= 1, "[train] grad_accum", "must be >= 1");
+  need(c.train.steps >= 1, "[train] steps", "must be >= 1");
+  need(c.train.seed >= 0, "[train] seed", "must be >= 0");
+  need(c.train.threads >= 0, "[train] threads", "must be >= 0");
+  need(c.train.eval_every >= 0, "[train] eval_every", "must be >= 0");
+  need(c.train.eval_batches >= 1, "[train] eval_batches", "must be >= 1");
+  need(c.train.device == "cpu" || c.train.device == "cuda", "[train] device",
+       fmt::format("must be cpu or cuda (got \"{}\")", c.train.device));
+  need(c.checkpoint.every >= 0, "[checkpoint] every", "must be >= 0");
+  need(c.checkpoint.keep_last >= 0, "[checkpoint] keep_last", "must be >= 0");
+  need(!c.log.run_dir.empty(), "[log] run_dir", "must not be empty");
+  need(c.log.progress == "auto" || c.log.progress == "plain" || c.log.progress == "off", "[log] progress",
+       fmt::format("must be auto, plain or off (got \"{}\")", c.log.progress));
+  need(c.log.peak_tflops >= 0, "[log] peak_tflops", "must be >= 0");
+}
+
+std::string config_to_toml(const RunConfig& cfg_in) {
+  RunConfig cfg = cfg_in;
+  std::string out = "# lmforge run configuration (resolved: every field, with its description)\n";
+  std::string section;
+  for (const auto& f : fields(cfg)) {
+    if (section != f.section) {
+      section = f.section;
+      out += fmt::format("\n[{}]\n", section);
+    }
+    std::string value = std::visit(
+        [](auto* p) -> std::string {
+          using T = std::remove_pointer_t<decltype(p)>;
+          if constexpr (std::is_same_v<T, std::string>) {
+            std::ostringstream os;
+            os << toml::value<std::string>(*p);
+            return os.str();
+          } else if constexpr (std::is_same_v<T, bool>) {
+            return *p ? "true" : "false";
+          } else if constexpr (std::is_same_v<T, double>) {
+            std::string s = fmt::format("{}", *p);  // shortest round-trip
+            if (s.find_first_of(".eEn") == std::string::npos) s += ".0";
+            return s;
+          } else {
+            return fmt::format("{}", *p);
+          }
+        },
+        f.ref);
+    out += fmt::format("# {}\n{} = {}\n", f.description, f.key, value);
+  }
+  return out;
+}
+
+}  // namespace lmf

@@ -1,0 +1,113 @@
+#include "train/run_io.h"
+
+#include <vector>
+
+#include "core/error.h"
+#include "core/safetensors.h"
+#include "train/checkpoint_dir.h"
+
+namespace lmf {
+
+namespace {
+
+// (rows, cols) -> (cols, rows)
+void transpose(float* dst, const float* src, int64_t rows, int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * rows + r] = src[r * cols + c];
+}
+
+}  // namespace
+
+void save_model(const Gpt2<float>& model, const std::filesystem::path& file) {
+  const auto& ps = model.params();
+  SafetensorsWriter w;
+  std::vector<std::vector<float>> transposed;  // keeps data alive until write()
+  transposed.reserve(ps.entries().size());
+  for (size_t i = 0; i < ps.entries().size(); ++i) {
+    const auto& e = ps.entry(i);
+    if (Gpt2<float>::hf_transposed(e.name)) {
+      auto& t = transposed.emplace_back(e.size);
+      transpose(t.data(), ps.param(i), e.shape[0], e.shape[1]);
+      w.add(e.name, DType::F32, {e.shape[1], e.shape[0]}, t.data());
+    } else {
+      w.add(e.name, DType::F32, e.shape, ps.param(i));
+    }
+  }
+  w.set_metadata("format", "pt");
+  const auto& c = model.config();
+  w.set_metadata("lmforge.arch", c.arch);
+  w.set_metadata("lmforge.n_layer", std::to_string(c.n_layer));
+  w.set_metadata("lmforge.n_head", std::to_string(c.n_head));
+  w.set_metadata("lmforge.n_embd", std::to_string(c.n_embd));
+  w.set_metadata("lmforge.vocab_size", std::to_string(c.vocab_size));
+  w.set_metadata("lmforge.block_size", std::to_string(c.block_size));
+  w.set_metadata("lmforge.tied_embeddings", c.tied_embeddings ? "true" : "false");
+  w.write(file);
+}
+
+void load_model(Gpt2<float>& model, const std::filesystem::path& file) {
+  auto st = SafetensorsFile::open(file);
+  auto& ps = model.params();
+  std::vector<float> tmp;
+  for (size_t i = 0; i < ps.entries().size(); ++i) {
+    const auto& e = ps.entry(i);
+    if (!st.find(e.name))
+      throw UserError("{}: missing tensor '{}' (the checkpoint does not match the model config)", file.string(),
+                      e.name);
+    if (Gpt2<float>::hf_transposed(e.name)) {
+      tmp.resize(e.size);
+      st.read_as_float(e.name, {e.shape[1], e.shape[0]}, tmp.data());
+      transpose(ps.param(i), tmp.data(), e.shape[1], e.shape[0]);
+    } else {
+      st.read_as_float(e.name, e.shape, ps.param(i));
+    }
+  }
+}
+
+void save_optimizer(const AdamW& opt_in, const ParamStore<float>& ps, const std::filesystem::path& file) {
+  auto& opt = const_cast<AdamW&>(opt_in);  // m()/v() are plain accessors
+  SafetensorsWriter w;
+  for (const auto& e : ps.entries()) {
+    w.add("exp_avg." + e.name, DType::F32, e.shape, opt.m() + e.offset);
+    w.add("exp_avg_sq." + e.name, DType::F32, e.shape, opt.v() + e.offset);
+  }
+  w.set_metadata("step", std::to_string(opt.t()));
+  w.write(file);
+}
+
+void load_optimizer(AdamW& opt, const ParamStore<float>& ps, const std::filesystem::path& file) {
+  auto st = SafetensorsFile::open(file);
+  for (const auto& e : ps.entries()) {
+    for (auto [prefix, dst] : {std::pair{"exp_avg.", opt.m()}, std::pair{"exp_avg_sq.", opt.v()}}) {
+      std::string name = prefix + e.name;
+      if (!st.find(name)) throw UserError("{}: missing tensor '{}'", file.string(), name);
+      st.read_as_float(name, e.shape, dst + e.offset);
+    }
+  }
+  auto it = st.metadata().find("step");
+  if (it == st.metadata().end()) throw UserError("{}: metadata has no 'step'", file.string());
+  try {
+    opt.set_t(std::stol(it->second));
+  } catch (const std::exception&) {
+    throw UserError("{}: metadata 'step' is not an integer ('{}')", file.string(), it->second);
+  }
+}
+
+OpenedRun open_run(const std::filesystem::path& run_dir) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(run_dir, ec)) throw UserError("{}: run directory not found", run_dir.string());
+  auto ck = latest_checkpoint(run_dir);
+  if (!ck) throw UserError("{}: no checkpoint in {}/checkpoints (train first)", run_dir.string(), run_dir.string());
+  OpenedRun r;
+  auto cfg_path = ck->dir / "config.toml";
+  r.cfg = config_from_toml_string(read_file(cfg_path), cfg_path.string());
+  validate_config(r.cfg);
+  if (r.cfg.model.vocab_size <= 0) throw UserError("{}: [model] vocab_size is not resolved", cfg_path.string());
+  r.model = std::make_unique<Gpt2<float>>(r.cfg.model);
+  load_model(*r.model, ck->dir / "model.safetensors");
+  r.step = ck->step;
+  r.checkpoint = ck->dir;
+  return r;
+}
+
+}  // namespace lmf

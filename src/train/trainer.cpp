@@ -1,0 +1,228 @@
+#include "train/trainer.h"
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cblas.h>
+#include <cmath>
+#include <csignal>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/threading.h"
+#include "core/timer.h"
+#include "optim/schedule.h"
+#include "train/checkpoint_dir.h"
+#include "train/metrics.h"
+#include "train/plot.h"
+#include "train/progress.h"
+#include "train/run_io.h"
+
+namespace lmf {
+
+namespace {
+
+std::atomic<int> g_stop_signal{0};
+extern "C" void on_stop_signal(int sig) { g_stop_signal.store(sig); }
+
+double peak_rss_mb() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_maxrss / 1024.0;  // Linux reports KiB
+}
+
+}  // namespace
+
+double measure_sgemm_tflops() {
+  const int n = 1024;
+  Buffer<float> a(size_t(n) * n), b(size_t(n) * n), c(size_t(n) * n);
+  for (size_t i = 0; i < a.size(); ++i) {
+    a[i] = float(i % 7) * 0.1f;
+    b[i] = float(i % 5) * 0.1f;
+  }
+  double best = 1e30;
+  for (int rep = 0; rep < 4; ++rep) {
+    Timer t;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+    best = std::min(best, t.seconds());
+  }
+  return 2.0 * n * n * n / best / 1e12;
+}
+
+double evaluate_model(Gpt2<float>& model, data::DataLoader& val, int batches, int B, int T) {
+  val.reset();
+  Buffer<int32_t> x(size_t(B) * T), y(size_t(B) * T);
+  uint64_t windows = val.windows_per_epoch();
+  int n = static_cast<int>(std::max<uint64_t>(1, std::min<uint64_t>(batches, windows / B)));
+  double sum = 0;
+  for (int i = 0; i < n; ++i) {
+    val.next(x.data(), y.data());
+    sum += model.forward(x.data(), y.data(), B, T);
+  }
+  return sum / n;
+}
+
+Trainer::Trainer(RunConfig cfg) : cfg_(std::move(cfg)), run_dir_(cfg_.log.run_dir) {
+  validate_config(cfg_);
+  if (cfg_.train.device != "cpu")
+    throw UserError("[train] device = \"{}\": this build trains on cpu only (the CUDA backend is not built)",
+                    cfg_.train.device);
+  set_num_threads(cfg_.train.threads);
+  const auto& t = cfg_.train;
+  train_ = std::make_unique<data::DataLoader>(cfg_.data.dir, "train", t.batch_size, t.seq_len, uint64_t(t.seed),
+                                              cfg_.data.shuffle);
+  val_ = std::make_unique<data::DataLoader>(cfg_.data.dir, "val", t.batch_size, t.seq_len, uint64_t(t.seed), false);
+  uint32_t data_vocab = std::max(train_->vocab_size(), val_->vocab_size());
+  if (cfg_.model.vocab_size == 0) {
+    cfg_.model.vocab_size = static_cast<int>(data_vocab);
+  } else if (data_vocab > uint32_t(cfg_.model.vocab_size)) {
+    throw UserError("{}: the data's vocabulary ({} tokens) is larger than [model] vocab_size = {}", cfg_.data.dir,
+                    data_vocab, cfg_.model.vocab_size);
+  }
+  model_ = std::make_unique<Gpt2<float>>(cfg_.model);
+  opt_ = std::make_unique<AdamW>(model_->params(), cfg_.optim);
+
+  if (auto ck = latest_checkpoint(run_dir_)) {
+    // Resume: weights, optimizer moments, step, data position. Loaded fully before training.
+    load_model(*model_, ck->dir / "model.safetensors");
+    load_optimizer(*opt_, model_->params(), ck->dir / "optimizer.safetensors");
+    auto state_path = ck->dir / "state.json";
+    nlohmann::json st;
+    try {
+      st = nlohmann::json::parse(read_file(state_path));
+      start_step_ = st.at("step").get<long>();
+      train_->restore({st.at("loader").at("epoch").get<uint64_t>(), st.at("loader").at("index").get<uint64_t>()});
+      tokens_seen_ = st.at("tokens").get<uint64_t>();
+    } catch (const nlohmann::json::exception& e) {
+      throw UserError("{}: malformed checkpoint state: {}", state_path.string(), e.what());
+    }
+    if (start_step_ != ck->step)
+      throw UserError("{}: step {} does not match its directory {}", state_path.string(), start_step_,
+                      ck->dir.string());
+  } else {
+    model_->init(uint64_t(cfg_.train.seed));
+  }
+}
+
+Trainer::~Trainer() = default;
+
+double Trainer::evaluate() {
+  return evaluate_model(*model_, *val_, cfg_.train.eval_batches, cfg_.train.batch_size, cfg_.train.seq_len);
+}
+
+void Trainer::save_checkpoint(long step) {
+  auto st = train_->state();
+  nlohmann::json state = {{"step", step},
+                          {"tokens", tokens_seen_},
+                          {"loader", {{"epoch", st.epoch}, {"index", st.index}}},
+                          {"seed", cfg_.train.seed},
+                          {"optimizer_step", opt_->t()}};
+  std::string config = config_to_toml(cfg_);
+  write_checkpoint(run_dir_, step, cfg_.checkpoint.keep_last, [&](const std::filesystem::path& dir) {
+    save_model(*model_, dir / "model.safetensors");
+    save_optimizer(*opt_, model_->params(), dir / "optimizer.safetensors");
+    write_file_atomic(dir / "state.json", state.dump(2) + "\n");
+    write_file_atomic(dir / "config.toml", config);
+  });
+}
+
+TrainSummary Trainer::run(long stop_at) {
+  const auto& tc = cfg_.train;
+  const int B = tc.batch_size, T = tc.seq_len;
+  TrainSummary sum;
+  sum.start_step = sum.end_step = start_step_;
+  std::filesystem::create_directories(run_dir_);
+  write_file_atomic(run_dir_ / "config.toml", config_to_toml(cfg_));
+  auto metrics_path = run_dir_ / "metrics.jsonl";
+  MetricsLog metrics(metrics_path, /*append=*/start_step_ > 0);
+  if (start_step_ >= tc.steps) return sum;
+
+  double peak = cfg_.log.peak_tflops > 0 ? cfg_.log.peak_tflops : measure_sgemm_tflops();
+  std::unique_ptr<Progress> progress;
+  if (cfg_.log.progress != "off")
+    progress = std::make_unique<Progress>(tc.steps, start_step_, cfg_.log.progress == "plain");
+  auto say = [&](const std::string& line) {
+    if (progress) progress->message(line);
+  };
+  say(fmt::format("model: gpt2, {} layers, width {}, {} heads, vocab {}, {:.2f}M parameters; {} threads",
+                  cfg_.model.n_layer, cfg_.model.n_embd, cfg_.model.n_head, cfg_.model.vocab_size,
+                  model_->params().num_params() / 1e6, num_threads()));
+  if (start_step_ > 0) say(fmt::format("resuming from step {}", start_step_));
+
+  g_stop_signal = 0;
+  auto old_int = std::signal(SIGINT, on_stop_signal);
+  auto old_term = std::signal(SIGTERM, on_stop_signal);
+  struct Restore {
+    decltype(old_int) i, t;
+    ~Restore() { std::signal(SIGINT, i); std::signal(SIGTERM, t); }
+  } restore{old_int, old_term};
+
+  Buffer<int32_t> x(size_t(B) * T), y(size_t(B) * T);
+  const double grad_scale = 1.0 / (double(B) * T * tc.grad_accum);
+  const double flops_tok = model_->flops_per_token(T);
+  int bad_steps = 0;
+  Timer run_timer;
+  for (long step = start_step_; step < tc.steps; ++step) {
+    Timer step_timer;
+    auto& ps = model_->params();
+    ps.zero_grad();
+    double loss = 0;
+    for (int micro = 0; micro < tc.grad_accum; ++micro) {
+      train_->next(x.data(), y.data());
+      loss += model_->forward(x.data(), y.data(), B, T, grad_scale) / tc.grad_accum;
+      model_->backward();
+    }
+    double norm = clip_grad_norm(ps, cfg_.optim.grad_clip);
+    double lr = lr_at(cfg_.optim, step, tc.steps);
+    if (std::isfinite(norm) && std::isfinite(loss)) {
+      opt_->step(ps, lr);
+      bad_steps = 0;
+    } else if (++bad_steps >= 5) {
+      throw Error(fmt::format("training diverged: non-finite loss or gradient for 5 steps in a row (step {}); "
+                              "the last checkpoint is intact",
+                              step + 1));
+    } else {
+      say(fmt::format("step {}: non-finite loss or gradient, update skipped", step + 1));
+    }
+    tokens_seen_ += uint64_t(B) * T * tc.grad_accum;
+    double dt = step_timer.seconds();
+    double tok_s = double(B) * T * tc.grad_accum / dt;
+    double tflops = flops_tok * tok_s / 1e12;
+    long done = step + 1;
+    sum.end_step = done;
+    sum.last_train_loss = loss;
+    nlohmann::json rec = {{"step", done},          {"train_loss", loss},      {"lr", lr},
+                          {"grad_norm", norm},     {"tokens", tokens_seen_},  {"tokens_per_s", tok_s},
+                          {"model_tflops", tflops}, {"mfu", tflops / peak},  {"step_ms", dt * 1e3},
+                          {"peak_rss_mb", peak_rss_mb()}};
+    bool last = done == tc.steps;
+    bool stopping = g_stop_signal.load() != 0 || (stop_at > 0 && done >= stop_at);
+    if (last || (tc.eval_every > 0 && done % tc.eval_every == 0)) {
+      double vl = evaluate();
+      rec["val_loss"] = vl;
+      rec["val_ppl"] = std::exp(vl);
+      sum.last_val_loss = vl;
+      say(fmt::format("step {}: val loss {:.4f} (perplexity {:.2f})", done, vl, std::exp(vl)));
+    }
+    metrics.write(rec);
+    if (progress) {
+      progress->update(done, {{"loss", fmt::format("{:.4f}", loss)},
+                              {"tok/s", format_count(tok_s)},
+                              {"lr", fmt::format("{:.2e}", lr)}});
+    }
+    if (last || stopping || (cfg_.checkpoint.every > 0 && done % cfg_.checkpoint.every == 0)) save_checkpoint(done);
+    if (stopping) {
+      sum.interrupted = true;
+      if (g_stop_signal.load() != 0)
+        say(fmt::format("stopped by signal {} at step {}; checkpoint written, re-run to resume", g_stop_signal.load(),
+                        done));
+      break;
+    }
+  }
+  if (progress) progress->finish();
+  write_loss_plot(read_metrics(metrics_path), run_dir_ / "loss.svg");
+  return sum;
+}
+
+}  // namespace lmf

@@ -1,0 +1,55 @@
+#pragma once
+// The training loop: data, model, optimizer, schedule, evaluation, checkpoints, metrics,
+// progress, and clean stops on SIGINT/SIGTERM. Re-running on a run directory that holds a
+// checkpoint resumes from it exactly (same losses, bit for bit, on CPU).
+#include <filesystem>
+#include <memory>
+
+#include "data/loader.h"
+#include "model/gpt2.h"
+#include "optim/adamw.h"
+#include "train/config.h"
+
+namespace lmf {
+
+struct TrainSummary {
+  long start_step = 0;     // step the run started (or resumed) from
+  long end_step = 0;       // steps completed
+  double last_train_loss = 0;
+  double last_val_loss = 0;
+  bool interrupted = false;
+};
+
+class Trainer {
+ public:
+  // Validates everything it can (config, data, vocabulary, an existing checkpoint) before it
+  // writes anything.
+  explicit Trainer(RunConfig cfg);
+  ~Trainer();
+  // Trains to [train] steps; with stop_at > 0, stops after that step (checkpoint written), as a
+  // preemptible job would, so that a later run resumes from there.
+  TrainSummary run(long stop_at = 0);
+  // Mean loss over the first eval_batches batches of the validation split.
+  double evaluate();
+  Gpt2<float>& model() { return *model_; }
+  const RunConfig& config() const { return cfg_; }
+
+ private:
+  void save_checkpoint(long step);
+
+  RunConfig cfg_;
+  std::filesystem::path run_dir_;
+  std::unique_ptr<data::DataLoader> train_, val_;
+  std::unique_ptr<Gpt2<float>> model_;
+  std::unique_ptr<AdamW> opt_;
+  long start_step_ = 0;
+  uint64_t tokens_seen_ = 0;
+};
+
+// Evaluates a model on `batches` batches of the validation split in `data_dir`.
+double evaluate_model(Gpt2<float>& model, data::DataLoader& val, int batches, int B, int T);
+
+// This machine's single-precision GEMM rate in TFLOP/s (best of a few 1024^3 sgemms).
+double measure_sgemm_tflops();
+
+}  // namespace lmf

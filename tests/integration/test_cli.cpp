@@ -1,0 +1,222 @@
+// End to end through the `lmforge` binary: prepare real text, train, resume exactly, evaluate,
+// sample, and reject bad input with one line and exit code 2 without touching checkpoints.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "integration/cli_util.h"
+
+namespace lmf::testing {
+namespace {
+
+namespace fs = std::filesystem;
+
+class Cli : public ::testing::Test {
+ protected:
+  static inline TempDir* tmp = nullptr;
+  static inline fs::path data;
+
+  static void SetUpTestSuite() {
+    tmp = new TempDir();
+    data = tmp->path / "data";
+    auto r = run_lmforge(fmt("prepare --input {}/tests/data/sotu_sample --output {} --val-fraction 0.2 --seed 3",
+                             LMF_SOURCE_DIR, data.string()),
+                         tmp->path);
+    ASSERT_EQ(r.code, 0) << r.err;
+  }
+  static void TearDownTestSuite() { delete tmp; }
+
+  template <class... A>
+  static std::string fmt(const char* f, A&&... a) {
+    std::string s = f;
+    (replace_first(s, to_str(a)), ...);
+    return s;
+  }
+  static std::string to_str(const std::string& s) { return s; }
+  static std::string to_str(const char* s) { return s; }
+  static void replace_first(std::string& s, const std::string& v) { s.replace(s.find("{}"), 2, v); }
+
+  // A small model that trains in seconds; `extra` adds --set flags.
+  std::string train_args(const fs::path& run, const std::string& extra = "") {
+    return "train --set model.n_layer=2 --set model.n_embd=64 --set model.n_head=4 --set model.block_size=64 "
+           "--set train.seq_len=64 --set train.batch_size=8 --set train.threads=2 --set log.progress=plain "
+           "--set optim.warmup_steps=5 --set train.eval_batches=4 "
+           "--set data.dir=" + data.string() + " --set log.run_dir=" + run.string() + " " + extra;
+  }
+
+  static std::vector<nlohmann::json> metrics(const fs::path& run) {
+    std::vector<nlohmann::json> v;
+    std::istringstream in(slurp(run / "metrics.jsonl"));
+    for (std::string line; std::getline(in, line);) v.push_back(nlohmann::json::parse(line));
+    return v;
+  }
+
+  // Cross-entropy (nats/byte) of the validation text under the training text's byte
+  // frequencies, add-one smoothed: the unigram baseline a model must beat.
+  static double unigram_baseline() {
+    std::vector<double> counts(257, 1.0);
+    auto man = nlohmann::json::parse(slurp(data / "manifest.json"));
+    (void)man;
+    // Read the shards' tokens straight from the files: 64-byte header, uint16 tokens.
+    auto read_tokens = [](const fs::path& p) {
+      std::string s = slurp(p);
+      std::vector<uint16_t> t((s.size() - 64) / 2);
+      std::memcpy(t.data(), s.data() + 64, t.size() * 2);
+      return t;
+    };
+    auto train = read_tokens(data / "train_000000.bin");
+    auto val = read_tokens(data / "val_000000.bin");
+    for (auto t : train) counts[t] += 1;
+    double total = 0;
+    for (double c : counts) total += c;
+    double h = 0;
+    for (auto t : val) h -= std::log(counts[t] / total);
+    return h / val.size();
+  }
+};
+
+TEST_F(Cli, HelpListsEveryCommand) {
+  auto r = run_lmforge("--help", tmp->path);
+  EXPECT_EQ(r.code, 0);
+  for (const char* c : {"train", "sample", "eval", "prepare", "bench", "plot", "config"})
+    EXPECT_NE(r.out.find(c), std::string::npos) << c;
+  for (const char* c : {"train", "sample", "eval", "prepare", "bench", "plot", "config"}) {
+    auto h = run_lmforge(std::string(c) + " --help", tmp->path);
+    EXPECT_EQ(h.code, 0) << c;
+    EXPECT_NE(h.out.find("--"), std::string::npos) << c;
+  }
+}
+
+TEST_F(Cli, TrainingBeatsTheUnigramBaselineOnRealText) {
+  TempDir t;
+  auto run = t.path / "run";
+  auto r = run_lmforge(train_args(run, "--set train.steps=500 --set train.eval_every=250 --set optim.lr=3e-3"), t.path);
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto m = metrics(run);
+  ASSERT_EQ(m.size(), 500u);
+  double first_val = m[249]["val_loss"], last_val = m.back()["val_loss"];
+  double base = unigram_baseline();
+  EXPECT_GT(base, 2.5);  // English bytes: about 3 nats
+  EXPECT_LT(last_val, first_val);
+  EXPECT_LT(last_val, base - 0.5) << "val loss " << last_val << " vs unigram " << base;
+  EXPECT_TRUE(fs::exists(run / "loss.svg"));
+  EXPECT_TRUE(fs::exists(run / "config.toml"));
+  // eval and sample work on the run.
+  auto e = run_lmforge("eval --run " + run.string() + " --batches 4", t.path);
+  ASSERT_EQ(e.code, 0) << e.err;
+  EXPECT_NE(e.out.find("perplexity"), std::string::npos);
+  auto s = run_lmforge("sample --run " + run.string() + " --prompt 'The Congress ' --max-new-tokens 40 --seed 2", t.path);
+  ASSERT_EQ(s.code, 0) << s.err;
+  EXPECT_GE(s.out.size(), std::string("The Congress ").size() + 20);
+  auto s2 = run_lmforge("sample --run " + run.string() + " --prompt 'The Congress ' --max-new-tokens 40 --seed 2", t.path);
+  EXPECT_EQ(s.out, s2.out);  // same seed, same text
+}
+
+TEST_F(Cli, ResumeIsBitExact) {
+  TempDir t;
+  auto straight = t.path / "straight", split = t.path / "split";
+  const std::string common = "--set train.steps=20 --set train.eval_every=0 --set checkpoint.every=5";
+  ASSERT_EQ(run_lmforge(train_args(straight, common), t.path).code, 0);
+  auto a = run_lmforge(train_args(split, common + " --stop-at 10"), t.path);
+  ASSERT_EQ(a.code, 0) << a.err;
+  ASSERT_EQ(metrics(split).size(), 10u);
+  auto b = run_lmforge(train_args(split, common), t.path);
+  ASSERT_EQ(b.code, 0) << b.err;
+  auto ms = metrics(straight), mr = metrics(split);
+  ASSERT_EQ(ms.size(), 20u);
+  ASSERT_EQ(mr.size(), 20u);
+  for (size_t i = 0; i < 20; ++i) {
+    EXPECT_EQ(ms[i]["train_loss"].dump(), mr[i]["train_loss"].dump()) << "step " << i + 1;
+    EXPECT_EQ(ms[i]["grad_norm"].dump(), mr[i]["grad_norm"].dump()) << "step " << i + 1;
+  }
+  EXPECT_EQ(slurp(straight / "checkpoints/step_0000020/model.safetensors"),
+            slurp(split / "checkpoints/step_0000020/model.safetensors"));
+  // keep_last = 2 (default): only the two newest checkpoints remain.
+  EXPECT_FALSE(fs::exists(split / "checkpoints/step_0000010"));
+  EXPECT_TRUE(fs::exists(split / "checkpoints/step_0000015"));
+}
+
+// Bad input: exit code 2, exactly one line on stderr that names the culprit.
+void expect_user_error(const CmdResult& r, const std::string& needle) {
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_EQ(count_lines(r.err), 1) << r.err;
+  EXPECT_NE(r.err.find(needle), std::string::npos) << "'" << needle << "' not in: " << r.err;
+}
+
+TEST_F(Cli, BadConfigInput) {
+  TempDir t;
+  expect_user_error(run_lmforge("train --config " + (t.path / "missing.toml").string(), t.path), "missing.toml");
+  std::ofstream(t.path / "bad.toml") << "[model\nn_layer = 2\n";
+  expect_user_error(run_lmforge("train --config " + (t.path / "bad.toml").string(), t.path), "bad.toml:1");
+  std::ofstream(t.path / "unknown.toml") << "[train]\nstepz = 2\n";
+  expect_user_error(run_lmforge("train --config " + (t.path / "unknown.toml").string(), t.path), "stepz");
+  std::ofstream(t.path / "type.toml") << "[train]\nsteps = \"ten\"\n";
+  expect_user_error(run_lmforge("train --config " + (t.path / "type.toml").string(), t.path), "[train] steps");
+  expect_user_error(run_lmforge("train --set train.steps=x", t.path), "train.steps");
+  expect_user_error(run_lmforge("sample --run " + (t.path / "nope").string() + " --prompt x", t.path), "nope");
+  expect_user_error(run_lmforge("bench --B 0", t.path), "--B");
+  expect_user_error(run_lmforge("train --set data.dir=" + (t.path / "nodata").string(), t.path), "nodata");
+}
+
+TEST_F(Cli, VocabularyLargerThanModel) {
+  TempDir t;
+  expect_user_error(run_lmforge(train_args(t.path / "run", "--set model.vocab_size=100"), t.path), "vocab");
+}
+
+TEST_F(Cli, CorruptShard) {
+  TempDir t;
+  fs::copy(data, t.path / "d", fs::copy_options::recursive);
+  auto shard = t.path / "d" / "train_000000.bin";
+  {  // flip one token byte: the checksum catches it
+    std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(1000);
+    f.put('\x7f');
+  }
+  auto r = run_lmforge(train_args(t.path / "run", "--set data.dir=" + (t.path / "d").string()), t.path);
+  expect_user_error(r, "train_000000.bin");
+  fs::resize_file(shard, fs::file_size(shard) - 3);  // truncated
+  r = run_lmforge(train_args(t.path / "run", "--set data.dir=" + (t.path / "d").string()), t.path);
+  expect_user_error(r, "train_000000.bin");
+  EXPECT_FALSE(fs::exists(t.path / "run" / "checkpoints"));
+}
+
+TEST_F(Cli, CorruptCheckpointIsReportedAndLeftAlone) {
+  TempDir t;
+  auto run = t.path / "run";
+  ASSERT_EQ(run_lmforge(train_args(run, "--set train.steps=4 --set train.eval_every=0"), t.path).code, 0);
+  auto model = run / "checkpoints/step_0000004/model.safetensors";
+  ASSERT_TRUE(fs::exists(model));
+  fs::resize_file(model, fs::file_size(model) - 100);  // truncated weights
+  std::string before = slurp(model);
+  auto r = run_lmforge(train_args(run, "--set train.steps=8"), t.path);
+  expect_user_error(r, "model.safetensors");
+  EXPECT_EQ(slurp(model), before);
+  EXPECT_FALSE(fs::exists(run / "checkpoints/step_0000008"));
+  auto s = run_lmforge("sample --run " + run.string() + " --prompt x", t.path);
+  expect_user_error(s, "model.safetensors");
+}
+
+TEST_F(Cli, CheckpointOfAnotherShapeIsAClearMismatch) {
+  TempDir t;
+  auto run = t.path / "run";
+  ASSERT_EQ(run_lmforge(train_args(run, "--set train.steps=2 --set train.eval_every=0"), t.path).code, 0);
+  auto r = run_lmforge(train_args(run, "--set train.steps=4 --set model.n_embd=32"), t.path);
+  expect_user_error(r, "model.safetensors");
+  EXPECT_FALSE(fs::exists(run / "checkpoints/step_0000004"));
+}
+
+TEST_F(Cli, PrepareBadInput) {
+  TempDir t;
+  expect_user_error(run_lmforge("prepare --input " + (t.path / "absent.txt").string() + " --output " +
+                                    (t.path / "o").string(), t.path),
+                    "absent.txt");
+  std::ofstream(t.path / "docs.jsonl") << "{\"text\": \"hello\"}\nnot json\n";
+  expect_user_error(run_lmforge("prepare --input " + (t.path / "docs.jsonl").string() + " --output " +
+                                    (t.path / "o").string(), t.path),
+                    "docs.jsonl");
+  EXPECT_FALSE(fs::exists(t.path / "o" / "train_000000.bin"));
+}
+
+}  // namespace
+}  // namespace lmf::testing

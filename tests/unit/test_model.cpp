@@ -1,0 +1,192 @@
+// Whole-model checks: finite differences in double over every parameter of a tiny GPT-2,
+// float against double, initialisation statistics, and KV-cache decoding against the full
+// forward.
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <cmath>
+
+#include "core/rng.h"
+#include "infer/generate.h"
+#include "model/gpt2.h"
+
+namespace lmf {
+namespace {
+
+ModelConfig tiny(bool tied = true) {
+  ModelConfig c;
+  c.n_layer = 2;
+  c.n_head = 2;
+  c.n_embd = 8;
+  c.vocab_size = 11;
+  c.block_size = 7;
+  c.tied_embeddings = tied;
+  return c;
+}
+
+// GPT-2 init, then noise on everything (biases and norm gains too) so no gradient is
+// trivially zero.
+template <class F>
+void randomise(Gpt2<F>& m, uint64_t seed) {
+  m.init(seed);
+  auto& ps = m.params();
+  for (size_t i = 0; i < ps.entries().size(); ++i) {
+    const auto& e = ps.entry(i);
+    for (size_t j = 0; j < e.size; ++j) ps.param(i)[j] += F(0.3 * philox_normal2(seed + 1, i, j)[0]);
+  }
+}
+
+struct Batch {
+  std::vector<int32_t> x, y;
+};
+Batch batch(int B, int T, int V, uint64_t seed) {
+  Batch b;
+  Rng r(seed, 9);
+  for (int i = 0; i < B * T; ++i) {
+    b.x.push_back(int32_t(r.below(V)));
+    b.y.push_back(int32_t(r.below(V)));
+  }
+  b.y[3] = -1;  // an ignored target
+  return b;
+}
+
+void gradcheck(bool tied) {
+  const int B = 2, T = 5;
+  Gpt2<double> m(tiny(tied));
+  randomise(m, 3);
+  Batch b = batch(B, T, 11, 4);
+  const double scale = 1.0 / (B * T - 1);  // mean over the valid targets
+  auto& ps = m.params();
+  ps.zero_grad();
+  double loss = m.forward(b.x.data(), b.y.data(), B, T, scale);
+  m.backward();
+  EXPECT_GT(loss, 0);
+  // Central differences with h = 1e-5: truncation error ~ h^2 |f'''| ~ 1e-10, rounding error
+  // ~ eps |L| / h ~ 1e-11; allow 1e-7 absolute plus 1e-5 relative.
+  const double h = 1e-5;
+  size_t checked = 0;
+  for (size_t i = 0; i < ps.entries().size(); ++i) {
+    const auto& e = ps.entry(i);
+    for (size_t j = 0; j < e.size; ++j) {
+      double& w = ps.param(i)[j];
+      double w0 = w;
+      w = w0 + h;
+      double lp = m.forward(b.x.data(), b.y.data(), B, T);
+      w = w0 - h;
+      double lm = m.forward(b.x.data(), b.y.data(), B, T);
+      w = w0;
+      double fd = (lp - lm) / (2 * h);
+      double an = ps.grad(i)[j];
+      ASSERT_NEAR(an, fd, 1e-7 + 1e-5 * std::abs(fd)) << e.name << "[" << j << "]";
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, ps.num_params());
+}
+
+TEST(Gpt2, FiniteDifferenceGradientTied) { gradcheck(true); }
+TEST(Gpt2, FiniteDifferenceGradientUntied) { gradcheck(false); }
+
+TEST(Gpt2, FloatMatchesDouble) {
+  const int B = 3, T = 7;
+  Gpt2<double> md(tiny());
+  Gpt2<float> mf(tiny());
+  randomise(md, 5);
+  randomise(mf, 5);
+  Batch b = batch(B, T, 11, 6);
+  double ld = md.forward(b.x.data(), b.y.data(), B, T, 1.0 / (B * T));
+  double lf = mf.forward(b.x.data(), b.y.data(), B, T, 1.0 / (B * T));
+  md.backward();
+  mf.backward();
+  // float's relative rounding (6e-8) grows with depth and reductions of length <= 4C = 32:
+  // 1e-5 relative leaves two orders of magnitude of margin.
+  EXPECT_NEAR(lf, ld, 1e-5 * ld);
+  const auto& pd = md.params();
+  const auto& pf = mf.params();
+  double gmax = 0, dmax = 0;
+  for (size_t k = 0; k < pd.flat_size(); ++k) {
+    gmax = std::max(gmax, std::abs(pd.grads()[k]));
+    dmax = std::max(dmax, std::abs(pd.grads()[k] - double(pf.grads()[k])));
+  }
+  EXPECT_LT(dmax, 1e-4 * gmax);
+}
+
+TEST(Gpt2, InitStatisticsAndThreadIndependence) {
+  ModelConfig c;
+  c.n_layer = 6;
+  c.n_head = 4;
+  c.n_embd = 128;
+  c.vocab_size = 1000;
+  c.block_size = 64;
+  Gpt2<float> a(c), b(c);
+  omp_set_num_threads(1);
+  a.init(11);
+  omp_set_num_threads(2);
+  b.init(11);
+  ASSERT_EQ(0, std::memcmp(a.params().params(), b.params().params(), a.params().flat_size() * sizeof(float)));
+  auto stdev = [&](const std::string& name) {
+    long i = a.params().find(name);
+    EXPECT_GE(i, 0) << name;
+    const auto& e = a.params().entry(i);
+    double s = 0, s2 = 0;
+    for (size_t j = 0; j < e.size; ++j) {
+      s += a.params().param(i)[j];
+      s2 += double(a.params().param(i)[j]) * a.params().param(i)[j];
+    }
+    return std::sqrt(s2 / e.size - (s / e.size) * (s / e.size));
+  };
+  EXPECT_NEAR(stdev("transformer.wte.weight"), 0.02, 0.02 * 0.02);  // 128k samples: ~0.2% error
+  EXPECT_NEAR(stdev("transformer.h.0.mlp.c_fc.weight"), 0.02, 0.02 * 0.02);
+  double resid = 0.02 / std::sqrt(12.0);
+  EXPECT_NEAR(stdev("transformer.h.3.mlp.c_proj.weight"), resid, resid * 0.02);
+  EXPECT_NEAR(stdev("transformer.h.3.attn.c_proj.weight"), resid, resid * 0.03);
+  long ln = a.params().find("transformer.h.0.ln_1.weight");
+  EXPECT_EQ(a.params().param(ln)[5], 1.0f);
+  long bias = a.params().find("transformer.h.0.attn.c_attn.bias");
+  EXPECT_EQ(a.params().param(bias)[5], 0.0f);
+}
+
+TEST(Gpt2, KvCacheMatchesFullForward) {
+  ModelConfig c = tiny();
+  c.block_size = 12;
+  Gpt2<float> m(c);
+  randomise(m, 8);
+  Batch b = batch(1, 12, 11, 9);
+  KvGenerator gen(m);
+  std::vector<float> full(c.vocab_size);
+  for (int t = 1; t <= 12; ++t) {
+    const float* step = gen.feed(b.x[t - 1]);
+    m.forward(b.x.data(), nullptr, 1, t);
+    m.last_logits(full.data());
+    for (int v = 0; v < c.vocab_size; ++v)
+      ASSERT_NEAR(step[v], full[v], 1e-4 * (1 + std::abs(full[v]))) << "position " << t << " token " << v;
+  }
+}
+
+TEST(Sampling, GreedyTopKTopP) {
+  std::vector<float> logits = {0.0f, 3.0f, 1.0f, 2.9f, -1.0f};
+  Rng r(1, kStreamSample);
+  SampleOptions o;
+  o.temperature = 0;
+  EXPECT_EQ(sample_token(logits.data(), 5, o, r), 1);
+  o.temperature = 1.0;
+  o.top_k = 2;
+  for (int i = 0; i < 200; ++i) {
+    int t = sample_token(logits.data(), 5, o, r);
+    EXPECT_TRUE(t == 1 || t == 3) << t;
+  }
+  o.top_k = 0;
+  o.top_p = 0.3;  // the single most likely token already has p > 0.3
+  for (int i = 0; i < 50; ++i) EXPECT_EQ(sample_token(logits.data(), 5, o, r), 1);
+  // Unrestricted sampling follows the softmax: token 2 has p = e^1 / Z.
+  o.top_p = 1.0;
+  double z = 0;
+  for (float l : logits) z += std::exp(l);
+  int n = 20000, hits = 0;
+  for (int i = 0; i < n; ++i) hits += sample_token(logits.data(), 5, o, r) == 2;
+  double p = std::exp(1.0) / z, se = std::sqrt(p * (1 - p) / n);
+  EXPECT_NEAR(double(hits) / n, p, 5 * se);
+}
+
+}  // namespace
+}  // namespace lmf
