@@ -14,6 +14,7 @@
 #include <optional>
 
 #include "core/error.h"
+#include "core/file_io.h"
 #include "core/half.h"
 
 static_assert(std::endian::native == std::endian::little,
@@ -51,31 +52,6 @@ const StDType* find_st_dtype(const std::string& s) {
 }
 
 std::string sys_error() { return std::strerror(errno); }
-
-// Writes all of `n` bytes, retrying short writes and EINTR.
-void write_all(int fd, const void* p, size_t n, const std::filesystem::path& path) {
-  const auto* c = static_cast<const char*>(p);
-  while (n > 0) {
-    const ssize_t w = ::write(fd, c, std::min<size_t>(n, size_t{1} << 30));
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      throw UserError("{}: cannot write ({})", path.string(), sys_error());
-    }
-    c += w;
-    n -= static_cast<size_t>(w);
-  }
-}
-
-// After a rename, the directory entry itself must reach the disk for the new name to survive a
-// power loss.
-void fsync_parent_dir(const std::filesystem::path& path) {
-  auto dir = path.parent_path();
-  if (dir.empty()) dir = ".";
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (fd < 0) return;  // best effort: the data itself is already synced
-  ::fsync(fd);
-  ::close(fd);
-}
 
 [[noreturn]] void bad(const std::filesystem::path& p, const std::string& what) {
   throw UserError("{}: {}", p.string(), what);
@@ -215,33 +191,11 @@ void SafetensorsWriter::write(const std::filesystem::path& path) const {
   text.append((8 - text.size() % 8) % 8, ' ');
   const uint64_t header_len = text.size();
 
-  std::filesystem::path tmp = path;
-  tmp += ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw UserError("{}: cannot create ({})", tmp.string(), sys_error());
-  try {
-    write_all(fd, &header_len, sizeof header_len, tmp);
-    write_all(fd, text.data(), text.size(), tmp);
-    for (const Entry* e : order)
-      write_all(fd, e->data, static_cast<size_t>(numel(e->shape)) * dtype_size(e->dtype), tmp);
-    if (::fsync(fd) != 0)
-      throw UserError("{}: cannot sync to disk ({})", tmp.string(), sys_error());
-  } catch (...) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  if (::close(fd) != 0) {
-    ::unlink(tmp.c_str());
-    throw UserError("{}: cannot write ({})", tmp.string(), sys_error());
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const std::string err = sys_error();
-    ::unlink(tmp.c_str());
-    throw UserError("{}: cannot rename {} into place ({})", path.string(), tmp.filename().string(),
-                    err);
-  }
-  fsync_parent_dir(path);
+  AtomicFile f(path);
+  f.write(&header_len, sizeof header_len);
+  f.write(text.data(), text.size());
+  for (const Entry* e : order) f.write(e->data, static_cast<size_t>(numel(e->shape)) * dtype_size(e->dtype));
+  f.commit();
 }
 
 // ----------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "core/file_io.h"
 #include "core/rng.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
@@ -281,25 +282,6 @@ void remove_previous_outputs(const fs::path& dir) {
       throw UserError("file {}: cannot remove stale output: {}", p.string(), ec.message());
 }
 
-void write_text_atomic(const fs::path& p, const std::string& text) {
-  fs::path tmp = p;
-  tmp += ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    f << text;
-    f.flush();
-    if (!f) {
-      std::error_code ec;
-      fs::remove(tmp, ec);
-      throw UserError("file {}: cannot write", tmp.string());
-    }
-  }
-  std::error_code ec;
-  fs::rename(tmp, p, ec);
-  if (ec)
-    throw UserError("file {}: cannot rename to {}: {}", tmp.string(), p.string(), ec.message());
-}
-
 void check_options(const PrepareOptions& o) {
   if (o.inputs.empty()) throw UserError("prepare: no inputs given");
   if (o.out_dir.empty()) throw UserError("prepare: no output directory given");
@@ -455,7 +437,7 @@ PrepareReport prepare(const PrepareOptions& opts,
     };
     fs::path mpath = opts.out_dir / "manifest.json";
     written.push_back(mpath);
-    write_text_atomic(mpath, manifest.dump(2) + "\n");
+    write_file_atomic(mpath, manifest.dump(2) + "\n");
     return rep;
   } catch (...) {
     // Leave no half dataset behind: every file is complete, but the set would not be.

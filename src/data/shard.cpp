@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/file_io.h"
 
 namespace lmf::data {
 
@@ -82,21 +83,9 @@ void write_shard(const fs::path& path, std::span<const int32_t> tokens, uint32_t
   LMF_CHECK(vocab_size > 0 && vocab_size <= uint32_t{std::numeric_limits<int32_t>::max()},
             "vocab_size {} out of range", vocab_size);
   const uint32_t tb = vocab_size <= 65535 ? 2 : 4;
-  fs::path tmp = path;
-  tmp += ".tmp";
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) io_error("open for writing", tmp);
-  // Close and remove the temporary on every failure path.
-  auto fail = [&](const char* what) {
-    int err = errno;
-    std::fclose(f);
-    std::remove(tmp.c_str());
-    errno = err;
-    io_error(what, tmp);
-  };
-
+  AtomicFile f(path);  // a failure anywhere below leaves no file under `path`
   unsigned char header[kShardHeaderBytes] = {};
-  if (std::fwrite(header, 1, sizeof header, f) != sizeof header) fail("write");
+  f.write(header, sizeof header);  // placeholder: the checksum is known only at the end
   // Convert in blocks: the checksum is over the stored (narrowed) bytes.
   constexpr size_t kBlock = 1 << 16;
   std::vector<unsigned char> buf(kBlock * tb);
@@ -105,19 +94,15 @@ void write_shard(const fs::path& path, std::span<const int32_t> tokens, uint32_t
     size_t n = std::min(kBlock, tokens.size() - s);
     for (size_t i = 0; i < n; ++i) {
       int32_t t = tokens[s + i];
-      if (t < 0 || static_cast<uint32_t>(t) >= vocab_size) {
-        std::fclose(f);
-        std::remove(tmp.c_str());
-        LMF_CHECK(false, "token {} at {} not in [0, {}) writing {}", t, s + i, vocab_size,
-                  path.string());
-      }
+      LMF_CHECK(t >= 0 && static_cast<uint32_t>(t) < vocab_size, "token {} at {} not in [0, {}) writing {}", t,
+                s + i, vocab_size, path.string());
       if (tb == 2)
         put<uint16_t>(&buf[i * 2], static_cast<uint16_t>(t));
       else
         put<uint32_t>(&buf[i * 4], static_cast<uint32_t>(t));
     }
     h = fnv1a64(buf.data(), n * tb, h);
-    if (std::fwrite(buf.data(), 1, n * tb, f) != n * tb) fail("write");
+    f.write(buf.data(), n * tb);
   }
   std::memcpy(header, kShardMagic, 8);
   put<uint32_t>(header + 8, kShardVersion);
@@ -126,20 +111,8 @@ void write_shard(const fs::path& path, std::span<const int32_t> tokens, uint32_t
   put<uint32_t>(header + 20, 0);
   put<uint64_t>(header + 24, tokens.size());
   put<uint64_t>(header + 32, h);
-  if (std::fseek(f, 0, SEEK_SET) != 0) fail("seek in");
-  if (std::fwrite(header, 1, sizeof header, f) != sizeof header) fail("write");
-  if (std::fflush(f) != 0) fail("write");
-  if (::fsync(::fileno(f)) != 0) fail("sync");
-  if (std::fclose(f) != 0) {
-    std::remove(tmp.c_str());
-    io_error("close", tmp);
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    std::remove(tmp.c_str());
-    throw UserError("file {}: cannot rename to {}: {}", tmp.string(), path.string(), ec.message());
-  }
+  f.write_at(0, header, sizeof header);
+  f.commit();
 }
 
 Shard Shard::open(const fs::path& path) {

@@ -11,6 +11,7 @@
 #include <system_error>
 
 #include "core/error.h"
+#include "core/file_io.h"
 
 namespace lmf {
 
@@ -24,20 +25,6 @@ constexpr std::string_view kOldPrefix = ".old_";
 
 [[noreturn]] void fail(const fs::path& p, std::string_view what, const std::error_code& ec) {
   throw UserError("{}: cannot {} ({})", p.string(), what, ec.message());
-}
-
-std::error_code errno_code() { return {errno, std::generic_category()}; }
-
-void fsync_path(const fs::path& p, bool is_dir) {
-  const int fd = ::open(p.c_str(), (is_dir ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
-  if (fd < 0) fail(p, "open for fsync", errno_code());
-  const int rc = ::fsync(fd);
-  const auto ec = errno_code();
-  ::close(fd);
-  // Some filesystems refuse fsync on directories; the files themselves are what must be durable.
-  if (rc != 0 &&
-      !(is_dir && (ec == std::errc::invalid_argument || ec == std::errc::operation_not_supported)))
-    fail(p, "fsync", ec);
 }
 
 void remove_all_or_fail(const fs::path& p) {
@@ -140,55 +127,6 @@ std::optional<CheckpointRef> latest_checkpoint(const fs::path& run_dir) {
   auto all = list_checkpoints(run_dir);
   if (all.empty()) return std::nullopt;
   return all.back();
-}
-
-void write_file_atomic(const fs::path& path, std::string_view contents) {
-  fs::path tmp = path;
-  tmp += ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) fail(tmp, "create", errno_code());
-  const char* p = contents.data();
-  size_t n = contents.size();
-  while (n > 0) {
-    const ssize_t w = ::write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      const auto ec = errno_code();
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      fail(tmp, "write", ec);
-    }
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-  const bool synced = ::fsync(fd) == 0;
-  auto ec = errno_code();
-  const bool closed = ::close(fd) == 0;
-  if (synced && !closed) ec = errno_code();
-  if (!synced || !closed) {
-    ::unlink(tmp.c_str());
-    fail(tmp, "write", ec);
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const auto ec = errno_code();
-    ::unlink(tmp.c_str());
-    fail(path, "replace", ec);
-  }
-  fs::path dir = path.parent_path();
-  if (dir.empty()) dir = ".";
-  fsync_path(dir, true);
-}
-
-std::string read_file(const fs::path& path) {
-  std::error_code ec;
-  if (fs::is_directory(path, ec))
-    throw UserError("{}: cannot read (is a directory)", path.string());
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, "read", errno_code());
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) fail(path, "read", errno_code());
-  return std::move(ss).str();
 }
 
 }  // namespace lmf

@@ -1,4 +1,5 @@
 #pragma once
+// write_file_atomic and read_file live in core/file_io.h (included here for callers).
 // The on-disk layout of a run's checkpoints, and atomic file writes.
 //   RUN/checkpoints/step_0000100/   a complete checkpoint (7-digit zero-padded step)
 //   RUN/checkpoints/.tmp_step_...   one being written (or left by a crash): never read
@@ -10,6 +11,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "core/file_io.h"
 
 namespace lmf {
 
@@ -37,8 +40,6 @@ std::optional<CheckpointRef> latest_checkpoint(const std::filesystem::path& run_
 
 // Writes path + ".tmp", fsyncs it, renames it over path, fsyncs the directory. UserError naming
 // the file if it cannot be written.
-void write_file_atomic(const std::filesystem::path& path, std::string_view contents);
 // The whole file; UserError naming the file if it cannot be read.
-std::string read_file(const std::filesystem::path& path);
 
 }  // namespace lmf
