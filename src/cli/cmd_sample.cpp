@@ -46,6 +46,7 @@ void add_sample(CLI::App& app) {
     auto ids = tok->encode(o->prompt);
     if (ids.empty()) ids.push_back(tok->eot_id());
     o->s.stop_token = tok->eot_id();
+    o->s.max_context = run.cfg.train.seq_len;
     std::fputs(o->prompt.c_str(), stdout);
     generate(*run.model, ids, o->s, [&](int32_t id) {
       int32_t one[1] = {id};

@@ -9,13 +9,13 @@
 
 namespace lmf {
 
-KvGenerator::KvGenerator(const Gpt2<float>& model)
+KvGenerator::KvGenerator(const Gpt2<float>& model, int max_context)
     : m_(model),
       C_(model.config().n_embd),
       NH_(model.config().n_head),
       V_(model.config().vocab_size),
       L_(model.config().n_layer),
-      max_t_(model.config().block_size) {
+      max_t_(max_context > 0 ? std::min(max_context, model.config().block_size) : model.config().block_size) {
   k_.resize(size_t(L_) * max_t_ * C_);
   v_.resize(size_t(L_) * max_t_ * C_);
   x_.resize(C_);
@@ -115,7 +115,7 @@ int32_t sample_token(const float* logits, int V, const SampleOptions& opt, Rng& 
 std::vector<int32_t> generate(const Gpt2<float>& model, const std::vector<int32_t>& prompt, const SampleOptions& opt,
                               const std::function<void(int32_t)>& on_token) {
   if (prompt.empty()) throw UserError("generation needs at least one prompt token");
-  KvGenerator gen(model);
+  KvGenerator gen(model, opt.max_context);
   Rng rng(opt.seed, kStreamSample);
   std::vector<int32_t> all = prompt, out;
   // Keep the most recent tokens that fit, then feed them.

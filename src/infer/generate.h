@@ -18,11 +18,14 @@ struct SampleOptions {
   uint64_t seed = 0;
   int max_new_tokens = 256;
   int stop_token = -1;       // stop after emitting this id (e.g. end-of-text); -1: none
+  int max_context = 0;       // positions used; 0 = the model's block_size. Set it to the trained
+                             // sequence length: later positions' embeddings were never trained.
 };
 
 class KvGenerator {
  public:
-  explicit KvGenerator(const Gpt2<float>& model);
+  // Caches up to max_context positions (0: the model's block_size).
+  explicit KvGenerator(const Gpt2<float>& model, int max_context = 0);
   // Appends `token` at the next position; returns the logits (V) for the position after it.
   const float* feed(int32_t token);
   int position() const { return pos_; }  // tokens in the cache
@@ -40,7 +43,7 @@ class KvGenerator {
 int32_t sample_token(const float* logits, int V, const SampleOptions& opt, Rng& rng);
 
 // Feeds the prompt, then samples up to max_new_tokens, calling on_token for each new id.
-// When the context fills (model block_size), the cache is rebuilt from the last half.
+// When the context fills (max_context), the cache is rebuilt from the last half.
 std::vector<int32_t> generate(const Gpt2<float>& model, const std::vector<int32_t>& prompt, const SampleOptions& opt,
                               const std::function<void(int32_t)>& on_token = {});
 

@@ -49,7 +49,7 @@ class Trainer {
 // Evaluates a model on `batches` batches of the validation split in `data_dir`.
 double evaluate_model(Gpt2<float>& model, data::DataLoader& val, int batches, int B, int T);
 
-// This machine's single-precision GEMM rate in TFLOP/s (best of a few 1024^3 sgemms).
+// This machine's single-precision GEMM rate in TFLOP/s (best of three 2048^3 sgemms).
 double measure_sgemm_tflops();
 
 }  // namespace lmf

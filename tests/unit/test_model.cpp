@@ -190,3 +190,42 @@ TEST(Sampling, GreedyTopKTopP) {
 
 }  // namespace
 }  // namespace lmf
+
+namespace lmf {
+namespace {
+
+// Past max_context the cache restarts from the last half of the text: the logits must equal a
+// full forward over exactly that window.
+TEST(Generate, SlidingContextMatchesFullForwardOfTheWindow) {
+  ModelConfig c;
+  c.n_layer = 2;
+  c.n_head = 2;
+  c.n_embd = 8;
+  c.vocab_size = 11;
+  c.block_size = 16;
+  Gpt2<float> m(c);
+  m.init(3);
+  SampleOptions o;
+  o.temperature = 0;
+  o.max_new_tokens = 12;
+  o.max_context = 6;
+  std::vector<int32_t> prompt = {1, 2, 3, 4};
+  auto out = generate(m, prompt, o);
+  ASSERT_EQ(out.size(), 12u);
+  // Replay: each greedy token is the argmax over a window of at most 6 tokens that restarts
+  // from the last 3 whenever the cache fills.
+  std::vector<int32_t> all = prompt;
+  int start = 0;
+  std::vector<float> logits(c.vocab_size);
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (int(all.size()) - start > 6) start = int(all.size()) - 3;
+    m.forward(all.data() + start, nullptr, 1, int(all.size()) - start);
+    m.last_logits(logits.data());
+    int32_t best = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    ASSERT_EQ(out[i], best) << "token " << i;
+    all.push_back(out[i]);
+  }
+}
+
+}  // namespace
+}  // namespace lmf
