@@ -5,6 +5,7 @@
 #include "cli/commands.h"
 #include "core/threading.h"
 #include "data/loader.h"
+#include "data/stats.h"
 #include "train/run_io.h"
 #include "train/trainer.h"
 
@@ -35,6 +36,8 @@ void add_eval(CLI::App& app) {
     double loss = evaluate_model(*run.model, val, batches, t.batch_size, t.seq_len);
     fmt::print("step {}: val loss {:.4f}, perplexity {:.3f} ({} batches of {}x{} from {})\n", run.step, loss,
                std::exp(loss), batches, t.batch_size, t.seq_len, dir);
+    fmt::print("unigram baseline (val tokens under train frequencies): {:.4f}\n",
+               data::unigram_cross_entropy(dir));
   });
 }
 

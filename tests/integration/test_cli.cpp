@@ -106,6 +106,10 @@ TEST_F(Cli, TrainingBeatsTheUnigramBaselineOnRealText) {
   auto e = run_lmforge("eval --run " + run.string() + " --batches 4", t.path);
   ASSERT_EQ(e.code, 0) << e.err;
   EXPECT_NE(e.out.find("perplexity"), std::string::npos);
+  // eval reports the same unigram baseline that this test computes from the shard bytes.
+  auto at = e.out.find("unigram baseline");
+  ASSERT_NE(at, std::string::npos) << e.out;
+  EXPECT_NEAR(std::stod(e.out.substr(e.out.find(": ", at) + 2)), base, 1e-3);
   auto s = run_lmforge("sample --run " + run.string() + " --prompt 'The Congress ' --max-new-tokens 40 --seed 2", t.path);
   ASSERT_EQ(s.code, 0) << s.err;
   EXPECT_GE(s.out.size(), std::string("The Congress ").size() + 20);
