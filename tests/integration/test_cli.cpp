@@ -2,7 +2,12 @@
 // sample, and reject bad input with one line and exit code 2 without touching checkpoints.
 #include <gtest/gtest.h>
 
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <cmath>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "integration/cli_util.h"
@@ -220,6 +225,38 @@ TEST_F(Cli, PrepareBadInput) {
                                     (t.path / "o").string(), t.path),
                     "docs.jsonl");
   EXPECT_FALSE(fs::exists(t.path / "o" / "train_000000.bin"));
+}
+
+// SIGTERM (e.g. Slurm preemption): the step in flight finishes, a checkpoint is written at
+// that step, and the process exits 0; re-running resumes from it.
+TEST_F(Cli, SigtermWritesACheckpointAndExitsCleanly) {
+  TempDir t;
+  auto run = t.path / "run";
+  std::string cmd = std::string(LMF_BINARY) + " " +
+                    train_args(run, "--set train.steps=100000 --set train.eval_every=0 --set checkpoint.every=0") +
+                    " >" + (t.path / "out.txt").string() + " 2>" + (t.path / "err.txt").string() + " </dev/null";
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // Wait (at most 60 s) until a few steps are logged, then ask it to stop.
+  for (int i = 0; i < 600 && count_lines(slurp(run / "metrics.jsonl")) < 3; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ASSERT_GE(count_lines(slurp(run / "metrics.jsonl")), 3);
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status)) << slurp(t.path / "err.txt");
+  EXPECT_EQ(WEXITSTATUS(status), 0) << slurp(t.path / "err.txt");
+  auto m = metrics(run);
+  ASSERT_FALSE(m.empty());
+  long last = m.back()["step"];
+  char name[32];
+  std::snprintf(name, sizeof name, "step_%07ld", last);
+  EXPECT_TRUE(fs::exists(run / "checkpoints" / name / "model.safetensors")) << name;
+  EXPECT_NE(slurp(t.path / "err.txt").find("stopped by signal"), std::string::npos);
 }
 
 }  // namespace

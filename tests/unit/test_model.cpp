@@ -229,3 +229,46 @@ TEST(Generate, SlidingContextMatchesFullForwardOfTheWindow) {
 
 }  // namespace
 }  // namespace lmf
+
+namespace lmf {
+namespace {
+
+// The gradient rule: parameter gradients accumulate, so two half batches with half the loss
+// scale each give the gradient of the whole batch (in double: equal to rounding).
+TEST(Gpt2, GradientAccumulationEqualsTheWholeBatch) {
+  ModelConfig c;
+  c.n_layer = 2;
+  c.n_head = 2;
+  c.n_embd = 8;
+  c.vocab_size = 13;
+  c.block_size = 6;
+  Gpt2<double> whole(c), parts(c);
+  whole.init(4);
+  parts.init(4);
+  const int B = 4, T = 6;
+  std::vector<int32_t> x(B * T), y(B * T);
+  Rng r(2, 1);
+  for (int i = 0; i < B * T; ++i) {
+    x[i] = int32_t(r.below(13));
+    y[i] = int32_t(r.below(13));
+  }
+  const double scale = 1.0 / (B * T);
+  whole.params().zero_grad();
+  whole.forward(x.data(), y.data(), B, T, scale);
+  whole.backward();
+  parts.params().zero_grad();
+  for (int h = 0; h < 2; ++h) {
+    parts.forward(x.data() + h * (B / 2) * T, y.data() + h * (B / 2) * T, B / 2, T, scale);
+    parts.backward();
+  }
+  double gmax = 0, dmax = 0;
+  for (size_t k = 0; k < whole.params().flat_size(); ++k) {
+    gmax = std::max(gmax, std::abs(whole.params().grads()[k]));
+    dmax = std::max(dmax, std::abs(whole.params().grads()[k] - parts.params().grads()[k]));
+  }
+  EXPECT_GT(gmax, 0);
+  EXPECT_LT(dmax, 1e-12 * gmax);
+}
+
+}  // namespace
+}  // namespace lmf
