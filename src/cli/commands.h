@@ -11,4 +11,5 @@ void add_bench(CLI::App& app);
 void add_plot(CLI::App& app);
 void add_config(CLI::App& app);
 void add_init(CLI::App& app);
+void add_corpus(CLI::App& app);
 }  // namespace lmf::cli
