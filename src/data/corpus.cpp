@@ -126,6 +126,13 @@ std::string join_facts(const std::vector<std::string>& facts, size_t from) {
   return s;
 }
 
+void write_jsonl(const std::filesystem::path& out, const std::string& lines) {
+  std::error_code ec;
+  if (out.has_parent_path()) std::filesystem::create_directories(out.parent_path(), ec);
+  if (ec) throw UserError("{}: cannot create directory ({})", out.parent_path().string(), ec.message());
+  write_file_atomic(out, lines);
+}
+
 }  // namespace
 
 FictionalDoc fictional_document(uint64_t seed, uint64_t index) {
@@ -213,7 +220,7 @@ void write_fictional_corpus(const std::filesystem::path& out, uint64_t seed, uin
                                 {"text", d.text}, {"qa", qa}};
     buf += j.dump() + "\n";
   }
-  write_file_atomic(out, buf);
+  write_jsonl(out, buf);
 }
 
 void write_arithmetic_corpus(const std::filesystem::path& out, uint64_t seed, uint64_t count, int min_steps,
@@ -231,7 +238,7 @@ void write_arithmetic_corpus(const std::filesystem::path& out, uint64_t seed, ui
                                 {"text", p.text}};
     buf += j.dump() + "\n";
   }
-  write_file_atomic(out, buf);
+  write_jsonl(out, buf);
 }
 
 }  // namespace lmf::data
