@@ -40,6 +40,12 @@ std::vector<Field> fields(RunConfig& c) {
       {"data", "dir", &c.data.dir, "directory of token shards (train_*.bin, val_*.bin) from `lmforge prepare`"},
       {"data", "tokenizer", &c.data.tokenizer, "tokenizer the shards were made with: byte"},
       {"data", "shuffle", &c.data.shuffle, "visit training windows in a seeded random order each epoch"},
+      {"data", "mixture", &c.data.mixture,
+       "weighted training sources \"dir=w,dir=w\" (validation stays on `dir`); empty: `dir` alone"},
+      {"data", "cooldown_mixture", &c.data.cooldown_mixture,
+       "source weights for the cooldown, \"dir=w,...\" over the mixture's dirs; empty: as mixture"},
+      {"data", "cooldown_fraction", &c.data.cooldown_fraction,
+       "last fraction of the steps that use cooldown_mixture (e.g. MeCo: 0.1)"},
 
       {"optim", "name", &c.optim.name, "optimizer: adamw"},
       {"optim", "lr", &c.optim.lr, "peak learning rate"},
@@ -213,6 +219,10 @@ void validate_config(const RunConfig& c) {
   need(c.model.block_size >= 1, "[model] block_size", "must be >= 1");
   need(c.model.init_std > 0, "[model] init_std", "must be > 0");
   need(c.data.tokenizer == "byte", "[data] tokenizer", fmt::format("must be \"byte\" (got \"{}\")", c.data.tokenizer));
+  need(c.data.cooldown_fraction >= 0 && c.data.cooldown_fraction <= 1, "[data] cooldown_fraction",
+       "must be in [0, 1]");
+  need(c.data.cooldown_mixture.empty() || !c.data.mixture.empty(), "[data] cooldown_mixture",
+       "needs [data] mixture");
   need(c.optim.name == "adamw", "[optim] name", fmt::format("must be \"adamw\" (got \"{}\")", c.optim.name));
   need(c.optim.lr > 0, "[optim] lr", "must be > 0");
   need(c.optim.min_lr_ratio >= 0 && c.optim.min_lr_ratio <= 1, "[optim] min_lr_ratio", "must be in [0, 1]");

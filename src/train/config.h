@@ -15,6 +15,9 @@ struct DataConfig {
   std::string dir = "data/sotu";  // directory of token shards (train_*.bin, val_*.bin) from `prepare`
   std::string tokenizer = "byte";  // tokenizer the shards were made with
   bool shuffle = true;             // visit training windows in a seeded random order each epoch
+  std::string mixture;             // weighted training sources "dir=w,dir=w"; empty: `dir` alone
+  std::string cooldown_mixture;    // weights for the cooldown, same dirs; empty: as `mixture`
+  double cooldown_fraction = 0.0;  // last fraction of steps that use cooldown_mixture
 };
 
 struct OptimConfig {

@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cblas.h>
 #include <cmath>
@@ -71,10 +72,29 @@ Trainer::Trainer(RunConfig cfg) : cfg_(std::move(cfg)), run_dir_(cfg_.log.run_di
                     cfg_.train.device);
   set_num_threads(cfg_.train.threads);
   const auto& t = cfg_.train;
-  train_ = std::make_unique<data::DataLoader>(cfg_.data.dir, "train", t.batch_size, t.seq_len, uint64_t(t.seed),
-                                              cfg_.data.shuffle);
+  uint32_t data_vocab = 0;
+  if (cfg_.data.mixture.empty()) {
+    train_ = std::make_unique<data::DataLoader>(cfg_.data.dir, "train", t.batch_size, t.seq_len, uint64_t(t.seed),
+                                                cfg_.data.shuffle);
+    data_vocab = train_->vocab_size();
+  } else {
+    auto main = data::parse_mixture(cfg_.data.mixture, "[data] mixture");
+    auto cool = data::parse_mixture(cfg_.data.cooldown_mixture, "[data] cooldown_mixture");
+    std::vector<data::MixtureSource> sources;
+    for (const auto& [dir, w] : main) sources.push_back({dir, w, cool.empty() ? w : 0.0});
+    for (const auto& [dir, w] : cool) {
+      auto it = std::find_if(sources.begin(), sources.end(), [&](const auto& s) { return s.dir == dir; });
+      if (it == sources.end())
+        throw UserError("[data] cooldown_mixture: '{}' is not one of the mixture's dirs", dir.string());
+      it->cooldown_weight = w;
+    }
+    mixture_ = std::make_unique<data::MixtureLoader>(std::move(sources), t.batch_size, t.seq_len, uint64_t(t.seed),
+                                                     cfg_.data.shuffle, t.steps, cfg_.data.cooldown_fraction,
+                                                     t.grad_accum);
+    data_vocab = mixture_->vocab_size();
+  }
   val_ = std::make_unique<data::DataLoader>(cfg_.data.dir, "val", t.batch_size, t.seq_len, uint64_t(t.seed), false);
-  uint32_t data_vocab = std::max(train_->vocab_size(), val_->vocab_size());
+  data_vocab = std::max(data_vocab, val_->vocab_size());
   if (cfg_.model.vocab_size == 0) {
     cfg_.model.vocab_size = static_cast<int>(data_vocab);
   } else if (data_vocab > uint32_t(cfg_.model.vocab_size)) {
@@ -93,7 +113,15 @@ Trainer::Trainer(RunConfig cfg) : cfg_(std::move(cfg)), run_dir_(cfg_.log.run_di
     try {
       st = nlohmann::json::parse(read_file(state_path));
       start_step_ = st.at("step").get<long>();
-      train_->restore({st.at("loader").at("epoch").get<uint64_t>(), st.at("loader").at("index").get<uint64_t>()});
+      const auto& ls = st.at("loader");
+      if (mixture_ && !ls.contains("sources"))
+        throw UserError("{}: the checkpoint was trained without [data] mixture", state_path.string());
+      if (!mixture_ && ls.contains("sources"))
+        throw UserError("{}: the checkpoint was trained with a [data] mixture", state_path.string());
+      if (mixture_)
+        mixture_->restore(ls.at("sources"));
+      else
+        train_->restore({ls.at("epoch").get<uint64_t>(), ls.at("index").get<uint64_t>()});
       tokens_seen_ = st.at("tokens").get<uint64_t>();
     } catch (const nlohmann::json::exception& e) {
       throw UserError("{}: malformed checkpoint state: {}", state_path.string(), e.what());
@@ -113,10 +141,16 @@ double Trainer::evaluate() {
 }
 
 void Trainer::save_checkpoint(long step) {
-  auto st = train_->state();
+  nlohmann::json loader;
+  if (mixture_) {
+    loader = {{"sources", mixture_->state()}};
+  } else {
+    auto st = train_->state();
+    loader = {{"epoch", st.epoch}, {"index", st.index}};
+  }
   nlohmann::json state = {{"step", step},
                           {"tokens", tokens_seen_},
-                          {"loader", {{"epoch", st.epoch}, {"index", st.index}}},
+                          {"loader", loader},
                           {"seed", cfg_.train.seed},
                           {"optimizer_step", opt_->t()}};
   std::string config = config_to_toml(cfg_);
@@ -170,7 +204,10 @@ TrainSummary Trainer::run(long stop_at) {
     ps.zero_grad();
     double loss = 0;
     for (int micro = 0; micro < tc.grad_accum; ++micro) {
-      train_->next(x.data(), y.data());
+      if (mixture_)
+        mixture_->next(x.data(), y.data(), step, micro);
+      else
+        train_->next(x.data(), y.data());
       loss += model_->forward(x.data(), y.data(), B, T, grad_scale) / tc.grad_accum;
       model_->backward();
     }

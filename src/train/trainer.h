@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "data/loader.h"
+#include "data/mixture.h"
 #include "model/gpt2.h"
 #include "optim/adamw.h"
 #include "train/config.h"
@@ -40,6 +41,7 @@ class Trainer {
   RunConfig cfg_;
   std::filesystem::path run_dir_;
   std::unique_ptr<data::DataLoader> train_, val_;
+  std::unique_ptr<data::MixtureLoader> mixture_;  // instead of train_ when [data] mixture is set
   std::unique_ptr<Gpt2<float>> model_;
   std::unique_ptr<AdamW> opt_;
   long start_step_ = 0;

@@ -146,6 +146,27 @@ TEST_F(Cli, ResumeIsBitExact) {
   EXPECT_TRUE(fs::exists(split / "checkpoints/step_0000015"));
 }
 
+void expect_user_error(const CmdResult& r, const std::string& needle);
+
+TEST_F(Cli, MixtureWithCooldownResumesBitExact) {
+  TempDir t;
+  fs::copy(data, t.path / "other", fs::copy_options::recursive);
+  const std::string mix = "--set data.mixture=" + data.string() + "=3," + (t.path / "other").string() +
+                          "=1 --set data.cooldown_mixture=" + (t.path / "other").string() +
+                          "=1 --set data.cooldown_fraction=0.5 --set train.steps=12 --set train.eval_every=0";
+  ASSERT_EQ(run_lmforge(train_args(t.path / "straight", mix), t.path).code, 0);
+  ASSERT_EQ(run_lmforge(train_args(t.path / "split", mix + " --stop-at 7"), t.path).code, 0);
+  auto r = run_lmforge(train_args(t.path / "split", mix), t.path);
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto a = metrics(t.path / "straight"), b = metrics(t.path / "split");
+  ASSERT_EQ(a.size(), 12u);
+  ASSERT_EQ(b.size(), 12u);
+  for (size_t i = 0; i < 12; ++i) EXPECT_EQ(a[i]["train_loss"].dump(), b[i]["train_loss"].dump()) << i + 1;
+  // A checkpoint made with a mixture does not resume without one.
+  auto bad = run_lmforge(train_args(t.path / "split", "--set train.steps=14"), t.path);
+  expect_user_error(bad, "mixture");
+}
+
 // Bad input: exit code 2, exactly one line on stderr that names the culprit.
 void expect_user_error(const CmdResult& r, const std::string& needle) {
   EXPECT_EQ(r.code, 2) << r.err;
