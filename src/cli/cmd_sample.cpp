@@ -39,7 +39,7 @@ void add_sample(CLI::App& app) {
   cmd->callback([o]() {
     set_num_threads(o->threads);
     auto run = open_run(o->run);
-    auto tok = data::make_tokenizer(run.cfg.data.tokenizer);
+    auto tok = data::make_tokenizer(run_tokenizer_spec(run.cfg.data.tokenizer, o->run));
     if (tok->vocab_size() > run.cfg.model.vocab_size)
       throw UserError("{}: tokenizer '{}' has {} tokens, the model only {}", o->run, tok->name(), tok->vocab_size(),
                       run.cfg.model.vocab_size);

@@ -12,4 +12,5 @@ void add_plot(CLI::App& app);
 void add_config(CLI::App& app);
 void add_init(CLI::App& app);
 void add_corpus(CLI::App& app);
+void add_tokenizer(CLI::App& app);
 }  // namespace lmf::cli

@@ -1,5 +1,8 @@
 #include "data/tokenizer.h"
 
+#include "data/bpe.h"
+#include "data/sp_tokenizer.h"
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -29,10 +32,19 @@ std::string ByteTokenizer::decode_impl(std::span<const int32_t> ids, Specials sp
   return out;
 }
 
-std::vector<std::string> known_tokenizers() { return {"byte"}; }
+std::vector<std::string> known_tokenizers() {
+  std::vector<std::string> k = {"byte"};
+  for (const auto& e : known_tiktoken_encodings()) k.push_back(e);
+  k.push_back("bpe:<tokenizer.json | GPT-2 dir | .tiktoken file>");
+  k.push_back("llama2c:<tokenizer.bin>");
+  return k;
+}
 
 std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name) {
   if (name == "byte") return std::make_unique<ByteTokenizer>();
+  if (is_tiktoken_encoding(name)) return make_named_bpe(name, default_tokref_dir());
+  if (name.starts_with("bpe:")) return load_bpe(name.substr(4));
+  if (name.starts_with("llama2c:")) return SpTokenizer::load(name.substr(8));
   throw UserError("unknown tokenizer \"{}\" (known: {})", name,
                   fmt::join(known_tokenizers(), ", "));
 }

@@ -38,7 +38,8 @@ std::vector<Field> fields(RunConfig& c) {
        "std of the normal init; residual projections get init_std / sqrt(2 n_layer)"},
 
       {"data", "dir", &c.data.dir, "directory of token shards (train_*.bin, val_*.bin) from `lmforge prepare`"},
-      {"data", "tokenizer", &c.data.tokenizer, "tokenizer the shards were made with: byte"},
+      {"data", "tokenizer", &c.data.tokenizer,
+       "tokenizer the shards were made with (for sample): byte | gpt2 | cl100k_base | o200k_base | bpe:PATH | llama2c:PATH"},
       {"data", "shuffle", &c.data.shuffle, "visit training windows in a seeded random order each epoch"},
       {"data", "mixture", &c.data.mixture,
        "weighted training sources \"dir=w,dir=w\" (validation stays on `dir`); empty: `dir` alone"},
@@ -218,7 +219,7 @@ void validate_config(const RunConfig& c) {
   need(c.model.vocab_size >= 0, "[model] vocab_size", "must be >= 0 (0 = from the data)");
   need(c.model.block_size >= 1, "[model] block_size", "must be >= 1");
   need(c.model.init_std > 0, "[model] init_std", "must be > 0");
-  need(c.data.tokenizer == "byte", "[data] tokenizer", fmt::format("must be \"byte\" (got \"{}\")", c.data.tokenizer));
+  need(!c.data.tokenizer.empty(), "[data] tokenizer", "must not be empty");
   need(c.data.cooldown_fraction >= 0 && c.data.cooldown_fraction <= 1, "[data] cooldown_fraction",
        "must be in [0, 1]");
   need(c.data.cooldown_mixture.empty() || !c.data.mixture.empty(), "[data] cooldown_mixture",

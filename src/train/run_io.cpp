@@ -1,5 +1,6 @@
 #include "train/run_io.h"
 
+#include <cstring>
 #include <vector>
 
 #include "core/error.h"
@@ -91,6 +92,35 @@ void load_optimizer(AdamW& opt, const ParamStore<float>& ps, const std::filesyst
   } catch (const std::exception&) {
     throw UserError("{}: metadata 'step' is not an integer ('{}')", file.string(), it->second);
   }
+}
+
+namespace {
+// "bpe:PATH" -> {"bpe:", PATH}; other specs -> {"", ""}.
+std::pair<std::string, std::filesystem::path> split_file_spec(const std::string& spec) {
+  for (const char* prefix : {"bpe:", "llama2c:"})
+    if (spec.starts_with(prefix)) return {prefix, spec.substr(std::strlen(prefix))};
+  return {"", ""};
+}
+std::filesystem::path copy_name(const std::filesystem::path& src, const std::filesystem::path& run_dir) {
+  return run_dir / ("tokenizer" + src.extension().string());
+}
+}  // namespace
+
+std::filesystem::path keep_tokenizer_copy(const std::string& spec, const std::filesystem::path& run_dir) {
+  auto [prefix, path] = split_file_spec(spec);
+  std::error_code ec;
+  if (prefix.empty() || !std::filesystem::is_regular_file(path, ec)) return {};
+  auto dst = copy_name(path, run_dir);
+  write_file_atomic(dst, read_file(path));
+  return dst;
+}
+
+std::string run_tokenizer_spec(const std::string& spec, const std::filesystem::path& run_dir) {
+  auto [prefix, path] = split_file_spec(spec);
+  std::error_code ec;
+  if (prefix.empty() || std::filesystem::exists(path, ec)) return spec;
+  auto copy = copy_name(path, run_dir);
+  return std::filesystem::exists(copy, ec) ? prefix + copy.string() : spec;
 }
 
 OpenedRun open_run(const std::filesystem::path& run_dir) {

@@ -27,4 +27,11 @@ struct OpenedRun {
 };
 OpenedRun open_run(const std::filesystem::path& run_dir);
 
+// File-based tokenizers ("bpe:PATH", "llama2c:PATH") are copied into the run directory, so a
+// run can be sampled from wherever it is moved. Returns the copy's path, or empty for "byte"
+// and named encodings.
+std::filesystem::path keep_tokenizer_copy(const std::string& spec, const std::filesystem::path& run_dir);
+// The tokenizer spec to use for a run: its own copy when the original path is gone.
+std::string run_tokenizer_spec(const std::string& spec, const std::filesystem::path& run_dir);
+
 }  // namespace lmf

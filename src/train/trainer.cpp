@@ -169,6 +169,7 @@ TrainSummary Trainer::run(long stop_at) {
   sum.start_step = sum.end_step = start_step_;
   std::filesystem::create_directories(run_dir_);
   write_file_atomic(run_dir_ / "config.toml", config_to_toml(cfg_));
+  keep_tokenizer_copy(cfg_.data.tokenizer, run_dir_);
   auto metrics_path = run_dir_ / "metrics.jsonl";
   MetricsLog metrics(metrics_path, /*append=*/start_step_ > 0);
   if (start_step_ >= tc.steps) return sum;

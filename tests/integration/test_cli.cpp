@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <algorithm>
 #include <cmath>
 #include <thread>
 #include <nlohmann/json.hpp>
@@ -147,6 +148,51 @@ TEST_F(Cli, ResumeIsBitExact) {
 }
 
 void expect_user_error(const CmdResult& r, const std::string& needle);
+
+// A BPE vocabulary trained by lmforge, used end to end: encode/decode, prepare, train, and
+// sample from the run after the original tokenizer file is gone (the run keeps a copy).
+TEST_F(Cli, TrainedBpeTokenizerEndToEnd) {
+  TempDir t;
+  auto tok = t.path / "tok" / "tokenizer.json";
+  fs::create_directories(tok.parent_path());
+  auto r = run_lmforge(fmt("tokenizer train --input {}/tests/data/sotu_sample --vocab-size 600 --output {}",
+                           LMF_SOURCE_DIR, tok.string()),
+                       t.path);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string spec = "bpe:" + tok.string();
+  auto text = std::string(LMF_SOURCE_DIR) + "/tests/data/sotu_sample/1962_john_f_kennedy_d.txt";
+  auto e = run_lmforge("tokenizer encode -t " + spec + " -i " + text + " -o " + (t.path / "ids.txt").string(), t.path);
+  ASSERT_EQ(e.code, 0) << e.err;
+  auto d = run_lmforge("tokenizer decode -t " + spec + " -i " + (t.path / "ids.txt").string(), t.path);
+  ASSERT_EQ(d.code, 0) << d.err;
+  EXPECT_EQ(d.out, slurp(text));
+  const std::string id_text = slurp(t.path / "ids.txt");
+  int ids = 1 + int(std::count(id_text.begin(), id_text.end(), ' '));
+  EXPECT_LT(ids, int(slurp(text).size()) / 2);  // merges compress: fewer than one id per 2 bytes
+
+  auto p = run_lmforge(fmt("prepare --input {}/tests/data/sotu_sample --output {} --tokenizer {} --val-fraction 0.2",
+                           LMF_SOURCE_DIR, (t.path / "d").string(), spec),
+                       t.path);
+  ASSERT_EQ(p.code, 0) << p.err;
+  auto run = t.path / "run";
+  auto tr = run_lmforge(train_args(run, "--set train.steps=3 --set train.eval_every=0 --set data.dir=" +
+                                            (t.path / "d").string() + " --set data.tokenizer=" + spec),
+                        t.path);
+  ASSERT_EQ(tr.code, 0) << tr.err;
+  EXPECT_NE(slurp(run / "checkpoints/step_0000003/config.toml").find("vocab_size = 600"), std::string::npos);
+  std::ofstream(t.path / "ids_bad.txt") << "1 2 99999";
+  expect_user_error(run_lmforge("tokenizer decode -t " + spec + " -i " + (t.path / "ids_bad.txt").string(), t.path),
+                    "99999");
+  fs::remove(tok);
+  auto s = run_lmforge("sample --run " + run.string() + " --prompt 'The Union ' --max-new-tokens 10", t.path);
+  ASSERT_EQ(s.code, 0) << s.err;
+  EXPECT_EQ(s.out.rfind("The Union ", 0), 0u);
+  // A tokenizer file that is not one: one line naming it, exit 2.
+  std::ofstream(t.path / "bad.json") << "{\"model\": {\"type\": \"Unigram\"}}";
+  expect_user_error(run_lmforge("tokenizer encode -t bpe:" + (t.path / "bad.json").string() + " -i " + text, t.path),
+                    "bad.json");
+  expect_user_error(run_lmforge("tokenizer encode -t nonsense -i " + text, t.path), "nonsense");
+}
 
 TEST_F(Cli, MixtureWithCooldownResumesBitExact) {
   TempDir t;
