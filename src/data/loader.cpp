@@ -82,16 +82,17 @@ DataLoader::DataLoader(const fs::path& dir, const std::string& split, int B, int
 }
 
 void DataLoader::restore(const LoaderState& s) {
-  if (s.index > per_rank_)
+  if (s.index > windows_)
     throw UserError(
         "data loader state index {} exceeds the {} windows per epoch of this data "
-        "(did the data or world size change since the checkpoint?)",
-        s.index, per_rank_);
-  state_ = s;
+        "(did the data change since the checkpoint?)",
+        s.index, windows_);
+  epoch_ = s.epoch;
+  base_ = s.index;
+  taken_ = 0;
 }
 
-uint64_t DataLoader::window_at(uint64_t epoch, uint64_t index) {
-  const uint64_t pos = index * static_cast<uint64_t>(world_) + static_cast<uint64_t>(rank_);
+uint64_t DataLoader::window_at(uint64_t epoch, uint64_t pos) {
   if (!shuffle_) return pos;
   if (!perm_valid_ || perm_epoch_ != epoch) {
     // Fisher-Yates (Durstenfeld) from the back; the draws depend only on (seed, epoch).
@@ -124,12 +125,15 @@ void DataLoader::read_tokens(uint64_t start, uint64_t n, int32_t* out) const {
 
 void DataLoader::next(int32_t* inputs, int32_t* targets) {
   const size_t T = static_cast<size_t>(T_);
+  const uint64_t world = static_cast<uint64_t>(world_);
   for (int b = 0; b < B_; ++b) {
-    if (state_.index == per_rank_) {
-      ++state_.epoch;
-      state_.index = 0;
+    // Every rank takes the same count per epoch (the remainder is dropped), so ranks stay in
+    // lockstep: (windows - base) / world, which is per_rank_ for an epoch started fresh.
+    if (taken_ == (windows_ - base_) / world) {
+      ++epoch_;
+      base_ = taken_ = 0;
     }
-    uint64_t w = window_at(state_.epoch, state_.index++);
+    uint64_t w = window_at(epoch_, base_ + taken_++ * world + static_cast<uint64_t>(rank_));
     read_tokens(w * T, T + 1, window_.data());
     std::copy(window_.begin(), window_.begin() + T, inputs + b * T);
     std::copy(window_.begin() + 1, window_.end(), targets + b * T);

@@ -14,8 +14,11 @@
 // the same number of batches. A batch is the rank's next B windows; at the end of an epoch it
 // continues with the next epoch's order.
 //
-// State: (epoch, index) = the rank's next window position. restore() then next() yields
-// exactly what the uninterrupted loader would have, bit for bit.
+// State: (epoch, index), index = positions of the epoch's order consumed by all ranks together
+// (ranks advance in lockstep, so every rank reports the same state). restore() then next()
+// yields exactly what the uninterrupted loader would have, bit for bit, and the state does
+// not depend on the world size: a checkpoint saved by 2 ranks resumes on 1 or 4, which take
+// the following positions r, r + world', ... from where the 2 ranks stopped.
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -27,7 +30,7 @@ namespace lmf::data {
 
 struct LoaderState {
   uint64_t epoch = 0;
-  uint64_t index = 0;  // windows of this rank already taken in `epoch`
+  uint64_t index = 0;  // positions of `epoch`'s window order consumed, all ranks together
 };
 
 class DataLoader {
@@ -40,9 +43,9 @@ class DataLoader {
   // inputs (B, T), targets (B, T): targets[b][t] = inputs[b][t + 1] within one window.
   void next(int32_t* inputs, int32_t* targets);
 
-  LoaderState state() const { return state_; }
-  void restore(const LoaderState& s);  // UserError if s.index > windows_per_epoch()
-  void reset() { state_ = {}; }        // epoch 0, index 0: a fresh validation pass
+  LoaderState state() const { return {epoch_, base_ + taken_ * static_cast<uint64_t>(world_)}; }
+  void restore(const LoaderState& s);  // UserError if s.index exceeds the epoch's windows
+  void reset() { epoch_ = base_ = taken_ = 0; }  // a fresh validation pass
 
   uint64_t num_tokens() const { return total_; }  // whole split, all ranks
   // Max over the shards' headers; for llm.c shards (no vocab in the header) max token + 1.
@@ -54,7 +57,7 @@ class DataLoader {
   const std::vector<Shard>& shards() const { return shards_; }
 
  private:
-  uint64_t window_at(uint64_t epoch, uint64_t index);  // global window id of this rank's index
+  uint64_t window_at(uint64_t epoch, uint64_t pos);  // window id at position `pos` of `epoch`'s order
   void read_tokens(uint64_t start, uint64_t n, int32_t* out) const;  // across shards
 
   std::vector<Shard> shards_;
@@ -67,7 +70,9 @@ class DataLoader {
   int rank_, world_;
   uint64_t windows_ = 0;   // W, all ranks
   uint64_t per_rank_ = 0;  // W / world
-  LoaderState state_;
+  // Position: this rank's next window is at base_ + taken_ * world + rank of epoch_'s order.
+  // base_ is where this loader started in its first epoch (a restore), 0 after that.
+  uint64_t epoch_ = 0, base_ = 0, taken_ = 0;
   std::vector<uint64_t> perm_;  // (W,) order of perm_epoch_; empty when !shuffle_
   uint64_t perm_epoch_ = 0;
   bool perm_valid_ = false;
