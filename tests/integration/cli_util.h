@@ -4,24 +4,16 @@
 
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
-#include <random>
-#include <sstream>
 #include <string>
 
-namespace lmf::testing {
+#include "test_util.h"
+
+namespace lmf::test {
 
 struct CmdResult {
   int code = -1;
   std::string out, err;
 };
-
-inline std::string slurp(const std::filesystem::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // `args` is appended to the binary's path as is (the caller quotes).
 inline CmdResult run_lmforge(const std::string& args, const std::filesystem::path& scratch) {
@@ -41,18 +33,4 @@ inline int count_lines(const std::string& s) {
   return n;
 }
 
-// A fresh directory under the system temp dir, removed by the destructor.
-struct TempDir {
-  std::filesystem::path path;
-  TempDir() {
-    std::random_device rd;
-    path = std::filesystem::temp_directory_path() / ("lmforge_test_" + std::to_string(rd()) + std::to_string(rd()));
-    std::filesystem::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-};
-
-}  // namespace lmf::testing
+}  // namespace lmf::test

@@ -13,7 +13,7 @@
 
 #include "integration/cli_util.h"
 
-namespace lmf::testing {
+namespace lmf::test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -25,10 +25,10 @@ class Cli : public ::testing::Test {
 
   static void SetUpTestSuite() {
     tmp = new TempDir();
-    data = tmp->path / "data";
+    data = tmp->path() / "data";
     auto r = run_lmforge(fmt("prepare --input {}/tests/data/sotu_sample --output {} --val-fraction 0.2 --seed 3",
                              LMF_SOURCE_DIR, data.string()),
-                         tmp->path);
+                         tmp->path());
     ASSERT_EQ(r.code, 0) << r.err;
   }
   static void TearDownTestSuite() { delete tmp; }
@@ -83,12 +83,12 @@ class Cli : public ::testing::Test {
 };
 
 TEST_F(Cli, HelpListsEveryCommand) {
-  auto r = run_lmforge("--help", tmp->path);
+  auto r = run_lmforge("--help", tmp->path());
   EXPECT_EQ(r.code, 0);
   for (const char* c : {"train", "sample", "eval", "prepare", "bench", "plot", "config"})
     EXPECT_NE(r.out.find(c), std::string::npos) << c;
   for (const char* c : {"train", "sample", "eval", "prepare", "bench", "plot", "config"}) {
-    auto h = run_lmforge(std::string(c) + " --help", tmp->path);
+    auto h = run_lmforge(std::string(c) + " --help", tmp->path());
     EXPECT_EQ(h.code, 0) << c;
     EXPECT_NE(h.out.find("--"), std::string::npos) << c;
   }
@@ -96,8 +96,8 @@ TEST_F(Cli, HelpListsEveryCommand) {
 
 TEST_F(Cli, TrainingBeatsTheUnigramBaselineOnRealText) {
   TempDir t;
-  auto run = t.path / "run";
-  auto r = run_lmforge(train_args(run, "--set train.steps=500 --set train.eval_every=250 --set optim.lr=3e-3"), t.path);
+  auto run = t.path() / "run";
+  auto r = run_lmforge(train_args(run, "--set train.steps=500 --set train.eval_every=250 --set optim.lr=3e-3"), t.path());
   ASSERT_EQ(r.code, 0) << r.err;
   auto m = metrics(run);
   ASSERT_EQ(m.size(), 500u);
@@ -109,29 +109,29 @@ TEST_F(Cli, TrainingBeatsTheUnigramBaselineOnRealText) {
   EXPECT_TRUE(fs::exists(run / "loss.svg"));
   EXPECT_TRUE(fs::exists(run / "config.toml"));
   // eval and sample work on the run.
-  auto e = run_lmforge("eval --run " + run.string() + " --batches 4", t.path);
+  auto e = run_lmforge("eval --run " + run.string() + " --batches 4", t.path());
   ASSERT_EQ(e.code, 0) << e.err;
   EXPECT_NE(e.out.find("perplexity"), std::string::npos);
   // eval reports the same unigram baseline that this test computes from the shard bytes.
   auto at = e.out.find("unigram baseline");
   ASSERT_NE(at, std::string::npos) << e.out;
   EXPECT_NEAR(std::stod(e.out.substr(e.out.find(": ", at) + 2)), base, 1e-3);
-  auto s = run_lmforge("sample --run " + run.string() + " --prompt 'The Congress ' --max-new-tokens 40 --seed 2", t.path);
+  auto s = run_lmforge("sample --run " + run.string() + " --prompt 'The Congress ' --max-new-tokens 40 --seed 2", t.path());
   ASSERT_EQ(s.code, 0) << s.err;
   EXPECT_GE(s.out.size(), std::string("The Congress ").size() + 20);
-  auto s2 = run_lmforge("sample --run " + run.string() + " --prompt 'The Congress ' --max-new-tokens 40 --seed 2", t.path);
+  auto s2 = run_lmforge("sample --run " + run.string() + " --prompt 'The Congress ' --max-new-tokens 40 --seed 2", t.path());
   EXPECT_EQ(s.out, s2.out);  // same seed, same text
 }
 
 TEST_F(Cli, ResumeIsBitExact) {
   TempDir t;
-  auto straight = t.path / "straight", split = t.path / "split";
+  auto straight = t.path() / "straight", split = t.path() / "split";
   const std::string common = "--set train.steps=20 --set train.eval_every=0 --set checkpoint.every=5";
-  ASSERT_EQ(run_lmforge(train_args(straight, common), t.path).code, 0);
-  auto a = run_lmforge(train_args(split, common + " --stop-at 10"), t.path);
+  ASSERT_EQ(run_lmforge(train_args(straight, common), t.path()).code, 0);
+  auto a = run_lmforge(train_args(split, common + " --stop-at 10"), t.path());
   ASSERT_EQ(a.code, 0) << a.err;
   ASSERT_EQ(metrics(split).size(), 10u);
-  auto b = run_lmforge(train_args(split, common), t.path);
+  auto b = run_lmforge(train_args(split, common), t.path());
   ASSERT_EQ(b.code, 0) << b.err;
   auto ms = metrics(straight), mr = metrics(split);
   ASSERT_EQ(ms.size(), 20u);
@@ -153,63 +153,63 @@ void expect_user_error(const CmdResult& r, const std::string& needle);
 // sample from the run after the original tokenizer file is gone (the run keeps a copy).
 TEST_F(Cli, TrainedBpeTokenizerEndToEnd) {
   TempDir t;
-  auto tok = t.path / "tok" / "tokenizer.json";
+  auto tok = t.path() / "tok" / "tokenizer.json";
   fs::create_directories(tok.parent_path());
   auto r = run_lmforge(fmt("tokenizer train --input {}/tests/data/sotu_sample --vocab-size 600 --output {}",
                            LMF_SOURCE_DIR, tok.string()),
-                       t.path);
+                       t.path());
   ASSERT_EQ(r.code, 0) << r.err;
   const std::string spec = "bpe:" + tok.string();
   auto text = std::string(LMF_SOURCE_DIR) + "/tests/data/sotu_sample/1962_john_f_kennedy_d.txt";
-  auto e = run_lmforge("tokenizer encode -t " + spec + " -i " + text + " -o " + (t.path / "ids.txt").string(), t.path);
+  auto e = run_lmforge("tokenizer encode -t " + spec + " -i " + text + " -o " + (t.path() / "ids.txt").string(), t.path());
   ASSERT_EQ(e.code, 0) << e.err;
-  auto d = run_lmforge("tokenizer decode -t " + spec + " -i " + (t.path / "ids.txt").string(), t.path);
+  auto d = run_lmforge("tokenizer decode -t " + spec + " -i " + (t.path() / "ids.txt").string(), t.path());
   ASSERT_EQ(d.code, 0) << d.err;
   EXPECT_EQ(d.out, slurp(text));
-  const std::string id_text = slurp(t.path / "ids.txt");
+  const std::string id_text = slurp(t.path() / "ids.txt");
   int ids = 1 + int(std::count(id_text.begin(), id_text.end(), ' '));
   EXPECT_LT(ids, int(slurp(text).size()) / 2);  // merges compress: fewer than one id per 2 bytes
 
   auto p = run_lmforge(fmt("prepare --input {}/tests/data/sotu_sample --output {} --tokenizer {} --val-fraction 0.2",
-                           LMF_SOURCE_DIR, (t.path / "d").string(), spec),
-                       t.path);
+                           LMF_SOURCE_DIR, (t.path() / "d").string(), spec),
+                       t.path());
   ASSERT_EQ(p.code, 0) << p.err;
-  auto run = t.path / "run";
+  auto run = t.path() / "run";
   auto tr = run_lmforge(train_args(run, "--set train.steps=3 --set train.eval_every=0 --set data.dir=" +
-                                            (t.path / "d").string() + " --set data.tokenizer=" + spec),
-                        t.path);
+                                            (t.path() / "d").string() + " --set data.tokenizer=" + spec),
+                        t.path());
   ASSERT_EQ(tr.code, 0) << tr.err;
   EXPECT_NE(slurp(run / "checkpoints/step_0000003/config.toml").find("vocab_size = 600"), std::string::npos);
-  std::ofstream(t.path / "ids_bad.txt") << "1 2 99999";
-  expect_user_error(run_lmforge("tokenizer decode -t " + spec + " -i " + (t.path / "ids_bad.txt").string(), t.path),
+  std::ofstream(t.path() / "ids_bad.txt") << "1 2 99999";
+  expect_user_error(run_lmforge("tokenizer decode -t " + spec + " -i " + (t.path() / "ids_bad.txt").string(), t.path()),
                     "99999");
   fs::remove(tok);
-  auto s = run_lmforge("sample --run " + run.string() + " --prompt 'The Union ' --max-new-tokens 10", t.path);
+  auto s = run_lmforge("sample --run " + run.string() + " --prompt 'The Union ' --max-new-tokens 10", t.path());
   ASSERT_EQ(s.code, 0) << s.err;
   EXPECT_EQ(s.out.rfind("The Union ", 0), 0u);
   // A tokenizer file that is not one: one line naming it, exit 2.
-  std::ofstream(t.path / "bad.json") << "{\"model\": {\"type\": \"Unigram\"}}";
-  expect_user_error(run_lmforge("tokenizer encode -t bpe:" + (t.path / "bad.json").string() + " -i " + text, t.path),
+  std::ofstream(t.path() / "bad.json") << "{\"model\": {\"type\": \"Unigram\"}}";
+  expect_user_error(run_lmforge("tokenizer encode -t bpe:" + (t.path() / "bad.json").string() + " -i " + text, t.path()),
                     "bad.json");
-  expect_user_error(run_lmforge("tokenizer encode -t nonsense -i " + text, t.path), "nonsense");
+  expect_user_error(run_lmforge("tokenizer encode -t nonsense -i " + text, t.path()), "nonsense");
 }
 
 TEST_F(Cli, MixtureWithCooldownResumesBitExact) {
   TempDir t;
-  fs::copy(data, t.path / "other", fs::copy_options::recursive);
-  const std::string mix = "--set data.mixture=" + data.string() + "=3," + (t.path / "other").string() +
-                          "=1 --set data.cooldown_mixture=" + (t.path / "other").string() +
+  fs::copy(data, t.path() / "other", fs::copy_options::recursive);
+  const std::string mix = "--set data.mixture=" + data.string() + "=3," + (t.path() / "other").string() +
+                          "=1 --set data.cooldown_mixture=" + (t.path() / "other").string() +
                           "=1 --set data.cooldown_fraction=0.5 --set train.steps=12 --set train.eval_every=0";
-  ASSERT_EQ(run_lmforge(train_args(t.path / "straight", mix), t.path).code, 0);
-  ASSERT_EQ(run_lmforge(train_args(t.path / "split", mix + " --stop-at 7"), t.path).code, 0);
-  auto r = run_lmforge(train_args(t.path / "split", mix), t.path);
+  ASSERT_EQ(run_lmforge(train_args(t.path() / "straight", mix), t.path()).code, 0);
+  ASSERT_EQ(run_lmforge(train_args(t.path() / "split", mix + " --stop-at 7"), t.path()).code, 0);
+  auto r = run_lmforge(train_args(t.path() / "split", mix), t.path());
   ASSERT_EQ(r.code, 0) << r.err;
-  auto a = metrics(t.path / "straight"), b = metrics(t.path / "split");
+  auto a = metrics(t.path() / "straight"), b = metrics(t.path() / "split");
   ASSERT_EQ(a.size(), 12u);
   ASSERT_EQ(b.size(), 12u);
   for (size_t i = 0; i < 12; ++i) EXPECT_EQ(a[i]["train_loss"].dump(), b[i]["train_loss"].dump()) << i + 1;
   // A checkpoint made with a mixture does not resume without one.
-  auto bad = run_lmforge(train_args(t.path / "split", "--set train.steps=14"), t.path);
+  auto bad = run_lmforge(train_args(t.path() / "split", "--set train.steps=14"), t.path());
   expect_user_error(bad, "mixture");
 }
 
@@ -222,86 +222,86 @@ void expect_user_error(const CmdResult& r, const std::string& needle) {
 
 TEST_F(Cli, BadConfigInput) {
   TempDir t;
-  expect_user_error(run_lmforge("train --config " + (t.path / "missing.toml").string(), t.path), "missing.toml");
-  std::ofstream(t.path / "bad.toml") << "[model\nn_layer = 2\n";
-  expect_user_error(run_lmforge("train --config " + (t.path / "bad.toml").string(), t.path), "bad.toml:1");
-  std::ofstream(t.path / "unknown.toml") << "[train]\nstepz = 2\n";
-  expect_user_error(run_lmforge("train --config " + (t.path / "unknown.toml").string(), t.path), "stepz");
-  std::ofstream(t.path / "type.toml") << "[train]\nsteps = \"ten\"\n";
-  expect_user_error(run_lmforge("train --config " + (t.path / "type.toml").string(), t.path), "[train] steps");
-  expect_user_error(run_lmforge("train --set train.steps=x", t.path), "train.steps");
-  expect_user_error(run_lmforge("sample --run " + (t.path / "nope").string() + " --prompt x", t.path), "nope");
-  expect_user_error(run_lmforge("bench --B 0", t.path), "--B");
-  expect_user_error(run_lmforge("train --set data.dir=" + (t.path / "nodata").string(), t.path), "nodata");
+  expect_user_error(run_lmforge("train --config " + (t.path() / "missing.toml").string(), t.path()), "missing.toml");
+  std::ofstream(t.path() / "bad.toml") << "[model\nn_layer = 2\n";
+  expect_user_error(run_lmforge("train --config " + (t.path() / "bad.toml").string(), t.path()), "bad.toml:1");
+  std::ofstream(t.path() / "unknown.toml") << "[train]\nstepz = 2\n";
+  expect_user_error(run_lmforge("train --config " + (t.path() / "unknown.toml").string(), t.path()), "stepz");
+  std::ofstream(t.path() / "type.toml") << "[train]\nsteps = \"ten\"\n";
+  expect_user_error(run_lmforge("train --config " + (t.path() / "type.toml").string(), t.path()), "[train] steps");
+  expect_user_error(run_lmforge("train --set train.steps=x", t.path()), "train.steps");
+  expect_user_error(run_lmforge("sample --run " + (t.path() / "nope").string() + " --prompt x", t.path()), "nope");
+  expect_user_error(run_lmforge("bench --B 0", t.path()), "--B");
+  expect_user_error(run_lmforge("train --set data.dir=" + (t.path() / "nodata").string(), t.path()), "nodata");
 }
 
 TEST_F(Cli, VocabularyLargerThanModel) {
   TempDir t;
-  expect_user_error(run_lmforge(train_args(t.path / "run", "--set model.vocab_size=100"), t.path), "vocab");
+  expect_user_error(run_lmforge(train_args(t.path() / "run", "--set model.vocab_size=100"), t.path()), "vocab");
 }
 
 TEST_F(Cli, CorruptShard) {
   TempDir t;
-  fs::copy(data, t.path / "d", fs::copy_options::recursive);
-  auto shard = t.path / "d" / "train_000000.bin";
+  fs::copy(data, t.path() / "d", fs::copy_options::recursive);
+  auto shard = t.path() / "d" / "train_000000.bin";
   {  // flip one token byte: the checksum catches it
     std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
     f.seekp(1000);
     f.put('\x7f');
   }
-  auto r = run_lmforge(train_args(t.path / "run", "--set data.dir=" + (t.path / "d").string()), t.path);
+  auto r = run_lmforge(train_args(t.path() / "run", "--set data.dir=" + (t.path() / "d").string()), t.path());
   expect_user_error(r, "train_000000.bin");
   fs::resize_file(shard, fs::file_size(shard) - 3);  // truncated
-  r = run_lmforge(train_args(t.path / "run", "--set data.dir=" + (t.path / "d").string()), t.path);
+  r = run_lmforge(train_args(t.path() / "run", "--set data.dir=" + (t.path() / "d").string()), t.path());
   expect_user_error(r, "train_000000.bin");
-  EXPECT_FALSE(fs::exists(t.path / "run" / "checkpoints"));
+  EXPECT_FALSE(fs::exists(t.path() / "run" / "checkpoints"));
 }
 
 TEST_F(Cli, CorruptCheckpointIsReportedAndLeftAlone) {
   TempDir t;
-  auto run = t.path / "run";
-  ASSERT_EQ(run_lmforge(train_args(run, "--set train.steps=4 --set train.eval_every=0"), t.path).code, 0);
+  auto run = t.path() / "run";
+  ASSERT_EQ(run_lmforge(train_args(run, "--set train.steps=4 --set train.eval_every=0"), t.path()).code, 0);
   auto model = run / "checkpoints/step_0000004/model.safetensors";
   ASSERT_TRUE(fs::exists(model));
   fs::resize_file(model, fs::file_size(model) - 100);  // truncated weights
   std::string before = slurp(model);
-  auto r = run_lmforge(train_args(run, "--set train.steps=8"), t.path);
+  auto r = run_lmforge(train_args(run, "--set train.steps=8"), t.path());
   expect_user_error(r, "model.safetensors");
   EXPECT_EQ(slurp(model), before);
   EXPECT_FALSE(fs::exists(run / "checkpoints/step_0000008"));
-  auto s = run_lmforge("sample --run " + run.string() + " --prompt x", t.path);
+  auto s = run_lmforge("sample --run " + run.string() + " --prompt x", t.path());
   expect_user_error(s, "model.safetensors");
 }
 
 TEST_F(Cli, CheckpointOfAnotherShapeIsAClearMismatch) {
   TempDir t;
-  auto run = t.path / "run";
-  ASSERT_EQ(run_lmforge(train_args(run, "--set train.steps=2 --set train.eval_every=0"), t.path).code, 0);
-  auto r = run_lmforge(train_args(run, "--set train.steps=4 --set model.n_embd=32"), t.path);
+  auto run = t.path() / "run";
+  ASSERT_EQ(run_lmforge(train_args(run, "--set train.steps=2 --set train.eval_every=0"), t.path()).code, 0);
+  auto r = run_lmforge(train_args(run, "--set train.steps=4 --set model.n_embd=32"), t.path());
   expect_user_error(r, "model.safetensors");
   EXPECT_FALSE(fs::exists(run / "checkpoints/step_0000004"));
 }
 
 TEST_F(Cli, PrepareBadInput) {
   TempDir t;
-  expect_user_error(run_lmforge("prepare --input " + (t.path / "absent.txt").string() + " --output " +
-                                    (t.path / "o").string(), t.path),
+  expect_user_error(run_lmforge("prepare --input " + (t.path() / "absent.txt").string() + " --output " +
+                                    (t.path() / "o").string(), t.path()),
                     "absent.txt");
-  std::ofstream(t.path / "docs.jsonl") << "{\"text\": \"hello\"}\nnot json\n";
-  expect_user_error(run_lmforge("prepare --input " + (t.path / "docs.jsonl").string() + " --output " +
-                                    (t.path / "o").string(), t.path),
+  std::ofstream(t.path() / "docs.jsonl") << "{\"text\": \"hello\"}\nnot json\n";
+  expect_user_error(run_lmforge("prepare --input " + (t.path() / "docs.jsonl").string() + " --output " +
+                                    (t.path() / "o").string(), t.path()),
                     "docs.jsonl");
-  EXPECT_FALSE(fs::exists(t.path / "o" / "train_000000.bin"));
+  EXPECT_FALSE(fs::exists(t.path() / "o" / "train_000000.bin"));
 }
 
 // SIGTERM (e.g. Slurm preemption): the step in flight finishes, a checkpoint is written at
 // that step, and the process exits 0; re-running resumes from it.
 TEST_F(Cli, SigtermWritesACheckpointAndExitsCleanly) {
   TempDir t;
-  auto run = t.path / "run";
+  auto run = t.path() / "run";
   std::string cmd = std::string(LMF_BINARY) + " " +
                     train_args(run, "--set train.steps=100000 --set train.eval_every=0 --set checkpoint.every=0") +
-                    " >" + (t.path / "out.txt").string() + " 2>" + (t.path / "err.txt").string() + " </dev/null";
+                    " >" + (t.path() / "out.txt").string() + " 2>" + (t.path() / "err.txt").string() + " </dev/null";
   pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
@@ -315,16 +315,16 @@ TEST_F(Cli, SigtermWritesACheckpointAndExitsCleanly) {
   kill(pid, SIGTERM);
   int status = 0;
   waitpid(pid, &status, 0);
-  ASSERT_TRUE(WIFEXITED(status)) << slurp(t.path / "err.txt");
-  EXPECT_EQ(WEXITSTATUS(status), 0) << slurp(t.path / "err.txt");
+  ASSERT_TRUE(WIFEXITED(status)) << slurp(t.path() / "err.txt");
+  EXPECT_EQ(WEXITSTATUS(status), 0) << slurp(t.path() / "err.txt");
   auto m = metrics(run);
   ASSERT_FALSE(m.empty());
   long last = m.back()["step"];
   char name[32];
   std::snprintf(name, sizeof name, "step_%07ld", last);
   EXPECT_TRUE(fs::exists(run / "checkpoints" / name / "model.safetensors")) << name;
-  EXPECT_NE(slurp(t.path / "err.txt").find("stopped by signal"), std::string::npos);
+  EXPECT_NE(slurp(t.path() / "err.txt").find("stopped by signal"), std::string::npos);
 }
 
 }  // namespace
-}  // namespace lmf::testing
+}  // namespace lmf::test

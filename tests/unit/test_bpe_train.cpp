@@ -1,6 +1,8 @@
 // BPE training: the splitter against GPT-2's pattern by hand, hand-checked first merges, the fast
 // merge loop against a from-scratch reference, thread-count independence, tokenizer.json.
 #include <gtest/gtest.h>
+
+#include "test_util.h"
 #include <unistd.h>
 
 #include <atomic>
@@ -24,25 +26,7 @@ using Merges = std::vector<std::pair<int32_t, int32_t>>;
 
 const fs::path kSample = fs::path(LMF_SOURCE_DIR) / "tests/data/sotu_sample";
 
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path_ = fs::temp_directory_path() /
-            ("lmf_test_bpet_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  fs::path operator/(const std::string& s) const { return path_ / s; }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using TempDir = lmf::test::TempDir;
 
 void write_file(const fs::path& p, const std::string& s) {
   fs::create_directories(p.parent_path());

@@ -1,6 +1,8 @@
 // File formats and run I/O: safetensors, half conversions, checkpoint directories, metrics JSON
 // lines, the progress bar and the loss plot.
 #include <gtest/gtest.h>
+
+#include "test_util.h"
 #include <unistd.h>
 
 #include <atomic>
@@ -27,25 +29,7 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-// A fresh directory per test, removed afterwards.
-class TmpDir {
- public:
-  TmpDir() {
-    static std::atomic<int> counter{0};
-    path_ = fs::temp_directory_path() / fmt::format("lmf_test_io_{}_{}", ::getpid(), counter++);
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TmpDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-  fs::path operator/(const std::string& name) const { return path_ / name; }
-
- private:
-  fs::path path_;
-};
+using TempDir = lmf::test::TempDir;
 
 std::string slurp(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
@@ -149,7 +133,7 @@ TEST(Half, F16EveryValueRoundTrips) {
 // safetensors
 
 TEST(Safetensors, RoundTripAllKinds) {
-  TmpDir dir;
+  TempDir dir;
   const fs::path p = dir / "model.safetensors";
   const std::vector<float> w = {1, -2, 3.5f, 4, 5, 6.25f};  // (2, 3)
   std::vector<uint16_t> b;                                  // (5,) bf16
@@ -209,7 +193,7 @@ TEST(Safetensors, RoundTripAllKinds) {
 }
 
 TEST(Safetensors, HeaderIsPaddedTo8Bytes) {
-  TmpDir dir;
+  TempDir dir;
   const float v = 1;
   // Names of every length mod 8, so that some unpadded headers are misaligned.
   for (int len = 1; len <= 8; ++len) {
@@ -230,7 +214,7 @@ TEST(Safetensors, HeaderIsPaddedTo8Bytes) {
 }
 
 TEST(Safetensors, ReadAsFloatConverts) {
-  TmpDir dir;
+  TempDir dir;
   const fs::path p = dir / "conv.safetensors";
   const std::vector<float> want = {1.f, -0.5f,   3.140625f,
                                    0.f, -1024.f, 0.0078125f};  // exact in bf16 and f16
@@ -269,7 +253,7 @@ TEST(Safetensors, ReadAsFloatConverts) {
 // A file from elsewhere may pack mixed dtypes so that an F32 tensor starts at an odd offset, and
 // may use dtypes lmforge has no DType for.
 TEST(Safetensors, ForeignFileUnalignedAndUnknownDtype) {
-  TmpDir dir;
+  TempDir dir;
   const fs::path p = dir / "foreign.safetensors";
   const std::string header = R"({"flag":{"dtype":"BOOL","shape":[1],"data_offsets":[0,1]},)"
                              R"("x":{"dtype":"F32","shape":[2],"data_offsets":[1,9]},)"
@@ -349,7 +333,7 @@ TEST(Safetensors, EveryValidationFailureNamesTheFile) {
       {"metadata_value_not_string", st_bytes(R"({"__metadata__": {"k": 1}})", ""),
        "is not a string"},
   };
-  TmpDir dir;
+  TempDir dir;
   for (const auto& c : cases) {
     SCOPED_TRACE(c.label);
     const std::string name = std::string(c.label) + ".safetensors";
@@ -377,7 +361,7 @@ std::vector<long> steps_of(const fs::path& run) {
 }
 
 TEST(CheckpointDir, KeepLastRemovesOldest) {
-  TmpDir run;
+  TempDir run;
   for (long step : {100, 200, 300}) {
     const fs::path d = write_checkpoint(run.path(), step, 2,
                                         [&](const fs::path& dir) { write_marker(dir, step); });
@@ -394,7 +378,7 @@ TEST(CheckpointDir, KeepLastRemovesOldest) {
 }
 
 TEST(CheckpointDir, KeepAllAndNewestWrittenIsNeverPruned) {
-  TmpDir run;
+  TempDir run;
   for (long step : {1, 2, 3, 4})
     write_checkpoint(run.path(), step, 0, [&](const fs::path& d) { write_marker(d, step); });
   EXPECT_EQ(steps_of(run.path()), (std::vector<long>{1, 2, 3, 4}));
@@ -407,7 +391,7 @@ TEST(CheckpointDir, KeepAllAndNewestWrittenIsNeverPruned) {
 }
 
 TEST(CheckpointDir, FailedFillLeavesPreviousCheckpointsUntouched) {
-  TmpDir run;
+  TempDir run;
   write_checkpoint(run.path(), 10, 1, [&](const fs::path& d) { write_marker(d, 10); });
   EXPECT_THROW(write_checkpoint(run.path(), 20, 1,
                                 [&](const fs::path& d) {
@@ -424,7 +408,7 @@ TEST(CheckpointDir, FailedFillLeavesPreviousCheckpointsUntouched) {
 }
 
 TEST(CheckpointDir, ListingIgnoresTemporaryAndForeignEntries) {
-  TmpDir run;
+  TempDir run;
   EXPECT_TRUE(list_checkpoints(run.path()).empty());  // no checkpoints/ yet
   EXPECT_FALSE(latest_checkpoint(run.path()).has_value());
   write_checkpoint(run.path(), 5, 0, [&](const fs::path& d) { write_marker(d, 5); });
@@ -447,7 +431,7 @@ TEST(CheckpointDir, ListingIgnoresTemporaryAndForeignEntries) {
 }
 
 TEST(CheckpointDir, AtomicFileWriteAndRead) {
-  TmpDir dir;
+  TempDir dir;
   const fs::path p = dir / "config.toml";
   write_file_atomic(p, "a = 1\n");
   write_file_atomic(p, std::string("b = 2\n\0binary", 14));
@@ -466,7 +450,7 @@ TEST(CheckpointDir, AtomicFileWriteAndRead) {
 // metrics
 
 TEST(Metrics, WriteReadAppend) {
-  TmpDir dir;
+  TempDir dir;
   const fs::path p = dir / "run" / "metrics.jsonl";  // parent created on demand
   {
     MetricsLog log(p, false);
@@ -493,7 +477,7 @@ TEST(Metrics, WriteReadAppend) {
 }
 
 TEST(Metrics, TruncatedLastLineIsSkippedAndDroppedOnAppend) {
-  TmpDir dir;
+  TempDir dir;
   const fs::path p = dir / "metrics.jsonl";
   spit(p, "{\"step\": 1, \"train_loss\": 3.0}\n{\"step\": 2, \"train_lo");
   auto recs = read_metrics(p);
@@ -509,7 +493,7 @@ TEST(Metrics, TruncatedLastLineIsSkippedAndDroppedOnAppend) {
 }
 
 TEST(Metrics, MalformedMiddleLineIsAnErrorWithLineNumber) {
-  TmpDir dir;
+  TempDir dir;
   const fs::path p = dir / "metrics.jsonl";
   spit(p, "{\"step\": 1}\n{\"step\": oops}\n{\"step\": 3}\n");
   expect_user_error([&] { read_metrics(p); }, "metrics.jsonl:2", "malformed JSON");
@@ -692,7 +676,7 @@ TEST(Plot, TrainEmaAndValSeries) {
     if (s % 50 == 0) m.push_back({{"step", s}, {"val_loss", 5.0 / std::sqrt(s) + 0.2}});
   }
   m.push_back({{"lr", 1e-3}});  // no step: ignored
-  TmpDir dir;
+  TempDir dir;
   const fs::path p = dir / "loss.svg";
   write_loss_plot(m, p);
   const std::string svg = read_file(p);

@@ -1,6 +1,8 @@
 // llama2.c tokenizer: golden ids from tok512.bin, round trips, the fast merge against llama2.c's
 // O(n^2) loop, malformed files.
 #include <gtest/gtest.h>
+
+#include "test_util.h"
 #include <unistd.h>
 
 #include <atomic>
@@ -30,24 +32,7 @@ std::unique_ptr<SpTokenizer> load_tok512() {
   auto t = load_tok512(); \
   if (!t) GTEST_SKIP() << kTok512 << " is missing";
 
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path_ = fs::temp_directory_path() /
-            ("lmf_test_sp_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  fs::path operator/(const std::string& s) const { return path_ / s; }
-
- private:
-  fs::path path_;
-};
+using TempDir = lmf::test::TempDir;
 
 // Builds a llama2.c tokenizer file: specials, the 256 byte pieces, then `extra`.
 struct TokFile {
