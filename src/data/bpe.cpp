@@ -497,12 +497,10 @@ std::optional<TiktokenInfo> tiktoken_info(std::string_view name) {
   return std::nullopt;
 }
 
-// Lines "base64 rank".
-std::vector<std::pair<std::string, int32_t>> parse_tiktoken_file(const fs::path& p) {
-  const std::string s = read_file(p, "a .tiktoken rank file");
-  std::vector<std::pair<std::string, int32_t>> out;
+// Calls fn(line_number, line) for each non-empty line of s ('\n' or "\r\n" endings).
+template <class Fn>
+void for_each_line(const std::string& s, Fn&& fn) {
   size_t pos = 0, line = 0;
-  std::string bytes;
   while (pos < s.size()) {
     size_t eol = s.find('\n', pos);
     if (eol == std::string::npos) eol = s.size();
@@ -510,23 +508,33 @@ std::vector<std::pair<std::string, int32_t>> parse_tiktoken_file(const fs::path&
     pos = eol + 1;
     ++line;
     if (!l.empty() && l.back() == '\r') l.remove_suffix(1);
-    if (l.empty()) continue;
+    if (!l.empty()) fn(line, l);
+  }
+}
+
+// A non-negative decimal that fits int32_t, or -1.
+int64_t parse_rank(std::string_view d) {
+  if (d.empty() || d.size() > 10) return -1;
+  int64_t v = 0;
+  for (char c : d) {
+    if (c < '0' || c > '9') return -1;
+    v = v * 10 + (c - '0');
+  }
+  return v > INT32_MAX ? -1 : v;
+}
+
+// Lines "base64 rank".
+std::vector<std::pair<std::string, int32_t>> parse_tiktoken_file(const fs::path& p) {
+  const std::string s = read_file(p, "a .tiktoken rank file");
+  std::vector<std::pair<std::string, int32_t>> out;
+  std::string bytes;
+  for_each_line(s, [&](size_t line, std::string_view l) {
     const size_t sp = l.find(' ');
-    int64_t rank = -1;
-    if (sp != std::string_view::npos && sp + 1 < l.size() && l.size() - sp - 1 <= 10) {
-      rank = 0;
-      for (char c : l.substr(sp + 1)) {
-        if (c < '0' || c > '9') {
-          rank = -1;
-          break;
-        }
-        rank = rank * 10 + (c - '0');
-      }
-    }
-    if (rank < 0 || rank > INT32_MAX || !base64_decode(l.substr(0, sp), bytes))
+    const int64_t rank = sp == std::string_view::npos ? -1 : parse_rank(l.substr(sp + 1));
+    if (rank < 0 || !base64_decode(l.substr(0, sp), bytes))
       throw UserError("file {}: line {}: expected \"<base64 token> <rank>\"", p.string(), line);
     out.emplace_back(bytes, static_cast<int32_t>(rank));
-  }
+  });
   if (out.empty())
     throw UserError("file {}: no ranks (expected lines \"<base64 token> <rank>\")", p.string());
   return out;
@@ -554,49 +562,30 @@ nlohmann::json parse_js_module(const fs::path& p) {
 std::vector<std::pair<std::string, int32_t>> parse_bpe_ranks(const std::string& s,
                                                              const fs::path& p) {
   std::vector<std::pair<std::string, int32_t>> out;
-  size_t pos = 0, line = 0;
   std::string bytes;
-  while (pos < s.size()) {
-    size_t eol = s.find('\n', pos);
-    if (eol == std::string::npos) eol = s.size();
-    std::string_view l(s.data() + pos, eol - pos);
-    pos = eol + 1;
-    ++line;
-    if (l.empty()) continue;
+  for_each_line(s, [&](size_t line, std::string_view l) {
     // Fields: a tag, the first rank, then tokens whose ranks count up from it.
-    size_t f = 0;
+    auto bad = [&] {
+      return UserError("file {}: bpe_ranks line {}: expected \"<tag> <first rank> <base64>...\"", p.string(),
+                       line);
+    };
+    size_t f = 0, field_no = 0;
     int64_t rank = -1;
     for (size_t i = 0; i <= l.size(); ++i) {
       if (i < l.size() && l[i] != ' ') continue;
       const std::string_view field = l.substr(f, i - f);
       f = i + 1;
       if (field.empty()) continue;
-      if (rank == -1 && field.data() == l.data()) {  // the tag
-        rank = -2;
+      if (field_no++ == 0) continue;  // the tag
+      if (rank == -1) {
+        if ((rank = parse_rank(field)) < 0) throw bad();
         continue;
       }
-      if (rank == -2) {
-        rank = 0;
-        for (char c : field) {
-          if (c < '0' || c > '9' || rank > INT32_MAX) {
-            rank = -3;
-            break;
-          }
-          rank = rank * 10 + (c - '0');
-        }
-        if (rank < 0) break;
-        continue;
-      }
-      if (rank > INT32_MAX || !base64_decode(field, bytes)) {
-        rank = -3;
-        break;
-      }
+      if (rank > INT32_MAX || !base64_decode(field, bytes)) throw bad();
       out.emplace_back(bytes, static_cast<int32_t>(rank++));
     }
-    if (rank < 0)
-      throw UserError("file {}: bpe_ranks line {}: expected \"<tag> <first rank> <base64>...\"",
-                      p.string(), line);
-  }
+    if (rank < 0) throw bad();
+  });
   if (out.empty()) throw UserError("file {}: bpe_ranks is empty", p.string());
   return out;
 }
