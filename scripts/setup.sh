@@ -2,7 +2,8 @@
 # Installs what lmforge needs on Debian 12 (idempotent; runs apt only for what is missing).
 set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config libopenblas-openmp-dev libtomlplusplus-dev
-      nlohmann-json3-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev libpcre2-dev)
+      nlohmann-json3-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev libpcre2-dev
+      zlib1g-dev libzstd-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,6 +1,8 @@
 #include "data/prepare.h"
 
 #include <omp.h>
+#include <zlib.h>
+#include <zstd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -9,6 +11,7 @@
 #include <cstring>
 #include <exception>
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <span>
 #include <string_view>
@@ -34,10 +37,14 @@ constexpr size_t kGroupMaxFiles = 1024;
 // loader's shuffle counters (epoch << 38), so the two uses never share random bits.
 constexpr uint64_t kSplitIndexBase = 1ull << 63;
 
+enum class Compression { kNone, kGzip, kZstd };
+
 struct InputFile {
   fs::path path;
-  uint64_t bytes = 0;
+  uint64_t bytes = 0;  // on disk (compressed)
   bool jsonl = false;
+  Compression compression = Compression::kNone;
+  std::string meta;  // text files: path relative to the input root (MeCo metadata)
 };
 
 bool is_jsonl_ext(const std::string& ext) { return ext == ".jsonl" || ext == ".ndjson"; }
@@ -46,11 +53,39 @@ bool is_corpus_ext(const std::string& ext) {
   return ext == ".txt" || ext == ".md" || ext == ".text" || is_jsonl_ext(ext);
 }
 
+Compression compression_of(const fs::path& p) {
+  std::string ext = p.extension().string();
+  if (ext == ".gz") return Compression::kGzip;
+  if (ext == ".zst") return Compression::kZstd;
+  return Compression::kNone;
+}
+
+// The extension that says the content type: under the compression suffix, if any.
+std::string content_ext(const fs::path& p) {
+  return compression_of(p) == Compression::kNone ? p.extension().string()
+                                                 : p.stem().extension().string();
+}
+
+// Bytes a file weighs in a group: compressed text expands, and its tokens are what is held.
+uint64_t group_cost(const InputFile& f) {
+  return f.compression == Compression::kNone ? f.bytes : 4 * f.bytes;
+}
+
 uint64_t file_bytes(const fs::path& p) {
   std::error_code ec;
   uint64_t n = fs::file_size(p, ec);
   if (ec) throw UserError("file {}: cannot read: {}", p.string(), ec.message());
   return n;
+}
+
+InputFile make_input(fs::path p, std::string meta) {
+  InputFile f;
+  f.bytes = file_bytes(p);
+  f.jsonl = is_jsonl_ext(content_ext(p));
+  f.compression = compression_of(p);
+  f.meta = std::move(meta);
+  f.path = std::move(p);
+  return f;
 }
 
 // Explicit files in the order given; each directory's matching files in sorted order.
@@ -67,45 +102,172 @@ std::vector<InputFile> collect_inputs(const std::vector<fs::path>& inputs) {
       for (; it != end; it.increment(ec)) {
         if (ec) break;
         std::error_code fec;
-        if (it->is_regular_file(fec) && is_corpus_ext(it->path().extension().string()))
+        if (it->is_regular_file(fec) && is_corpus_ext(content_ext(it->path())))
           found.push_back(it->path());
       }
       if (ec) throw UserError("input {}: cannot list directory: {}", in.string(), ec.message());
       std::sort(found.begin(), found.end());
       for (auto& p : found) {
-        bool jl = is_jsonl_ext(p.extension().string());
-        uint64_t n = file_bytes(p);
-        files.push_back({std::move(p), n, jl});
+        std::string rel = p.lexically_relative(in).generic_string();
+        files.push_back(make_input(std::move(p), std::move(rel)));
       }
     } else {
-      files.push_back({in, file_bytes(in), is_jsonl_ext(in.extension().string())});
+      files.push_back(make_input(in, in.filename().string()));
     }
   }
   return files;
 }
 
-std::string read_file(const fs::path& p, uint64_t size_hint) {
-  FILE* f = std::fopen(p.c_str(), "rb");
-  if (!f) throw UserError("file {}: cannot open: {}", p.string(), std::strerror(errno));
-  // One allocation of the stat'ed size; keep reading in case the file grew since.
-  std::string s(size_hint, '\0');
-  size_t got = std::fread(s.data(), 1, s.size(), f);
-  s.resize(got);
-  char buf[1 << 16];
-  size_t n;
-  while (got == size_hint && (n = std::fread(buf, 1, sizeof buf, f)) > 0) s.append(buf, n);
-  bool bad = std::ferror(f);
-  int err = errno;
-  std::fclose(f);
-  if (bad) throw UserError("file {}: read error: {}", p.string(), std::strerror(err));
-  return s;
+// A file's bytes as a stream, decompressed on the fly for .gz and .zst. Concatenated gzip
+// members and zstd frames are read one after another, as gzip -d and zstd -d do.
+class InputStream {
+ public:
+  InputStream(const fs::path& p, Compression c) : path_(p), c_(c) {
+    f_ = std::fopen(p.c_str(), "rb");
+    if (!f_) throw UserError("file {}: cannot open: {}", p.string(), std::strerror(errno));
+    if (c_ == Compression::kGzip) {
+      zs_ = std::make_unique<z_stream>();
+      // 15 + 16: the largest window, gzip wrapper only.
+      if (inflateInit2(zs_.get(), 15 + 16) != Z_OK) {
+        std::fclose(f_);
+        throw UserError("file {}: cannot start gzip decompression", p.string());
+      }
+    } else if (c_ == Compression::kZstd) {
+      zd_ = ZSTD_createDCtx();
+      if (!zd_) {
+        std::fclose(f_);
+        throw UserError("file {}: cannot start zstd decompression", p.string());
+      }
+    }
+    if (c_ != Compression::kNone) in_.resize(1 << 17);
+  }
+  ~InputStream() {
+    if (zs_) inflateEnd(zs_.get());
+    if (zd_) ZSTD_freeDCtx(zd_);
+    std::fclose(f_);
+  }
+  InputStream(const InputStream&) = delete;
+  InputStream& operator=(const InputStream&) = delete;
+
+  // Up to n bytes into dst; fewer only at the end of the data.
+  size_t read(char* dst, size_t n) {
+    switch (c_) {
+      case Compression::kGzip:
+        return read_gzip(dst, n);
+      case Compression::kZstd:
+        return read_zstd(dst, n);
+      default:
+        return read_raw(dst, n);
+    }
+  }
+
+  // Everything left. `size_hint` sizes the one allocation a plain file needs (its stat'ed size);
+  // compressed data, and a file that grew since, is appended in pieces.
+  std::string read_all(uint64_t size_hint) {
+    std::string s(size_hint, '\0');
+    size_t got = read(s.data(), s.size());
+    s.resize(got);
+    if (got < size_hint) return s;
+    std::vector<char> piece(1 << 20);
+    while (size_t n = read(piece.data(), piece.size())) s.append(piece.data(), n);
+    return s;
+  }
+
+ private:
+  size_t read_raw(char* dst, size_t n) {
+    size_t got = 0;
+    while (got < n) {
+      size_t k = std::fread(dst + got, 1, n - got, f_);
+      if (k == 0) break;
+      got += k;
+    }
+    if (std::ferror(f_))
+      throw UserError("file {}: read error: {}", path_.string(), std::strerror(errno));
+    return got;
+  }
+
+  // Refills the compressed input buffer once it is used up; returns the bytes now in it.
+  size_t refill() {
+    size_t k = read_raw(in_.data(), in_.size());
+    if (k < in_.size()) eof_ = true;
+    return k;
+  }
+
+  [[noreturn]] void corrupt(const char* kind, std::string_view why) const {
+    throw UserError("file {}: corrupt {} data: {}", path_.string(), kind, why);
+  }
+
+  size_t read_gzip(char* dst, size_t n) {
+    z_stream& z = *zs_;
+    z.next_out = reinterpret_cast<Bytef*>(dst);
+    z.avail_out = static_cast<uInt>(std::min<size_t>(n, 1u << 30));
+    const uInt want = z.avail_out;
+    while (z.avail_out > 0) {
+      if (z.avail_in == 0 && !eof_) {
+        z.avail_in = static_cast<uInt>(refill());
+        z.next_in = reinterpret_cast<Bytef*>(in_.data());
+      }
+      if (z.avail_in == 0 && eof_ && member_done_) break;
+      if (member_done_) {  // more bytes after a complete member: the next member
+        inflateReset(&z);
+        member_done_ = false;
+      }
+      int r = inflate(&z, Z_NO_FLUSH);
+      if (r == Z_STREAM_END) {
+        member_done_ = true;
+      } else if (r == Z_BUF_ERROR && z.avail_in == 0 && eof_) {
+        corrupt("gzip", "unexpected end of data (truncated file?)");
+      } else if (r != Z_OK) {
+        corrupt("gzip", z.msg ? z.msg : zError(r));
+      }
+    }
+    return want - z.avail_out;
+  }
+
+  size_t read_zstd(char* dst, size_t n) {
+    ZSTD_outBuffer out{dst, n, 0};
+    while (out.pos < out.size) {
+      if (zin_.pos == zin_.size && !eof_) zin_ = {in_.data(), refill(), 0};
+      if (zin_.pos == zin_.size && eof_ && frame_done_) break;
+      size_t before = out.pos;
+      size_t r = ZSTD_decompressStream(zd_, &out, &zin_);
+      if (ZSTD_isError(r)) corrupt("zstd", ZSTD_getErrorName(r));
+      frame_done_ = r == 0;
+      if (!frame_done_ && zin_.pos == zin_.size && eof_ && out.pos == before)
+        corrupt("zstd", "unexpected end of data (truncated file?)");
+    }
+    return out.pos;
+  }
+
+  fs::path path_;
+  Compression c_;
+  FILE* f_ = nullptr;
+  std::vector<char> in_;  // compressed bytes read ahead
+  bool eof_ = false;
+  std::unique_ptr<z_stream> zs_;
+  bool member_done_ = false;  // gzip: the last member ended; no member has started yet
+  ZSTD_DCtx* zd_ = nullptr;
+  ZSTD_inBuffer zin_{nullptr, 0, 0};
+  bool frame_done_ = false;  // zstd: the last frame ended and was flushed
+};
+
+// MeCo's document prefix: the template with every "{}" replaced by the metadata.
+std::string render_metadata(const std::string& tmpl, std::string_view meta) {
+  std::string out;
+  for (size_t pos = 0;;) {
+    size_t at = tmpl.find("{}", pos);
+    if (at == std::string::npos) return out.append(tmpl, pos);
+    out.append(tmpl, pos, at - pos).append(meta);
+    pos = at + 2;
+  }
 }
 
 // The tokens of one file's documents (EOT not yet appended); empty documents stay empty and
-// are skipped by the writer.
+// are skipped by the writer. With MeCo, meco[i] is docs[i] with its metadata prefix.
 struct FileDocs {
   std::vector<std::vector<int32_t>> docs;
-  uint64_t bytes = 0;
+  std::vector<std::vector<int32_t>> meco;  // empty without metadata_field, else docs.size()
+  uint64_t bytes = 0;                      // decompressed bytes read
   std::exception_ptr error;
 };
 
@@ -140,14 +302,23 @@ const char* json_type_article(const nlohmann::json& j) {
   }
 }
 
-void tokenize_jsonl(const InputFile& in, const std::string& content, const Tokenizer& tok,
-                    const std::string& field, int threads, FileDocs& out) {
+// What tokenizing needs besides the file.
+struct TokenizeCtx {
+  const Tokenizer& tok;
+  const PrepareOptions& opts;
+  int threads;
+};
+
+// Tokenizes the lines of one chunk of a JSON-lines file (whole lines; `first_line` is the
+// 1-based number of its first) and appends their documents to `out`.
+void tokenize_jsonl_chunk(const InputFile& in, std::string_view content, uint64_t first_line,
+                          const TokenizeCtx& ctx, FileDocs& out) {
   struct Line {
     std::string_view text;
     uint64_t number;  // 1-based, counting blank lines
   };
   std::vector<Line> lines;
-  uint64_t number = 0;
+  uint64_t number = first_line - 1;
   for (size_t pos = 0; pos < content.size();) {
     size_t nl = content.find('\n', pos);
     size_t end = nl == std::string::npos ? content.size() : nl;
@@ -156,14 +327,33 @@ void tokenize_jsonl(const InputFile& in, const std::string& content, const Token
     if (l.find_first_not_of(" \t\r\f\v") != std::string_view::npos) lines.push_back({l, number});
     pos = end + 1;
   }
-  out.docs.resize(lines.size());
+  const std::string& field = ctx.opts.text_field;
+  const std::string& mfield = ctx.opts.metadata_field;
+  const bool meco = !mfield.empty();
+  const size_t base = out.docs.size();
+  out.docs.resize(base + lines.size());
+  if (meco) out.meco.resize(base + lines.size());
+  // A string field of an object, or the reason there is none.
+  auto string_field = [](const nlohmann::json& j, const std::string& name, std::string& msg,
+                         const char* what) -> const std::string* {
+    auto f = j.find(name);
+    if (f == j.end()) {
+      msg = fmt::format("no {}field \"{}\" in the JSON object", what, name);
+    } else if (!f->is_string()) {
+      msg =
+          fmt::format("{}field \"{}\" is {}, expected a string", what, name, json_type_article(*f));
+    } else {
+      return &f->get_ref<const std::string&>();
+    }
+    return nullptr;
+  };
   // Errors are collected and the first by line number reported, whatever the thread order.
   size_t first_bad = lines.size();
   std::string first_msg;
   std::exception_ptr first_exc;
   const int64_t n = static_cast<int64_t>(lines.size());
 #pragma omp parallel for schedule(dynamic, 256) \
-    num_threads(threads) if (!omp_in_parallel() && n > 1024)
+    num_threads(ctx.threads) if (!omp_in_parallel() && n > 1024)
   for (int64_t i = 0; i < n; ++i) {
     const Line& l = lines[i];
     std::string msg;
@@ -173,12 +363,15 @@ void tokenize_jsonl(const InputFile& in, const std::string& content, const Token
       if (!j.is_object()) {
         msg = fmt::format("expected a JSON object with a string field \"{}\", got {}", field,
                           json_type_article(j));
-      } else if (auto f = j.find(field); f == j.end()) {
-        msg = fmt::format("no field \"{}\" in the JSON object", field);
-      } else if (!f->is_string()) {
-        msg = fmt::format("field \"{}\" is {}, expected a string", field, json_type_article(*f));
-      } else {
-        out.docs[i] = tok.encode(f->get_ref<const std::string&>());
+      } else if (const std::string* text = string_field(j, field, msg, "")) {
+        if (!meco) {
+          out.docs[base + i] = ctx.tok.encode(*text);
+        } else if (const std::string* m = string_field(j, mfield, msg, "metadata ")) {
+          out.docs[base + i] = ctx.tok.encode(*text);
+          if (!text->empty())
+            out.meco[base + i] =
+                ctx.tok.encode(render_metadata(ctx.opts.metadata_template, *m) + *text);
+        }
       }
     } catch (const nlohmann::json::exception& e) {
       msg = "not valid JSON: " + json_error_text(e);
@@ -200,14 +393,44 @@ void tokenize_jsonl(const InputFile& in, const std::string& content, const Token
     throw UserError("file {} line {}: {}", in.path.string(), lines[first_bad].number, first_msg);
 }
 
-void tokenize_file(const InputFile& in, const Tokenizer& tok, const std::string& field, int threads,
-                   FileDocs& out) {
-  std::string content = read_file(in.path, in.bytes);
-  out.bytes = content.size();
-  if (in.jsonl) {
-    tokenize_jsonl(in, content, tok, field, threads, out);
-  } else {
-    out.docs.push_back(tok.encode(content));
+// JSON lines are read and tokenized this many bytes (of whole lines) at a time.
+constexpr size_t kJsonlChunkBytes = 16 << 20;
+
+// Tokenizes one file into `out`. With `flush`, a JSON-lines file hands over its documents after
+// every chunk (flush takes them and leaves `out.docs` empty), so a large file is never held
+// whole, neither its text nor its tokens.
+void tokenize_file(const InputFile& in, const TokenizeCtx& ctx, FileDocs& out,
+                   const std::function<void(FileDocs&)>& flush = {}) {
+  InputStream stream(in.path, in.compression);
+  if (!in.jsonl) {
+    std::string content = stream.read_all(in.bytes);
+    out.bytes = content.size();
+    out.docs.push_back(ctx.tok.encode(content));
+    if (!ctx.opts.metadata_field.empty())
+      out.meco.push_back(
+          content.empty()
+              ? std::vector<int32_t>{}
+              : ctx.tok.encode(render_metadata(ctx.opts.metadata_template, in.meta) + content));
+    return;
+  }
+  std::string buf;  // whole lines not yet tokenized, then the start of a partial one
+  uint64_t line = 1;
+  for (bool end = false; !end;) {
+    size_t have = buf.size();
+    buf.resize(have + kJsonlChunkBytes);
+    size_t got = stream.read(buf.data() + have, kJsonlChunkBytes);
+    buf.resize(have + got);
+    out.bytes += got;
+    end = got < kJsonlChunkBytes;
+    // Whole lines only, unless this is the end; a line longer than a chunk waits for more.
+    size_t cut = end ? buf.size() : buf.rfind('\n');
+    if (cut == std::string::npos) continue;
+    if (!end) ++cut;
+    std::string_view whole(buf.data(), cut);
+    tokenize_jsonl_chunk(in, whole, line, ctx, out);
+    line += static_cast<uint64_t>(std::count(whole.begin(), whole.end(), '\n'));
+    buf.erase(0, cut);
+    if (flush) flush(out);
   }
 }
 
@@ -289,6 +512,9 @@ void check_options(const PrepareOptions& o) {
     throw UserError("prepare: val_fraction is {}, expected a value in [0, 1)", o.val_fraction);
   if (o.shard_tokens == 0) throw UserError("prepare: shard_tokens must be > 0");
   if (o.threads < 0) throw UserError("prepare: threads is {}, expected >= 0", o.threads);
+  if (!o.metadata_field.empty() && o.metadata_template.find("{}") == std::string::npos)
+    throw UserError("prepare: metadata template '{}' has no {{}} for the metadata",
+                    o.metadata_template);
 }
 
 }  // namespace
@@ -300,12 +526,14 @@ PrepareReport prepare(const PrepareOptions& opts,
   const uint32_t vocab = static_cast<uint32_t>(tok->vocab_size());
   const int32_t eot = tok->eot_id();
   const int threads = opts.threads > 0 ? opts.threads : omp_get_max_threads();
+  const bool meco = !opts.metadata_field.empty();
+  const TokenizeCtx ctx{.tok = *tok, .opts = opts, .threads = threads};
 
   std::vector<InputFile> files = collect_inputs(opts.inputs);
   if (files.empty())
     throw UserError(
         "prepare: no input files found (directories are searched for .txt .md .text "
-        ".jsonl .ndjson)");
+        ".jsonl .ndjson, also with .gz or .zst)");
   uint64_t bytes_total = 0;
   for (const auto& f : files) bytes_total += f.bytes;
 
@@ -314,60 +542,94 @@ PrepareReport prepare(const PrepareOptions& opts,
   if (ec)
     throw UserError("output directory {}: cannot create: {}", opts.out_dir.string(), ec.message());
   remove_previous_outputs(opts.out_dir);
+  // A previous MeCo set would no longer match the plain shards: it goes too.
+  const fs::path meco_dir = opts.out_dir / "meco";
+  if (fs::is_directory(meco_dir, ec)) remove_previous_outputs(meco_dir);
+  if (meco) {
+    fs::create_directories(meco_dir, ec);
+    if (ec)
+      throw UserError("output directory {}: cannot create: {}", meco_dir.string(), ec.message());
+  } else {
+    fs::remove(meco_dir, ec);  // only if now empty
+  }
 
   std::vector<fs::path> written;
   try {
     ShardWriter train(opts.out_dir, "train", opts.shard_tokens, vocab, written);
     ShardWriter val(opts.out_dir, "val", opts.shard_tokens, vocab, written);
+    ShardWriter meco_train(meco_dir, "train", opts.shard_tokens, vocab, written);  // MeCo only
     const int32_t eot_tok[1] = {eot};
-    uint64_t docs = 0, train_docs = 0, val_docs = 0, bytes_done = 0;
+    uint64_t docs = 0, train_docs = 0, val_docs = 0;
+    uint64_t bytes_done = 0, text_bytes = 0;  // on disk (for progress); decompressed
 
     // The newest document is held back until the next arrives (or the input ends), so that
     // the last one can be sent to whichever split the draws left empty.
-    std::vector<int32_t> pending;
+    std::vector<int32_t> pending, pending_meco;
     bool pending_val = false;
-    auto emit = [&](const std::vector<int32_t>& doc, bool to_val) {
+    auto emit = [&](const std::vector<int32_t>& doc, const std::vector<int32_t>& meco_doc,
+                    bool to_val) {
       ShardWriter& w = to_val ? val : train;
       w.append(doc);
       w.append(eot_tok);
+      if (meco && !to_val) {
+        meco_train.append(meco_doc);
+        meco_train.append(eot_tok);
+      }
       ++(to_val ? val_docs : train_docs);
+    };
+    // Takes the documents tokenized so far from r (in order), drawing each one's split.
+    uint64_t file_docs = 0;
+    auto take = [&](FileDocs& r) {
+      for (size_t i = 0; i < r.docs.size(); ++i) {
+        if (r.docs[i].empty()) continue;
+        if (docs > 0) emit(pending, pending_meco, pending_val);
+        pending = std::move(r.docs[i]);
+        if (meco) pending_meco = std::move(r.meco[i]);
+        uint32_t draw = philox4x32(opts.seed, kStreamData, kSplitIndexBase + docs)[0];
+        pending_val = u32_to_unit(draw) < opts.val_fraction;
+        ++docs;
+        ++file_docs;
+      }
+      r.docs.clear();  // free this file's tokens before the next
+      r.meco.clear();
     };
 
     nlohmann::json sources = nlohmann::json::array();
     for (size_t g0 = 0; g0 < files.size();) {
       size_t g1 = g0 + 1;
-      uint64_t gbytes = files[g0].bytes;
+      uint64_t gbytes = group_cost(files[g0]);
       while (g1 < files.size() && g1 - g0 < kGroupMaxFiles &&
-             gbytes + files[g1].bytes <= kGroupBytes)
-        gbytes += files[g1++].bytes;
+             gbytes + group_cost(files[g1]) <= kGroupBytes)
+        gbytes += group_cost(files[g1++]);
       std::vector<FileDocs> res(g1 - g0);
       const int64_t ng = static_cast<int64_t>(g1 - g0);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (ng > 1)
-      for (int64_t k = 0; k < ng; ++k) {
-        try {
-          tokenize_file(files[g0 + k], *tok, opts.text_field, threads, res[k]);
-        } catch (...) {
-          res[k].error = std::current_exception();
+      file_docs = 0;
+      if (ng == 1) {
+        // Alone in its group: write as it is read (the file's own lines run in parallel).
+        tokenize_file(files[g0], ctx, res[0], take);
+      } else {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+        for (int64_t k = 0; k < ng; ++k) {
+          try {
+            tokenize_file(files[g0 + k], ctx, res[k]);
+          } catch (...) {
+            res[k].error = std::current_exception();
+          }
         }
       }
       // In file order: the first failing file is the one reported, whatever the thread count.
       for (int64_t k = 0; k < ng; ++k) {
         FileDocs& r = res[k];
         if (r.error) std::rethrow_exception(r.error);
-        uint64_t file_docs = 0;
-        for (auto& d : r.docs) {
-          if (d.empty()) continue;
-          if (docs > 0) emit(pending, pending_val);
-          pending = std::move(d);
-          uint32_t draw = philox4x32(opts.seed, kStreamData, kSplitIndexBase + docs)[0];
-          pending_val = u32_to_unit(draw) < opts.val_fraction;
-          ++docs;
-          ++file_docs;
-        }
-        r.docs = {};  // free this file's tokens before the next
-        bytes_done += r.bytes;
-        sources.push_back(
-            {{"path", files[g0 + k].path.string()}, {"documents", file_docs}, {"bytes", r.bytes}});
+        if (k > 0) file_docs = 0;
+        take(r);
+        bytes_done += files[g0 + k].bytes;
+        text_bytes += r.bytes;
+        nlohmann::json src = {
+            {"path", files[g0 + k].path.string()}, {"documents", file_docs}, {"bytes", r.bytes}};
+        if (files[g0 + k].compression != Compression::kNone)
+          src["compressed_bytes"] = files[g0 + k].bytes;
+        sources.push_back(std::move(src));
         if (progress) progress(bytes_done, bytes_total);
       }
       g0 = g1;
@@ -375,7 +637,7 @@ PrepareReport prepare(const PrepareOptions& opts,
 
     if (docs == 0)
       throw UserError("prepare: no documents in {} input file(s) ({} bytes): nothing to prepare",
-                      files.size(), bytes_done);
+                      files.size(), text_bytes);
     if (docs == 1) {
       // One document: its tail is the validation set.
       pending.push_back(eot);
@@ -388,6 +650,12 @@ PrepareReport prepare(const PrepareOptions& opts,
       std::span<const int32_t> all(pending);
       train.append(all.first(n - k));
       val.append(all.subspan(n - k));
+      if (meco) {
+        // The same number of tokens off its end; the prefix makes it longer than k.
+        pending_meco.push_back(eot);
+        std::span<const int32_t> m(pending_meco);
+        meco_train.append(m.first(m.size() - std::min<size_t>(k, m.size() - 1)));
+      }
       ++train_docs;
       if (k > 0) ++val_docs;
     } else {
@@ -395,27 +663,32 @@ PrepareReport prepare(const PrepareOptions& opts,
         pending_val = true;
       else if (train_docs == 0)
         pending_val = false;
-      emit(pending, pending_val);
+      emit(pending, pending_meco, pending_val);
     }
     pending = {};
+    pending_meco = {};
     train.finish();
     val.finish();
+    meco_train.finish();
 
     PrepareReport rep;
     rep.documents = docs;
     rep.train_tokens = train.tokens();
     rep.val_tokens = val.tokens();
-    rep.bytes_read = bytes_done;
-    rep.shards = written;
+    rep.bytes_read = text_bytes;
+    for (const ShardWriter* w : {&train, &val})
+      for (const auto& s : w->shards()) rep.shards.push_back(s.path);
+    rep.meco_train_tokens = meco_train.tokens();
+    for (const auto& s : meco_train.shards()) rep.meco_shards.push_back(s.path);
 
-    auto shard_list = nlohmann::json::array();
-    auto add_shards = [&](const ShardWriter& w, const char* split) {
-      for (const auto& s : w.shards())
-        shard_list.push_back(
-            {{"file", s.path.filename().string()}, {"split", split}, {"tokens", s.tokens}});
+    auto shard_list = [](std::initializer_list<std::pair<const ShardWriter*, const char*>> ws) {
+      auto list = nlohmann::json::array();
+      for (auto [w, split] : ws)
+        for (const auto& s : w->shards())
+          list.push_back(
+              {{"file", s.path.filename().string()}, {"split", split}, {"tokens", s.tokens}});
+      return list;
     };
-    add_shards(train, "train");
-    add_shards(val, "val");
     nlohmann::json manifest = {
         {"format", "lmforge-shards"},
         {"format_version", kShardVersion},
@@ -433,8 +706,22 @@ PrepareReport prepare(const PrepareOptions& opts,
         {"train_tokens", rep.train_tokens},
         {"val_tokens", rep.val_tokens},
         {"bytes_read", rep.bytes_read},
-        {"shards", shard_list},
+        {"shards", shard_list({{&train, "train"}, {&val, "val"}})},
     };
+    if (meco) {
+      manifest["metadata_field"] = opts.metadata_field;
+      manifest["metadata_template"] = opts.metadata_template;
+      // The MeCo set: the training documents of the plain set, each with its metadata prefix.
+      nlohmann::json mm = manifest;
+      mm["plain"] = "..";
+      mm["val_documents"] = 0;
+      mm["val_tokens"] = 0;
+      mm["train_tokens"] = rep.meco_train_tokens;
+      mm["shards"] = shard_list({{&meco_train, "train"}});
+      fs::path mpath = meco_dir / "manifest.json";
+      written.push_back(mpath);
+      write_file_atomic(mpath, mm.dump(2) + "\n");
+    }
     fs::path mpath = opts.out_dir / "manifest.json";
     written.push_back(mpath);
     write_file_atomic(mpath, manifest.dump(2) + "\n");
@@ -442,6 +729,7 @@ PrepareReport prepare(const PrepareOptions& opts,
   } catch (...) {
     // Leave no half dataset behind: every file is complete, but the set would not be.
     for (const auto& p : written) fs::remove(p, ec);
+    if (meco) fs::remove(meco_dir, ec);  // only if now empty
     throw;
   }
 }

@@ -1,5 +1,7 @@
 // Data layer: tokenizer, shard format, prepare, DataLoader.
 #include <gtest/gtest.h>
+
+#include "test_util.h"
 #include <unistd.h>
 
 #include <atomic>
@@ -23,28 +25,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// A fresh directory under the system temp dir, removed with its contents at scope exit.
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::temp_directory_path() / fmt::format("lmf_test_data_{}_{}_{}_{}", ::getpid(),
-                                                    info ? info->test_suite_name() : "x",
-                                                    info ? info->name() : "x", counter++);
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-  fs::path operator/(const std::string& s) const { return path_ / s; }
-
- private:
-  fs::path path_;
-};
+using TempDir = lmf::test::TempDir;
 
 void write_file(const fs::path& p, const std::string& content) {
   fs::create_directories(p.parent_path());
