@@ -48,6 +48,7 @@ void add_prepare(CLI::App& app) {
       ->capture_default_str()->check(CLI::Range(0.0, 0.5));
   cmd->add_option("--shard-tokens", o->p.shard_tokens, "maximum tokens per shard")->capture_default_str()
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--license", o->p.license, "licence of the inputs, recorded in manifest.json");
   cmd->add_option("--seed", o->p.seed, "seed for the validation split")->capture_default_str();
   cmd->add_option("--threads", o->p.threads, "threads; 0 = all")->capture_default_str()
       ->check(CLI::NonNegativeNumber);
@@ -61,7 +62,14 @@ void add_prepare(CLI::App& app) {
     for (const auto& in : o->inputs) o->p.inputs.emplace_back(in);
     o->p.out_dir = o->out;
     o->p.metadata_template = unescape(o->metadata_template);
-    auto rep = data::prepare(o->p);
+    // On a terminal, a bar in per-mille of the input bytes; in logs, only the summary below.
+    Progress bar(1000, 0);
+    auto rep = data::prepare(o->p, [&bar](uint64_t done, uint64_t total) {
+      if (bar.is_terminal())
+        bar.update(total ? long(1000 * done / total) : 1000,
+                   {{"MB", fmt::format("{:.1f}/{:.1f}", done / 1e6, total / 1e6)}});
+    });
+    if (bar.is_terminal()) bar.finish();
     fmt::print("prepared {} documents ({} bytes) with tokenizer '{}': {} train tokens, {} val tokens\n",
                rep.documents, rep.bytes_read, o->p.tokenizer, rep.train_tokens, rep.val_tokens);
     for (const auto& s : rep.shards) fmt::print("  wrote {}\n", s.string());

@@ -693,6 +693,7 @@ PrepareReport prepare(const PrepareOptions& opts,
         {"format", "lmforge-shards"},
         {"format_version", kShardVersion},
         {"tokenizer", tok->name()},
+        {"vocab_fingerprint", fmt::format("{:016x}", vocab_fingerprint(*tok))},
         {"vocab_size", vocab},
         {"eot_id", eot},
         {"text_field", opts.text_field},
@@ -708,6 +709,7 @@ PrepareReport prepare(const PrepareOptions& opts,
         {"bytes_read", rep.bytes_read},
         {"shards", shard_list({{&train, "train"}, {&val, "val"}})},
     };
+    if (!opts.license.empty()) manifest["license"] = opts.license;
     if (meco) {
       manifest["metadata_field"] = opts.metadata_field;
       manifest["metadata_template"] = opts.metadata_template;

@@ -66,6 +66,7 @@ struct PrepareOptions {
   int threads = 0;                           // 0 = all
   std::string metadata_field{};              // non-empty: also write MeCo shards to out_dir/meco
   std::string metadata_template = "{}\n\n";  // prefix of each MeCo document; "{}" = metadata
+  std::string license{};                     // recorded in the manifest (e.g. "public domain")
 };
 
 struct PrepareReport {

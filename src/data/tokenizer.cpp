@@ -49,4 +49,20 @@ std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name) {
                   fmt::join(known_tokenizers(), ", "));
 }
 
+uint64_t vocab_fingerprint(const Tokenizer& tok) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  auto mix = [&h](const void* p, size_t n) {
+    const auto* c = static_cast<const unsigned char*>(p);
+    for (size_t i = 0; i < n; ++i) h = (h ^ c[i]) * 0x100000001b3ull;
+  };
+  for (int32_t id = 0; id < tok.vocab_size(); ++id) {
+    std::string bytes = tok.decode(std::span<const int32_t>(&id, 1), Specials::kShow);
+    uint64_t n = bytes.size();
+    mix(&id, sizeof id);
+    mix(&n, sizeof n);
+    mix(bytes.data(), bytes.size());
+  }
+  return h;
+}
+
 }  // namespace lmf::data

@@ -53,4 +53,9 @@ std::vector<std::string> known_tokenizers();
 // "byte" -> ByteTokenizer; an unknown name is a UserError that lists the known ones.
 std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name);
 
+// FNV-1a over (id, decoded bytes) for every id, specials shown: two tokenizers with the same
+// fingerprint turn every id into the same bytes. `prepare` records it in the manifest and
+// `train` checks it, so a model is never sampled through another vocabulary than its data's.
+uint64_t vocab_fingerprint(const Tokenizer& tok);
+
 }  // namespace lmf::data

@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "core/threading.h"
 #include "core/timer.h"
+#include "data/tokenizer.h"
 #include "optim/schedule.h"
 #include "train/checkpoint_dir.h"
 #include "train/metrics.h"
@@ -31,6 +32,26 @@ double peak_rss_mb() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
   return ru.ru_maxrss / 1024.0;  // Linux reports KiB
+}
+
+// The shards' manifest records the fingerprint of the vocabulary they were made with; the
+// config's tokenizer (used later by sample) must be the same one.
+void check_tokenizer_matches_data(const std::string& spec, const std::filesystem::path& dir) {
+  auto path = dir / "manifest.json";
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) return;  // e.g. llm.c shards: nothing to check
+  nlohmann::json m;
+  try {
+    m = nlohmann::json::parse(read_file(path));
+  } catch (const nlohmann::json::exception& e) {
+    throw UserError("{}: malformed manifest: {}", path.string(), e.what());
+  }
+  if (!m.contains("vocab_fingerprint")) return;  // made before fingerprints existed
+  auto tok = data::make_tokenizer(spec);
+  std::string mine = fmt::format("{:016x}", data::vocab_fingerprint(*tok));
+  if (m["vocab_fingerprint"] != mine)
+    throw UserError("[data] tokenizer \"{}\" is not the tokenizer the shards in {} were made with ({}, per {})", spec,
+                    dir.string(), m.value("tokenizer", std::string("?")), path.string());
 }
 
 }  // namespace
@@ -101,6 +122,7 @@ Trainer::Trainer(RunConfig cfg) : cfg_(std::move(cfg)), run_dir_(cfg_.log.run_di
     throw UserError("{}: the data's vocabulary ({} tokens) is larger than [model] vocab_size = {}", cfg_.data.dir,
                     data_vocab, cfg_.model.vocab_size);
   }
+  check_tokenizer_matches_data(cfg_.data.tokenizer, cfg_.data.dir);
   model_ = std::make_unique<Gpt2<float>>(cfg_.model);
   opt_ = std::make_unique<AdamW>(model_->params(), cfg_.optim);
 

@@ -170,10 +170,17 @@ TEST_F(Cli, TrainedBpeTokenizerEndToEnd) {
   int ids = 1 + int(std::count(id_text.begin(), id_text.end(), ' '));
   EXPECT_LT(ids, int(slurp(text).size()) / 2);  // merges compress: fewer than one id per 2 bytes
 
-  auto p = run_lmforge(fmt("prepare --input {}/tests/data/sotu_sample --output {} --tokenizer {} --val-fraction 0.2",
+  auto p = run_lmforge(fmt("prepare --input {}/tests/data/sotu_sample --output {} --tokenizer {} --val-fraction 0.2 "
+                           "--license public-domain",
                            LMF_SOURCE_DIR, (t.path() / "d").string(), spec),
                        t.path());
   ASSERT_EQ(p.code, 0) << p.err;
+  EXPECT_NE(slurp(t.path() / "d" / "manifest.json").find("\"license\": \"public-domain\""), std::string::npos);
+  // Shards made with the BPE vocabulary refuse a config that names another tokenizer.
+  expect_user_error(run_lmforge(train_args(t.path() / "wrong", "--set data.dir=" + (t.path() / "d").string() +
+                                                                   " --set data.tokenizer=byte"),
+                                t.path()),
+                    "not the tokenizer the shards");
   auto run = t.path() / "run";
   auto tr = run_lmforge(train_args(run, "--set train.steps=3 --set train.eval_every=0 --set data.dir=" +
                                             (t.path() / "d").string() + " --set data.tokenizer=" + spec),
