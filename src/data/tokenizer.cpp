@@ -37,6 +37,7 @@ std::vector<std::string> known_tokenizers() {
   for (const auto& e : known_tiktoken_encodings()) k.push_back(e);
   k.push_back("bpe:<tokenizer.json | GPT-2 dir | .tiktoken file>");
   k.push_back("llama2c:<tokenizer.bin>");
+  k.push_back("<path> (a tokenizer file or GPT-2 directory, format detected)");
   return k;
 }
 
@@ -45,6 +46,12 @@ std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name) {
   if (is_tiktoken_encoding(name)) return make_named_bpe(name, default_tokref_dir());
   if (name.starts_with("bpe:")) return load_bpe(name.substr(4));
   if (name.starts_with("llama2c:")) return SpTokenizer::load(name.substr(8));
+  // A bare path: llama2.c's tokenizer.bin by its extension, any BPE format otherwise.
+  std::error_code ec;
+  if (std::filesystem::exists(name, ec)) {
+    if (std::filesystem::path(name).extension() == ".bin") return SpTokenizer::load(name);
+    return load_bpe(name);
+  }
   throw UserError("unknown tokenizer \"{}\" (known: {})", name,
                   fmt::join(known_tokenizers(), ", "));
 }

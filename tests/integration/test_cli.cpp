@@ -163,6 +163,10 @@ TEST_F(Cli, TrainedBpeTokenizerEndToEnd) {
   auto text = std::string(LMF_SOURCE_DIR) + "/tests/data/sotu_sample/1962_john_f_kennedy_d.txt";
   auto e = run_lmforge("tokenizer encode -t " + spec + " -i " + text + " -o " + (t.path() / "ids.txt").string(), t.path());
   ASSERT_EQ(e.code, 0) << e.err;
+  // A bare path works too: the format is detected.
+  auto e2 = run_lmforge("tokenizer encode -t " + tok.string() + " -i " + text, t.path());
+  ASSERT_EQ(e2.code, 0) << e2.err;
+  EXPECT_EQ(e2.out, slurp(t.path() / "ids.txt"));
   auto d = run_lmforge("tokenizer decode -t " + spec + " -i " + (t.path() / "ids.txt").string(), t.path());
   ASSERT_EQ(d.code, 0) << d.err;
   EXPECT_EQ(d.out, slurp(text));
@@ -199,6 +203,17 @@ TEST_F(Cli, TrainedBpeTokenizerEndToEnd) {
   expect_user_error(run_lmforge("tokenizer encode -t bpe:" + (t.path() / "bad.json").string() + " -i " + text, t.path()),
                     "bad.json");
   expect_user_error(run_lmforge("tokenizer encode -t nonsense -i " + text, t.path()), "nonsense");
+}
+
+// llama2.c's tokenizer through the CLI: the published golden ids for "Once upon a time".
+TEST_F(Cli, Llama2cTokenizerGoldenIds) {
+  std::string tok = std::string(LMF_SHARED_DIR) + "/data/tinyllamas/tok512.bin";
+  if (!fs::exists(tok)) GTEST_SKIP() << tok << " is missing";
+  TempDir t;
+  std::ofstream(t.path() / "p.txt") << "Once upon a time";
+  auto r = run_lmforge("tokenizer encode -t " + tok + " -i " + (t.path() / "p.txt").string(), t.path());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "403 407 261 378\n");
 }
 
 TEST_F(Cli, MixtureWithCooldownResumesBitExact) {
