@@ -85,4 +85,46 @@ void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float 
 double sum_squares(const float* x, size_t n);
 void scale(float* x, float s, size_t n);
 
+// ---- Llama family ------------------------------------------------------------------------------
+
+// RMSNorm (Zhang & Sennrich 2019): out = inp * rstd * w, rstd = 1 / sqrt(mean(inp^2) + eps).
+// out, inp (N, C); rstd (N) saved for backward; w (C).
+template <class F>
+void rmsnorm_forward(F* out, F* rstd, const F* inp, const F* w, int N, int C, float eps);
+// dinp (N, C) += ... (the residual stream, as for layernorm); dw (C) += ...
+template <class F>
+void rmsnorm_backward(F* dinp, F* dw, const F* dout, const F* inp, const F* w, const F* rstd, int N,
+                      int C);
+
+// Rotary position embedding (Su et al. 2021, RoFormer eq. 34). out, inp (B, T, NH, hs), hs even;
+// out == inp allowed. Pair j in [0, hs/2) at position t is rotated by t * theta^(-2j/hs).
+// interleaved: pairs (x[2j], x[2j+1]) (Meta llama, llama2.c); otherwise Hugging Face's
+// rotate-half: pairs (x[j], x[j + hs/2]).
+template <class F>
+void rope_forward(F* out, const F* inp, int B, int T, int NH, int hs, float theta, bool interleaved);
+// dinp = R^T dout, the inverse rotation (assigned; dinp == dout allowed).
+template <class F>
+void rope_backward(F* dinp, const F* dout, int B, int T, int NH, int hs, float theta,
+                   bool interleaved);
+
+// SwiGLU (Shazeer 2020): out = silu(gate) * up, silu(x) = x * sigmoid(x). All (n).
+template <class F>
+void swiglu_forward(F* out, const F* gate, const F* up, size_t n);
+// dgate, dup (n) assigned.
+template <class F>
+void swiglu_backward(F* dgate, F* dup, const F* dout, const F* gate, const F* up, size_t n);
+
+// Causal grouped-query attention (Ainslie et al. 2023), scale 1/sqrt(hs). Query head h reads kv
+// head h / (NH / KVH); KVH == NH is multi-head, KVH == 1 multi-query attention.
+// q, out (B, T, NH*hs); k, v (B, T, KVH*hs); lse (B, NH, T) saved for backward.
+// Memory as attention_forward: one (T x T) block per thread, P recomputed in backward.
+template <class F>
+void attention_gqa_forward(F* out, F* lse, const F* q, const F* k, const F* v, int B, int T, int NH,
+                           int KVH, int hs);
+// dq (B, T, NH*hs), dk, dv (B, T, KVH*hs), all assigned; dk and dv sum over the query heads of
+// their group, in a fixed order (deterministic).
+template <class F>
+void attention_gqa_backward(F* dq, F* dk, F* dv, const F* dout, const F* q, const F* k, const F* v,
+                            const F* out, const F* lse, int B, int T, int NH, int KVH, int hs);
+
 }  // namespace lmf::ops

@@ -295,4 +295,171 @@ void scale(T* x, T s, size_t n) {
   for (size_t i = 0; i < n; ++i) x[i] *= s;
 }
 
+// ---- Llama family ------------------------------------------------------------------------------
+
+// out (N, C) = inp * rstd * w; rstd (N) = 1 / sqrt(mean(inp^2) + eps); w (C)
+template <class T>
+void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* w, int N, int C, float eps) {
+  for (int i = 0; i < N; ++i) {
+    const T* x = inp + (size_t)i * C;
+    T ms = 0;
+    for (int c = 0; c < C; ++c) ms += x[c] * x[c];
+    ms /= C;
+    const T r = T(1) / std::sqrt(ms + T(eps));
+    for (int c = 0; c < C; ++c) out[(size_t)i * C + c] = x[c] * r * w[c];
+    rstd[i] = r;
+  }
+}
+
+// dinp (N, C) += ...; dw (C) += ...: the chain rule through rstd written out term by term,
+// d rstd / d x_k = -rstd^3 x_k / C.
+template <class T>
+void rmsnorm_backward(T* dinp, T* dw, const T* dout, const T* inp, const T* w, const T* rstd, int N,
+                      int C) {
+  for (int i = 0; i < N; ++i) {
+    const T* x = inp + (size_t)i * C;
+    const T* d = dout + (size_t)i * C;
+    const T r = rstd[i];
+    T dr = 0;  // dL/d rstd
+    for (int c = 0; c < C; ++c) dr += d[c] * w[c] * x[c];
+    for (int c = 0; c < C; ++c) {
+      dw[c] += x[c] * r * d[c];
+      dinp[(size_t)i * C + c] += d[c] * w[c] * r + dr * (-r * r * r * x[c] / C);
+    }
+  }
+}
+
+// out, inp (B, T, NH, hs): each pair rotated by angle t * theta^(-2j/hs) (sign +1), or by its
+// negative (sign -1, the backward). Pairs (2j, 2j+1) if interleaved, else (j, j + hs/2).
+template <class T>
+void rope_rotate(T* out, const T* inp, int B, int T_, int NH, int hs, float theta, bool interleaved,
+                 int sign) {
+  const int half = hs / 2;
+  for (int b = 0; b < B; ++b)
+    for (int t = 0; t < T_; ++t)
+      for (int h = 0; h < NH; ++h) {
+        const size_t off = (((size_t)b * T_ + t) * NH + h) * hs;
+        for (int j = 0; j < half; ++j) {
+          const double angle = sign * t * std::pow((double)theta, -2.0 * j / hs);
+          const size_t ia = off + (interleaved ? 2 * j : j);
+          const size_t ib = off + (interleaved ? 2 * j + 1 : j + half);
+          const T a = inp[ia], bb = inp[ib];
+          out[ia] = a * T(std::cos(angle)) - bb * T(std::sin(angle));
+          out[ib] = a * T(std::sin(angle)) + bb * T(std::cos(angle));
+        }
+      }
+}
+template <class T>
+void rope_forward(T* out, const T* inp, int B, int T_, int NH, int hs, float theta,
+                  bool interleaved) {
+  rope_rotate(out, inp, B, T_, NH, hs, theta, interleaved, 1);
+}
+template <class T>
+void rope_backward(T* dinp, const T* dout, int B, int T_, int NH, int hs, float theta,
+                   bool interleaved) {
+  rope_rotate(dinp, dout, B, T_, NH, hs, theta, interleaved, -1);
+}
+
+template <class T>
+T sigmoid(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+// out (n) = gate * sigmoid(gate) * up
+template <class T>
+void swiglu_forward(T* out, const T* gate, const T* up, size_t n) {
+  for (size_t i = 0; i < n; ++i) out[i] = gate[i] * sigmoid(gate[i]) * up[i];
+}
+// dgate = dout * up * silu'(gate), dup = dout * silu(gate) (assigned)
+template <class T>
+void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    const T s = sigmoid(gate[i]);
+    dgate[i] = dout[i] * up[i] * (s + gate[i] * s * (T(1) - s));
+    dup[i] = dout[i] * gate[i] * s;
+  }
+}
+
+// P (T, T): causal softmax probabilities of query head h of sequence b, which reads kv head
+// h / (NH / KVH); zero above the diagonal. lse (T) or nullptr. q (B, T, NH*hs); k (B, T, KVH*hs).
+template <class T>
+void attention_gqa_probs(T* P, T* lse, const T* q, const T* k, int b, int h, int T_, int NH,
+                         int KVH, int hs) {
+  const T scale = T(1) / std::sqrt(T(hs));
+  const int kh = h / (NH / KVH);
+  std::vector<T> S((size_t)T_ * T_);
+  for (int i = 0; i < T_; ++i)
+    for (int j = 0; j < T_; ++j) {  // the full (T, T) scores, masked afterwards
+      T s = 0;
+      for (int d = 0; d < hs; ++d)
+        s += q[((size_t)b * T_ + i) * NH * hs + (size_t)h * hs + d] *
+             k[((size_t)b * T_ + j) * KVH * hs + (size_t)kh * hs + d];
+      S[(size_t)i * T_ + j] = s * scale;
+    }
+  for (int i = 0; i < T_; ++i) {
+    T mx = -std::numeric_limits<T>::infinity();
+    for (int j = 0; j <= i; ++j) mx = std::max(mx, S[(size_t)i * T_ + j]);
+    T sum = 0;
+    for (int j = 0; j <= i; ++j) sum += std::exp(S[(size_t)i * T_ + j] - mx);
+    for (int j = 0; j < T_; ++j)
+      P[(size_t)i * T_ + j] = j <= i ? std::exp(S[(size_t)i * T_ + j] - mx) / sum : T(0);
+    if (lse) lse[i] = mx + std::log(sum);
+  }
+}
+
+// out (B, T, NH*hs); lse (B, NH, T); q (B, T, NH*hs); k, v (B, T, KVH*hs)
+template <class T>
+void attention_gqa_forward(T* out, T* lse, const T* q, const T* k, const T* v, int B, int T_,
+                           int NH, int KVH, int hs) {
+  std::vector<T> P((size_t)T_ * T_);
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < NH; ++h) {
+      attention_gqa_probs(P.data(), lse + ((size_t)b * NH + h) * T_, q, k, b, h, T_, NH, KVH, hs);
+      const int kh = h / (NH / KVH);
+      for (int i = 0; i < T_; ++i)
+        for (int d = 0; d < hs; ++d) {
+          T s = 0;
+          for (int j = 0; j < T_; ++j)
+            s += P[(size_t)i * T_ + j] * v[((size_t)b * T_ + j) * KVH * hs + (size_t)kh * hs + d];
+          out[((size_t)b * T_ + i) * NH * hs + (size_t)h * hs + d] = s;
+        }
+    }
+}
+
+// dq (B, T, NH*hs), dk, dv (B, T, KVH*hs) assigned; out and lse unused. Softmax Jacobian as in
+// attention_backward; a kv head's gradient is the plain sum over the query heads reading it.
+template <class T>
+void attention_gqa_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v,
+                            const T* out, const T* lse, int B, int T_, int NH, int KVH, int hs) {
+  const T scale = T(1) / std::sqrt(T(hs));
+  std::fill_n(dq, (size_t)B * T_ * NH * hs, T(0));
+  std::fill_n(dk, (size_t)B * T_ * KVH * hs, T(0));
+  std::fill_n(dv, (size_t)B * T_ * KVH * hs, T(0));
+  std::vector<T> P((size_t)T_ * T_), dP((size_t)T_ * T_);
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < NH; ++h) {
+      attention_gqa_probs(P.data(), static_cast<T*>(nullptr), q, k, b, h, T_, NH, KVH, hs);
+      const int kh = h / (NH / KVH);
+      auto qi = [&](int t, int d) { return ((size_t)b * T_ + t) * NH * hs + (size_t)h * hs + d; };
+      auto ki = [&](int t, int d) { return ((size_t)b * T_ + t) * KVH * hs + (size_t)kh * hs + d; };
+      for (int i = 0; i < T_; ++i)
+        for (int j = 0; j <= i; ++j) {
+          T acc = 0;
+          for (int d = 0; d < hs; ++d) acc += dout[qi(i, d)] * v[ki(j, d)];
+          dP[(size_t)i * T_ + j] = acc;
+          for (int d = 0; d < hs; ++d) dv[ki(j, d)] += P[(size_t)i * T_ + j] * dout[qi(i, d)];
+        }
+      for (int i = 0; i < T_; ++i) {
+        T pdp = 0;
+        for (int j = 0; j <= i; ++j) pdp += P[(size_t)i * T_ + j] * dP[(size_t)i * T_ + j];
+        for (int j = 0; j <= i; ++j) {
+          const T ds = P[(size_t)i * T_ + j] * (dP[(size_t)i * T_ + j] - pdp) * scale;
+          for (int d = 0; d < hs; ++d) {
+            dq[qi(i, d)] += ds * k[ki(j, d)];
+            dk[ki(j, d)] += ds * q[qi(i, d)];
+          }
+        }
+      }
+    }
+}
+
 }  // namespace lmf::ops::ref

@@ -193,5 +193,77 @@ TEST(GradCheck, ClassifierCrossEntropy) {
   }
 }
 
+TEST(GradCheck, Rmsnorm) {
+  const int N = 3, C = 7;
+  Vec inp = rand_vec(N * C, 20, -1.0, 2.0), w = rand_vec(C, 21), R = rand_vec(N * C, 22);
+  Vec out(N * C), rstd(N);
+  auto loss = [&] {
+    rmsnorm_forward<double>(out.data(), rstd.data(), inp.data(), w.data(), N, C, 1e-5f);
+    return std::pair{dot(out, R), abs_dot(out, R)};
+  };
+  loss();
+  Vec dinp(N * C, 0.0), dw(C, 0.0);  // both accumulate: start at 0
+  rmsnorm_backward<double>(dinp.data(), dw.data(), R.data(), inp.data(), w.data(), rstd.data(), N,
+                           C);
+  check_grad("inp", inp, dinp, loss);
+  check_grad("w", w, dw, loss);
+}
+
+TEST(GradCheck, Rope) {
+  for (bool interleaved : {true, false}) {
+    SCOPED_TRACE(interleaved ? "interleaved" : "rotate-half");
+    const int B = 2, T = 5, NH = 2, hs = 6;
+    const size_t n = (size_t)B * T * NH * hs;
+    Vec inp = rand_vec(n, 23), R = rand_vec(n, 24), out(n);
+    auto loss = [&] {
+      rope_forward<double>(out.data(), inp.data(), B, T, NH, hs, 10000.0f, interleaved);
+      return std::pair{dot(out, R), abs_dot(out, R)};
+    };
+    Vec dinp(n);
+    rope_backward<double>(dinp.data(), R.data(), B, T, NH, hs, 10000.0f, interleaved);
+    check_grad("inp", inp, dinp, loss);
+  }
+}
+
+TEST(GradCheck, Swiglu) {
+  const size_t n = 41;
+  Vec gate = rand_vec(n, 25, -6.0, 6.0), up = rand_vec(n, 26), R = rand_vec(n, 27), out(n);
+  gate[0] = 0.0;
+  auto loss = [&] {
+    swiglu_forward<double>(out.data(), gate.data(), up.data(), n);
+    return std::pair{dot(out, R), abs_dot(out, R)};
+  };
+  Vec dgate(n), dup(n);
+  swiglu_backward<double>(dgate.data(), dup.data(), R.data(), gate.data(), up.data(), n);
+  check_grad("gate", gate, dgate, loss);
+  check_grad("up", up, dup, loss);
+}
+
+TEST(GradCheck, AttentionGqa) {
+  struct Case {
+    int B, T, NH, KVH, hs;
+  };
+  // GQA (4 heads, 2 kv heads); MQA spanning two query-row blocks with a partial last one; MHA.
+  for (const Case& c : {Case{2, 5, 4, 2, 3}, Case{1, 66, 2, 1, 2}, Case{1, 4, 2, 2, 2}}) {
+    SCOPED_TRACE("T=" + std::to_string(c.T) + " NH=" + std::to_string(c.NH) +
+                 " KVH=" + std::to_string(c.KVH));
+    const size_t nq = (size_t)c.B * c.T * c.NH * c.hs, nk = (size_t)c.B * c.T * c.KVH * c.hs;
+    Vec q = rand_vec(nq, 28), k = rand_vec(nk, 29), v = rand_vec(nk, 30), R = rand_vec(nq, 31);
+    Vec out(nq), lse((size_t)c.B * c.NH * c.T);
+    auto loss = [&] {
+      attention_gqa_forward<double>(out.data(), lse.data(), q.data(), k.data(), v.data(), c.B, c.T,
+                                    c.NH, c.KVH, c.hs);
+      return std::pair{dot(out, R), abs_dot(out, R)};
+    };
+    loss();
+    Vec dq(nq), dk(nk), dv(nk);
+    attention_gqa_backward<double>(dq.data(), dk.data(), dv.data(), R.data(), q.data(), k.data(),
+                                   v.data(), out.data(), lse.data(), c.B, c.T, c.NH, c.KVH, c.hs);
+    check_grad("q", q, dq, loss);
+    check_grad("k", k, dk, loss);
+    check_grad("v", v, dv, loss);
+  }
+}
+
 }  // namespace
 }  // namespace lmf::ops

@@ -360,6 +360,218 @@ void check_attention(const Shape& s) {
   expect_close("dqkv", dqkv_t, dqkv_r, tol_d);
 }
 
+// ---- Llama family
+// ----------------------------------------------------------------------------------
+
+// rmsnorm (eps 1e-5)
+template <class T>
+void check_rmsnorm(const Shape& s) {
+  const int N = s[0], C = s[1];
+  const float eps = 1e-5f;
+  const Tol t = tol_for<T>();
+  // Inputs off-centre, as for a residual stream. A third shape entry shrinks them to ~1e-3, where
+  // mean(x^2) ~ 1e-6 is below eps, so a kernel that dropped or misplaced eps would fail.
+  const double amp = s.size() > 2 ? 1e-3 : 1.0;
+  const Vec x = rand_vec((size_t)N * C, 40, -1.0 * amp, 3.0 * amp), w = rand_vec(C, 41),
+            dout = rand_vec((size_t)N * C, 42), dinp0 = rand_vec((size_t)N * C, 43),
+            dw0 = rand_vec(C, 44);
+  Vec out_r(x.size()), rstd_r(N);
+  ref::rmsnorm_forward(out_r.data(), rstd_r.data(), x.data(), w.data(), N, C, eps);
+  auto x_t = cast<T>(x), w_t = cast<T>(w), dout_t = cast<T>(dout);
+  auto out_t = nans<T>(x.size()), rstd_t = nans<T>(N);
+  rmsnorm_forward<T>(out_t.data(), rstd_t.data(), x_t.data(), w_t.data(), N, C, eps);
+  const double W = max_abs(w), G = max_abs(dout), r = max_abs(rstd_r);
+  double nu = 0;  // max |normalised value|
+  for (int i = 0; i < N; ++i)
+    for (int c = 0; c < C; ++c) nu = std::max(nu, std::abs(x[(size_t)i * C + c]) * rstd_r[i]);
+  // mean(x^2): C non-negative rounded products summed, relative error gamma(C + 1); then /C, +eps,
+  // sqrt (halves it), 1/: rstd's relative error rel_r. norm = x rstd inherits it, out = norm w
+  // adds two roundings.
+  const double rel_r = 0.5 * t.gamma(C + 1) + t.gamma(4);
+  expect_close("rstd", rstd_t, rstd_r, r * rel_r);
+  expect_close("out", out_t, out_r, W * nu * (rel_r + t.gamma(2)));
+
+  Vec dinp_r = dinp0, dw_r = dw0;
+  ref::rmsnorm_backward(dinp_r.data(), dw_r.data(), dout.data(), x.data(), w.data(), rstd_r.data(),
+                        N, C);
+  auto dinp_t = cast<T>(dinp0), dw_t = cast<T>(dw0);
+  rmsnorm_backward<T>(dinp_t.data(), dw_t.data(), dout_t.data(), x_t.data(), w_t.data(),
+                      rstd_t.data(), N, C);
+  // dinp = (dnorm - norm * M) rstd, dnorm = w dout (|dnorm| <= g = W G), M = mean(dnorm * norm)
+  // (|M| <= g nu): M sums C products of three factors, norm's relative error rel_r in each;
+  // the bracket (<= g (1 + nu^2)) gets norm's error twice (factor and inside M), four roundings,
+  // and carries rstd's relative error; then the add onto dinp0.
+  const double g = W * G, bracket = g * (1 + nu * nu);
+  const double e_m = g * nu * (t.gamma(C + 3) + rel_r);
+  const double e_bracket = t.gamma(4) * bracket + nu * e_m + g * nu * nu * rel_r;
+  expect_close("dinp", dinp_t, dinp_r,
+               r * (e_bracket + bracket * rel_r) + t.gamma(1) * (max_abs(dinp0) + r * bracket));
+  expect_close("dw", dw_t, dw_r, t.gamma(N + 2) * (N * nu * G + max_abs(dw0)) + N * G * nu * rel_r);
+}
+
+// rope: shape (B, T, NH, hs, interleaved)
+template <class T>
+void check_rope(const Shape& s) {
+  const int B = s[0], T_ = s[1], NH = s[2], hs = s[3];
+  const bool interleaved = s[4] != 0;
+  const float theta = 10000.0f;
+  const size_t n = (size_t)B * T_ * NH * hs;
+  const Vec x = rand_vec(n, 45), dout = rand_vec(n, 46);
+  Vec out_r(n), dinp_r(n);
+  ref::rope_forward(out_r.data(), x.data(), B, T_, NH, hs, theta, interleaved);
+  ref::rope_backward(dinp_r.data(), dout.data(), B, T_, NH, hs, theta, interleaved);
+  auto x_t = cast<T>(x), dout_t = cast<T>(dout);
+  auto out_t = nans<T>(n), dinp_t = nans<T>(n);
+  rope_forward<T>(out_t.data(), x_t.data(), B, T_, NH, hs, theta, interleaved);
+  rope_backward<T>(dinp_t.data(), dout_t.data(), B, T_, NH, hs, theta, interleaved);
+  // y = a cos - b sin (or a sin + b cos) with |cos|, |sin| <= 1: cos and sin rounded once to T
+  // (from double), two products and one add: gamma(4) (|a| + |b|) <= gamma(4) 2 max|x|.
+  const Tol t = tol_for<T>();
+  expect_close("out", out_t, out_r, t.gamma(4) * 2 * max_abs(x));
+  expect_close("dinp", dinp_t, dinp_r, t.gamma(4) * 2 * max_abs(dout));
+  // In place (out == inp) is the same arithmetic: bitwise equal.
+  auto io = x_t;
+  rope_forward<T>(io.data(), io.data(), B, T_, NH, hs, theta, interleaved);
+  EXPECT_TRUE(io == out_t) << "in-place forward differs";
+  io = dout_t;
+  rope_backward<T>(io.data(), io.data(), B, T_, NH, hs, theta, interleaved);
+  EXPECT_TRUE(io == dinp_t) << "in-place backward differs";
+}
+
+// swiglu (per-element tolerances: pointwise)
+template <class T>
+void check_swiglu(const Shape& s) {
+  const size_t n = (size_t)s[0];
+  const Tol t = tol_for<T>();
+  const Vec gate = rand_vec(n, 47, -8.0, 8.0), up = rand_vec(n, 48), dout = rand_vec(n, 49);
+  Vec out_r(n), dgate_r(n), dup_r(n);
+  ref::swiglu_forward(out_r.data(), gate.data(), up.data(), n);
+  ref::swiglu_backward(dgate_r.data(), dup_r.data(), dout.data(), gate.data(), up.data(), n);
+  auto gate_t = cast<T>(gate), up_t = cast<T>(up), dout_t = cast<T>(dout);
+  auto out_t = nans<T>(n), dgate_t = nans<T>(n), dup_t = nans<T>(n);
+  swiglu_forward<T>(out_t.data(), gate_t.data(), up_t.data(), n);
+  swiglu_backward<T>(dgate_t.data(), dup_t.data(), dout_t.data(), gate_t.data(), up_t.data(), n);
+  Vec tol_out(n), tol_dgate(n), tol_dup(n);
+  for (size_t i = 0; i < n; ++i) {
+    const double g = gate[i], sg = 1 / (1 + std::exp(-g)), ag = std::abs(g);
+    // sigmoid = 1 / (1 + e): e's relative error (exp: 16 roundings) shrinks through 1 + e, then
+    // two roundings: relative error gamma(18) on s. silu, out: two more products.
+    const double es = t.gamma(18) * sg;
+    tol_out[i] = t.gamma(20) * std::abs(out_r[i]);
+    tol_dup[i] = t.gamma(20) * std::abs(dup_r[i]);
+    // silu' = s + g s (1 - s): s's error enters s, g s and (1 - s) (absolutely: cancellation
+    // as s -> 1), plus the formula's four roundings; then two products with dout and up.
+    const double dsilu = sg + ag * sg * (1 - sg);
+    const double e_dsilu = es * (1 + ag * (1 - sg) + ag * sg) + t.gamma(4) * dsilu;
+    tol_dgate[i] = std::abs(dout[i] * up[i]) * (e_dsilu + t.gamma(2) * dsilu);
+  }
+  expect_close("out", out_t, out_r, tol_out);
+  expect_close("dgate", dgate_t, dgate_r, tol_dgate);
+  expect_close("dup", dup_t, dup_r, tol_dup);
+}
+
+// attention_gqa: shape (B, T, NH, KVH, hs)
+template <class T>
+void check_attention_gqa(const Shape& s) {
+  const int B = s[0], T_ = s[1], NH = s[2], KVH = s[3], hs = s[4], group = NH / KVH;
+  const int C = NH * hs, KC = KVH * hs;
+  const Tol t = tol_for<T>();
+  const Vec q = rand_vec((size_t)B * T_ * C, 50), k = rand_vec((size_t)B * T_ * KC, 51),
+            v = rand_vec((size_t)B * T_ * KC, 52), dout = rand_vec((size_t)B * T_ * C, 53);
+  Vec out_r(q.size()), lse_r((size_t)B * NH * T_);
+  ref::attention_gqa_forward(out_r.data(), lse_r.data(), q.data(), k.data(), v.data(), B, T_, NH,
+                             KVH, hs);
+  auto q_t = cast<T>(q), k_t = cast<T>(k), v_t = cast<T>(v), dout_t = cast<T>(dout);
+  auto out_t = nans<T>(out_r.size()), lse_t = nans<T>(lse_r.size());
+  attention_gqa_forward<T>(out_t.data(), lse_t.data(), q_t.data(), k_t.data(), v_t.data(), B, T_,
+                           NH, KVH, hs);
+  Vec dq_r(q.size()), dk_r(k.size()), dv_r(v.size());
+  ref::attention_gqa_backward(dq_r.data(), dk_r.data(), dv_r.data(), dout.data(), q.data(),
+                              k.data(), v.data(), out_r.data(), lse_r.data(), B, T_, NH, KVH, hs);
+  auto dq_t = nans<T>(q.size()), dk_t = nans<T>(k.size()), dv_t = nans<T>(v.size());
+  attention_gqa_backward<T>(dq_t.data(), dk_t.data(), dv_t.data(), dout_t.data(), q_t.data(),
+                            k_t.data(), v_t.data(), out_t.data(), lse_t.data(), B, T_, NH, KVH, hs);
+
+  // The derivation of check_attention, per query head; a kv head's dK, dV sum the errors of the
+  // group's query heads, and their sums of |terms| run over group * T terms.
+  const double scale = 1 / std::sqrt((double)hs);
+  Vec tol_out(out_r.size()), tol_lse(lse_r.size()), tol_dq(q.size()), tol_dk(k.size()),
+      tol_dv(v.size());
+  Vec P((size_t)T_ * T_), dp(T_), col_e(T_), col_abs(T_), col_v(T_);
+  for (int b = 0; b < B; ++b)
+    for (int kh = 0; kh < KVH; ++kh) {
+      auto ki = [&](int tt, int d) { return ((size_t)b * T_ + tt) * KC + (size_t)kh * hs + d; };
+      double K = 0, V = 0, Q = 0, G = 0;  // Q, G: over the group's query heads
+      for (int tt = 0; tt < T_; ++tt)
+        for (int d = 0; d < hs; ++d) {
+          K = std::max(K, std::abs(k[ki(tt, d)]));
+          V = std::max(V, std::abs(v[ki(tt, d)]));
+        }
+      std::fill(col_e.begin(), col_e.end(), 0.0);
+      std::fill(col_abs.begin(), col_abs.end(), 0.0);
+      std::fill(col_v.begin(), col_v.end(), 0.0);
+      const int TG = T_ * group;
+      for (int h = kh * group; h < (kh + 1) * group; ++h) {
+        ref::attention_gqa_probs(P.data(), static_cast<double*>(nullptr), q.data(), k.data(), b, h,
+                                 T_, NH, KVH, hs);
+        auto qi = [&](int tt, int d) { return ((size_t)b * T_ + tt) * C + (size_t)h * hs + d; };
+        for (int tt = 0; tt < T_; ++tt)
+          for (int d = 0; d < hs; ++d) {
+            Q = std::max(Q, std::abs(q[qi(tt, d)]));
+            G = std::max(G, std::abs(dout[qi(tt, d)]));
+          }
+        for (int i = 0; i < T_; ++i) {
+          double ds_i = 0;
+          for (int j = 0; j <= i; ++j) {
+            double sab = 0;
+            for (int d = 0; d < hs; ++d) sab += std::abs(q[qi(i, d)] * k[ki(j, d)]);
+            ds_i = std::max(ds_i, t.gamma(hs) * scale * sab);
+          }
+          const size_t li = ((size_t)b * NH + h) * T_ + i;
+          tol_lse[li] = ds_i + t.gamma(T_) + t.gamma(4) * std::abs(lse_r[li]);
+          dp[i] = ds_i + tol_lse[li] + t.gamma(16);
+          for (int d = 0; d < hs; ++d) tol_out[qi(i, d)] = V * (dp[i] + t.gamma(T_));
+        }
+        for (int i = 0; i < T_; ++i) {
+          double g1 = 0, D = 0, Dab = 0;  // |dO_i|_1, D_i, sum |dO O|
+          for (int d = 0; d < hs; ++d) {
+            g1 += std::abs(dout[qi(i, d)]);
+            D += dout[qi(i, d)] * out_r[qi(i, d)];
+            Dab += std::abs(dout[qi(i, d)] * out_r[qi(i, d)]);
+          }
+          const double dD = t.gamma(hs) * Dab + g1 * tol_out[qi(i, 0)];
+          double row_e = 0, row_abs = 0;
+          for (int j = 0; j <= i; ++j) {
+            double dP = 0, dPab = 0;
+            for (int d = 0; d < hs; ++d) {
+              dP += dout[qi(i, d)] * v[ki(j, d)];
+              dPab += std::abs(dout[qi(i, d)] * v[ki(j, d)]);
+            }
+            const double p = P[(size_t)i * T_ + j], diff = std::abs(dP - D);
+            const double e = scale * p * (diff * (dp[i] + t.gamma(3)) + t.gamma(hs) * dPab + dD);
+            const double a = scale * p * diff;
+            row_e += e;
+            row_abs += a;
+            col_e[j] += e;
+            col_abs[j] += a;
+            col_v[j] += p * (dp[i] + t.gamma(TG));
+          }
+          for (int d = 0; d < hs; ++d) tol_dq[qi(i, d)] = K * (row_e + t.gamma(T_) * row_abs);
+        }
+      }
+      for (int j = 0; j < T_; ++j)
+        for (int d = 0; d < hs; ++d) {
+          tol_dk[ki(j, d)] = Q * (col_e[j] + t.gamma(TG) * col_abs[j]);
+          tol_dv[ki(j, d)] = G * col_v[j];
+        }
+    }
+  expect_close("out", out_t, out_r, tol_out);
+  expect_close("lse", lse_t, lse_r, tol_lse);
+  expect_close("dq", dq_t, dq_r, tol_dq);
+  expect_close("dk", dk_t, dk_r, tol_dk);
+  expect_close("dv", dv_t, dv_r, tol_dv);
+}
+
 // ---- classifier + cross-entropy
 // ----------------------------------------------------------------------
 template <class T>
@@ -507,6 +719,10 @@ const std::map<std::string, OpEntry>& op_table() {
       {"residual", {check_residual<float>, check_residual<double>}},
       {"attention", {check_attention<float>, check_attention<double>}},
       {"classifier", {check_classifier<float>, check_classifier<double>}},
+      {"rmsnorm", {check_rmsnorm<float>, check_rmsnorm<double>}},
+      {"rope", {check_rope<float>, check_rope<double>}},
+      {"swiglu", {check_swiglu<float>, check_swiglu<double>}},
+      {"attention_gqa", {check_attention_gqa<float>, check_attention_gqa<double>}},
       {"adamw", {check_adamw, nullptr}},
       {"sum_squares", {check_sum_squares, nullptr}},
       {"scale", {check_scale, nullptr}},
@@ -565,6 +781,35 @@ const std::vector<OpCase> kCases = {
     {"classifier", {33, 31, 1000}},
     {"classifier", {257, 96, 1000}},
     {"classifier", {3, 8, 50257}},
+    {"rmsnorm", {1, 1}},
+    {"rmsnorm", {31, 32}},
+    {"rmsnorm", {33, 31}},
+    {"rmsnorm", {130, 96}},
+    {"rmsnorm", {257, 768}},
+    {"rmsnorm", {33, 64, 1}},  // tiny inputs: eps dominates
+    // rope: (B, T, NH, hs, interleaved), both pair conventions
+    {"rope", {1, 1, 1, 2, 0}},
+    {"rope", {1, 1, 1, 2, 1}},
+    {"rope", {2, 31, 3, 32, 0}},
+    {"rope", {2, 31, 3, 32, 1}},
+    {"rope", {1, 33, 2, 6, 0}},
+    {"rope", {1, 33, 2, 6, 1}},
+    {"rope", {2, 130, 4, 128, 0}},
+    {"rope", {2, 130, 4, 128, 1}},
+    {"swiglu", {1}},
+    {"swiglu", {31}},
+    {"swiglu", {33}},
+    {"swiglu", {16385}},
+    {"swiglu", {100003}},
+    // attention_gqa: (B, T, NH, KVH, hs); MHA (KVH = NH), MQA (KVH = 1), 8 heads / 2 kv heads
+    {"attention_gqa", {1, 1, 1, 1, 4}},
+    {"attention_gqa", {2, 31, 4, 4, 8}},
+    {"attention_gqa", {1, 32, 4, 1, 8}},
+    {"attention_gqa", {2, 33, 8, 2, 3}},
+    {"attention_gqa", {1, 64, 8, 2, 16}},
+    {"attention_gqa", {1, 65, 3, 1, 5}},
+    {"attention_gqa", {1, 130, 8, 2, 12}},
+    {"attention_gqa", {1, 300, 8, 2, 16}},
     {"adamw", {1, 1}},
     {"adamw", {33, 1}},
     {"adamw", {16385, 10}},
@@ -609,6 +854,42 @@ std::vector<OpCase> double_cases() {
 
 INSTANTIATE_TEST_SUITE_P(CpuOps, OpTest, testing::ValuesIn(kCases), case_name);
 INSTANTIATE_TEST_SUITE_P(CpuOps, OpTestDouble, testing::ValuesIn(double_cases()), case_name);
+
+// With KVH = NH, grouped-query attention is multi-head attention: the same BLAS calls and row
+// kernels in the same order, only the leading dimensions differ, so the results are bitwise equal.
+TEST(AttentionGqa, MatchesAttentionWhenKvhEqualsNh) {
+  const int B = 2, T_ = 70, NH = 3, hs = 8, C = NH * hs;
+  const Vec q = rand_vec((size_t)B * T_ * C, 54), k = rand_vec((size_t)B * T_ * C, 55),
+            v = rand_vec((size_t)B * T_ * C, 56), dout = rand_vec((size_t)B * T_ * C, 57);
+  std::vector<float> qkv((size_t)B * T_ * 3 * C);
+  for (size_t bt = 0; bt < (size_t)B * T_; ++bt)
+    for (int c = 0; c < C; ++c) {
+      qkv[bt * 3 * C + c] = (float)q[bt * C + c];
+      qkv[bt * 3 * C + C + c] = (float)k[bt * C + c];
+      qkv[bt * 3 * C + 2 * C + c] = (float)v[bt * C + c];
+    }
+  auto q_t = cast<float>(q), k_t = cast<float>(k), v_t = cast<float>(v), dout_t = cast<float>(dout);
+  const size_t n = q.size(), nl = (size_t)B * NH * T_;
+  auto out_a = nans<float>(n), lse_a = nans<float>(nl), dqkv = nans<float>(qkv.size());
+  attention_forward<float>(out_a.data(), lse_a.data(), qkv.data(), B, T_, C, NH);
+  attention_backward<float>(dqkv.data(), dout_t.data(), qkv.data(), out_a.data(), lse_a.data(), B,
+                            T_, C, NH);
+  auto out_g = nans<float>(n), lse_g = nans<float>(nl), dq = nans<float>(n), dk = nans<float>(n),
+       dv = nans<float>(n);
+  attention_gqa_forward<float>(out_g.data(), lse_g.data(), q_t.data(), k_t.data(), v_t.data(), B,
+                               T_, NH, NH, hs);
+  attention_gqa_backward<float>(dq.data(), dk.data(), dv.data(), dout_t.data(), q_t.data(),
+                                k_t.data(), v_t.data(), out_g.data(), lse_g.data(), B, T_, NH, NH,
+                                hs);
+  EXPECT_TRUE(out_a == out_g) << "out";
+  EXPECT_TRUE(lse_a == lse_g) << "lse";
+  for (size_t bt = 0; bt < (size_t)B * T_; ++bt)
+    for (int c = 0; c < C; ++c) {
+      ASSERT_EQ(dqkv[bt * 3 * C + c], dq[bt * C + c]) << "dq at " << bt << ", " << c;
+      ASSERT_EQ(dqkv[bt * 3 * C + C + c], dk[bt * C + c]) << "dk at " << bt << ", " << c;
+      ASSERT_EQ(dqkv[bt * 3 * C + 2 * C + c], dv[bt * C + c]) << "dv at " << bt << ", " << c;
+    }
+}
 
 TEST(OpTable, EveryOpHasACase) {
   for (const auto& [name, entry] : op_table()) {

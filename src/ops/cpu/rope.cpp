@@ -1,0 +1,79 @@
+// Rotary position embedding (Su et al. 2021, RoFormer sec. 3.4.2, eq. 34). Each pair (a, b) of a
+// head is rotated by angle t * theta^(-2j/hs); backward applies the transpose rotation.
+// The cos/sin tables are computed in double and rounded once to F, so the float path's only
+// errors are that rounding and the rotation's two products and one add.
+#include <cmath>
+#include <vector>
+
+#include "core/error.h"
+#include "ops/ops.h"
+
+namespace lmf::ops {
+namespace {
+
+// cos, sin (T, hs/2) of angle t * theta^(-2j/hs).
+template <class F>
+void rope_tables(std::vector<F>& cos_t, std::vector<F>& sin_t, int T, int hs, float theta) {
+  const int half = hs / 2;
+  cos_t.resize((size_t)T * half);
+  sin_t.resize((size_t)T * half);
+  for (int j = 0; j < half; ++j) {
+    const double freq = std::pow((double)theta, -2.0 * j / hs);
+    for (int t = 0; t < T; ++t) {
+      const double a = t * freq;
+      cos_t[(size_t)t * half + j] = (F)std::cos(a);
+      sin_t[(size_t)t * half + j] = (F)std::sin(a);
+    }
+  }
+}
+
+// Rotates every pair of every head by +angle (sign 1) or -angle (sign -1). out == inp allowed:
+// each pair is read whole before it is written.
+template <class F>
+void rope_apply(F* out, const F* inp, int B, int T, int NH, int hs, float theta, bool interleaved,
+                F sign) {
+  LMF_CHECK(hs > 0 && hs % 2 == 0, "rope: head size {} must be even", hs);
+  std::vector<F> cos_t, sin_t;
+  rope_tables(cos_t, sin_t, T, hs, theta);
+  const int half = hs / 2;
+  // Element offsets of pair j: (2j, 2j+1) interleaved, (j, j + hs/2) rotate-half.
+  const int step = interleaved ? 2 : 1, other = interleaved ? 1 : half;
+#pragma omp parallel for schedule(static)
+  for (long bt = 0; bt < (long)B * T; ++bt) {
+    const int t = (int)(bt % T);
+    const F* c = cos_t.data() + (size_t)t * half;
+    const F* s = sin_t.data() + (size_t)t * half;
+    for (int h = 0; h < NH; ++h) {
+      const size_t off = ((size_t)bt * NH + h) * hs;
+      const F* x = inp + off;
+      F* y = out + off;
+#pragma omp simd
+      for (int j = 0; j < half; ++j) {
+        const F a = x[j * step], b = x[j * step + other], sn = sign * s[j];
+        y[j * step] = a * c[j] - b * sn;
+        y[j * step + other] = a * sn + b * c[j];
+      }
+    }
+  }
+}
+
+}  // namespace
+
+template <class F>
+void rope_forward(F* out, const F* inp, int B, int T, int NH, int hs, float theta,
+                  bool interleaved) {
+  rope_apply(out, inp, B, T, NH, hs, theta, interleaved, F(1));
+}
+
+template <class F>
+void rope_backward(F* dinp, const F* dout, int B, int T, int NH, int hs, float theta,
+                   bool interleaved) {
+  rope_apply(dinp, dout, B, T, NH, hs, theta, interleaved, F(-1));
+}
+
+template void rope_forward<float>(float*, const float*, int, int, int, int, float, bool);
+template void rope_forward<double>(double*, const double*, int, int, int, int, float, bool);
+template void rope_backward<float>(float*, const float*, int, int, int, int, float, bool);
+template void rope_backward<double>(double*, const double*, int, int, int, int, float, bool);
+
+}  // namespace lmf::ops
