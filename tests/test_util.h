@@ -46,4 +46,12 @@ inline std::string slurp(const std::filesystem::path& p) {
   return ss.str();
 }
 
+// Writes `content` to p (creating its directory); a failed write fails the test.
+inline void write_file(const std::filesystem::path& p, const std::string& content) {
+  std::filesystem::create_directories(p.parent_path());
+  std::ofstream f(p, std::ios::binary);
+  f << content;
+  ASSERT_TRUE(f.good()) << p;
+}
+
 }  // namespace lmf::test

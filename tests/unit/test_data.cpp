@@ -27,17 +27,7 @@ namespace fs = std::filesystem;
 
 using TempDir = lmf::test::TempDir;
 
-void write_file(const fs::path& p, const std::string& content) {
-  fs::create_directories(p.parent_path());
-  std::ofstream f(p, std::ios::binary);
-  f << content;
-  ASSERT_TRUE(f.good()) << p;
-}
-
-std::string read_bytes(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
+using lmf::test::write_file;
 
 void poke(const fs::path& p, size_t offset, unsigned char v) {
   std::fstream f(p, std::ios::in | std::ios::out | std::ios::binary);
@@ -348,7 +338,7 @@ TEST(Prepare, TextAndJsonlToShardsAndManifest) {
 
   EXPECT_EQ(files_in(d / "out"),
             (std::vector<std::string>{"manifest.json", "train_000000.bin", "val_000000.bin"}));
-  auto m = nlohmann::json::parse(read_bytes(d / "out/manifest.json"));
+  auto m = nlohmann::json::parse(lmf::test::slurp(d / "out/manifest.json"));
   EXPECT_EQ(m["tokenizer"], "byte");
   EXPECT_EQ(m["vocab_size"], 257);
   EXPECT_EQ(m["documents"], 5);
@@ -382,7 +372,7 @@ TEST(Prepare, SmallShardsSplitTheStreamAndAreDeterministic) {
   ASSERT_EQ(a.shards.size(), b.shards.size());
   for (size_t i = 0; i < a.shards.size(); ++i) {
     EXPECT_EQ(a.shards[i].filename(), b.shards[i].filename());
-    EXPECT_EQ(read_bytes(a.shards[i]), read_bytes(b.shards[i])) << a.shards[i];
+    EXPECT_EQ(lmf::test::slurp(a.shards[i]), lmf::test::slurp(b.shards[i])) << a.shards[i];
   }
   // And the token stream equals the one with one big shard.
   o.out_dir = d / "out3";

@@ -28,17 +28,7 @@ namespace fs = std::filesystem;
 
 using TempDir = lmf::test::TempDir;
 
-void write_file(const fs::path& p, const std::string& content) {
-  fs::create_directories(p.parent_path());
-  std::ofstream f(p, std::ios::binary);
-  f << content;
-  ASSERT_TRUE(f.good()) << p;
-}
-
-std::string read_bytes(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
+using lmf::test::write_file;
 
 // One gzip member, as gzip(1) writes it.
 std::string gzip(const std::string& s) {
@@ -92,7 +82,7 @@ std::vector<std::string> files_in(const fs::path& dir) {
 std::map<std::string, std::string> shard_bytes(const fs::path& dir) {
   std::map<std::string, std::string> m;
   for (const auto& n : files_in(dir))
-    if (n.ends_with(".bin")) m[n] = read_bytes(dir / n);
+    if (n.ends_with(".bin")) m[n] = lmf::test::slurp(dir / n);
   return m;
 }
 
@@ -167,7 +157,7 @@ TEST(PrepareCompressed, GzAndZstGiveTheSameShardsAsPlainFiles) {
   auto sa = shard_bytes(d / "out_plain"), sb = shard_bytes(d / "out_packed");
   EXPECT_EQ(sa.size(), sb.size());
   EXPECT_TRUE(sa == sb) << "shards differ";
-  auto m = nlohmann::json::parse(read_bytes(d / "out_packed/manifest.json"));
+  auto m = nlohmann::json::parse(lmf::test::slurp(d / "out_packed/manifest.json"));
   ASSERT_EQ(m["sources"].size(), 4u);
   EXPECT_EQ(m["sources"][1]["bytes"], big.size());
   EXPECT_EQ(m["sources"][1]["compressed_bytes"], fs::file_size(d / "packed/b.jsonl.zst"));
@@ -315,7 +305,7 @@ TEST(PrepareMeco, MetadataShardsHoldThePrefixedTrainingDocuments) {
   std::vector<std::string> names = files_in(d / "out/meco");
   EXPECT_EQ(names.size(), rep.meco_shards.size() + 1);
   for (const auto& n : names) EXPECT_TRUE(n == "manifest.json" || n.starts_with("train_")) << n;
-  auto m = nlohmann::json::parse(read_bytes(d / "out/meco/manifest.json"));
+  auto m = nlohmann::json::parse(lmf::test::slurp(d / "out/meco/manifest.json"));
   EXPECT_EQ(m["train_tokens"], want_tokens);
   EXPECT_EQ(m["val_tokens"], 0);
   EXPECT_EQ(m["metadata_field"], "url");
