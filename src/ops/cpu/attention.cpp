@@ -1,44 +1,118 @@
-// Causal multi-head self-attention over BLAS, in blocks of query rows; the (T, T) probabilities
-// are never stored: forward keeps the row log-sum-exp and backward recomputes P from q, k, lse
-// (the memory scheme of FlashAttention, Dao et al. 2022, here with exact-width row blocks rather
-// than an online softmax).
+// Causal self-attention over BLAS, multi-head (MHA, over a packed qkv) and grouped-query (GQA,
+// Ainslie et al. 2023: query head h reads kv head h / (NH / KVH)), one implementation for both.
+// Query rows are processed in blocks; the (T, T) probabilities are never stored: forward keeps
+// the row log-sum-exp and backward recomputes P from q, k, lse (FlashAttention's memory scheme,
+// Dao et al. 2022, here with exact-width row blocks rather than an online softmax).
 //
-// q, k, v are read straight out of qkv (B, T, 3C) with leading dimension 3C: no permute copies.
-// Query rows [i0, i1) only see keys [0, i1), so each block computes only those columns: about
-// half the FLOPs of the full (T, T) product.
+// q, k, v are read in place through row strides (3C inside a packed qkv, NH*hs or KVH*hs for
+// separate tensors): no permute copies. Query rows [i0, i1) only see keys [0, i1), so each block
+// computes only those columns: about half the FLOPs of the full (T, T) product. In backward a
+// task is a whole (b, kv head): it zeroes that head's dk, dv and adds the contributions of its
+// group's query heads and row blocks in order, so every sum is deterministic without atomics.
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <type_traits>
 
 #include "core/error.h"
-#include "ops/cpu/attention_rows.h"
 #include "ops/cpu/blas.h"
 #include "ops/cpu/scratch.h"
 #include "ops/cpu/simd.h"
 #include "ops/ops.h"
 
 namespace lmf::ops {
+namespace {
+
+constexpr int kRowBlock = 64;  // query rows per block; scratch per thread is kRowBlock x T
+
+// In place: s (n_total) holds scaled scores of one query row whose first n_valid keys are
+// visible; leaves the softmax probabilities there (0 for masked keys) and returns the lse.
+template <class T>
+LMF_INLINE T softmax_row(T* s, int n_valid, int n_total) {
+  T mx = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : mx)
+  for (int j = 0; j < n_valid; ++j) mx = s[j] > mx ? s[j] : mx;
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int j = 0; j < n_valid; ++j) {
+    const T e = cpu::vexp(s[j] - mx);
+    s[j] = e;
+    sum += e;
+  }
+  const T inv = T(1) / sum;
+#pragma omp simd
+  for (int j = 0; j < n_valid; ++j) s[j] *= inv;
+  for (int j = n_valid; j < n_total; ++j) s[j] = T(0);
+  return mx + std::log(sum);
+}
+LMF_CLONES float softmax_row_f32(float* s, int n_valid, int n_total) {
+  return softmax_row<float>(s, n_valid, n_total);
+}
+
+// In place: s (n_total) scaled scores -> P = exp(s - lse) for the n_valid visible keys, else 0.
+template <class T>
+LMF_INLINE void probs_row(T* s, T lse, int n_valid, int n_total) {
+#pragma omp simd
+  for (int j = 0; j < n_valid; ++j) s[j] = cpu::vexp(s[j] - lse);
+  for (int j = n_valid; j < n_total; ++j) s[j] = T(0);
+}
+LMF_CLONES void probs_row_f32(float* s, float lse, int n_valid, int n_total) {
+  probs_row<float>(s, lse, n_valid, n_total);
+}
+
+// In place: dp (n) -> dS = P * (dP - D) * scale, the softmax backward for one row.
+template <class T>
+LMF_INLINE void dscores_row(T* dp, const T* p, T D, T scale, int n) {
+#pragma omp simd
+  for (int j = 0; j < n; ++j) dp[j] = p[j] * (dp[j] - D) * scale;
+}
+LMF_CLONES void dscores_row_f32(float* dp, const float* p, float D, float scale, int n) {
+  dscores_row<float>(dp, p, D, scale, n);
+}
 
 template <class T>
-void attention_forward(T* out, T* lse, const T* qkv, int B, int T_, int C, int NH) {
-  LMF_CHECK(NH > 0 && C % NH == 0, "attention: C={} not divisible by NH={}", C, NH);
-  const int hs = C / NH, C3 = 3 * C;
+LMF_INLINE T dot(const T* a, const T* b, int n) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+template <class T>
+constexpr bool kF32 = std::is_same_v<T, float>;
+
+
+// Where the heads live: base pointers of batch 0, head 0 and the row stride of each tensor
+// (batch b starts T * stride further on; head h at h * hs within a row).
+struct Heads {
+  int B, seq, NH, KVH, hs;
+  int ldq, ldkv, ldo;  // row strides of q (and dq), k and v (and dk, dv), out (and dout)
+};
+
+void check_heads(int NH, int KVH, int hs) {
+  LMF_CHECK(NH > 0 && KVH > 0 && hs > 0 && NH % KVH == 0,
+            "attention: NH={} not a positive multiple of KVH={} (hs={})", NH, KVH, hs);
+}
+
+template <class T>
+void forward_impl(T* out, T* lse, const T* q, const T* k, const T* v, const Heads& g) {
+  const int T_ = g.seq, hs = g.hs, group = g.NH / g.KVH;
   const T scale = T(1) / std::sqrt(T(hs));
   const int nblk = (T_ + kRowBlock - 1) / kRowBlock;
-  const long ntasks = (long)B * NH * nblk;
-  // Tasks are (b, h, row block), block index fastest; chunk 1 deals later (costlier) blocks
+  const long ntasks = (long)g.B * g.NH * nblk;
+  // Tasks are (b, h, row block), block index fastest; chunk 1 deals the costlier later blocks
   // round-robin so threads get similar work. Each task writes disjoint rows of out and lse.
 #pragma omp parallel for schedule(static, 1)
   for (long task = 0; task < ntasks; ++task) {
-    const int blk = (int)(task % nblk), h = (int)(task / nblk % NH), b = (int)(task / nblk / NH);
+    const int blk = (int)(task % nblk), h = (int)(task / nblk % g.NH), b = (int)(task / nblk / g.NH);
     const int i0 = blk * kRowBlock, i1 = std::min(T_, i0 + kRowBlock), br = i1 - i0;
-    const T* q = qkv + (size_t)b * T_ * C3 + (size_t)h * hs;  // (T, hs), ld 3C
-    const T* k = q + C;
-    const T* v = q + 2 * C;
-    T* S = cpu::thread_scratch<T, 0>((size_t)kRowBlock * T_);  // (br, i1), ld i1
-    cpu::gemm<T>(false, true, br, i1, hs, scale, q + (size_t)i0 * C3, C3, k, C3, T(0), S, i1);
-    T* lse_bh = lse + ((size_t)b * NH + h) * T_;
+    const int kh = h / group;
+    const T* qh = q + (size_t)b * T_ * g.ldq + (size_t)h * hs;     // (T, hs), ld ldq
+    const T* kk = k + (size_t)b * T_ * g.ldkv + (size_t)kh * hs;   // (T, hs), ld ldkv
+    const T* vv = v + (size_t)b * T_ * g.ldkv + (size_t)kh * hs;   // (T, hs), ld ldkv
+    T* S = cpu::thread_scratch<T, 0>((size_t)kRowBlock * T_);      // (br, i1), ld i1
+    cpu::gemm<T>(false, true, br, i1, hs, scale, qh + (size_t)i0 * g.ldq, g.ldq, kk, g.ldkv, T(0), S, i1);
+    T* lse_bh = lse + ((size_t)b * g.NH + h) * T_;
     for (int r = 0; r < br; ++r) {
       T* row = S + (size_t)r * i1;
       if constexpr (kF32<T>) {
@@ -47,76 +121,112 @@ void attention_forward(T* out, T* lse, const T* qkv, int B, int T_, int C, int N
         lse_bh[i0 + r] = softmax_row<T>(row, i0 + r + 1, i1);
       }
     }
-    T* o = out + ((size_t)b * T_ + i0) * C + (size_t)h * hs;  // (br, hs), ld C
-    cpu::gemm<T>(false, false, br, hs, i1, T(1), S, i1, v, C3, T(0), o, C);
+    T* o = out + ((size_t)b * T_ + i0) * g.ldo + (size_t)h * hs;  // (br, hs), ld ldo
+    cpu::gemm<T>(false, false, br, hs, i1, T(1), S, i1, vv, g.ldkv, T(0), o, g.ldo);
   }
 }
 
+// dq assigned; dk, dv assigned (zeroed, then summed over the group's heads and row blocks).
 template <class T>
-void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const T* lse, int B,
-                        int T_, int C, int NH) {
-  LMF_CHECK(NH > 0 && C % NH == 0, "attention: C={} not divisible by NH={}", C, NH);
-  const int hs = C / NH, C3 = 3 * C;
+void backward_impl(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v, const T* out,
+                   const T* lse, const Heads& g) {
+  const int T_ = g.seq, hs = g.hs, group = g.NH / g.KVH;
   const T scale = T(1) / std::sqrt(T(hs));
   const int nblk = (T_ + kRowBlock - 1) / kRowBlock;
-  // dK and dV of a head gather contributions from every query block, so a task is a whole
-  // (b, h): its row blocks run in order on one thread (deterministic, no atomics).
 #pragma omp parallel for schedule(static)
-  for (int bh = 0; bh < B * NH; ++bh) {
-    const int b = bh / NH, h = bh % NH;
-    const size_t base = (size_t)b * T_ * C3 + (size_t)h * hs;
-    const T* q = qkv + base;  // (T, hs), ld 3C; likewise k, v and dq, dk, dv
-    const T* k = q + C;
-    const T* v = q + 2 * C;
-    T* dq = dqkv + base;
-    T* dk = dq + C;
-    T* dv = dq + 2 * C;
-    const T* o = out + (size_t)b * T_ * C + (size_t)h * hs;     // (T, hs), ld C
-    const T* d_o = dout + (size_t)b * T_ * C + (size_t)h * hs;  // (T, hs), ld C
-    const T* lse_bh = lse + (size_t)bh * T_;
-    for (int t = 0; t < T_; ++t) {  // dk, dv accumulate below; dq is assigned per block
-      std::fill_n(dk + (size_t)t * C3, hs, T(0));
-      std::fill_n(dv + (size_t)t * C3, hs, T(0));
+  for (int bk = 0; bk < g.B * g.KVH; ++bk) {
+    const int b = bk / g.KVH, kh = bk % g.KVH;
+    const size_t kbase = (size_t)b * T_ * g.ldkv + (size_t)kh * hs;
+    const T* kk = k + kbase;  // (T, hs), ld ldkv; likewise v, dk, dv
+    const T* vv = v + kbase;
+    T* dkk = dk + kbase;
+    T* dvv = dv + kbase;
+    for (int t = 0; t < T_; ++t) {
+      std::fill_n(dkk + (size_t)t * g.ldkv, hs, T(0));
+      std::fill_n(dvv + (size_t)t * g.ldkv, hs, T(0));
     }
     T* P = cpu::thread_scratch<T, 0>((size_t)kRowBlock * T_);   // (br, i1), ld i1
     T* dS = cpu::thread_scratch<T, 1>((size_t)kRowBlock * T_);  // (br, i1), ld i1
     T D[kRowBlock];                                             // rowwise dO . O
-    for (int blk = 0; blk < nblk; ++blk) {
-      const int i0 = blk * kRowBlock, i1 = std::min(T_, i0 + kRowBlock), br = i1 - i0;
-      const T* q_blk = q + (size_t)i0 * C3;
-      const T* do_blk = d_o + (size_t)i0 * C;
-      cpu::gemm<T>(false, true, br, i1, hs, scale, q_blk, C3, k, C3, T(0), P, i1);
-      for (int r = 0; r < br; ++r) {
-        if constexpr (kF32<T>) {
-          probs_row_f32(P + (size_t)r * i1, lse_bh[i0 + r], i0 + r + 1, i1);
-        } else {
-          probs_row<T>(P + (size_t)r * i1, lse_bh[i0 + r], i0 + r + 1, i1);
+    for (int h = kh * group; h < (kh + 1) * group; ++h) {
+      const T* qq = q + (size_t)b * T_ * g.ldq + (size_t)h * hs;  // (T, hs), ld ldq; likewise dq
+      T* dqq = dq + (size_t)b * T_ * g.ldq + (size_t)h * hs;
+      const T* o = out + (size_t)b * T_ * g.ldo + (size_t)h * hs;  // (T, hs), ld ldo; likewise dout
+      const T* d_o = dout + (size_t)b * T_ * g.ldo + (size_t)h * hs;
+      const T* lse_bh = lse + ((size_t)b * g.NH + h) * T_;
+      for (int blk = 0; blk < nblk; ++blk) {
+        const int i0 = blk * kRowBlock, i1 = std::min(T_, i0 + kRowBlock), br = i1 - i0;
+        const T* q_blk = qq + (size_t)i0 * g.ldq;
+        const T* do_blk = d_o + (size_t)i0 * g.ldo;
+        cpu::gemm<T>(false, true, br, i1, hs, scale, q_blk, g.ldq, kk, g.ldkv, T(0), P, i1);
+        for (int r = 0; r < br; ++r) {
+          if constexpr (kF32<T>) {
+            probs_row_f32(P + (size_t)r * i1, lse_bh[i0 + r], i0 + r + 1, i1);
+          } else {
+            probs_row<T>(P + (size_t)r * i1, lse_bh[i0 + r], i0 + r + 1, i1);
+          }
+          D[r] = dot(do_blk + (size_t)r * g.ldo, o + (size_t)(i0 + r) * g.ldo, hs);
         }
-        D[r] = dot(do_blk + (size_t)r * C, o + (size_t)(i0 + r) * C, hs);
-      }
-      // dV[0:i1] += P^T dO_blk
-      cpu::gemm<T>(true, false, i1, hs, br, T(1), P, i1, do_blk, C, T(1), dv, C3);
-      // dP = dO_blk V[0:i1]^T, then dS = P (dP - D) scale in place
-      cpu::gemm<T>(false, true, br, i1, hs, T(1), do_blk, C, v, C3, T(0), dS, i1);
-      for (int r = 0; r < br; ++r) {
-        if constexpr (kF32<T>) {
-          dscores_row_f32(dS + (size_t)r * i1, P + (size_t)r * i1, D[r], scale, i1);
-        } else {
-          dscores_row<T>(dS + (size_t)r * i1, P + (size_t)r * i1, D[r], scale, i1);
+        // dV[0:i1] += P^T dO_blk
+        cpu::gemm<T>(true, false, i1, hs, br, T(1), P, i1, do_blk, g.ldo, T(1), dvv, g.ldkv);
+        // dP = dO_blk V[0:i1]^T, then dS = P (dP - D) scale in place
+        cpu::gemm<T>(false, true, br, i1, hs, T(1), do_blk, g.ldo, vv, g.ldkv, T(0), dS, i1);
+        for (int r = 0; r < br; ++r) {
+          if constexpr (kF32<T>) {
+            dscores_row_f32(dS + (size_t)r * i1, P + (size_t)r * i1, D[r], scale, i1);
+          } else {
+            dscores_row<T>(dS + (size_t)r * i1, P + (size_t)r * i1, D[r], scale, i1);
+          }
         }
+        // dQ_blk = dS K[0:i1];  dK[0:i1] += dS^T Q_blk
+        cpu::gemm<T>(false, false, br, hs, i1, T(1), dS, i1, kk, g.ldkv, T(0), dqq + (size_t)i0 * g.ldq, g.ldq);
+        cpu::gemm<T>(true, false, i1, hs, br, T(1), dS, i1, q_blk, g.ldq, T(1), dkk, g.ldkv);
       }
-      // dQ_blk = dS K[0:i1];  dK[0:i1] += dS^T Q_blk
-      cpu::gemm<T>(false, false, br, hs, i1, T(1), dS, i1, k, C3, T(0), dq + (size_t)i0 * C3, C3);
-      cpu::gemm<T>(true, false, i1, hs, br, T(1), dS, i1, q_blk, C3, T(1), dk, C3);
     }
   }
 }
 
-template void attention_forward<float>(float*, float*, const float*, int, int, int, int);
-template void attention_forward<double>(double*, double*, const double*, int, int, int, int);
-template void attention_backward<float>(float*, const float*, const float*, const float*,
-                                        const float*, int, int, int, int);
-template void attention_backward<double>(double*, const double*, const double*, const double*,
-                                         const double*, int, int, int, int);
+}  // namespace
+
+template <class T>
+void attention_forward(T* out, T* lse, const T* qkv, int B, int T_, int C, int NH) {
+  LMF_CHECK(NH > 0 && C % NH == 0, "attention: C={} not divisible by NH={}", C, NH);
+  const Heads g{B, T_, NH, NH, C / NH, 3 * C, 3 * C, C};
+  forward_impl(out, lse, qkv, qkv + C, qkv + 2 * C, g);
+}
+
+template <class T>
+void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const T* lse, int B, int T_, int C,
+                        int NH) {
+  LMF_CHECK(NH > 0 && C % NH == 0, "attention: C={} not divisible by NH={}", C, NH);
+  const Heads g{B, T_, NH, NH, C / NH, 3 * C, 3 * C, C};
+  backward_impl(dqkv, dqkv + C, dqkv + 2 * C, dout, qkv, qkv + C, qkv + 2 * C, out, lse, g);
+}
+
+template <class T>
+void attention_gqa_forward(T* out, T* lse, const T* q, const T* k, const T* v, int B, int T_, int NH, int KVH,
+                           int hs) {
+  check_heads(NH, KVH, hs);
+  const Heads g{B, T_, NH, KVH, hs, NH * hs, KVH * hs, NH * hs};
+  forward_impl(out, lse, q, k, v, g);
+}
+
+template <class T>
+void attention_gqa_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v, const T* out,
+                            const T* lse, int B, int T_, int NH, int KVH, int hs) {
+  check_heads(NH, KVH, hs);
+  const Heads g{B, T_, NH, KVH, hs, NH * hs, KVH * hs, NH * hs};
+  backward_impl(dq, dk, dv, dout, q, k, v, out, lse, g);
+}
+
+#define LMF_INSTANTIATE(T)                                                                                  \
+  template void attention_forward<T>(T*, T*, const T*, int, int, int, int);                                \
+  template void attention_backward<T>(T*, const T*, const T*, const T*, const T*, int, int, int, int);     \
+  template void attention_gqa_forward<T>(T*, T*, const T*, const T*, const T*, int, int, int, int, int);   \
+  template void attention_gqa_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*,    \
+                                          const T*, int, int, int, int, int);
+LMF_INSTANTIATE(float)
+LMF_INSTANTIATE(double)
+#undef LMF_INSTANTIATE
 
 }  // namespace lmf::ops
