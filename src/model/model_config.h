@@ -14,6 +14,12 @@ struct ModelConfig {
   int block_size = 256;       // maximum context length (positions in wpe)
   bool tied_embeddings = true;  // classifier shares the token embedding (GPT-2)
   double init_std = 0.02;     // GPT-2 init; residual projections use init_std / sqrt(2 n_layer)
+  // Llama family (ignored by gpt2).
+  int n_kv_head = 0;          // 0 = n_head
+  int ffn_hidden = 0;         // 0 = 4*n_embd for gpt2
+  double rope_theta = 10000.0;
+  bool rope_interleaved = false;
+  double norm_eps = 1e-5;
 
   int head_size() const { return n_embd / n_head; }
 };

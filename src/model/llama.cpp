@@ -1,0 +1,207 @@
+#include "model/llama.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+#include "core/rng.h"
+
+namespace lmf {
+
+template <class F>
+Llama<F>::Llama(const ModelConfig& cfg) : cfg_(cfg) {
+  LMF_CHECK(cfg.arch == "llama", "Llama needs arch \"llama\" (got \"{}\")", cfg.arch);
+  LMF_CHECK(cfg.vocab_size > 0, "Llama needs a resolved vocab_size (got {})", cfg.vocab_size);
+  LMF_CHECK(cfg.n_head > 0 && cfg.n_embd % cfg.n_head == 0, "n_embd {} % n_head {}", cfg.n_embd, cfg.n_head);
+  KVH_ = cfg.n_kv_head > 0 ? cfg.n_kv_head : cfg.n_head;
+  H_ = cfg.ffn_hidden > 0 ? cfg.ffn_hidden : 4 * cfg.n_embd;
+  LMF_CHECK(cfg.n_head % KVH_ == 0, "n_head {} % n_kv_head {}", cfg.n_head, KVH_);
+  LMF_CHECK(cfg.head_size() % 2 == 0, "RoPE needs an even head size (got {})", cfg.head_size());
+  const int64_t C = cfg.n_embd, V = cfg.vocab_size, L = cfg.n_layer, H = H_;
+  const int64_t KV = int64_t(KVH_) * cfg.head_size();
+  idx_.embed = ps_.add("model.embed_tokens.weight", {V, C}, true);
+  for (int64_t l = 0; l < L; ++l) {
+    auto n = [l](const char* s) { return fmt::format("model.layers.{}.{}", l, s); };
+    typename Index::Layer li;
+    li.attn_norm = ps_.add(n("input_layernorm.weight"), {C}, false);
+    li.wq = ps_.add(n("self_attn.q_proj.weight"), {C, C}, true);
+    li.wk = ps_.add(n("self_attn.k_proj.weight"), {KV, C}, true);
+    li.wv = ps_.add(n("self_attn.v_proj.weight"), {KV, C}, true);
+    li.wo = ps_.add(n("self_attn.o_proj.weight"), {C, C}, true);
+    li.ffn_norm = ps_.add(n("post_attention_layernorm.weight"), {C}, false);
+    li.gate = ps_.add(n("mlp.gate_proj.weight"), {H, C}, true);
+    li.up = ps_.add(n("mlp.up_proj.weight"), {H, C}, true);
+    li.down = ps_.add(n("mlp.down_proj.weight"), {C, H}, true);
+    idx_.layers.push_back(li);
+  }
+  idx_.norm = ps_.add("model.norm.weight", {C}, false);
+  idx_.lm_head = cfg.tied_embeddings ? idx_.embed : ps_.add("lm_head.weight", {V, C}, true);
+  ps_.allocate();
+  bind_layers();
+}
+
+template <class F>
+void Llama<F>::bind_layers() {
+  const int C = cfg_.n_embd, hs = cfg_.head_size(), KV = KVH_ * hs, H = H_;
+  const float eps = static_cast<float>(cfg_.norm_eps);
+  auto p = [this](size_t i) { return nn::P<F>::of(ps_, i); };
+  blocks_.clear();
+  for (const auto& li : idx_.layers) {
+    nn::LlamaBlock<F> b;
+    b.C = C;
+    b.NH = cfg_.n_head;
+    b.KVH = KVH_;
+    b.hs = hs;
+    b.H = H;
+    b.theta = static_cast<float>(cfg_.rope_theta);
+    b.interleaved = cfg_.rope_interleaved;
+    b.attn_norm = {p(li.attn_norm), C, eps};
+    b.wq = {p(li.wq), {}, C, C};
+    b.wk = {p(li.wk), {}, C, KV};
+    b.wv = {p(li.wv), {}, C, KV};
+    b.wo = {p(li.wo), {}, C, C};
+    b.ffn_norm = {p(li.ffn_norm), C, eps};
+    b.gate = {p(li.gate), {}, C, H};
+    b.up = {p(li.up), {}, C, H};
+    b.down = {p(li.down), {}, H, C};
+    blocks_.push_back(b);
+  }
+  norm_ = {p(idx_.norm), C, eps};
+}
+
+template <class F>
+void Llama<F>::init(uint64_t seed) {
+  const double std_resid = cfg_.init_std / std::sqrt(2.0 * cfg_.n_layer);
+  const auto& es = ps_.entries();
+  for (size_t i = 0; i < es.size(); ++i) {
+    const auto& e = es[i];
+    F* w = ps_.param(i);
+    bool is_norm = e.name.ends_with("norm.weight");
+    if (is_norm) {
+      std::fill(w, w + e.size, F(1));
+    } else {
+      bool resid = e.name.ends_with("self_attn.o_proj.weight") || e.name.ends_with("mlp.down_proj.weight");
+      double sd = resid ? std_resid : cfg_.init_std;
+#pragma omp parallel for schedule(static)
+      for (size_t j = 0; j < e.size; j += 2) {
+        auto z = philox_normal2(seed, kStreamInit + i, j / 2);
+        w[j] = static_cast<F>(z[0] * sd);
+        if (j + 1 < e.size) w[j + 1] = static_cast<F>(z[1] * sd);
+      }
+    }
+  }
+}
+
+template <class F>
+double Llama<F>::flops_per_token(int T) const {
+  return 6.0 * double(ps_.num_params()) + 12.0 * cfg_.n_layer * T * cfg_.n_embd;
+}
+
+template <class F>
+void Llama<F>::ensure_activations(int B, int T) {
+  if (B == cur_B_ && T == cur_T_) return;
+  const size_t N = size_t(B) * T, C = cfg_.n_embd, L = cfg_.n_layer;
+  const int NH = cfg_.n_head, KV = KVH_ * cfg_.head_size(), H = H_;
+  using Block = nn::LlamaBlock<F>;
+  size_t per_block = Block::saved_size(B, T, int(C), NH, KV, H);
+  size_t total = (L + 1) * N * C + L * per_block + N * C + N;  // resid, blocks, norm, norm rstd
+  acts_.resize(total);
+  F* p = acts_.data();
+  resid_.assign(L + 1, nullptr);
+  for (size_t l = 0; l <= L; ++l) { resid_[l] = p; p += N * C; }
+  saved_.clear();
+  for (size_t l = 0; l < L; ++l) saved_.push_back(Block::carve(p, B, T, int(C), NH, KV, H));
+  norm_out_ = p; p += N * C;
+  norm_rstd_ = p; p += N;
+  LMF_CHECK(size_t(p - acts_.data()) == total, "activation layout {} != {}", p - acts_.data(), total);
+
+  size_t stotal = Block::scratch_size(B, T, int(C), KV, H) + 2 * N * C + 2 * N;
+  scratch_.resize(stotal);
+  F* s = scratch_.data();
+  sc_ = Block::carve_scratch(s, B, T, int(C), KV, H);
+  dres_ = s; s += N * C;
+  dnorm_ = s; s += N * C;
+  losses_ = s; s += N;
+  dloss_ = s; s += N;
+  LMF_CHECK(size_t(s - scratch_.data()) == stotal, "scratch layout");
+  tokens_.resize(N);
+  targets_.resize(N);
+  cur_B_ = B;
+  cur_T_ = T;
+}
+
+template <class F>
+double Llama<F>::forward(const int32_t* tokens, const int32_t* targets, int B, int T, double grad_scale) {
+  if (T > cfg_.block_size)
+    throw UserError("sequence length {} exceeds the model's block_size {}", T, cfg_.block_size);
+  ensure_activations(B, T);
+  const int C = cfg_.n_embd, V = cfg_.vocab_size, N = B * T;
+  for (int i = 0; i < N; ++i) {
+    if (tokens[i] < 0 || tokens[i] >= V)
+      throw UserError("token id {} is outside the model's vocabulary of {}", tokens[i], V);
+  }
+  std::memcpy(tokens_.data(), tokens, sizeof(int32_t) * N);
+  const F* emb = ps_.param(idx_.embed);
+#pragma omp parallel for schedule(static)
+  for (int i = 0; i < N; ++i)
+    std::memcpy(resid_[0] + size_t(i) * C, emb + size_t(tokens_.data()[i]) * C, sizeof(F) * C);
+  tape_.clear();
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    blocks_[l].forward(resid_[l + 1], resid_[l], saved_[l], sc_, B, T);
+    tape_.push_back({&blocks_[l], &saved_[l], resid_[l]});
+  }
+  norm_.forward(norm_out_, norm_rstd_, resid_[blocks_.size()], N);
+  have_grad_ = false;
+  if (!targets) return 0.0;
+  long valid = 0;
+  for (int i = 0; i < N; ++i) {
+    if (targets[i] >= V)
+      throw UserError("target id {} is outside the model's vocabulary of {}", targets[i], V);
+    valid += targets[i] >= 0;
+  }
+  std::memcpy(targets_.data(), targets, sizeof(int32_t) * N);
+  const F* w = ps_.param(idx_.lm_head);
+  double sum;
+  if (grad_scale > 0) {
+    std::fill(dloss_, dloss_ + N, static_cast<F>(grad_scale));
+    sum = ops::classifier_ce_forward(losses_, dnorm_, ps_.grad(idx_.lm_head), norm_out_, w, targets_.data(),
+                                     dloss_, N, C, V);
+    have_grad_ = true;
+  } else {
+    sum = ops::classifier_ce_forward<F>(losses_, nullptr, nullptr, norm_out_, w, targets_.data(), nullptr, N,
+                                        C, V);
+  }
+  return valid > 0 ? sum / valid : 0.0;
+}
+
+template <class F>
+void Llama<F>::backward() {
+  LMF_CHECK(have_grad_, "backward() without a forward(grad_scale > 0)");
+  const int C = cfg_.n_embd, N = cur_B_ * cur_T_;
+  std::fill(dres_, dres_ + size_t(N) * C, F(0));
+  norm_.backward(dres_, dnorm_, resid_[blocks_.size()], norm_rstd_, N);
+  for (auto it = tape_.rbegin(); it != tape_.rend(); ++it)
+    it->block->backward(dres_, it->input, *it->saved, sc_, cur_B_, cur_T_);
+  // Embedding backward: rows in order, serially (deterministic; repeated tokens add up).
+  F* demb = ps_.grad(idx_.embed);
+  for (int i = 0; i < N; ++i) {
+    F* d = demb + size_t(tokens_.data()[i]) * C;
+    const F* g = dres_ + size_t(i) * C;
+    for (int c = 0; c < C; ++c) d[c] += g[c];
+  }
+  have_grad_ = false;
+}
+
+template <class F>
+void Llama<F>::last_logits(F* out) {
+  const int C = cfg_.n_embd, V = cfg_.vocab_size;
+  for (int b = 0; b < cur_B_; ++b) {
+    const F* x = norm_out_ + (size_t(b) * cur_T_ + cur_T_ - 1) * C;
+    ops::classifier_logits(out + size_t(b) * V, x, ps_.param(idx_.lm_head), 1, C, V);
+  }
+}
+
+template class Llama<float>;
+template class Llama<double>;
+
+}  // namespace lmf

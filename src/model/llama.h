@@ -1,0 +1,90 @@
+#pragma once
+// Llama family language model (LlamaForCausalLM) over one flat ParamStore. Parameter names are
+// Hugging Face's; every matrix is (out, in) in both Hugging Face and lmforge, so no transposes.
+// RMSNorm, rotary positions (interleaved or rotate-half, per config), grouped-query attention,
+// SwiGLU MLP, no biases, no position table.
+#include <memory>
+#include <vector>
+
+#include "core/buffer.h"
+#include "core/param_store.h"
+#include "model/model_config.h"
+#include "nn/llama_block.h"
+
+namespace lmf {
+
+template <class F>
+class Llama {
+ public:
+  explicit Llama(const ModelConfig& cfg);  // arch "llama"; registers and allocates parameters (zeros)
+  Llama(const Llama&) = delete;
+  Llama& operator=(const Llama&) = delete;
+
+  // N(0, init_std) for matrices and embeddings, init_std/sqrt(2L) for the residual projections
+  // (o_proj, down_proj), ones for norm gains. Philox by (seed, parameter index, element).
+  void init(uint64_t seed);
+
+  // As Gpt2::forward: with targets returns the mean loss over targets >= 0; with grad_scale > 0
+  // the classifier's backward runs fused with its forward and backward() may follow.
+  double forward(const int32_t* tokens, const int32_t* targets, int B, int T, double grad_scale = 0);
+  void backward();  // accumulates into grads
+  void last_logits(F* out /*(B, V)*/);
+
+  const F* block_output(size_t l) const { return resid_[l + 1]; }  // (B, T, C)
+  const F* final_norm_output() const { return norm_out_; }          // (B, T, C)
+
+  ParamStore<F>& params() { return ps_; }
+  const ParamStore<F>& params() const { return ps_; }
+  const ModelConfig& config() const { return cfg_; }
+  int n_kv_head() const { return KVH_; }
+  int ffn_hidden() const { return H_; }
+  // 6 x parameters + 12 L T C (attention), as Gpt2's.
+  double flops_per_token(int T) const;
+  size_t activation_bytes() const { return acts_.bytes() + scratch_.bytes(); }
+
+  struct Index {
+    size_t embed, norm, lm_head;  // lm_head == embed when tied
+    struct Layer {
+      size_t attn_norm, wq, wk, wv, wo, ffn_norm, gate, up, down;
+    };
+    std::vector<Layer> layers;
+  };
+  const Index& index() const { return idx_; }
+
+ private:
+  void ensure_activations(int B, int T);
+  void bind_layers();
+
+  ModelConfig cfg_;
+  int KVH_ = 0, H_ = 0;
+  ParamStore<F> ps_;
+  Index idx_;
+  std::vector<nn::LlamaBlock<F>> blocks_;
+  nn::RmsNorm<F> norm_;
+
+  int cur_B_ = 0, cur_T_ = 0;
+  Buffer<F> acts_, scratch_;
+  Buffer<int32_t> tokens_, targets_;
+  std::vector<F*> resid_;  // L+1 pointers (N, C)
+  std::vector<typename nn::LlamaBlock<F>::Saved> saved_;
+  typename nn::LlamaBlock<F>::Scratch sc_{};
+  F* norm_out_ = nullptr;   // (N, C)
+  F* norm_rstd_ = nullptr;  // (N)
+  F* dres_ = nullptr;       // (N, C)
+  F* dnorm_ = nullptr;      // (N, C)
+  F* losses_ = nullptr;     // (N)
+  F* dloss_ = nullptr;      // (N)
+
+  struct TapeEntry {
+    const nn::LlamaBlock<F>* block;
+    typename nn::LlamaBlock<F>::Saved* saved;
+    const F* input;
+  };
+  std::vector<TapeEntry> tape_;
+  bool have_grad_ = false;
+};
+
+extern template class Llama<float>;
+extern template class Llama<double>;
+
+}  // namespace lmf

@@ -1,0 +1,145 @@
+#pragma once
+// The Llama transformer block (pre-RMSNorm, rotary positions, grouped-query attention, SwiGLU):
+//   r = x + o(attn(rope(q(h)), rope(k(h)), v(h))),  h = rmsnorm(x) * w_attn
+//   out = r + down(silu(gate(h2)) * up(h2)),          h2 = rmsnorm(r) * w_ffn
+// No biases anywhere.
+#include "nn/nn.h"
+
+namespace lmf::nn {
+
+template <class F>
+struct RmsNorm {
+  P<F> weight;  // (C)
+  int C = 0;
+  float eps = 1e-5f;
+  void forward(F* y /*(N,C)*/, F* rstd /*(N)*/, const F* x /*(N,C)*/, int N) const {
+    ops::rmsnorm_forward(y, rstd, x, weight.w, N, C, eps);
+  }
+  // dx += ...: the residual-stream exception of the gradient rule.
+  void backward(F* dx /*(N,C)*/, const F* dy, const F* x, const F* rstd, int N) const {
+    ops::rmsnorm_backward(dx, weight.dw, dy, x, weight.w, rstd, N, C);
+  }
+};
+
+template <class F>
+struct LlamaBlock {
+  RmsNorm<F> attn_norm, ffn_norm;
+  Linear<F> wq, wk, wv, wo, gate, up, down;
+  int C = 0, NH = 0, KVH = 0, hs = 0, H = 0;  // width, heads, kv heads, head size, ffn hidden
+  float theta = 10000.0f;
+  bool interleaved = false;
+
+  int kv_dim() const { return KVH * hs; }
+
+  // Activations saved by forward for backward; one slot per application of the block.
+  struct Saved {
+    F* h1;     // (N, C) attention-norm output
+    F* rstd1;  // (N)
+    F* q;      // (N, C) after RoPE
+    F* k;      // (N, KV) after RoPE
+    F* v;      // (N, KV)
+    F* atty;   // (N, C) attention output, before o_proj
+    F* lse;    // (B, NH, T)
+    F* res;    // (N, C) x + attention branch
+    F* h2;     // (N, C) ffn-norm output
+    F* rstd2;  // (N)
+    F* g;      // (N, H) gate_proj output
+    F* u;      // (N, H) up_proj output
+  };
+  // Buffers shared by all blocks, reused layer after layer.
+  struct Scratch {
+    F* wide;      // (N, H): SwiGLU output in forward / recomputed, then dgate, in backward
+    F* dwide;     // (N, H)
+    F* dup;       // (N, H)
+    F* dnarrow;   // (N, C)
+    F* dnarrow2;  // (N, C)
+    F* dq;        // (N, C)
+    F* dk;        // (N, KV)
+    F* dv;        // (N, KV)
+  };
+  static size_t saved_size(int B, int T, int C, int NH, int KV, int H) {
+    size_t N = size_t(B) * T;
+    return N * C * 5 + N * 2 + N * 2 * KV + size_t(B) * NH * T + N * 2 * H;  // as carve() takes it
+  }
+  static Saved carve(F*& p, int B, int T, int C, int NH, int KV, int H) {
+    size_t N = size_t(B) * T;
+    Saved s;
+    auto take = [&p](size_t n) { F* q = p; p += n; return q; };
+    s.h1 = take(N * C);
+    s.rstd1 = take(N);
+    s.q = take(N * C);
+    s.k = take(N * KV);
+    s.v = take(N * KV);
+    s.atty = take(N * C);
+    s.lse = take(size_t(B) * NH * T);
+    s.res = take(N * C);
+    s.h2 = take(N * C);
+    s.rstd2 = take(N);
+    s.g = take(N * H);
+    s.u = take(N * H);
+    return s;
+  }
+  static size_t scratch_size(int B, int T, int C, int KV, int H) {
+    size_t N = size_t(B) * T;
+    return N * 3 * H + N * 3 * C + N * 2 * KV;
+  }
+  static Scratch carve_scratch(F*& p, int B, int T, int C, int KV, int H) {
+    size_t N = size_t(B) * T;
+    Scratch s;
+    auto take = [&p](size_t n) { F* q = p; p += n; return q; };
+    s.wide = take(N * H);
+    s.dwide = take(N * H);
+    s.dup = take(N * H);
+    s.dnarrow = take(N * C);
+    s.dnarrow2 = take(N * C);
+    s.dq = take(N * C);
+    s.dk = take(N * KV);
+    s.dv = take(N * KV);
+    return s;
+  }
+
+  void forward(F* out /*(N,C)*/, const F* x /*(N,C)*/, Saved& s, Scratch& sc, int B, int T) const {
+    int N = B * T;
+    attn_norm.forward(s.h1, s.rstd1, x, N);
+    wq.forward(s.q, s.h1, N);
+    wk.forward(s.k, s.h1, N);
+    wv.forward(s.v, s.h1, N);
+    ops::rope_forward(s.q, s.q, B, T, NH, hs, theta, interleaved);
+    ops::rope_forward(s.k, s.k, B, T, KVH, hs, theta, interleaved);
+    ops::attention_gqa_forward(s.atty, s.lse, s.q, s.k, s.v, B, T, NH, KVH, hs);
+    wo.forward(sc.dnarrow, s.atty, N);  // dnarrow is free in forward
+    ops::residual_forward(s.res, x, sc.dnarrow, size_t(N) * C);
+    ffn_norm.forward(s.h2, s.rstd2, s.res, N);
+    gate.forward(s.g, s.h2, N);
+    up.forward(s.u, s.h2, N);
+    ops::swiglu_forward(sc.wide, s.g, s.u, size_t(N) * H);
+    down.forward(out, sc.wide, N);
+    ops::residual_forward(out, out, s.res, size_t(N) * C);
+  }
+
+  // dres: on entry dL/d(out), on exit dL/dx (updated in place: the residual stream).
+  void backward(F* dres /*(N,C)*/, const F* x /*(N,C)*/, const Saved& s, Scratch& sc, int B, int T) const {
+    int N = B * T;
+    size_t nc = size_t(N) * C, nh = size_t(N) * H;
+    ops::swiglu_forward(sc.wide, s.g, s.u, nh);  // recompute instead of storing (N, H)
+    down.backward(sc.dwide, dres, sc.wide, N);
+    ops::swiglu_backward(sc.wide /*dgate*/, sc.dup, sc.dwide, s.g, s.u, nh);
+    gate.backward(sc.dnarrow, sc.wide, s.h2, N);
+    up.backward(sc.dnarrow2, sc.dup, s.h2, N);
+    ops::residual_forward(sc.dnarrow, sc.dnarrow, sc.dnarrow2, nc);  // dh2
+    ffn_norm.backward(dres, sc.dnarrow, s.res, s.rstd2, N);          // dres = dL/d(res)
+    wo.backward(sc.dnarrow, dres, s.atty, N);                        // datty
+    ops::attention_gqa_backward(sc.dq, sc.dk, sc.dv, sc.dnarrow, s.q, s.k, s.v, s.atty, s.lse, B, T, NH,
+                                KVH, hs);
+    ops::rope_backward(sc.dq, sc.dq, B, T, NH, hs, theta, interleaved);
+    ops::rope_backward(sc.dk, sc.dk, B, T, KVH, hs, theta, interleaved);
+    wq.backward(sc.dnarrow, sc.dq, s.h1, N);
+    wk.backward(sc.dnarrow2, sc.dk, s.h1, N);
+    ops::residual_forward(sc.dnarrow, sc.dnarrow, sc.dnarrow2, nc);
+    wv.backward(sc.dnarrow2, sc.dv, s.h1, N);
+    ops::residual_forward(sc.dnarrow, sc.dnarrow, sc.dnarrow2, nc);  // dh1
+    attn_norm.backward(dres, sc.dnarrow, x, s.rstd1, N);             // dres = dL/dx
+  }
+};
+
+}  // namespace lmf::nn

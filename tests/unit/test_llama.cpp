@@ -1,0 +1,210 @@
+// Llama family: finite differences in double over every parameter of a tiny Llama (both RoPE
+// conventions, tied and untied), float against double, and the golden test against llama2.c's
+// published greedy output of the pretrained stories260K checkpoint.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <string>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "data/sp_tokenizer.h"
+#include "model/llama.h"
+#include "model/llama2c.h"
+#include "test_util.h"
+
+namespace lmf {
+namespace {
+
+ModelConfig tiny(bool tied, bool interleaved) {
+  ModelConfig c;
+  c.arch = "llama";
+  c.n_layer = 2;
+  c.n_head = 4;
+  c.n_kv_head = 2;
+  c.n_embd = 16;
+  c.ffn_hidden = 24;
+  c.vocab_size = 11;
+  c.block_size = 7;
+  c.tied_embeddings = tied;
+  c.rope_interleaved = interleaved;
+  return c;
+}
+
+// Init, then noise on everything (norm gains too) so no gradient is trivially zero.
+template <class F>
+void randomise(Llama<F>& m, uint64_t seed) {
+  m.init(seed);
+  auto& ps = m.params();
+  for (size_t i = 0; i < ps.entries().size(); ++i) {
+    const auto& e = ps.entry(i);
+    for (size_t j = 0; j < e.size; ++j) ps.param(i)[j] += F(0.3 * philox_normal2(seed + 1, i, j)[0]);
+  }
+}
+
+struct Batch {
+  std::vector<int32_t> x, y;
+};
+Batch batch(int B, int T, int V, uint64_t seed) {
+  Batch b;
+  Rng r(seed, 9);
+  for (int i = 0; i < B * T; ++i) {
+    b.x.push_back(int32_t(r.below(V)));
+    b.y.push_back(int32_t(r.below(V)));
+  }
+  b.y[3] = -1;  // an ignored target
+  return b;
+}
+
+void gradcheck(bool tied, bool interleaved) {
+  const int B = 2, T = 7;
+  Llama<double> m(tiny(tied, interleaved));
+  randomise(m, 3);
+  Batch b = batch(B, T, 11, 4);
+  const double scale = 1.0 / (B * T - 1);
+  auto& ps = m.params();
+  ps.zero_grad();
+  double loss = m.forward(b.x.data(), b.y.data(), B, T, scale);
+  m.backward();
+  EXPECT_GT(loss, 0);
+  const double h = 1e-5;
+  size_t checked = 0;
+  for (size_t i = 0; i < ps.entries().size(); ++i) {
+    const auto& e = ps.entry(i);
+    for (size_t j = 0; j < e.size; ++j) {
+      double& w = ps.param(i)[j];
+      double w0 = w;
+      w = w0 + h;
+      double lp = m.forward(b.x.data(), b.y.data(), B, T);
+      w = w0 - h;
+      double lm = m.forward(b.x.data(), b.y.data(), B, T);
+      w = w0;
+      double fd = (lp - lm) / (2 * h);
+      double an = ps.grad(i)[j];
+      ASSERT_NEAR(an, fd, 1e-7 + 1e-5 * std::abs(fd)) << e.name << "[" << j << "]";
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, ps.num_params());
+}
+
+TEST(Llama, ParameterNames) {
+  Llama<float> m(tiny(false, true));
+  const auto& ps = m.params();
+  for (const char* n : {"model.embed_tokens.weight", "model.layers.1.input_layernorm.weight",
+                        "model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
+                        "model.layers.0.self_attn.v_proj.weight", "model.layers.0.self_attn.o_proj.weight",
+                        "model.layers.0.post_attention_layernorm.weight", "model.layers.0.mlp.gate_proj.weight",
+                        "model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.down_proj.weight",
+                        "model.norm.weight", "lm_head.weight"})
+    EXPECT_GE(ps.find(n), 0) << n;
+  EXPECT_EQ(ps.entry(size_t(ps.find("model.layers.0.self_attn.k_proj.weight"))).size, 8u * 16u);
+  EXPECT_EQ(ps.entry(size_t(ps.find("model.layers.0.mlp.down_proj.weight"))).size, 16u * 24u);
+  Llama<float> t(tiny(true, true));
+  EXPECT_LT(t.params().find("lm_head.weight"), 0);
+  EXPECT_EQ(t.index().lm_head, t.index().embed);
+}
+
+TEST(Llama, FiniteDifferenceGradientTiedInterleaved) { gradcheck(true, true); }
+TEST(Llama, FiniteDifferenceGradientTiedRotateHalf) { gradcheck(true, false); }
+TEST(Llama, FiniteDifferenceGradientUntiedInterleaved) { gradcheck(false, true); }
+TEST(Llama, FiniteDifferenceGradientUntiedRotateHalf) { gradcheck(false, false); }
+
+TEST(Llama, FloatMatchesDouble) {
+  for (bool tied : {true, false}) {
+    const int B = 3, T = 7;
+    Llama<double> md(tiny(tied, false));
+    Llama<float> mf(tiny(tied, false));
+    randomise(md, 5);
+    randomise(mf, 5);
+    Batch b = batch(B, T, 11, 6);
+    double ld = md.forward(b.x.data(), b.y.data(), B, T, 1.0 / (B * T));
+    double lf = mf.forward(b.x.data(), b.y.data(), B, T, 1.0 / (B * T));
+    md.backward();
+    mf.backward();
+    EXPECT_NEAR(lf, ld, 1e-5 * ld);
+    const auto& pd = md.params();
+    const auto& pf = mf.params();
+    double gmax = 0, dmax = 0;
+    for (size_t k = 0; k < pd.flat_size(); ++k) {
+      gmax = std::max(gmax, std::abs(pd.grads()[k]));
+      dmax = std::max(dmax, std::abs(pd.grads()[k] - double(pf.grads()[k])));
+    }
+    EXPECT_LT(dmax, 1e-4 * gmax) << "tied " << tied;
+  }
+}
+
+const std::filesystem::path kShared = LMF_SHARED_DIR;
+const std::filesystem::path kModel = kShared / "data/tinyllamas/stories260K.bin";
+const std::filesystem::path kTok = kShared / "data/tinyllamas/tok512.bin";
+
+TEST(Llama2c, GoldenGreedyStories260K) {
+  if (!std::filesystem::exists(kModel)) GTEST_SKIP() << "no " << kModel;
+  ModelConfig c = read_llama2c_config(kModel);
+  EXPECT_EQ(c.n_embd, 64);
+  EXPECT_EQ(c.ffn_hidden, 172);
+  EXPECT_EQ(c.n_layer, 5);
+  EXPECT_EQ(c.n_head, 8);
+  EXPECT_EQ(c.n_kv_head, 4);
+  EXPECT_EQ(c.vocab_size, 512);
+  EXPECT_EQ(c.block_size, 512);
+  EXPECT_TRUE(c.tied_embeddings);
+  EXPECT_TRUE(c.rope_interleaved);
+  Llama<float> m(c);
+  load_llama2c(m, kModel);
+  std::vector<int32_t> ids = {1, 403, 407, 261, 378};
+  const size_t prompt = ids.size();
+  std::vector<float> logits(size_t(c.vocab_size));
+  for (int step = 0; step < 24; ++step) {
+    m.forward(ids.data(), nullptr, 1, int(ids.size()));
+    m.last_logits(logits.data());
+    ids.push_back(int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin()));
+  }
+  std::vector<int32_t> gen(ids.begin() + long(prompt), ids.end());
+  const std::vector<int32_t> want = {432, 383, 286, 261, 376, 298, 315, 421, 395};
+  ASSERT_EQ(std::vector<int32_t>(gen.begin(), gen.begin() + long(want.size())), want)
+      << "generated: " << ::testing::PrintToString(gen);
+  if (std::filesystem::exists(kTok)) {
+    auto tok = data::SpTokenizer::load(kTok, c.vocab_size);
+    std::string text = tok->decode(gen);
+    EXPECT_TRUE(text.starts_with(", there was a little girl named Lily.")) << text;
+    EXPECT_EQ(tok->decode(std::vector<int32_t>(ids.begin(), ids.begin() + long(prompt))), "Once upon a time");
+  }
+}
+
+TEST(Llama2c, TruncatedFileIsUserErrorNamingIt) {
+  if (!std::filesystem::exists(kModel)) GTEST_SKIP() << "no " << kModel;
+  test::TempDir dir;
+  std::string bytes = test::slurp(kModel);
+  const auto bad = dir / "cut.bin";
+  test::write_file(bad, bytes.substr(0, bytes.size() - 4));
+  auto expect_error = [&](auto&& fn, const std::string& also) {
+    try {
+      fn();
+      ADD_FAILURE() << "no UserError";
+    } catch (const UserError& e) {
+      std::string msg = e.what();
+      EXPECT_NE(msg.find(bad.string()), std::string::npos) << msg;
+      EXPECT_NE(msg.find(also), std::string::npos) << msg;
+    }
+  };
+  const std::string sizes = std::to_string(bytes.size() - 4) + " bytes";
+  expect_error([&] { read_llama2c_config(bad); }, std::to_string(bytes.size()));
+  expect_error([&] { read_llama2c_config(bad); }, sizes);
+  Llama<float> m(read_llama2c_config(kModel));
+  expect_error([&] { load_llama2c(m, bad); }, std::to_string(bytes.size()));
+  // A header with n_heads not dividing dim.
+  std::string h = bytes;
+  int32_t heads = 7;
+  std::memcpy(h.data() + 12, &heads, 4);
+  test::write_file(bad, h);
+  expect_error([&] { read_llama2c_config(bad); }, "n_heads 7");
+  test::write_file(bad, bytes.substr(0, 10));
+  expect_error([&] { read_llama2c_config(bad); }, "header");
+}
+
+}  // namespace
+}  // namespace lmf
