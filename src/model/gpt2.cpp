@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "model/lm_head.h"
 #include "core/rng.h"
 
 namespace lmf {
@@ -144,10 +145,7 @@ double Gpt2<F>::forward(const int32_t* tokens, const int32_t* targets, int B, in
     throw UserError("sequence length {} exceeds the model's block_size {}", T, cfg_.block_size);
   ensure_activations(B, T);
   const int C = cfg_.n_embd, V = cfg_.vocab_size, N = B * T;
-  for (int i = 0; i < N; ++i) {
-    if (tokens[i] < 0 || tokens[i] >= V)
-      throw UserError("token id {} is outside the model's vocabulary of {}", tokens[i], V);
-  }
+  lm_head::check_tokens(tokens, N, V);
   std::memcpy(tokens_.data(), tokens, sizeof(int32_t) * N);
   ops::encoder_forward(encoded_, tokens_.data(), ps_.param(idx_.wte), ps_.param(idx_.wpe), B, T, C);
   tape_.clear();
@@ -158,24 +156,8 @@ double Gpt2<F>::forward(const int32_t* tokens, const int32_t* targets, int B, in
   lnf_.forward(lnf_out_, lnf_saved_, resid_[blocks_.size()], N);
   have_grad_ = false;
   if (!targets) return 0.0;
-  long valid = 0;
-  for (int i = 0; i < N; ++i) {
-    if (targets[i] >= V)
-      throw UserError("target id {} is outside the model's vocabulary of {}", targets[i], V);
-    valid += targets[i] >= 0;
-  }
-  std::memcpy(targets_.data(), targets, sizeof(int32_t) * N);
-  const F* w = ps_.param(idx_.lm_head);
-  double sum;
-  if (grad_scale > 0) {
-    std::fill(dloss_, dloss_ + N, static_cast<F>(grad_scale));
-    sum = ops::classifier_ce_forward(losses_, dlnf_, ps_.grad(idx_.lm_head), lnf_out_, w, targets_.data(),
-                                     dloss_, N, C, V);
-    have_grad_ = true;
-  } else {
-    sum = ops::classifier_ce_forward<F>(losses_, nullptr, nullptr, lnf_out_, w, targets_.data(), nullptr, N, C, V);
-  }
-  return valid > 0 ? sum / valid : 0.0;
+  return lm_head::loss<F>({targets_.data(), losses_, dloss_, dlnf_}, ps_.grad(idx_.lm_head), lnf_out_,
+                          ps_.param(idx_.lm_head), targets, N, C, V, grad_scale, have_grad_);
 }
 
 template <class F>
@@ -192,11 +174,7 @@ void Gpt2<F>::backward() {
 
 template <class F>
 void Gpt2<F>::last_logits(F* out) {
-  const int C = cfg_.n_embd, V = cfg_.vocab_size;
-  for (int b = 0; b < cur_B_; ++b) {
-    const F* x = lnf_out_ + (size_t(b) * cur_T_ + cur_T_ - 1) * C;
-    ops::classifier_logits(out + size_t(b) * V, x, ps_.param(idx_.lm_head), 1, C, V);
-  }
+  lm_head::last_logits(out, lnf_out_, ps_.param(idx_.lm_head), cur_B_, cur_T_, cfg_.n_embd, cfg_.vocab_size);
 }
 
 template class Gpt2<float>;

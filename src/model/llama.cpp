@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "model/lm_head.h"
 #include "core/rng.h"
 
 namespace lmf {
@@ -136,10 +137,7 @@ double Llama<F>::forward(const int32_t* tokens, const int32_t* targets, int B, i
     throw UserError("sequence length {} exceeds the model's block_size {}", T, cfg_.block_size);
   ensure_activations(B, T);
   const int C = cfg_.n_embd, V = cfg_.vocab_size, N = B * T;
-  for (int i = 0; i < N; ++i) {
-    if (tokens[i] < 0 || tokens[i] >= V)
-      throw UserError("token id {} is outside the model's vocabulary of {}", tokens[i], V);
-  }
+  lm_head::check_tokens(tokens, N, V);
   std::memcpy(tokens_.data(), tokens, sizeof(int32_t) * N);
   const F* emb = ps_.param(idx_.embed);
 #pragma omp parallel for schedule(static)
@@ -153,25 +151,8 @@ double Llama<F>::forward(const int32_t* tokens, const int32_t* targets, int B, i
   norm_.forward(norm_out_, norm_rstd_, resid_[blocks_.size()], N);
   have_grad_ = false;
   if (!targets) return 0.0;
-  long valid = 0;
-  for (int i = 0; i < N; ++i) {
-    if (targets[i] >= V)
-      throw UserError("target id {} is outside the model's vocabulary of {}", targets[i], V);
-    valid += targets[i] >= 0;
-  }
-  std::memcpy(targets_.data(), targets, sizeof(int32_t) * N);
-  const F* w = ps_.param(idx_.lm_head);
-  double sum;
-  if (grad_scale > 0) {
-    std::fill(dloss_, dloss_ + N, static_cast<F>(grad_scale));
-    sum = ops::classifier_ce_forward(losses_, dnorm_, ps_.grad(idx_.lm_head), norm_out_, w, targets_.data(),
-                                     dloss_, N, C, V);
-    have_grad_ = true;
-  } else {
-    sum = ops::classifier_ce_forward<F>(losses_, nullptr, nullptr, norm_out_, w, targets_.data(), nullptr, N,
-                                        C, V);
-  }
-  return valid > 0 ? sum / valid : 0.0;
+  return lm_head::loss<F>({targets_.data(), losses_, dloss_, dnorm_}, ps_.grad(idx_.lm_head), norm_out_,
+                          ps_.param(idx_.lm_head), targets, N, C, V, grad_scale, have_grad_);
 }
 
 template <class F>
@@ -194,11 +175,7 @@ void Llama<F>::backward() {
 
 template <class F>
 void Llama<F>::last_logits(F* out) {
-  const int C = cfg_.n_embd, V = cfg_.vocab_size;
-  for (int b = 0; b < cur_B_; ++b) {
-    const F* x = norm_out_ + (size_t(b) * cur_T_ + cur_T_ - 1) * C;
-    ops::classifier_logits(out + size_t(b) * V, x, ps_.param(idx_.lm_head), 1, C, V);
-  }
+  lm_head::last_logits(out, norm_out_, ps_.param(idx_.lm_head), cur_B_, cur_T_, cfg_.n_embd, cfg_.vocab_size);
 }
 
 template class Llama<float>;

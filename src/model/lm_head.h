@@ -1,0 +1,60 @@
+#pragma once
+// What every language model in src/model/ does the same way around its blocks: check the input
+// ids, run the classifier fused with cross-entropy (and its backward when training), and give
+// the last position's logits for sampling.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "core/error.h"
+#include "ops/ops.h"
+
+namespace lmf::lm_head {
+
+// tokens (N): every id in [0, V), else UserError.
+inline void check_tokens(const int32_t* tokens, int N, int V) {
+  for (int i = 0; i < N; ++i)
+    if (tokens[i] < 0 || tokens[i] >= V)
+      throw UserError("token id {} is outside the model's vocabulary of {}", tokens[i], V);
+}
+
+// Buffers of the fused classifier + cross-entropy.
+template <class F>
+struct Buffers {
+  int32_t* targets;  // (N) copy of the targets (the op reads them again in backward)
+  F* losses;         // (N)
+  F* dloss;          // (N)
+  F* dx;             // (N, C) gradient into the final norm's output
+};
+
+// Mean cross-entropy over targets >= 0 of logits = x w^T; x (N, C), w (V, C). With
+// grad_scale > 0 also dx (assigned) and dw += (the fused backward), and returns true in
+// `have_grad`. Targets >= V are a UserError.
+template <class F>
+double loss(const Buffers<F>& b, F* dw, const F* x, const F* w, const int32_t* targets, int N, int C, int V,
+            double grad_scale, bool& have_grad) {
+  long valid = 0;
+  for (int i = 0; i < N; ++i) {
+    if (targets[i] >= V) throw UserError("target id {} is outside the model's vocabulary of {}", targets[i], V);
+    valid += targets[i] >= 0;
+  }
+  std::memcpy(b.targets, targets, sizeof(int32_t) * N);
+  double sum;
+  have_grad = grad_scale > 0;
+  if (have_grad) {
+    std::fill(b.dloss, b.dloss + N, static_cast<F>(grad_scale));
+    sum = ops::classifier_ce_forward(b.losses, b.dx, dw, x, w, b.targets, b.dloss, N, C, V);
+  } else {
+    sum = ops::classifier_ce_forward<F>(b.losses, nullptr, nullptr, x, w, b.targets, nullptr, N, C, V);
+  }
+  return valid > 0 ? sum / valid : 0.0;
+}
+
+// out (B, V): logits of position T-1 of each sequence; x (B, T, C) the final norm's output.
+template <class F>
+void last_logits(F* out, const F* x, const F* w, int B, int T, int C, int V) {
+  for (int b = 0; b < B; ++b)
+    ops::classifier_logits(out + size_t(b) * V, x + (size_t(b) * T + T - 1) * C, w, 1, C, V);
+}
+
+}  // namespace lmf::lm_head
