@@ -3,6 +3,8 @@
 // published greedy output of the pretrained stories260K checkpoint.
 #include <gtest/gtest.h>
 
+#include "model_test_util.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -34,61 +36,9 @@ ModelConfig tiny(bool tied, bool interleaved) {
   return c;
 }
 
-// Init, then noise on everything (norm gains too) so no gradient is trivially zero.
-template <class F>
-void randomise(Llama<F>& m, uint64_t seed) {
-  m.init(seed);
-  auto& ps = m.params();
-  for (size_t i = 0; i < ps.entries().size(); ++i) {
-    const auto& e = ps.entry(i);
-    for (size_t j = 0; j < e.size; ++j) ps.param(i)[j] += F(0.3 * philox_normal2(seed + 1, i, j)[0]);
-  }
-}
-
-struct Batch {
-  std::vector<int32_t> x, y;
-};
-Batch batch(int B, int T, int V, uint64_t seed) {
-  Batch b;
-  Rng r(seed, 9);
-  for (int i = 0; i < B * T; ++i) {
-    b.x.push_back(int32_t(r.below(V)));
-    b.y.push_back(int32_t(r.below(V)));
-  }
-  b.y[3] = -1;  // an ignored target
-  return b;
-}
-
 void gradcheck(bool tied, bool interleaved) {
-  const int B = 2, T = 7;
   Llama<double> m(tiny(tied, interleaved));
-  randomise(m, 3);
-  Batch b = batch(B, T, 11, 4);
-  const double scale = 1.0 / (B * T - 1);
-  auto& ps = m.params();
-  ps.zero_grad();
-  double loss = m.forward(b.x.data(), b.y.data(), B, T, scale);
-  m.backward();
-  EXPECT_GT(loss, 0);
-  const double h = 1e-5;
-  size_t checked = 0;
-  for (size_t i = 0; i < ps.entries().size(); ++i) {
-    const auto& e = ps.entry(i);
-    for (size_t j = 0; j < e.size; ++j) {
-      double& w = ps.param(i)[j];
-      double w0 = w;
-      w = w0 + h;
-      double lp = m.forward(b.x.data(), b.y.data(), B, T);
-      w = w0 - h;
-      double lm = m.forward(b.x.data(), b.y.data(), B, T);
-      w = w0;
-      double fd = (lp - lm) / (2 * h);
-      double an = ps.grad(i)[j];
-      ASSERT_NEAR(an, fd, 1e-7 + 1e-5 * std::abs(fd)) << e.name << "[" << j << "]";
-      ++checked;
-    }
-  }
-  EXPECT_EQ(checked, ps.num_params());
+  test::check_every_parameter_gradient(m, 2, 7, 11);
 }
 
 TEST(Llama, ParameterNames) {
@@ -118,9 +68,9 @@ TEST(Llama, FloatMatchesDouble) {
     const int B = 3, T = 7;
     Llama<double> md(tiny(tied, false));
     Llama<float> mf(tiny(tied, false));
-    randomise(md, 5);
-    randomise(mf, 5);
-    Batch b = batch(B, T, 11, 6);
+    test::randomise(md, 5);
+    test::randomise(mf, 5);
+    test::Batch b = test::random_batch(B, T, 11, 6);
     double ld = md.forward(b.x.data(), b.y.data(), B, T, 1.0 / (B * T));
     double lf = mf.forward(b.x.data(), b.y.data(), B, T, 1.0 / (B * T));
     md.backward();

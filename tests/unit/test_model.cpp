@@ -2,6 +2,8 @@
 // float against double, initialisation statistics, and KV-cache decoding against the full
 // forward.
 #include <gtest/gtest.h>
+
+#include "model_test_util.h"
 #include <omp.h>
 
 #include <cmath>
@@ -24,64 +26,9 @@ ModelConfig tiny(bool tied = true) {
   return c;
 }
 
-// GPT-2 init, then noise on everything (biases and norm gains too) so no gradient is
-// trivially zero.
-template <class F>
-void randomise(Gpt2<F>& m, uint64_t seed) {
-  m.init(seed);
-  auto& ps = m.params();
-  for (size_t i = 0; i < ps.entries().size(); ++i) {
-    const auto& e = ps.entry(i);
-    for (size_t j = 0; j < e.size; ++j) ps.param(i)[j] += F(0.3 * philox_normal2(seed + 1, i, j)[0]);
-  }
-}
-
-struct Batch {
-  std::vector<int32_t> x, y;
-};
-Batch batch(int B, int T, int V, uint64_t seed) {
-  Batch b;
-  Rng r(seed, 9);
-  for (int i = 0; i < B * T; ++i) {
-    b.x.push_back(int32_t(r.below(V)));
-    b.y.push_back(int32_t(r.below(V)));
-  }
-  b.y[3] = -1;  // an ignored target
-  return b;
-}
-
 void gradcheck(bool tied) {
-  const int B = 2, T = 5;
   Gpt2<double> m(tiny(tied));
-  randomise(m, 3);
-  Batch b = batch(B, T, 11, 4);
-  const double scale = 1.0 / (B * T - 1);  // mean over the valid targets
-  auto& ps = m.params();
-  ps.zero_grad();
-  double loss = m.forward(b.x.data(), b.y.data(), B, T, scale);
-  m.backward();
-  EXPECT_GT(loss, 0);
-  // Central differences with h = 1e-5: truncation error ~ h^2 |f'''| ~ 1e-10, rounding error
-  // ~ eps |L| / h ~ 1e-11; allow 1e-7 absolute plus 1e-5 relative.
-  const double h = 1e-5;
-  size_t checked = 0;
-  for (size_t i = 0; i < ps.entries().size(); ++i) {
-    const auto& e = ps.entry(i);
-    for (size_t j = 0; j < e.size; ++j) {
-      double& w = ps.param(i)[j];
-      double w0 = w;
-      w = w0 + h;
-      double lp = m.forward(b.x.data(), b.y.data(), B, T);
-      w = w0 - h;
-      double lm = m.forward(b.x.data(), b.y.data(), B, T);
-      w = w0;
-      double fd = (lp - lm) / (2 * h);
-      double an = ps.grad(i)[j];
-      ASSERT_NEAR(an, fd, 1e-7 + 1e-5 * std::abs(fd)) << e.name << "[" << j << "]";
-      ++checked;
-    }
-  }
-  EXPECT_EQ(checked, ps.num_params());
+  test::check_every_parameter_gradient(m, 2, 5, 11);
 }
 
 TEST(Gpt2, FiniteDifferenceGradientTied) { gradcheck(true); }
@@ -91,9 +38,9 @@ TEST(Gpt2, FloatMatchesDouble) {
   const int B = 3, T = 7;
   Gpt2<double> md(tiny());
   Gpt2<float> mf(tiny());
-  randomise(md, 5);
-  randomise(mf, 5);
-  Batch b = batch(B, T, 11, 6);
+  test::randomise(md, 5);
+  test::randomise(mf, 5);
+  test::Batch b = test::random_batch(B, T, 11, 6);
   double ld = md.forward(b.x.data(), b.y.data(), B, T, 1.0 / (B * T));
   double lf = mf.forward(b.x.data(), b.y.data(), B, T, 1.0 / (B * T));
   md.backward();
@@ -150,8 +97,8 @@ TEST(Gpt2, KvCacheMatchesFullForward) {
   ModelConfig c = tiny();
   c.block_size = 12;
   Gpt2<float> m(c);
-  randomise(m, 8);
-  Batch b = batch(1, 12, 11, 9);
+  test::randomise(m, 8);
+  test::Batch b = test::random_batch(1, 12, 11, 9);
   KvGenerator gen(m);
   std::vector<float> full(c.vocab_size);
   for (int t = 1; t <= 12; ++t) {
