@@ -4,8 +4,9 @@
 #include <cstring>
 
 #include "core/error.h"
-#include "model/lm_head.h"
 #include "core/rng.h"
+#include "model/lm_head.h"
+#include "ops/ops.h"
 
 namespace lmf {
 
@@ -24,20 +25,42 @@ Llama<F>::Llama(const ModelConfig& cfg) : cfg_(cfg) {
   for (int64_t l = 0; l < L; ++l) {
     auto n = [l](const char* s) { return fmt::format("model.layers.{}.{}", l, s); };
     typename Index::Layer li;
+    // An absent bias is index kNone.
+    auto bias = [&](bool on, const char* s, int64_t len) { return on ? ps_.add(n(s), {len}, false) : kNone; };
     li.attn_norm = ps_.add(n("input_layernorm.weight"), {C}, false);
     li.wq = ps_.add(n("self_attn.q_proj.weight"), {C, C}, true);
+    li.bq = bias(cfg.attention_bias, "self_attn.q_proj.bias", C);
     li.wk = ps_.add(n("self_attn.k_proj.weight"), {KV, C}, true);
+    li.bk = bias(cfg.attention_bias, "self_attn.k_proj.bias", KV);
     li.wv = ps_.add(n("self_attn.v_proj.weight"), {KV, C}, true);
+    li.bv = bias(cfg.attention_bias, "self_attn.v_proj.bias", KV);
     li.wo = ps_.add(n("self_attn.o_proj.weight"), {C, C}, true);
+    li.bo = bias(cfg.attention_bias, "self_attn.o_proj.bias", C);
     li.ffn_norm = ps_.add(n("post_attention_layernorm.weight"), {C}, false);
     li.gate = ps_.add(n("mlp.gate_proj.weight"), {H, C}, true);
+    li.bgate = bias(cfg.mlp_bias, "mlp.gate_proj.bias", H);
     li.up = ps_.add(n("mlp.up_proj.weight"), {H, C}, true);
+    li.bup = bias(cfg.mlp_bias, "mlp.up_proj.bias", H);
     li.down = ps_.add(n("mlp.down_proj.weight"), {C, H}, true);
+    li.bdown = bias(cfg.mlp_bias, "mlp.down_proj.bias", C);
     idx_.layers.push_back(li);
   }
   idx_.norm = ps_.add("model.norm.weight", {C}, false);
   idx_.lm_head = cfg.tied_embeddings ? idx_.embed : ps_.add("lm_head.weight", {V, C}, true);
   ps_.allocate();
+  ops::RopeScaling rs;
+  rs.factor = cfg.rope_factor;
+  rs.low_freq_factor = cfg.rope_low_freq_factor;
+  rs.high_freq_factor = cfg.rope_high_freq_factor;
+  rs.original_context = cfg.rope_original_context;
+  if (cfg.rope_scaling == "linear") {
+    rs.kind = ops::RopeScaling::Kind::kLinear;
+  } else if (cfg.rope_scaling == "llama3") {
+    rs.kind = ops::RopeScaling::Kind::kLlama3;
+  } else {
+    LMF_CHECK(cfg.rope_scaling == "none", "unknown rope_scaling '{}'", cfg.rope_scaling);
+  }
+  inv_freq_ = ops::rope_inv_freq(cfg.head_size(), cfg.rope_theta, rs);
   bind_layers();
 }
 
@@ -46,6 +69,7 @@ void Llama<F>::bind_layers() {
   const int C = cfg_.n_embd, hs = cfg_.head_size(), KV = KVH_ * hs, H = H_;
   const float eps = static_cast<float>(cfg_.norm_eps);
   auto p = [this](size_t i) { return nn::P<F>::of(ps_, i); };
+  auto pb = [this](size_t i) { return i == kNone ? nn::P<F>{} : nn::P<F>::of(ps_, i); };
   blocks_.clear();
   for (const auto& li : idx_.layers) {
     nn::LlamaBlock<F> b;
@@ -54,17 +78,17 @@ void Llama<F>::bind_layers() {
     b.KVH = KVH_;
     b.hs = hs;
     b.H = H;
-    b.theta = static_cast<float>(cfg_.rope_theta);
+    b.inv_freq = inv_freq_.data();
     b.interleaved = cfg_.rope_interleaved;
     b.attn_norm = {p(li.attn_norm), C, eps};
-    b.wq = {p(li.wq), {}, C, C};
-    b.wk = {p(li.wk), {}, C, KV};
-    b.wv = {p(li.wv), {}, C, KV};
-    b.wo = {p(li.wo), {}, C, C};
+    b.wq = {p(li.wq), pb(li.bq), C, C};
+    b.wk = {p(li.wk), pb(li.bk), C, KV};
+    b.wv = {p(li.wv), pb(li.bv), C, KV};
+    b.wo = {p(li.wo), pb(li.bo), C, C};
     b.ffn_norm = {p(li.ffn_norm), C, eps};
-    b.gate = {p(li.gate), {}, C, H};
-    b.up = {p(li.up), {}, C, H};
-    b.down = {p(li.down), {}, H, C};
+    b.gate = {p(li.gate), pb(li.bgate), C, H};
+    b.up = {p(li.up), pb(li.bup), C, H};
+    b.down = {p(li.down), pb(li.bdown), H, C};
     blocks_.push_back(b);
   }
   norm_ = {p(idx_.norm), C, eps};
@@ -77,9 +101,10 @@ void Llama<F>::init(uint64_t seed) {
   for (size_t i = 0; i < es.size(); ++i) {
     const auto& e = es[i];
     F* w = ps_.param(i);
-    bool is_norm = e.name.ends_with("norm.weight");
-    if (is_norm) {
+    if (e.name.ends_with("norm.weight")) {
       std::fill(w, w + e.size, F(1));
+    } else if (e.name.ends_with(".bias")) {
+      std::fill(w, w + e.size, F(0));
     } else {
       bool resid = e.name.ends_with("self_attn.o_proj.weight") || e.name.ends_with("mlp.down_proj.weight");
       double sd = resid ? std_resid : cfg_.init_std;

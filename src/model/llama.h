@@ -2,7 +2,7 @@
 // Llama family language model (LlamaForCausalLM) over one flat ParamStore. Parameter names are
 // Hugging Face's; every matrix is (out, in) in both Hugging Face and lmforge, so no transposes.
 // RMSNorm, rotary positions (interleaved or rotate-half, per config), grouped-query attention,
-// SwiGLU MLP, no biases, no position table.
+// SwiGLU MLP, optional projection biases, no position table.
 #include <memory>
 #include <vector>
 
@@ -42,14 +42,18 @@ class Llama {
   double flops_per_token(int T) const;
   size_t activation_bytes() const { return acts_.bytes() + scratch_.bytes(); }
 
+  static constexpr size_t kNone = size_t(-1);  // an absent (optional) bias
   struct Index {
     size_t embed, norm, lm_head;  // lm_head == embed when tied
     struct Layer {
       size_t attn_norm, wq, wk, wv, wo, ffn_norm, gate, up, down;
+      size_t bq = kNone, bk = kNone, bv = kNone, bo = kNone, bgate = kNone, bup = kNone, bdown = kNone;
     };
     std::vector<Layer> layers;
   };
   const Index& index() const { return idx_; }
+  // RoPE frequencies (head_size / 2), after rope_scaling.
+  const std::vector<double>& rope_inv_freq() const { return inv_freq_; }
 
  private:
   void ensure_activations(int B, int T);
@@ -57,6 +61,7 @@ class Llama {
 
   ModelConfig cfg_;
   int KVH_ = 0, H_ = 0;
+  std::vector<double> inv_freq_;
   ParamStore<F> ps_;
   Index idx_;
   std::vector<nn::LlamaBlock<F>> blocks_;

@@ -19,6 +19,13 @@ struct ModelConfig {
   int ffn_hidden = 0;         // 0 = 4*n_embd for gpt2
   double rope_theta = 10000.0;
   bool rope_interleaved = false;
+  std::string rope_scaling = "none";  // none | linear | llama3
+  double rope_factor = 1.0;
+  double rope_low_freq_factor = 1.0;
+  double rope_high_freq_factor = 4.0;
+  int rope_original_context = 8192;
+  bool attention_bias = false;  // biases on q, k, v and o projections
+  bool mlp_bias = false;        // biases on gate, up and down projections
   double norm_eps = 1e-5;
 
   int head_size() const { return n_embd / n_head; }

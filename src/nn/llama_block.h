@@ -2,7 +2,7 @@
 // The Llama transformer block (pre-RMSNorm, rotary positions, grouped-query attention, SwiGLU):
 //   r = x + o(attn(rope(q(h)), rope(k(h)), v(h))),  h = rmsnorm(x) * w_attn
 //   out = r + down(silu(gate(h2)) * up(h2)),          h2 = rmsnorm(r) * w_ffn
-// No biases anywhere.
+// Biases on the projections are optional (Linear with or without).
 #include "nn/nn.h"
 
 namespace lmf::nn {
@@ -26,7 +26,7 @@ struct LlamaBlock {
   RmsNorm<F> attn_norm, ffn_norm;
   Linear<F> wq, wk, wv, wo, gate, up, down;
   int C = 0, NH = 0, KVH = 0, hs = 0, H = 0;  // width, heads, kv heads, head size, ffn hidden
-  float theta = 10000.0f;
+  const double* inv_freq = nullptr;  // (hs/2) RoPE frequencies, owned by the model
   bool interleaved = false;
 
   int kv_dim() const { return KVH * hs; }
@@ -104,8 +104,8 @@ struct LlamaBlock {
     wq.forward(s.q, s.h1, N);
     wk.forward(s.k, s.h1, N);
     wv.forward(s.v, s.h1, N);
-    ops::rope_forward(s.q, s.q, B, T, NH, hs, theta, interleaved);
-    ops::rope_forward(s.k, s.k, B, T, KVH, hs, theta, interleaved);
+    ops::rope_forward(s.q, s.q, B, T, NH, hs, inv_freq, interleaved);
+    ops::rope_forward(s.k, s.k, B, T, KVH, hs, inv_freq, interleaved);
     ops::attention_gqa_forward(s.atty, s.lse, s.q, s.k, s.v, B, T, NH, KVH, hs);
     wo.forward(sc.dnarrow, s.atty, N);  // dnarrow is free in forward
     ops::residual_forward(s.res, x, sc.dnarrow, size_t(N) * C);
@@ -131,8 +131,8 @@ struct LlamaBlock {
     wo.backward(sc.dnarrow, dres, s.atty, N);                        // datty
     ops::attention_gqa_backward(sc.dq, sc.dk, sc.dv, sc.dnarrow, s.q, s.k, s.v, s.atty, s.lse, B, T, NH,
                                 KVH, hs);
-    ops::rope_backward(sc.dq, sc.dq, B, T, NH, hs, theta, interleaved);
-    ops::rope_backward(sc.dk, sc.dk, B, T, KVH, hs, theta, interleaved);
+    ops::rope_backward(sc.dq, sc.dq, B, T, NH, hs, inv_freq, interleaved);
+    ops::rope_backward(sc.dk, sc.dk, B, T, KVH, hs, inv_freq, interleaved);
     wq.backward(sc.dnarrow, sc.dq, s.h1, N);
     wk.backward(sc.dnarrow2, sc.dk, s.h1, N);
     ops::residual_forward(sc.dnarrow, sc.dnarrow, sc.dnarrow2, nc);

@@ -8,6 +8,7 @@
 // input is always the residual stream, whose gradient also flows around the block.
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace lmf::ops {
 
@@ -97,15 +98,33 @@ void rmsnorm_backward(F* dinp, F* dw, const F* dout, const F* inp, const F* w, c
                       int C);
 
 // Rotary position embedding (Su et al. 2021, RoFormer eq. 34). out, inp (B, T, NH, hs), hs even;
-// out == inp allowed. Pair j in [0, hs/2) at position t is rotated by t * theta^(-2j/hs).
-// interleaved: pairs (x[2j], x[2j+1]) (Meta llama, llama2.c); otherwise Hugging Face's
-// rotate-half: pairs (x[j], x[j + hs/2]).
+// out == inp allowed. Pair j in [0, hs/2) at position pos0 + t is rotated by (pos0 + t) *
+// inv_freq[j] (see rope_inv_freq). interleaved: pairs (x[2j], x[2j+1]) (Meta llama, llama2.c);
+// otherwise Hugging Face's rotate-half: pairs (x[j], x[j + hs/2]). pos0 > 0 serves decoding with
+// a KV cache, one position at a time.
 template <class F>
-void rope_forward(F* out, const F* inp, int B, int T, int NH, int hs, float theta, bool interleaved);
+void rope_forward(F* out, const F* inp, int B, int T, int NH, int hs, const double* inv_freq,
+                  bool interleaved, int pos0 = 0);
 // dinp = R^T dout, the inverse rotation (assigned; dinp == dout allowed).
 template <class F>
-void rope_backward(F* dinp, const F* dout, int B, int T, int NH, int hs, float theta,
-                   bool interleaved);
+void rope_backward(F* dinp, const F* dout, int B, int T, int NH, int hs, const double* inv_freq,
+                   bool interleaved, int pos0 = 0);
+
+// How RoPE's frequencies are stretched for contexts beyond the trained one.
+struct RopeScaling {
+  enum class Kind { kNone, kLinear, kLlama3 };
+  Kind kind = Kind::kNone;
+  double factor = 1.0;            // linear: positions / factor; llama3: low frequencies / factor
+  double low_freq_factor = 1.0;   // llama3: wavelengths above original_context / this are scaled
+  double high_freq_factor = 4.0;  // llama3: wavelengths below original_context / this are kept
+  double original_context = 8192; // llama3: the context the base model was trained with
+};
+// inv_freq[j] = theta^(-2j/hs) for j in [0, hs/2), in double, then scaled:
+//   linear (Chen et al. 2023, position interpolation): inv_freq / factor;
+//   llama3 (Meta, Llama 3.1): wavelength 2 pi / inv_freq above original_context/low_freq_factor:
+//     inv_freq / factor; below original_context/high_freq_factor: unchanged; between: the blend
+//     (1 - s) inv_freq / factor + s inv_freq, s = (original_context / wavelength - low) / (high - low).
+std::vector<double> rope_inv_freq(int hs, double theta, const RopeScaling& scaling = {});
 
 // SwiGLU (Shazeer 2020): out = silu(gate) * up, silu(x) = x * sigmoid(x). All (n).
 template <class F>

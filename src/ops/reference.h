@@ -329,18 +329,18 @@ void rmsnorm_backward(T* dinp, T* dw, const T* dout, const T* inp, const T* w, c
   }
 }
 
-// out, inp (B, T, NH, hs): each pair rotated by angle t * theta^(-2j/hs) (sign +1), or by its
-// negative (sign -1, the backward). Pairs (2j, 2j+1) if interleaved, else (j, j + hs/2).
+// out, inp (B, T, NH, hs): each pair rotated by angle (pos0 + t) * inv_freq[j] (sign +1), or by
+// its negative (sign -1, the backward). Pairs (2j, 2j+1) if interleaved, else (j, j + hs/2).
 template <class T>
-void rope_rotate(T* out, const T* inp, int B, int T_, int NH, int hs, float theta, bool interleaved,
-                 int sign) {
+void rope_rotate(T* out, const T* inp, int B, int T_, int NH, int hs, const double* inv_freq,
+                 bool interleaved, int pos0, int sign) {
   const int half = hs / 2;
   for (int b = 0; b < B; ++b)
     for (int t = 0; t < T_; ++t)
       for (int h = 0; h < NH; ++h) {
         const size_t off = (((size_t)b * T_ + t) * NH + h) * hs;
         for (int j = 0; j < half; ++j) {
-          const double angle = sign * t * std::pow((double)theta, -2.0 * j / hs);
+          const double angle = sign * double(pos0 + t) * inv_freq[j];
           const size_t ia = off + (interleaved ? 2 * j : j);
           const size_t ib = off + (interleaved ? 2 * j + 1 : j + half);
           const T a = inp[ia], bb = inp[ib];
@@ -350,14 +350,14 @@ void rope_rotate(T* out, const T* inp, int B, int T_, int NH, int hs, float thet
       }
 }
 template <class T>
-void rope_forward(T* out, const T* inp, int B, int T_, int NH, int hs, float theta,
-                  bool interleaved) {
-  rope_rotate(out, inp, B, T_, NH, hs, theta, interleaved, 1);
+void rope_forward(T* out, const T* inp, int B, int T_, int NH, int hs, const double* inv_freq,
+                  bool interleaved, int pos0 = 0) {
+  rope_rotate(out, inp, B, T_, NH, hs, inv_freq, interleaved, pos0, 1);
 }
 template <class T>
-void rope_backward(T* dinp, const T* dout, int B, int T_, int NH, int hs, float theta,
-                   bool interleaved) {
-  rope_rotate(dinp, dout, B, T_, NH, hs, theta, interleaved, -1);
+void rope_backward(T* dinp, const T* dout, int B, int T_, int NH, int hs, const double* inv_freq,
+                   bool interleaved, int pos0 = 0) {
+  rope_rotate(dinp, dout, B, T_, NH, hs, inv_freq, interleaved, pos0, -1);
 }
 
 template <class T>

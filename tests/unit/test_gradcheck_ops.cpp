@@ -215,12 +215,13 @@ TEST(GradCheck, Rope) {
     const int B = 2, T = 5, NH = 2, hs = 6;
     const size_t n = (size_t)B * T * NH * hs;
     Vec inp = rand_vec(n, 23), R = rand_vec(n, 24), out(n);
+    const auto f = rope_inv_freq(hs, 10000.0);
     auto loss = [&] {
-      rope_forward<double>(out.data(), inp.data(), B, T, NH, hs, 10000.0f, interleaved);
+      rope_forward<double>(out.data(), inp.data(), B, T, NH, hs, f.data(), interleaved, 3);
       return std::pair{dot(out, R), abs_dot(out, R)};
     };
     Vec dinp(n);
-    rope_backward<double>(dinp.data(), R.data(), B, T, NH, hs, 10000.0f, interleaved);
+    rope_backward<double>(dinp.data(), R.data(), B, T, NH, hs, f.data(), interleaved, 3);
     check_grad("inp", inp, dinp, loss);
   }
 }

@@ -63,6 +63,22 @@ TEST(Llama, FiniteDifferenceGradientTiedRotateHalf) { gradcheck(true, false); }
 TEST(Llama, FiniteDifferenceGradientUntiedInterleaved) { gradcheck(false, true); }
 TEST(Llama, FiniteDifferenceGradientUntiedRotateHalf) { gradcheck(false, false); }
 
+// The optional parts: attention and MLP biases, multi-query attention, llama3 RoPE scaling.
+TEST(Llama, FiniteDifferenceGradientBiasesMqaLlama3Rope) {
+  ModelConfig c = tiny(false, false);
+  c.n_kv_head = 1;
+  c.attention_bias = true;
+  c.mlp_bias = true;
+  c.rope_scaling = "llama3";
+  c.rope_factor = 8;
+  c.rope_original_context = 4;
+  Llama<double> m(c);
+  EXPECT_GE(m.params().find("model.layers.1.self_attn.o_proj.bias"), 0);
+  EXPECT_GE(m.params().find("model.layers.0.mlp.down_proj.bias"), 0);
+  EXPECT_EQ(m.params().entry(size_t(m.params().find("model.layers.0.self_attn.k_proj.bias"))).size, 4u);
+  test::check_every_parameter_gradient(m, 2, 7, 11);
+}
+
 TEST(Llama, FloatMatchesDouble) {
   for (bool tied : {true, false}) {
     const int B = 3, T = 7;

@@ -21,6 +21,7 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <numbers>
 #include <ostream>
 #include <string>
 #include <type_traits>
@@ -409,21 +410,22 @@ void check_rmsnorm(const Shape& s) {
   expect_close("dw", dw_t, dw_r, t.gamma(N + 2) * (N * nu * G + max_abs(dw0)) + N * G * nu * rel_r);
 }
 
-// rope: shape (B, T, NH, hs, interleaved)
+// rope: shape (B, T, NH, hs, interleaved, pos0)
 template <class T>
 void check_rope(const Shape& s) {
-  const int B = s[0], T_ = s[1], NH = s[2], hs = s[3];
+  const int B = s[0], T_ = s[1], NH = s[2], hs = s[3], pos0 = s[5];
   const bool interleaved = s[4] != 0;
-  const float theta = 10000.0f;
+  const auto inv_freq = rope_inv_freq(hs, 10000.0);
+  const double* f = inv_freq.data();
   const size_t n = (size_t)B * T_ * NH * hs;
   const Vec x = rand_vec(n, 45), dout = rand_vec(n, 46);
   Vec out_r(n), dinp_r(n);
-  ref::rope_forward(out_r.data(), x.data(), B, T_, NH, hs, theta, interleaved);
-  ref::rope_backward(dinp_r.data(), dout.data(), B, T_, NH, hs, theta, interleaved);
+  ref::rope_forward(out_r.data(), x.data(), B, T_, NH, hs, f, interleaved, pos0);
+  ref::rope_backward(dinp_r.data(), dout.data(), B, T_, NH, hs, f, interleaved, pos0);
   auto x_t = cast<T>(x), dout_t = cast<T>(dout);
   auto out_t = nans<T>(n), dinp_t = nans<T>(n);
-  rope_forward<T>(out_t.data(), x_t.data(), B, T_, NH, hs, theta, interleaved);
-  rope_backward<T>(dinp_t.data(), dout_t.data(), B, T_, NH, hs, theta, interleaved);
+  rope_forward<T>(out_t.data(), x_t.data(), B, T_, NH, hs, f, interleaved, pos0);
+  rope_backward<T>(dinp_t.data(), dout_t.data(), B, T_, NH, hs, f, interleaved, pos0);
   // y = a cos - b sin (or a sin + b cos) with |cos|, |sin| <= 1: cos and sin rounded once to T
   // (from double), two products and one add: gamma(4) (|a| + |b|) <= gamma(4) 2 max|x|.
   const Tol t = tol_for<T>();
@@ -431,10 +433,10 @@ void check_rope(const Shape& s) {
   expect_close("dinp", dinp_t, dinp_r, t.gamma(4) * 2 * max_abs(dout));
   // In place (out == inp) is the same arithmetic: bitwise equal.
   auto io = x_t;
-  rope_forward<T>(io.data(), io.data(), B, T_, NH, hs, theta, interleaved);
+  rope_forward<T>(io.data(), io.data(), B, T_, NH, hs, f, interleaved, pos0);
   EXPECT_TRUE(io == out_t) << "in-place forward differs";
   io = dout_t;
-  rope_backward<T>(io.data(), io.data(), B, T_, NH, hs, theta, interleaved);
+  rope_backward<T>(io.data(), io.data(), B, T_, NH, hs, f, interleaved, pos0);
   EXPECT_TRUE(io == dinp_t) << "in-place backward differs";
 }
 
@@ -787,15 +789,17 @@ const std::vector<OpCase> kCases = {
     {"rmsnorm", {130, 96}},
     {"rmsnorm", {257, 768}},
     {"rmsnorm", {33, 64, 1}},  // tiny inputs: eps dominates
-    // rope: (B, T, NH, hs, interleaved), both pair conventions
-    {"rope", {1, 1, 1, 2, 0}},
-    {"rope", {1, 1, 1, 2, 1}},
-    {"rope", {2, 31, 3, 32, 0}},
-    {"rope", {2, 31, 3, 32, 1}},
-    {"rope", {1, 33, 2, 6, 0}},
-    {"rope", {1, 33, 2, 6, 1}},
-    {"rope", {2, 130, 4, 128, 0}},
-    {"rope", {2, 130, 4, 128, 1}},
+    // rope: (B, T, NH, hs, interleaved, pos0), both pair conventions; pos0 > 0 as in decoding
+    {"rope", {1, 1, 1, 2, 0, 0}},
+    {"rope", {1, 1, 1, 2, 1, 0}},
+    {"rope", {2, 31, 3, 32, 0, 0}},
+    {"rope", {2, 31, 3, 32, 1, 0}},
+    {"rope", {1, 33, 2, 6, 0, 0}},
+    {"rope", {1, 33, 2, 6, 1, 0}},
+    {"rope", {2, 130, 4, 128, 0, 0}},
+    {"rope", {2, 130, 4, 128, 1, 0}},
+    {"rope", {1, 1, 4, 16, 0, 517}},
+    {"rope", {2, 3, 2, 8, 1, 1000}},
     {"swiglu", {1}},
     {"swiglu", {31}},
     {"swiglu", {33}},
@@ -889,6 +893,49 @@ TEST(AttentionGqa, MatchesAttentionWhenKvhEqualsNh) {
       ASSERT_EQ(dqkv[bt * 3 * C + C + c], dk[bt * C + c]) << "dk at " << bt << ", " << c;
       ASSERT_EQ(dqkv[bt * 3 * C + 2 * C + c], dv[bt * C + c]) << "dv at " << bt << ", " << c;
     }
+}
+
+TEST(RopeInvFreq, ScalingRules) {
+  const int hs = 128;
+  const double theta = 500000.0;
+  const auto base = rope_inv_freq(hs, theta);
+  ASSERT_EQ(base.size(), size_t(hs / 2));
+  for (int j = 0; j < hs / 2; ++j) EXPECT_DOUBLE_EQ(base[j], std::pow(theta, -2.0 * j / hs)) << j;
+  RopeScaling lin;
+  lin.kind = RopeScaling::Kind::kLinear;
+  lin.factor = 4;
+  const auto fl = rope_inv_freq(hs, theta, lin);
+  for (int j = 0; j < hs / 2; ++j) EXPECT_DOUBLE_EQ(fl[j], base[j] / 4) << j;
+  // Llama 3.1's published settings: short wavelengths kept, long ones / factor, a monotone blend
+  // between that meets both ends.
+  RopeScaling l3;
+  l3.kind = RopeScaling::Kind::kLlama3;
+  l3.factor = 8;
+  l3.low_freq_factor = 1;
+  l3.high_freq_factor = 4;
+  l3.original_context = 8192;
+  const auto f3 = rope_inv_freq(hs, theta, l3);
+  int kept = 0, divided = 0, blended = 0;
+  for (int j = 0; j < hs / 2; ++j) {
+    const double wavelen = 2 * std::numbers::pi / base[j];
+    if (wavelen < 8192.0 / 4) {
+      EXPECT_DOUBLE_EQ(f3[j], base[j]) << j;
+      ++kept;
+    } else if (wavelen > 8192.0) {
+      EXPECT_DOUBLE_EQ(f3[j], base[j] / 8) << j;
+      ++divided;
+    } else {
+      EXPECT_LT(f3[j], base[j]) << j;
+      EXPECT_GT(f3[j], base[j] / 8) << j;
+      ++blended;
+    }
+    if (j > 0) {
+      EXPECT_LT(f3[j], f3[j - 1]) << "frequencies must fall with j, at " << j;
+    }
+  }
+  EXPECT_GT(kept, 0);
+  EXPECT_GT(divided, 0);
+  EXPECT_GT(blended, 0);
 }
 
 TEST(OpTable, EveryOpHasACase) {
