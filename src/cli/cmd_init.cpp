@@ -2,7 +2,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
-#include "model/gpt2.h"
+#include "model/model.h"
 #include "train/config.h"
 #include "train/run_io.h"
 
@@ -10,7 +10,7 @@ namespace lmf::cli {
 
 void add_init(CLI::App& app) {
   auto* cmd = app.add_subcommand(
-      "init", "Write a freshly initialised model's weights (safetensors, Hugging Face GPT-2 names and layouts)");
+      "init", "Write a freshly initialised model's weights (safetensors, Hugging Face names and layouts)");
   struct Opts {
     std::string config, output;
     std::vector<std::string> sets;
@@ -22,10 +22,10 @@ void add_init(CLI::App& app) {
   cmd->callback([o]() {
     RunConfig cfg = o->config.empty() ? default_config(o->sets) : load_config(o->config, o->sets);
     if (cfg.model.vocab_size <= 0) throw UserError("init: set [model] vocab_size (there is no data to take it from)");
-    Gpt2<float> model(cfg.model);
-    model.init(uint64_t(cfg.train.seed));
-    save_model(model, o->output);
-    fmt::print("wrote {} ({} parameters, seed {})\n", o->output, model.params().num_params(), cfg.train.seed);
+    auto model = make_model(cfg.model);
+    model->init(uint64_t(cfg.train.seed));
+    save_model(*model, o->output);
+    fmt::print("wrote {} ({} parameters, seed {})\n", o->output, model->params().num_params(), cfg.train.seed);
   });
 }
 

@@ -15,8 +15,8 @@ Llama<F>::Llama(const ModelConfig& cfg) : cfg_(cfg) {
   LMF_CHECK(cfg.arch == "llama", "Llama needs arch \"llama\" (got \"{}\")", cfg.arch);
   LMF_CHECK(cfg.vocab_size > 0, "Llama needs a resolved vocab_size (got {})", cfg.vocab_size);
   LMF_CHECK(cfg.n_head > 0 && cfg.n_embd % cfg.n_head == 0, "n_embd {} % n_head {}", cfg.n_embd, cfg.n_head);
-  KVH_ = cfg.n_kv_head > 0 ? cfg.n_kv_head : cfg.n_head;
-  H_ = cfg.ffn_hidden > 0 ? cfg.ffn_hidden : 4 * cfg.n_embd;
+  KVH_ = cfg.kv_heads();
+  H_ = cfg.ffn_size();
   LMF_CHECK(cfg.n_head % KVH_ == 0, "n_head {} % n_kv_head {}", cfg.n_head, KVH_);
   LMF_CHECK(cfg.head_size() % 2 == 0, "RoPE needs an even head size (got {})", cfg.head_size());
   const int64_t C = cfg.n_embd, V = cfg.vocab_size, L = cfg.n_layer, H = H_;

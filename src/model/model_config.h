@@ -6,7 +6,7 @@
 namespace lmf {
 
 struct ModelConfig {
-  std::string arch = "gpt2";  // model family; "gpt2" now, "llama" with its issue
+  std::string arch = "gpt2";  // model family; "gpt2" or "llama"
   int n_layer = 4;            // transformer blocks
   int n_head = 4;             // attention heads; n_embd % n_head == 0
   int n_embd = 256;           // width C
@@ -16,7 +16,7 @@ struct ModelConfig {
   double init_std = 0.02;     // GPT-2 init; residual projections use init_std / sqrt(2 n_layer)
   // Llama family (ignored by gpt2).
   int n_kv_head = 0;          // 0 = n_head
-  int ffn_hidden = 0;         // 0 = 4*n_embd for gpt2
+  int ffn_hidden = 0;         // llama MLP width; 0 = ffn_size()'s default
   double rope_theta = 10000.0;
   bool rope_interleaved = false;
   std::string rope_scaling = "none";  // none | linear | llama3
@@ -29,6 +29,14 @@ struct ModelConfig {
   double norm_eps = 1e-5;
 
   int head_size() const { return n_embd / n_head; }
+  int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
+  // The MLP's hidden width: 4 n_embd for gpt2; for llama ffn_hidden, or by default 8/3 n_embd
+  // (SwiGLU's three matrices then hold as many parameters as GPT-2's two) rounded up to 64.
+  int ffn_size() const {
+    if (arch != "llama") return 4 * n_embd;
+    if (ffn_hidden > 0) return ffn_hidden;
+    return (8 * n_embd / 3 + 63) / 64 * 64;
+  }
 };
 
 }  // namespace lmf

@@ -8,13 +8,14 @@
 #include "core/buffer.h"
 #include "core/rng.h"
 #include "core/timer.h"
-#include "model/gpt2.h"
+#include "model/model.h"
 #include "optim/adamw.h"
 
 namespace lmf {
 
 BenchResult bench_train_step(const ModelConfig& cfg, int B, int T, int steps, int warmup, uint64_t seed) {
-  Gpt2<float> model(cfg);
+  auto owned = make_model(cfg);
+  Model& model = *owned;
   model.init(seed);
   OptimConfig oc;
   AdamW opt(model.params(), oc);

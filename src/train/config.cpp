@@ -27,7 +27,7 @@ struct Field {
 // that is not listed here cannot be set from TOML and is not written to the resolved config.
 std::vector<Field> fields(RunConfig& c) {
   return {
-      {"model", "arch", &c.model.arch, "model family: gpt2"},
+      {"model", "arch", &c.model.arch, "model family: gpt2 | llama"},
       {"model", "n_layer", &c.model.n_layer, "transformer blocks"},
       {"model", "n_head", &c.model.n_head, "attention heads; n_embd must be a multiple"},
       {"model", "n_embd", &c.model.n_embd, "model width C"},
@@ -36,6 +36,20 @@ std::vector<Field> fields(RunConfig& c) {
       {"model", "tied_embeddings", &c.model.tied_embeddings, "classifier shares the token embedding"},
       {"model", "init_std", &c.model.init_std,
        "std of the normal init; residual projections get init_std / sqrt(2 n_layer)"},
+      {"model", "n_kv_head", &c.model.n_kv_head, "llama: key/value heads (grouped-query attention); 0 = n_head"},
+      {"model", "ffn_hidden", &c.model.ffn_hidden, "llama: MLP hidden width; 0 = 8/3 n_embd rounded up to 64"},
+      {"model", "norm_eps", &c.model.norm_eps, "llama: RMSNorm epsilon"},
+      {"model", "rope_theta", &c.model.rope_theta, "llama: RoPE base"},
+      {"model", "rope_interleaved", &c.model.rope_interleaved,
+       "llama: RoPE pairs (2j, 2j+1) as Meta and llama2.c; false: (j, j + hs/2) as Hugging Face"},
+      {"model", "rope_scaling", &c.model.rope_scaling, "llama: RoPE context extension: none | linear | llama3"},
+      {"model", "rope_factor", &c.model.rope_factor, "llama: rope_scaling's factor"},
+      {"model", "rope_low_freq_factor", &c.model.rope_low_freq_factor, "llama3 scaling: low_freq_factor"},
+      {"model", "rope_high_freq_factor", &c.model.rope_high_freq_factor, "llama3 scaling: high_freq_factor"},
+      {"model", "rope_original_context", &c.model.rope_original_context,
+       "llama3 scaling: original_max_position_embeddings"},
+      {"model", "attention_bias", &c.model.attention_bias, "llama: biases on the q, k, v and o projections"},
+      {"model", "mlp_bias", &c.model.mlp_bias, "llama: biases on the gate, up and down projections"},
 
       {"data", "dir", &c.data.dir, "directory of token shards (train_*.bin, val_*.bin) from `lmforge prepare`"},
       {"data", "tokenizer", &c.data.tokenizer,
@@ -69,6 +83,9 @@ std::vector<Field> fields(RunConfig& c) {
       {"train", "eval_every", &c.train.eval_every, "validate every this many steps and at the end; 0 = only at the end"},
       {"train", "eval_batches", &c.train.eval_batches, "validation batches per evaluation"},
       {"train", "device", &c.train.device, "cpu | cuda"},
+      {"train", "init_from", &c.train.init_from,
+       "start from these weights: a run directory or a Hugging Face checkpoint directory ([model] is then "
+       "taken from it); empty = random init"},
 
       {"checkpoint", "every", &c.checkpoint.every, "checkpoint every this many steps and at the end; 0 = only at the end"},
       {"checkpoint", "keep_last", &c.checkpoint.keep_last, "complete checkpoints kept (older removed); 0 = all"},
@@ -211,7 +228,8 @@ void validate_config(const RunConfig& c) {
   auto need = [](bool ok, const char* field, const std::string& what) {
     if (!ok) throw UserError("config: {} {}", field, what);
   };
-  need(c.model.arch == "gpt2", "[model] arch", fmt::format("must be \"gpt2\" (got \"{}\")", c.model.arch));
+  need(c.model.arch == "gpt2" || c.model.arch == "llama", "[model] arch",
+       fmt::format("must be gpt2 or llama (got \"{}\")", c.model.arch));
   need(c.model.n_layer >= 1, "[model] n_layer", "must be >= 1");
   need(c.model.n_head >= 1, "[model] n_head", "must be >= 1");
   need(c.model.n_embd >= 1 && c.model.n_embd % c.model.n_head == 0, "[model] n_embd",
@@ -219,6 +237,22 @@ void validate_config(const RunConfig& c) {
   need(c.model.vocab_size >= 0, "[model] vocab_size", "must be >= 0 (0 = from the data)");
   need(c.model.block_size >= 1, "[model] block_size", "must be >= 1");
   need(c.model.init_std > 0, "[model] init_std", "must be > 0");
+  if (c.model.arch == "llama") {
+    const auto& m = c.model;
+    need(m.n_kv_head >= 0 && m.n_head % m.kv_heads() == 0, "[model] n_kv_head",
+         fmt::format("must divide n_head = {} (got {})", m.n_head, m.n_kv_head));
+    need(m.head_size() % 2 == 0, "[model] n_embd",
+         fmt::format("n_embd / n_head must be even for RoPE (got {})", m.head_size()));
+    need(m.ffn_hidden >= 0, "[model] ffn_hidden", "must be >= 0 (0 = default)");
+    need(m.norm_eps > 0, "[model] norm_eps", "must be > 0");
+    need(m.rope_theta > 1, "[model] rope_theta", "must be > 1");
+    need(m.rope_scaling == "none" || m.rope_scaling == "linear" || m.rope_scaling == "llama3", "[model] rope_scaling",
+         fmt::format("must be none, linear or llama3 (got \"{}\")", m.rope_scaling));
+    need(m.rope_factor > 0, "[model] rope_factor", "must be > 0");
+    need(m.rope_scaling != "llama3" || (m.rope_low_freq_factor > 0 && m.rope_high_freq_factor > m.rope_low_freq_factor),
+         "[model] rope_high_freq_factor", "must exceed rope_low_freq_factor > 0");
+    need(m.rope_original_context >= 1, "[model] rope_original_context", "must be >= 1");
+  }
   need(!c.data.tokenizer.empty(), "[data] tokenizer", "must not be empty");
   need(c.data.cooldown_fraction >= 0 && c.data.cooldown_fraction <= 1, "[data] cooldown_fraction",
        "must be in [0, 1]");

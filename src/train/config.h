@@ -44,6 +44,7 @@ struct TrainConfig {
   long eval_every = 100;  // evaluate validation loss every this many steps (and at the end); 0 = only at the end
   int eval_batches = 20;  // validation batches per evaluation
   std::string device = "cpu";  // cpu | cuda
+  std::string init_from;       // run directory or Hugging Face checkpoint to start from; empty: init
 };
 
 struct CheckpointConfig {

@@ -5,30 +5,21 @@
 
 #include "core/error.h"
 #include "core/safetensors.h"
+#include "model/hf.h"
 #include "train/checkpoint_dir.h"
 
 namespace lmf {
 
-namespace {
-
-// (rows, cols) -> (cols, rows)
-void transpose(float* dst, const float* src, int64_t rows, int64_t cols) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) dst[c * rows + r] = src[r * cols + c];
-}
-
-}  // namespace
-
-void save_model(const Gpt2<float>& model, const std::filesystem::path& file) {
+void save_model(const Model& model, const std::filesystem::path& file) {
   const auto& ps = model.params();
   SafetensorsWriter w;
   std::vector<std::vector<float>> transposed;  // keeps data alive until write()
   transposed.reserve(ps.entries().size());
   for (size_t i = 0; i < ps.entries().size(); ++i) {
     const auto& e = ps.entry(i);
-    if (Gpt2<float>::hf_transposed(e.name)) {
+    if (model.hf_transposed(e.name)) {
       auto& t = transposed.emplace_back(e.size);
-      transpose(t.data(), ps.param(i), e.shape[0], e.shape[1]);
+      transpose_matrix(t.data(), ps.param(i), e.shape[0], e.shape[1]);
       w.add(e.name, DType::F32, {e.shape[1], e.shape[0]}, t.data());
     } else {
       w.add(e.name, DType::F32, e.shape, ps.param(i));
@@ -46,23 +37,8 @@ void save_model(const Gpt2<float>& model, const std::filesystem::path& file) {
   w.write(file);
 }
 
-void load_model(Gpt2<float>& model, const std::filesystem::path& file) {
-  auto st = SafetensorsFile::open(file);
-  auto& ps = model.params();
-  std::vector<float> tmp;
-  for (size_t i = 0; i < ps.entries().size(); ++i) {
-    const auto& e = ps.entry(i);
-    if (!st.find(e.name))
-      throw UserError("{}: missing tensor '{}' (the checkpoint does not match the model config)", file.string(),
-                      e.name);
-    if (Gpt2<float>::hf_transposed(e.name)) {
-      tmp.resize(e.size);
-      st.read_as_float(e.name, {e.shape[1], e.shape[0]}, tmp.data());
-      transpose(ps.param(i), tmp.data(), e.shape[1], e.shape[0]);
-    } else {
-      st.read_as_float(e.name, e.shape, ps.param(i));
-    }
-  }
+void load_model(Model& model, const std::filesystem::path& file) {
+  load_weights_from(model, {file}, file.string());
 }
 
 void save_optimizer(const AdamW& opt_in, const ParamStore<float>& ps, const std::filesystem::path& file) {
@@ -133,11 +109,30 @@ OpenedRun open_run(const std::filesystem::path& run_dir) {
   r.cfg = config_from_toml_string(read_file(cfg_path), cfg_path.string());
   validate_config(r.cfg);
   if (r.cfg.model.vocab_size <= 0) throw UserError("{}: [model] vocab_size is not resolved", cfg_path.string());
-  r.model = std::make_unique<Gpt2<float>>(r.cfg.model);
+  r.model = make_model(r.cfg.model);
   load_model(*r.model, ck->dir / "model.safetensors");
   r.step = ck->step;
   r.checkpoint = ck->dir;
   return r;
+}
+
+ModelConfig pretrained_config(const std::filesystem::path& src) {
+  if (is_hf_dir(src)) return read_hf_config(src);
+  auto ck = latest_checkpoint(src);
+  if (!ck)
+    throw UserError("{}: neither a run directory with a checkpoint nor a Hugging Face checkpoint (config.json)",
+                    src.string());
+  auto cfg_path = ck->dir / "config.toml";
+  RunConfig rc = config_from_toml_string(read_file(cfg_path), cfg_path.string());
+  validate_config(rc);
+  return rc.model;
+}
+
+void load_pretrained_weights(Model& model, const std::filesystem::path& src) {
+  if (is_hf_dir(src)) return load_hf_weights(model, src);
+  auto ck = latest_checkpoint(src);
+  LMF_CHECK(ck.has_value(), "{}: no checkpoint", src.string());
+  load_model(model, ck->dir / "model.safetensors");
 }
 
 }  // namespace lmf

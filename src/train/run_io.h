@@ -1,19 +1,20 @@
 #pragma once
-// Reading and writing a run's files: weights (safetensors, Hugging Face GPT-2 names and
-// layouts), optimizer state (safetensors, lmforge layout), and opening a run for eval/sample.
+// Reading and writing a run's files: weights (safetensors, Hugging Face names and layouts, so a
+// checkpoint's model.safetensors is also a transformers weights file), optimizer state
+// (safetensors, lmforge layout), and opening a run, or pretrained weights, for eval/sample/train.
 #include <filesystem>
 #include <memory>
 #include <optional>
 
-#include "model/gpt2.h"
+#include "model/model.h"
 #include "optim/adamw.h"
 #include "train/config.h"
 
 namespace lmf {
 
 // Weights: every registry entry under its name; Conv1D matrices transposed to HF's (in, out).
-void save_model(const Gpt2<float>& model, const std::filesystem::path& file);
-void load_model(Gpt2<float>& model, const std::filesystem::path& file);
+void save_model(const Model& model, const std::filesystem::path& file);
+void load_model(Model& model, const std::filesystem::path& file);
 // AdamW moments as "exp_avg.<name>" / "exp_avg_sq.<name>", step count in the metadata.
 void save_optimizer(const AdamW& opt, const ParamStore<float>& ps, const std::filesystem::path& file);
 void load_optimizer(AdamW& opt, const ParamStore<float>& ps, const std::filesystem::path& file);
@@ -21,11 +22,16 @@ void load_optimizer(AdamW& opt, const ParamStore<float>& ps, const std::filesyst
 // A trained run opened for evaluation or sampling: its resolved config and latest weights.
 struct OpenedRun {
   RunConfig cfg;
-  std::unique_ptr<Gpt2<float>> model;
+  std::unique_ptr<Model> model;
   long step = 0;
   std::filesystem::path checkpoint;
 };
 OpenedRun open_run(const std::filesystem::path& run_dir);
+
+// Pretrained weights to start training from ([train] init_from): a run directory (its latest
+// checkpoint) or a Hugging Face checkpoint directory (config.json + safetensors).
+ModelConfig pretrained_config(const std::filesystem::path& src);
+void load_pretrained_weights(Model& model, const std::filesystem::path& src);
 
 // File-based tokenizers ("bpe:PATH", "llama2c:PATH") are copied into the run directory, so a
 // run can be sampled from wherever it is moved. Returns the copy's path, or empty for "byte"

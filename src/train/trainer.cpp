@@ -73,7 +73,7 @@ double measure_sgemm_tflops() {
   return 2.0 * n * n * n / best / 1e12;
 }
 
-double evaluate_model(Gpt2<float>& model, data::DataLoader& val, int batches, int B, int T) {
+double evaluate_model(Model& model, data::DataLoader& val, int batches, int B, int T) {
   val.reset();
   Buffer<int32_t> x(size_t(B) * T), y(size_t(B) * T);
   uint64_t windows = val.windows_per_epoch();
@@ -92,6 +92,13 @@ Trainer::Trainer(RunConfig cfg) : cfg_(std::move(cfg)), run_dir_(cfg_.log.run_di
     throw UserError("[train] device = \"{}\": this build trains on cpu only (the CUDA backend is not built)",
                     cfg_.train.device);
   set_num_threads(cfg_.train.threads);
+  if (!cfg_.train.init_from.empty()) {
+    // The model is the pretrained one: its shape replaces [model], and is saved with the run.
+    cfg_.model = pretrained_config(cfg_.train.init_from);
+    if (cfg_.train.seq_len > cfg_.model.block_size)
+      throw UserError("config: [train] seq_len {} exceeds the block_size {} of [train] init_from = {}",
+                      cfg_.train.seq_len, cfg_.model.block_size, cfg_.train.init_from);
+  }
   const auto& t = cfg_.train;
   uint32_t data_vocab = 0;
   if (cfg_.data.mixture.empty()) {
@@ -123,7 +130,7 @@ Trainer::Trainer(RunConfig cfg) : cfg_(std::move(cfg)), run_dir_(cfg_.log.run_di
                     data_vocab, cfg_.model.vocab_size);
   }
   check_tokenizer_matches_data(cfg_.data.tokenizer, cfg_.data.dir);
-  model_ = std::make_unique<Gpt2<float>>(cfg_.model);
+  model_ = make_model(cfg_.model);
   opt_ = std::make_unique<AdamW>(model_->params(), cfg_.optim);
 
   if (auto ck = latest_checkpoint(run_dir_)) {
@@ -151,6 +158,8 @@ Trainer::Trainer(RunConfig cfg) : cfg_(std::move(cfg)), run_dir_(cfg_.log.run_di
     if (start_step_ != ck->step)
       throw UserError("{}: step {} does not match its directory {}", state_path.string(), start_step_,
                       ck->dir.string());
+  } else if (!cfg_.train.init_from.empty()) {
+    load_pretrained_weights(*model_, cfg_.train.init_from);
   } else {
     model_->init(uint64_t(cfg_.train.seed));
   }
@@ -203,9 +212,8 @@ TrainSummary Trainer::run(long stop_at) {
   auto say = [&](const std::string& line) {
     if (progress) progress->message(line);
   };
-  say(fmt::format("model: gpt2, {} layers, width {}, {} heads, vocab {}, {:.2f}M parameters; {} threads",
-                  cfg_.model.n_layer, cfg_.model.n_embd, cfg_.model.n_head, cfg_.model.vocab_size,
-                  model_->params().num_params() / 1e6, num_threads()));
+  say(fmt::format("model: {}; {} threads", describe(*model_), num_threads()));
+  if (start_step_ == 0 && !tc.init_from.empty()) say(fmt::format("starting from {}", tc.init_from));
   if (start_step_ > 0) say(fmt::format("resuming from step {}", start_step_));
 
   g_stop_signal = 0;

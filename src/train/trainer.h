@@ -7,7 +7,7 @@
 
 #include "data/loader.h"
 #include "data/mixture.h"
-#include "model/gpt2.h"
+#include "model/model.h"
 #include "optim/adamw.h"
 #include "train/config.h"
 
@@ -32,7 +32,7 @@ class Trainer {
   TrainSummary run(long stop_at = 0);
   // Mean loss over the first eval_batches batches of the validation split.
   double evaluate();
-  Gpt2<float>& model() { return *model_; }
+  Model& model() { return *model_; }
   const RunConfig& config() const { return cfg_; }
 
  private:
@@ -42,14 +42,14 @@ class Trainer {
   std::filesystem::path run_dir_;
   std::unique_ptr<data::DataLoader> train_, val_;
   std::unique_ptr<data::MixtureLoader> mixture_;  // instead of train_ when [data] mixture is set
-  std::unique_ptr<Gpt2<float>> model_;
+  std::unique_ptr<Model> model_;
   std::unique_ptr<AdamW> opt_;
   long start_step_ = 0;
   uint64_t tokens_seen_ = 0;
 };
 
 // Evaluates a model on `batches` batches of the validation split in `data_dir`.
-double evaluate_model(Gpt2<float>& model, data::DataLoader& val, int batches, int B, int T);
+double evaluate_model(Model& model, data::DataLoader& val, int batches, int B, int T);
 
 // This machine's single-precision GEMM rate in TFLOP/s (best of three 2048^3 sgemms).
 double measure_sgemm_tflops();

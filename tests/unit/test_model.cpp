@@ -9,8 +9,10 @@
 #include <cmath>
 
 #include "core/rng.h"
+#include "core/error.h"
+#include "infer/decoder.h"
 #include "infer/generate.h"
-#include "model/gpt2.h"
+#include "model/model.h"
 
 namespace lmf {
 namespace {
@@ -93,20 +95,55 @@ TEST(Gpt2, InitStatisticsAndThreadIndependence) {
   EXPECT_EQ(a.params().param(bias)[5], 0.0f);
 }
 
-TEST(Gpt2, KvCacheMatchesFullForward) {
-  ModelConfig c = tiny();
-  c.block_size = 12;
-  Gpt2<float> m(c);
-  test::randomise(m, 8);
-  test::Batch b = test::random_batch(1, 12, 11, 9);
-  KvGenerator gen(m);
+// Decoding one token at a time through the KV cache gives, at every position, the logits of a
+// full forward over the prefix; for each family and the Llama variants (GQA, MQA, biases, both
+// RoPE conventions, llama3 scaling).
+void expect_decoder_matches_forward(const ModelConfig& c, uint64_t seed) {
+  auto m = make_model(c);
+  for (size_t i = 0; i < m->params().flat_size(); ++i)
+    m->params().params()[i] = float(0.3 * philox_normal2(seed, 0, i)[0]);
+  const int T = c.block_size;
+  test::Batch b = test::random_batch(1, T, c.vocab_size, seed + 1);
+  auto dec = make_decoder(*m);
+  ASSERT_EQ(dec->capacity(), T);
   std::vector<float> full(c.vocab_size);
-  for (int t = 1; t <= 12; ++t) {
-    const float* step = gen.feed(b.x[t - 1]);
-    m.forward(b.x.data(), nullptr, 1, t);
-    m.last_logits(full.data());
+  for (int t = 1; t <= T; ++t) {
+    const float* step = dec->feed(b.x[t - 1]);
+    m->forward(b.x.data(), nullptr, 1, t);
+    m->last_logits(full.data());
     for (int v = 0; v < c.vocab_size; ++v)
       ASSERT_NEAR(step[v], full[v], 1e-4 * (1 + std::abs(full[v]))) << "position " << t << " token " << v;
+  }
+  EXPECT_EQ(dec->position(), T);
+  dec->reset();
+  EXPECT_THROW(dec->feed(-1), UserError);
+  EXPECT_THROW(dec->feed(c.vocab_size), UserError);
+}
+
+TEST(Decoder, Gpt2KvCacheMatchesFullForward) {
+  ModelConfig c = tiny();
+  c.block_size = 12;
+  expect_decoder_matches_forward(c, 8);
+}
+
+TEST(Decoder, LlamaKvCacheMatchesFullForward) {
+  ModelConfig c;
+  c.arch = "llama";
+  c.n_layer = 2;
+  c.n_head = 4;
+  c.n_embd = 16;
+  c.vocab_size = 13;
+  c.block_size = 12;
+  for (int variant = 0; variant < 4; ++variant) {
+    SCOPED_TRACE(variant);
+    c.n_kv_head = variant == 0 ? 4 : variant == 1 ? 2 : 1;
+    c.rope_interleaved = variant % 2 == 1;
+    c.attention_bias = c.mlp_bias = variant >= 2;
+    c.rope_scaling = variant == 3 ? "llama3" : variant == 2 ? "linear" : "none";
+    c.rope_factor = 4;
+    c.rope_original_context = 6;
+    c.tied_embeddings = variant != 1;
+    expect_decoder_matches_forward(c, 20 + variant);
   }
 }
 
@@ -150,14 +187,15 @@ TEST(Generate, SlidingContextMatchesFullForwardOfTheWindow) {
   c.n_embd = 8;
   c.vocab_size = 11;
   c.block_size = 16;
-  Gpt2<float> m(c);
+  ModelOf<Gpt2<float>> owner(c);
+  Gpt2<float>& m = owner.impl();
   m.init(3);
   SampleOptions o;
   o.temperature = 0;
   o.max_new_tokens = 12;
   o.max_context = 6;
   std::vector<int32_t> prompt = {1, 2, 3, 4};
-  auto out = generate(m, prompt, o);
+  auto out = generate(owner, prompt, o);
   ASSERT_EQ(out.size(), 12u);
   // Replay: each greedy token is the argmax over a window of at most 6 tokens that restarts
   // from the last 3 whenever the cache fills.

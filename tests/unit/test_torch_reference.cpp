@@ -9,6 +9,7 @@
 
 #include "core/safetensors.h"
 #include "model/gpt2.h"
+#include "model/model.h"
 #include "ops/ops.h"
 #include "optim/adamw.h"
 #include "train/run_io.h"
@@ -68,8 +69,9 @@ struct Fixture {
 
 TEST(TorchReference, ForwardBackwardMatchLayerByLayer) {
   Fixture fx;
-  Gpt2<float> model(fx.cfg);
-  load_model(model, kDir + "init.safetensors");
+  ModelOf<Gpt2<float>> owner(fx.cfg);
+  load_model(owner, kDir + "init.safetensors");
+  Gpt2<float>& model = owner.impl();
   const int B = fx.B, T = fx.T, C = fx.cfg.n_embd, V = fx.cfg.vocab_size, N = B * T;
   model.params().zero_grad();
   double loss = model.forward(fx.tokens.data(), fx.targets.data(), B, T, 1.0 / N);
@@ -109,8 +111,9 @@ TEST(TorchReference, ForwardBackwardMatchLayerByLayer) {
 
 TEST(TorchReference, AdamWStepsFollowTheSameLosses) {
   Fixture fx;
-  Gpt2<float> model(fx.cfg);
-  load_model(model, kDir + "init.safetensors");
+  ModelOf<Gpt2<float>> owner(fx.cfg);
+  load_model(owner, kDir + "init.safetensors");
+  Gpt2<float>& model = owner.impl();
   OptimConfig oc;  // as tools/torch_reference.py: lr 1e-2, betas (0.9, 0.95), eps 1e-8, wd 0.1
   oc.lr = 1e-2;
   oc.beta1 = 0.9;

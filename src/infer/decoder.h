@@ -1,0 +1,32 @@
+#pragma once
+// Incremental decoding with a KV cache: one token per step, each layer's keys and values kept
+// for every earlier position, so step t costs O(t) attention instead of a full forward. One
+// decoder per model family, behind one interface.
+#include <cstdint>
+#include <memory>
+
+#include "model/model.h"
+
+namespace lmf {
+
+class Decoder {
+ public:
+  virtual ~Decoder() = default;
+  // Appends `token` at the next position; returns the logits (V) for the position after it.
+  // UserError for an id outside the vocabulary.
+  virtual const float* feed(int32_t token) = 0;
+  int position() const { return pos_; }  // tokens in the cache
+  int capacity() const { return max_t_; }
+  void reset() { pos_ = 0; }
+
+ protected:
+  explicit Decoder(int max_t) : max_t_(max_t) {}
+  int max_t_;
+  int pos_ = 0;
+};
+
+// A decoder for the model's family caching up to max_context positions (0: the model's
+// block_size). The model must outlive the decoder and not change while it decodes.
+std::unique_ptr<Decoder> make_decoder(const Model& model, int max_context = 0);
+
+}  // namespace lmf

@@ -1,0 +1,33 @@
+#include "model/model.h"
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+
+namespace lmf {
+
+template <>
+bool ModelOf<Gpt2<float>>::hf_transposed(const std::string& name) const {
+  return Gpt2<float>::hf_transposed(name);
+}
+template <>
+bool ModelOf<Llama<float>>::hf_transposed(const std::string&) const {
+  return false;
+}
+
+std::unique_ptr<Model> make_model(const ModelConfig& cfg) {
+  if (cfg.arch == "gpt2") return std::make_unique<ModelOf<Gpt2<float>>>(cfg);
+  if (cfg.arch == "llama") return std::make_unique<ModelOf<Llama<float>>>(cfg);
+  throw UserError("[model] arch: unknown model family \"{}\" (expected gpt2 or llama)", cfg.arch);
+}
+
+std::string describe(const Model& m) {
+  const auto& c = m.config();
+  std::string heads = fmt::format("{} heads", c.n_head);
+  if (c.arch == "llama" && c.n_kv_head > 0 && c.n_kv_head != c.n_head)
+    heads = fmt::format("{} heads ({} kv)", c.n_head, c.n_kv_head);
+  return fmt::format("{}, {} layers, width {}, {}, vocab {}, {:.2f}M parameters", c.arch, c.n_layer, c.n_embd, heads,
+                     c.vocab_size, m.params().num_params() / 1e6);
+}
+
+}  // namespace lmf

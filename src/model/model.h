@@ -1,0 +1,71 @@
+#pragma once
+// One interface over the model families, for the code that does not care which family it runs:
+// the trainer, checkpoints, evaluation, sampling and conversion. The families themselves
+// (Gpt2<F>, Llama<F>) stay plain templates, so tests run them in double; this interface is the
+// float instantiation behind a virtual call per forward/backward.
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/param_store.h"
+#include "model/gpt2.h"
+#include "model/llama.h"
+#include "model/model_config.h"
+
+namespace lmf {
+
+class Model {
+ public:
+  virtual ~Model() = default;
+  virtual void init(uint64_t seed) = 0;
+  // See Gpt2::forward: tokens, targets (B, T); returns the mean loss over targets >= 0.
+  virtual double forward(const int32_t* tokens, const int32_t* targets, int B, int T, double grad_scale = 0) = 0;
+  virtual void backward() = 0;
+  virtual void last_logits(float* out /*(B, V)*/) = 0;
+  virtual ParamStore<float>& params() = 0;
+  virtual const ParamStore<float>& params() const = 0;
+  virtual const ModelConfig& config() const = 0;
+  virtual double flops_per_token(int T) const = 0;
+  virtual size_t activation_bytes() const = 0;
+  // True for tensors that Hugging Face stores transposed, (in, out) (GPT-2's Conv1D).
+  virtual bool hf_transposed(const std::string& name) const = 0;
+};
+
+// The Model of family M (Gpt2<float> or Llama<float>); impl() reaches the family's own API.
+template <class M>
+class ModelOf final : public Model {
+ public:
+  explicit ModelOf(const ModelConfig& cfg) : m_(cfg) {}
+  void init(uint64_t seed) override { m_.init(seed); }
+  double forward(const int32_t* tokens, const int32_t* targets, int B, int T, double grad_scale) override {
+    return m_.forward(tokens, targets, B, T, grad_scale);
+  }
+  void backward() override { m_.backward(); }
+  void last_logits(float* out) override { m_.last_logits(out); }
+  ParamStore<float>& params() override { return m_.params(); }
+  const ParamStore<float>& params() const override { return m_.params(); }
+  const ModelConfig& config() const override { return m_.config(); }
+  double flops_per_token(int T) const override { return m_.flops_per_token(T); }
+  size_t activation_bytes() const override { return m_.activation_bytes(); }
+  bool hf_transposed(const std::string& name) const override;
+  M& impl() { return m_; }
+  const M& impl() const { return m_; }
+
+ private:
+  M m_;
+};
+
+// The family's Model for cfg.arch ("gpt2" or "llama"); UserError for another arch.
+std::unique_ptr<Model> make_model(const ModelConfig& cfg);
+
+// The family's implementation behind a Model, or nullptr if `m` is another family.
+template <class M>
+const M* family(const Model& m) {
+  auto* p = dynamic_cast<const ModelOf<M>*>(&m);
+  return p ? &p->impl() : nullptr;
+}
+
+// One line: "llama, 5 layers, width 64, 8 heads (4 kv), vocab 512, 0.26M parameters".
+std::string describe(const Model& m);
+
+}  // namespace lmf
