@@ -1,6 +1,6 @@
 # lmforge: the two commands a new user needs.
 #   make demo   set up, build, fetch and prepare the default corpus, train, evaluate, sample, plot
-#   make test   set up, build, and run every test (CTest)
+#   make test   set up, build, and run every test (CTest), then the fuzzers (scripts/fuzz.sh)
 BUILD ?= build
 JOBS ?= $(shell nproc)
 LMFORGE := $(BUILD)/lmforge
@@ -19,6 +19,7 @@ build: setup
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+	bash scripts/fuzz.sh
 
 corpus: build
 	@bash scripts/fetch_corpus.sh $(LMFORGE)

@@ -28,6 +28,10 @@ using json = nlohmann::json;
 
 // A header this large is a corrupt length, not a real file (the Rust reader's limit is 100 MB).
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;
+// A real header nests 3 deep. serde_json, which the Rust reader parses with, refuses more than
+// 128; so do we, which also keeps the recursive dump() in our error messages off the stack limit
+// (a 200 KB header of nested brackets crashed it).
+constexpr int kMaxHeaderDepth = 128;
 
 struct StDType {
   const char* name;
@@ -263,9 +267,15 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
   const char* hp = reinterpret_cast<const char*>(bytes + 8);
   json header;
   try {
-    header = json::parse(hp, hp + header_len);
+    header = json::parse(hp, hp + header_len, [&](int depth, json::parse_event_t, json&) {
+      if (depth > kMaxHeaderDepth)
+        bad(path, fmt::format("header nests deeper than {} levels", kMaxHeaderDepth));
+      return true;
+    });
   } catch (const json::parse_error& e) {
     bad(path, fmt::format("header is not valid JSON (at header byte {})", e.byte));
+  } catch (const json::out_of_range&) {  // a number beyond double's range, e.g. 1e999
+    bad(path, "header is not valid JSON (a number out of range)");
   }
   if (!header.is_object()) bad(path, "header is not a JSON object");
 

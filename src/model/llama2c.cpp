@@ -38,29 +38,37 @@ Header parse_header(const std::string& bytes, const std::filesystem::path& path)
   return h;
 }
 
-// Floats the header implies after it.
-int64_t expected_floats(const Header& h) {
-  const int64_t C = h.dim, H = h.hidden, L = h.layers, V = h.vocab < 0 ? -int64_t(h.vocab) : h.vocab;
-  const int64_t hs = C / h.heads, KV = hs * h.kv_heads;
-  int64_t n = V * C;                       // token_embedding
+// Bytes the header implies for the whole file, or -1 when that is past int64 (a garbage header:
+// products of 31-bit dimensions overflow int64, so they are formed in 128 bits).
+int64_t expected_bytes(const Header& h) {
+  using I = __int128;
+  const I C = h.dim, H = h.hidden, L = h.layers, V = h.vocab < 0 ? -I(h.vocab) : I(h.vocab);
+  const I hs = C / h.heads, KV = hs * h.kv_heads;
+  I n = V * C;                             // token_embedding
   n += L * C;                              // rms_att
   n += L * C * C + 2 * L * KV * C + L * C * C;  // wq, wk, wv, wo
   n += L * C;                              // rms_ffn
   n += 3 * L * H * C;                      // w1, w2, w3
   n += C;                                  // rms_final
-  n += int64_t(h.seq_len) * hs;            // two RoPE tables of seq_len * hs / 2
+  n += I(h.seq_len) * hs;                  // two RoPE tables of seq_len * hs / 2
   if (h.vocab < 0) n += V * C;             // classifier
-  return n;
+  const I bytes = kHeaderBytes + 4 * n;
+  return bytes > I(INT64_MAX) ? -1 : int64_t(bytes);
+}
+
+// The file must be exactly as large as its header says.
+void check_size(const Header& h, uint64_t size, const std::filesystem::path& path) {
+  const int64_t want = expected_bytes(h);
+  if (want < 0 || size != uint64_t(want))
+    throw UserError("file {}: size {} bytes, but its llama2.c header (dim {}, hidden_dim {}, n_layers {}, "
+                    "n_heads {}, n_kv_heads {}, vocab_size {}, seq_len {}) implies {} bytes",
+                    path.string(), size, h.dim, h.hidden, h.layers, h.heads, h.kv_heads, h.vocab, h.seq_len,
+                    want < 0 ? std::string("over 2^63") : std::to_string(want));
 }
 
 Header checked_header(const std::string& bytes, const std::filesystem::path& path) {
   Header h = parse_header(bytes, path);
-  const int64_t want = kHeaderBytes + 4 * expected_floats(h);
-  if (int64_t(bytes.size()) != want)
-    throw UserError("file {}: size {} bytes, but its llama2.c header (dim {}, hidden_dim {}, n_layers {}, "
-                    "n_heads {}, n_kv_heads {}, vocab_size {}, seq_len {}) implies {} bytes",
-                    path.string(), bytes.size(), h.dim, h.hidden, h.layers, h.heads, h.kv_heads, h.vocab,
-                    h.seq_len, want);
+  check_size(h, bytes.size(), path);
   return h;
 }
 
@@ -98,12 +106,7 @@ ModelConfig read_llama2c_config(const std::filesystem::path& path) {
   std::error_code ec;
   const auto size = std::filesystem::file_size(path, ec);
   if (ec) throw UserError("file {}: cannot read its size: {}", path.string(), ec.message());
-  const int64_t want = kHeaderBytes + 4 * expected_floats(h);
-  if (int64_t(size) != want)
-    throw UserError("file {}: size {} bytes, but its llama2.c header (dim {}, hidden_dim {}, n_layers {}, "
-                    "n_heads {}, n_kv_heads {}, vocab_size {}, seq_len {}) implies {} bytes",
-                    path.string(), size, h.dim, h.hidden, h.layers, h.heads, h.kv_heads, h.vocab, h.seq_len,
-                    want);
+  check_size(h, size, path);
   return config_of(h);
 }
 

@@ -332,6 +332,18 @@ TEST(Safetensors, EveryValidationFailureNamesTheFile) {
        "\"__metadata__\" is not a JSON object"},
       {"metadata_value_not_string", st_bytes(R"({"__metadata__": {"k": 1}})", ""),
        "is not a string"},
+      // Found by tests/fuzz/fuzz_safetensors: the JSON library reports this number with an
+      // exception that is not a parse_error, which escaped as an internal error.
+      {"number_out_of_range",
+       st_bytes(entry(R"("dtype":"F32","shape":[1e999],"data_offsets":[0,8])"), data8),
+       "a number out of range"},
+      // Found by tests/fuzz/fuzz_safetensors: dumping this shape for the message overflowed
+      // the stack (a segfault, not an error).
+      {"deep_nesting",
+       st_bytes(entry(R"("dtype":"F32","data_offsets":[0,0],"shape":)" +
+                      std::string(100'000, '[') + std::string(100'000, ']')),
+                ""),
+       "header nests deeper than 128 levels"},
   };
   TempDir dir;
   for (const auto& c : cases) {

@@ -172,5 +172,26 @@ TEST(Llama2c, TruncatedFileIsUserErrorNamingIt) {
   expect_error([&] { read_llama2c_config(bad); }, "header");
 }
 
+// Found by tests/fuzz/fuzz_llama2c: the size a header implies was summed in int64, so 31-bit
+// dimensions could overflow it (undefined behaviour) and wrap to a small size. This 36-byte file
+// (header + 2 floats) wrapped to exactly its own size and was accepted as a model with
+// n_embd 2^30 and vocab_size 2^30 - 3, which Llama<float> then tried to allocate.
+TEST(Llama2c, HeaderWhoseImpliedSizeOverflowsIsUserError) {
+  test::TempDir dir;
+  const auto bad = dir / "wrap.bin";
+  const int32_t header[7] = {1 << 30, 1 << 30, 1, 1 << 29, 1 << 29, (1 << 30) - 3, 1};
+  std::string bytes(sizeof header + 2 * sizeof(float), '\0');
+  std::memcpy(bytes.data(), header, sizeof header);
+  test::write_file(bad, bytes);
+  try {
+    read_llama2c_config(bad);
+    ADD_FAILURE() << "no UserError";
+  } catch (const UserError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find(bad.string()), std::string::npos) << msg;
+    EXPECT_NE(msg.find("implies over 2^63 bytes"), std::string::npos) << msg;
+  }
+}
+
 }  // namespace
 }  // namespace lmf
