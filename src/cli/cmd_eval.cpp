@@ -15,19 +15,28 @@ void add_eval(CLI::App& app) {
   auto* cmd = app.add_subcommand("eval", "Print a trained run's validation loss and perplexity");
   struct Opts {
     std::string run, data;
-    int batches = 0, threads = 0;
+    int batches = 0, threads = 0, batch_size = 0, seq_len = 0;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("--run,-r", o->run, "run directory (its latest checkpoint is used)")->required();
   cmd->add_option("--data", o->data, "shard directory to evaluate on (default: the run's [data] dir)");
   cmd->add_option("--batches", o->batches, "validation batches (default: the run's [train] eval_batches)")
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--batch-size", o->batch_size, "sequences per batch (default: the run's [train] batch_size)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--seq-len", o->seq_len, "tokens per sequence (default: the run's [train] seq_len)")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--threads", o->threads, "CPU threads; 0 = all")->check(CLI::NonNegativeNumber);
   cmd->callback([o]() {
     set_num_threads(o->threads);
     auto run = open_run(o->run);
-    const auto& t = run.cfg.train;
+    auto& t = run.cfg.train;
+    if (o->batch_size > 0) t.batch_size = o->batch_size;
+    if (o->seq_len > 0) t.seq_len = o->seq_len;
+    if (t.seq_len > run.cfg.model.block_size)
+      throw UserError("--seq-len {} exceeds the model's block_size {}", t.seq_len, run.cfg.model.block_size);
     std::string dir = o->data.empty() ? run.cfg.data.dir : o->data;
+    if (dir.empty()) throw UserError("{}: the run names no [data] dir; give --data DIR", o->run);
     data::DataLoader val(dir, "val", t.batch_size, t.seq_len, uint64_t(t.seed), false);
     if (val.vocab_size() > uint32_t(run.cfg.model.vocab_size))
       throw UserError("{}: the data's vocabulary ({} tokens) is larger than the model's ({})", dir, val.vocab_size(),

@@ -44,6 +44,7 @@ void add_sample(CLI::App& app) {
       throw UserError("{}: tokenizer '{}' has {} tokens, the model only {}", o->run, tok->name(), tok->vocab_size(),
                       run.cfg.model.vocab_size);
     auto ids = tok->encode(o->prompt);
+    if (tok->bos_id() >= 0) ids.insert(ids.begin(), tok->bos_id());
     if (ids.empty()) ids.push_back(tok->eot_id());
     o->s.stop_token = tok->eot_id();
     o->s.max_context = run.cfg.train.seq_len;

@@ -13,4 +13,5 @@ void add_config(CLI::App& app);
 void add_init(CLI::App& app);
 void add_corpus(CLI::App& app);
 void add_tokenizer(CLI::App& app);
+void add_convert(CLI::App& app);
 }  // namespace lmf::cli

@@ -42,7 +42,10 @@ class SpTokenizer final : public Tokenizer {
   static std::unique_ptr<SpTokenizer> load(const std::filesystem::path& path, int vocab_size = -1);
 
   int vocab_size() const override { return static_cast<int>(pieces_.size()); }
-  int eot_id() const override { return kEos; }
+  // llama2.c's data separate documents with BOS (its pretokenizer puts BOS before each story,
+  // and run.c stops generating at BOS), so BOS is the document separator here too.
+  int eot_id() const override { return kBos; }
+  int bos_id() const override { return kBos; }
   std::string name() const override { return "llama2c"; }
   std::vector<int32_t> encode(std::string_view text) const override {
     return encode(text, false, false);

@@ -22,6 +22,7 @@ class Tokenizer {
   virtual ~Tokenizer() = default;
   virtual int vocab_size() const = 0;
   virtual int eot_id() const = 0;        // document separator
+  virtual int bos_id() const { return -1; }  // put before a prompt when >= 0 (SentencePiece's <s>)
   virtual std::string name() const = 0;  // the name make_tokenizer takes, e.g. "byte"
   virtual std::vector<int32_t> encode(std::string_view text) const = 0;  // no EOT appended
   // Ids outside [0, vocab_size) are a UserError.

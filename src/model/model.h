@@ -64,6 +64,11 @@ const M* family(const Model& m) {
   auto* p = dynamic_cast<const ModelOf<M>*>(&m);
   return p ? &p->impl() : nullptr;
 }
+template <class M>
+M* family(Model& m) {
+  auto* p = dynamic_cast<ModelOf<M>*>(&m);
+  return p ? &p->impl() : nullptr;
+}
 
 // One line: "llama, 5 layers, width 64, 8 heads (4 kv), vocab 512, 0.26M parameters".
 std::string describe(const Model& m);

@@ -33,4 +33,11 @@ inline int count_lines(const std::string& s) {
   return n;
 }
 
+// Bad input: exit code 2 and exactly one line on stderr that contains `needle`.
+inline void expect_user_error(const CmdResult& r, const std::string& needle) {
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_EQ(count_lines(r.err), 1) << r.err;
+  EXPECT_NE(r.err.find(needle), std::string::npos) << "'" << needle << "' not in: " << r.err;
+}
+
 }  // namespace lmf::test

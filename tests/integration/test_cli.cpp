@@ -147,7 +147,6 @@ TEST_F(Cli, ResumeIsBitExact) {
   EXPECT_TRUE(fs::exists(split / "checkpoints/step_0000015"));
 }
 
-void expect_user_error(const CmdResult& r, const std::string& needle);
 
 // A BPE vocabulary trained by lmforge, used end to end: encode/decode, prepare, train, and
 // sample from the run after the original tokenizer file is gone (the run keeps a copy).
@@ -236,12 +235,6 @@ TEST_F(Cli, MixtureWithCooldownResumesBitExact) {
 }
 
 // Bad input: exit code 2, exactly one line on stderr that names the culprit.
-void expect_user_error(const CmdResult& r, const std::string& needle) {
-  EXPECT_EQ(r.code, 2) << r.err;
-  EXPECT_EQ(count_lines(r.err), 1) << r.err;
-  EXPECT_NE(r.err.find(needle), std::string::npos) << "'" << needle << "' not in: " << r.err;
-}
-
 TEST_F(Cli, BadConfigInput) {
   TempDir t;
   expect_user_error(run_lmforge("train --config " + (t.path() / "missing.toml").string(), t.path()), "missing.toml");

@@ -64,7 +64,8 @@ struct TokFile {
 TEST(SpTokenizer, Tok512Golden) {
   REQUIRE_TOK512(t);
   EXPECT_EQ(t->vocab_size(), 512);
-  EXPECT_EQ(t->eot_id(), 2);
+  EXPECT_EQ(t->eot_id(), 1);  // BOS separates llama2.c documents
+  EXPECT_EQ(t->bos_id(), 1);
   EXPECT_EQ(t->name(), "llama2c");
   EXPECT_EQ(t->max_token_length(), 7);
   EXPECT_EQ(t->encode("Once upon a time", true, false),
