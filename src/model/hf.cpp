@@ -374,6 +374,13 @@ void save_hf(const Model& model, const fs::path& dir, const HfExportOptions& opt
     };
     std::vector<Out> outs;
     std::vector<float> t;
+    const auto& mc = model.config();
+    const int64_t hs = mc.head_size();
+    auto permute_rows = [&](const std::string& name) {
+      return mc.arch == "llama" && mc.rope_interleaved &&
+             (name.ends_with("self_attn.q_proj.weight") || name.ends_with("self_attn.k_proj.weight") ||
+              name.ends_with("self_attn.q_proj.bias") || name.ends_with("self_attn.k_proj.bias"));
+    };
     for (size_t i = 0; i < ps.entries().size(); ++i) {
       const auto& e = ps.entry(i);
       const float* src = ps.param(i);
@@ -383,6 +390,19 @@ void save_hf(const Model& model, const fs::path& dir, const HfExportOptions& opt
         transpose_matrix(t.data(), src, e.shape[0], e.shape[1]);
         src = t.data();
         shape = {e.shape[1], e.shape[0]};
+      }
+      if (permute_rows(e.name)) {
+        // Meta's interleaved RoPE pairs (2j, 2j+1) become transformers' rotate-half pairs
+        // (j, j + hs/2): within each head, rows 0, 2, 4, ... then 1, 3, 5, ...
+        const int64_t rows = e.shape[0], cols = e.shape.size() > 1 ? e.shape[1] : 1;
+        std::vector<float> p(e.size);
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t h = r / hs, i = r % hs;
+          const int64_t from = h * hs + (i < hs / 2 ? 2 * i : 2 * (i - hs / 2) + 1);
+          std::memcpy(p.data() + r * cols, src + from * cols, sizeof(float) * cols);
+        }
+        t = std::move(p);
+        src = t.data();
       }
       Out o{e.name, shape, std::vector<uint8_t>(e.size * el)};
       if (opt.dtype == DType::F32) {

@@ -50,7 +50,9 @@ struct HfExportOptions {
 };
 
 // Writes `model` as a Hugging Face checkpoint directory that
-// AutoModelForCausalLM.from_pretrained loads. `dir` must not exist or be empty; the files are
+// AutoModelForCausalLM.from_pretrained loads. A Llama with interleaved RoPE (llama2.c, Meta)
+// has its q and k rows permuted per head to transformers' rotate-half convention, as
+// transformers' own Llama conversion script does: the same function, in HF's layout. `dir` must not exist or be empty; the files are
 // written into a temporary sibling directory that is renamed to `dir` once complete.
 void save_hf(const Model& model, const std::filesystem::path& dir, const HfExportOptions& opt = {});
 

@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/half.h"
+#include "core/rng.h"
 #include "core/safetensors.h"
 #include "model/hf.h"
 #include "model/model.h"
@@ -168,6 +169,57 @@ TEST(HfExport, RoundTripEveryDtypeSingleAndSharded) {
       }
     }
   }
+}
+
+// llama2.c / Meta models rotate interleaved pairs; transformers rotates halves. The export
+// permutes q and k rows so that the Hugging Face model computes the same function.
+TEST(HfExport, InterleavedRopeBecomesRotateHalf) {
+  ModelConfig c;
+  c.arch = "llama";
+  c.n_layer = 2;
+  c.n_head = 4;
+  c.n_kv_head = 2;
+  c.n_embd = 32;
+  c.vocab_size = 29;
+  c.block_size = 16;
+  c.rope_interleaved = true;
+  c.attention_bias = true;
+  auto m = make_model(c);
+  for (size_t i = 0; i < m->params().flat_size(); ++i)
+    m->params().params()[i] = float(0.3 * philox_normal2(77, 0, i)[0]);
+  test::TempDir tmp;
+  save_hf(*m, tmp / "out");
+  ModelConfig c2 = read_hf_config(tmp / "out");
+  EXPECT_FALSE(c2.rope_interleaved);
+  auto m2 = make_model(c2);
+  load_hf_weights(*m2, tmp / "out");
+  std::vector<int32_t> ids = {3, 17, 0, 28, 5, 5, 9, 11, 2, 20, 14, 1};
+  const int T = int(ids.size()), V = c.vocab_size;
+  std::vector<float> a(V), b(V);
+  double worst = 0, mag = 0;
+  for (int t = 1; t <= T; ++t) {
+    m->forward(ids.data(), nullptr, 1, t);
+    m->last_logits(a.data());
+    m2->forward(ids.data(), nullptr, 1, t);
+    m2->last_logits(b.data());
+    for (int v = 0; v < V; ++v) {
+      worst = std::max(worst, double(std::abs(a[v] - b[v])));
+      mag = std::max(mag, double(std::abs(a[v])));
+    }
+  }
+  // The same arithmetic up to the order of the attention dot products' terms.
+  EXPECT_LE(worst, forward_tolerance(c, T, mag)) << "largest logit difference " << worst;
+  EXPECT_GT(mag, 1.0);
+  // Without the permutation the models differ: re-read the rows as they are, interleaved off.
+  auto m3 = make_model(c2);
+  std::memcpy(m3->params().params(), m->params().params(), sizeof(float) * m->params().flat_size());
+  m3->forward(ids.data(), nullptr, 1, T);
+  m3->last_logits(b.data());
+  m->forward(ids.data(), nullptr, 1, T);
+  m->last_logits(a.data());
+  double diff = 0;
+  for (int v = 0; v < V; ++v) diff = std::max(diff, double(std::abs(a[v] - b[v])));
+  EXPECT_GT(diff, 100 * forward_tolerance(c, T, mag));
 }
 
 TEST(HfExport, RefusesANonEmptyDirectory) {
