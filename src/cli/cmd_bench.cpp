@@ -13,10 +13,15 @@ void add_bench(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "bench", "Time full training steps (forward, backward, AdamW) on random tokens; one JSON line per run");
   struct Opts {
-    int L = 12, C = 768, H = 12, vocab = 50257, B = 4, T = 64, steps = 7, warmup = 2, threads = 0;
+    int L = 12, C = 768, H = 12, vocab = 50257, B = 4, T = 64, steps = 7, warmup = 2, threads = 0, KV = 0, ffn = 0;
+    std::string arch = "gpt2";
     double peak_tflops = 0;
   };
   auto o = std::make_shared<Opts>();
+  cmd->add_option("--arch", o->arch, "model family: gpt2 | llama")->capture_default_str();
+  cmd->add_option("--KV", o->KV, "llama: key/value heads; 0 = H")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--ffn", o->ffn, "llama: MLP width; 0 = lmforge's default")->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--L", o->L, "layers")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--C", o->C, "width")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--H", o->H, "heads")->capture_default_str()->check(CLI::PositiveNumber);
@@ -31,7 +36,14 @@ void add_bench(CLI::App& app) {
   cmd->callback([o]() {
     if (o->C % o->H != 0) throw UserError("--C {} must be a multiple of --H {}", o->C, o->H);
     set_num_threads(o->threads);
+    if (o->arch != "gpt2" && o->arch != "llama") throw UserError("--arch: expected gpt2 or llama (got \"{}\")", o->arch);
     ModelConfig mc;
+    mc.arch = o->arch;
+    mc.n_kv_head = o->KV;
+    mc.ffn_hidden = o->ffn;
+    mc.tied_embeddings = o->arch == "gpt2";  // as ../shared/bench/torch_train_bench.py
+    if (o->arch == "llama" && (o->H % mc.kv_heads() != 0 || (o->C / o->H) % 2 != 0))
+      throw UserError("--KV {} must divide --H {}, and C / H must be even", o->KV, o->H);
     mc.n_layer = o->L;
     mc.n_embd = o->C;
     mc.n_head = o->H;
@@ -40,7 +52,7 @@ void add_bench(CLI::App& app) {
     double sgemm = measure_sgemm_tflops();
     double peak = o->peak_tflops > 0 ? o->peak_tflops : sgemm;
     auto r = bench_train_step(mc, o->B, o->T, o->steps, o->warmup);
-    nlohmann::json j = {{"impl", "lmforge"},
+    nlohmann::json j = {{"impl", "lmforge"}, {"arch", o->arch}, {"KV", mc.kv_heads()}, {"ffn", mc.ffn_size()},
                         {"L", o->L}, {"C", o->C}, {"H", o->H}, {"vocab", o->vocab}, {"B", o->B}, {"T", o->T},
                         {"threads", num_threads()},
                         {"params", r.params},

@@ -120,7 +120,10 @@ void Llama<F>::init(uint64_t seed) {
 
 template <class F>
 double Llama<F>::flops_per_token(int T) const {
-  return 6.0 * double(ps_.num_params()) + 12.0 * cfg_.n_layer * T * cfg_.n_embd;
+  // Untied, the input embedding is a lookup, not a matmul: its parameters cost no FLOPs.
+  double matmul_params = double(ps_.num_params());
+  if (!cfg_.tied_embeddings) matmul_params -= double(cfg_.vocab_size) * cfg_.n_embd;
+  return 6.0 * matmul_params + 12.0 * cfg_.n_layer * T * cfg_.n_embd;
 }
 
 template <class F>

@@ -38,7 +38,8 @@ class Llama {
   const ModelConfig& config() const { return cfg_; }
   int n_kv_head() const { return KVH_; }
   int ffn_hidden() const { return H_; }
-  // 6 x parameters + 12 L T C (attention), as Gpt2's.
+  // 6 x matmul parameters (all but an untied input embedding) + 12 L T C (attention), as
+  // ../shared/bench/torch_train_bench.py counts.
   double flops_per_token(int T) const;
   size_t activation_bytes() const { return acts_.bytes() + scratch_.bytes(); }
 
