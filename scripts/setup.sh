@@ -3,7 +3,9 @@
 set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config libopenblas-openmp-dev libtomlplusplus-dev
       nlohmann-json3-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev libpcre2-dev
-      zlib1g-dev libzstd-dev clang libclang-rt-14-dev)  # clang + libFuzzer: scripts/fuzz.sh
+      zlib1g-dev libzstd-dev
+      clang libclang-rt-14-dev      # clang + libFuzzer: scripts/fuzz.sh
+      openmpi-bin libopenmpi-dev)   # multi-process training (mpirun)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

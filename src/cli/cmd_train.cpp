@@ -23,6 +23,7 @@ void add_train(CLI::App& app) {
     RunConfig cfg = o->config.empty() ? default_config(o->sets) : load_config(o->config, o->sets);
     Trainer trainer(cfg);
     auto s = trainer.run(o->stop_at);
+    if (trainer.comm().rank() != 0) return;  // rank 0 speaks for the job
     if (s.end_step == s.start_step && s.start_step >= cfg.train.steps) {
       fmt::print("run {} is already complete at step {} (raise --set train.steps=N to continue)\n", cfg.log.run_dir,
                  s.end_step);

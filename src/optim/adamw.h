@@ -7,19 +7,25 @@
 
 namespace lmf {
 
+// With a shard [lo, hi) of the flat buffer (ZeRO: each data-parallel rank owns one), the
+// moments cover only that range and step() updates only the parameters in it.
 class AdamW {
  public:
-  AdamW(const ParamStore<float>& ps, const OptimConfig& cfg);
-  void step(ParamStore<float>& ps, double lr);  // t += 1, then update every entry
+  AdamW(const ParamStore<float>& ps, const OptimConfig& cfg);  // the whole buffer
+  AdamW(const ParamStore<float>& ps, const OptimConfig& cfg, size_t lo, size_t hi);
+  void step(ParamStore<float>& ps, double lr);  // t += 1, then update every entry in the shard
   long t() const { return t_; }
   void set_t(long t) { t_ = t; }
-  float* m() { return m_.data(); }  // (flat_size) first moments, same layout as params
-  float* v() { return v_.data(); }  // (flat_size) second moments
+  float* m() { return m_.data(); }  // (hi - lo) first moments, same layout as params[lo, hi)
+  float* v() { return v_.data(); }  // (hi - lo) second moments
   size_t size() const { return m_.size(); }
+  size_t lo() const { return lo_; }
+  size_t hi() const { return hi_; }
 
  private:
   OptimConfig cfg_;
   long t_ = 0;
+  size_t lo_ = 0, hi_ = 0;
   Buffer<float> m_, v_;
 };
 

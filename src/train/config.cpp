@@ -93,6 +93,12 @@ std::vector<Field> fields(RunConfig& c) {
       {"log", "run_dir", &c.log.run_dir, "run directory: config, metrics, checkpoints, plots"},
       {"log", "progress", &c.log.progress, "auto (bar on a terminal, lines otherwise) | plain | off"},
       {"log", "peak_tflops", &c.log.peak_tflops, "peak TFLOP/s for MFU; 0 = measure this machine's sgemm once"},
+
+      {"dist", "zero", &c.dist.zero,
+       "ZeRO stage over data-parallel ranks (mpirun -np N): 0 = replicate, 1 = shard optimizer state, "
+       "2 = also reduce-scatter gradients"},
+      {"dist", "timeout_s", &c.dist.timeout_s,
+       "seconds a rank waits in a collective before ending the job (a peer died or hangs)"},
   };
 }
 
@@ -287,6 +293,9 @@ void validate_config(const RunConfig& c) {
   need(c.log.progress == "auto" || c.log.progress == "plain" || c.log.progress == "off", "[log] progress",
        fmt::format("must be auto, plain or off (got \"{}\")", c.log.progress));
   need(c.log.peak_tflops >= 0, "[log] peak_tflops", "must be >= 0");
+  need(c.dist.zero >= 0 && c.dist.zero <= 2, "[dist] zero",
+       fmt::format("must be 0, 1 or 2 (got {}; stage 3 is not implemented yet)", c.dist.zero));
+  need(c.dist.timeout_s > 0, "[dist] timeout_s", "must be > 0");
 }
 
 std::string config_to_toml(const RunConfig& cfg_in) {

@@ -58,6 +58,11 @@ struct LogConfig {
   double peak_tflops = 0.0;  // peak FLOP/s for MFU, in TFLOP/s; 0 = measure this machine's sgemm once
 };
 
+struct DistConfig {
+  int zero = 0;            // ZeRO stage across data-parallel ranks: 0 | 1 | 2
+  double timeout_s = 60;   // a collective waiting longer ends the job (a rank died or hangs)
+};
+
 struct RunConfig {
   ModelConfig model;
   DataConfig data;
@@ -65,6 +70,7 @@ struct RunConfig {
   TrainConfig train;
   CheckpointConfig checkpoint;
   LogConfig log;
+  DistConfig dist;
 };
 
 // Loads `path` over the defaults, then applies `overrides` ("section.key=value").

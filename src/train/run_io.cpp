@@ -41,21 +41,21 @@ void load_model(Model& model, const std::filesystem::path& file) {
   load_weights_from(model, {file}, file.string());
 }
 
-void save_optimizer(const AdamW& opt_in, const ParamStore<float>& ps, const std::filesystem::path& file) {
-  auto& opt = const_cast<AdamW&>(opt_in);  // m()/v() are plain accessors
+void save_optimizer(const float* m, const float* v, long t, const ParamStore<float>& ps,
+                    const std::filesystem::path& file) {
   SafetensorsWriter w;
   for (const auto& e : ps.entries()) {
-    w.add("exp_avg." + e.name, DType::F32, e.shape, opt.m() + e.offset);
-    w.add("exp_avg_sq." + e.name, DType::F32, e.shape, opt.v() + e.offset);
+    w.add("exp_avg." + e.name, DType::F32, e.shape, m + e.offset);
+    w.add("exp_avg_sq." + e.name, DType::F32, e.shape, v + e.offset);
   }
-  w.set_metadata("step", std::to_string(opt.t()));
+  w.set_metadata("step", std::to_string(t));
   w.write(file);
 }
 
-void load_optimizer(AdamW& opt, const ParamStore<float>& ps, const std::filesystem::path& file) {
+long load_optimizer(float* m, float* v, const ParamStore<float>& ps, const std::filesystem::path& file) {
   auto st = SafetensorsFile::open(file);
   for (const auto& e : ps.entries()) {
-    for (auto [prefix, dst] : {std::pair{"exp_avg.", opt.m()}, std::pair{"exp_avg_sq.", opt.v()}}) {
+    for (auto [prefix, dst] : {std::pair{"exp_avg.", m}, std::pair{"exp_avg_sq.", v}}) {
       std::string name = prefix + e.name;
       if (!st.find(name)) throw UserError("{}: missing tensor '{}'", file.string(), name);
       st.read_as_float(name, e.shape, dst + e.offset);
@@ -64,7 +64,7 @@ void load_optimizer(AdamW& opt, const ParamStore<float>& ps, const std::filesyst
   auto it = st.metadata().find("step");
   if (it == st.metadata().end()) throw UserError("{}: metadata has no 'step'", file.string());
   try {
-    opt.set_t(std::stol(it->second));
+    return std::stol(it->second);
   } catch (const std::exception&) {
     throw UserError("{}: metadata 'step' is not an integer ('{}')", file.string(), it->second);
   }

@@ -15,9 +15,12 @@ namespace lmf {
 // Weights: every registry entry under its name; Conv1D matrices transposed to HF's (in, out).
 void save_model(const Model& model, const std::filesystem::path& file);
 void load_model(Model& model, const std::filesystem::path& file);
-// AdamW moments as "exp_avg.<name>" / "exp_avg_sq.<name>", step count in the metadata.
-void save_optimizer(const AdamW& opt, const ParamStore<float>& ps, const std::filesystem::path& file);
-void load_optimizer(AdamW& opt, const ParamStore<float>& ps, const std::filesystem::path& file);
+// AdamW moments as "exp_avg.<name>" / "exp_avg_sq.<name>", step count in the metadata. m and
+// v are whole (flat_size) buffers in the registry's layout, whatever the sharding was, so a
+// checkpoint resumes on any number of ranks.
+void save_optimizer(const float* m, const float* v, long t, const ParamStore<float>& ps,
+                    const std::filesystem::path& file);
+long load_optimizer(float* m, float* v, const ParamStore<float>& ps, const std::filesystem::path& file);
 
 // A trained run opened for evaluation or sampling: its resolved config and latest weights.
 struct OpenedRun {

@@ -88,6 +88,8 @@ double evaluate_model(Model& model, data::DataLoader& val, int batches, int B, i
 
 Trainer::Trainer(RunConfig cfg) : cfg_(std::move(cfg)), run_dir_(cfg_.log.run_dir) {
   validate_config(cfg_);
+  comm_ = dist::make_communicator(cfg_.dist.timeout_s);
+  const int rank = comm_->rank(), world = comm_->world();
   if (cfg_.train.device != "cpu")
     throw UserError("[train] device = \"{}\": this build trains on cpu only (the CUDA backend is not built)",
                     cfg_.train.device);
@@ -103,7 +105,7 @@ Trainer::Trainer(RunConfig cfg) : cfg_(std::move(cfg)), run_dir_(cfg_.log.run_di
   uint32_t data_vocab = 0;
   if (cfg_.data.mixture.empty()) {
     train_ = std::make_unique<data::DataLoader>(cfg_.data.dir, "train", t.batch_size, t.seq_len, uint64_t(t.seed),
-                                                cfg_.data.shuffle);
+                                                cfg_.data.shuffle, rank, world);
     data_vocab = train_->vocab_size();
   } else {
     auto main = data::parse_mixture(cfg_.data.mixture, "[data] mixture");
@@ -118,10 +120,11 @@ Trainer::Trainer(RunConfig cfg) : cfg_(std::move(cfg)), run_dir_(cfg_.log.run_di
     }
     mixture_ = std::make_unique<data::MixtureLoader>(std::move(sources), t.batch_size, t.seq_len, uint64_t(t.seed),
                                                      cfg_.data.shuffle, t.steps, cfg_.data.cooldown_fraction,
-                                                     t.grad_accum);
+                                                     t.grad_accum, rank, world);
     data_vocab = mixture_->vocab_size();
   }
-  val_ = std::make_unique<data::DataLoader>(cfg_.data.dir, "val", t.batch_size, t.seq_len, uint64_t(t.seed), false);
+  val_ = std::make_unique<data::DataLoader>(cfg_.data.dir, "val", t.batch_size, t.seq_len, uint64_t(t.seed), false,
+                                            rank, world);
   data_vocab = std::max(data_vocab, val_->vocab_size());
   if (cfg_.model.vocab_size == 0) {
     cfg_.model.vocab_size = static_cast<int>(data_vocab);
@@ -131,12 +134,12 @@ Trainer::Trainer(RunConfig cfg) : cfg_(std::move(cfg)), run_dir_(cfg_.log.run_di
   }
   check_tokenizer_matches_data(cfg_.data.tokenizer, cfg_.data.dir);
   model_ = make_model(cfg_.model);
-  opt_ = std::make_unique<AdamW>(model_->params(), cfg_.optim);
+  dp_ = std::make_unique<DataParallel>(*comm_, model_->params(), cfg_.optim, cfg_.dist.zero);
 
   if (auto ck = latest_checkpoint(run_dir_)) {
     // Resume: weights, optimizer moments, step, data position. Loaded fully before training.
     load_model(*model_, ck->dir / "model.safetensors");
-    load_optimizer(*opt_, model_->params(), ck->dir / "optimizer.safetensors");
+    dp_->load_optimizer(ck->dir / "optimizer.safetensors");
     auto state_path = ck->dir / "state.json";
     nlohmann::json st;
     try {
@@ -168,7 +171,9 @@ Trainer::Trainer(RunConfig cfg) : cfg_(std::move(cfg)), run_dir_(cfg_.log.run_di
 Trainer::~Trainer() = default;
 
 double Trainer::evaluate() {
-  return evaluate_model(*model_, *val_, cfg_.train.eval_batches, cfg_.train.batch_size, cfg_.train.seq_len);
+  double loss = evaluate_model(*model_, *val_, cfg_.train.eval_batches, cfg_.train.batch_size, cfg_.train.seq_len);
+  comm_->all_reduce_sum(&loss, 1);  // ranks evaluate equally many batches of disjoint windows
+  return loss / comm_->world();
 }
 
 void Trainer::save_checkpoint(long step) {
@@ -183,11 +188,14 @@ void Trainer::save_checkpoint(long step) {
                           {"tokens", tokens_seen_},
                           {"loader", loader},
                           {"seed", cfg_.train.seed},
-                          {"optimizer_step", opt_->t()}};
+                          {"optimizer_step", dp_->step_count()},
+                          {"world_size", comm_->world()}};
   std::string config = config_to_toml(cfg_);
+  auto opt = dp_->full_state();  // collective: every rank takes part, rank 0 writes
+  if (comm_->rank() != 0) return;
   write_checkpoint(run_dir_, step, cfg_.checkpoint.keep_last, [&](const std::filesystem::path& dir) {
     save_model(*model_, dir / "model.safetensors");
-    save_optimizer(*opt_, model_->params(), dir / "optimizer.safetensors");
+    save_optimizer(opt.m, opt.v, opt.t, model_->params(), dir / "optimizer.safetensors");
     write_file_atomic(dir / "state.json", state.dump(2) + "\n");
     write_file_atomic(dir / "config.toml", config);
   });
@@ -196,23 +204,31 @@ void Trainer::save_checkpoint(long step) {
 TrainSummary Trainer::run(long stop_at) {
   const auto& tc = cfg_.train;
   const int B = tc.batch_size, T = tc.seq_len;
+  const int world = comm_->world();
+  const bool rank0 = comm_->rank() == 0;  // writes the run's files and talks to the terminal
   TrainSummary sum;
   sum.start_step = sum.end_step = start_step_;
-  std::filesystem::create_directories(run_dir_);
-  write_file_atomic(run_dir_ / "config.toml", config_to_toml(cfg_));
-  keep_tokenizer_copy(cfg_.data.tokenizer, run_dir_);
   auto metrics_path = run_dir_ / "metrics.jsonl";
-  MetricsLog metrics(metrics_path, /*append=*/start_step_ > 0);
+  std::unique_ptr<MetricsLog> metrics;
+  if (rank0) {
+    std::filesystem::create_directories(run_dir_);
+    write_file_atomic(run_dir_ / "config.toml", config_to_toml(cfg_));
+    keep_tokenizer_copy(cfg_.data.tokenizer, run_dir_);
+    metrics = std::make_unique<MetricsLog>(metrics_path, /*append=*/start_step_ > 0);
+  }
   if (start_step_ >= tc.steps) return sum;
 
-  double peak = cfg_.log.peak_tflops > 0 ? cfg_.log.peak_tflops : measure_sgemm_tflops();
+  double peak = cfg_.log.peak_tflops > 0 ? cfg_.log.peak_tflops : rank0 ? measure_sgemm_tflops() : 1.0;
   std::unique_ptr<Progress> progress;
-  if (cfg_.log.progress != "off")
+  if (rank0 && cfg_.log.progress != "off")
     progress = std::make_unique<Progress>(tc.steps, start_step_, cfg_.log.progress == "plain");
   auto say = [&](const std::string& line) {
     if (progress) progress->message(line);
   };
   say(fmt::format("model: {}; {} threads", describe(*model_), num_threads()));
+  if (world > 1)
+    say(fmt::format("data parallel: {} ranks ({}), ZeRO stage {}, global batch {} x {}", world, comm_->kind(),
+                    cfg_.dist.zero, tc.batch_size * tc.grad_accum * world, tc.seq_len));
   if (start_step_ == 0 && !tc.init_from.empty()) say(fmt::format("starting from {}", tc.init_from));
   if (start_step_ > 0) say(fmt::format("resuming from step {}", start_step_));
 
@@ -225,7 +241,8 @@ TrainSummary Trainer::run(long stop_at) {
   } restore{old_int, old_term};
 
   Buffer<int32_t> x(size_t(B) * T), y(size_t(B) * T);
-  const double grad_scale = 1.0 / (double(B) * T * tc.grad_accum);
+  // Each rank's gradients are scaled so that their sum over ranks is the global batch's mean.
+  const double grad_scale = 1.0 / (double(B) * T * tc.grad_accum * world);
   const double flops_tok = model_->flops_per_token(T);
   int bad_steps = 0;
   Timer run_timer;
@@ -242,10 +259,12 @@ TrainSummary Trainer::run(long stop_at) {
       loss += model_->forward(x.data(), y.data(), B, T, grad_scale) / tc.grad_accum;
       model_->backward();
     }
-    double norm = clip_grad_norm(ps, cfg_.optim.grad_clip);
+    comm_->all_reduce_sum(&loss, 1);
+    loss /= world;
+    double norm = dp_->sync_and_clip(cfg_.optim.grad_clip);
     double lr = lr_at(cfg_.optim, step, tc.steps);
     if (std::isfinite(norm) && std::isfinite(loss)) {
-      opt_->step(ps, lr);
+      dp_->update(lr);
       bad_steps = 0;
     } else if (++bad_steps >= 5) {
       throw Error(fmt::format("training diverged: non-finite loss or gradient for 5 steps in a row (step {}); "
@@ -254,9 +273,9 @@ TrainSummary Trainer::run(long stop_at) {
     } else {
       say(fmt::format("step {}: non-finite loss or gradient, update skipped", step + 1));
     }
-    tokens_seen_ += uint64_t(B) * T * tc.grad_accum;
+    tokens_seen_ += uint64_t(B) * T * tc.grad_accum * world;
     double dt = step_timer.seconds();
-    double tok_s = double(B) * T * tc.grad_accum / dt;
+    double tok_s = double(B) * T * tc.grad_accum * world / dt;
     double tflops = flops_tok * tok_s / 1e12;
     long done = step + 1;
     sum.end_step = done;
@@ -266,7 +285,11 @@ TrainSummary Trainer::run(long stop_at) {
                           {"model_tflops", tflops}, {"mfu", tflops / peak},  {"step_ms", dt * 1e3},
                           {"peak_rss_mb", peak_rss_mb()}};
     bool last = done == tc.steps;
-    bool stopping = g_stop_signal.load() != 0 || (stop_at > 0 && done >= stop_at);
+    // A signal on any rank (Slurm signals them all, but not at the same instant) stops every
+    // rank after this same step.
+    int signalled = g_stop_signal.load() != 0 ? 1 : 0;
+    if (world > 1) comm_->all_reduce_max(&signalled, 1);
+    bool stopping = signalled != 0 || (stop_at > 0 && done >= stop_at);
     if (last || (tc.eval_every > 0 && done % tc.eval_every == 0)) {
       double vl = evaluate();
       rec["val_loss"] = vl;
@@ -274,7 +297,7 @@ TrainSummary Trainer::run(long stop_at) {
       sum.last_val_loss = vl;
       say(fmt::format("step {}: val loss {:.4f} (perplexity {:.2f})", done, vl, std::exp(vl)));
     }
-    metrics.write(rec);
+    if (metrics) metrics->write(rec);
     if (progress) {
       progress->update(done, {{"loss", fmt::format("{:.4f}", loss)},
                               {"tok/s", format_count(tok_s)},
@@ -283,14 +306,14 @@ TrainSummary Trainer::run(long stop_at) {
     if (last || stopping || (cfg_.checkpoint.every > 0 && done % cfg_.checkpoint.every == 0)) save_checkpoint(done);
     if (stopping) {
       sum.interrupted = true;
-      if (g_stop_signal.load() != 0)
+      if (signalled)
         say(fmt::format("stopped by signal {} at step {}; checkpoint written, re-run to resume", g_stop_signal.load(),
                         done));
       break;
     }
   }
   if (progress) progress->finish();
-  write_loss_plot(read_metrics(metrics_path), run_dir_ / "loss.svg");
+  if (rank0) write_loss_plot(read_metrics(metrics_path), run_dir_ / "loss.svg");
   return sum;
 }
 

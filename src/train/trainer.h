@@ -7,9 +7,10 @@
 
 #include "data/loader.h"
 #include "data/mixture.h"
+#include "dist/communicator.h"
 #include "model/model.h"
-#include "optim/adamw.h"
 #include "train/config.h"
+#include "train/data_parallel.h"
 
 namespace lmf {
 
@@ -24,14 +25,16 @@ struct TrainSummary {
 class Trainer {
  public:
   // Validates everything it can (config, data, vocabulary, an existing checkpoint) before it
-  // writes anything.
+  // writes anything. Started by mpirun/srun, every rank constructs one: ranks train on
+  // disjoint data, synchronise gradients ([dist] zero), and rank 0 writes the run's files.
   explicit Trainer(RunConfig cfg);
   ~Trainer();
   // Trains to [train] steps; with stop_at > 0, stops after that step (checkpoint written), as a
   // preemptible job would, so that a later run resumes from there.
   TrainSummary run(long stop_at = 0);
-  // Mean loss over the first eval_batches batches of the validation split.
+  // Mean loss over the first eval_batches batches of the validation split (over all ranks).
   double evaluate();
+  const dist::Communicator& comm() const { return *comm_; }
   Model& model() { return *model_; }
   const RunConfig& config() const { return cfg_; }
 
@@ -42,8 +45,9 @@ class Trainer {
   std::filesystem::path run_dir_;
   std::unique_ptr<data::DataLoader> train_, val_;
   std::unique_ptr<data::MixtureLoader> mixture_;  // instead of train_ when [data] mixture is set
+  std::unique_ptr<dist::Communicator> comm_;
   std::unique_ptr<Model> model_;
-  std::unique_ptr<AdamW> opt_;
+  std::unique_ptr<DataParallel> dp_;
   long start_step_ = 0;
   uint64_t tokens_seen_ = 0;
 };

@@ -1,0 +1,89 @@
+#pragma once
+// Collectives between the processes of one training job. One interface, two implementations:
+// LocalCommunicator (one process; every collective is a copy or nothing) and, when the build
+// finds MPI, MpiCommunicator (OpenMPI or any MPI-3 library; launched by mpirun or srun).
+//
+// Every collective waits at most timeout_s for the other ranks. Past that, the rank prints one
+// line naming itself and the collective and ends the whole job (a peer died or hangs), so no
+// rank waits forever. Payload bytes are counted per kind of collective, so that a cost model
+// can be checked against what a run moved.
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace lmf::dist {
+
+// Payload bytes this rank handed to each kind of collective (its input size per call).
+struct CommStats {
+  uint64_t all_reduce = 0, reduce_scatter = 0, all_gather = 0, broadcast = 0;
+  uint64_t calls = 0;
+};
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int world() const = 0;
+  virtual std::string kind() const = 0;  // "local" or "mpi"
+
+  // data (n) = sum over ranks, on every rank.
+  virtual void all_reduce_sum(float* data, size_t n) = 0;
+  virtual void all_reduce_sum(double* data, size_t n) = 0;
+  virtual void all_reduce_max(int* data, size_t n) = 0;
+  // Rank r's block of the sum: out (counts[r]) = sum over ranks of in[offset_r, offset_r +
+  // counts[r]), offsets the prefix sums of counts; in holds sum(counts) values.
+  virtual void reduce_scatter_sum(const float* in, float* out, const std::vector<int>& counts) = 0;
+  // Concatenation in rank order, on every rank: data (sum(counts)) gets rank r's counts[r]
+  // values, which it already holds at its own offset (in place).
+  virtual void all_gather(float* data, const std::vector<int>& counts) = 0;
+  virtual void broadcast(void* data, size_t bytes, int root) = 0;
+  virtual void barrier() = 0;
+  // Ends every rank of the job with exit code `code` (after this rank's message is printed).
+  [[noreturn]] virtual void abort(int code) = 0;
+
+  const CommStats& stats() const { return stats_; }
+
+ protected:
+  CommStats stats_;
+};
+
+class LocalCommunicator final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int world() const override { return 1; }
+  std::string kind() const override { return "local"; }
+  void all_reduce_sum(float*, size_t n) override { count(stats_.all_reduce, n * 4); }
+  void all_reduce_sum(double*, size_t n) override { count(stats_.all_reduce, n * 8); }
+  void all_reduce_max(int*, size_t n) override { count(stats_.all_reduce, n * 4); }
+  void reduce_scatter_sum(const float* in, float* out, const std::vector<int>& counts) override;
+  void all_gather(float*, const std::vector<int>& counts) override;
+  void broadcast(void*, size_t bytes, int) override { count(stats_.broadcast, bytes); }
+  void barrier() override {}
+  [[noreturn]] void abort(int code) override;
+
+ private:
+  void count(uint64_t& what, uint64_t bytes) {
+    what += bytes;
+    ++stats_.calls;
+  }
+};
+
+// True when this process was started by an MPI launcher (mpirun, srun with PMI/PMIx).
+bool launched_by_mpi();
+
+// The job's communicator: MPI when launched by an MPI launcher (UserError if this build has no
+// MPI), else local. timeout_s bounds every collective's wait (see above).
+std::unique_ptr<Communicator> make_communicator(double timeout_s);
+
+// Splits n values into `world` contiguous blocks, each a multiple of `align` values except the
+// last (which may also be empty): the shard of rank r is [offset(r), offset(r) + counts[r]).
+struct Sharding {
+  std::vector<int> counts, offsets;
+  Sharding(size_t n, int world, size_t align = 16);
+  size_t begin(int r) const { return size_t(offsets[r]); }
+  size_t end(int r) const { return size_t(offsets[r]) + size_t(counts[r]); }
+};
+
+}  // namespace lmf::dist

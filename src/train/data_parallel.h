@@ -1,0 +1,55 @@
+#pragma once
+// Data parallelism over a Communicator, with ZeRO (Rajbhandari et al. 2020) stages 0-2:
+//   zero 0: gradients all-reduced; every rank holds the whole optimizer state and updates all;
+//   zero 1: gradients all-reduced; rank r holds AdamW's moments for its shard of the flat
+//           buffer only, updates that shard, and the parameters are all-gathered;
+//   zero 2: gradients reduce-scattered (each rank receives only its shard's sum: half the
+//           traffic of an all-reduce), then as zero 1.
+// Shards are contiguous ranges of the registry's flat buffer (dist::Sharding), so every stage
+// sees the same numbers: the runs differ only in who computes which update.
+// Checkpoints always hold the whole state in the single-process layout, gathered on save and
+// sliced on load, so a run resumes on any number of ranks.
+#include <filesystem>
+#include <memory>
+
+#include "core/param_store.h"
+#include "dist/communicator.h"
+#include "optim/adamw.h"
+#include "train/config.h"
+
+namespace lmf {
+
+class DataParallel {
+ public:
+  DataParallel(dist::Communicator& comm, ParamStore<float>& ps, const OptimConfig& oc, int zero);
+
+  // After this rank's backward (its gradients already scaled so that the sum over ranks is the
+  // mean over the global batch): sums the gradients over ranks and clips them to max_norm
+  // (<= 0: no clipping) by their global norm, which it returns (the same on every rank).
+  double sync_and_clip(double max_norm);
+  // AdamW step on this rank's shard (all of it at zero 0), then the parameters are gathered.
+  void update(double lr);
+
+  // The whole optimizer state in the single-process layout (collective: shards are gathered).
+  struct FullState {
+    const float* m;
+    const float* v;
+    long t;
+    std::vector<float> m_buf, v_buf;  // the gathered copies, when sharded
+  };
+  FullState full_state();
+  // Every rank reads the whole state and keeps its shard.
+  void load_optimizer(const std::filesystem::path& file);
+  long step_count() const { return opt_->t(); }
+  size_t shard_size() const { return opt_->size(); }
+
+ private:
+  dist::Communicator& comm_;
+  ParamStore<float>& ps_;
+  int zero_;
+  dist::Sharding shards_;
+  std::unique_ptr<AdamW> opt_;
+  std::vector<float> gshard_;  // zero 2: this rank's summed gradient shard
+};
+
+}  // namespace lmf

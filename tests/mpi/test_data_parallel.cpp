@@ -1,0 +1,285 @@
+// Data parallelism over MPI (CTest label `mpi`): these tests start `mpirun -np 2` themselves,
+// on CPU, and skip when the build has no MPI or no mpirun is installed.
+//   - the collectives, run by this same binary re-launched under mpirun;
+//   - 2 ranks with batch B follow 1 rank with batch 2B step by step (fp32 summation order
+//     apart), for ZeRO stages 0, 1 and 2, and the three stages give bit-identical weights;
+//   - a run stopped on 2 ranks resumes on 1, and one stopped on 1 resumes on 2, continuing
+//     the uninterrupted run's losses;
+//   - a rank that hangs ends the job within [dist] timeout_s, with one line naming the rank,
+//     and the last checkpoint stays intact.
+#include <gtest/gtest.h>
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "dist/communicator.h"
+#include "integration/cli_util.h"
+
+namespace lmf::test {
+namespace {
+
+namespace fs = std::filesystem;
+
+bool have_mpirun() { return std::system("command -v mpirun >/dev/null 2>&1") == 0; }
+
+#ifdef LMF_HAVE_MPI
+constexpr bool kBuiltWithMpi = true;
+#else
+constexpr bool kBuiltWithMpi = false;
+#endif
+
+// mpirun as root in containers (CI) needs these; --oversubscribe: 2 ranks on any core count.
+const std::string kMpirun =
+    "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 "
+    "mpirun -np ";
+
+class Mpi : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!kBuiltWithMpi) GTEST_SKIP() << "built without MPI";
+    if (!have_mpirun()) GTEST_SKIP() << "no mpirun";
+  }
+};
+
+// ---- collectives: this binary re-launched under mpirun ------------------------------------------
+
+// DISABLED_: not run on its own, only under mpirun by Mpi.Collectives.
+TEST(MpiWorker, DISABLED_Collectives) {
+  auto comm = dist::make_communicator(30);
+  const int r = comm->rank(), w = comm->world();
+  ASSERT_EQ(w, 2);
+  EXPECT_EQ(comm->kind(), "mpi");
+  // all_reduce: sum of (rank + 1) * i.
+  std::vector<float> a(1000);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = float((r + 1) * i);
+  comm->all_reduce_sum(a.data(), a.size());
+  for (size_t i = 0; i < a.size(); ++i) ASSERT_EQ(a[i], float(3 * i)) << i;
+  double d = r + 0.5;
+  comm->all_reduce_sum(&d, 1);
+  EXPECT_EQ(d, 2.0);
+  int flag = r == 1 ? 7 : 0;
+  comm->all_reduce_max(&flag, 1);
+  EXPECT_EQ(flag, 7);
+  // reduce_scatter and all_gather over uneven shards (the last one shorter).
+  dist::Sharding sh(1000, w);
+  EXPECT_EQ(sh.counts[0], 512);
+  EXPECT_EQ(sh.counts[1], 488);
+  std::vector<float> in(1000), out(size_t(sh.counts[r]));
+  for (size_t i = 0; i < in.size(); ++i) in[i] = float(i + 1000 * r);
+  comm->reduce_scatter_sum(in.data(), out.data(), sh.counts);
+  for (int i = 0; i < sh.counts[r]; ++i) ASSERT_EQ(out[i], float(2 * (sh.offsets[r] + i) + 1000)) << i;
+  std::vector<float> g(1000, -1.0f);
+  for (int i = 0; i < sh.counts[r]; ++i) g[sh.offsets[r] + i] = float(10 * r + 1);
+  comm->all_gather(g.data(), sh.counts);
+  for (int q = 0; q < w; ++q)
+    for (int i = 0; i < sh.counts[q]; ++i) ASSERT_EQ(g[sh.offsets[q] + i], float(10 * q + 1));
+  char msg[6] = "xxxxx";
+  if (r == 1) std::memcpy(msg, "hello", 6);
+  comm->broadcast(msg, 6, 1);
+  EXPECT_STREQ(msg, "hello");
+  comm->barrier();
+  // Bytes counted: payloads handed to each kind of collective.
+  EXPECT_EQ(comm->stats().all_reduce, 1000u * 4 + 8 + 4);
+  EXPECT_EQ(comm->stats().reduce_scatter, 1000u * 4);
+  EXPECT_EQ(comm->stats().all_gather, uint64_t(sh.counts[r]) * 4);
+  EXPECT_EQ(comm->stats().broadcast, 6u);
+}
+
+TEST_F(Mpi, Collectives) {
+  TempDir t;
+  std::string self = fs::read_symlink("/proc/self/exe").string();
+  auto r = std::system((kMpirun + "2 " + self +
+                        " --gtest_color=no --gtest_also_run_disabled_tests --gtest_filter=MpiWorker.DISABLED_Collectives >" + (t / "out.txt").string() + " 2>&1")
+                           .c_str());
+  std::string out = slurp(t / "out.txt");
+  EXPECT_EQ(WEXITSTATUS(r), 0) << out;
+  // Both ranks ran the worker test, and neither skipped nor failed it.
+  size_t passed = 0;
+  for (size_t at = out.find("[  PASSED  ] 1 test."); at != std::string::npos; at = out.find("[  PASSED  ] 1 test.", at + 1))
+    ++passed;
+  EXPECT_EQ(passed, 2u) << out;
+  EXPECT_EQ(out.find("SKIPPED"), std::string::npos) << out;
+}
+
+// ---- training -----------------------------------------------------------------------------------
+
+class MpiTrain : public Mpi {
+ protected:
+  static inline TempDir* tmp = nullptr;
+  static inline fs::path data;
+  static void SetUpTestSuite() {
+    tmp = new TempDir();
+    data = tmp->path() / "data";
+    auto r = run_lmforge("prepare --input " + std::string(LMF_SOURCE_DIR) + "/tests/data/sotu_sample --output " +
+                             data.string() + " --val-fraction 0.2 --seed 3",
+                         tmp->path());
+    ASSERT_EQ(r.code, 0) << r.err;
+  }
+  static void TearDownTestSuite() { delete tmp; }
+
+  // A small Llama (GQA) on bytes; B sequences per rank.
+  static std::string train_args(const fs::path& run, int B, const std::string& extra) {
+    return "train --set model.arch=llama --set model.n_layer=2 --set model.n_embd=32 --set model.n_head=4"
+           " --set model.n_kv_head=2 --set model.block_size=32 --set train.seq_len=32 --set train.batch_size=" +
+           std::to_string(B) +
+           " --set train.threads=1 --set log.progress=plain --set log.peak_tflops=1 --set train.eval_batches=2"
+           " --set train.steps=8 --set train.eval_every=4 --set checkpoint.every=4 --set optim.warmup_steps=2"
+           " --set data.dir=" + data.string() + " --set log.run_dir=" + run.string() + " " + extra;
+  }
+  static CmdResult run_ranks(int np, const std::string& args, const fs::path& scratch) {
+    auto out = scratch / "stdout.txt", err = scratch / "stderr.txt";
+    std::string cmd = kMpirun + std::to_string(np) + " " + LMF_BINARY + " " + args + " >" + out.string() + " 2>" +
+                      err.string() + " </dev/null";
+    int status = std::system(cmd.c_str());
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
+  }
+  static std::vector<double> losses(const fs::path& run, const char* key = "train_loss") {
+    std::vector<double> v;
+    std::istringstream in(slurp(run / "metrics.jsonl"));
+    for (std::string line; std::getline(in, line);) {
+      auto j = nlohmann::json::parse(line);
+      if (j.contains(key)) v.push_back(j[key]);
+    }
+    return v;
+  }
+};
+
+// Two ranks sum two half-batch gradients where one rank sums one whole batch: the same
+// numbers up to fp32 summation order. Each step's weights then differ by a few roundings, so
+// the losses may drift apart by about u * loss per step (u = 2^-24); allow 8x that, growing
+// linearly with the step.
+double drift_tolerance(double loss, int step) { return 8 * std::ldexp(1.0, -24) * loss * step; }
+
+TEST_F(MpiTrain, TwoRanksEqualOneRankWithDoubleBatchForEveryZeroStage) {
+  TempDir t;
+  auto one = t / "one";
+  ASSERT_EQ(run_lmforge(train_args(one, 8, ""), t.path()).code, 0);
+  auto ref = losses(one), ref_val = losses(one, "val_loss");
+  ASSERT_EQ(ref.size(), 8u);
+  std::string weights0;
+  for (int zero : {0, 1, 2}) {
+    SCOPED_TRACE("zero " + std::to_string(zero));
+    auto run = t / ("two_z" + std::to_string(zero));
+    auto r = run_ranks(2, train_args(run, 4, "--set dist.zero=" + std::to_string(zero)), t.path());
+    ASSERT_EQ(r.code, 0) << r.err << r.out;
+    EXPECT_NE((r.out + r.err).find("data parallel: 2 ranks (mpi), ZeRO stage " + std::to_string(zero)),
+              std::string::npos)
+        << r.out << r.err;
+    auto got = losses(run), got_val = losses(run, "val_loss");
+    ASSERT_EQ(got.size(), ref.size());
+    for (size_t i = 0; i < ref.size(); ++i)
+      EXPECT_NEAR(got[i], ref[i], drift_tolerance(ref[i], int(i) + 1)) << "step " << i + 1;
+    ASSERT_EQ(got_val.size(), ref_val.size());
+    for (size_t i = 0; i < ref_val.size(); ++i)
+      EXPECT_NEAR(got_val[i], ref_val[i], drift_tolerance(ref_val[i], 4 * int(i + 1))) << "eval " << i;
+    // The stages differ only in who computes which elementwise update: identical weights.
+    std::string w = slurp(run / "checkpoints/step_0000008/model.safetensors");
+    if (zero == 0)
+      weights0 = w;
+    else
+      EXPECT_TRUE(w == weights0) << "weights differ from zero 0";
+    // The checkpoint holds the whole optimizer state whatever the sharding.
+    EXPECT_EQ(slurp(run / "checkpoints/step_0000008/optimizer.safetensors"),
+              slurp(t / "two_z0/checkpoints/step_0000008/optimizer.safetensors"));
+  }
+}
+
+TEST_F(MpiTrain, ResumeAcrossWorldSizes) {
+  TempDir t;
+  auto straight = t / "straight";
+  ASSERT_EQ(run_lmforge(train_args(straight, 8, ""), t.path()).code, 0);
+  auto ref = losses(straight);
+  // 2 ranks (ZeRO 2) to step 4, then 1 rank to 8.
+  auto a = t / "two_then_one";
+  ASSERT_EQ(run_ranks(2, train_args(a, 4, "--set dist.zero=2 --stop-at 4"), t.path()).code, 0);
+  ASSERT_EQ(run_lmforge(train_args(a, 8, ""), t.path()).code, 0);
+  // 1 rank to step 4, then 2 ranks (ZeRO 1) to 8.
+  auto b = t / "one_then_two";
+  ASSERT_EQ(run_lmforge(train_args(b, 8, "--stop-at 4"), t.path()).code, 0);
+  auto r = run_ranks(2, train_args(b, 4, "--set dist.zero=1"), t.path());
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (const auto& run : {a, b}) {
+    SCOPED_TRACE(run.filename().string());
+    auto got = losses(run);
+    ASSERT_EQ(got.size(), ref.size());
+    for (size_t i = 0; i < ref.size(); ++i)
+      EXPECT_NEAR(got[i], ref[i], drift_tolerance(ref[i], int(i) + 1)) << "step " << i + 1;
+  }
+}
+
+TEST_F(MpiTrain, HungRankEndsTheJobWithinTheTimeout) {
+  TempDir t;
+  auto run = t / "run";
+  // Long enough to still be running when one rank is stopped; a checkpoint every 2 steps.
+  std::string args = train_args(run, 4, "--set train.steps=100000 --set checkpoint.every=2 --set dist.timeout_s=3");
+  auto out = t / "out.txt", err = t / "err.txt";
+  std::string cmd = kMpirun + "2 " + LMF_BINARY + " " + args + " >" + out.string() + " 2>" + err.string() +
+                    " </dev/null & echo $! > " + (t / "pid").string();
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  // Wait for a checkpoint, then freeze rank 1 (SIGSTOP: it neither dies nor answers).
+  auto has_checkpoint = [&] {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(run / "checkpoints", ec))
+      if (e.path().filename().string().starts_with("step_")) return true;
+    return false;
+  };
+  auto t0 = std::chrono::steady_clock::now();
+  while (!has_checkpoint() && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60))
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_TRUE(has_checkpoint());
+  // Both ranks match the pattern; OMPI_COMM_WORLD_RANK tells them apart.
+  std::string pids = "for p in $(pgrep -f -- 'log.run_dir=" + run.string() +
+                     "'); do grep -qz '^OMPI_COMM_WORLD_RANK=1$' /proc/$p/environ 2>/dev/null && echo $p; done";
+  FILE* f = popen(pids.c_str(), "r");
+  ASSERT_NE(f, nullptr);
+  int pid1 = 0;
+  ASSERT_EQ(fscanf(f, "%d", &pid1), 1);
+  pclose(f);
+  ASSERT_GT(pid1, 0);
+  auto latest = [&] {
+    std::vector<std::string> v;
+    for (const auto& e : fs::directory_iterator(run / "checkpoints"))
+      if (e.path().filename().string().starts_with("step_")) v.push_back(e.path().filename().string());
+    std::sort(v.begin(), v.end());
+    return v.back();
+  };
+  const auto stopped = std::chrono::steady_clock::now();
+  ::kill(pid1, SIGSTOP);
+  // mpirun must end within the timeout (3 s) plus its own teardown.
+  int mpirun_pid = std::stoi(slurp(t / "pid"));
+  bool ended = false;
+  while (std::chrono::steady_clock::now() - stopped < std::chrono::seconds(40)) {
+    if (::kill(mpirun_pid, 0) != 0) {
+      ended = true;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ::kill(pid1, SIGCONT);
+  ::kill(pid1, SIGKILL);
+  ASSERT_TRUE(ended) << "the job did not end";
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - stopped).count();
+  EXPECT_LT(secs, 30.0);
+  std::string e = slurp(err);
+  EXPECT_NE(e.find("lmforge: error: rank 0 of 2: "), std::string::npos) << e;
+  EXPECT_NE(e.find("a rank died or hangs"), std::string::npos) << e;
+  // The last complete checkpoint loads: sample from it.
+  std::string ck = latest();
+  auto s = run_lmforge("sample --run " + run.string() + " --prompt 'We ' -n 5", t.path());
+  EXPECT_EQ(s.code, 0) << ck << ": " << s.err;
+}
+
+}  // namespace
+}  // namespace lmf::test
