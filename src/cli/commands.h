@@ -14,4 +14,5 @@ void add_init(CLI::App& app);
 void add_corpus(CLI::App& app);
 void add_tokenizer(CLI::App& app);
 void add_convert(CLI::App& app);
+void add_plan(CLI::App& app);
 }  // namespace lmf::cli

@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
   lmf::cli::add_corpus(app);
   lmf::cli::add_tokenizer(app);
   lmf::cli::add_convert(app);
+  lmf::cli::add_plan(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -10,7 +10,7 @@
 namespace lmf {
 
 template <class F>
-Gpt2<F>::Gpt2(const ModelConfig& cfg) : cfg_(cfg) {
+Gpt2<F>::Gpt2(const ModelConfig& cfg, bool allocate) : cfg_(cfg) {
   LMF_CHECK(cfg.vocab_size > 0, "Gpt2 needs a resolved vocab_size (got {})", cfg.vocab_size);
   LMF_CHECK(cfg.n_embd % cfg.n_head == 0, "n_embd {} % n_head {}", cfg.n_embd, cfg.n_head);
   const int64_t C = cfg.n_embd, V = cfg.vocab_size, L = cfg.n_layer;
@@ -36,6 +36,7 @@ Gpt2<F>::Gpt2(const ModelConfig& cfg) : cfg_(cfg) {
   idx_.lnf_w = ps_.add("transformer.ln_f.weight", {C}, false);
   idx_.lnf_b = ps_.add("transformer.ln_f.bias", {C}, false);
   idx_.lm_head = cfg.tied_embeddings ? idx_.wte : ps_.add("lm_head.weight", {V, C}, true);
+  if (!allocate) return;
   ps_.allocate();
   bind_layers();
 }

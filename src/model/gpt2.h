@@ -15,7 +15,9 @@ namespace lmf {
 template <class F>
 class Gpt2 {
  public:
-  explicit Gpt2(const ModelConfig& cfg);  // registers and allocates parameters (zeros)
+  // Registers and allocates parameters (zeros). allocate = false: the registry only (names,
+  // shapes, offsets), for planning; such a model cannot run.
+  explicit Gpt2(const ModelConfig& cfg, bool allocate = true);
   Gpt2(const Gpt2&) = delete;
   Gpt2& operator=(const Gpt2&) = delete;
 

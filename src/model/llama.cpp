@@ -11,7 +11,7 @@
 namespace lmf {
 
 template <class F>
-Llama<F>::Llama(const ModelConfig& cfg) : cfg_(cfg) {
+Llama<F>::Llama(const ModelConfig& cfg, bool allocate) : cfg_(cfg) {
   LMF_CHECK(cfg.arch == "llama", "Llama needs arch \"llama\" (got \"{}\")", cfg.arch);
   LMF_CHECK(cfg.vocab_size > 0, "Llama needs a resolved vocab_size (got {})", cfg.vocab_size);
   LMF_CHECK(cfg.n_head > 0 && cfg.n_embd % cfg.n_head == 0, "n_embd {} % n_head {}", cfg.n_embd, cfg.n_head);
@@ -47,6 +47,7 @@ Llama<F>::Llama(const ModelConfig& cfg) : cfg_(cfg) {
   }
   idx_.norm = ps_.add("model.norm.weight", {C}, false);
   idx_.lm_head = cfg.tied_embeddings ? idx_.embed : ps_.add("lm_head.weight", {V, C}, true);
+  if (!allocate) return;
   ps_.allocate();
   ops::RopeScaling rs;
   rs.factor = cfg.rope_factor;

@@ -16,7 +16,9 @@ namespace lmf {
 template <class F>
 class Llama {
  public:
-  explicit Llama(const ModelConfig& cfg);  // arch "llama"; registers and allocates parameters (zeros)
+  // arch "llama"; registers and allocates parameters (zeros); allocate = false: the registry
+  // only, as Gpt2's.
+  explicit Llama(const ModelConfig& cfg, bool allocate = true);
   Llama(const Llama&) = delete;
   Llama& operator=(const Llama&) = delete;
 

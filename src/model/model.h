@@ -35,7 +35,7 @@ class Model {
 template <class M>
 class ModelOf final : public Model {
  public:
-  explicit ModelOf(const ModelConfig& cfg) : m_(cfg) {}
+  explicit ModelOf(const ModelConfig& cfg, bool allocate = true) : m_(cfg, allocate) {}
   void init(uint64_t seed) override { m_.init(seed); }
   double forward(const int32_t* tokens, const int32_t* targets, int B, int T, double grad_scale) override {
     return m_.forward(tokens, targets, B, T, grad_scale);
@@ -56,7 +56,8 @@ class ModelOf final : public Model {
 };
 
 // The family's Model for cfg.arch ("gpt2" or "llama"); UserError for another arch.
-std::unique_ptr<Model> make_model(const ModelConfig& cfg);
+// allocate = false: the parameter registry only (for planning), not runnable.
+std::unique_ptr<Model> make_model(const ModelConfig& cfg, bool allocate = true);
 
 // The family's implementation behind a Model, or nullptr if `m` is another family.
 template <class M>

@@ -9,6 +9,23 @@
 
 namespace lmf {
 
+CommPlan plan_step(size_t flat, int world, int zero, int rank) {
+  CommPlan p;
+  if (world <= 1) return p;
+  p.all_reduce = 8 + 4;  // the step's mean loss (double) and the agreed stop flag (int)
+  if (zero < 2) {
+    p.all_reduce += flat * 4;  // the gradients
+  } else {
+    p.reduce_scatter = flat * 4;
+    p.all_reduce += 8;  // the gradient norm's sum of squares
+  }
+  if (zero > 0) p.all_gather = uint64_t(dist::Sharding(flat, world).counts[rank]) * 4;  // parameters
+  const double w = world;
+  p.wire = 2 * (w - 1) / w * double(p.all_reduce) + (w - 1) / w * double(p.reduce_scatter) +
+           (w - 1) * double(p.all_gather);
+  return p;
+}
+
 DataParallel::DataParallel(dist::Communicator& comm, ParamStore<float>& ps, const OptimConfig& oc, int zero)
     : comm_(comm), ps_(ps), zero_(zero), shards_(ps.flat_size(), comm.world()) {
   LMF_CHECK(zero >= 0 && zero <= 2, "zero stage {}", zero);

@@ -19,6 +19,19 @@
 
 namespace lmf {
 
+// Collective payload bytes one rank hands its communicator in one training step (no
+// evaluation, no checkpoint), and the bytes a ring algorithm sends per rank for them. The
+// trainer records what the communicator counted as metrics' "comm_bytes", so the model is
+// checked against every MPI run.
+struct CommPlan {
+  uint64_t all_reduce = 0, reduce_scatter = 0, all_gather = 0;  // payload
+  uint64_t total() const { return all_reduce + reduce_scatter + all_gather; }
+  double wire = 0;  // ring: all_reduce 2(W-1)/W n, reduce_scatter (W-1)/W n, all_gather (W-1) shard
+};
+// flat: the registry's flat size (ParamStore::flat_size); the plan of `rank` (only the last
+// rank's shard may be shorter).
+CommPlan plan_step(size_t flat, int world, int zero, int rank = 0);
+
 class DataParallel {
  public:
   DataParallel(dist::Communicator& comm, ParamStore<float>& ps, const OptimConfig& oc, int zero);

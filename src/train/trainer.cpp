@@ -28,6 +28,11 @@ namespace {
 std::atomic<int> g_stop_signal{0};
 extern "C" void on_stop_signal(int sig) { g_stop_signal.store(sig); }
 
+uint64_t comm_bytes(const dist::Communicator& c) {
+  const auto& s = c.stats();
+  return s.all_reduce + s.reduce_scatter + s.all_gather + s.broadcast;
+}
+
 double peak_rss_mb() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
@@ -248,6 +253,7 @@ TrainSummary Trainer::run(long stop_at) {
   Timer run_timer;
   for (long step = start_step_; step < tc.steps; ++step) {
     Timer step_timer;
+    const uint64_t comm_before = comm_bytes(*comm_);
     auto& ps = model_->params();
     ps.zero_grad();
     double loss = 0;
@@ -290,6 +296,7 @@ TrainSummary Trainer::run(long stop_at) {
     int signalled = g_stop_signal.load() != 0 ? 1 : 0;
     if (world > 1) comm_->all_reduce_max(&signalled, 1);
     bool stopping = signalled != 0 || (stop_at > 0 && done >= stop_at);
+    if (world > 1) rec["comm_bytes"] = comm_bytes(*comm_) - comm_before;  // this step's collectives
     if (last || (tc.eval_every > 0 && done % tc.eval_every == 0)) {
       double vl = evaluate();
       rec["val_loss"] = vl;
@@ -307,8 +314,11 @@ TrainSummary Trainer::run(long stop_at) {
     if (stopping) {
       sum.interrupted = true;
       if (signalled)
-        say(fmt::format("stopped by signal {} at step {}; checkpoint written, re-run to resume", g_stop_signal.load(),
-                        done));
+        say(g_stop_signal.load() != 0
+                ? fmt::format("stopped by signal {} at step {}; checkpoint written, re-run to resume",
+                              g_stop_signal.load(), done)
+                : fmt::format("stopped at step {}: another rank was signalled; checkpoint written, re-run to resume",
+                              done));
       break;
     }
   }

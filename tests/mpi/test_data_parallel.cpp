@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -131,7 +132,10 @@ class MpiTrain : public Mpi {
 
   // A small Llama (GQA) on bytes; B sequences per rank.
   static std::string train_args(const fs::path& run, int B, const std::string& extra) {
-    return "train --set model.arch=llama --set model.n_layer=2 --set model.n_embd=32 --set model.n_head=4"
+    return "train " + model_sets(run, B, extra);
+  }
+  static std::string model_sets(const fs::path& run, int B, const std::string& extra) {
+    return "--set model.arch=llama --set model.n_layer=2 --set model.n_embd=32 --set model.n_head=4"
            " --set model.n_kv_head=2 --set model.block_size=32 --set train.seq_len=32 --set train.batch_size=" +
            std::to_string(B) +
            " --set train.threads=1 --set log.progress=plain --set log.peak_tflops=1 --set train.eval_batches=2"
@@ -155,6 +159,44 @@ class MpiTrain : public Mpi {
     return v;
   }
 };
+
+// The pid of rank `rank` of the job training into `run` (0 if not found). Both ranks carry the
+// run directory on their command line; OMPI_COMM_WORLD_RANK in their environment tells them apart.
+std::string fmt_step(long step) {
+  std::string s = std::to_string(step);
+  return std::string(7 - std::min<size_t>(7, s.size()), '0') + s;
+}
+
+int rank_pid(const fs::path& run, int rank) {
+  std::string cmd = "for p in $(pgrep -f -- 'log.run_dir=" + run.string() +
+                    "'); do grep -qz '^OMPI_COMM_WORLD_RANK=" + std::to_string(rank) +
+                    "$' /proc/$p/environ 2>/dev/null && echo $p; done";
+  FILE* f = popen(cmd.c_str(), "r");
+  if (!f) return 0;
+  int pid = 0;
+  if (fscanf(f, "%d", &pid) != 1) pid = 0;
+  pclose(f);
+  return pid;
+}
+
+// Starts `mpirun -np 2 lmforge ARGS` in the background; returns mpirun's pid.
+int start_job(const std::string& args, const TempDir& t) {
+  std::string cmd = kMpirun + "2 " + LMF_BINARY + " " + args + " >" + (t / "out.txt").string() + " 2>" +
+                    (t / "err.txt").string() + " </dev/null & echo $! > " + (t / "pid").string();
+  if (std::system(cmd.c_str()) != 0) return 0;
+  return std::stoi(slurp(t / "pid"));
+}
+
+// Waits up to `limit` for `pred`.
+template <class Pred>
+bool wait_for(Pred&& pred, std::chrono::seconds limit) {
+  auto t0 = std::chrono::steady_clock::now();
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() - t0 > limit) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return true;
+}
 
 // Two ranks sum two half-batch gradients where one rank sums one whole batch: the same
 // numbers up to fp32 summation order. Each step's weights then differ by a few roundings, so
@@ -184,6 +226,17 @@ TEST_F(MpiTrain, TwoRanksEqualOneRankWithDoubleBatchForEveryZeroStage) {
     ASSERT_EQ(got_val.size(), ref_val.size());
     for (size_t i = 0; i < ref_val.size(); ++i)
       EXPECT_NEAR(got_val[i], ref_val[i], drift_tolerance(ref_val[i], 4 * int(i + 1))) << "eval " << i;
+    // Every step moved exactly the bytes `lmforge plan` predicts for rank 0.
+    auto plan = run_lmforge("plan -n 2 --zero " + std::to_string(zero) + " --set model.vocab_size=257 " +
+                                model_sets(run, 4, ""),
+                            t.path());
+    ASSERT_EQ(plan.code, 0) << plan.err;
+    auto at = plan.out.find("  total");
+    ASSERT_NE(at, std::string::npos) << plan.out;
+    const double predicted = std::stod(plan.out.substr(at + 7));
+    auto bytes = losses(run, "comm_bytes");
+    ASSERT_EQ(bytes.size(), ref.size());
+    for (size_t i = 0; i < bytes.size(); ++i) EXPECT_EQ(bytes[i], predicted) << "step " << i + 1;
     // The stages differ only in who computes which elementwise update: identical weights.
     std::string w = slurp(run / "checkpoints/step_0000008/model.safetensors");
     if (zero == 0)
@@ -224,10 +277,8 @@ TEST_F(MpiTrain, HungRankEndsTheJobWithinTheTimeout) {
   auto run = t / "run";
   // Long enough to still be running when one rank is stopped; a checkpoint every 2 steps.
   std::string args = train_args(run, 4, "--set train.steps=100000 --set checkpoint.every=2 --set dist.timeout_s=3");
-  auto out = t / "out.txt", err = t / "err.txt";
-  std::string cmd = kMpirun + "2 " + LMF_BINARY + " " + args + " >" + out.string() + " 2>" + err.string() +
-                    " </dev/null & echo $! > " + (t / "pid").string();
-  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  const int mpirun_pid = start_job(args, t);
+  ASSERT_GT(mpirun_pid, 0);
   // Wait for a checkpoint, then freeze rank 1 (SIGSTOP: it neither dies nor answers).
   auto has_checkpoint = [&] {
     std::error_code ec;
@@ -239,14 +290,7 @@ TEST_F(MpiTrain, HungRankEndsTheJobWithinTheTimeout) {
   while (!has_checkpoint() && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60))
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   ASSERT_TRUE(has_checkpoint());
-  // Both ranks match the pattern; OMPI_COMM_WORLD_RANK tells them apart.
-  std::string pids = "for p in $(pgrep -f -- 'log.run_dir=" + run.string() +
-                     "'); do grep -qz '^OMPI_COMM_WORLD_RANK=1$' /proc/$p/environ 2>/dev/null && echo $p; done";
-  FILE* f = popen(pids.c_str(), "r");
-  ASSERT_NE(f, nullptr);
-  int pid1 = 0;
-  ASSERT_EQ(fscanf(f, "%d", &pid1), 1);
-  pclose(f);
+  const int pid1 = rank_pid(run, 1);
   ASSERT_GT(pid1, 0);
   auto latest = [&] {
     std::vector<std::string> v;
@@ -258,7 +302,6 @@ TEST_F(MpiTrain, HungRankEndsTheJobWithinTheTimeout) {
   const auto stopped = std::chrono::steady_clock::now();
   ::kill(pid1, SIGSTOP);
   // mpirun must end within the timeout (3 s) plus its own teardown.
-  int mpirun_pid = std::stoi(slurp(t / "pid"));
   bool ended = false;
   while (std::chrono::steady_clock::now() - stopped < std::chrono::seconds(40)) {
     if (::kill(mpirun_pid, 0) != 0) {
@@ -272,13 +315,39 @@ TEST_F(MpiTrain, HungRankEndsTheJobWithinTheTimeout) {
   ASSERT_TRUE(ended) << "the job did not end";
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - stopped).count();
   EXPECT_LT(secs, 30.0);
-  std::string e = slurp(err);
+  std::string e = slurp(t / "err.txt");
   EXPECT_NE(e.find("lmforge: error: rank 0 of 2: "), std::string::npos) << e;
   EXPECT_NE(e.find("a rank died or hangs"), std::string::npos) << e;
   // The last complete checkpoint loads: sample from it.
   std::string ck = latest();
   auto s = run_lmforge("sample --run " + run.string() + " --prompt 'We ' -n 5", t.path());
   EXPECT_EQ(s.code, 0) << ck << ": " << s.err;
+}
+
+// Slurm signals every task, but not at the same instant: SIGTERM to one rank stops both after
+// the same step, with one checkpoint, and the job exits 0.
+TEST_F(MpiTrain, SigtermToOneRankStopsEveryRankAtTheSameStep) {
+  TempDir t;
+  auto run = t / "run";
+  const int mpirun_pid =
+      start_job(train_args(run, 4, "--set train.steps=100000 --set checkpoint.every=0 --set train.eval_every=0"), t);
+  ASSERT_GT(mpirun_pid, 0);
+  ASSERT_TRUE(wait_for([&] { return fs::exists(run / "metrics.jsonl") && fs::file_size(run / "metrics.jsonl") > 0; },
+                       std::chrono::seconds(60)));
+  const int pid1 = rank_pid(run, 1);
+  ASSERT_GT(pid1, 0);
+  ::kill(pid1, SIGTERM);
+  int status = 0;
+  ASSERT_TRUE(wait_for([&] { return ::waitpid(mpirun_pid, &status, WNOHANG) == mpirun_pid || ::kill(mpirun_pid, 0) != 0; },
+                       std::chrono::seconds(60)));
+  std::string out = slurp(t / "out.txt"), err = slurp(t / "err.txt");
+  EXPECT_NE((out + err).find("another rank was signalled; checkpoint written"), std::string::npos) << out << err;
+  auto steps = losses(run, "step");
+  ASSERT_FALSE(steps.empty());
+  const long last = long(steps.back());
+  EXPECT_LT(last, 100000);
+  EXPECT_TRUE(fs::exists(run / ("checkpoints/step_" + fmt_step(last)))) << last;
+  EXPECT_NE(out.find("trained steps 0.." + std::to_string(last) + " of 100000"), std::string::npos) << out;
 }
 
 }  // namespace
