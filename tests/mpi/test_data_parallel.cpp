@@ -324,6 +324,27 @@ TEST_F(MpiTrain, HungRankEndsTheJobWithinTheTimeout) {
   EXPECT_EQ(s.code, 0) << ck << ": " << s.err;
 }
 
+// A rank that dies (SIGKILL: no chance to say anything) ends the job: the launcher names it,
+// the other rank is stopped, and the last checkpoint is intact.
+TEST_F(MpiTrain, KilledRankEndsTheJob) {
+  TempDir t;
+  auto run = t / "run";
+  const int mpirun_pid = start_job(
+      train_args(run, 4, "--set train.steps=100000 --set checkpoint.every=50 --set dist.timeout_s=5"), t);
+  ASSERT_GT(mpirun_pid, 0);
+  ASSERT_TRUE(wait_for([&] { return fs::exists(run / "checkpoints/step_0000050"); }, std::chrono::seconds(60)));
+  const int pid1 = rank_pid(run, 1);
+  ASSERT_GT(pid1, 0);
+  const auto killed = std::chrono::steady_clock::now();
+  ::kill(pid1, SIGKILL);
+  ASSERT_TRUE(wait_for([&] { return ::kill(mpirun_pid, 0) != 0; }, std::chrono::seconds(40)));
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count(), 30.0);
+  std::string err = slurp(t / "err.txt");
+  EXPECT_NE(err.find("rank 1"), std::string::npos) << err;
+  auto s = run_lmforge("sample --run " + run.string() + " --prompt 'We ' -n 5", t.path());
+  EXPECT_EQ(s.code, 0) << s.err;
+}
+
 // Slurm signals every task, but not at the same instant: SIGTERM to one rank stops both after
 // the same step, with one checkpoint, and the job exits 0.
 TEST_F(MpiTrain, SigtermToOneRankStopsEveryRankAtTheSameStep) {
