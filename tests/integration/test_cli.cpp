@@ -85,9 +85,10 @@ class Cli : public ::testing::Test {
 TEST_F(Cli, HelpListsEveryCommand) {
   auto r = run_lmforge("--help", tmp->path());
   EXPECT_EQ(r.code, 0);
-  for (const char* c : {"train", "sample", "eval", "prepare", "bench", "plot", "config"})
-    EXPECT_NE(r.out.find(c), std::string::npos) << c;
-  for (const char* c : {"train", "sample", "eval", "prepare", "bench", "plot", "config"}) {
+  const char* commands[] = {"train", "sample", "eval", "prepare", "bench", "plot", "config", "init",
+                            "corpus", "tokenizer", "convert", "plan"};
+  for (const char* c : commands) EXPECT_NE(r.out.find(c), std::string::npos) << c;
+  for (const char* c : commands) {
     auto h = run_lmforge(std::string(c) + " --help", tmp->path());
     EXPECT_EQ(h.code, 0) << c;
     EXPECT_NE(h.out.find("--"), std::string::npos) << c;
