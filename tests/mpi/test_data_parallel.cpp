@@ -276,7 +276,7 @@ TEST_F(MpiTrain, HungRankEndsTheJobWithinTheTimeout) {
   TempDir t;
   auto run = t / "run";
   // Long enough to still be running when one rank is stopped; a checkpoint every 2 steps.
-  std::string args = train_args(run, 4, "--set train.steps=100000 --set checkpoint.every=2 --set dist.timeout_s=3");
+  std::string args = train_args(run, 4, "--set train.steps=100000 --set checkpoint.every=2 --set dist.timeout_s=8");
   const int mpirun_pid = start_job(args, t);
   ASSERT_GT(mpirun_pid, 0);
   // Wait for a checkpoint, then freeze rank 1 (SIGSTOP: it neither dies nor answers).
@@ -301,9 +301,9 @@ TEST_F(MpiTrain, HungRankEndsTheJobWithinTheTimeout) {
   };
   const auto stopped = std::chrono::steady_clock::now();
   ::kill(pid1, SIGSTOP);
-  // mpirun must end within the timeout (3 s) plus its own teardown.
+  // mpirun must end within the timeout (8 s; generous for a loaded CI machine) plus its teardown.
   bool ended = false;
-  while (std::chrono::steady_clock::now() - stopped < std::chrono::seconds(40)) {
+  while (std::chrono::steady_clock::now() - stopped < std::chrono::seconds(60)) {
     if (::kill(mpirun_pid, 0) != 0) {
       ended = true;
       break;
@@ -314,7 +314,8 @@ TEST_F(MpiTrain, HungRankEndsTheJobWithinTheTimeout) {
   ::kill(pid1, SIGKILL);
   ASSERT_TRUE(ended) << "the job did not end";
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - stopped).count();
-  EXPECT_LT(secs, 30.0);
+  EXPECT_GE(secs, 7.5) << "ended before the timeout: not by it";
+  EXPECT_LT(secs, 40.0);
   std::string e = slurp(t / "err.txt");
   EXPECT_NE(e.find("lmforge: error: rank 0 of 2: "), std::string::npos) << e;
   EXPECT_NE(e.find("a rank died or hangs"), std::string::npos) << e;
