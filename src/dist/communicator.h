@@ -39,6 +39,11 @@ class Communicator {
   // values, which it already holds at its own offset (in place).
   virtual void all_gather(float* data, const std::vector<int>& counts) = 0;
   virtual void broadcast(void* data, size_t bytes, int root) = 0;
+  // Non-blocking all-reduce (sum) in place: it starts now (and earlier started ones are given a
+  // chance to progress); finish_all() completes every started one, under the timeout. `data`
+  // must not be touched in between. Counted as all_reduce.
+  virtual void start_all_reduce_sum(float* data, size_t n) = 0;
+  virtual void finish_all() = 0;
   virtual void barrier() = 0;
   // Ends every rank of the job with exit code `code` (after this rank's message is printed).
   [[noreturn]] virtual void abort(int code) = 0;
@@ -60,6 +65,8 @@ class LocalCommunicator final : public Communicator {
   void reduce_scatter_sum(const float* in, float* out, const std::vector<int>& counts) override;
   void all_gather(float*, const std::vector<int>& counts) override;
   void broadcast(void*, size_t bytes, int) override { count(stats_.broadcast, bytes); }
+  void start_all_reduce_sum(float*, size_t n) override { count(stats_.all_reduce, n * 4); }
+  void finish_all() override {}
   void barrier() override {}
   [[noreturn]] void abort(int code) override;
 

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <numeric>
 #include <thread>
+#include <vector>
 
 #include "core/error.h"
 #include "dist/communicator.h"
@@ -80,6 +81,27 @@ class MpiCommunicator final : public Communicator {
     stats_.broadcast += bytes;
     run("broadcast", [&](MPI_Request* r) { return MPI_Ibcast(data, int(bytes), MPI_BYTE, root, MPI_COMM_WORLD, r); });
   }
+  void start_all_reduce_sum(float* data, size_t n) override {
+    stats_.all_reduce += n * 4;
+    ++stats_.calls;
+    MPI_Request req;
+    if (MPI_Iallreduce(MPI_IN_PLACE, data, int(n), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &req) != MPI_SUCCESS) {
+      std::fprintf(stderr, "lmforge: error: rank %d: MPI all_reduce failed\n", rank_);
+      abort(3);
+    }
+    pending_.push_back(req);
+    int done = 0;  // MPI progresses only inside MPI calls: let the earlier ones move
+    MPI_Testall(int(pending_.size()), pending_.data(), &done, MPI_STATUSES_IGNORE);
+  }
+  void finish_all() override {
+    if (pending_.empty()) return;
+    wait("all_reduce", [&] {
+      int done = 0;
+      MPI_Testall(int(pending_.size()), pending_.data(), &done, MPI_STATUSES_IGNORE);
+      return done != 0;
+    });
+    pending_.clear();
+  }
   void barrier() override {
     run("barrier", [&](MPI_Request* r) { return MPI_Ibarrier(MPI_COMM_WORLD, r); });
   }
@@ -100,13 +122,20 @@ class MpiCommunicator final : public Communicator {
       std::fprintf(stderr, "lmforge: error: rank %d: MPI %s failed\n", rank_, what);
       abort(3);
     }
-    using clock = std::chrono::steady_clock;
-    const auto t0 = clock::now();
-    const auto deadline = t0 + std::chrono::duration<double>(timeout_s_);
-    for (long polls = 0;; ++polls) {
+    wait(what, [&] {
       int done = 0;
       MPI_Test(&req, &done, MPI_STATUS_IGNORE);
-      if (done) return;
+      return done != 0;
+    });
+  }
+
+  // Polls `done` until it is true, or ends the job past the deadline.
+  template <class Done>
+  void wait(const char* what, Done&& done) {
+    using clock = std::chrono::steady_clock;
+    const auto deadline = clock::now() + std::chrono::duration<double>(timeout_s_);
+    for (long polls = 0;; ++polls) {
+      if (done()) return;
       // Spin briefly (collectives on a quiet job finish in microseconds), then yield the core.
       if (polls > 1000) std::this_thread::sleep_for(std::chrono::microseconds(polls > 100000 ? 1000 : 50));
       if (clock::now() > deadline) {
@@ -120,6 +149,7 @@ class MpiCommunicator final : public Communicator {
   }
 
   double timeout_s_;
+  std::vector<MPI_Request> pending_;  // started by start_all_reduce_sum
   int rank_ = 0, world_ = 1;
   bool owns_ = false;
 };

@@ -19,6 +19,7 @@ Gpt2<F>::Gpt2(const ModelConfig& cfg, bool allocate) : cfg_(cfg) {
   for (int64_t l = 0; l < L; ++l) {
     auto n = [l](const char* s) { return fmt::format("transformer.h.{}.{}", l, s); };
     typename Index::Layer li;
+    const size_t first = ps_.flat_size();
     li.ln1_w = ps_.add(n("ln_1.weight"), {C}, false);
     li.ln1_b = ps_.add(n("ln_1.bias"), {C}, false);
     li.qkv_w = ps_.add(n("attn.c_attn.weight"), {3 * C, C}, true);
@@ -32,6 +33,7 @@ Gpt2<F>::Gpt2(const ModelConfig& cfg, bool allocate) : cfg_(cfg) {
     li.fcproj_w = ps_.add(n("mlp.c_proj.weight"), {C, 4 * C}, true);
     li.fcproj_b = ps_.add(n("mlp.c_proj.bias"), {C}, false);
     idx_.layers.push_back(li);
+    block_ranges_.push_back({first, ps_.flat_size()});
   }
   idx_.lnf_w = ps_.add("transformer.ln_f.weight", {C}, false);
   idx_.lnf_b = ps_.add("transformer.ln_f.bias", {C}, false);
@@ -167,8 +169,10 @@ void Gpt2<F>::backward() {
   const int C = cfg_.n_embd, N = cur_B_ * cur_T_;
   std::fill(dres_, dres_ + size_t(N) * C, F(0));
   lnf_.backward(dres_, dlnf_, resid_[blocks_.size()], lnf_saved_, N);
-  for (auto it = tape_.rbegin(); it != tape_.rend(); ++it)
+  for (auto it = tape_.rbegin(); it != tape_.rend(); ++it) {
     it->block->backward(dres_, it->input, *it->saved, sc_, cur_B_, cur_T_);
+    if (on_block_grads_) on_block_grads_(size_t(it->block - blocks_.data()));
+  }
   ops::encoder_backward(ps_.grad(idx_.wte), ps_.grad(idx_.wpe), dres_, tokens_.data(), cur_B_, cur_T_, C);
   have_grad_ = false;
 }

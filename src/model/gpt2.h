@@ -56,6 +56,12 @@ class Gpt2 {
     std::vector<Layer> layers;
   };
   const Index& index() const { return idx_; }
+  // Block l's parameters occupy [first, second) of the flat buffer (padding included), and
+  // their gradients are final once backward() calls the hook with l (data parallelism starts
+  // reducing them then, while earlier blocks still run backward).
+  std::pair<size_t, size_t> block_param_range(size_t l) const { return block_ranges_[l]; }
+  size_t num_blocks() const { return block_ranges_.size(); }
+  void on_block_grads(std::function<void(size_t)> hook) { on_block_grads_ = std::move(hook); }
   // True for matrices that Hugging Face's GPT-2 stores transposed (Conv1D: (in, out)).
   static bool hf_transposed(const std::string& name);
 
@@ -66,6 +72,8 @@ class Gpt2 {
   ModelConfig cfg_;
   ParamStore<F> ps_;
   Index idx_;
+  std::vector<std::pair<size_t, size_t>> block_ranges_;
+  std::function<void(size_t)> on_block_grads_;
   std::vector<nn::Gpt2Block<F>> blocks_;
   nn::LayerNorm<F> lnf_;
 

@@ -25,6 +25,7 @@ Llama<F>::Llama(const ModelConfig& cfg, bool allocate) : cfg_(cfg) {
   for (int64_t l = 0; l < L; ++l) {
     auto n = [l](const char* s) { return fmt::format("model.layers.{}.{}", l, s); };
     typename Index::Layer li;
+    const size_t first = ps_.flat_size();
     // An absent bias is index kNone.
     auto bias = [&](bool on, const char* s, int64_t len) { return on ? ps_.add(n(s), {len}, false) : kNone; };
     li.attn_norm = ps_.add(n("input_layernorm.weight"), {C}, false);
@@ -44,6 +45,7 @@ Llama<F>::Llama(const ModelConfig& cfg, bool allocate) : cfg_(cfg) {
     li.down = ps_.add(n("mlp.down_proj.weight"), {C, H}, true);
     li.bdown = bias(cfg.mlp_bias, "mlp.down_proj.bias", C);
     idx_.layers.push_back(li);
+    block_ranges_.push_back({first, ps_.flat_size()});
   }
   idx_.norm = ps_.add("model.norm.weight", {C}, false);
   idx_.lm_head = cfg.tied_embeddings ? idx_.embed : ps_.add("lm_head.weight", {V, C}, true);
@@ -190,8 +192,10 @@ void Llama<F>::backward() {
   const int C = cfg_.n_embd, N = cur_B_ * cur_T_;
   std::fill(dres_, dres_ + size_t(N) * C, F(0));
   norm_.backward(dres_, dnorm_, resid_[blocks_.size()], norm_rstd_, N);
-  for (auto it = tape_.rbegin(); it != tape_.rend(); ++it)
+  for (auto it = tape_.rbegin(); it != tape_.rend(); ++it) {
     it->block->backward(dres_, it->input, *it->saved, sc_, cur_B_, cur_T_);
+    if (on_block_grads_) on_block_grads_(size_t(it->block - blocks_.data()));
+  }
   // Embedding backward: rows in order, serially (deterministic; repeated tokens add up).
   F* demb = ps_.grad(idx_.embed);
   for (int i = 0; i < N; ++i) {

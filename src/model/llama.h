@@ -3,6 +3,7 @@
 // Hugging Face's; every matrix is (out, in) in both Hugging Face and lmforge, so no transposes.
 // RMSNorm, rotary positions (interleaved or rotate-half, per config), grouped-query attention,
 // SwiGLU MLP, optional projection biases, no position table.
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -55,6 +56,12 @@ class Llama {
     std::vector<Layer> layers;
   };
   const Index& index() const { return idx_; }
+  // Block l's parameters occupy [first, second) of the flat buffer (padding included), and
+  // their gradients are final once backward() calls the hook with l (data parallelism starts
+  // reducing them then, while earlier blocks still run backward).
+  std::pair<size_t, size_t> block_param_range(size_t l) const { return block_ranges_[l]; }
+  size_t num_blocks() const { return block_ranges_.size(); }
+  void on_block_grads(std::function<void(size_t)> hook) { on_block_grads_ = std::move(hook); }
   // RoPE frequencies (head_size / 2), after rope_scaling.
   const std::vector<double>& rope_inv_freq() const { return inv_freq_; }
 
@@ -67,6 +74,8 @@ class Llama {
   std::vector<double> inv_freq_;
   ParamStore<F> ps_;
   Index idx_;
+  std::vector<std::pair<size_t, size_t>> block_ranges_;
+  std::function<void(size_t)> on_block_grads_;
   std::vector<nn::LlamaBlock<F>> blocks_;
   nn::RmsNorm<F> norm_;
 

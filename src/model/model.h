@@ -4,6 +4,7 @@
 // (Gpt2<F>, Llama<F>) stay plain templates, so tests run them in double; this interface is the
 // float instantiation behind a virtual call per forward/backward.
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -29,6 +30,11 @@ class Model {
   virtual size_t activation_bytes() const = 0;
   // True for tensors that Hugging Face stores transposed, (in, out) (GPT-2's Conv1D).
   virtual bool hf_transposed(const std::string& name) const = 0;
+  // Transformer blocks, the flat range of each one's parameters, and a hook backward() calls
+  // as soon as a block's gradients are final (see Gpt2::on_block_grads).
+  virtual size_t num_blocks() const = 0;
+  virtual std::pair<size_t, size_t> block_param_range(size_t l) const = 0;
+  virtual void on_block_grads(std::function<void(size_t)> hook) = 0;
 };
 
 // The Model of family M (Gpt2<float> or Llama<float>); impl() reaches the family's own API.
@@ -48,6 +54,9 @@ class ModelOf final : public Model {
   double flops_per_token(int T) const override { return m_.flops_per_token(T); }
   size_t activation_bytes() const override { return m_.activation_bytes(); }
   bool hf_transposed(const std::string& name) const override;
+  size_t num_blocks() const override { return m_.num_blocks(); }
+  std::pair<size_t, size_t> block_param_range(size_t l) const override { return m_.block_param_range(l); }
+  void on_block_grads(std::function<void(size_t)> hook) override { m_.on_block_grads(std::move(hook)); }
   M& impl() { return m_; }
   const M& impl() const { return m_; }
 

@@ -99,6 +99,8 @@ std::vector<Field> fields(RunConfig& c) {
        "2 = also reduce-scatter gradients"},
       {"dist", "timeout_s", &c.dist.timeout_s,
        "seconds a rank waits in a collective before ending the job (a peer died or hangs)"},
+      {"dist", "overlap", &c.dist.overlap,
+       "zero 0/1: start each block's gradient all-reduce as soon as its backward is done"},
   };
 }
 

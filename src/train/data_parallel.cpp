@@ -37,11 +37,33 @@ DataParallel::DataParallel(dist::Communicator& comm, ParamStore<float>& ps, cons
   if (zero_ == 2) gshard_.resize(size_t(shards_.counts[r]));
 }
 
+void DataParallel::overlap_with(Model& model) {
+  if (comm_.world() == 1 || zero_ >= 2 || model.num_blocks() == 0) return;
+  covered_lo_ = model.block_param_range(0).first;
+  covered_hi_ = model.block_param_range(model.num_blocks() - 1).second;
+  for (size_t l = 1; l < model.num_blocks(); ++l)
+    LMF_CHECK(model.block_param_range(l).first == model.block_param_range(l - 1).second, "blocks not adjacent");
+  overlap_ = true;
+  model.on_block_grads([this, &model](size_t l) {
+    if (!armed_) return;
+    auto [lo, hi] = model.block_param_range(l);
+    comm_.start_all_reduce_sum(ps_.grads() + lo, hi - lo);
+    started_ = true;
+  });
+}
+
 double DataParallel::sync_and_clip(double max_norm) {
   const size_t n = ps_.flat_size();
   float* g = ps_.grads();
   double sumsq;
   if (comm_.world() == 1) {
+    sumsq = ops::sum_squares(g, n);
+  } else if (started_) {
+    // The blocks' gradients are on their way; add what lies outside them, then wait for all.
+    if (covered_lo_ > 0) comm_.start_all_reduce_sum(g, covered_lo_);
+    if (covered_hi_ < n) comm_.start_all_reduce_sum(g + covered_hi_, n - covered_hi_);
+    comm_.finish_all();
+    started_ = armed_ = false;
     sumsq = ops::sum_squares(g, n);
   } else if (zero_ < 2) {
     comm_.all_reduce_sum(g, n);

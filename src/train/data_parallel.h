@@ -14,6 +14,7 @@
 
 #include "core/param_store.h"
 #include "dist/communicator.h"
+#include "model/model.h"
 #include "optim/adamw.h"
 #include "train/config.h"
 
@@ -35,6 +36,14 @@ CommPlan plan_step(size_t flat, int world, int zero, int rank = 0);
 class DataParallel {
  public:
   DataParallel(dist::Communicator& comm, ParamStore<float>& ps, const OptimConfig& oc, int zero);
+
+  // Overlap (stages 0 and 1): each block's gradients start their all-reduce as soon as the
+  // model's backward has finished that block, while earlier blocks still compute; the rest
+  // (embeddings, final norm, head) follow in sync_and_clip. The sums are elementwise, so the
+  // result is bit-identical to reducing after the backward. Call arm(true) before the backward
+  // of the last micro-batch of a step (earlier micro-batches' gradients are not final).
+  void overlap_with(Model& model);
+  void arm(bool last_micro) { armed_ = last_micro && overlap_; }
 
   // After this rank's backward (its gradients already scaled so that the sum over ranks is the
   // mean over the global batch): sums the gradients over ranks and clips them to max_norm
@@ -63,6 +72,8 @@ class DataParallel {
   dist::Sharding shards_;
   std::unique_ptr<AdamW> opt_;
   std::vector<float> gshard_;  // zero 2: this rank's summed gradient shard
+  bool overlap_ = false, armed_ = false, started_ = false;
+  size_t covered_lo_ = 0, covered_hi_ = 0;  // the blocks' part of the flat buffer
 };
 
 }  // namespace lmf

@@ -140,6 +140,7 @@ Trainer::Trainer(RunConfig cfg) : cfg_(std::move(cfg)), run_dir_(cfg_.log.run_di
   check_tokenizer_matches_data(cfg_.data.tokenizer, cfg_.data.dir);
   model_ = make_model(cfg_.model);
   dp_ = std::make_unique<DataParallel>(*comm_, model_->params(), cfg_.optim, cfg_.dist.zero);
+  if (cfg_.dist.overlap) dp_->overlap_with(*model_);
 
   if (auto ck = latest_checkpoint(run_dir_)) {
     // Resume: weights, optimizer moments, step, data position. Loaded fully before training.
@@ -253,7 +254,7 @@ TrainSummary Trainer::run(long stop_at) {
   Timer run_timer;
   for (long step = start_step_; step < tc.steps; ++step) {
     Timer step_timer;
-    const uint64_t comm_before = comm_bytes(*comm_);
+    const uint64_t comm_before = comm_bytes(*comm_), calls_before = comm_->stats().calls;
     auto& ps = model_->params();
     ps.zero_grad();
     double loss = 0;
@@ -263,6 +264,7 @@ TrainSummary Trainer::run(long stop_at) {
       else
         train_->next(x.data(), y.data());
       loss += model_->forward(x.data(), y.data(), B, T, grad_scale) / tc.grad_accum;
+      dp_->arm(micro == tc.grad_accum - 1);
       model_->backward();
     }
     comm_->all_reduce_sum(&loss, 1);
@@ -296,7 +298,10 @@ TrainSummary Trainer::run(long stop_at) {
     int signalled = g_stop_signal.load() != 0 ? 1 : 0;
     if (world > 1) comm_->all_reduce_max(&signalled, 1);
     bool stopping = signalled != 0 || (stop_at > 0 && done >= stop_at);
-    if (world > 1) rec["comm_bytes"] = comm_bytes(*comm_) - comm_before;  // this step's collectives
+    if (world > 1) {  // this step's collectives
+      rec["comm_bytes"] = comm_bytes(*comm_) - comm_before;
+      rec["comm_calls"] = comm_->stats().calls - calls_before;
+    }
     if (last || (tc.eval_every > 0 && done % tc.eval_every == 0)) {
       double vl = evaluate();
       rec["val_loss"] = vl;

@@ -211,10 +211,18 @@ TEST_F(MpiTrain, TwoRanksEqualOneRankWithDoubleBatchForEveryZeroStage) {
   auto ref = losses(one), ref_val = losses(one, "val_loss");
   ASSERT_EQ(ref.size(), 8u);
   std::string weights0;
-  for (int zero : {0, 1, 2}) {
-    SCOPED_TRACE("zero " + std::to_string(zero));
-    auto run = t / ("two_z" + std::to_string(zero));
-    auto r = run_ranks(2, train_args(run, 4, "--set dist.zero=" + std::to_string(zero)), t.path());
+  // Every stage, and stages 0 and 1 also with the all-reduce overlapped with the backward.
+  const std::vector<std::pair<int, bool>> variants = {{0, false}, {0, true}, {1, false}, {1, true}, {2, false}};
+  for (auto [zero, overlap] : variants) {
+    std::string name = "z";
+    name += std::to_string(zero);
+    if (overlap) name += "_overlap";
+    SCOPED_TRACE(name);
+    auto run = t / ("two_" + name);
+    std::string extra = "--set dist.zero=";
+    extra += std::to_string(zero);
+    extra += overlap ? " --set dist.overlap=true" : " --set dist.overlap=false";
+    auto r = run_ranks(2, train_args(run, 4, extra), t.path());
     ASSERT_EQ(r.code, 0) << r.err << r.out;
     EXPECT_NE((r.out + r.err).find("data parallel: 2 ranks (mpi), ZeRO stage " + std::to_string(zero)),
               std::string::npos)
@@ -237,9 +245,17 @@ TEST_F(MpiTrain, TwoRanksEqualOneRankWithDoubleBatchForEveryZeroStage) {
     auto bytes = losses(run, "comm_bytes");
     ASSERT_EQ(bytes.size(), ref.size());
     for (size_t i = 0; i < bytes.size(); ++i) EXPECT_EQ(bytes[i], predicted) << "step " << i + 1;
-    // The stages differ only in who computes which elementwise update: identical weights.
+    // Overlap splits the gradient all-reduce into one per block (2 here) plus the rest.
+    auto calls = losses(run, "comm_calls");
+    ASSERT_FALSE(calls.empty());
+    // Loss and stop flag, plus the gradients: one all-reduce, or with overlap one per block and
+    // one each for the parameters before the blocks (embeddings) and after (final norm, head).
+    if (zero == 0) {
+      EXPECT_EQ(calls[0], overlap ? 2 + 2 + 2 : 2 + 1);
+    }
+        // The stages differ only in who computes which elementwise update: identical weights.
     std::string w = slurp(run / "checkpoints/step_0000008/model.safetensors");
-    if (zero == 0)
+    if (weights0.empty())
       weights0 = w;
     else
       EXPECT_TRUE(w == weights0) << "weights differ from zero 0";
