@@ -1,0 +1,50 @@
+// AdamW (Loshchilov & Hutter, Algorithm 2) on the GPU: the decay term is added to the Adam step.
+// Same update as ops/cpu/adamw.cpp, fp32, bias corrections 1 / (1 - beta^t) in double on the host.
+#include <cuda_runtime.h>
+
+#include <cmath>
+
+#include "ops/cuda/cuda_util.h"
+#include "ops/cuda/launch.cuh"
+#include "ops/cuda/ops_cuda.h"
+
+namespace lmf::cuda {
+namespace {
+
+struct AdamwStep {
+  float lr, beta1, beta2, eps, wd;
+  float inv_b1c, inv_b2c;  // 1 / (1 - beta^t): bias corrections
+};
+
+__global__ void adamw_kernel(float* __restrict__ p, const float* __restrict__ g,
+                             float* __restrict__ m, float* __restrict__ v, size_t n, AdamwStep s) {
+  const size_t stride = (size_t)gridDim.x * blockDim.x;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const float gi = g[i];
+    const float mi = s.beta1 * m[i] + (1.0f - s.beta1) * gi;
+    const float vi = s.beta2 * v[i] + (1.0f - s.beta2) * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    const float mhat = mi * s.inv_b1c, vhat = vi * s.inv_b2c;
+    const float pi = p[i];
+    p[i] = pi - s.lr * (mhat / (sqrtf(vhat) + s.eps) + s.wd * pi);
+  }
+}
+
+}  // namespace
+
+void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1,
+                  float beta2, float eps, float wd, long t, cudaStream_t stream) {
+  if (n == 0) return;
+  const AdamwStep s{lr,
+                    beta1,
+                    beta2,
+                    eps,
+                    wd,
+                    (float)(1.0 / (1.0 - std::pow((double)beta1, (double)t))),
+                    (float)(1.0 / (1.0 - std::pow((double)beta2, (double)t)))};
+  adamw_kernel<<<detail::grid_for(n), detail::kThreads, 0, stream>>>(p, g, m, v, n, s);
+  LMF_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace lmf::cuda

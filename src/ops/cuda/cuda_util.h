@@ -1,0 +1,86 @@
+#pragma once
+// CUDA helpers shared by the backend's .cu files and by host code (tests): the error check and an
+// owning device buffer. Host-only; includes the runtime API, not the device headers.
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <utility>
+#include <vector>
+
+#include "core/error.h"
+
+namespace lmf::cuda {
+
+// Throws lmf::Error naming the CUDA error, the failed call and where it was made.
+[[noreturn]] void cuda_failed(cudaError_t err, const char* call, const char* file, int line);
+
+}  // namespace lmf::cuda
+
+// LMF_CUDA_CHECK(cudaMemcpy(...)): throws lmf::Error if the call returns anything but cudaSuccess.
+#define LMF_CUDA_CHECK(call)                                              \
+  do {                                                                    \
+    const cudaError_t lmf_cuda_err_ = (call);                             \
+    if (lmf_cuda_err_ != cudaSuccess)                                     \
+      ::lmf::cuda::cuda_failed(lmf_cuda_err_, #call, __FILE__, __LINE__); \
+  } while (0)
+
+// After a kernel launch: a bad launch configuration is reported by cudaGetLastError.
+#define LMF_CUDA_CHECK_LAUNCH() LMF_CUDA_CHECK(cudaGetLastError())
+
+namespace lmf::cuda {
+
+// n elements of T in device memory (cudaMalloc / cudaFree); movable, not copyable. Copies are
+// synchronous (cudaMemcpy) and so also wait for the kernels before them on the default stream.
+template <class T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t n) : n_(n) {
+    if (n > 0) LMF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&p_), n * sizeof(T)));
+  }
+  explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) {
+    copy_from_host(host.data(), host.size());
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer(DeviceBuffer&& o) noexcept
+      : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      release();
+      p_ = std::exchange(o.p_, nullptr);
+      n_ = std::exchange(o.n_, 0);
+    }
+    return *this;
+  }
+  ~DeviceBuffer() { release(); }
+
+  T* data() { return p_; }
+  const T* data() const { return p_; }
+  size_t size() const { return n_; }
+
+  void copy_from_host(const T* host, size_t n) {
+    LMF_CHECK(n <= n_, "copy of {} elements into a device buffer of {}", n, n_);
+    if (n > 0) LMF_CUDA_CHECK(cudaMemcpy(p_, host, n * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  void copy_to_host(T* host, size_t n) const {
+    LMF_CHECK(n <= n_, "copy of {} elements out of a device buffer of {}", n, n_);
+    if (n > 0) LMF_CUDA_CHECK(cudaMemcpy(host, p_, n * sizeof(T), cudaMemcpyDeviceToHost));
+  }
+  std::vector<T> to_host() const {
+    std::vector<T> h(n_);
+    copy_to_host(h.data(), n_);
+    return h;
+  }
+
+ private:
+  void release() noexcept {
+    if (p_ != nullptr) cudaFree(p_);  // an error here (e.g. a dead context) cannot be thrown
+    p_ = nullptr;
+    n_ = 0;
+  }
+  T* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+}  // namespace lmf::cuda

@@ -1,0 +1,330 @@
+// CUDA ops (ops/cuda/ops_cuda.h) against the CPU ops (ops/ops.h), the specification, in fp32 on the
+// same inputs. Every test skips without a CUDA device; in a build without CUDA only the require()
+// test runs.
+//
+// Tolerances as in tests/unit/test_ops.cpp (read its header): for each output, a bound on
+// |computed - exact| derived from fp32 epsilon and the reduction length, gamma(K) = lambda sqrt(K)
+// u. Both the GPU and the CPU result lie within that bound of the exact (double) value, so they
+// lie within twice it of each other: every tolerance here is kBoth times test_ops.cpp's.
+// Shapes are odd on purpose: C not a multiple of the warp (771, 31, 33), N not a multiple of the
+// rows per block (37), n not a multiple of the block (100003).
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "core/error.h"
+#include "ops/cuda_backend.h"
+
+TEST(CudaRuntime, RequireThrowsUserErrorWithoutDevice) {
+  if (lmf::cuda::available()) GTEST_SKIP() << "a CUDA device is present";
+  try {
+    lmf::cuda::require();
+    FAIL() << "require() did not throw";
+  } catch (const lmf::UserError& e) {
+    const std::string what = e.what();
+    EXPECT_FALSE(what.empty());
+    EXPECT_EQ(what.find('\n'), std::string::npos) << "one line: " << what;
+  }
+}
+
+#ifndef LMF_HAVE_CUDA
+
+TEST(CudaOps, Skipped) { GTEST_SKIP() << "built without CUDA"; }
+
+#else
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "core/rng.h"
+#include "ops/cuda/cuda_util.h"
+#include "ops/cuda/ops_cuda.h"
+#include "ops/ops.h"
+#include "ops/reference.h"
+
+namespace lmf {
+namespace {
+
+using Vec = std::vector<double>;
+using FVec = std::vector<float>;
+using cuda::DeviceBuffer;
+
+constexpr double kLambda = 6.0;
+constexpr double kBoth = 2.0;  // GPU and CPU each within the bound of exact
+
+struct Tol {
+  double u;
+  double gamma(double K) const { return kLambda * std::sqrt(K) * u; }
+};
+Tol tol_f32() { return Tol{std::numeric_limits<float>::epsilon()}; }
+
+// n values uniform in [lo, hi), exactly representable in float (as test_ops.cpp).
+Vec rand_vec(size_t n, uint64_t stream, double lo = -1.0, double hi = 1.0) {
+  Rng r(20240611, stream);
+  Vec v(n);
+  for (auto& x : v) x = (double)(float)(lo + (hi - lo) * r.uniform());
+  return v;
+}
+FVec to_f(const Vec& v) { return FVec(v.begin(), v.end()); }
+FVec nans(size_t n) { return FVec(n, std::numeric_limits<float>::quiet_NaN()); }
+double max_abs(const Vec& v) {
+  double m = 0;
+  for (double x : v) m = std::max(m, std::abs(x));
+  return m;
+}
+
+// GPU result against the CPU one, per-element tolerance; a NaN anywhere fails.
+void expect_close(const char* what, const FVec& gpu, const FVec& cpu, const Vec& tol) {
+  ASSERT_EQ(gpu.size(), cpu.size()) << what;
+  ASSERT_EQ(gpu.size(), tol.size()) << what;
+  double worst = 0;
+  size_t at = 0;
+  for (size_t i = 0; i < gpu.size(); ++i) {
+    const double e = std::abs((double)gpu[i] - (double)cpu[i]);
+    double ratio = std::isnan(e) ? std::numeric_limits<double>::infinity() : e / tol[i];
+    if (tol[i] == 0) ratio = e > 0 || std::isnan(e) ? std::numeric_limits<double>::infinity() : 0;
+    if (ratio > worst) {
+      worst = ratio;
+      at = i;
+    }
+  }
+  if (gpu.empty()) return;
+  EXPECT_LE(worst, 1.0) << what << ": at index " << at << " gpu " << gpu[at] << " cpu " << cpu[at]
+                        << " (|diff| " << std::abs((double)gpu[at] - (double)cpu[at]) << ", tol "
+                        << tol[at] << ")";
+}
+void expect_close(const char* what, const FVec& gpu, const FVec& cpu, double tol) {
+  expect_close(what, gpu, cpu, Vec(cpu.size(), tol));
+}
+
+#define SKIP_WITHOUT_DEVICE() \
+  if (!::lmf::cuda::available()) GTEST_SKIP() << "no CUDA device"
+
+// ---- runtime ------------------------------------------------------------------------------------
+
+TEST(CudaRuntime, CheckMacroThrowsErrorNamingTheCall) {  // needs no device
+  try {
+    LMF_CUDA_CHECK(cudaErrorInvalidValue);
+    FAIL() << "LMF_CUDA_CHECK did not throw";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("cudaErrorInvalidValue"), std::string::npos) << what;
+    EXPECT_NE(what.find("test_cuda_ops.cpp"), std::string::npos) << what;
+  }
+}
+
+TEST(CudaRuntime, RequirePassesWithDevice) {
+  SKIP_WITHOUT_DEVICE();
+  EXPECT_NO_THROW(cuda::require());
+}
+
+TEST(CudaRuntime, DeviceBufferRoundTrip) {
+  SKIP_WITHOUT_DEVICE();
+  const FVec h = to_f(rand_vec(1001, 1));
+  DeviceBuffer<float> d(h);
+  EXPECT_EQ(d.size(), h.size());
+  EXPECT_EQ(d.to_host(), h);
+  DeviceBuffer<float> moved = std::move(d);
+  EXPECT_EQ(d.data(), nullptr);
+  EXPECT_EQ(moved.to_host(), h);
+  DeviceBuffer<float> empty(0);
+  EXPECT_TRUE(empty.to_host().empty());
+}
+
+// ---- residual -----------------------------------------------------------------------------------
+
+TEST(CudaOps, Residual) {
+  SKIP_WITHOUT_DEVICE();
+  for (size_t n : {size_t(1), size_t(37), size_t(37 * 771), size_t(100003)}) {
+    SCOPED_TRACE("n = " + std::to_string(n));
+    const Vec a = rand_vec(n, 22), b = rand_vec(n, 23);
+    const FVec af = to_f(a), bf = to_f(b);
+    FVec cpu(n);
+    ops::residual_forward<float>(cpu.data(), af.data(), bf.data(), n);
+    DeviceBuffer<float> da(af), db(bf), dout(nans(n));
+    cuda::residual_forward(dout.data(), da.data(), db.data(), n);
+    expect_close("out", dout.to_host(), cpu,
+                 kBoth * tol_f32().gamma(1) * (max_abs(a) + max_abs(b)));
+    // In place, as the blocks call it (out == a).
+    cuda::residual_forward(da.data(), da.data(), db.data(), n);
+    expect_close("out (in place)", da.to_host(), cpu,
+                 kBoth * tol_f32().gamma(1) * (max_abs(a) + max_abs(b)));
+  }
+}
+
+// ---- gelu ---------------------------------------------------------------------------------------
+
+TEST(CudaOps, Gelu) {
+  SKIP_WITHOUT_DEVICE();
+  const Tol t = tol_f32();
+  for (size_t n : {size_t(1), size_t(37), size_t(37 * 771), size_t(100003)}) {
+    SCOPED_TRACE("n = " + std::to_string(n));
+    const Vec x = rand_vec(n, 20, -6.0, 6.0), dout = rand_vec(n, 21);
+    const FVec xf = to_f(x), doutf = to_f(dout);
+    FVec out_c(n), dinp_c(n);
+    ops::gelu_forward<float>(out_c.data(), xf.data(), n);
+    ops::gelu_backward<float>(dinp_c.data(), xf.data(), doutf.data(), n);
+    Vec out_r(n);
+    ops::ref::gelu_forward(out_r.data(), x.data(), n);
+
+    DeviceBuffer<float> dx(xf), ddout(doutf), dout_g(nans(n)), ddinp(nans(n));
+    cuda::gelu_forward(dout_g.data(), dx.data(), n);
+    cuda::gelu_backward(ddinp.data(), dx.data(), ddout.data(), n);
+
+    // Per-element bounds of test_ops.cpp check_gelu: tanh (16 roundings) and its condition.
+    Vec tol_out(n), tol_dinp(n);
+    const double sq = 0.7978845608028654, a = 0.044715;
+    for (size_t i = 0; i < n; ++i) {
+      const double xi = std::abs(x[i]), u = sq * (xi + a * xi * xi * xi), th = std::tanh(u);
+      const double sech2 = 1 - th * th, dudx = sq * (1 + 3 * a * xi * xi);
+      const double dth = t.gamma(16) * (1 + u * sech2);
+      tol_out[i] = kBoth * (0.5 * xi * dth + t.gamma(4) * std::abs(out_r[i]));
+      tol_dinp[i] =
+          kBoth * std::abs(dout[i]) *
+          (dth * (0.5 + xi * dudx * std::abs(th)) + t.gamma(8) * (1 + 0.5 * xi * sech2 * dudx));
+    }
+    expect_close("out", dout_g.to_host(), out_c, tol_out);
+    expect_close("dinp", ddinp.to_host(), dinp_c, tol_dinp);
+    // In place, as gpt2_block calls it (dinp == dout).
+    cuda::gelu_backward(ddout.data(), dx.data(), ddout.data(), n);
+    expect_close("dinp (in place)", ddout.to_host(), dinp_c, tol_dinp);
+  }
+}
+
+// ---- layernorm ----------------------------------------------------------------------------------
+
+void check_layernorm(int N, int C) {
+  SCOPED_TRACE("N = " + std::to_string(N) + ", C = " + std::to_string(C));
+  const Tol t = tol_f32();
+  const size_t NC = (size_t)N * C;
+  // Inputs centred at 2, as for a residual stream (test_ops.cpp).
+  const Vec x = rand_vec(NC, 13, 1.0, 3.0), w = rand_vec(C, 14), b = rand_vec(C, 15),
+            dout = rand_vec(NC, 16), dinp0 = rand_vec(NC, 17), dw0 = rand_vec(C, 18),
+            db0 = rand_vec(C, 19);
+  const FVec xf = to_f(x), wf = to_f(w), bf = to_f(b), doutf = to_f(dout);
+
+  // Exact (double) forward: only for the bounds.
+  Vec out_r(NC), mean_r(N), rstd_r(N);
+  ops::ref::layernorm_forward(out_r.data(), mean_r.data(), rstd_r.data(), x.data(), w.data(),
+                              b.data(), N, C);
+  // CPU, the specification.
+  FVec out_c(NC), mean_c(N), rstd_c(N);
+  ops::layernorm_forward<float>(out_c.data(), mean_c.data(), rstd_c.data(), xf.data(), wf.data(),
+                                bf.data(), N, C);
+  FVec dinp_c = to_f(dinp0), dw_c = to_f(dw0), db_c = to_f(db0);
+  ops::layernorm_backward<float>(dinp_c.data(), dw_c.data(), db_c.data(), doutf.data(), xf.data(),
+                                 wf.data(), mean_c.data(), rstd_c.data(), N, C);
+  // GPU: outputs that must be assigned start as NaN, gradients start from dinp0, dw0, db0.
+  DeviceBuffer<float> dx(xf), dwt(wf), dbias(bf), ddout(doutf), dout_g(nans(NC)), dmean(nans(N)),
+      drstd(nans(N));
+  cuda::layernorm_forward(dout_g.data(), dmean.data(), drstd.data(), dx.data(), dwt.data(),
+                          dbias.data(), N, C);
+  DeviceBuffer<float> ddinp(to_f(dinp0)), ddw(to_f(dw0)), ddb(to_f(db0));
+  cuda::layernorm_backward(ddinp.data(), ddw.data(), ddb.data(), ddout.data(), dx.data(),
+                           dwt.data(), dmean.data(), drstd.data(), N, C);
+
+  // Bounds of test_ops.cpp check_layernorm, derivations there.
+  const double X = max_abs(x), W = max_abs(w), Bm = max_abs(b), G = max_abs(dout),
+               r = max_abs(rstd_r);
+  double nu = 0;
+  for (int i = 0; i < N; ++i)
+    for (int c = 0; c < C; ++c)
+      nu = std::max(nu, std::abs(x[(size_t)i * C + c] - mean_r[i]) * rstd_r[i]);
+  const double tol_mean = t.gamma(C) * X, tol_rstd = r * (0.5 * t.gamma(C) * nu * nu + t.gamma(4));
+  const double dnorm = t.gamma(C) * (X * r + 0.5 * nu * nu * nu) + t.gamma(4) * nu;
+  expect_close("mean", dmean.to_host(), mean_c, kBoth * tol_mean);
+  expect_close("rstd", drstd.to_host(), rstd_c, kBoth * tol_rstd);
+  expect_close("out", dout_g.to_host(), out_c, kBoth * (W * dnorm + t.gamma(3) * (nu * W + Bm)));
+
+  const double g = W * G, bracket = g * (2 + nu * nu);
+  const double tol_dinp = r * (t.gamma(C) * g * (1 + nu * nu) + 2 * nu * g * dnorm +
+                               bracket * (0.5 * t.gamma(C) * nu * nu + t.gamma(4))) +
+                          t.gamma(1) * (max_abs(dinp0) + r * bracket);
+  expect_close("dinp", ddinp.to_host(), dinp_c, kBoth * tol_dinp);
+  expect_close("dw", ddw.to_host(), dw_c,
+               kBoth * (t.gamma(N + 1) * (N * nu * G + max_abs(dw0)) + N * G * dnorm));
+  expect_close("db", ddb.to_host(), db_c, kBoth * t.gamma(N + 1) * (N * G + max_abs(db0)));
+
+  // Deterministic: the same backward again gives the same bits.
+  DeviceBuffer<float> ddinp2(to_f(dinp0)), ddw2(to_f(dw0)), ddb2(to_f(db0));
+  cuda::layernorm_backward(ddinp2.data(), ddw2.data(), ddb2.data(), ddout.data(), dx.data(),
+                           dwt.data(), dmean.data(), drstd.data(), N, C);
+  EXPECT_EQ(ddinp2.to_host(), ddinp.to_host());
+  EXPECT_EQ(ddw2.to_host(), ddw.to_host());
+  EXPECT_EQ(ddb2.to_host(), ddb.to_host());
+}
+
+TEST(CudaOps, Layernorm) {
+  SKIP_WITHOUT_DEVICE();
+  check_layernorm(37, 771);
+  check_layernorm(37, 768);
+  check_layernorm(1, 1);
+  check_layernorm(5, 31);
+  check_layernorm(33, 33);
+  check_layernorm(130, 96);
+  check_layernorm(1031, 64);  // N past the 32 row lanes of the parameter-gradient kernel
+}
+
+// ---- adamw --------------------------------------------------------------------------------------
+
+void check_adamw(size_t n, long step) {
+  SCOPED_TRACE("n = " + std::to_string(n) + ", step = " + std::to_string(step));
+  const Tol t = tol_f32();
+  const float lr = 1e-3f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f;
+  const Vec p = rand_vec(n, 31), g = rand_vec(n, 32), m = rand_vec(n, 33, -0.1, 0.1),
+            v = rand_vec(n, 34, 0.0, 0.01);
+  Vec p_r = p, m_r = m, v_r = v;  // exact, for the bounds
+  ops::ref::adamw_update<double>(p_r.data(), g.data(), m_r.data(), v_r.data(), n, lr, b1, b2, eps,
+                                 wd, step);
+  FVec p_c = to_f(p), g_c = to_f(g), m_c = to_f(m), v_c = to_f(v);
+  DeviceBuffer<float> dp(p_c), dg(g_c), dm(m_c), dv(v_c);
+  ops::adamw_update(p_c.data(), g_c.data(), m_c.data(), v_c.data(), n, lr, b1, b2, eps, wd, step);
+  cuda::adamw_update(dp.data(), dg.data(), dm.data(), dv.data(), n, lr, b1, b2, eps, wd, step);
+
+  Vec tol_p(n), tol_m(n), tol_v(n);
+  const double b1c = 1 - std::pow((double)b1, step), b2c = 1 - std::pow((double)b2, step);
+  for (size_t i = 0; i < n; ++i) {
+    tol_m[i] = kBoth * t.gamma(3) * (b1 * std::abs(m[i]) + (1 - b1) * std::abs(g[i]));
+    tol_v[i] = kBoth * t.gamma(4) * (b2 * v[i] + (1 - b2) * g[i] * g[i]);
+    const double step_mag = std::abs(m_r[i] / b1c) / (std::sqrt(v_r[i] / b2c) + eps);
+    tol_p[i] = kBoth * t.gamma(12) * (std::abs(p[i]) + lr * (step_mag + wd * std::abs(p[i])));
+  }
+  expect_close("m", dm.to_host(), m_c, tol_m);
+  expect_close("v", dv.to_host(), v_c, tol_v);
+  expect_close("p", dp.to_host(), p_c, tol_p);
+  EXPECT_EQ(dg.to_host(), g_c);  // the gradient is read-only
+}
+
+TEST(CudaOps, Adamw) {
+  SKIP_WITHOUT_DEVICE();
+  check_adamw(1, 1);
+  check_adamw(37, 1);
+  check_adamw(100003, 1);
+  check_adamw(100003, 1000);
+}
+
+// ---- a non-default stream -----------------------------------------------------------------------
+
+TEST(CudaOps, RunsOnAStream) {
+  SKIP_WITHOUT_DEVICE();
+  const size_t n = 4099;
+  const FVec a = to_f(rand_vec(n, 40)), b = to_f(rand_vec(n, 41));
+  FVec cpu(n);
+  ops::residual_forward<float>(cpu.data(), a.data(), b.data(), n);
+  cudaStream_t s = nullptr;
+  LMF_CUDA_CHECK(cudaStreamCreate(&s));
+  DeviceBuffer<float> da(a), db(b), dout(nans(n));
+  cuda::residual_forward(dout.data(), da.data(), db.data(), n, s);
+  LMF_CUDA_CHECK(cudaStreamSynchronize(s));
+  LMF_CUDA_CHECK(cudaStreamDestroy(s));
+  expect_close("out", dout.to_host(), cpu, kBoth * tol_f32().gamma(1) * 2.0);
+}
+
+}  // namespace
+}  // namespace lmf
+
+#endif  // LMF_HAVE_CUDA
