@@ -442,6 +442,11 @@ void save_hf(const Model& model, const fs::path& dir, const HfExportOptions& opt
       write_file_atomic(tmp / kIndex,
                         json{{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}}.dump(2) + "\n");
     write_file_atomic(tmp / kConfig, config_json(model.config(), opt).dump(2) + "\n");
+    // save_pretrained writes the generation defaults beside the config; generate() reads them.
+    json gen = {{"_from_model_config", true}, {"transformers_version", "4.46.0"}};
+    if (opt.bos_token_id >= 0) gen["bos_token_id"] = opt.bos_token_id;
+    if (opt.eos_token_id >= 0) gen["eos_token_id"] = opt.eos_token_id;
+    write_file_atomic(tmp / "generation_config.json", gen.dump(2) + "\n");
     if (!opt.tokenizer_json.empty()) write_file_atomic(tmp / "tokenizer.json", read_file(opt.tokenizer_json));
     fs::remove(dir, ec);  // an empty directory, or nothing
     fs::rename(tmp, dir, ec);

@@ -171,6 +171,8 @@ TEST(ConvertHf, ImportSampleExportReimport) {
   EXPECT_EQ(cfg["torch_dtype"], "bfloat16");
   EXPECT_EQ(cfg["model_type"], "gpt2");
   EXPECT_EQ(cfg["eos_token_id"], 299);
+  auto gen = nlohmann::json::parse(slurp(sh / "generation_config.json"));
+  EXPECT_EQ(gen["eos_token_id"], 299);
   ASSERT_EQ(run_lmforge("convert --from hf " + sh.string() + " --output " + (t / "back16").string(), t.path()).code, 0);
   // Bad input: an existing export target is left alone; an unsupported config is named.
   write_file(t / "busy/keep.txt", "mine");
