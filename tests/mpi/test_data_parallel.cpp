@@ -3,7 +3,7 @@
 //   - the collectives, run by this same binary re-launched under mpirun;
 //   - 2 ranks with batch B follow 1 rank with batch 2B step by step (fp32 summation order
 //     apart), for ZeRO stages 0, 1 and 2, and the three stages give bit-identical weights;
-//   - a run stopped on 2 ranks resumes on 1, and one stopped on 1 resumes on 2, continuing
+//   - runs stopped on 2 ranks resume on 1 and on 4, and one stopped on 1 resumes on 2, continuing
 //     the uninterrupted run's losses;
 //   - a rank that hangs ends the job within [dist] timeout_s, with one line naming the rank,
 //     and the last checkpoint stays intact.
@@ -279,7 +279,12 @@ TEST_F(MpiTrain, ResumeAcrossWorldSizes) {
   ASSERT_EQ(run_lmforge(train_args(b, 8, "--stop-at 4"), t.path()).code, 0);
   auto r = run_ranks(2, train_args(b, 4, "--set dist.zero=1"), t.path());
   ASSERT_EQ(r.code, 0) << r.err;
-  for (const auto& run : {a, b}) {
+  // 2 ranks (ZeRO 2) to step 4, then 4 ranks (ZeRO 1, batch 2 each) to 8.
+  auto c = t / "two_then_four";
+  ASSERT_EQ(run_ranks(2, train_args(c, 4, "--set dist.zero=2 --stop-at 4"), t.path()).code, 0);
+  auto r4 = run_ranks(4, train_args(c, 2, "--set dist.zero=1"), t.path());
+  ASSERT_EQ(r4.code, 0) << r4.err;
+  for (const auto& run : {a, b, c}) {
     SCOPED_TRACE(run.filename().string());
     auto got = losses(run);
     ASSERT_EQ(got.size(), ref.size());
