@@ -170,10 +170,7 @@ double Llama<F>::forward(const int32_t* tokens, const int32_t* targets, int B, i
   const int C = cfg_.n_embd, V = cfg_.vocab_size, N = B * T;
   lm_head::check_tokens(tokens, N, V);
   std::memcpy(tokens_.data(), tokens, sizeof(int32_t) * N);
-  const F* emb = ps_.param(idx_.embed);
-#pragma omp parallel for schedule(static)
-  for (int i = 0; i < N; ++i)
-    std::memcpy(resid_[0] + size_t(i) * C, emb + size_t(tokens_.data()[i]) * C, sizeof(F) * C);
+  ops::encoder_forward<F>(resid_[0], tokens_.data(), ps_.param(idx_.embed), nullptr, B, T, C);
   tape_.clear();
   for (size_t l = 0; l < blocks_.size(); ++l) {
     blocks_[l].forward(resid_[l + 1], resid_[l], saved_[l], sc_, B, T);
@@ -196,13 +193,7 @@ void Llama<F>::backward() {
     it->block->backward(dres_, it->input, *it->saved, sc_, cur_B_, cur_T_);
     if (on_block_grads_) on_block_grads_(size_t(it->block - blocks_.data()));
   }
-  // Embedding backward: rows in order, serially (deterministic; repeated tokens add up).
-  F* demb = ps_.grad(idx_.embed);
-  for (int i = 0; i < N; ++i) {
-    F* d = demb + size_t(tokens_.data()[i]) * C;
-    const F* g = dres_ + size_t(i) * C;
-    for (int c = 0; c < C; ++c) d[c] += g[c];
-  }
+  ops::encoder_backward<F>(ps_.grad(idx_.embed), nullptr, dres_, tokens_.data(), cur_B_, cur_T_, C);
   have_grad_ = false;
 }
 

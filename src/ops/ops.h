@@ -23,10 +23,12 @@ void matmul_backward(F* dinp, F* dw, F* dbias, const F* dout, const F* inp, cons
                      int OC);
 
 // out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]
-// out (B, T, C); tokens (B, T); wte (V, C); wpe (maxT, C).
+// out (B, T, C); tokens (B, T); wte (V, C); wpe (maxT, C), or nullptr for models without a
+// position table (RoPE): then out is the token rows alone.
 template <class F>
 void encoder_forward(F* out, const int32_t* tokens, const F* wte, const F* wpe, int B, int T, int C);
-// dwte[tokens[b,t]] += dout[b,t]; dwpe[t] += sum_b dout[b,t]. Deterministic (no atomics).
+// dwte[tokens[b,t]] += dout[b,t]; dwpe[t] += sum_b dout[b,t] (dwpe nullptr: no position table).
+// Deterministic (no atomics): each dwte element sums in token order.
 template <class F>
 void encoder_backward(F* dwte, F* dwpe, const F* dout, const int32_t* tokens, int B, int T, int C);
 

@@ -57,7 +57,7 @@ void encoder_forward(T* out, const int32_t* tokens, const T* wte, const T* wpe, 
     for (int t = 0; t < T_; ++t)
       for (int c = 0; c < C; ++c) {
         const size_t bt = (size_t)b * T_ + t;
-        out[bt * C + c] = wte[(size_t)tokens[bt] * C + c] + wpe[(size_t)t * C + c];
+        out[bt * C + c] = wte[(size_t)tokens[bt] * C + c] + (wpe ? wpe[(size_t)t * C + c] : T(0));
       }
 }
 
@@ -69,7 +69,7 @@ void encoder_backward(T* dwte, T* dwpe, const T* dout, const int32_t* tokens, in
       for (int c = 0; c < C; ++c) {
         const size_t bt = (size_t)b * T_ + t;
         dwte[(size_t)tokens[bt] * C + c] += dout[bt * C + c];
-        dwpe[(size_t)t * C + c] += dout[bt * C + c];
+        if (dwpe) dwpe[(size_t)t * C + c] += dout[bt * C + c];
       }
 }
 

@@ -136,27 +136,28 @@ void check_matmul(const Shape& s) {
   }
 }
 
-// ---- encoder: out = wte[tokens] + wpe[t]
+// ---- encoder: out = wte[tokens] + wpe[t]; shape (B, T, C, V, no position table)
 // ----------------------------------------------------------
 template <class T>
 void check_encoder(const Shape& s) {
   const int B = s[0], T_ = s[1], C = s[2], V = s[3];
+  const bool no_pos = s.size() > 4 && s[4] != 0;  // RoPE models: token rows alone
   const Tol t = tol_for<T>();
   const auto tokens = rand_tokens((size_t)B * T_, V, 7);
   const Vec wte = rand_vec((size_t)V * C, 8), wpe = rand_vec((size_t)T_ * C, 9),
             dout = rand_vec((size_t)B * T_ * C, 10), dwte0 = rand_vec(wte.size(), 11),
             dwpe0 = rand_vec(wpe.size(), 12);
   Vec out_r((size_t)B * T_ * C);
-  ref::encoder_forward(out_r.data(), tokens.data(), wte.data(), wpe.data(), B, T_, C);
+  ref::encoder_forward(out_r.data(), tokens.data(), wte.data(), no_pos ? nullptr : wpe.data(), B, T_, C);
   auto wte_t = cast<T>(wte), wpe_t = cast<T>(wpe), dout_t = cast<T>(dout);
   auto out_t = nans<T>(out_r.size());
-  encoder_forward<T>(out_t.data(), tokens.data(), wte_t.data(), wpe_t.data(), B, T_, C);
+  encoder_forward<T>(out_t.data(), tokens.data(), wte_t.data(), no_pos ? nullptr : wpe_t.data(), B, T_, C);
   expect_close("out", out_t, out_r, t.gamma(2) * (max_abs(wte) + max_abs(wpe)));
 
   Vec dwte_r = dwte0, dwpe_r = dwpe0;
-  ref::encoder_backward(dwte_r.data(), dwpe_r.data(), dout.data(), tokens.data(), B, T_, C);
+  ref::encoder_backward(dwte_r.data(), no_pos ? nullptr : dwpe_r.data(), dout.data(), tokens.data(), B, T_, C);
   auto dwte_t = cast<T>(dwte0), dwpe_t = cast<T>(dwpe0);
-  encoder_backward<T>(dwte_t.data(), dwpe_t.data(), dout_t.data(), tokens.data(), B, T_, C);
+  encoder_backward<T>(dwte_t.data(), no_pos ? nullptr : dwpe_t.data(), dout_t.data(), tokens.data(), B, T_, C);
   const double G = max_abs(dout);
   // A token's row sums as many gradients as the token occurs; a position's row sums B.
   std::vector<int> count(V, 0);
@@ -756,6 +757,8 @@ const std::vector<OpCase> kCases = {
     {"encoder", {3, 33, 32, 1000}},
     {"encoder", {4, 130, 96, 50}},
     {"encoder", {2, 8, 130, 3}},
+    {"encoder", {1, 1, 1, 1, 1}},
+    {"encoder", {3, 33, 32, 1000, 1}},  // no position table (RoPE models)
     {"layernorm", {1, 1}},
     {"layernorm", {31, 32}},
     {"layernorm", {33, 31}},

@@ -45,6 +45,10 @@ void encoder_forward(T* out, const int32_t* tokens, const T* wte, const T* wpe, 
   for (long bt = 0; bt < BT; ++bt) {
     const int t = (int)(bt % T_);
     const T* e = wte + (size_t)tokens[bt] * C;
+    if (!wpe) {
+      std::copy(e, e + C, out + bt * C);
+      continue;
+    }
     const T* p = wpe + (size_t)t * C;
     if constexpr (std::is_same_v<T, float>) {
       add_row_f32(out + bt * C, e, p, C);
@@ -58,9 +62,11 @@ template <class T>
 void encoder_backward(T* dwte, T* dwpe, const T* dout, const int32_t* tokens, int B, int T_,
                       int C) {
   // dwpe[t] += sum_b dout[b, t]: positions are disjoint across threads; b in order.
+  if (dwpe) {
 #pragma omp parallel for schedule(static)
-  for (int t = 0; t < T_; ++t)
-    for (int b = 0; b < B; ++b) acc_any(dwpe + (size_t)t * C, dout + ((size_t)b * T_ + t) * C, C);
+    for (int t = 0; t < T_; ++t)
+      for (int b = 0; b < B; ++b) acc_any(dwpe + (size_t)t * C, dout + ((size_t)b * T_ + t) * C, C);
+  }
 
   // dwte: a token may repeat, so rows of dwte are not owned by one (b, t). Instead each thread
   // owns a block of channels and walks all tokens in order: no atomics, and every element's sum
