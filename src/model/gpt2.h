@@ -9,6 +9,7 @@
 #include "core/param_store.h"
 #include "model/model_config.h"
 #include "nn/gpt2_block.h"
+#include "nn/tape.h"
 
 namespace lmf {
 
@@ -92,13 +93,7 @@ class Gpt2 {
   F* losses_ = nullptr;    // (N)
   F* dloss_ = nullptr;     // (N)
 
-  // The forward record that backward walks in reverse: which block ran with which slot.
-  struct TapeEntry {
-    const nn::Gpt2Block<F>* block;
-    typename nn::Gpt2Block<F>::Saved* saved;
-    const F* input;
-  };
-  std::vector<TapeEntry> tape_;
+  nn::Tape<F, nn::Gpt2Block<F>> tape_;
   bool have_grad_ = false;
 };
 

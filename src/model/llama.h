@@ -11,6 +11,7 @@
 #include "core/param_store.h"
 #include "model/model_config.h"
 #include "nn/llama_block.h"
+#include "nn/tape.h"
 
 namespace lmf {
 
@@ -92,12 +93,7 @@ class Llama {
   F* losses_ = nullptr;     // (N)
   F* dloss_ = nullptr;      // (N)
 
-  struct TapeEntry {
-    const nn::LlamaBlock<F>* block;
-    typename nn::LlamaBlock<F>::Saved* saved;
-    const F* input;
-  };
-  std::vector<TapeEntry> tape_;
+  nn::Tape<F, nn::LlamaBlock<F>> tape_;
   bool have_grad_ = false;
 };
 
