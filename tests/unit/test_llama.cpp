@@ -81,25 +81,10 @@ TEST(Llama, FiniteDifferenceGradientBiasesMqaLlama3Rope) {
 
 TEST(Llama, FloatMatchesDouble) {
   for (bool tied : {true, false}) {
-    const int B = 3, T = 7;
+    SCOPED_TRACE(tied ? "tied" : "untied");
     Llama<double> md(tiny(tied, false));
     Llama<float> mf(tiny(tied, false));
-    test::randomise(md, 5);
-    test::randomise(mf, 5);
-    test::Batch b = test::random_batch(B, T, 11, 6);
-    double ld = md.forward(b.x.data(), b.y.data(), B, T, 1.0 / (B * T));
-    double lf = mf.forward(b.x.data(), b.y.data(), B, T, 1.0 / (B * T));
-    md.backward();
-    mf.backward();
-    EXPECT_NEAR(lf, ld, 1e-5 * ld);
-    const auto& pd = md.params();
-    const auto& pf = mf.params();
-    double gmax = 0, dmax = 0;
-    for (size_t k = 0; k < pd.flat_size(); ++k) {
-      gmax = std::max(gmax, std::abs(pd.grads()[k]));
-      dmax = std::max(dmax, std::abs(pd.grads()[k] - double(pf.grads()[k])));
-    }
-    EXPECT_LT(dmax, 1e-4 * gmax) << "tied " << tied;
+    test::expect_float_matches_double(mf, md, 3, 7, 11);
   }
 }
 

@@ -37,27 +37,9 @@ TEST(Gpt2, FiniteDifferenceGradientTied) { gradcheck(true); }
 TEST(Gpt2, FiniteDifferenceGradientUntied) { gradcheck(false); }
 
 TEST(Gpt2, FloatMatchesDouble) {
-  const int B = 3, T = 7;
   Gpt2<double> md(tiny());
   Gpt2<float> mf(tiny());
-  test::randomise(md, 5);
-  test::randomise(mf, 5);
-  test::Batch b = test::random_batch(B, T, 11, 6);
-  double ld = md.forward(b.x.data(), b.y.data(), B, T, 1.0 / (B * T));
-  double lf = mf.forward(b.x.data(), b.y.data(), B, T, 1.0 / (B * T));
-  md.backward();
-  mf.backward();
-  // float's relative rounding (6e-8) grows with depth and reductions of length <= 4C = 32:
-  // 1e-5 relative leaves two orders of magnitude of margin.
-  EXPECT_NEAR(lf, ld, 1e-5 * ld);
-  const auto& pd = md.params();
-  const auto& pf = mf.params();
-  double gmax = 0, dmax = 0;
-  for (size_t k = 0; k < pd.flat_size(); ++k) {
-    gmax = std::max(gmax, std::abs(pd.grads()[k]));
-    dmax = std::max(dmax, std::abs(pd.grads()[k] - double(pf.grads()[k])));
-  }
-  EXPECT_LT(dmax, 1e-4 * gmax);
+  test::expect_float_matches_double(mf, md, 3, 7, 11);
 }
 
 TEST(Gpt2, InitStatisticsAndThreadIndependence) {
