@@ -6,8 +6,12 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <string>
+#include <vector>
+
+#include "core/error.h"
 
 namespace lmf::test {
 
@@ -52,6 +56,23 @@ inline void write_file(const std::filesystem::path& p, const std::string& conten
   std::ofstream f(p, std::ios::binary);
   f << content;
   ASSERT_TRUE(f.good()) << p;
+}
+
+// Runs fn, which must throw UserError whose one-line message contains every one of `parts`.
+inline void expect_user_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
+  try {
+    fn();
+  } catch (const UserError& e) {
+    std::string msg = e.what();
+    for (const auto& p : parts)
+      EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << "one line: " << msg;
+    return;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "expected UserError, got: " << e.what();
+    return;
+  }
+  ADD_FAILURE() << "expected UserError, nothing thrown";
 }
 
 }  // namespace lmf::test

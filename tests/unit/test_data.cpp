@@ -35,22 +35,7 @@ void poke(const fs::path& p, size_t offset, unsigned char v) {
   f.put(static_cast<char>(v));
 }
 
-// Runs fn, which must throw UserError whose message contains every one of `parts`.
-void expect_user_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const UserError& e) {
-    std::string msg = e.what();
-    for (const auto& p : parts)
-      EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << "one line: " << msg;
-    return;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected UserError, got: " << e.what();
-    return;
-  }
-  ADD_FAILURE() << "expected UserError, nothing thrown";
-}
+using test::expect_user_error;
 
 std::vector<int32_t> read_all(const Shard& s) {
   std::vector<int32_t> v(s.size());

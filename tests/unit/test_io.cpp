@@ -53,18 +53,9 @@ std::string st_bytes(const std::string& header, const std::string& data,
   return s + header + data;
 }
 
-// Expects `fn` to throw a UserError whose message names `file` and contains `what`.
-template <class Fn>
-void expect_user_error(Fn&& fn, const std::string& file, const std::string& what) {
-  try {
-    fn();
-    ADD_FAILURE() << "no UserError; expected one containing '" << what << "'";
-  } catch (const UserError& e) {
-    const std::string msg = e.what();
-    EXPECT_NE(msg.find(file), std::string::npos) << msg;
-    EXPECT_NE(msg.find(what), std::string::npos) << msg;
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << "one line: " << msg;
-  }
+// Expects `fn` to throw a one-line UserError whose message names `file` and contains `what`.
+void expect_user_error(const std::function<void()>& fn, const std::string& file, const std::string& what) {
+  test::expect_user_error(fn, {file, what});
 }
 
 // ----------------------------------------------------------------------------------------------

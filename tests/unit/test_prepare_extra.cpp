@@ -54,22 +54,7 @@ std::string zstd(const std::string& s) {
   return out;
 }
 
-// Runs fn, which must throw UserError whose one-line message contains every one of `parts`.
-void expect_user_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const UserError& e) {
-    std::string msg = e.what();
-    for (const auto& p : parts)
-      EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << "one line: " << msg;
-    return;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected UserError, got: " << e.what();
-    return;
-  }
-  ADD_FAILURE() << "expected UserError, nothing thrown";
-}
+using test::expect_user_error;
 
 std::vector<std::string> files_in(const fs::path& dir) {
   std::vector<std::string> names;
