@@ -6,6 +6,7 @@
 #include <cstddef>
 
 #include "ops/cpu/simd.h"
+#include "ops/adamw_step.h"
 #include "ops/ops.h"
 
 namespace lmf::ops {
@@ -14,11 +15,6 @@ namespace {
 constexpr size_t kChunk = 1 << 14;  // elements per parallel chunk
 constexpr int kMaxThreads = 256;    // sum_squares partials live on the stack
 constexpr int kLanes = 16;          // fixed accumulator count: same sum order on every ISA
-
-struct AdamwStep {
-  float lr, beta1, beta2, eps, wd;
-  float inv_b1c, inv_b2c;  // 1 / (1 - beta^t): bias corrections
-};
 
 // Loshchilov & Hutter, "Decoupled weight decay regularization", Algorithm 2: the decay term is
 // added to the Adam step, not to the gradient. p, g, m, v (n).
@@ -60,13 +56,7 @@ LMF_CLONES void scale_chunk_f32(float* x, float s, size_t n) {
 
 void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1,
                   float beta2, float eps, float wd, long t) {
-  const AdamwStep s{lr,
-                    beta1,
-                    beta2,
-                    eps,
-                    wd,
-                    (float)(1.0 / (1.0 - std::pow((double)beta1, (double)t))),
-                    (float)(1.0 / (1.0 - std::pow((double)beta2, (double)t)))};
+  const AdamwStep s = AdamwStep::at(lr, beta1, beta2, eps, wd, t);
   const long nchunks = (long)((n + kChunk - 1) / kChunk);
 #pragma omp parallel for schedule(static)
   for (long k = 0; k < nchunks; ++k) {

@@ -2,8 +2,7 @@
 // Same update as ops/cpu/adamw.cpp, fp32, bias corrections 1 / (1 - beta^t) in double on the host.
 #include <cuda_runtime.h>
 
-#include <cmath>
-
+#include "ops/adamw_step.h"
 #include "ops/cuda/cuda_util.h"
 #include "ops/cuda/launch.cuh"
 #include "ops/cuda/ops_cuda.h"
@@ -11,10 +10,7 @@
 namespace lmf::cuda {
 namespace {
 
-struct AdamwStep {
-  float lr, beta1, beta2, eps, wd;
-  float inv_b1c, inv_b2c;  // 1 / (1 - beta^t): bias corrections
-};
+using ops::AdamwStep;
 
 __global__ void adamw_kernel(float* __restrict__ p, const float* __restrict__ g,
                              float* __restrict__ m, float* __restrict__ v, size_t n, AdamwStep s) {
@@ -36,13 +32,7 @@ __global__ void adamw_kernel(float* __restrict__ p, const float* __restrict__ g,
 void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1,
                   float beta2, float eps, float wd, long t, cudaStream_t stream) {
   if (n == 0) return;
-  const AdamwStep s{lr,
-                    beta1,
-                    beta2,
-                    eps,
-                    wd,
-                    (float)(1.0 / (1.0 - std::pow((double)beta1, (double)t))),
-                    (float)(1.0 / (1.0 - std::pow((double)beta2, (double)t)))};
+  const AdamwStep s = AdamwStep::at(lr, beta1, beta2, eps, wd, t);
   adamw_kernel<<<detail::grid_for(n), detail::kThreads, 0, stream>>>(p, g, m, v, n, s);
   LMF_CUDA_CHECK_LAUNCH();
 }
