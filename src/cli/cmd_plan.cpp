@@ -12,43 +12,59 @@ namespace lmf::cli {
 
 void add_plan(CLI::App& app) {
   auto* cmd = app.add_subcommand(
-      "plan", "Print the per-rank memory and per-step communication of a data-parallel run (no data needed)");
+      "plan", "Print the per-rank memory and per-step communication of a distributed run (no data needed)");
   struct Opts {
     std::string config;
     std::vector<std::string> sets;
-    int world = 2, zero = -1, tp = 1;
+    int world = 2, zero = -1, tp = 0;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("--config,-c", o->config, "TOML config file; default: built-in defaults");
   cmd->add_option("--set", o->sets, "override a field: --set section.key=value (repeatable)");
-  cmd->add_option("--world-size,-n", o->world, "data-parallel ranks")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--world-size,-n", o->world, "ranks in all (mpirun -np)")->capture_default_str()->check(
+      CLI::PositiveNumber);
   cmd->add_option("--zero", o->zero, "ZeRO stage 0 | 1 | 2 (default: the config's [dist] zero)");
-  cmd->add_option("--tensor-parallel", o->tp, "tensor-parallel ranks (only 1 is implemented)")
-      ->capture_default_str()
+  cmd->add_option("--tensor-parallel", o->tp, "tensor-parallel ranks per group (default: the config's "
+                                              "[dist] tensor_parallel)")
       ->check(CLI::PositiveNumber);
   cmd->callback([o]() {
     RunConfig cfg = o->config.empty() ? default_config(o->sets) : load_config(o->config, o->sets);
     if (o->zero >= 0) cfg.dist.zero = o->zero;
+    if (o->tp > 0) cfg.dist.tensor_parallel = o->tp;
     validate_config(cfg);
-    if (o->tp != 1) throw UserError("--tensor-parallel {}: tensor parallelism is not implemented yet (use 1)", o->tp);
+    const int W = o->world, TP = cfg.dist.tensor_parallel, Z = cfg.dist.zero;
+    if (W % TP != 0)
+      throw UserError("--tensor-parallel {} must divide --world-size {}", TP, W);
     if (cfg.model.vocab_size <= 0)
       throw UserError("plan: set [model] vocab_size (there is no data to take it from)");
-    auto m = make_model(cfg.model, /*allocate=*/false);
+    const int DP = W / TP;
+    auto m = make_model(cfg.model, /*allocate=*/false, nn::TensorParallel{nullptr, TP, 0});
     const size_t flat = m->params().flat_size();
-    const int W = o->world, Z = cfg.dist.zero;
-    dist::Sharding sh(flat, W);
+    dist::Sharding sh(flat, DP);
     const double mib = 1024.0 * 1024.0;
     const size_t state = Z == 0 ? flat : size_t(sh.counts[0]);
-    fmt::print("model: {}\n", describe(*m));
-    fmt::print("data parallel: {} ranks, ZeRO stage {}; per-rank batch {} x {}, global {} x {}\n", W, Z,
-               cfg.train.batch_size * cfg.train.grad_accum, cfg.train.seq_len,
-               cfg.train.batch_size * cfg.train.grad_accum * W, cfg.train.seq_len);
+    const auto& tc = cfg.train;
+    fmt::print("model: {}\n", describe(*make_model(cfg.model, false)));
+    fmt::print("data parallel: {} ranks, ZeRO stage {}; per-rank batch {} x {}, global {} x {}\n", DP, Z,
+               tc.batch_size * tc.grad_accum, tc.seq_len, tc.batch_size * tc.grad_accum * DP, tc.seq_len);
+    if (TP > 1)
+      fmt::print("tensor parallel: {} ranks per group, each holding {} of {} heads and 1/{} of each MLP\n", TP,
+                 cfg.model.n_head / TP, cfg.model.n_head, TP);
     fmt::print("per rank (fp32): parameters {:.1f} MiB, gradients {:.1f} MiB, AdamW moments {:.1f} MiB{}\n",
                flat * 4 / mib, flat * 4 / mib, 2 * state * 4 / mib,
                Z > 0 ? fmt::format(" (shard of {} of {} values)", sh.counts[0], flat) : "");
-    auto p = plan_step(flat, W, Z, 0);
-    fmt::print("per training step, rank 0 hands its communicator:\n");
-    fmt::print("  all_reduce      {:>14} bytes\n", p.all_reduce);
+    StepShape shape;
+    shape.flat = flat;
+    shape.dp = DP;
+    shape.zero = Z;
+    shape.tp = TP;
+    shape.tp_values_per_micro = uint64_t(cfg.model.n_layer) * 4 * uint64_t(tc.batch_size) * tc.seq_len *
+                                uint64_t(cfg.model.n_embd);
+    shape.micro = tc.grad_accum;
+    auto p = plan_step(shape);
+    fmt::print("per training step, rank 0 hands its communicators:\n");
+    fmt::print("  all_reduce      {:>14} bytes{}\n", p.all_reduce,
+               TP > 1 ? fmt::format(" ({} of them tensor-parallel)", p.tp_all_reduce) : "");
     fmt::print("  reduce_scatter  {:>14} bytes\n", p.reduce_scatter);
     fmt::print("  all_gather      {:>14} bytes\n", p.all_gather);
     fmt::print("  total           {:>14} bytes (metrics.jsonl \"comm_bytes\" records what a run counted)\n",

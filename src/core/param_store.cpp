@@ -3,10 +3,11 @@
 namespace lmf {
 
 template <class T>
-size_t ParamStore<T>::add(std::string name, Shape shape, bool decay) {
+size_t ParamStore<T>::add(std::string name, Shape shape, bool decay, Split split) {
   LMF_CHECK(params_.size() == 0, "ParamStore::add after allocate ({})", name);
   LMF_CHECK(!index_.contains(name), "duplicate parameter name {}", name);
-  ParamEntry e{std::move(name), std::move(shape), total_, 0, decay};
+  LMF_CHECK(split.dim < int(shape.size()) && split.chunks >= 1, "split of {}", name);
+  ParamEntry e{std::move(name), std::move(shape), total_, 0, decay, split.dim, split.chunks};
   e.size = static_cast<size_t>(numel(e.shape));
   total_ += (e.size + kAlignElems - 1) / kAlignElems * kAlignElems;
   index_[e.name] = entries_.size();

@@ -18,6 +18,19 @@ struct ParamEntry {
   size_t offset = 0;  // in elements, into the flat buffers
   size_t size = 0;    // numel(shape)
   bool decay = true;  // AdamW weight decay applies (matrices); not for biases, norms
+  // Tensor parallelism: a model built for a tensor-parallel group registers each rank's part of
+  // the tensor, and `shape` is that part's. split_dim < 0: the whole tensor, the same on every
+  // rank of the group (norms, embeddings, row-parallel biases). Otherwise dimension split_dim of
+  // the whole tensor is split_chunks equal consecutive chunks (3 for GPT-2's packed q|k|v), and
+  // rank r holds the r-th of the group's equal parts of every chunk, chunk after chunk.
+  int split_dim = -1;
+  int split_chunks = 1;
+};
+
+// How a tensor is divided among tensor-parallel ranks (see ParamEntry::split_dim).
+struct Split {
+  int dim = -1;
+  int chunks = 1;
 };
 
 template <class T>
@@ -26,7 +39,7 @@ class ParamStore {
   static constexpr size_t kAlignElems = 16;
 
   // Registers a tensor; valid until allocate(). Returns its index in the registry.
-  size_t add(std::string name, Shape shape, bool decay);
+  size_t add(std::string name, Shape shape, bool decay, Split split = {});
   // Allocates params and grads (zeroed). After this, no more add().
   void allocate();
 

@@ -19,6 +19,11 @@ void LocalCommunicator::all_gather(float*, const std::vector<int>& counts) {
   count(stats_.all_gather, uint64_t(counts[0]) * 4);
 }
 
+std::unique_ptr<Communicator> LocalCommunicator::split(int color, int) {
+  LMF_CHECK(color >= 0, "split: color {}", color);
+  return std::make_unique<LocalCommunicator>();
+}
+
 void LocalCommunicator::abort(int code) { std::exit(code); }
 
 bool launched_by_mpi() {

@@ -7,6 +7,11 @@
 // line naming itself and the collective and ends the whole job (a peer died or hangs), so no
 // rank waits forever. Payload bytes are counted per kind of collective, so that a cost model
 // can be checked against what a run moved.
+//
+// split() cuts a communicator into sub-communicators (the process grid: tensor-parallel and
+// data-parallel groups). A sub-communicator must be destroyed before the world communicator it
+// came from, because the world one ends MPI: declare it after the world one (members and locals
+// are destroyed in reverse order of declaration).
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -45,6 +50,13 @@ class Communicator {
   virtual void start_all_reduce_sum(float* data, size_t n) = 0;
   virtual void finish_all() = 0;
   virtual void barrier() = 0;
+  // The ranks that pass the same color form a new communicator, ordered by key (then by this
+  // rank); collective over this communicator. Used for the process grid: tensor-parallel groups
+  // and data-parallel groups. color >= 0. The new communicator has the same timeout, counts its
+  // own stats (from zero; the split itself is counted nowhere), names the process by its world
+  // rank in its messages, and its abort() still ends the whole job. Destroy it before the world
+  // communicator (see the top of this file).
+  virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
   // Ends every rank of the job with exit code `code` (after this rank's message is printed).
   [[noreturn]] virtual void abort(int code) = 0;
 
@@ -68,6 +80,7 @@ class LocalCommunicator final : public Communicator {
   void start_all_reduce_sum(float*, size_t n) override { count(stats_.all_reduce, n * 4); }
   void finish_all() override {}
   void barrier() override {}
+  std::unique_ptr<Communicator> split(int color, int key) override;
   [[noreturn]] void abort(int code) override;
 
  private:

@@ -10,10 +10,14 @@
 namespace lmf {
 
 template <class F>
-Gpt2<F>::Gpt2(const ModelConfig& cfg, bool allocate) : cfg_(cfg) {
+Gpt2<F>::Gpt2(const ModelConfig& cfg, bool allocate, nn::TensorParallel tp) : cfg_(cfg), tp_(tp) {
   LMF_CHECK(cfg.vocab_size > 0, "Gpt2 needs a resolved vocab_size (got {})", cfg.vocab_size);
   LMF_CHECK(cfg.n_embd % cfg.n_head == 0, "n_embd {} % n_head {}", cfg.n_embd, cfg.n_head);
+  LMF_CHECK(tp.size >= 1 && cfg.n_head % tp.size == 0, "n_head {} over {} tensor-parallel ranks", cfg.n_head,
+            tp.size);
   const int64_t C = cfg.n_embd, V = cfg.vocab_size, L = cfg.n_layer;
+  const int64_t A = tp.part(cfg.n_embd), M = tp.part(4 * cfg.n_embd);  // this rank's widths
+  const Split rows{0, 1}, cols{1, 1}, qkv_rows{0, 3};
   idx_.wte = ps_.add("transformer.wte.weight", {V, C}, true);
   idx_.wpe = ps_.add("transformer.wpe.weight", {cfg.block_size, C}, true);
   for (int64_t l = 0; l < L; ++l) {
@@ -22,15 +26,15 @@ Gpt2<F>::Gpt2(const ModelConfig& cfg, bool allocate) : cfg_(cfg) {
     const size_t first = ps_.flat_size();
     li.ln1_w = ps_.add(n("ln_1.weight"), {C}, false);
     li.ln1_b = ps_.add(n("ln_1.bias"), {C}, false);
-    li.qkv_w = ps_.add(n("attn.c_attn.weight"), {3 * C, C}, true);
-    li.qkv_b = ps_.add(n("attn.c_attn.bias"), {3 * C}, false);
-    li.proj_w = ps_.add(n("attn.c_proj.weight"), {C, C}, true);
+    li.qkv_w = ps_.add(n("attn.c_attn.weight"), {3 * A, C}, true, qkv_rows);
+    li.qkv_b = ps_.add(n("attn.c_attn.bias"), {3 * A}, false, qkv_rows);
+    li.proj_w = ps_.add(n("attn.c_proj.weight"), {C, A}, true, cols);
     li.proj_b = ps_.add(n("attn.c_proj.bias"), {C}, false);
     li.ln2_w = ps_.add(n("ln_2.weight"), {C}, false);
     li.ln2_b = ps_.add(n("ln_2.bias"), {C}, false);
-    li.fc_w = ps_.add(n("mlp.c_fc.weight"), {4 * C, C}, true);
-    li.fc_b = ps_.add(n("mlp.c_fc.bias"), {4 * C}, false);
-    li.fcproj_w = ps_.add(n("mlp.c_proj.weight"), {C, 4 * C}, true);
+    li.fc_w = ps_.add(n("mlp.c_fc.weight"), {M, C}, true, rows);
+    li.fc_b = ps_.add(n("mlp.c_fc.bias"), {M}, false, rows);
+    li.fcproj_w = ps_.add(n("mlp.c_proj.weight"), {C, M}, true, cols);
     li.fcproj_b = ps_.add(n("mlp.c_proj.bias"), {C}, false);
     idx_.layers.push_back(li);
     block_ranges_.push_back({first, ps_.flat_size()});
@@ -45,22 +49,39 @@ Gpt2<F>::Gpt2(const ModelConfig& cfg, bool allocate) : cfg_(cfg) {
 
 template <class F>
 void Gpt2<F>::bind_layers() {
-  const int C = cfg_.n_embd;
+  const int C = cfg_.n_embd, A = tp_.part(C);
   auto p = [this](size_t i) { return nn::P<F>::of(ps_, i); };
+  // A row-parallel layer's bias is added once to the sum over the group: by rank 0, before the
+  // all-reduce. Every rank still accumulates its gradient (the same on all of them).
+  auto row_bias = [this, &p](size_t i) {
+    nn::P<F> b = p(i);
+    if (tp_.rank != 0) b.w = nullptr;
+    return b;
+  };
   blocks_.clear();
   for (const auto& li : idx_.layers) {
-    nn::Gpt2Block<F> b;
-    b.C = C;
-    b.NH = cfg_.n_head;
+    nn::Gpt2Block<F> b = block_shape();
+    const int M = b.M;
     b.ln1 = {p(li.ln1_w), p(li.ln1_b), C};
-    b.qkv = {p(li.qkv_w), p(li.qkv_b), C, 3 * C};
-    b.proj = {p(li.proj_w), p(li.proj_b), C, C};
+    b.qkv = {p(li.qkv_w), p(li.qkv_b), C, 3 * A};
+    b.proj = {p(li.proj_w), row_bias(li.proj_b), A, C};
     b.ln2 = {p(li.ln2_w), p(li.ln2_b), C};
-    b.fc = {p(li.fc_w), p(li.fc_b), C, 4 * C};
-    b.fcproj = {p(li.fcproj_w), p(li.fcproj_b), 4 * C, C};
+    b.fc = {p(li.fc_w), p(li.fc_b), C, M};
+    b.fcproj = {p(li.fcproj_w), row_bias(li.fcproj_b), M, C};
     blocks_.push_back(b);
   }
   lnf_ = {p(idx_.lnf_w), p(idx_.lnf_b), C};
+}
+
+template <class F>
+nn::Gpt2Block<F> Gpt2<F>::block_shape() const {
+  nn::Gpt2Block<F> b;
+  b.C = cfg_.n_embd;
+  b.NH = tp_.part(cfg_.n_head);
+  b.A = tp_.part(cfg_.n_embd);
+  b.M = tp_.part(4 * cfg_.n_embd);
+  b.tp = tp_;
+  return b;
 }
 
 template <class F>
@@ -102,6 +123,11 @@ void Gpt2<F>::init(uint64_t seed) {
 template <class F>
 double Gpt2<F>::flops_per_token(int T) const {
   double n = static_cast<double>(ps_.num_params()) - double(cfg_.block_size) * cfg_.n_embd;
+  if (tp_.size > 1) {  // count the whole model's parameters
+    n = 0;
+    for (const auto& e : ps_.entries())
+      if (e.name != "transformer.wpe.weight") n += double(e.size) * (e.split_dim >= 0 ? tp_.size : 1);
+  }
   return 6.0 * n + 12.0 * cfg_.n_layer * T * cfg_.n_embd;
 }
 
@@ -110,8 +136,8 @@ void Gpt2<F>::ensure_activations(int B, int T) {
   const size_t N = size_t(B) * T, C = cfg_.n_embd, L = cfg_.n_layer;
   if (B == cur_B_ && T == cur_T_) return;
   // Re-carve for exactly (B, T): the saved layout depends on both.
-  const int NH = cfg_.n_head;
-  size_t per_block = nn::Gpt2Block<F>::saved_size(B, T, int(C), NH);
+  const nn::Gpt2Block<F> shape_of = block_shape();
+  size_t per_block = shape_of.saved_size(B, T);
   size_t total = (L + 1) * N * C + L * per_block + N * C + 2 * N;  // resid, blocks, lnf, lnf stats
   acts_.resize(total);
   F* p = acts_.data();
@@ -119,18 +145,15 @@ void Gpt2<F>::ensure_activations(int B, int T) {
   for (size_t l = 0; l <= L; ++l) { resid_[l] = p; p += N * C; }
   encoded_ = resid_[0];
   saved_.clear();
-  for (size_t l = 0; l < L; ++l) saved_.push_back(nn::Gpt2Block<F>::carve(p, B, T, int(C), NH));
+  for (size_t l = 0; l < L; ++l) saved_.push_back(shape_of.carve(p, B, T));
   lnf_out_ = p; p += N * C;
   lnf_saved_ = {p, p + N}; p += 2 * N;
   LMF_CHECK(size_t(p - acts_.data()) == total, "activation layout {} != {}", p - acts_.data(), total);
 
-  size_t stotal = 2 * N * 4 * C + N * C + N * 3 * C + 2 * N * C + 2 * N;
+  size_t stotal = shape_of.scratch_size(B, T) + 2 * N * C + 2 * N;
   scratch_.resize(stotal);
   F* s = scratch_.data();
-  sc_.wide = s; s += N * 4 * C;
-  sc_.dwide = s; s += N * 4 * C;
-  sc_.dnarrow = s; s += N * C;
-  sc_.dqkv = s; s += N * 3 * C;
+  sc_ = shape_of.carve_scratch(s, B, T);
   dres_ = s; s += N * C;
   dlnf_ = s; s += N * C;
   losses_ = s; s += N;

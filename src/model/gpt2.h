@@ -17,8 +17,10 @@ template <class F>
 class Gpt2 {
  public:
   // Registers and allocates parameters (zeros). allocate = false: the registry only (names,
-  // shapes, offsets), for planning; such a model cannot run.
-  explicit Gpt2(const ModelConfig& cfg, bool allocate = true);
+  // shapes, offsets), for planning; such a model cannot run. With a tensor-parallel group
+  // (tp.size > 1) the model holds and runs this rank's part of every block (nn/nn.h); the
+  // registry records how each tensor is split (ParamEntry::split_dim).
+  explicit Gpt2(const ModelConfig& cfg, bool allocate = true, nn::TensorParallel tp = {});
   Gpt2(const Gpt2&) = delete;
   Gpt2& operator=(const Gpt2&) = delete;
 
@@ -44,7 +46,8 @@ class Gpt2 {
   ParamStore<F>& params() { return ps_; }
   const ParamStore<F>& params() const { return ps_; }
   const ModelConfig& config() const { return cfg_; }
-  // 6 x (parameters - position table) + 12 L T C, as ../shared/bench/torch_train_bench.py.
+  // 6 x (parameters - position table) + 12 L T C, as ../shared/bench/torch_train_bench.py;
+  // of the whole model, also under tensor parallelism.
   double flops_per_token(int T) const;
   size_t activation_bytes() const { return acts_.bytes() + scratch_.bytes(); }
 
@@ -69,8 +72,10 @@ class Gpt2 {
  private:
   void ensure_activations(int B, int T);
   void bind_layers();
+  nn::Gpt2Block<F> block_shape() const;  // a block's widths (this rank's), no parameters
 
   ModelConfig cfg_;
+  nn::TensorParallel tp_;
   ParamStore<F> ps_;
   Index idx_;
   std::vector<std::pair<size_t, size_t>> block_ranges_;

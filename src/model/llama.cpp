@@ -11,7 +11,7 @@
 namespace lmf {
 
 template <class F>
-Llama<F>::Llama(const ModelConfig& cfg, bool allocate) : cfg_(cfg) {
+Llama<F>::Llama(const ModelConfig& cfg, bool allocate, nn::TensorParallel tp) : cfg_(cfg), tp_(tp) {
   LMF_CHECK(cfg.arch == "llama", "Llama needs arch \"llama\" (got \"{}\")", cfg.arch);
   LMF_CHECK(cfg.vocab_size > 0, "Llama needs a resolved vocab_size (got {})", cfg.vocab_size);
   LMF_CHECK(cfg.n_head > 0 && cfg.n_embd % cfg.n_head == 0, "n_embd {} % n_head {}", cfg.n_embd, cfg.n_head);
@@ -19,31 +19,38 @@ Llama<F>::Llama(const ModelConfig& cfg, bool allocate) : cfg_(cfg) {
   H_ = cfg.ffn_size();
   LMF_CHECK(cfg.n_head % KVH_ == 0, "n_head {} % n_kv_head {}", cfg.n_head, KVH_);
   LMF_CHECK(cfg.head_size() % 2 == 0, "RoPE needs an even head size (got {})", cfg.head_size());
-  const int64_t C = cfg.n_embd, V = cfg.vocab_size, L = cfg.n_layer, H = H_;
-  const int64_t KV = int64_t(KVH_) * cfg.head_size();
+  LMF_CHECK(tp.size >= 1 && KVH_ % tp.size == 0 && H_ % tp.size == 0,
+            "n_kv_head {} and ffn width {} over {} tensor-parallel ranks", KVH_, H_, tp.size);
+  // This rank's widths: query heads, kv heads and MLP columns are divided among the group.
+  const int64_t C = cfg.n_embd, V = cfg.vocab_size, L = cfg.n_layer, H = tp.part(H_);
+  const int64_t Q = int64_t(tp.part(cfg.n_head)) * cfg.head_size();
+  const int64_t KV = int64_t(tp.part(KVH_)) * cfg.head_size();
+  const Split rows{0, 1}, cols{1, 1}, none{};
   idx_.embed = ps_.add("model.embed_tokens.weight", {V, C}, true);
   for (int64_t l = 0; l < L; ++l) {
     auto n = [l](const char* s) { return fmt::format("model.layers.{}.{}", l, s); };
     typename Index::Layer li;
     const size_t first = ps_.flat_size();
     // An absent bias is index kNone.
-    auto bias = [&](bool on, const char* s, int64_t len) { return on ? ps_.add(n(s), {len}, false) : kNone; };
+    auto bias = [&](bool on, const char* s, int64_t len, Split sp) {
+      return on ? ps_.add(n(s), {len}, false, sp) : kNone;
+    };
     li.attn_norm = ps_.add(n("input_layernorm.weight"), {C}, false);
-    li.wq = ps_.add(n("self_attn.q_proj.weight"), {C, C}, true);
-    li.bq = bias(cfg.attention_bias, "self_attn.q_proj.bias", C);
-    li.wk = ps_.add(n("self_attn.k_proj.weight"), {KV, C}, true);
-    li.bk = bias(cfg.attention_bias, "self_attn.k_proj.bias", KV);
-    li.wv = ps_.add(n("self_attn.v_proj.weight"), {KV, C}, true);
-    li.bv = bias(cfg.attention_bias, "self_attn.v_proj.bias", KV);
-    li.wo = ps_.add(n("self_attn.o_proj.weight"), {C, C}, true);
-    li.bo = bias(cfg.attention_bias, "self_attn.o_proj.bias", C);
+    li.wq = ps_.add(n("self_attn.q_proj.weight"), {Q, C}, true, rows);
+    li.bq = bias(cfg.attention_bias, "self_attn.q_proj.bias", Q, rows);
+    li.wk = ps_.add(n("self_attn.k_proj.weight"), {KV, C}, true, rows);
+    li.bk = bias(cfg.attention_bias, "self_attn.k_proj.bias", KV, rows);
+    li.wv = ps_.add(n("self_attn.v_proj.weight"), {KV, C}, true, rows);
+    li.bv = bias(cfg.attention_bias, "self_attn.v_proj.bias", KV, rows);
+    li.wo = ps_.add(n("self_attn.o_proj.weight"), {C, Q}, true, cols);
+    li.bo = bias(cfg.attention_bias, "self_attn.o_proj.bias", C, none);
     li.ffn_norm = ps_.add(n("post_attention_layernorm.weight"), {C}, false);
-    li.gate = ps_.add(n("mlp.gate_proj.weight"), {H, C}, true);
-    li.bgate = bias(cfg.mlp_bias, "mlp.gate_proj.bias", H);
-    li.up = ps_.add(n("mlp.up_proj.weight"), {H, C}, true);
-    li.bup = bias(cfg.mlp_bias, "mlp.up_proj.bias", H);
-    li.down = ps_.add(n("mlp.down_proj.weight"), {C, H}, true);
-    li.bdown = bias(cfg.mlp_bias, "mlp.down_proj.bias", C);
+    li.gate = ps_.add(n("mlp.gate_proj.weight"), {H, C}, true, rows);
+    li.bgate = bias(cfg.mlp_bias, "mlp.gate_proj.bias", H, rows);
+    li.up = ps_.add(n("mlp.up_proj.weight"), {H, C}, true, rows);
+    li.bup = bias(cfg.mlp_bias, "mlp.up_proj.bias", H, rows);
+    li.down = ps_.add(n("mlp.down_proj.weight"), {C, H}, true, cols);
+    li.bdown = bias(cfg.mlp_bias, "mlp.down_proj.bias", C, none);
     idx_.layers.push_back(li);
     block_ranges_.push_back({first, ps_.flat_size()});
   }
@@ -69,32 +76,47 @@ Llama<F>::Llama(const ModelConfig& cfg, bool allocate) : cfg_(cfg) {
 
 template <class F>
 void Llama<F>::bind_layers() {
-  const int C = cfg_.n_embd, hs = cfg_.head_size(), KV = KVH_ * hs, H = H_;
+  const int C = cfg_.n_embd;
   const float eps = static_cast<float>(cfg_.norm_eps);
   auto p = [this](size_t i) { return nn::P<F>::of(ps_, i); };
   auto pb = [this](size_t i) { return i == kNone ? nn::P<F>{} : nn::P<F>::of(ps_, i); };
+  // A row-parallel layer's bias is added once to the sum over the group: by rank 0, before the
+  // all-reduce. Every rank still accumulates its gradient (the same on all of them).
+  auto row_bias = [this, &pb](size_t i) {
+    nn::P<F> b = pb(i);
+    if (tp_.rank != 0) b.w = nullptr;
+    return b;
+  };
   blocks_.clear();
   for (const auto& li : idx_.layers) {
-    nn::LlamaBlock<F> b;
-    b.C = C;
-    b.NH = cfg_.n_head;
-    b.KVH = KVH_;
-    b.hs = hs;
-    b.H = H;
-    b.inv_freq = inv_freq_.data();
-    b.interleaved = cfg_.rope_interleaved;
+    nn::LlamaBlock<F> b = block_shape();
+    const int Q = b.q_dim(), KV = b.kv_dim(), H = b.H;
     b.attn_norm = {p(li.attn_norm), C, eps};
-    b.wq = {p(li.wq), pb(li.bq), C, C};
+    b.wq = {p(li.wq), pb(li.bq), C, Q};
     b.wk = {p(li.wk), pb(li.bk), C, KV};
     b.wv = {p(li.wv), pb(li.bv), C, KV};
-    b.wo = {p(li.wo), pb(li.bo), C, C};
+    b.wo = {p(li.wo), row_bias(li.bo), Q, C};
     b.ffn_norm = {p(li.ffn_norm), C, eps};
     b.gate = {p(li.gate), pb(li.bgate), C, H};
     b.up = {p(li.up), pb(li.bup), C, H};
-    b.down = {p(li.down), pb(li.bdown), H, C};
+    b.down = {p(li.down), row_bias(li.bdown), H, C};
     blocks_.push_back(b);
   }
   norm_ = {p(idx_.norm), C, eps};
+}
+
+template <class F>
+nn::LlamaBlock<F> Llama<F>::block_shape() const {
+  nn::LlamaBlock<F> b;
+  b.C = cfg_.n_embd;
+  b.NH = tp_.part(cfg_.n_head);
+  b.KVH = tp_.part(KVH_);
+  b.hs = cfg_.head_size();
+  b.H = tp_.part(H_);
+  b.inv_freq = inv_freq_.data();
+  b.interleaved = cfg_.rope_interleaved;
+  b.tp = tp_;
+  return b;
 }
 
 template <class F>
@@ -124,7 +146,8 @@ void Llama<F>::init(uint64_t seed) {
 template <class F>
 double Llama<F>::flops_per_token(int T) const {
   // Untied, the input embedding is a lookup, not a matmul: its parameters cost no FLOPs.
-  double matmul_params = double(ps_.num_params());
+  double matmul_params = 0;
+  for (const auto& e : ps_.entries()) matmul_params += double(e.size) * (e.split_dim >= 0 ? tp_.size : 1);
   if (!cfg_.tied_embeddings) matmul_params -= double(cfg_.vocab_size) * cfg_.n_embd;
   return 6.0 * matmul_params + 12.0 * cfg_.n_layer * T * cfg_.n_embd;
 }
@@ -133,24 +156,23 @@ template <class F>
 void Llama<F>::ensure_activations(int B, int T) {
   if (B == cur_B_ && T == cur_T_) return;
   const size_t N = size_t(B) * T, C = cfg_.n_embd, L = cfg_.n_layer;
-  const int NH = cfg_.n_head, KV = KVH_ * cfg_.head_size(), H = H_;
-  using Block = nn::LlamaBlock<F>;
-  size_t per_block = Block::saved_size(B, T, int(C), NH, KV, H);
+  const nn::LlamaBlock<F> shape_of = block_shape();
+  size_t per_block = shape_of.saved_size(B, T);
   size_t total = (L + 1) * N * C + L * per_block + N * C + N;  // resid, blocks, norm, norm rstd
   acts_.resize(total);
   F* p = acts_.data();
   resid_.assign(L + 1, nullptr);
   for (size_t l = 0; l <= L; ++l) { resid_[l] = p; p += N * C; }
   saved_.clear();
-  for (size_t l = 0; l < L; ++l) saved_.push_back(Block::carve(p, B, T, int(C), NH, KV, H));
+  for (size_t l = 0; l < L; ++l) saved_.push_back(shape_of.carve(p, B, T));
   norm_out_ = p; p += N * C;
   norm_rstd_ = p; p += N;
   LMF_CHECK(size_t(p - acts_.data()) == total, "activation layout {} != {}", p - acts_.data(), total);
 
-  size_t stotal = Block::scratch_size(B, T, int(C), KV, H) + 2 * N * C + 2 * N;
+  size_t stotal = shape_of.scratch_size(B, T) + 2 * N * C + 2 * N;
   scratch_.resize(stotal);
   F* s = scratch_.data();
-  sc_ = Block::carve_scratch(s, B, T, int(C), KV, H);
+  sc_ = shape_of.carve_scratch(s, B, T);
   dres_ = s; s += N * C;
   dnorm_ = s; s += N * C;
   losses_ = s; s += N;

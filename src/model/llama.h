@@ -19,8 +19,8 @@ template <class F>
 class Llama {
  public:
   // arch "llama"; registers and allocates parameters (zeros); allocate = false: the registry
-  // only, as Gpt2's.
-  explicit Llama(const ModelConfig& cfg, bool allocate = true);
+  // only, as Gpt2's; tp: this rank's part of a tensor-parallel group, as Gpt2's.
+  explicit Llama(const ModelConfig& cfg, bool allocate = true, nn::TensorParallel tp = {});
   Llama(const Llama&) = delete;
   Llama& operator=(const Llama&) = delete;
 
@@ -43,7 +43,7 @@ class Llama {
   int n_kv_head() const { return KVH_; }
   int ffn_hidden() const { return H_; }
   // 6 x matmul parameters (all but an untied input embedding) + 12 L T C (attention), as
-  // ../shared/bench/torch_train_bench.py counts.
+  // ../shared/bench/torch_train_bench.py counts; of the whole model, also under tensor parallelism.
   double flops_per_token(int T) const;
   size_t activation_bytes() const { return acts_.bytes() + scratch_.bytes(); }
 
@@ -69,9 +69,11 @@ class Llama {
  private:
   void ensure_activations(int B, int T);
   void bind_layers();
+  nn::LlamaBlock<F> block_shape() const;  // a block's widths (this rank's), no parameters
 
   ModelConfig cfg_;
-  int KVH_ = 0, H_ = 0;
+  nn::TensorParallel tp_;
+  int KVH_ = 0, H_ = 0;  // the whole model's kv heads and MLP width
   std::vector<double> inv_freq_;
   ParamStore<F> ps_;
   Index idx_;

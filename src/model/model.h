@@ -41,7 +41,8 @@ class Model {
 template <class M>
 class ModelOf final : public Model {
  public:
-  explicit ModelOf(const ModelConfig& cfg, bool allocate = true) : m_(cfg, allocate) {}
+  explicit ModelOf(const ModelConfig& cfg, bool allocate = true, nn::TensorParallel tp = {})
+      : m_(cfg, allocate, tp) {}
   void init(uint64_t seed) override { m_.init(seed); }
   double forward(const int32_t* tokens, const int32_t* targets, int B, int T, double grad_scale) override {
     return m_.forward(tokens, targets, B, T, grad_scale);
@@ -65,8 +66,9 @@ class ModelOf final : public Model {
 };
 
 // The family's Model for cfg.arch ("gpt2" or "llama"); UserError for another arch.
-// allocate = false: the parameter registry only (for planning), not runnable.
-std::unique_ptr<Model> make_model(const ModelConfig& cfg, bool allocate = true);
+// allocate = false: the parameter registry only (for planning), not runnable. tp: this
+// process's place in a tensor-parallel group (the model then holds its part of every block).
+std::unique_ptr<Model> make_model(const ModelConfig& cfg, bool allocate = true, nn::TensorParallel tp = {});
 
 // The family's implementation behind a Model, or nullptr if `m` is another family.
 template <class M>

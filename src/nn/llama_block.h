@@ -2,7 +2,9 @@
 // The Llama transformer block (pre-RMSNorm, rotary positions, grouped-query attention, SwiGLU):
 //   r = x + o(attn(rope(q(h)), rope(k(h)), v(h))),  h = rmsnorm(x) * w_attn
 //   out = r + down(silu(gate(h2)) * up(h2)),          h2 = rmsnorm(r) * w_ffn
-// Biases on the projections are optional (Linear with or without).
+// Biases on the projections are optional (Linear with or without). Under tensor parallelism
+// (nn.h) q, k, v, gate and up are column-parallel, o and down row-parallel: this rank runs NH
+// query heads and KVH kv heads (whole groups) and H of the MLP's hidden columns.
 #include "nn/nn.h"
 
 namespace lmf::nn {
@@ -28,17 +30,19 @@ struct LlamaBlock {
   int C = 0, NH = 0, KVH = 0, hs = 0, H = 0;  // width, heads, kv heads, head size, ffn hidden
   const double* inv_freq = nullptr;  // (hs/2) RoPE frequencies, owned by the model
   bool interleaved = false;
+  TensorParallel tp;
 
+  int q_dim() const { return NH * hs; }  // Q: C without tensor parallelism
   int kv_dim() const { return KVH * hs; }
 
   // Activations saved by forward for backward; one slot per application of the block.
   struct Saved {
     F* h1;     // (N, C) attention-norm output
     F* rstd1;  // (N)
-    F* q;      // (N, C) after RoPE
+    F* q;      // (N, Q) after RoPE
     F* k;      // (N, KV) after RoPE
     F* v;      // (N, KV)
-    F* atty;   // (N, C) attention output, before o_proj
+    F* atty;   // (N, Q) attention output, before o_proj
     F* lse;    // (B, NH, T)
     F* res;    // (N, C) x + attention branch
     F* h2;     // (N, C) ffn-norm output
@@ -53,24 +57,24 @@ struct LlamaBlock {
     F* dup;       // (N, H)
     F* dnarrow;   // (N, C)
     F* dnarrow2;  // (N, C)
-    F* dq;        // (N, C)
+    F* dq;        // (N, Q)
     F* dk;        // (N, KV)
     F* dv;        // (N, KV)
   };
-  static size_t saved_size(int B, int T, int C, int NH, int KV, int H) {
-    size_t N = size_t(B) * T;
-    return N * C * 5 + N * 2 + N * 2 * KV + size_t(B) * NH * T + N * 2 * H;  // as carve() takes it
+  size_t saved_size(int B, int T) const {
+    size_t N = size_t(B) * T, Q = q_dim(), KV = kv_dim();
+    return N * C * 3 + N * 2 * Q + N * 2 + N * 2 * KV + size_t(B) * NH * T + N * 2 * H;  // as carve() takes it
   }
-  static Saved carve(F*& p, int B, int T, int C, int NH, int KV, int H) {
-    size_t N = size_t(B) * T;
+  Saved carve(F*& p, int B, int T) const {
+    size_t N = size_t(B) * T, Q = q_dim(), KV = kv_dim();
     Saved s;
     auto take = [&p](size_t n) { F* q = p; p += n; return q; };
     s.h1 = take(N * C);
     s.rstd1 = take(N);
-    s.q = take(N * C);
+    s.q = take(N * Q);
     s.k = take(N * KV);
     s.v = take(N * KV);
-    s.atty = take(N * C);
+    s.atty = take(N * Q);
     s.lse = take(size_t(B) * NH * T);
     s.res = take(N * C);
     s.h2 = take(N * C);
@@ -79,12 +83,12 @@ struct LlamaBlock {
     s.u = take(N * H);
     return s;
   }
-  static size_t scratch_size(int B, int T, int C, int KV, int H) {
+  size_t scratch_size(int B, int T) const {
     size_t N = size_t(B) * T;
-    return N * 3 * H + N * 3 * C + N * 2 * KV;
+    return N * 3 * H + N * 2 * C + N * q_dim() + N * 2 * kv_dim();
   }
-  static Scratch carve_scratch(F*& p, int B, int T, int C, int KV, int H) {
-    size_t N = size_t(B) * T;
+  Scratch carve_scratch(F*& p, int B, int T) const {
+    size_t N = size_t(B) * T, KV = kv_dim();
     Scratch s;
     auto take = [&p](size_t n) { F* q = p; p += n; return q; };
     s.wide = take(N * H);
@@ -92,7 +96,7 @@ struct LlamaBlock {
     s.dup = take(N * H);
     s.dnarrow = take(N * C);
     s.dnarrow2 = take(N * C);
-    s.dq = take(N * C);
+    s.dq = take(N * q_dim());
     s.dk = take(N * KV);
     s.dv = take(N * KV);
     return s;
@@ -108,12 +112,14 @@ struct LlamaBlock {
     ops::rope_forward(s.k, s.k, B, T, KVH, hs, inv_freq, interleaved);
     ops::attention_gqa_forward(s.atty, s.lse, s.q, s.k, s.v, B, T, NH, KVH, hs);
     wo.forward(sc.dnarrow, s.atty, N);  // dnarrow is free in forward
+    tp.all_reduce(sc.dnarrow, size_t(N) * C);
     ops::residual_forward(s.res, x, sc.dnarrow, size_t(N) * C);
     ffn_norm.forward(s.h2, s.rstd2, s.res, N);
     gate.forward(s.g, s.h2, N);
     up.forward(s.u, s.h2, N);
     ops::swiglu_forward(sc.wide, s.g, s.u, size_t(N) * H);
     down.forward(out, sc.wide, N);
+    tp.all_reduce(out, size_t(N) * C);
     ops::residual_forward(out, out, s.res, size_t(N) * C);
   }
 
@@ -126,7 +132,8 @@ struct LlamaBlock {
     ops::swiglu_backward(sc.wide /*dgate*/, sc.dup, sc.dwide, s.g, s.u, nh);
     gate.backward(sc.dnarrow, sc.wide, s.h2, N);
     up.backward(sc.dnarrow2, sc.dup, s.h2, N);
-    ops::residual_forward(sc.dnarrow, sc.dnarrow, sc.dnarrow2, nc);  // dh2
+    ops::residual_forward(sc.dnarrow, sc.dnarrow, sc.dnarrow2, nc);  // dh2 (this rank's part)
+    tp.all_reduce(sc.dnarrow, nc);
     ffn_norm.backward(dres, sc.dnarrow, s.res, s.rstd2, N);          // dres = dL/d(res)
     wo.backward(sc.dnarrow, dres, s.atty, N);                        // datty
     ops::attention_gqa_backward(sc.dq, sc.dk, sc.dv, sc.dnarrow, s.q, s.k, s.v, s.atty, s.lse, B, T, NH,
@@ -137,7 +144,8 @@ struct LlamaBlock {
     wk.backward(sc.dnarrow2, sc.dk, s.h1, N);
     ops::residual_forward(sc.dnarrow, sc.dnarrow, sc.dnarrow2, nc);
     wv.backward(sc.dnarrow2, sc.dv, s.h1, N);
-    ops::residual_forward(sc.dnarrow, sc.dnarrow, sc.dnarrow2, nc);  // dh1
+    ops::residual_forward(sc.dnarrow, sc.dnarrow, sc.dnarrow2, nc);  // dh1 (this rank's part)
+    tp.all_reduce(sc.dnarrow, nc);
     attn_norm.backward(dres, sc.dnarrow, x, s.rstd1, N);             // dres = dL/dx
   }
 };

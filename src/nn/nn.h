@@ -11,9 +11,28 @@
 //     backward adds into `dinp`, because its input is the residual, whose gradient also flows
 //     around the block. So one buffer `dres` carries dL/d(residual) down the whole network.
 #include "core/param_store.h"
+#include "dist/communicator.h"
 #include "ops/ops.h"
 
 namespace lmf::nn {
+
+// Tensor parallelism (Megatron-LM, Shoeybi et al. 2019): each block's attention heads and MLP
+// hidden columns are divided among the `size` ranks of a group. The first matrix of each branch
+// is split by output rows (column-parallel), the second by input columns (row-parallel), so a
+// branch needs one all-reduce of its (N, C) output in forward and one of its (N, C) input
+// gradient in backward. Everything else (embeddings, norms, head) is replicated: every rank of
+// the group computes it on the same numbers, so its gradients agree without communication.
+struct TensorParallel {
+  dist::Communicator* comm = nullptr;  // the group; may be null when size == 1 (or to plan)
+  int size = 1, rank = 0;
+  // Sums x (n) over the group (nothing when size == 1).
+  template <class F>
+  void all_reduce(F* x, size_t n) const {
+    if (size > 1) comm->all_reduce_sum(x, n);
+  }
+  // The local part of a dimension of `whole` elements, which must divide evenly.
+  int part(int whole) const { return whole / size; }
+};
 
 // A view of one registered tensor and its gradient.
 template <class F>

@@ -101,6 +101,9 @@ std::vector<Field> fields(RunConfig& c) {
        "seconds a rank waits in a collective before ending the job (a peer died or hangs)"},
       {"dist", "overlap", &c.dist.overlap,
        "zero 0/1: start each block's gradient all-reduce as soon as its backward is done"},
+      {"dist", "tensor_parallel", &c.dist.tensor_parallel,
+       "ranks that split each block's heads and MLP columns (Megatron-style); the rest of the ranks "
+       "(mpirun -np N: N / tensor_parallel) are data-parallel"},
   };
 }
 
@@ -298,6 +301,19 @@ void validate_config(const RunConfig& c) {
   need(c.dist.zero >= 0 && c.dist.zero <= 2, "[dist] zero",
        fmt::format("must be 0, 1 or 2 (got {}; stage 3 is not implemented yet)", c.dist.zero));
   need(c.dist.timeout_s > 0, "[dist] timeout_s", "must be > 0");
+  const int tp = c.dist.tensor_parallel;
+  need(tp >= 1, "[dist] tensor_parallel", "must be >= 1");
+  if (tp > 1) {
+    auto divides = [&](int n, const char* what) {
+      need(n % tp == 0, "[dist] tensor_parallel",
+           fmt::format("must divide {} (got tensor_parallel {}, {} {})", what, tp, what, n));
+    };
+    divides(c.model.n_head, "[model] n_head");
+    if (c.model.arch == "llama") {
+      divides(c.model.kv_heads(), "the kv heads ([model] n_kv_head)");
+      divides(c.model.ffn_size(), "the MLP width ([model] ffn_hidden)");
+    }
+  }
 }
 
 std::string config_to_toml(const RunConfig& cfg_in) {

@@ -15,6 +15,7 @@
 #include "core/timer.h"
 #include "data/tokenizer.h"
 #include "optim/schedule.h"
+#include "dist/tensor_parallel.h"
 #include "train/checkpoint_dir.h"
 #include "train/metrics.h"
 #include "train/plot.h"
@@ -28,8 +29,9 @@ namespace {
 std::atomic<int> g_stop_signal{0};
 extern "C" void on_stop_signal(int sig) { g_stop_signal.store(sig); }
 
-uint64_t comm_bytes(const dist::Communicator& c) {
-  const auto& s = c.stats();
+uint64_t comm_bytes(const dist::Communicator* c) {
+  if (c == nullptr) return 0;
+  const auto& s = c->stats();
   return s.all_reduce + s.reduce_scatter + s.all_gather + s.broadcast;
 }
 
@@ -94,7 +96,20 @@ double evaluate_model(Model& model, data::DataLoader& val, int batches, int B, i
 Trainer::Trainer(RunConfig cfg) : cfg_(std::move(cfg)), run_dir_(cfg_.log.run_dir) {
   validate_config(cfg_);
   comm_ = dist::make_communicator(cfg_.dist.timeout_s);
-  const int rank = comm_->rank(), world = comm_->world();
+  tp_ = cfg_.dist.tensor_parallel;
+  if (comm_->world() % tp_ != 0)
+    throw UserError("[dist] tensor_parallel = {} must divide the number of ranks ({}, mpirun -np)", tp_,
+                    comm_->world());
+  dp_comm_ = comm_.get();
+  if (tp_ > 1) {
+    // The process grid: ranks [g tp, (g + 1) tp) form tensor-parallel group g; the ranks with
+    // the same place in their groups form a data-parallel group.
+    tp_comm_ = comm_->split(comm_->rank() / tp_, comm_->rank());
+    dp_split_ = comm_->split(comm_->rank() % tp_, comm_->rank());
+    dp_comm_ = dp_split_.get();
+    tp_rank_ = tp_comm_->rank();
+  }
+  const int rank = dp_comm_->rank(), world = dp_comm_->world();  // data-parallel place
   if (cfg_.train.device != "cpu")
     throw UserError("[train] device = \"{}\": this build trains on cpu only (the CUDA backend is not built)",
                     cfg_.train.device);
@@ -105,6 +120,7 @@ Trainer::Trainer(RunConfig cfg) : cfg_(std::move(cfg)), run_dir_(cfg_.log.run_di
     if (cfg_.train.seq_len > cfg_.model.block_size)
       throw UserError("config: [train] seq_len {} exceeds the block_size {} of [train] init_from = {}",
                       cfg_.train.seq_len, cfg_.model.block_size, cfg_.train.init_from);
+    validate_config(cfg_);  // e.g. tensor_parallel must divide the pretrained model's heads
   }
   const auto& t = cfg_.train;
   uint32_t data_vocab = 0;
@@ -138,14 +154,28 @@ Trainer::Trainer(RunConfig cfg) : cfg_(std::move(cfg)), run_dir_(cfg_.log.run_di
                     data_vocab, cfg_.model.vocab_size);
   }
   check_tokenizer_matches_data(cfg_.data.tokenizer, cfg_.data.dir);
-  model_ = make_model(cfg_.model);
-  dp_ = std::make_unique<DataParallel>(*comm_, model_->params(), cfg_.optim, cfg_.dist.zero);
+  model_ = make_model(cfg_.model, true, nn::TensorParallel{tp_comm_.get(), tp_, tp_rank_});
+  if (tp_ > 1) whole_ = make_model(cfg_.model, /*allocate=*/false);
+  dp_ = std::make_unique<DataParallel>(*dp_comm_, model_->params(), cfg_.optim, cfg_.dist.zero, tp_comm_.get());
   if (cfg_.dist.overlap) dp_->overlap_with(*model_);
 
   if (auto ck = latest_checkpoint(run_dir_)) {
     // Resume: weights, optimizer moments, step, data position. Loaded fully before training.
-    load_model(*model_, ck->dir / "model.safetensors");
-    dp_->load_optimizer(ck->dir / "optimizer.safetensors");
+    load_whole([&](Model& m) { load_model(m, ck->dir / "model.safetensors"); });
+    {
+      const auto& whole = whole_ ? whole_->params() : model_->params();
+      std::vector<float> m(whole.flat_size()), v(whole.flat_size());
+      long t = load_optimizer(m.data(), v.data(), whole, ck->dir / "optimizer.safetensors");
+      if (whole_) {
+        const auto& part = model_->params();
+        std::vector<float> mp(part.flat_size()), vp(part.flat_size());
+        dist::tp_slice(whole, m.data(), part, mp.data(), tp_, tp_rank_);
+        dist::tp_slice(whole, v.data(), part, vp.data(), tp_, tp_rank_);
+        m.swap(mp);
+        v.swap(vp);
+      }
+      dp_->load_optimizer(m.data(), v.data(), t);
+    }
     auto state_path = ck->dir / "state.json";
     nlohmann::json st;
     try {
@@ -168,18 +198,39 @@ Trainer::Trainer(RunConfig cfg) : cfg_(std::move(cfg)), run_dir_(cfg_.log.run_di
       throw UserError("{}: step {} does not match its directory {}", state_path.string(), start_step_,
                       ck->dir.string());
   } else if (!cfg_.train.init_from.empty()) {
-    load_pretrained_weights(*model_, cfg_.train.init_from);
+    load_whole([&](Model& m) { load_pretrained_weights(m, cfg_.train.init_from); });
   } else {
-    model_->init(uint64_t(cfg_.train.seed));
+    // Under tensor parallelism too the whole model is drawn, so a run's weights do not depend
+    // on how it is split.
+    load_whole([&](Model& m) { m.init(uint64_t(cfg_.train.seed)); });
   }
 }
 
 Trainer::~Trainer() = default;
 
+void Trainer::load_whole(const std::function<void(Model&)>& fill) {
+  if (!whole_) return fill(*model_);
+  auto whole = make_model(cfg_.model);
+  fill(*whole);
+  dist::tp_slice(whole->params(), whole->params().params(), model_->params(), model_->params().params(), tp_,
+                 tp_rank_);
+}
+
+uint64_t Trainer::comm_bytes_total() const {
+  return comm_bytes(comm_.get()) + comm_bytes(tp_comm_.get()) + comm_bytes(dp_split_.get());
+}
+
+uint64_t Trainer::comm_calls_total() const {
+  uint64_t n = 0;
+  for (const auto* c : {comm_.get(), tp_comm_.get(), dp_split_.get()})
+    if (c) n += c->stats().calls;
+  return n;
+}
+
 double Trainer::evaluate() {
   double loss = evaluate_model(*model_, *val_, cfg_.train.eval_batches, cfg_.train.batch_size, cfg_.train.seq_len);
-  comm_->all_reduce_sum(&loss, 1);  // ranks evaluate equally many batches of disjoint windows
-  return loss / comm_->world();
+  dp_comm_->all_reduce_sum(&loss, 1);  // groups evaluate equally many batches of disjoint windows
+  return loss / dp_comm_->world();
 }
 
 void Trainer::save_checkpoint(long step) {
@@ -195,13 +246,30 @@ void Trainer::save_checkpoint(long step) {
                           {"loader", loader},
                           {"seed", cfg_.train.seed},
                           {"optimizer_step", dp_->step_count()},
-                          {"world_size", comm_->world()}};
+                          {"world_size", comm_->world()},
+                          {"tensor_parallel", tp_}};
   std::string config = config_to_toml(cfg_);
-  auto opt = dp_->full_state();  // collective: every rank takes part, rank 0 writes
+  // Collective: every rank takes part, rank 0 writes. The files hold the single-process layout.
+  auto opt = dp_->full_state();
+  std::unique_ptr<Model> whole;
+  std::vector<float> m_whole, v_whole;
+  if (whole_) {
+    const auto& part = model_->params();
+    auto p = dist::tp_gather(whole_->params(), part, part.params(), *tp_comm_);
+    m_whole = dist::tp_gather(whole_->params(), part, opt.m, *tp_comm_);
+    v_whole = dist::tp_gather(whole_->params(), part, opt.v, *tp_comm_);
+    if (comm_->rank() == 0) {
+      whole = make_model(cfg_.model);
+      std::copy(p.begin(), p.end(), whole->params().params());
+    }
+    opt.m = m_whole.data();
+    opt.v = v_whole.data();
+  }
   if (comm_->rank() != 0) return;
+  const Model& saved = whole ? *whole : *model_;
   write_checkpoint(run_dir_, step, cfg_.checkpoint.keep_last, [&](const std::filesystem::path& dir) {
-    save_model(*model_, dir / "model.safetensors");
-    save_optimizer(opt.m, opt.v, opt.t, model_->params(), dir / "optimizer.safetensors");
+    save_model(saved, dir / "model.safetensors");
+    save_optimizer(opt.m, opt.v, opt.t, saved.params(), dir / "optimizer.safetensors");
     write_file_atomic(dir / "state.json", state.dump(2) + "\n");
     write_file_atomic(dir / "config.toml", config);
   });
@@ -210,7 +278,7 @@ void Trainer::save_checkpoint(long step) {
 TrainSummary Trainer::run(long stop_at) {
   const auto& tc = cfg_.train;
   const int B = tc.batch_size, T = tc.seq_len;
-  const int world = comm_->world();
+  const int world = dp_comm_->world();  // data-parallel groups: each sees its own batch
   const bool rank0 = comm_->rank() == 0;  // writes the run's files and talks to the terminal
   TrainSummary sum;
   sum.start_step = sum.end_step = start_step_;
@@ -232,9 +300,10 @@ TrainSummary Trainer::run(long stop_at) {
     if (progress) progress->message(line);
   };
   say(fmt::format("model: {}; {} threads", describe(*model_), num_threads()));
-  if (world > 1)
-    say(fmt::format("data parallel: {} ranks ({}), ZeRO stage {}, global batch {} x {}", world, comm_->kind(),
-                    cfg_.dist.zero, tc.batch_size * tc.grad_accum * world, tc.seq_len));
+  if (comm_->world() > 1)
+    say(fmt::format("data parallel: {} ranks ({}), ZeRO stage {}, global batch {} x {}{}", world, comm_->kind(),
+                    cfg_.dist.zero, tc.batch_size * tc.grad_accum * world, tc.seq_len,
+                    tp_ > 1 ? fmt::format("; tensor parallel: {} ranks per group", tp_) : std::string()));
   if (start_step_ == 0 && !tc.init_from.empty()) say(fmt::format("starting from {}", tc.init_from));
   if (start_step_ > 0) say(fmt::format("resuming from step {}", start_step_));
 
@@ -254,7 +323,7 @@ TrainSummary Trainer::run(long stop_at) {
   Timer run_timer;
   for (long step = start_step_; step < tc.steps; ++step) {
     Timer step_timer;
-    const uint64_t comm_before = comm_bytes(*comm_), calls_before = comm_->stats().calls;
+    const uint64_t comm_before = comm_bytes_total(), calls_before = comm_calls_total();
     auto& ps = model_->params();
     ps.zero_grad();
     double loss = 0;
@@ -267,7 +336,7 @@ TrainSummary Trainer::run(long stop_at) {
       dp_->arm(micro == tc.grad_accum - 1);
       model_->backward();
     }
-    comm_->all_reduce_sum(&loss, 1);
+    dp_comm_->all_reduce_sum(&loss, 1);
     loss /= world;
     double norm = dp_->sync_and_clip(cfg_.optim.grad_clip);
     double lr = lr_at(cfg_.optim, step, tc.steps);
@@ -296,11 +365,11 @@ TrainSummary Trainer::run(long stop_at) {
     // A signal on any rank (Slurm signals them all, but not at the same instant) stops every
     // rank after this same step.
     int signalled = g_stop_signal.load() != 0 ? 1 : 0;
-    if (world > 1) comm_->all_reduce_max(&signalled, 1);
+    if (comm_->world() > 1) comm_->all_reduce_max(&signalled, 1);
     bool stopping = signalled != 0 || (stop_at > 0 && done >= stop_at);
-    if (world > 1) {  // this step's collectives
-      rec["comm_bytes"] = comm_bytes(*comm_) - comm_before;
-      rec["comm_calls"] = comm_->stats().calls - calls_before;
+    if (comm_->world() > 1) {  // this step's collectives
+      rec["comm_bytes"] = comm_bytes_total() - comm_before;
+      rec["comm_calls"] = comm_calls_total() - calls_before;
     }
     if (last || (tc.eval_every > 0 && done % tc.eval_every == 0)) {
       double vl = evaluate();

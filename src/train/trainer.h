@@ -3,6 +3,7 @@
 // progress, and clean stops on SIGINT/SIGTERM. Re-running on a run directory that holds a
 // checkpoint resumes from it exactly (same losses, bit for bit, on CPU).
 #include <filesystem>
+#include <functional>
 #include <memory>
 
 #include "data/loader.h"
@@ -25,8 +26,10 @@ struct TrainSummary {
 class Trainer {
  public:
   // Validates everything it can (config, data, vocabulary, an existing checkpoint) before it
-  // writes anything. Started by mpirun/srun, every rank constructs one: ranks train on
-  // disjoint data, synchronise gradients ([dist] zero), and rank 0 writes the run's files.
+  // writes anything. Started by mpirun/srun, every rank constructs one. The ranks form a grid:
+  // groups of [dist] tensor_parallel consecutive ranks each hold one copy of the model, split
+  // among them; the groups train on disjoint data and synchronise gradients ([dist] zero);
+  // rank 0 writes the run's files.
   explicit Trainer(RunConfig cfg);
   ~Trainer();
   // Trains to [train] steps; with stop_at > 0, stops after that step (checkpoint written), as a
@@ -40,13 +43,24 @@ class Trainer {
 
  private:
   void save_checkpoint(long step);
+  // Fills the whole model with `fill`, then keeps this rank's part (tensor parallelism); or
+  // fills the model directly.
+  void load_whole(const std::function<void(Model&)>& fill);
+  uint64_t comm_bytes_total() const;
+  uint64_t comm_calls_total() const;
 
   RunConfig cfg_;
   std::filesystem::path run_dir_;
   std::unique_ptr<data::DataLoader> train_, val_;
   std::unique_ptr<data::MixtureLoader> mixture_;  // instead of train_ when [data] mixture is set
-  std::unique_ptr<dist::Communicator> comm_;
+  std::unique_ptr<dist::Communicator> comm_;  // every rank
+  // Declared after comm_, so destroyed before it: the tensor-parallel group, and the
+  // data-parallel group when it is not the whole world (dp_comm_ points to one of them).
+  std::unique_ptr<dist::Communicator> tp_comm_, dp_split_;
+  dist::Communicator* dp_comm_ = nullptr;
+  int tp_ = 1, tp_rank_ = 0;
   std::unique_ptr<Model> model_;
+  std::unique_ptr<Model> whole_;  // tensor parallelism: the whole model's registry (no data)
   std::unique_ptr<DataParallel> dp_;
   long start_step_ = 0;
   uint64_t tokens_seen_ = 0;

@@ -1,12 +1,15 @@
 // Data parallelism over MPI (CTest label `mpi`): these tests start `mpirun -np 2` themselves,
 // on CPU, and skip when the build has no MPI or no mpirun is installed.
-//   - the collectives, run by this same binary re-launched under mpirun;
+//   - the collectives and split(), run by this same binary re-launched under mpirun;
 //   - 2 ranks with batch B follow 1 rank with batch 2B step by step (fp32 summation order
 //     apart), for ZeRO stages 0, 1 and 2, and the three stages give bit-identical weights;
 //   - runs stopped on 2 ranks resume on 1 and on 4, and one stopped on 1 resumes on 2, continuing
 //     the uninterrupted run's losses;
+//   - tensor parallel 2, alone and times data parallel 2, follows one rank, and its runs resume
+//     on other layouts;
 //   - a rank that hangs ends the job within [dist] timeout_s, with one line naming the rank,
 //     and the last checkpoint stays intact.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <signal.h>
@@ -96,6 +99,39 @@ TEST(MpiWorker, DISABLED_Collectives) {
   EXPECT_EQ(comm->stats().reduce_scatter, 1000u * 4);
   EXPECT_EQ(comm->stats().all_gather, uint64_t(sh.counts[r]) * 4);
   EXPECT_EQ(comm->stats().broadcast, 6u);
+  // split: by parity, two 1-rank communicators; with one color and key -rank, both ranks in
+  // reverse order. Declared after `comm`, so destroyed (freed) before it finalizes MPI.
+  const dist::CommStats before = comm->stats();
+  auto solo = comm->split(r % 2, r);
+  EXPECT_EQ(solo->world(), 1);
+  EXPECT_EQ(solo->rank(), 0);
+  EXPECT_EQ(solo->kind(), "mpi");
+  float v[2] = {float(r) + 0.5f, -3};
+  solo->all_reduce_sum(v, 2);
+  EXPECT_EQ(v[0], float(r) + 0.5f);
+  EXPECT_EQ(v[1], -3.0f);
+  auto rev = comm->split(0, -r);
+  ASSERT_EQ(rev->world(), 2);
+  const int nr = rev->rank();
+  EXPECT_EQ(nr, 1 - r);
+  float s[2] = {float(r + 1), float(10 * (r + 1))};
+  rev->all_reduce_sum(s, 2);
+  EXPECT_EQ(s[0], 3.0f);
+  EXPECT_EQ(s[1], 30.0f);
+  // Blocks in the new rank order: new rank q is world rank 1 - q.
+  const std::vector<int> counts = {2, 1};
+  std::vector<float> gs(3, -1.0f);
+  for (int i = 0; i < counts[nr]; ++i) gs[nr * 2 + i] = float(r);
+  rev->all_gather(gs.data(), counts);
+  EXPECT_EQ(gs, (std::vector<float>{1, 1, 0}));
+  // Each communicator counts its own bytes; the split itself is counted nowhere.
+  EXPECT_EQ(solo->stats().all_reduce, 8u);
+  EXPECT_EQ(solo->stats().calls, 1u);
+  EXPECT_EQ(rev->stats().all_reduce, 8u);
+  EXPECT_EQ(rev->stats().all_gather, uint64_t(counts[nr]) * 4);
+  EXPECT_EQ(rev->stats().calls, 2u);
+  EXPECT_EQ(comm->stats().calls, before.calls);
+  EXPECT_EQ(comm->stats().all_reduce, before.all_reduce);
 }
 
 TEST_F(Mpi, Collectives) {
@@ -148,6 +184,18 @@ class MpiTrain : public Mpi {
                       err.string() + " </dev/null";
     int status = std::system(cmd.c_str());
     return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
+  }
+  // Every step of `run` (B sequences per rank) recorded the bytes `lmforge plan FLAGS` predicts.
+  static void expect_comm_bytes_as_planned(const fs::path& run, const std::string& flags, int B, size_t steps,
+                                           const TempDir& t) {
+    auto plan = run_lmforge("plan " + flags + " --set model.vocab_size=257 " + model_sets(run, B, ""), t.path());
+    ASSERT_EQ(plan.code, 0) << plan.err;
+    auto at = plan.out.find("  total");
+    ASSERT_NE(at, std::string::npos) << plan.out;
+    const double predicted = std::stod(plan.out.substr(at + 7));
+    auto bytes = losses(run, "comm_bytes");
+    ASSERT_EQ(bytes.size(), steps);
+    for (size_t i = 0; i < bytes.size(); ++i) EXPECT_EQ(bytes[i], predicted) << "step " << i + 1;
   }
   static std::vector<double> losses(const fs::path& run, const char* key = "train_loss") {
     std::vector<double> v;
@@ -235,16 +283,7 @@ TEST_F(MpiTrain, TwoRanksEqualOneRankWithDoubleBatchForEveryZeroStage) {
     for (size_t i = 0; i < ref_val.size(); ++i)
       EXPECT_NEAR(got_val[i], ref_val[i], drift_tolerance(ref_val[i], 4 * int(i + 1))) << "eval " << i;
     // Every step moved exactly the bytes `lmforge plan` predicts for rank 0.
-    auto plan = run_lmforge("plan -n 2 --zero " + std::to_string(zero) + " --set model.vocab_size=257 " +
-                                model_sets(run, 4, ""),
-                            t.path());
-    ASSERT_EQ(plan.code, 0) << plan.err;
-    auto at = plan.out.find("  total");
-    ASSERT_NE(at, std::string::npos) << plan.out;
-    const double predicted = std::stod(plan.out.substr(at + 7));
-    auto bytes = losses(run, "comm_bytes");
-    ASSERT_EQ(bytes.size(), ref.size());
-    for (size_t i = 0; i < bytes.size(); ++i) EXPECT_EQ(bytes[i], predicted) << "step " << i + 1;
+    expect_comm_bytes_as_planned(run, "-n 2 --zero " + std::to_string(zero), 4, ref.size(), t);
     // Overlap splits the gradient all-reduce into one per block (2 here) plus the rest.
     auto calls = losses(run, "comm_calls");
     ASSERT_FALSE(calls.empty());
@@ -291,6 +330,74 @@ TEST_F(MpiTrain, ResumeAcrossWorldSizes) {
     for (size_t i = 0; i < ref.size(); ++i)
       EXPECT_NEAR(got[i], ref[i], drift_tolerance(ref[i], int(i) + 1)) << "step " << i + 1;
   }
+}
+
+// Tensor parallel 2 (each block's heads and MLP columns split over 2 ranks) follows one rank
+// with the same batch, and 2 x 2 ranks (data x tensor parallel, ZeRO 2) follow one rank with
+// twice the batch: the same numbers up to fp32 summation order.
+TEST_F(MpiTrain, TensorParallelAndDataTimesTensorParallelFollowOneRank) {
+  TempDir t;
+  for (auto [world, zero] : {std::pair{2, 0}, std::pair{4, 2}}) {
+    const int dp = world / 2;
+    SCOPED_TRACE(world);
+    auto one = t / ("one_" + std::to_string(world));
+    ASSERT_EQ(run_lmforge(train_args(one, 4 * dp, ""), t.path()).code, 0);
+    auto ref = losses(one), ref_val = losses(one, "val_loss");
+    ASSERT_EQ(ref.size(), 8u);
+    auto run = t / ("tp_" + std::to_string(world));
+    auto r = run_ranks(world, train_args(run, 4, "--set dist.tensor_parallel=2 --set dist.zero=" +
+                                                     std::to_string(zero)),
+                       t.path());
+    ASSERT_EQ(r.code, 0) << r.err << r.out;
+    EXPECT_NE((r.out + r.err).find(fmt::format("data parallel: {} ranks (mpi), ZeRO stage {}", dp, zero)),
+              std::string::npos)
+        << r.out;
+    EXPECT_NE((r.out + r.err).find("tensor parallel: 2 ranks per group"), std::string::npos) << r.out;
+    auto got = losses(run), got_val = losses(run, "val_loss");
+    ASSERT_EQ(got.size(), ref.size());
+    for (size_t i = 0; i < ref.size(); ++i)
+      EXPECT_NEAR(got[i], ref[i], drift_tolerance(ref[i], int(i) + 1)) << "step " << i + 1;
+    ASSERT_EQ(got_val.size(), ref_val.size());
+    for (size_t i = 0; i < ref_val.size(); ++i)
+      EXPECT_NEAR(got_val[i], ref_val[i], drift_tolerance(ref_val[i], 4 * int(i + 1))) << "eval " << i;
+    expect_comm_bytes_as_planned(run, fmt::format("-n {} --tensor-parallel 2 --zero {}", world, zero), 4,
+                                 ref.size(), t);
+  }
+}
+
+// A checkpoint holds the single-process layout whatever the split: runs move between tensor
+// parallel, data parallel and one rank, continuing the uninterrupted run's losses.
+TEST_F(MpiTrain, TensorParallelRunsResumeOnOtherLayouts) {
+  TempDir t;
+  auto straight = t / "straight";
+  ASSERT_EQ(run_lmforge(train_args(straight, 8, ""), t.path()).code, 0);
+  auto ref = losses(straight);
+  // 2 x 2 ranks (ZeRO 1) to step 4, then 1 rank to 8.
+  auto a = t / "dp2tp2_then_one";
+  auto r = run_ranks(4, train_args(a, 4, "--set dist.tensor_parallel=2 --set dist.zero=1 --stop-at 4"), t.path());
+  ASSERT_EQ(r.code, 0) << r.err;
+  ASSERT_EQ(run_lmforge(train_args(a, 8, ""), t.path()).code, 0);
+  // 1 rank to step 4, then 2 x 2 ranks (ZeRO 2) to 8.
+  auto b = t / "one_then_dp2tp2";
+  ASSERT_EQ(run_lmforge(train_args(b, 8, "--stop-at 4"), t.path()).code, 0);
+  r = run_ranks(4, train_args(b, 4, "--set dist.tensor_parallel=2 --set dist.zero=2"), t.path());
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (const auto& run : {a, b}) {
+    SCOPED_TRACE(run.filename().string());
+    auto got = losses(run);
+    ASSERT_EQ(got.size(), ref.size());
+    for (size_t i = 0; i < ref.size(); ++i)
+      EXPECT_NEAR(got[i], ref[i], drift_tolerance(ref[i], int(i) + 1)) << "step " << i + 1;
+  }
+  // What cannot be split is refused before anything is written.
+  auto bad = t / "bad";
+  expect_user_error(run_lmforge(train_args(bad, 4, "--set dist.tensor_parallel=2"), t.path()),
+                    "[dist] tensor_parallel = 2 must divide the number of ranks (1");
+  expect_user_error(run_lmforge(train_args(bad, 4, "--set dist.tensor_parallel=3"), t.path()),
+                    "[dist] tensor_parallel must divide [model] n_head");
+  expect_user_error(run_lmforge(train_args(bad, 4, "--set dist.tensor_parallel=4"), t.path()),
+                    "must divide the kv heads");
+  EXPECT_FALSE(fs::exists(bad));
 }
 
 TEST_F(MpiTrain, HungRankEndsTheJobWithinTheTimeout) {

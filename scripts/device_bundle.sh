@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Pack built programs and the shared libraries they need (those a stock CUDA image lacks) into
+# one archive, to run them on a machine that has the GPU but not this project's build
+# dependencies. Usage: scripts/device_bundle.sh BUILD_DIR OUT.tgz [PROGRAM...]
+# PROGRAM paths are relative to BUILD_DIR (default: lmforge and every test). On the other machine:
+#   mkdir -p /tmp/lmf && tar -xzf OUT.tgz -C /tmp/lmf && export LD_LIBRARY_PATH=/tmp/lmf/lib
+set -euo pipefail
+build=$1; out=$2; shift 2
+progs=("$@")
+if [ ${#progs[@]} -eq 0 ]; then
+  progs=(lmforge $(cd "$build" && ls tests/test_* | grep -v '\.cmake$'))
+fi
+stage=$(mktemp -d); trap 'rm -rf "$stage"' EXIT
+mkdir -p "$stage/bin" "$stage/lib"
+for p in "${progs[@]}"; do
+  strip -o "$stage/bin/$(basename "$p")" "$build/$p"
+  # libc, libm, libstdc++, libgcc_s and the loader come from the target system (newer there)
+  ldd "$build/$p" | awk '/=> \// {print $3}' |
+    (grep -Ev '/(libc|libm|libstdc\+\+|libgcc_s|libpthread|libdl|librt)\.so' || true) |
+    while read -r lib; do cp -nL "$lib" "$stage/lib/"; done
+done
+tar -czf "$out" -C "$stage" bin lib
+echo "$out: $(du -h "$out" | cut -f1), ${#progs[@]} programs, $(ls "$stage/lib" | wc -l) libraries"
