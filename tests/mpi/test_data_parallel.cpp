@@ -152,6 +152,12 @@ TEST_F(Mpi, Collectives) {
 
 // ---- training -----------------------------------------------------------------------------------
 
+// Two ranks sum two half-batch gradients where one rank sums one whole batch: the same
+// numbers up to fp32 summation order. Each step's weights then differ by a few roundings, so
+// the losses may drift apart by about u * loss per step (u = 2^-24); allow 8x that, growing
+// linearly with the step.
+double drift_tolerance(double loss, int step) { return 8 * std::ldexp(1.0, -24) * loss * step; }
+
 class MpiTrain : public Mpi {
  protected:
   static inline TempDir* tmp = nullptr;
@@ -196,6 +202,19 @@ class MpiTrain : public Mpi {
     auto bytes = losses(run, "comm_bytes");
     ASSERT_EQ(bytes.size(), steps);
     for (size_t i = 0; i < bytes.size(); ++i) EXPECT_EQ(bytes[i], predicted) << "step " << i + 1;
+  }
+  // `run` recorded the training losses of `ref` step by step, and its validation losses (every
+  // 4 steps), within that drift.
+  static void expect_losses_follow(const fs::path& run, const fs::path& ref_run) {
+    for (const char* key : {"train_loss", "val_loss"}) {
+      SCOPED_TRACE(key);
+      auto ref = losses(ref_run, key), got = losses(run, key);
+      ASSERT_FALSE(ref.empty());
+      ASSERT_EQ(got.size(), ref.size());
+      const int every = std::string(key) == "val_loss" ? 4 : 1;
+      for (size_t i = 0; i < ref.size(); ++i)
+        EXPECT_NEAR(got[i], ref[i], drift_tolerance(ref[i], every * int(i + 1))) << "record " << i + 1;
+    }
   }
   static std::vector<double> losses(const fs::path& run, const char* key = "train_loss") {
     std::vector<double> v;
@@ -246,17 +265,13 @@ bool wait_for(Pred&& pred, std::chrono::seconds limit) {
   return true;
 }
 
-// Two ranks sum two half-batch gradients where one rank sums one whole batch: the same
-// numbers up to fp32 summation order. Each step's weights then differ by a few roundings, so
-// the losses may drift apart by about u * loss per step (u = 2^-24); allow 8x that, growing
-// linearly with the step.
-double drift_tolerance(double loss, int step) { return 8 * std::ldexp(1.0, -24) * loss * step; }
+
 
 TEST_F(MpiTrain, TwoRanksEqualOneRankWithDoubleBatchForEveryZeroStage) {
   TempDir t;
   auto one = t / "one";
   ASSERT_EQ(run_lmforge(train_args(one, 8, ""), t.path()).code, 0);
-  auto ref = losses(one), ref_val = losses(one, "val_loss");
+  auto ref = losses(one);
   ASSERT_EQ(ref.size(), 8u);
   std::string weights0;
   // Every stage, and stages 0 and 1 also with the all-reduce overlapped with the backward.
@@ -275,13 +290,7 @@ TEST_F(MpiTrain, TwoRanksEqualOneRankWithDoubleBatchForEveryZeroStage) {
     EXPECT_NE((r.out + r.err).find("data parallel: 2 ranks (mpi), ZeRO stage " + std::to_string(zero)),
               std::string::npos)
         << r.out << r.err;
-    auto got = losses(run), got_val = losses(run, "val_loss");
-    ASSERT_EQ(got.size(), ref.size());
-    for (size_t i = 0; i < ref.size(); ++i)
-      EXPECT_NEAR(got[i], ref[i], drift_tolerance(ref[i], int(i) + 1)) << "step " << i + 1;
-    ASSERT_EQ(got_val.size(), ref_val.size());
-    for (size_t i = 0; i < ref_val.size(); ++i)
-      EXPECT_NEAR(got_val[i], ref_val[i], drift_tolerance(ref_val[i], 4 * int(i + 1))) << "eval " << i;
+    expect_losses_follow(run, one);
     // Every step moved exactly the bytes `lmforge plan` predicts for rank 0.
     expect_comm_bytes_as_planned(run, "-n 2 --zero " + std::to_string(zero), 4, ref.size(), t);
     // Overlap splits the gradient all-reduce into one per block (2 here) plus the rest.
@@ -325,10 +334,7 @@ TEST_F(MpiTrain, ResumeAcrossWorldSizes) {
   ASSERT_EQ(r4.code, 0) << r4.err;
   for (const auto& run : {a, b, c}) {
     SCOPED_TRACE(run.filename().string());
-    auto got = losses(run);
-    ASSERT_EQ(got.size(), ref.size());
-    for (size_t i = 0; i < ref.size(); ++i)
-      EXPECT_NEAR(got[i], ref[i], drift_tolerance(ref[i], int(i) + 1)) << "step " << i + 1;
+    expect_losses_follow(run, straight);
   }
 }
 
@@ -342,7 +348,7 @@ TEST_F(MpiTrain, TensorParallelAndDataTimesTensorParallelFollowOneRank) {
     SCOPED_TRACE(world);
     auto one = t / ("one_" + std::to_string(world));
     ASSERT_EQ(run_lmforge(train_args(one, 4 * dp, ""), t.path()).code, 0);
-    auto ref = losses(one), ref_val = losses(one, "val_loss");
+    auto ref = losses(one);
     ASSERT_EQ(ref.size(), 8u);
     auto run = t / ("tp_" + std::to_string(world));
     auto r = run_ranks(world, train_args(run, 4, "--set dist.tensor_parallel=2 --set dist.zero=" +
@@ -353,13 +359,7 @@ TEST_F(MpiTrain, TensorParallelAndDataTimesTensorParallelFollowOneRank) {
               std::string::npos)
         << r.out;
     EXPECT_NE((r.out + r.err).find("tensor parallel: 2 ranks per group"), std::string::npos) << r.out;
-    auto got = losses(run), got_val = losses(run, "val_loss");
-    ASSERT_EQ(got.size(), ref.size());
-    for (size_t i = 0; i < ref.size(); ++i)
-      EXPECT_NEAR(got[i], ref[i], drift_tolerance(ref[i], int(i) + 1)) << "step " << i + 1;
-    ASSERT_EQ(got_val.size(), ref_val.size());
-    for (size_t i = 0; i < ref_val.size(); ++i)
-      EXPECT_NEAR(got_val[i], ref_val[i], drift_tolerance(ref_val[i], 4 * int(i + 1))) << "eval " << i;
+    expect_losses_follow(run, one);
     expect_comm_bytes_as_planned(run, fmt::format("-n {} --tensor-parallel 2 --zero {}", world, zero), 4,
                                  ref.size(), t);
   }
@@ -384,10 +384,7 @@ TEST_F(MpiTrain, TensorParallelRunsResumeOnOtherLayouts) {
   ASSERT_EQ(r.code, 0) << r.err;
   for (const auto& run : {a, b}) {
     SCOPED_TRACE(run.filename().string());
-    auto got = losses(run);
-    ASSERT_EQ(got.size(), ref.size());
-    for (size_t i = 0; i < ref.size(); ++i)
-      EXPECT_NEAR(got[i], ref[i], drift_tolerance(ref[i], int(i) + 1)) << "step " << i + 1;
+    expect_losses_follow(run, straight);
   }
   // What cannot be split is refused before anything is written.
   auto bad = t / "bad";
