@@ -307,6 +307,169 @@ TEST(CudaOps, Adamw) {
   check_adamw(100003, 1000);
 }
 
+// ---- rmsnorm ------------------------------------------------------------------------------------
+
+// amp scales the inputs; at 1e-3 mean(x^2) ~ 1e-6 is below eps, so a dropped or misplaced eps
+// fails.
+void check_rmsnorm(int N, int C, double amp = 1.0) {
+  SCOPED_TRACE("N = " + std::to_string(N) + ", C = " + std::to_string(C) +
+               ", amp = " + std::to_string(amp));
+  const Tol t = tol_f32();
+  const float eps = 1e-5f;
+  const size_t NC = (size_t)N * C;
+  // Inputs off-centre, as for a residual stream (test_ops.cpp).
+  const Vec x = rand_vec(NC, 40, -1.0 * amp, 3.0 * amp), w = rand_vec(C, 41),
+            dout = rand_vec(NC, 42), dinp0 = rand_vec(NC, 43), dw0 = rand_vec(C, 44);
+  const FVec xf = to_f(x), wf = to_f(w), doutf = to_f(dout);
+
+  // Exact (double) forward: only for the bounds.
+  Vec out_r(NC), rstd_r(N);
+  ops::ref::rmsnorm_forward(out_r.data(), rstd_r.data(), x.data(), w.data(), N, C, eps);
+  // CPU, the specification.
+  FVec out_c(NC), rstd_c(N);
+  ops::rmsnorm_forward<float>(out_c.data(), rstd_c.data(), xf.data(), wf.data(), N, C, eps);
+  FVec dinp_c = to_f(dinp0), dw_c = to_f(dw0);
+  ops::rmsnorm_backward<float>(dinp_c.data(), dw_c.data(), doutf.data(), xf.data(), wf.data(),
+                               rstd_c.data(), N, C);
+  // GPU: outputs that must be assigned start as NaN, gradients start from dinp0, dw0 (nonzero), so
+  // a kernel that assigned instead of accumulating fails.
+  DeviceBuffer<float> dx(xf), dwt(wf), ddout(doutf), dout_g(nans(NC)), drstd(nans(N));
+  cuda::rmsnorm_forward(dout_g.data(), drstd.data(), dx.data(), dwt.data(), N, C, eps);
+  DeviceBuffer<float> ddinp(to_f(dinp0)), ddw(to_f(dw0));
+  cuda::rmsnorm_backward(ddinp.data(), ddw.data(), ddout.data(), dx.data(), dwt.data(),
+                         drstd.data(), N, C);
+
+  // Bounds of test_ops.cpp check_rmsnorm, derivations there: rstd's relative error rel_r (sum of
+  // C squares, /C, +eps, sqrt, 1/); out = x rstd w two roundings more; dinp through the bracket
+  // (dnorm - norm M), M a mean of C products; dw a sum of N products plus dw0.
+  const double W = max_abs(w), G = max_abs(dout), r = max_abs(rstd_r);
+  double nu = 0;  // max |normalised value|
+  for (int i = 0; i < N; ++i)
+    for (int c = 0; c < C; ++c) nu = std::max(nu, std::abs(x[(size_t)i * C + c]) * rstd_r[i]);
+  const double rel_r = 0.5 * t.gamma(C + 1) + t.gamma(4);
+  expect_close("rstd", drstd.to_host(), rstd_c, kBoth * r * rel_r);
+  expect_close("out", dout_g.to_host(), out_c, kBoth * W * nu * (rel_r + t.gamma(2)));
+
+  const double g = W * G, bracket = g * (1 + nu * nu);
+  const double e_m = g * nu * (t.gamma(C + 3) + rel_r);
+  const double e_bracket = t.gamma(4) * bracket + nu * e_m + g * nu * nu * rel_r;
+  expect_close(
+      "dinp", ddinp.to_host(), dinp_c,
+      kBoth * (r * (e_bracket + bracket * rel_r) + t.gamma(1) * (max_abs(dinp0) + r * bracket)));
+  expect_close("dw", ddw.to_host(), dw_c,
+               kBoth * (t.gamma(N + 2) * (N * nu * G + max_abs(dw0)) + N * G * nu * rel_r));
+
+  // Deterministic: the same backward again gives the same bits.
+  DeviceBuffer<float> ddinp2(to_f(dinp0)), ddw2(to_f(dw0));
+  cuda::rmsnorm_backward(ddinp2.data(), ddw2.data(), ddout.data(), dx.data(), dwt.data(),
+                         drstd.data(), N, C);
+  EXPECT_EQ(ddinp2.to_host(), ddinp.to_host());
+  EXPECT_EQ(ddw2.to_host(), ddw.to_host());
+}
+
+TEST(CudaOps, Rmsnorm) {
+  SKIP_WITHOUT_DEVICE();
+  check_rmsnorm(37, 67);
+  check_rmsnorm(37, 771);
+  check_rmsnorm(37, 768);
+  check_rmsnorm(1, 1);
+  check_rmsnorm(5, 31);
+  check_rmsnorm(33, 33);
+  check_rmsnorm(1031, 64);      // N past the 32 row lanes of the dw kernel
+  check_rmsnorm(37, 67, 1e-3);  // mean(x^2) below eps
+}
+
+// ---- swiglu -------------------------------------------------------------------------------------
+
+TEST(CudaOps, Swiglu) {
+  SKIP_WITHOUT_DEVICE();
+  const Tol t = tol_f32();
+  for (size_t n : {size_t(1), size_t(37), size_t(37 * 771), size_t(100003)}) {
+    SCOPED_TRACE("n = " + std::to_string(n));
+    // gate out to |8|: sigmoid near 0 and near 1, where silu' cancels (test_ops.cpp).
+    const Vec gate = rand_vec(n, 47, -8.0, 8.0), up = rand_vec(n, 48), dout = rand_vec(n, 49);
+    const FVec gf = to_f(gate), uf = to_f(up), df = to_f(dout);
+    FVec out_c(n), dgate_c(n), dup_c(n);
+    ops::swiglu_forward<float>(out_c.data(), gf.data(), uf.data(), n);
+    ops::swiglu_backward<float>(dgate_c.data(), dup_c.data(), df.data(), gf.data(), uf.data(), n);
+    Vec out_r(n), dgate_r(n), dup_r(n);
+    ops::ref::swiglu_forward(out_r.data(), gate.data(), up.data(), n);
+    ops::ref::swiglu_backward(dgate_r.data(), dup_r.data(), dout.data(), gate.data(), up.data(), n);
+
+    DeviceBuffer<float> dg(gf), du(uf), dd(df), dout_g(nans(n)), ddgate(nans(n)), ddup(nans(n));
+    cuda::swiglu_forward(dout_g.data(), dg.data(), du.data(), n);
+    cuda::swiglu_backward(ddgate.data(), ddup.data(), dd.data(), dg.data(), du.data(), n);
+
+    // Per-element bounds of test_ops.cpp check_swiglu: sigmoid's relative error gamma(18) (exp as
+    // 16 roundings, then two); out and dup two products more; silu' = s + g s (1 - s) carries s's
+    // error absolutely (cancellation as s -> 1) plus four roundings, then two products.
+    Vec tol_out(n), tol_dgate(n), tol_dup(n);
+    for (size_t i = 0; i < n; ++i) {
+      const double g = gate[i], sg = 1 / (1 + std::exp(-g)), ag = std::abs(g);
+      const double es = t.gamma(18) * sg;
+      tol_out[i] = kBoth * t.gamma(20) * std::abs(out_r[i]);
+      tol_dup[i] = kBoth * t.gamma(20) * std::abs(dup_r[i]);
+      const double dsilu = sg + ag * sg * (1 - sg);
+      const double e_dsilu = es * (1 + ag * (1 - sg) + ag * sg) + t.gamma(4) * dsilu;
+      tol_dgate[i] = kBoth * std::abs(dout[i] * up[i]) * (e_dsilu + t.gamma(2) * dsilu);
+    }
+    expect_close("out", dout_g.to_host(), out_c, tol_out);
+    expect_close("dgate", ddgate.to_host(), dgate_c, tol_dgate);
+    expect_close("dup", ddup.to_host(), dup_c, tol_dup);
+    // In place (dgate == dout): each element's inputs are read before it is written.
+    cuda::swiglu_backward(dd.data(), ddup.data(), dd.data(), dg.data(), du.data(), n);
+    expect_close("dgate (in place)", dd.to_host(), dgate_c, tol_dgate);
+    expect_close("dup (in place)", ddup.to_host(), dup_c, tol_dup);
+  }
+}
+
+// ---- rope ---------------------------------------------------------------------------------------
+
+void check_rope(int B, int T, int NH, int hs, bool interleaved, int pos0) {
+  SCOPED_TRACE("B = " + std::to_string(B) + ", T = " + std::to_string(T) +
+               ", NH = " + std::to_string(NH) + ", hs = " + std::to_string(hs) +
+               (interleaved ? ", interleaved" : ", rotate-half") +
+               ", pos0 = " + std::to_string(pos0));
+  const Tol t = tol_f32();
+  const std::vector<double> inv_freq = ops::rope_inv_freq(hs, 10000.0);
+  const size_t n = (size_t)B * T * NH * hs;
+  const Vec x = rand_vec(n, 45), dout = rand_vec(n, 46);
+  const FVec xf = to_f(x), df = to_f(dout);
+  FVec out_c(n), dinp_c(n);
+  ops::rope_forward<float>(out_c.data(), xf.data(), B, T, NH, hs, inv_freq.data(), interleaved,
+                           pos0);
+  ops::rope_backward<float>(dinp_c.data(), df.data(), B, T, NH, hs, inv_freq.data(), interleaved,
+                            pos0);
+
+  // The table lives on the device (uploaded once, as a model would).
+  DeviceBuffer<double> dfreq(inv_freq);
+  DeviceBuffer<float> dx(xf), dd(df), dout_g(nans(n)), ddinp(nans(n));
+  cuda::rope_forward(dout_g.data(), dx.data(), B, T, NH, hs, dfreq.data(), interleaved, pos0);
+  cuda::rope_backward(ddinp.data(), dd.data(), B, T, NH, hs, dfreq.data(), interleaved, pos0);
+
+  // Bound of test_ops.cpp check_rope: cos and sin rounded once to float from double, two products
+  // and one add, |cos|, |sin| <= 1: gamma(4) (|a| + |b|) <= gamma(4) 2 max|x|.
+  const FVec out_g = dout_g.to_host(), dinp_g = ddinp.to_host();
+  expect_close("out", out_g, out_c, kBoth * t.gamma(4) * 2 * max_abs(x));
+  expect_close("dinp", dinp_g, dinp_c, kBoth * t.gamma(4) * 2 * max_abs(dout));
+  // In place (out == inp, dinp == dout) is the same arithmetic: bitwise equal.
+  cuda::rope_forward(dx.data(), dx.data(), B, T, NH, hs, dfreq.data(), interleaved, pos0);
+  EXPECT_EQ(dx.to_host(), out_g) << "in-place forward differs";
+  cuda::rope_backward(dd.data(), dd.data(), B, T, NH, hs, dfreq.data(), interleaved, pos0);
+  EXPECT_EQ(dd.to_host(), dinp_g) << "in-place backward differs";
+}
+
+TEST(CudaOps, Rope) {
+  SKIP_WITHOUT_DEVICE();
+  for (bool interleaved : {false, true})
+    for (int pos0 : {0, 5}) check_rope(2, 9, 3, 10, interleaved, pos0);
+  check_rope(1, 1, 1, 2, true, 0);  // one pair
+  check_rope(1, 1, 1, 2, false, 0);
+  check_rope(3, 37, 5, 64, false, 0);      // more (b, t, j) than one block
+  check_rope(1, 3, 2, 128, true, 100000);  // large angles: the double angle keeps them exact
+  check_rope(1, 3, 2, 128, false, 100000);
+}
+
 // ---- a non-default stream -----------------------------------------------------------------------
 
 TEST(CudaOps, RunsOnAStream) {

@@ -2,26 +2,26 @@
 // ops/cpu/layernorm.cpp, fp32 throughout.
 //  forward:  one warp per row; mean, then sum (x - mean)^2 (no cancellation), warp shuffles.
 //  backward: dinp += ... one warp per row (two row reductions);
-//            dw += sum_i norm * dout, db += sum_i dout: one block per 32 columns, 32 row lanes each
-//            summing rows i = lane (mod 32) in order, then the 32 partials in order. No atomics:
-//            deterministic for a given (N, C).
+//            dw += sum_i norm * dout, db += sum_i dout: column sums (ops/cuda/reduce.cuh), one
+//            block per 32 columns, 32 row lanes each summing rows i = lane (mod 32) in order, then
+//            the 32 partials in order. No atomics: deterministic for a given (N, C).
 // The gradient rule (ops/ops.h, nn/nn.h): dinp, dw and db all ACCUMULATE (+=).
 #include <cuda_runtime.h>
 
 #include "ops/cuda/cuda_util.h"
 #include "ops/cuda/launch.cuh"
 #include "ops/cuda/ops_cuda.h"
+#include "ops/cuda/reduce.cuh"
 
 namespace lmf::cuda {
 namespace {
 
+using detail::kRowsPerBlock;
 using detail::kWarp;
+using detail::row_blocks;
 using detail::warp_sum;
 
 constexpr float kEps = 1e-5f;
-constexpr int kRowsPerBlock = 8;  // warps (rows) per block: 256 threads
-constexpr int kColTile = 32;      // backward params: columns per block
-constexpr int kRowLanes = 32;     // backward params: row lanes per block
 
 __global__ void ln_fwd_kernel(float* __restrict__ out, float* __restrict__ mean,
                               float* __restrict__ rstd, const float* __restrict__ inp,
@@ -77,41 +77,20 @@ __global__ void ln_bwd_dinp_kernel(float* __restrict__ dinp, const float* __rest
   }
 }
 
-// Block (kColTile, kRowLanes): thread (tx, ty) sums column c0 + tx over rows ty, ty + 32, ...
-// (coalesced: a warp reads 32 consecutive columns of one row), then thread ty == 0 adds the 32
-// partials in order and accumulates into dw, db.
+// dw += sum_i norm * dout, db += sum_i dout over the rows, in the fixed order of
+// column_sums_accumulate.
 __global__ void ln_bwd_params_kernel(float* __restrict__ dw, float* __restrict__ db,
                                      const float* __restrict__ dout, const float* __restrict__ inp,
                                      const float* __restrict__ mean, const float* __restrict__ rstd,
                                      int N, int C) {
-  __shared__ float sw[kRowLanes][kColTile + 1];
-  __shared__ float sb[kRowLanes][kColTile + 1];
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  const int c = blockIdx.x * kColTile + tx;
-  float aw = 0.0f, ab = 0.0f;
-  if (c < C) {
-    for (int i = ty; i < N; i += kRowLanes) {
-      const size_t k = (size_t)i * C + c;
-      const float d = dout[k];
-      aw += (inp[k] - mean[i]) * rstd[i] * d;
-      ab += d;
-    }
-  }
-  sw[ty][tx] = aw;
-  sb[ty][tx] = ab;
-  __syncthreads();
-  if (ty == 0 && c < C) {
-    float tw = 0.0f, tb = 0.0f;
-    for (int l = 0; l < kRowLanes; ++l) {
-      tw += sw[l][tx];
-      tb += sb[l][tx];
-    }
-    dw[c] += tw;
-    db[c] += tb;
-  }
+  float* const dst[2] = {dw, db};
+  detail::column_sums_accumulate<2>(dst, N, C, [=](float(&acc)[2], int i, int c) {
+    const size_t k = (size_t)i * C + c;
+    const float d = dout[k];
+    acc[0] += (inp[k] - mean[i]) * rstd[i] * d;
+    acc[1] += d;
+  });
 }
-
-unsigned row_blocks(int N) { return (unsigned)((N + kRowsPerBlock - 1) / kRowsPerBlock); }
 
 }  // namespace
 
@@ -130,9 +109,8 @@ void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, co
   ln_bwd_dinp_kernel<<<row_blocks(N), kRowsPerBlock * kWarp, 0, stream>>>(dinp, dout, inp, w, mean,
                                                                           rstd, N, C);
   LMF_CUDA_CHECK_LAUNCH();
-  const dim3 block(kColTile, kRowLanes);
-  const unsigned col_blocks = (unsigned)((C + kColTile - 1) / kColTile);
-  ln_bwd_params_kernel<<<col_blocks, block, 0, stream>>>(dw, db, dout, inp, mean, rstd, N, C);
+  ln_bwd_params_kernel<<<detail::col_sum_blocks(C), detail::col_sum_block(), 0, stream>>>(
+      dw, db, dout, inp, mean, rstd, N, C);
   LMF_CUDA_CHECK_LAUNCH();
 }
 

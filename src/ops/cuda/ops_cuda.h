@@ -28,6 +28,33 @@ void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, co
                         const float* w, const float* mean, const float* rstd, int N, int C,
                         cudaStream_t stream = 0);
 
+// RMSNorm: out = inp * rstd * w per row, rstd = 1 / sqrt(mean(inp^2) + eps).
+// out, inp (N, C); rstd (N) saved for backward; w (C).
+void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int N, int C,
+                     float eps, cudaStream_t stream = 0);
+// dinp (N, C) += ...; dw (C) += ... (both ACCUMULATE, as on the CPU). Deterministic: no atomics, a
+// fixed summation order. dinp must not alias dout (the dw pass reads dout after dinp is written,
+// as on the CPU).
+void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w,
+                      const float* rstd, int N, int C, cudaStream_t stream = 0);
+
+// SwiGLU: out = silu(gate) * up, silu(x) = x * sigmoid(x). All (n).
+void swiglu_forward(float* out, const float* gate, const float* up, size_t n,
+                    cudaStream_t stream = 0);
+// dgate, dup (n) assigned. Elementwise, so an output may alias an input (not the other output).
+void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate,
+                     const float* up, size_t n, cudaStream_t stream = 0);
+
+// Rotary position embedding, as ops::rope_forward: out, inp (B, T, NH, hs), hs even; out == inp
+// allowed. Unlike the CPU op, inv_freq (hs/2 doubles, ops::rope_inv_freq) is a DEVICE pointer:
+// the caller uploads the table once (at model setup), not per call. Angles (pos0 + t) *
+// inv_freq[j], their cos and sin in double, rounded once to float, as on the CPU.
+void rope_forward(float* out, const float* inp, int B, int T, int NH, int hs,
+                  const double* inv_freq, bool interleaved, int pos0 = 0, cudaStream_t stream = 0);
+// dinp = R^T dout, the inverse rotation (assigned; dinp == dout allowed). inv_freq on the device.
+void rope_backward(float* dinp, const float* dout, int B, int T, int NH, int hs,
+                   const double* inv_freq, bool interleaved, int pos0 = 0, cudaStream_t stream = 0);
+
 // AdamW on one flat range, t the 1-based step; bias corrections computed in double on the host,
 // as on the CPU.
 void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1,

@@ -1,0 +1,101 @@
+// Elementwise CUDA ops of the Llama family: SwiGLU (Shazeer 2020, eq. 5) and rotary position
+// embedding (Su et al. 2021, RoFormer eq. 34), forward and backward. Same formulas and operation
+// order as ops/cpu/swiglu.cpp and ops/cpu/rope.cpp, fp32 (expf, no fast math); RoPE's angles, cos
+// and sin in double, rounded once to float, as the CPU's tables are.
+// No __restrict__: every output element is written after all the inputs it reads, by the same
+// thread, so in-place calls work (rope out == inp, dinp == dout; swiglu dgate == dout, ...).
+#include <cuda_runtime.h>
+
+#include "core/error.h"
+#include "ops/cuda/cuda_util.h"
+#include "ops/cuda/launch.cuh"
+#include "ops/cuda/ops_cuda.h"
+
+namespace lmf::cuda {
+namespace {
+
+// sigmoid(x) = 1 / (1 + exp(-x)); for x < -88 expf overflows to inf and s is exactly 0 (no NaN).
+__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+// out (n) = gate * sigmoid(gate) * up.
+__global__ void swiglu_fwd_kernel(float* out, const float* gate, const float* up, size_t n) {
+  const size_t stride = (size_t)gridDim.x * blockDim.x;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const float g = gate[i];
+    out[i] = g * sigmoid(g) * up[i];
+  }
+}
+
+// dgate = dout * up * silu'(gate), silu' = s + silu (1 - s); dup = dout * silu. All (n).
+__global__ void swiglu_bwd_kernel(float* dgate, float* dup, const float* dout, const float* gate,
+                                  const float* up, size_t n) {
+  const size_t stride = (size_t)gridDim.x * blockDim.x;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const float g = gate[i], u = up[i], d = dout[i];
+    const float s = sigmoid(g), silu = g * s;
+    dgate[i] = d * u * (s + silu * (1.0f - s));
+    dup[i] = d * silu;
+  }
+}
+
+// out, inp (B, T, NH, hs); inv_freq (hs/2) doubles. One thread per (b, t, j): the angle and its
+// cos, sin (double, the costly part) once, then pair j of every head rotated by +angle (sign 1,
+// forward) or -angle (sign -1, backward: R^T). Pair j is (j*step, j*step + other): (2j, 2j+1)
+// interleaved, (j, j + hs/2) rotate-half.
+__global__ void rope_kernel(float* out, const float* inp, int T, int NH, int hs,
+                            const double* __restrict__ inv_freq, int step, int other, int pos0,
+                            float sign, size_t n_bt_half) {
+  const int half = hs / 2;
+  const size_t stride = (size_t)gridDim.x * blockDim.x;
+  for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n_bt_half; idx += stride) {
+    const size_t bt = idx / half;
+    const int j = (int)(idx % half), t = (int)(bt % T);
+    double sd, cd;
+    sincos(double(pos0 + t) * inv_freq[j], &sd, &cd);
+    const float c = (float)cd, sn = sign * (float)sd;
+    for (int h = 0; h < NH; ++h) {
+      const size_t ia = ((size_t)bt * NH + h) * hs + (size_t)j * step, ib = ia + other;
+      const float a = inp[ia], b = inp[ib];
+      out[ia] = a * c - b * sn;
+      out[ib] = a * sn + b * c;
+    }
+  }
+}
+
+void rope_launch(float* out, const float* inp, int B, int T, int NH, int hs, const double* inv_freq,
+                 bool interleaved, int pos0, float sign, cudaStream_t stream) {
+  LMF_CHECK(hs > 0 && hs % 2 == 0, "rope: head size {} must be even", hs);
+  if (B <= 0 || T <= 0 || NH <= 0) return;
+  const size_t n = (size_t)B * T * (hs / 2);
+  rope_kernel<<<detail::grid_for(n), detail::kThreads, 0, stream>>>(
+      out, inp, T, NH, hs, inv_freq, interleaved ? 2 : 1, interleaved ? 1 : hs / 2, pos0, sign, n);
+  LMF_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void swiglu_forward(float* out, const float* gate, const float* up, size_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  swiglu_fwd_kernel<<<detail::grid_for(n), detail::kThreads, 0, stream>>>(out, gate, up, n);
+  LMF_CUDA_CHECK_LAUNCH();
+}
+
+void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate,
+                     const float* up, size_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  swiglu_bwd_kernel<<<detail::grid_for(n), detail::kThreads, 0, stream>>>(dgate, dup, dout, gate,
+                                                                          up, n);
+  LMF_CUDA_CHECK_LAUNCH();
+}
+
+void rope_forward(float* out, const float* inp, int B, int T, int NH, int hs,
+                  const double* inv_freq, bool interleaved, int pos0, cudaStream_t stream) {
+  rope_launch(out, inp, B, T, NH, hs, inv_freq, interleaved, pos0, 1.0f, stream);
+}
+
+void rope_backward(float* dinp, const float* dout, int B, int T, int NH, int hs,
+                   const double* inv_freq, bool interleaved, int pos0, cudaStream_t stream) {
+  rope_launch(dinp, dout, B, T, NH, hs, inv_freq, interleaved, pos0, -1.0f, stream);
+}
+
+}  // namespace lmf::cuda
