@@ -174,6 +174,7 @@ class ThreadCommunicator final : public dist::Communicator {
   }
   // Done at once: nothing here overlaps anyway.
   void start_all_reduce_sum(float* data, size_t n) override { all_reduce_sum(data, n); }
+  void start_all_gather(float* data, const std::vector<int>& counts) override { all_gather(data, counts); }
   void finish_all() override {}
   void barrier() override {
     post({.what = "barrier"});

@@ -23,7 +23,7 @@ void add_plan(CLI::App& app) {
   cmd->add_option("--set", o->sets, "override a field: --set section.key=value (repeatable)");
   cmd->add_option("--world-size,-n", o->world, "ranks in all (mpirun -np)")->capture_default_str()->check(
       CLI::PositiveNumber);
-  cmd->add_option("--zero", o->zero, "ZeRO stage 0 | 1 | 2 (default: the config's [dist] zero)");
+  cmd->add_option("--zero", o->zero, "ZeRO stage 0 | 1 | 2 | 3 (default: the config's [dist] zero)");
   cmd->add_option("--tensor-parallel", o->tp, "tensor-parallel ranks per group (default: the config's "
                                               "[dist] tensor_parallel)")
       ->check(CLI::PositiveNumber);
@@ -43,6 +43,7 @@ void add_plan(CLI::App& app) {
     dist::Sharding sh(flat, DP);
     const double mib = 1024.0 * 1024.0;
     const size_t state = Z == 0 ? flat : size_t(sh.counts[0]);
+    const size_t held = Z == 3 && DP > 1 ? size_t(sh.counts[0]) : flat;  // parameters resident between uses
     const auto& tc = cfg.train;
     fmt::print("model: {}\n", describe(*make_model(cfg.model, false)));
     fmt::print("data parallel: {} ranks, ZeRO stage {}; per-rank batch {} x {}, global {} x {}\n", DP, Z,
@@ -51,8 +52,11 @@ void add_plan(CLI::App& app) {
       fmt::print("tensor parallel: {} ranks per group, each holding {} of {} heads and 1/{} of each MLP\n", TP,
                  cfg.model.n_head / TP, cfg.model.n_head, TP);
     fmt::print("per rank (fp32): parameters {:.1f} MiB, gradients {:.1f} MiB, AdamW moments {:.1f} MiB{}\n",
-               flat * 4 / mib, flat * 4 / mib, 2 * state * 4 / mib,
+               held * 4 / mib, held * 4 / mib, 2 * state * 4 / mib,
                Z > 0 ? fmt::format(" (shard of {} of {} values)", sh.counts[0], flat) : "");
+    if (Z == 3 && DP > 1)
+      fmt::print("  ZeRO 3: plus, while in use, about two blocks' parameters and one block's gradients, and the "
+                 "embeddings, final norm and head\n");
     StepShape shape;
     shape.flat = flat;
     shape.dp = DP;
@@ -61,6 +65,7 @@ void add_plan(CLI::App& app) {
     shape.tp_values_per_micro = uint64_t(cfg.model.n_layer) * 4 * uint64_t(tc.batch_size) * tc.seq_len *
                                 uint64_t(cfg.model.n_embd);
     shape.micro = tc.grad_accum;
+    for (size_t l = 0; l < m->num_blocks(); ++l) shape.blocks.push_back(m->block_param_range(l));
     auto p = plan_step(shape);
     fmt::print("per training step, rank 0 hands its communicators:\n");
     fmt::print("  all_reduce      {:>14} bytes{}\n", p.all_reduce,

@@ -7,7 +7,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "core/buffer.h"
+#include "core/page_buffer.h"
 #include "core/tensor.h"
 
 namespace lmf {
@@ -60,12 +60,20 @@ class ParamStore {
   size_t flat_size() const { return total_; }  // including alignment padding
   size_t num_params() const;                   // sum of numel, no padding
   void zero_grad() { grads_.zero(); }
+  // ZeRO stage 3: values [lo, hi) of the parameters / gradients become zero, and the pages wholly
+  // inside go back to the kernel until next written.
+  void release_params(size_t lo, size_t hi) { params_.release(lo, hi); }
+  void release_grads(size_t lo, size_t hi) { grads_.release(lo, hi); }
+  // Bytes of the parameter and gradient buffers resident in memory now.
+  size_t resident_bytes() const {
+    return (params_.resident_pages() + grads_.resident_pages()) * PageBuffer<T>::page();
+  }
 
  private:
   std::vector<ParamEntry> entries_;
   std::unordered_map<std::string, size_t> index_;
   size_t total_ = 0;
-  Buffer<T> params_, grads_;
+  PageBuffer<T> params_, grads_;
 };
 
 extern template class ParamStore<float>;

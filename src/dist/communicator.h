@@ -48,6 +48,8 @@ class Communicator {
   // chance to progress); finish_all() completes every started one, under the timeout. `data`
   // must not be touched in between. Counted as all_reduce.
   virtual void start_all_reduce_sum(float* data, size_t n) = 0;
+  // Non-blocking all_gather (as all_gather), completed by finish_all(). Counted as all_gather.
+  virtual void start_all_gather(float* data, const std::vector<int>& counts) = 0;
   virtual void finish_all() = 0;
   virtual void barrier() = 0;
   // The ranks that pass the same color form a new communicator, ordered by key (then by this
@@ -78,6 +80,7 @@ class LocalCommunicator final : public Communicator {
   void all_gather(float*, const std::vector<int>& counts) override;
   void broadcast(void*, size_t bytes, int) override { count(stats_.broadcast, bytes); }
   void start_all_reduce_sum(float*, size_t n) override { count(stats_.all_reduce, n * 4); }
+  void start_all_gather(float* data, const std::vector<int>& counts) override { all_gather(data, counts); }
   void finish_all() override {}
   void barrier() override {}
   std::unique_ptr<Communicator> split(int color, int key) override;

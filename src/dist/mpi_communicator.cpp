@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 #include <numeric>
 #include <string>
 #include <thread>
@@ -102,14 +103,31 @@ class MpiCommunicator final : public Communicator {
     int done = 0;  // MPI progresses only inside MPI calls: let the earlier ones move
     MPI_Testall(int(pending_.size()), pending_.data(), &done, MPI_STATUSES_IGNORE);
   }
+  void start_all_gather(float* data, const std::vector<int>& counts) override {
+    LMF_CHECK(int(counts.size()) == world_, "all_gather: {} counts for {} ranks", counts.size(), world_);
+    stats_.all_gather += uint64_t(counts[rank_]) * 4;
+    ++stats_.calls;
+    // The counts and displacements must outlive the request: kept until finish_all().
+    auto& arrays = pending_arrays_.emplace_back(counts);
+    arrays.resize(2 * size_t(world_), 0);
+    for (int r = 1; r < world_; ++r) arrays[size_t(world_ + r)] = arrays[size_t(world_ + r - 1)] + counts[size_t(r - 1)];
+    MPI_Request req;
+    if (MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, arrays.data(), arrays.data() + world_, MPI_FLOAT,
+                        comm_, &req) != MPI_SUCCESS)
+      failed("all_gather");
+    pending_.push_back(req);
+    int done = 0;
+    MPI_Testall(int(pending_.size()), pending_.data(), &done, MPI_STATUSES_IGNORE);
+  }
   void finish_all() override {
     if (pending_.empty()) return;
-    wait("all_reduce", [&] {
+    wait("started all_reduce/all_gather", [&] {
       int done = 0;
       MPI_Testall(int(pending_.size()), pending_.data(), &done, MPI_STATUSES_IGNORE);
       return done != 0;
     });
     pending_.clear();
+    pending_arrays_.clear();
   }
   void barrier() override {
     run("barrier", [&](MPI_Request* r) { return MPI_Ibarrier(comm_, r); });
@@ -191,7 +209,8 @@ class MpiCommunicator final : public Communicator {
 
   double timeout_s_;
   MPI_Comm comm_ = MPI_COMM_WORLD;       // or a split of it, which this object frees
-  std::vector<MPI_Request> pending_;     // started by start_all_reduce_sum
+  std::vector<MPI_Request> pending_;     // started by start_all_reduce_sum / start_all_gather
+  std::deque<std::vector<int>> pending_arrays_;  // start_all_gather's counts + displacements
   int rank_ = 0, world_ = 1;             // in comm_
   int world_rank_ = 0, world_size_ = 1;  // in MPI_COMM_WORLD, for messages
   std::string who_;                      // "rank 3 of 8 ...": how messages name this process

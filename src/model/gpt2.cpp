@@ -174,7 +174,7 @@ double Gpt2<F>::forward(const int32_t* tokens, const int32_t* targets, int B, in
   lm_head::check_tokens(tokens, N, V);
   std::memcpy(tokens_.data(), tokens, sizeof(int32_t) * N);
   ops::encoder_forward(encoded_, tokens_.data(), ps_.param(idx_.wte), ps_.param(idx_.wpe), B, T, C);
-  tape_.forward(blocks_, resid_, saved_, sc_, B, T);
+  tape_.forward(blocks_, resid_, saved_, sc_, B, T, on_block_use_);
   lnf_.forward(lnf_out_, lnf_saved_, resid_[blocks_.size()], N);
   have_grad_ = false;
   if (!targets) return 0.0;
@@ -188,7 +188,7 @@ void Gpt2<F>::backward() {
   const int C = cfg_.n_embd, N = cur_B_ * cur_T_;
   std::fill(dres_, dres_ + size_t(N) * C, F(0));
   lnf_.backward(dres_, dlnf_, resid_[blocks_.size()], lnf_saved_, N);
-  tape_.backward(dres_, sc_, cur_B_, cur_T_, on_block_grads_);
+  tape_.backward(dres_, sc_, cur_B_, cur_T_, on_block_grads_, on_block_use_);
   ops::encoder_backward(ps_.grad(idx_.wte), ps_.grad(idx_.wpe), dres_, tokens_.data(), cur_B_, cur_T_, C);
   have_grad_ = false;
 }

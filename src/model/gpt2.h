@@ -66,6 +66,8 @@ class Gpt2 {
   std::pair<size_t, size_t> block_param_range(size_t l) const { return block_ranges_[l]; }
   size_t num_blocks() const { return block_ranges_.size(); }
   void on_block_grads(std::function<void(size_t)> hook) { on_block_grads_ = std::move(hook); }
+  // Called before each block's forward and backward and after its forward (nn::BlockUse).
+  void on_block_use(nn::BlockHook hook) { on_block_use_ = std::move(hook); }
   // True for matrices that Hugging Face's GPT-2 stores transposed (Conv1D: (in, out)).
   static bool hf_transposed(const std::string& name);
 
@@ -80,6 +82,7 @@ class Gpt2 {
   Index idx_;
   std::vector<std::pair<size_t, size_t>> block_ranges_;
   std::function<void(size_t)> on_block_grads_;
+  nn::BlockHook on_block_use_;
   std::vector<nn::Gpt2Block<F>> blocks_;
   nn::LayerNorm<F> lnf_;
 

@@ -193,7 +193,7 @@ double Llama<F>::forward(const int32_t* tokens, const int32_t* targets, int B, i
   lm_head::check_tokens(tokens, N, V);
   std::memcpy(tokens_.data(), tokens, sizeof(int32_t) * N);
   ops::encoder_forward<F>(resid_[0], tokens_.data(), ps_.param(idx_.embed), nullptr, B, T, C);
-  tape_.forward(blocks_, resid_, saved_, sc_, B, T);
+  tape_.forward(blocks_, resid_, saved_, sc_, B, T, on_block_use_);
   norm_.forward(norm_out_, norm_rstd_, resid_[blocks_.size()], N);
   have_grad_ = false;
   if (!targets) return 0.0;
@@ -207,7 +207,7 @@ void Llama<F>::backward() {
   const int C = cfg_.n_embd, N = cur_B_ * cur_T_;
   std::fill(dres_, dres_ + size_t(N) * C, F(0));
   norm_.backward(dres_, dnorm_, resid_[blocks_.size()], norm_rstd_, N);
-  tape_.backward(dres_, sc_, cur_B_, cur_T_, on_block_grads_);
+  tape_.backward(dres_, sc_, cur_B_, cur_T_, on_block_grads_, on_block_use_);
   ops::encoder_backward<F>(ps_.grad(idx_.embed), nullptr, dres_, tokens_.data(), cur_B_, cur_T_, C);
   have_grad_ = false;
 }

@@ -63,6 +63,8 @@ class Llama {
   std::pair<size_t, size_t> block_param_range(size_t l) const { return block_ranges_[l]; }
   size_t num_blocks() const { return block_ranges_.size(); }
   void on_block_grads(std::function<void(size_t)> hook) { on_block_grads_ = std::move(hook); }
+  // Called before each block's forward and backward and after its forward (nn::BlockUse).
+  void on_block_use(nn::BlockHook hook) { on_block_use_ = std::move(hook); }
   // RoPE frequencies (head_size / 2), after rope_scaling.
   const std::vector<double>& rope_inv_freq() const { return inv_freq_; }
 
@@ -79,6 +81,7 @@ class Llama {
   Index idx_;
   std::vector<std::pair<size_t, size_t>> block_ranges_;
   std::function<void(size_t)> on_block_grads_;
+  nn::BlockHook on_block_use_;
   std::vector<nn::LlamaBlock<F>> blocks_;
   nn::RmsNorm<F> norm_;
 

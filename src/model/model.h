@@ -35,6 +35,8 @@ class Model {
   virtual size_t num_blocks() const = 0;
   virtual std::pair<size_t, size_t> block_param_range(size_t l) const = 0;
   virtual void on_block_grads(std::function<void(size_t)> hook) = 0;
+  // A hook called before each block's forward and backward and after its forward (nn::BlockUse).
+  virtual void on_block_use(nn::BlockHook hook) = 0;
 };
 
 // The Model of family M (Gpt2<float> or Llama<float>); impl() reaches the family's own API.
@@ -58,6 +60,7 @@ class ModelOf final : public Model {
   size_t num_blocks() const override { return m_.num_blocks(); }
   std::pair<size_t, size_t> block_param_range(size_t l) const override { return m_.block_param_range(l); }
   void on_block_grads(std::function<void(size_t)> hook) override { m_.on_block_grads(std::move(hook)); }
+  void on_block_use(nn::BlockHook hook) override { m_.on_block_use(std::move(hook)); }
   M& impl() { return m_; }
   const M& impl() const { return m_; }
 

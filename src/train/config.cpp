@@ -96,7 +96,7 @@ std::vector<Field> fields(RunConfig& c) {
 
       {"dist", "zero", &c.dist.zero,
        "ZeRO stage over data-parallel ranks (mpirun -np N): 0 = replicate, 1 = shard optimizer state, "
-       "2 = also reduce-scatter gradients"},
+       "2 = also reduce-scatter gradients, 3 = also shard parameters (gathered block by block)"},
       {"dist", "timeout_s", &c.dist.timeout_s,
        "seconds a rank waits in a collective before ending the job (a peer died or hangs)"},
       {"dist", "overlap", &c.dist.overlap,
@@ -298,8 +298,7 @@ void validate_config(const RunConfig& c) {
   need(c.log.progress == "auto" || c.log.progress == "plain" || c.log.progress == "off", "[log] progress",
        fmt::format("must be auto, plain or off (got \"{}\")", c.log.progress));
   need(c.log.peak_tflops >= 0, "[log] peak_tflops", "must be >= 0");
-  need(c.dist.zero >= 0 && c.dist.zero <= 2, "[dist] zero",
-       fmt::format("must be 0, 1 or 2 (got {}; stage 3 is not implemented yet)", c.dist.zero));
+  need(c.dist.zero >= 0 && c.dist.zero <= 3, "[dist] zero", fmt::format("must be 0, 1, 2 or 3 (got {})", c.dist.zero));
   need(c.dist.timeout_s > 0, "[dist] timeout_s", "must be > 0");
   const int tp = c.dist.tensor_parallel;
   need(tp >= 1, "[dist] tensor_parallel", "must be >= 1");

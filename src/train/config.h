@@ -59,7 +59,7 @@ struct LogConfig {
 };
 
 struct DistConfig {
-  int zero = 0;            // ZeRO stage across data-parallel ranks: 0 | 1 | 2
+  int zero = 0;            // ZeRO stage across data-parallel ranks: 0 | 1 | 2 | 3
   double timeout_s = 60;   // a collective waiting longer ends the job (a rank died or hangs)
   bool overlap = false;    // zero 0/1: start each block's gradient all-reduce during the backward
   int tensor_parallel = 1; // ranks splitting each block (Megatron-style); world / this = data-parallel

@@ -22,13 +22,27 @@ CommPlan plan_step(const StepShape& s) {
   p.wire = ring(world, 4, 0, 0) + ring(s.dp, 8, 0, 0);
   if (s.dp > 1) {
     uint64_t ar = 0, rs = 0, ag = 0;
+    const dist::Sharding sh(s.flat, s.dp);
+    const size_t own = size_t(sh.counts[size_t(s.dp_rank)]);
     if (s.zero < 2) {
       ar = s.flat * 4;  // the gradients
     } else {
       rs = s.flat * 4;
       ar = s.tp > 1 ? 16 : 8;  // the gradient norm's sums of squares (split and replicated)
     }
-    if (s.zero > 0) ag = uint64_t(dist::Sharding(s.flat, s.dp).counts[s.dp_rank]) * 4;  // parameters
+    if (s.zero == 1 || s.zero == 2) ag = own * 4;  // parameters, after the update
+    if (s.zero == 3) {
+      // Per micro-batch: every range once for the forward (this rank's shard in all), the blocks
+      // but the last again for the backward; the gradients reduce-scattered range by range.
+      const size_t lo = sh.begin(s.dp_rank), hi = sh.end(s.dp_rank);
+      uint64_t again = 0;
+      for (size_t l = 0; l + 1 < s.blocks.size(); ++l) {
+        const size_t a = std::max(lo, s.blocks[l].first), b = std::min(hi, s.blocks[l].second);
+        again += a < b ? b - a : 0;
+      }
+      ag = (own + again) * 4 * uint64_t(s.micro);
+      rs *= uint64_t(s.micro);
+    }
     p.all_reduce += ar;
     p.reduce_scatter += rs;
     p.all_gather += ag;
@@ -45,13 +59,13 @@ CommPlan plan_step(const StepShape& s) {
 DataParallel::DataParallel(dist::Communicator& comm, ParamStore<float>& ps, const OptimConfig& oc, int zero,
                            dist::Communicator* tp)
     : comm_(comm), ps_(ps), zero_(zero), shards_(ps.flat_size(), comm.world()), tp_(tp) {
-  LMF_CHECK(zero >= 0 && zero <= 2, "zero stage {}", zero);
+  LMF_CHECK(zero >= 0 && zero <= 3, "zero stage {}", zero);
   const int r = comm.rank();
   if (zero_ == 0)
     opt_ = std::make_unique<AdamW>(ps, oc);
   else
     opt_ = std::make_unique<AdamW>(ps, oc, shards_.begin(r), shards_.end(r));
-  if (zero_ == 2) gshard_.resize(size_t(shards_.counts[r]));
+  if (zero_ >= 2) gshard_.resize(size_t(shards_.counts[r]));
 }
 
 void DataParallel::overlap_with(Model& model) {
@@ -82,6 +96,12 @@ double DataParallel::sync_and_clip(double max_norm) {
       started_ = armed_ = false;
     } else if (zero_ < 2) {
       comm_.all_reduce_sum(g, n);
+    } else if (zero_ == 3) {
+      // Every range's sum already arrived in gshard, block by block (reduce_scatter_into_shard).
+      lo = opt_->lo();
+      hi = lo + opt_->size();
+      std::memcpy(g + lo, gshard_.data(), sizeof(float) * (hi - lo));
+      std::fill(gshard_.begin(), gshard_.end(), 0.0f);
     } else {
       // This rank's shard of the summed gradients lands in its own range of the gradient buffer
       // (the rest of the buffer is stale and never read).
@@ -120,7 +140,135 @@ std::array<double, 2> DataParallel::sum_squares_split_replicated(const float* g,
 
 void DataParallel::update(double lr) {
   opt_->step(ps_, lr);
-  if (zero_ > 0 && comm_.world() > 1) comm_.all_gather(ps_.params(), shards_.counts);
+  if (zero_ > 0 && zero_ < 3 && comm_.world() > 1) comm_.all_gather(ps_.params(), shards_.counts);
+}
+
+void DataParallel::zero_grad() {
+  if (stage3())
+    ps_.release_grads(0, ps_.flat_size());  // zero, and no gradient page stays resident
+  else
+    ps_.zero_grad();
+}
+
+std::vector<int> DataParallel::counts_in(size_t lo, size_t hi) const {
+  std::vector<int> c(shards_.counts.size());
+  for (size_t r = 0; r < c.size(); ++r) {
+    const size_t a = std::max(lo, shards_.begin(int(r))), b = std::min(hi, shards_.end(int(r)));
+    c[r] = a < b ? int(b - a) : 0;
+  }
+  return c;
+}
+
+void DataParallel::gather(size_t lo, size_t hi, bool wait) {
+  if (wait)
+    comm_.all_gather(ps_.params() + lo, counts_in(lo, hi));
+  else
+    comm_.start_all_gather(ps_.params() + lo, counts_in(lo, hi));
+}
+
+void DataParallel::drop_params(size_t lo, size_t hi) {
+  const size_t own_lo = opt_->lo(), own_hi = own_lo + opt_->size();
+  ps_.release_params(lo, std::min(hi, std::max(lo, own_lo)));
+  ps_.release_params(std::max(lo, std::min(hi, own_hi)), hi);
+}
+
+void DataParallel::reduce_scatter_into_shard(size_t lo, size_t hi) {
+  auto counts = counts_in(lo, hi);
+  const int r = comm_.rank();
+  rs_tmp_.resize(size_t(counts[size_t(r)]));
+  comm_.reduce_scatter_sum(ps_.grads() + lo, rs_tmp_.data(), counts);
+  const size_t at = std::max(lo, opt_->lo()) - opt_->lo();
+  for (size_t i = 0; i < rs_tmp_.size(); ++i) gshard_[at + i] += rs_tmp_[i];
+  ps_.release_grads(lo, hi);
+}
+
+void DataParallel::attach(Model& model) {
+  if (!stage3()) return;
+  const size_t n = ps_.flat_size(), L = model.num_blocks();
+  blocks_.clear();
+  for (size_t l = 0; l < L; ++l) blocks_.push_back(model.block_param_range(l));
+  rest_.clear();
+  const size_t first = L ? blocks_.front().first : n, last = L ? blocks_.back().second : n;
+  if (first > 0) rest_.push_back({0, first});
+  if (last < n) rest_.push_back({last, n});
+  resident_.assign(L, 0);
+  model.on_block_use([this](size_t l, nn::BlockUse use) { on_use(l, use); });
+  model.on_block_grads([this](size_t l) {
+    peak_resident_ = std::max(peak_resident_, ps_.resident_bytes());
+    reduce_scatter_into_shard(blocks_[l].first, blocks_[l].second);
+    drop_params(blocks_[l].first, blocks_[l].second);
+    resident_[l] = 0;
+  });
+}
+
+void DataParallel::on_use(size_t l, nn::BlockUse use) {
+  const long L = long(blocks_.size());
+  auto bring = [&](size_t b) {
+    if (resident_[b]) return;
+    if (prefetched_ == long(b)) {
+      comm_.finish_all();
+      prefetched_ = -1;
+    } else {
+      gather(blocks_[b].first, blocks_[b].second, /*wait=*/true);
+    }
+    resident_[b] = 1;
+  };
+  auto prefetch = [&](long b) {
+    if (b < 0 || b >= L || resident_[size_t(b)] || prefetched_ >= 0) return;
+    gather(blocks_[size_t(b)].first, blocks_[size_t(b)].second, /*wait=*/false);
+    prefetched_ = b;
+  };
+  switch (use) {
+    case nn::BlockUse::kForward:
+      bring(l);
+      prefetch(long(l) + 1);
+      break;
+    case nn::BlockUse::kForwardDone:
+      // The last block's backward comes next (in training): keep it.
+      if (long(l) != L - 1) {
+        drop_params(blocks_[l].first, blocks_[l].second);
+        resident_[l] = 0;
+      }
+      break;
+    case nn::BlockUse::kBackward:
+      bring(l);
+      prefetch(long(l) - 1);
+      break;
+  }
+}
+
+void DataParallel::begin_micro_batch() {
+  if (!stage3()) return;
+  for (auto [lo, hi] : rest_) gather(lo, hi, /*wait=*/true);
+}
+
+void DataParallel::end_micro_batch(bool backward) {
+  if (!stage3()) return;
+  if (prefetched_ >= 0) {  // a forward-only pass leaves the gather of no block under way; be safe
+    comm_.finish_all();
+    resident_[size_t(prefetched_)] = 1;
+    prefetched_ = -1;
+  }
+  for (auto [lo, hi] : rest_) {
+    if (backward) reduce_scatter_into_shard(lo, hi);
+    drop_params(lo, hi);
+  }
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    if (!resident_[l]) continue;
+    drop_params(blocks_[l].first, blocks_[l].second);
+    resident_[l] = 0;
+  }
+}
+
+void DataParallel::release_unowned() {
+  if (!stage3()) return;
+  drop_params(0, ps_.flat_size());
+  ps_.release_grads(0, ps_.flat_size());
+  std::fill(resident_.begin(), resident_.end(), 0);
+}
+
+void DataParallel::gather_all() {
+  if (stage3()) comm_.all_gather(ps_.params(), shards_.counts);
 }
 
 DataParallel::FullState DataParallel::full_state() {

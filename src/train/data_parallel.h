@@ -4,7 +4,14 @@
 //   zero 1: gradients all-reduced; rank r holds AdamW's moments for its shard of the flat
 //           buffer only, updates that shard, and the parameters are all-gathered;
 //   zero 2: gradients reduce-scattered (each rank receives only its shard's sum: half the
-//           traffic of an all-reduce), then as zero 1.
+//           traffic of an all-reduce), then as zero 1;
+//   zero 3: each rank keeps only its shard of the parameters too. A block's parameters are
+//           all-gathered just before its forward (the next block's gather already under way:
+//           prefetch) and dropped after it, gathered again for its backward, and its gradients
+//           reduce-scattered and dropped as soon as its backward ends. The rest (embeddings,
+//           final norm, head) is gathered for each micro-batch and dropped after it.
+//           Dropped means the pages go back to the kernel (ParamStore::release_params), so a
+//           rank's resident parameters and gradients are its shard plus about two blocks.
 // Shards are contiguous ranges of the registry's flat buffer (dist::Sharding), so every stage
 // sees the same numbers: the runs differ only in who computes which update.
 // Checkpoints always hold the whole state in the single-process layout, gathered on save and
@@ -43,6 +50,8 @@ struct StepShape {
   uint64_t tp_values_per_micro = 0;
   int micro = 1;
   int dp_rank = 0;  // whose plan (only the last rank's shard may be shorter)
+  // ZeRO 3: the blocks' ranges of the flat buffer (Model::block_param_range).
+  std::vector<std::pair<size_t, size_t>> blocks;
 };
 CommPlan plan_step(const StepShape& s);
 
@@ -61,11 +70,28 @@ class DataParallel {
   void overlap_with(Model& model);
   void arm(bool last_micro) { armed_ = last_micro && overlap_; }
 
+  // ZeRO 3 (no-ops at other stages, and on one rank): attach installs the model's block hooks;
+  // release_unowned drops every parameter outside this rank's shard (after init or load, and
+  // after a checkpoint); gather_all brings them all back (before a checkpoint). Around every
+  // forward (and its backward): begin_micro_batch gathers the parameters outside the blocks,
+  // end_micro_batch(backward) reduce-scatters their gradients (if there was a backward) and
+  // drops them. zero_grad replaces ParamStore::zero_grad at every stage.
+  void attach(Model& model);
+  void release_unowned();
+  void gather_all();
+  void begin_micro_batch();
+  void end_micro_batch(bool backward);
+  void zero_grad();
+  // ZeRO 3: the most parameter and gradient memory resident at once so far (sampled when a
+  // block's backward ends, the fullest moment), in bytes; 0 at other stages.
+  size_t peak_resident_bytes() const { return peak_resident_; }
+
   // After this rank's backward (its gradients already scaled so that the sum over ranks is the
   // mean over the global batch): sums the gradients over ranks and clips them to max_norm
   // (<= 0: no clipping) by their global norm, which it returns (the same on every rank).
   double sync_and_clip(double max_norm);
-  // AdamW step on this rank's shard (all of it at zero 0), then the parameters are gathered.
+  // AdamW step on this rank's shard (all of it at zero 0), then the parameters are gathered
+  // (zero 1 and 2; zero 3 gathers them block by block when they are next used).
   void update(double lr);
 
   // The whole optimizer state in the single-process layout (collective: shards are gathered).
@@ -93,6 +119,20 @@ class DataParallel {
   std::array<double, 2> sum_squares_split_replicated(const float* g, size_t lo, size_t hi) const;
   bool overlap_ = false, armed_ = false, started_ = false;
   size_t covered_lo_ = 0, covered_hi_ = 0;  // the blocks' part of the flat buffer
+
+  // ZeRO 3.
+  bool stage3() const { return zero_ == 3 && comm_.world() > 1; }
+  std::vector<int> counts_in(size_t lo, size_t hi) const;  // each rank's part of [lo, hi)
+  void gather(size_t lo, size_t hi, bool wait);            // all-gather [lo, hi) in place
+  void drop_params(size_t lo, size_t hi);                  // release [lo, hi) but this rank's shard
+  void reduce_scatter_into_shard(size_t lo, size_t hi);    // gshard += this rank's part of the sum
+  void on_use(size_t l, nn::BlockUse use);
+  std::vector<std::pair<size_t, size_t>> blocks_;          // each block's range
+  std::vector<std::pair<size_t, size_t>> rest_;            // the ranges outside the blocks
+  std::vector<char> resident_;                             // per block: gathered now
+  long prefetched_ = -1;                                   // block whose gather is under way
+  std::vector<float> rs_tmp_;
+  size_t peak_resident_ = 0;
 };
 
 }  // namespace lmf

@@ -158,6 +158,7 @@ Trainer::Trainer(RunConfig cfg) : cfg_(std::move(cfg)), run_dir_(cfg_.log.run_di
   if (tp_ > 1) whole_ = make_model(cfg_.model, /*allocate=*/false);
   dp_ = std::make_unique<DataParallel>(*dp_comm_, model_->params(), cfg_.optim, cfg_.dist.zero, tp_comm_.get());
   if (cfg_.dist.overlap) dp_->overlap_with(*model_);
+  dp_->attach(*model_);  // ZeRO 3: gather each block's parameters when it runs
 
   if (auto ck = latest_checkpoint(run_dir_)) {
     // Resume: weights, optimizer moments, step, data position. Loaded fully before training.
@@ -204,6 +205,7 @@ Trainer::Trainer(RunConfig cfg) : cfg_(std::move(cfg)), run_dir_(cfg_.log.run_di
     // on how it is split.
     load_whole([&](Model& m) { m.init(uint64_t(cfg_.train.seed)); });
   }
+  dp_->release_unowned();  // ZeRO 3: from here on each rank keeps its shard only
 }
 
 Trainer::~Trainer() = default;
@@ -228,12 +230,20 @@ uint64_t Trainer::comm_calls_total() const {
 }
 
 double Trainer::evaluate() {
+  dp_->begin_micro_batch();
   double loss = evaluate_model(*model_, *val_, cfg_.train.eval_batches, cfg_.train.batch_size, cfg_.train.seq_len);
+  dp_->end_micro_batch(/*backward=*/false);
   dp_comm_->all_reduce_sum(&loss, 1);  // groups evaluate equally many batches of disjoint windows
   return loss / dp_comm_->world();
 }
 
 void Trainer::save_checkpoint(long step) {
+  // ZeRO 3: the whole parameters, for the file (collective), dropped again on the way out.
+  dp_->gather_all();
+  struct Release {
+    DataParallel& dp;
+    ~Release() { dp.release_unowned(); }
+  } release{*dp_};
   nlohmann::json loader;
   if (mixture_) {
     loader = {{"sources", mixture_->state()}};
@@ -324,17 +334,18 @@ TrainSummary Trainer::run(long stop_at) {
   for (long step = start_step_; step < tc.steps; ++step) {
     Timer step_timer;
     const uint64_t comm_before = comm_bytes_total(), calls_before = comm_calls_total();
-    auto& ps = model_->params();
-    ps.zero_grad();
+    dp_->zero_grad();
     double loss = 0;
     for (int micro = 0; micro < tc.grad_accum; ++micro) {
       if (mixture_)
         mixture_->next(x.data(), y.data(), step, micro);
       else
         train_->next(x.data(), y.data());
+      dp_->begin_micro_batch();
       loss += model_->forward(x.data(), y.data(), B, T, grad_scale) / tc.grad_accum;
       dp_->arm(micro == tc.grad_accum - 1);
       model_->backward();
+      dp_->end_micro_batch(/*backward=*/true);
     }
     dp_comm_->all_reduce_sum(&loss, 1);
     loss /= world;
@@ -367,6 +378,7 @@ TrainSummary Trainer::run(long stop_at) {
     int signalled = g_stop_signal.load() != 0 ? 1 : 0;
     if (comm_->world() > 1) comm_->all_reduce_max(&signalled, 1);
     bool stopping = signalled != 0 || (stop_at > 0 && done >= stop_at);
+    if (dp_->peak_resident_bytes() > 0) rec["zero3_peak_params_grads_mb"] = dp_->peak_resident_bytes() / 1048576.0;
     if (comm_->world() > 1) {  // this step's collectives
       rec["comm_bytes"] = comm_bytes_total() - comm_before;
       rec["comm_calls"] = comm_calls_total() - calls_before;

@@ -2,7 +2,7 @@
 // on CPU, and skip when the build has no MPI or no mpirun is installed.
 //   - the collectives and split(), run by this same binary re-launched under mpirun;
 //   - 2 ranks with batch B follow 1 rank with batch 2B step by step (fp32 summation order
-//     apart), for ZeRO stages 0, 1 and 2, and the three stages give bit-identical weights;
+//     apart), for ZeRO stages 0, 1, 2 and 3, and the stages give bit-identical weights;
 //   - runs stopped on 2 ranks resume on 1 and on 4, and one stopped on 1 resumes on 2, continuing
 //     the uninterrupted run's losses;
 //   - tensor parallel 2, alone and times data parallel 2, follows one rank, and its runs resume
@@ -275,7 +275,8 @@ TEST_F(MpiTrain, TwoRanksEqualOneRankWithDoubleBatchForEveryZeroStage) {
   ASSERT_EQ(ref.size(), 8u);
   std::string weights0;
   // Every stage, and stages 0 and 1 also with the all-reduce overlapped with the backward.
-  const std::vector<std::pair<int, bool>> variants = {{0, false}, {0, true}, {1, false}, {1, true}, {2, false}};
+  const std::vector<std::pair<int, bool>> variants = {{0, false}, {0, true}, {1, false},
+                                                      {1, true},  {2, false}, {3, false}};
   for (auto [zero, overlap] : variants) {
     std::string name = "z";
     name += std::to_string(zero);
@@ -327,10 +328,10 @@ TEST_F(MpiTrain, ResumeAcrossWorldSizes) {
   ASSERT_EQ(run_lmforge(train_args(b, 8, "--stop-at 4"), t.path()).code, 0);
   auto r = run_ranks(2, train_args(b, 4, "--set dist.zero=1"), t.path());
   ASSERT_EQ(r.code, 0) << r.err;
-  // 2 ranks (ZeRO 2) to step 4, then 4 ranks (ZeRO 1, batch 2 each) to 8.
+  // 2 ranks (ZeRO 2) to step 4, then 4 ranks (ZeRO 3, batch 2 each) to 8.
   auto c = t / "two_then_four";
   ASSERT_EQ(run_ranks(2, train_args(c, 4, "--set dist.zero=2 --stop-at 4"), t.path()).code, 0);
-  auto r4 = run_ranks(4, train_args(c, 2, "--set dist.zero=1"), t.path());
+  auto r4 = run_ranks(4, train_args(c, 2, "--set dist.zero=3"), t.path());
   ASSERT_EQ(r4.code, 0) << r4.err;
   for (const auto& run : {a, b, c}) {
     SCOPED_TRACE(run.filename().string());
@@ -343,14 +344,14 @@ TEST_F(MpiTrain, ResumeAcrossWorldSizes) {
 // twice the batch: the same numbers up to fp32 summation order.
 TEST_F(MpiTrain, TensorParallelAndDataTimesTensorParallelFollowOneRank) {
   TempDir t;
-  for (auto [world, zero] : {std::pair{2, 0}, std::pair{4, 2}}) {
+  for (auto [world, zero] : {std::pair{2, 0}, std::pair{4, 2}, std::pair{4, 3}}) {
     const int dp = world / 2;
     SCOPED_TRACE(world);
-    auto one = t / ("one_" + std::to_string(world));
+    auto one = t / ("one_" + std::to_string(world) + "_" + std::to_string(zero));
     ASSERT_EQ(run_lmforge(train_args(one, 4 * dp, ""), t.path()).code, 0);
     auto ref = losses(one);
     ASSERT_EQ(ref.size(), 8u);
-    auto run = t / ("tp_" + std::to_string(world));
+    auto run = t / ("tp_" + std::to_string(world) + "_" + std::to_string(zero));
     auto r = run_ranks(world, train_args(run, 4, "--set dist.tensor_parallel=2 --set dist.zero=" +
                                                      std::to_string(zero)),
                        t.path());
