@@ -2,13 +2,13 @@
 # Pack built programs and the shared libraries they need (those a stock CUDA image lacks) into
 # one archive, to run them on a machine that has the GPU but not this project's build
 # dependencies. Usage: scripts/device_bundle.sh BUILD_DIR OUT.tgz [PROGRAM...]
-# PROGRAM paths are relative to BUILD_DIR (default: lmforge and every test). On the other machine:
+# PROGRAM paths are relative to BUILD_DIR (default: lmforge, every test and the kernel lab). On the other machine:
 #   mkdir -p /tmp/lmf && tar -xzf OUT.tgz -C /tmp/lmf && export LD_LIBRARY_PATH=/tmp/lmf/lib
 set -euo pipefail
 build=$1; out=$2; shift 2
 progs=("$@")
 if [ ${#progs[@]} -eq 0 ]; then
-  progs=(lmforge $(cd "$build" && ls tests/test_* | grep -v '\.cmake$'))
+  progs=(lmforge $(cd "$build" && ls tests/test_* bench/kernel_lab 2>/dev/null | grep -v '\.cmake$'))
 fi
 stage=$(mktemp -d); trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/bin" "$stage/lib"

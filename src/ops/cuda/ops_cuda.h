@@ -5,6 +5,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
+#include <cstdint>
 
 namespace lmf::cuda {
 
@@ -59,5 +60,79 @@ void rope_backward(float* dinp, const float* dout, int B, int T, int NH, int hs,
 // as on the CPU.
 void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1,
                   float beta2, float eps, float wd, long t, cudaStream_t stream = 0);
+
+// ---- matmul and classifier (ops/cuda/matmul.cu, classifier.cu: cuBLAS, FP32 compute) --------
+// cublasGemmEx with CUBLAS_COMPUTE_32F, never TF32: results match the CPU ops to fp32 rounding
+// (a bf16 / TF32 fast path would be a separate mode). One cuBLAS handle per device, created on
+// first use, bound to `stream` per call. Deterministic for a fixed GPU, toolkit and shape when one
+// stream is active; with concurrent streams set CUBLAS_WORKSPACE_CONFIG=:4096:8 (see matmul.cu).
+
+// out (N, OC) = inp (N, C) @ w^T + bias; w (OC, C); bias (OC) or nullptr.
+void matmul_forward(float* out, const float* inp, const float* w, const float* bias, int N, int C,
+                    int OC, cudaStream_t stream = 0);
+// dinp (N, C) = dout @ w (ASSIGNED; skipped if nullptr); dw (OC, C) += dout^T @ inp (ACCUMULATES);
+// dbias (OC) += column sums of dout (ACCUMULATES; skipped if nullptr; fixed order, no atomics).
+// dout (N, OC).
+void matmul_backward(float* dinp, float* dw, float* dbias, const float* dout, const float* inp,
+                     const float* w, int N, int C, int OC, cudaStream_t stream = 0);
+
+// logits (N, V) = x (N, C) @ w^T (V, C), no bias.
+void classifier_logits(float* logits, const float* x, const float* w, int N, int C, int V,
+                       cudaStream_t stream = 0);
+// Classifier fused with softmax cross-entropy, as ops::classifier_ce_forward: logits in chunks of
+// classifier_chunk_rows(N, V) rows held in a per-device workspace that is kept across calls
+// (grown on demand), so the (N, V) logits never exist whole. losses (N) = lse - logit[target];
+// x (N, C); w (V, C); targets (N) int32 on the device, < 0 ignored (loss 0, no gradient).
+// If dx != nullptr the backward runs in the same pass with dlogits = (softmax - onehot) * dloss:
+// dx (N, C) ASSIGNED, dw (V, C) ACCUMULATES (dw and dloss (N) must be non-null then).
+// Returns the sum of the losses in double: this call SYNCHRONISES `stream` (it copies the sum to
+// the host), and a target >= V throws lmf::Error after that synchronise. Calls on one device are
+// serialised (they share the workspace).
+double classifier_ce_forward(float* losses, float* dx, float* dw, const float* x, const float* w,
+                             const int32_t* targets, const float* dloss, int N, int C, int V,
+                             cudaStream_t stream = 0);
+// Rows per chunk for (N, V): the workspace's capacity (128 MiB of fp32 logits) / V, clamped to
+// [1, N]; 0 for N = 0.
+int classifier_chunk_rows(int N, int V);
+// For tests: force `rows` rows per chunk (clamped to N), so several chunks run on small inputs;
+// 0 restores the automatic choice. Process-wide.
+void set_classifier_chunk_rows(int rows);
+
+// ---- attention and encoder (ops/cuda/attention.cu, encoder.cu) ------------------------------
+
+// Causal multi-head self-attention, as ops::attention_forward: scale 1/sqrt(hs),
+// hs = C / NH <= 256. qkv (B, T, 3C): per (b, t), [q (NH, hs) | k (NH, hs) | v (NH, hs)];
+// out (B, T, C); lse (B, NH, T) saved for backward. No (T, T) matrix is stored (online softmax,
+// one warp per query row).
+void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C, int NH,
+                       cudaStream_t stream = 0);
+// dqkv (B, T, 3C) ASSIGNED; must not alias the inputs. P is recomputed from q, k and lse;
+// D_t = dout_t . out_t is recomputed where needed (no workspace, no allocation). Deterministic:
+// dq per query row, dk and dv per key row, fixed summation order, no atomics.
+void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                        const float* lse, int B, int T, int C, int NH, cudaStream_t stream = 0);
+
+// Causal grouped-query attention, as ops::attention_gqa_forward: query head h reads kv head
+// h / (NH / KVH), hs <= 256. q, out (B, T, NH*hs); k, v (B, T, KVH*hs); lse (B, NH, T) saved.
+void attention_gqa_forward(float* out, float* lse, const float* q, const float* k, const float* v,
+                           int B, int T, int NH, int KVH, int hs, cudaStream_t stream = 0);
+// dq (B, T, NH*hs), dk, dv (B, T, KVH*hs), all ASSIGNED (not aliasing the inputs); dk and dv sum
+// over the group's query heads in ascending order, then query rows ascending (deterministic).
+void attention_gqa_backward(float* dq, float* dk, float* dv, const float* dout, const float* q,
+                            const float* k, const float* v, const float* out, const float* lse,
+                            int B, int T, int NH, int KVH, int hs, cudaStream_t stream = 0);
+
+// out (B, T, C) = wte (V, C)[tokens] + wpe (T, C)[t]; wpe nullptr: no position table (RoPE
+// models). tokens (B, T) int32 ON THE DEVICE, each in [0, V) (not checked).
+void encoder_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B,
+                     int T, int C, cudaStream_t stream = 0);
+// dwte[tokens[b, t]] += dout[b, t]; dwpe[t] += sum_b dout[b, t] (skipped if dwpe is nullptr).
+// Both ACCUMULATE, deterministic and bitwise equal to the CPU op: each element adds its terms in
+// (b, t) order. tokens_host (B, T) int32 is a HOST pointer (each in [0, V); negatives throw): the
+// host groups positions by token and uploads that to a per-device workspace kept across calls
+// (grown on demand). The call waits (host side) for the previous call's kernel on this device
+// before reusing the workspace, so calls on different streams are safe; not graph-capturable.
+void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens_host,
+                      int B, int T, int C, cudaStream_t stream = 0);
 
 }  // namespace lmf::cuda

@@ -1,0 +1,401 @@
+// The kernel lab: every CUDA kernel (ops/cuda/ops_cuda.h) at GPT-2 124M shapes (B 8, T 1024,
+// C 768, 12 heads) or the Llama family's, run on the same inputs as its CPU op (ops/ops.h, the
+// specification) and timed in isolation with a cold L2: before every timed launch a buffer of
+// twice the L2 size is overwritten, then CUDA events time the kernel alone.
+//   ./kernel_lab                              # all, or
+//   ./kernel_lab --benchmark_filter=layernorm
+// Counters: GB/s (bytes each launch must read and write, once), max_err (max |GPU - CPU| over
+// max |CPU|, fp32: expect ~1e-6; the tests in tests/gpu bound it properly). Without a device
+// every benchmark reports the skip.
+#include <benchmark/benchmark.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "core/rng.h"
+#include "ops/cuda/cuda_util.h"
+#include "ops/cuda/ops_cuda.h"
+#include "ops/cuda_backend.h"
+#include "ops/ops.h"
+
+namespace lmf {
+namespace {
+
+using cuda::DeviceBuffer;
+using FVec = std::vector<float>;
+
+constexpr int kB = 8, kT = 1024, kC = 768, kNH = 12, kN = kB * kT;
+constexpr int kLlamaC = 2048, kLlamaNH = 32, kLlamaHs = 64, kLlamaH = 8192, kLlamaT = 2048, kLlamaB = 2;
+
+FVec rand_vec(size_t n, uint64_t stream, float lo = -1.0f, float hi = 1.0f) {
+  FVec v(n);
+  Rng r(7, stream);
+  for (auto& x : v) x = lo + (hi - lo) * float(r.uniform());
+  return v;
+}
+
+// max |got - ref| / max |ref|.
+double max_err(const FVec& got, const FVec& ref) {
+  double d = 0, m = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    d = std::max(d, std::abs(double(got[i]) - double(ref[i])));
+    m = std::max(m, std::abs(double(ref[i])));
+  }
+  return d / std::max(m, 1e-30);
+}
+
+// Cold-L2 timing of one launch: overwrite a 2x-L2 buffer, then time the kernel with events.
+class Lab {
+ public:
+  Lab() {
+    int dev = 0, l2 = 0;
+    LMF_CUDA_CHECK(cudaGetDevice(&dev));
+    LMF_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev));
+    flush_ = DeviceBuffer<char>(size_t(std::max(l2, 1 << 20)) * 2);
+    LMF_CUDA_CHECK(cudaEventCreate(&start_));
+    LMF_CUDA_CHECK(cudaEventCreate(&stop_));
+  }
+  ~Lab() {
+    cudaEventDestroy(start_);
+    cudaEventDestroy(stop_);
+  }
+  // Seconds the launch took.
+  double time(const std::function<void()>& launch) {
+    LMF_CUDA_CHECK(cudaMemsetAsync(flush_.data(), ++fill_, flush_.size()));
+    LMF_CUDA_CHECK(cudaEventRecord(start_));
+    launch();
+    LMF_CUDA_CHECK(cudaEventRecord(stop_));
+    LMF_CUDA_CHECK(cudaEventSynchronize(stop_));
+    float ms = 0;
+    LMF_CUDA_CHECK(cudaEventElapsedTime(&ms, start_, stop_));
+    return ms * 1e-3;
+  }
+
+ private:
+  DeviceBuffer<char> flush_;
+  cudaEvent_t start_{}, stop_{};
+  int fill_ = 0;
+};
+
+bool need_device(benchmark::State& st) {
+  if (cuda::available()) return true;
+  st.SkipWithError("no CUDA device");
+  return false;
+}
+
+// Times `launch` in the benchmark loop; `bytes` per launch gives GB/s, `err` the check.
+void run(benchmark::State& st, const std::function<void()>& launch, double bytes, double err) {
+  Lab lab;
+  launch();  // warm-up (first-launch costs, lazy handles)
+  LMF_CUDA_CHECK(cudaDeviceSynchronize());
+  for (auto _ : st) st.SetIterationTime(lab.time(launch));
+  st.counters["GB/s"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["max_err"] = err;
+}
+
+// ---- elementwise -----------------------------------------------------------------------------
+
+void BM_residual(benchmark::State& st) {
+  if (!need_device(st)) return;
+  const size_t n = size_t(kN) * kC;
+  auto a = rand_vec(n, 1), b = rand_vec(n, 2);
+  FVec ref(n);
+  ops::residual_forward(ref.data(), a.data(), b.data(), n);
+  DeviceBuffer<float> da(a), db(b), out(n);
+  cuda::residual_forward(out.data(), da.data(), db.data(), n);
+  double err = max_err(out.to_host(), ref);
+  run(st, [&] { cuda::residual_forward(out.data(), da.data(), db.data(), n); }, 12.0 * n, err);
+}
+
+void BM_gelu_forward(benchmark::State& st) {
+  if (!need_device(st)) return;
+  const size_t n = size_t(kN) * 4 * kC;
+  auto x = rand_vec(n, 3, -4, 4);
+  FVec ref(n);
+  ops::gelu_forward(ref.data(), x.data(), n);
+  DeviceBuffer<float> dx(x), out(n);
+  cuda::gelu_forward(out.data(), dx.data(), n);
+  double err = max_err(out.to_host(), ref);
+  run(st, [&] { cuda::gelu_forward(out.data(), dx.data(), n); }, 8.0 * n, err);
+}
+
+void BM_gelu_backward(benchmark::State& st) {
+  if (!need_device(st)) return;
+  const size_t n = size_t(kN) * 4 * kC;
+  auto x = rand_vec(n, 4, -4, 4), g = rand_vec(n, 5);
+  FVec ref(n);
+  ops::gelu_backward(ref.data(), x.data(), g.data(), n);
+  DeviceBuffer<float> dx(x), dg(g), out(n);
+  cuda::gelu_backward(out.data(), dx.data(), dg.data(), n);
+  double err = max_err(out.to_host(), ref);
+  run(st, [&] { cuda::gelu_backward(out.data(), dx.data(), dg.data(), n); }, 12.0 * n, err);
+}
+
+void BM_swiglu_forward(benchmark::State& st) {
+  if (!need_device(st)) return;
+  const size_t n = size_t(kLlamaB) * kLlamaT * kLlamaH;
+  auto g = rand_vec(n, 6, -4, 4), u = rand_vec(n, 7);
+  FVec ref(n);
+  ops::swiglu_forward(ref.data(), g.data(), u.data(), n);
+  DeviceBuffer<float> dg(g), du(u), out(n);
+  cuda::swiglu_forward(out.data(), dg.data(), du.data(), n);
+  double err = max_err(out.to_host(), ref);
+  run(st, [&] { cuda::swiglu_forward(out.data(), dg.data(), du.data(), n); }, 12.0 * n, err);
+}
+
+void BM_swiglu_backward(benchmark::State& st) {
+  if (!need_device(st)) return;
+  const size_t n = size_t(kLlamaB) * kLlamaT * kLlamaH;
+  auto g = rand_vec(n, 8, -4, 4), u = rand_vec(n, 9), d = rand_vec(n, 10);
+  FVec rg(n), ru(n);
+  ops::swiglu_backward(rg.data(), ru.data(), d.data(), g.data(), u.data(), n);
+  DeviceBuffer<float> dg(g), du(u), dd(d), og(n), ou(n);
+  cuda::swiglu_backward(og.data(), ou.data(), dd.data(), dg.data(), du.data(), n);
+  double err = std::max(max_err(og.to_host(), rg), max_err(ou.to_host(), ru));
+  run(st, [&] { cuda::swiglu_backward(og.data(), ou.data(), dd.data(), dg.data(), du.data(), n); }, 20.0 * n, err);
+}
+
+void BM_rope(benchmark::State& st) {
+  if (!need_device(st)) return;
+  const int B = kLlamaB, T = kLlamaT, NH = kLlamaNH, hs = kLlamaHs;
+  const size_t n = size_t(B) * T * NH * hs;
+  const bool backward = st.range(0) != 0;
+  auto x = rand_vec(n, 11);
+  auto inv = ops::rope_inv_freq(hs, 500000.0);
+  FVec ref(n);
+  if (backward)
+    ops::rope_backward(ref.data(), x.data(), B, T, NH, hs, inv.data(), false);
+  else
+    ops::rope_forward(ref.data(), x.data(), B, T, NH, hs, inv.data(), false);
+  DeviceBuffer<float> dx(x), out(n);
+  DeviceBuffer<double> dinv(inv);
+  auto launch = [&] {
+    if (backward)
+      cuda::rope_backward(out.data(), dx.data(), B, T, NH, hs, dinv.data(), false);
+    else
+      cuda::rope_forward(out.data(), dx.data(), B, T, NH, hs, dinv.data(), false);
+  };
+  launch();
+  double err = max_err(out.to_host(), ref);
+  run(st, launch, 8.0 * n, err);
+}
+
+// ---- normalisation ---------------------------------------------------------------------------
+
+void BM_layernorm_forward(benchmark::State& st) {
+  if (!need_device(st)) return;
+  const int N = kN, C = kC;
+  auto x = rand_vec(size_t(N) * C, 12), w = rand_vec(C, 13), b = rand_vec(C, 14);
+  FVec ref(size_t(N) * C), mean(N), rstd(N);
+  ops::layernorm_forward(ref.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C);
+  DeviceBuffer<float> dx(x), dw(w), db(b), out(size_t(N) * C), dm(N), dr(N);
+  auto launch = [&] { cuda::layernorm_forward(out.data(), dm.data(), dr.data(), dx.data(), dw.data(), db.data(), N, C); };
+  launch();
+  double err = max_err(out.to_host(), ref);
+  run(st, launch, 8.0 * N * C + 8.0 * N, err);
+}
+
+void BM_layernorm_backward(benchmark::State& st) {
+  if (!need_device(st)) return;
+  const int N = kN, C = kC;
+  auto x = rand_vec(size_t(N) * C, 15), w = rand_vec(C, 16), b = rand_vec(C, 17), g = rand_vec(size_t(N) * C, 18);
+  FVec y(size_t(N) * C), mean(N), rstd(N);
+  ops::layernorm_forward(y.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C);
+  FVec ref(size_t(N) * C, 0.0f), rw(C, 0.0f), rb(C, 0.0f);
+  ops::layernorm_backward(ref.data(), rw.data(), rb.data(), g.data(), x.data(), w.data(), mean.data(), rstd.data(), N, C);
+  DeviceBuffer<float> dx(x), dw(w), dg(g), dm(mean), dr(rstd), dinp(FVec(size_t(N) * C, 0.0f)), ddw(FVec(C, 0.0f)),
+      ddb(FVec(C, 0.0f));
+  cuda::layernorm_backward(dinp.data(), ddw.data(), ddb.data(), dg.data(), dx.data(), dw.data(), dm.data(), dr.data(), N, C);
+  double err = std::max({max_err(dinp.to_host(), ref), max_err(ddw.to_host(), rw), max_err(ddb.to_host(), rb)});
+  // Timed launches keep accumulating into the gradients: the time, not the values, matters here.
+  run(st, [&] {
+    cuda::layernorm_backward(dinp.data(), ddw.data(), ddb.data(), dg.data(), dx.data(), dw.data(), dm.data(), dr.data(), N, C);
+  }, 16.0 * N * C, err);
+}
+
+void BM_rmsnorm_forward(benchmark::State& st) {
+  if (!need_device(st)) return;
+  const int N = kLlamaB * kLlamaT, C = kLlamaC;
+  auto x = rand_vec(size_t(N) * C, 19), w = rand_vec(C, 20);
+  FVec ref(size_t(N) * C), rstd(N);
+  ops::rmsnorm_forward(ref.data(), rstd.data(), x.data(), w.data(), N, C, 1e-5f);
+  DeviceBuffer<float> dx(x), dw(w), out(size_t(N) * C), dr(N);
+  auto launch = [&] { cuda::rmsnorm_forward(out.data(), dr.data(), dx.data(), dw.data(), N, C, 1e-5f); };
+  launch();
+  double err = max_err(out.to_host(), ref);
+  run(st, launch, 8.0 * N * C + 4.0 * N, err);
+}
+
+void BM_rmsnorm_backward(benchmark::State& st) {
+  if (!need_device(st)) return;
+  const int N = kLlamaB * kLlamaT, C = kLlamaC;
+  auto x = rand_vec(size_t(N) * C, 21), w = rand_vec(C, 22), g = rand_vec(size_t(N) * C, 23);
+  FVec y(size_t(N) * C), rstd(N);
+  ops::rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), N, C, 1e-5f);
+  FVec ref(size_t(N) * C, 0.0f), rw(C, 0.0f);
+  ops::rmsnorm_backward(ref.data(), rw.data(), g.data(), x.data(), w.data(), rstd.data(), N, C);
+  DeviceBuffer<float> dx(x), dw(w), dg(g), dr(rstd), dinp(FVec(size_t(N) * C, 0.0f)), ddw(FVec(C, 0.0f));
+  cuda::rmsnorm_backward(dinp.data(), ddw.data(), dg.data(), dx.data(), dw.data(), dr.data(), N, C);
+  double err = std::max(max_err(dinp.to_host(), ref), max_err(ddw.to_host(), rw));
+  run(st, [&] { cuda::rmsnorm_backward(dinp.data(), ddw.data(), dg.data(), dx.data(), dw.data(), dr.data(), N, C); },
+      16.0 * N * C, err);
+}
+
+// ---- optimizer -------------------------------------------------------------------------------
+
+void BM_adamw(benchmark::State& st) {
+  if (!need_device(st)) return;
+  const size_t n = 124'439'808;  // GPT-2 124M
+  auto p = rand_vec(n, 24), g = rand_vec(n, 25), m = rand_vec(n, 26, -0.01f, 0.01f), v = rand_vec(n, 27, 0, 1e-4f);
+  FVec rp = p, rm = m, rv = v;
+  ops::adamw_update(rp.data(), g.data(), rm.data(), rv.data(), n, 6e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 3);
+  DeviceBuffer<float> dp(p), dg(g), dm(m), dv(v);
+  cuda::adamw_update(dp.data(), dg.data(), dm.data(), dv.data(), n, 6e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 3);
+  double err = max_err(dp.to_host(), rp);
+  run(st, [&] { cuda::adamw_update(dp.data(), dg.data(), dm.data(), dv.data(), n, 6e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 3); },
+      28.0 * n, err);
+}
+
+// ---- matmul (cuBLAS, fp32), attention, embedding, classifier ----------------------------------
+
+void set_tflops(benchmark::State& st, double flops) {
+  st.counters["TFLOP/s"] = benchmark::Counter(flops * 1e-12, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// GPT-2's linear layers: (N, C) -> (N, OC); range(0) = OC, range(1) = C.
+void BM_matmul_forward(benchmark::State& st) {
+  if (!need_device(st)) return;
+  const int N = kN, OC = int(st.range(0)), C = int(st.range(1));
+  auto x = rand_vec(size_t(N) * C, 30), w = rand_vec(size_t(OC) * C, 31, -0.05f, 0.05f), b = rand_vec(OC, 32);
+  FVec ref(size_t(N) * OC);
+  ops::matmul_forward(ref.data(), x.data(), w.data(), b.data(), N, C, OC);
+  DeviceBuffer<float> dx(x), dw(w), db(b), out(size_t(N) * OC);
+  auto launch = [&] { cuda::matmul_forward(out.data(), dx.data(), dw.data(), db.data(), N, C, OC); };
+  launch();
+  double err = max_err(out.to_host(), ref);
+  run(st, launch, 4.0 * (double(N) * C + double(OC) * C + double(N) * OC), err);
+  set_tflops(st, 2.0 * N * C * OC);
+}
+
+void BM_matmul_backward(benchmark::State& st) {
+  if (!need_device(st)) return;
+  const int N = kN, OC = int(st.range(0)), C = int(st.range(1));
+  auto x = rand_vec(size_t(N) * C, 33), w = rand_vec(size_t(OC) * C, 34, -0.05f, 0.05f);
+  auto g = rand_vec(size_t(N) * OC, 35);
+  FVec rdx(size_t(N) * C), rdw(size_t(OC) * C, 0.0f), rdb(OC, 0.0f);
+  ops::matmul_backward(rdx.data(), rdw.data(), rdb.data(), g.data(), x.data(), w.data(), N, C, OC);
+  DeviceBuffer<float> dx(x), dw(w), dg(g), ddx(size_t(N) * C), ddw(FVec(size_t(OC) * C, 0.0f)), ddb(FVec(OC, 0.0f));
+  cuda::matmul_backward(ddx.data(), ddw.data(), ddb.data(), dg.data(), dx.data(), dw.data(), N, C, OC);
+  double err = std::max({max_err(ddx.to_host(), rdx), max_err(ddw.to_host(), rdw), max_err(ddb.to_host(), rdb)});
+  run(st, [&] { cuda::matmul_backward(ddx.data(), ddw.data(), ddb.data(), dg.data(), dx.data(), dw.data(), N, C, OC); },
+      4.0 * (2.0 * N * C + 3.0 * OC * C + double(N) * OC), err);
+  set_tflops(st, 4.0 * N * C * OC);
+}
+
+// Causal attention, GPT-2 124M: useful FLOPs are the causal half of QK^T and PV (x2 backward).
+void BM_attention(benchmark::State& st) {
+  if (!need_device(st)) return;
+  const int B = kB, T = kT, C = kC, NH = kNH;
+  const bool backward = st.range(0) != 0;
+  auto qkv = rand_vec(size_t(B) * T * 3 * C, 36);
+  FVec out(size_t(B) * T * C), lse(size_t(B) * NH * T);
+  ops::attention_forward(out.data(), lse.data(), qkv.data(), B, T, C, NH);
+  DeviceBuffer<float> dqkv_in(qkv), dout(size_t(B) * T * C), dlse(size_t(B) * NH * T);
+  cuda::attention_forward(dout.data(), dlse.data(), dqkv_in.data(), B, T, C, NH);
+  double err = max_err(dout.to_host(), out);
+  const double fwd_flops = 2.0 * 2.0 * B * NH * (double(T) * T / 2) * (C / NH);
+  if (!backward) {
+    run(st, [&] { cuda::attention_forward(dout.data(), dlse.data(), dqkv_in.data(), B, T, C, NH); },
+        4.0 * (4.0 * B * T * C), err);
+    set_tflops(st, fwd_flops);
+    return;
+  }
+  auto g = rand_vec(size_t(B) * T * C, 37);
+  FVec rd(size_t(B) * T * 3 * C);
+  ops::attention_backward(rd.data(), g.data(), qkv.data(), out.data(), lse.data(), B, T, C, NH);
+  DeviceBuffer<float> dg(g), dd(size_t(B) * T * 3 * C);
+  cuda::attention_backward(dd.data(), dg.data(), dqkv_in.data(), dout.data(), dlse.data(), B, T, C, NH);
+  err = max_err(dd.to_host(), rd);
+  run(st, [&] { cuda::attention_backward(dd.data(), dg.data(), dqkv_in.data(), dout.data(), dlse.data(), B, T, C, NH); },
+      4.0 * (8.0 * B * T * C), err);
+  set_tflops(st, 2.0 * fwd_flops);
+}
+
+void BM_encoder(benchmark::State& st) {
+  if (!need_device(st)) return;
+  const int B = kB, T = kT, C = kC, V = 50257;
+  const bool backward = st.range(0) != 0;
+  std::vector<int32_t> tok(size_t(B) * T);
+  Rng r(7, 38);
+  for (auto& t : tok) t = int32_t(r.below(V));
+  auto wte = rand_vec(size_t(V) * C, 39), wpe = rand_vec(size_t(T) * C, 40);
+  DeviceBuffer<int32_t> dtok(tok);
+  DeviceBuffer<float> dwte(wte), dwpe(wpe);
+  if (!backward) {
+    FVec ref(size_t(B) * T * C);
+    ops::encoder_forward(ref.data(), tok.data(), wte.data(), wpe.data(), B, T, C);
+    DeviceBuffer<float> out(size_t(B) * T * C);
+    auto launch = [&] { cuda::encoder_forward(out.data(), dtok.data(), dwte.data(), dwpe.data(), B, T, C); };
+    launch();
+    run(st, launch, 12.0 * B * T * C, max_err(out.to_host(), ref));
+    return;
+  }
+  auto g = rand_vec(size_t(B) * T * C, 41);
+  FVec rwte(size_t(V) * C, 0.0f), rwpe(size_t(T) * C, 0.0f);
+  ops::encoder_backward(rwte.data(), rwpe.data(), g.data(), tok.data(), B, T, C);
+  DeviceBuffer<float> dg(g), gwte(FVec(size_t(V) * C, 0.0f)), gwpe(FVec(size_t(T) * C, 0.0f));
+  auto launch = [&] { cuda::encoder_backward(gwte.data(), gwpe.data(), dg.data(), tok.data(), B, T, C); };
+  launch();
+  double err = std::max(max_err(gwte.to_host(), rwte), max_err(gwpe.to_host(), rwpe));
+  run(st, launch, 4.0 * (3.0 * B * T * C), err);
+}
+
+// The classifier fused with cross-entropy and its backward, GPT-2's head: N = T rows (one
+// sequence: the CPU reference is slow), V = 50257.
+void BM_classifier_ce(benchmark::State& st) {
+  if (!need_device(st)) return;
+  const int N = kT, C = kC, V = 50257;
+  auto x = rand_vec(size_t(N) * C, 42), w = rand_vec(size_t(V) * C, 43, -0.05f, 0.05f);
+  std::vector<int32_t> tg(N);
+  Rng r(7, 44);
+  for (auto& t : tg) t = int32_t(r.below(V));
+  FVec dloss(N, 1.0f / N), rl(N), rdx(size_t(N) * C), rdw(size_t(V) * C, 0.0f);
+  ops::classifier_ce_forward(rl.data(), rdx.data(), rdw.data(), x.data(), w.data(), tg.data(), dloss.data(), N, C, V);
+  DeviceBuffer<float> dx(x), dw(w), ddl(dloss), dl(N), ddx(size_t(N) * C), ddw(FVec(size_t(V) * C, 0.0f));
+  DeviceBuffer<int32_t> dtg(tg);
+  auto launch = [&] {
+    cuda::classifier_ce_forward(dl.data(), ddx.data(), ddw.data(), dx.data(), dw.data(), dtg.data(), ddl.data(), N, C,
+                                V);
+  };
+  launch();
+  double err = std::max({max_err(dl.to_host(), rl), max_err(ddx.to_host(), rdx), max_err(ddw.to_host(), rdw)});
+  run(st, launch, 4.0 * (3.0 * V * C + 2.0 * N * C), err);
+  set_tflops(st, 6.0 * N * C * V);
+}
+
+#define LAB(fn) BENCHMARK(fn)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.2)
+LAB(BM_residual);
+LAB(BM_gelu_forward);
+LAB(BM_gelu_backward);
+LAB(BM_swiglu_forward);
+LAB(BM_swiglu_backward);
+LAB(BM_rope)->Arg(0)->Arg(1);
+LAB(BM_layernorm_forward);
+LAB(BM_layernorm_backward);
+LAB(BM_rmsnorm_forward);
+LAB(BM_rmsnorm_backward);
+LAB(BM_adamw);
+LAB(BM_matmul_forward)->Args({3 * kC, kC})->Args({4 * kC, kC})->Args({kC, 4 * kC});
+LAB(BM_matmul_backward)->Args({3 * kC, kC})->Args({4 * kC, kC})->Args({kC, 4 * kC});
+LAB(BM_attention)->Arg(0)->Arg(1);
+LAB(BM_encoder)->Arg(0)->Arg(1);
+LAB(BM_classifier_ce);
+
+}  // namespace
+}  // namespace lmf
+
+BENCHMARK_MAIN();

@@ -1,0 +1,233 @@
+// Classifier (x @ w^T) fused with softmax cross-entropy on the GPU, in chunks of rows so the
+// (N, V) logits never exist whole; the same formulas and operation order as
+// ops/cpu/classifier.cpp, fp32, with the GEMMs of ops/cuda/matmul.cu (cuBLAS, FP32 compute).
+// Per chunk of n rows:
+//   logits (n, V) = x_chunk @ w^T                                   (matmul_forward, no bias)
+//   per row, one block: mx = max_j l_j; sum = sum_j exp(l_j - mx); loss = mx + log(sum) - l_t;
+//            if grad, l_j <- exp(l_j - mx) * (dloss / sum), and l_t -= dloss (dlogits in place)
+//   if grad: dx_chunk = dlogits @ w (assigned); dw += dlogits^T @ x_chunk  (matmul_backward)
+// Chunks run in order on one stream, so dw's sum order is fixed: deterministic for a given
+// (N, C, V, chunk). The loss total is summed in double by one block, in a fixed tree order.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <climits>
+#include <cstdint>
+#include <mutex>
+
+#include "core/error.h"
+#include "ops/cuda/cuda_util.h"
+#include "ops/cuda/launch.cuh"
+#include "ops/cuda/ops_cuda.h"
+
+namespace lmf::cuda {
+namespace {
+
+using detail::kWarp;
+using detail::warp_sum;
+
+// The logits workspace per device: 32 Mi floats (128 MiB), 667 rows of V = 50257. The dw GEMM
+// reduces over the chunk's rows while reading and writing all of dw (V, C), so longer chunks
+// amortise that traffic; 128 MiB is small next to an H100's 80 GB.
+constexpr size_t kWorkspaceFloats = size_t(32) << 20;
+constexpr int kMaxDevices = 64;
+constexpr int kCeThreads = 256;  // one block per row
+constexpr int kCeWarps = kCeThreads / kWarp;
+constexpr int kSumThreads = 256;  // the single block that sums the losses
+constexpr unsigned kNoBadRow = UINT_MAX;
+
+std::atomic<int> g_chunk_rows_override{0};  // set_classifier_chunk_rows; 0: automatic
+
+struct CeResult {
+  double total;      // sum of the losses (ignored rows are 0)
+  unsigned bad_row;  // first row whose target is >= V, or kNoBadRow
+};
+
+// Device memory kept across calls, one per device: a fresh cudaMalloc of the (chunk, V) block per
+// call would synchronise the device every step. Grown on demand, never shrunk, never freed (as
+// the cuBLAS handles in matmul.cu: the driver reclaims it at exit). The mutex is held for a whole
+// call, which ends with a stream synchronise, so the next call finds the workspace idle.
+struct Workspace {
+  std::mutex mu;
+  float* logits = nullptr;  // (chunk, V)
+  size_t cap = 0;           // floats in logits
+  CeResult* result = nullptr;
+};
+
+Workspace& workspace_for_current_device() {
+  int dev = 0;
+  LMF_CUDA_CHECK(cudaGetDevice(&dev));
+  LMF_CHECK(dev >= 0 && dev < kMaxDevices, "classifier_ce: device {} beyond the {} supported", dev,
+            kMaxDevices);
+  static auto* slots = new std::array<Workspace, kMaxDevices>();  // never freed, see above
+  return (*slots)[dev];
+}
+
+// Largest over the block; all threads get the same value. shared (kCeWarps + 1). The first
+// __syncthreads also orders this call after any earlier use of shared by the same block.
+__device__ float block_max(float v, float* shared) {
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+#pragma unroll
+  for (int off = kWarp / 2; off > 0; off >>= 1) {
+    const float o = __shfl_xor_sync(0xffffffffu, v, off);
+    v = o > v ? o : v;
+  }
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    float t = lane < kCeWarps ? shared[lane] : shared[0];
+#pragma unroll
+    for (int off = kWarp / 2; off > 0; off >>= 1) {
+      const float o = __shfl_xor_sync(0xffffffffu, t, off);
+      t = o > t ? o : t;
+    }
+    if (lane == 0) shared[kCeWarps] = t;
+  }
+  __syncthreads();
+  return shared[kCeWarps];
+}
+
+// Sum over the block in a fixed order (each warp's butterfly, then the warps' partials by warp 0's
+// butterfly); all threads get the same value. shared (kCeWarps + 1).
+__device__ float block_sum(float v, float* shared) {
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  v = warp_sum(v);
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    const float t = warp_sum(lane < kCeWarps ? shared[lane] : 0.0f);
+    if (lane == 0) shared[kCeWarps] = t;
+  }
+  __syncthreads();
+  return shared[kCeWarps];
+}
+
+// One block per row r of the chunk: losses[r] and, if kGrad, dlogits in place of the logits.
+// logits (n, V); losses, targets, dloss (n), offset to the chunk; row0: the chunk's first row.
+// A target < 0 is ignored (loss 0, zero gradient row); one >= V is reported through bad_row (the
+// smallest such row) and otherwise treated as ignored, so nothing reads out of bounds.
+template <bool kGrad>
+__global__ void __launch_bounds__(kCeThreads)
+    ce_rows_kernel(float* __restrict__ logits, float* __restrict__ losses,
+                   const int32_t* __restrict__ targets, const float* __restrict__ dloss, int V,
+                   int row0, unsigned* __restrict__ bad_row) {
+  __shared__ float shared[kCeWarps + 1];
+  const int r = blockIdx.x;
+  float* l = logits + (size_t)r * V;
+  const int target = targets[r];
+  if (target < 0 || target >= V) {  // uniform across the block
+    if (target >= V && threadIdx.x == 0) atomicMin(bad_row, (unsigned)(row0 + r));
+    if (kGrad)
+      for (int j = threadIdx.x; j < V; j += kCeThreads) l[j] = 0.0f;
+    if (threadIdx.x == 0) losses[r] = 0.0f;
+    return;
+  }
+  const float lt = l[target];  // read before the gradient pass overwrites the row
+  float mx = -INFINITY;
+  for (int j = threadIdx.x; j < V; j += kCeThreads) mx = l[j] > mx ? l[j] : mx;
+  mx = block_max(mx, shared);
+  float sum = 0.0f;
+  for (int j = threadIdx.x; j < V; j += kCeThreads) sum += expf(l[j] - mx);
+  sum = block_sum(sum, shared);
+  if (kGrad) {
+    // As the CPU: e * (dloss / sum), then minus dloss at the target. exp is recomputed rather
+    // than stored by the sum pass: the same inputs give the same bits.
+    const float dl = dloss[r], f = dl / sum;
+    for (int j = threadIdx.x; j < V; j += kCeThreads) {
+      float g = expf(l[j] - mx) * f;
+      if (j == target) g -= dl;
+      l[j] = g;
+    }
+  }
+  if (threadIdx.x == 0) losses[r] = mx + logf(sum) - lt;
+}
+
+// result->total = sum of losses (N) in double: thread t sums rows t, t + kSumThreads, ... in
+// order, then a fixed tree. One block: deterministic, and N is at most a batch of tokens.
+__global__ void __launch_bounds__(kSumThreads)
+    sum_losses_kernel(const float* __restrict__ losses, int N, CeResult* __restrict__ result) {
+  __shared__ double part[kSumThreads];
+  double s = 0.0;
+  for (int i = threadIdx.x; i < N; i += kSumThreads) s += (double)losses[i];
+  part[threadIdx.x] = s;
+  __syncthreads();
+  for (int half = kSumThreads / 2; half > 0; half >>= 1) {
+    if ((int)threadIdx.x < half) part[threadIdx.x] += part[threadIdx.x + half];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) result->total = part[0];
+}
+
+}  // namespace
+
+void set_classifier_chunk_rows(int rows) {
+  LMF_CHECK(rows >= 0, "set_classifier_chunk_rows: rows {} < 0", rows);
+  g_chunk_rows_override.store(rows);
+}
+
+int classifier_chunk_rows(int N, int V) {
+  if (N <= 0) return 0;
+  const int forced = g_chunk_rows_override.load();
+  if (forced > 0) return std::min(N, forced);
+  const size_t rows = kWorkspaceFloats / (size_t)std::max(V, 1);
+  return (int)std::clamp(rows, size_t(1), (size_t)N);
+}
+
+double classifier_ce_forward(float* losses, float* dx, float* dw, const float* x, const float* w,
+                             const int32_t* targets, const float* dloss, int N, int C, int V,
+                             cudaStream_t stream) {
+  LMF_CHECK(!dx || (dw && dloss), "classifier_ce: the backward needs dw and dloss");
+  LMF_CHECK(N >= 0 && C > 0 && V > 0, "classifier_ce: bad shape N={} C={} V={}", N, C, V);
+  if (N == 0) return 0.0;
+  const bool grad = dx != nullptr;
+  const int chunk = classifier_chunk_rows(N, V);
+
+  Workspace& ws = workspace_for_current_device();
+  std::lock_guard<std::mutex> lock(ws.mu);
+  const size_t need = (size_t)chunk * V;
+  if (ws.cap < need) {
+    // The previous call ended with a stream synchronise: the old block is idle.
+    if (ws.logits != nullptr) LMF_CUDA_CHECK(cudaFree(ws.logits));
+    ws.logits = nullptr;
+    ws.cap = 0;
+    LMF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ws.logits), need * sizeof(float)));
+    ws.cap = need;
+  }
+  if (ws.result == nullptr)
+    LMF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ws.result), sizeof(CeResult)));
+  LMF_CUDA_CHECK(
+      cudaMemsetAsync(&ws.result->bad_row, 0xff, sizeof(unsigned), stream));  // kNoBadRow
+
+  for (int r0 = 0; r0 < N; r0 += chunk) {
+    const int n = std::min(chunk, N - r0);
+    const float* xc = x + (size_t)r0 * C;  // (n, C)
+    matmul_forward(ws.logits, xc, w, nullptr, n, C, V, stream);
+    if (grad) {
+      ce_rows_kernel<true><<<n, kCeThreads, 0, stream>>>(ws.logits, losses + r0, targets + r0,
+                                                         dloss + r0, V, r0, &ws.result->bad_row);
+      LMF_CUDA_CHECK_LAUNCH();
+      // dx_chunk (n, C) = dlogits (n, V) @ w (V, C); dw (V, C) += dlogits^T @ x_chunk.
+      matmul_backward(dx + (size_t)r0 * C, dw, nullptr, ws.logits, xc, w, n, C, V, stream);
+    } else {
+      ce_rows_kernel<false><<<n, kCeThreads, 0, stream>>>(ws.logits, losses + r0, targets + r0,
+                                                          nullptr, V, r0, &ws.result->bad_row);
+      LMF_CUDA_CHECK_LAUNCH();
+    }
+  }
+  sum_losses_kernel<<<1, kSumThreads, 0, stream>>>(losses, N, ws.result);
+  LMF_CUDA_CHECK_LAUNCH();
+  CeResult host{};
+  LMF_CUDA_CHECK(
+      cudaMemcpyAsync(&host, ws.result, sizeof(CeResult), cudaMemcpyDeviceToHost, stream));
+  LMF_CUDA_CHECK(cudaStreamSynchronize(stream));
+  if (host.bad_row != kNoBadRow) {
+    int32_t t = 0;
+    LMF_CUDA_CHECK(cudaMemcpy(&t, targets + host.bad_row, sizeof(t), cudaMemcpyDeviceToHost));
+    LMF_CHECK(false, "classifier_ce: target {} at row {} out of range V={}", t, host.bad_row, V);
+  }
+  return host.total;
+}
+
+}  // namespace lmf::cuda

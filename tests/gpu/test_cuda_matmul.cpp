@@ -1,0 +1,412 @@
+// CUDA matmul and classifier ops (ops/cuda/matmul.cu, classifier.cu, cuBLAS) against the CPU ops
+// (ops/ops.h), the specification, in fp32 on the same inputs. Every test that needs a device
+// skips without one; in a build without CUDA only a skip marker runs.
+//
+// Tolerances are those of tests/unit/test_ops.cpp (check_matmul, check_classifier; read its
+// header): for a sum of K rounded terms, |computed - exact| <= gamma(K) * sum|terms| with
+// gamma(K) = lambda sqrt(K) u (Higham & Mary 2019, probabilistic; lambda = 6, u = fp32 epsilon).
+// That bound holds for any summation order (cuBLAS's tiles and split-K trees, the CPU's OpenBLAS
+// loops, the chunk-by-chunk accumulation of dw). Both the GPU and the CPU result lie within it of
+// the exact (double) value, so they lie within twice it of each other: every tolerance here is
+// kBoth times test_ops.cpp's. Outputs whose exact value is 0 by construction (the loss and the
+// gradient rows of ignored targets) get tolerance 0.
+// Shapes are odd on purpose: no dimension a multiple of a cuBLAS tile, the 32-column tiles of the
+// dbias sum, or the 256 threads of the cross-entropy rows; V = 1031 is prime.
+#include <gtest/gtest.h>
+
+#include "core/error.h"
+#include "ops/cuda_backend.h"
+
+#ifndef LMF_HAVE_CUDA
+
+TEST(CudaMatmul, Skipped) { GTEST_SKIP() << "built without CUDA"; }
+
+#else
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "core/rng.h"
+#include "ops/cuda/cuda_util.h"
+#include "ops/cuda/ops_cuda.h"
+#include "ops/ops.h"
+#include "ops/reference.h"
+
+namespace lmf {
+namespace {
+
+using Vec = std::vector<double>;
+using FVec = std::vector<float>;
+using cuda::DeviceBuffer;
+
+constexpr double kLambda = 6.0;
+constexpr double kBoth = 2.0;  // GPU and CPU each within the bound of exact
+
+struct Tol {
+  double u;
+  double gamma(double K) const { return kLambda * std::sqrt(K) * u; }
+};
+Tol tol_f32() { return Tol{std::numeric_limits<float>::epsilon()}; }
+
+// n values uniform in [lo, hi), exactly representable in float (as test_ops.cpp).
+Vec rand_vec(size_t n, uint64_t stream, double lo = -1.0, double hi = 1.0) {
+  Rng r(20240611, stream);
+  Vec v(n);
+  for (auto& x : v) x = (double)(float)(lo + (hi - lo) * r.uniform());
+  return v;
+}
+std::vector<int32_t> rand_tokens(size_t n, int V, uint64_t stream) {
+  Rng r(20240611, stream);
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = (int32_t)r.below((uint64_t)V);
+  return t;
+}
+FVec to_f(const Vec& v) { return FVec(v.begin(), v.end()); }
+FVec nans(size_t n) { return FVec(n, std::numeric_limits<float>::quiet_NaN()); }
+double max_abs(const Vec& v) {
+  double m = 0;
+  for (double x : v) m = std::max(m, std::abs(x));
+  return m;
+}
+
+// GPU result against the CPU one, per-element tolerance; a NaN anywhere fails.
+void expect_close(const char* what, const FVec& gpu, const FVec& cpu, const Vec& tol) {
+  ASSERT_EQ(gpu.size(), cpu.size()) << what;
+  ASSERT_EQ(gpu.size(), tol.size()) << what;
+  double worst = 0;
+  size_t at = 0;
+  for (size_t i = 0; i < gpu.size(); ++i) {
+    const double e = std::abs((double)gpu[i] - (double)cpu[i]);
+    double ratio = std::isnan(e) ? std::numeric_limits<double>::infinity() : e / tol[i];
+    if (tol[i] == 0) ratio = e > 0 || std::isnan(e) ? std::numeric_limits<double>::infinity() : 0;
+    if (ratio > worst) {
+      worst = ratio;
+      at = i;
+    }
+  }
+  if (gpu.empty()) return;
+  EXPECT_LE(worst, 1.0) << what << ": at index " << at << " gpu " << gpu[at] << " cpu " << cpu[at]
+                        << " (|diff| " << std::abs((double)gpu[at] - (double)cpu[at]) << ", tol "
+                        << tol[at] << ")";
+}
+void expect_close(const char* what, const FVec& gpu, const FVec& cpu, double tol) {
+  expect_close(what, gpu, cpu, Vec(cpu.size(), tol));
+}
+
+#define SKIP_WITHOUT_DEVICE() \
+  if (!::lmf::cuda::available()) GTEST_SKIP() << "no CUDA device"
+
+// ---- matmul: out = inp @ w^T + bias -------------------------------------------------------------
+
+struct MatmulShape {
+  int N, C, OC;
+};
+
+void check_matmul(const MatmulShape& s) {
+  const int N = s.N, C = s.C, OC = s.OC;
+  SCOPED_TRACE("N = " + std::to_string(N) + ", C = " + std::to_string(C) +
+               ", OC = " + std::to_string(OC));
+  const Tol t = tol_f32();
+  const Vec inp = rand_vec((size_t)N * C, 1), w = rand_vec((size_t)OC * C, 2),
+            bias = rand_vec(OC, 3), dout = rand_vec((size_t)N * OC, 4),
+            dw0 = rand_vec((size_t)OC * C, 5), db0 = rand_vec(OC, 6);
+  const double A = max_abs(inp), W = max_abs(w), G = max_abs(dout);
+  const FVec inpf = to_f(inp), wf = to_f(w), biasf = to_f(bias), doutf = to_f(dout);
+  DeviceBuffer<float> d_inp(inpf), d_w(wf), d_bias(biasf), d_dout(doutf);
+
+  // Bounds of test_ops.cpp check_matmul, times kBoth:
+  //  out: a dot product of length C plus the bias, C + 1 terms, sum|terms| <= C A W + |bias|;
+  //  dinp: a dot product of length OC, sum|terms| <= OC G W;
+  //  dw: dw0 plus N terms, sum|terms| <= N G A + |dw0|; dbias: db0 plus N terms <= N G + |db0|.
+  const auto tol_out = [&](bool b) {
+    return kBoth * t.gamma(C + 1) * (C * A * W + (b ? max_abs(bias) : 0));
+  };
+  const double tol_dinp = kBoth * t.gamma(OC) * OC * G * W;
+  const double tol_dw = kBoth * t.gamma(N + 1) * (N * G * A + max_abs(dw0));
+  const double tol_db = kBoth * t.gamma(N + 1) * (N * G + max_abs(db0));
+
+  for (bool with_bias : {true, false})
+    for (bool with_dinp : {true, false}) {  // every branch: bias / dbias, dinp present or null
+      SCOPED_TRACE(std::string(with_bias ? "bias" : "no bias") + ", " +
+                   (with_dinp ? "dinp" : "dinp = nullptr"));
+      const float* bias_c = with_bias ? biasf.data() : nullptr;
+      FVec out_c((size_t)N * OC);
+      ops::matmul_forward<float>(out_c.data(), inpf.data(), wf.data(), bias_c, N, C, OC);
+      DeviceBuffer<float> d_out(nans(out_c.size()));  // assigned: NaN until written
+      cuda::matmul_forward(d_out.data(), d_inp.data(), d_w.data(),
+                           with_bias ? d_bias.data() : nullptr, N, C, OC);
+      expect_close("out", d_out.to_host(), out_c, tol_out(with_bias));
+
+      // Gradients accumulate onto nonzero dw0, db0; dinp is assigned (starts as NaN).
+      FVec dinp_c((size_t)N * C), dw_c = to_f(dw0), db_c = to_f(db0);
+      ops::matmul_backward<float>(with_dinp ? dinp_c.data() : nullptr, dw_c.data(),
+                                  with_bias ? db_c.data() : nullptr, doutf.data(), inpf.data(),
+                                  wf.data(), N, C, OC);
+      DeviceBuffer<float> d_dinp(nans(dinp_c.size())), d_dw(to_f(dw0)), d_db(to_f(db0));
+      cuda::matmul_backward(with_dinp ? d_dinp.data() : nullptr, d_dw.data(),
+                            with_bias ? d_db.data() : nullptr, d_dout.data(), d_inp.data(),
+                            d_w.data(), N, C, OC);
+      if (with_dinp) expect_close("dinp", d_dinp.to_host(), dinp_c, tol_dinp);
+      expect_close("dw", d_dw.to_host(), dw_c, tol_dw);
+      // Without a bias the GPU must leave db untouched (bit-equal to db0, as the CPU's).
+      expect_close("dbias", d_db.to_host(), db_c, with_bias ? tol_db : 0.0);
+      if (!with_dinp) {  // skipped: still all NaN
+        const FVec untouched = d_dinp.to_host();
+        EXPECT_TRUE(std::all_of(untouched.begin(), untouched.end(), [](float v) {
+          return std::isnan(v);
+        })) << "dinp written although nullptr was passed";
+      }
+
+      // Deterministic: the same backward again gives the same bits.
+      DeviceBuffer<float> d_dinp2(nans(dinp_c.size())), d_dw2(to_f(dw0)), d_db2(to_f(db0));
+      cuda::matmul_backward(with_dinp ? d_dinp2.data() : nullptr, d_dw2.data(),
+                            with_bias ? d_db2.data() : nullptr, d_dout.data(), d_inp.data(),
+                            d_w.data(), N, C, OC);
+      if (with_dinp) {
+        EXPECT_EQ(d_dinp2.to_host(), d_dinp.to_host());
+      }
+      EXPECT_EQ(d_dw2.to_host(), d_dw.to_host());
+      EXPECT_EQ(d_db2.to_host(), d_db.to_host());
+    }
+}
+
+TEST(CudaMatmul, AgainstCpu) {
+  SKIP_WITHOUT_DEVICE();
+  // 1: the degenerate case; 37 x 67 x 131: odd everywhere; 31/32/33 around the warp; 257 rows:
+  // more than 8 blocks of 32 dbias rows; 4 x 768 x 1000: wide and short; 8 x 4096 x 64: a long
+  // reduction on a small output, where cuBLAS may split K (its determinism is checked too);
+  // 300 x 1031: more dbias column tiles than fit one wave of a small GPU's SMs.
+  for (const MatmulShape& s :
+       {MatmulShape{1, 1, 1}, MatmulShape{37, 67, 131}, MatmulShape{31, 32, 33},
+        MatmulShape{33, 31, 32}, MatmulShape{257, 96, 130}, MatmulShape{4, 768, 1000},
+        MatmulShape{8, 4096, 64}, MatmulShape{300, 65, 1031}})
+    check_matmul(s);
+}
+
+// ---- classifier + cross-entropy -----------------------------------------------------------------
+
+// Sets the classifier's rows per chunk for one scope; back to automatic on exit.
+struct ChunkRows {
+  explicit ChunkRows(int rows) { cuda::set_classifier_chunk_rows(rows); }
+  ~ChunkRows() { cuda::set_classifier_chunk_rows(0); }
+  ChunkRows(const ChunkRows&) = delete;
+  ChunkRows& operator=(const ChunkRows&) = delete;
+};
+
+struct ClassifierShape {
+  int N, C, V;
+};
+
+// Inputs and bounds of test_ops.cpp check_classifier, the CPU op's results, for one shape.
+struct ClassifierCase {
+  int N, C, V;
+  Vec x, w, dloss, dw0;
+  std::vector<int32_t> targets;
+  FVec losses_c, dx_c, dw_c, logits_c;
+  double total_c = 0;
+  Vec tol_loss, tol_dx, tol_dw, tol_logits;
+  double tol_total = 0;
+};
+
+ClassifierCase make_classifier_case(const ClassifierShape& s) {
+  ClassifierCase k;
+  const int N = k.N = s.N, C = k.C = s.C, V = k.V = s.V;
+  const Tol t = tol_f32();
+  k.x = rand_vec((size_t)N * C, 26);
+  k.w = rand_vec((size_t)V * C, 27);
+  k.dloss = rand_vec(N, 28);
+  k.dw0 = rand_vec((size_t)V * C, 29);
+  k.targets = rand_tokens(N, V, 30);
+  for (int i = 3; i < N; i += 5) k.targets[i] = -1;  // ignored rows
+  if (N > 1) k.targets[1] = V - 1;                   // the last class
+  if (N > 2) k.targets[2] = 0;                       // the first class
+
+  // CPU, the specification.
+  const FVec xf = to_f(k.x), wf = to_f(k.w), dlf = to_f(k.dloss);
+  k.losses_c.assign(N, 0.0f);
+  k.dx_c.assign((size_t)N * C, 0.0f);
+  k.dw_c = to_f(k.dw0);
+  k.total_c =
+      ops::classifier_ce_forward<float>(k.losses_c.data(), k.dx_c.data(), k.dw_c.data(), xf.data(),
+                                        wf.data(), k.targets.data(), dlf.data(), N, C, V);
+  k.logits_c.assign((size_t)N * V, 0.0f);
+  ops::classifier_logits<float>(k.logits_c.data(), xf.data(), wf.data(), N, C, V);
+
+  // Bounds of test_ops.cpp check_classifier (its derivation, repeated), times kBoth:
+  //  logit l_ij: error dl_ij = gamma(C) sum_c |x_ic w_jc| (a dot product of length C);
+  //  lse_i: the row's largest logit error, the relative error of a sum of V exps, one log;
+  //  loss_i = lse_i - l_it; p_ij = exp(l_ij - lse_i) has relative error dp_i;
+  //  dlogit_ij = (p_ij - y_ij) dloss_i: error e_ij = |dloss_i| (p_ij dp_i + gamma(2) (p_ij +
+  //  y_ij)); dx_i = sum_j dlogit_ij w_j and dw_j = dw0_j + sum_i dlogit_ij x_i: their sums of e
+  //  plus gamma(V) (resp. gamma(N + 1)) times their sums of |terms| (|w|, |x| bounded by the max).
+  // gamma(N + 1) for dw holds however the N rows are split into chunks: each chunk's GEMM adds
+  // onto dw (beta = 1), so every term is still one of N + 1 summed in some order.
+  const double X = max_abs(k.x), W = max_abs(k.w);
+  Vec logits((size_t)N * V), labs((size_t)N * V), xa(k.x.size()), wa(k.w.size());
+  for (size_t i = 0; i < k.x.size(); ++i) xa[i] = std::abs(k.x[i]);
+  for (size_t i = 0; i < k.w.size(); ++i) wa[i] = std::abs(k.w[i]);
+  ops::ref::classifier_logits(logits.data(), k.x.data(), k.w.data(), N, C, V);
+  ops::ref::classifier_logits(labs.data(), xa.data(), wa.data(), N, C, V);
+  Vec losses_r(N), dx_r((size_t)N * C), dw_r = k.dw0;
+  ops::ref::classifier_ce_forward(losses_r.data(), dx_r.data(), dw_r.data(), k.x.data(), k.w.data(),
+                                  k.targets.data(), k.dloss.data(), N, C, V);
+  k.tol_loss.assign(N, 0.0);
+  k.tol_dx.assign((size_t)N * C, 0.0);
+  k.tol_dw.assign((size_t)V * C, 0.0);
+  Vec col_e(V), col_abs(V);
+  for (int i = 0; i < N; ++i) {
+    if (k.targets[i] < 0) continue;  // loss 0, gradient 0: tolerance 0
+    const double* l = logits.data() + (size_t)i * V;
+    double dl = 0, mx = -1e300, sum = 0;
+    for (int j = 0; j < V; ++j) {
+      dl = std::max(dl, t.gamma(C) * labs[(size_t)i * V + j]);
+      mx = std::max(mx, l[j]);
+    }
+    for (int j = 0; j < V; ++j) sum += std::exp(l[j] - mx);
+    const double lse = mx + std::log(sum);
+    const double dlse = dl + t.gamma(V) + t.gamma(4) * std::abs(lse);
+    k.tol_loss[i] = kBoth * (dlse + dl + t.gamma(1) * std::abs(losses_r[i]));
+    k.tol_total += k.tol_loss[i];
+    const double dp = dl + dlse + t.gamma(16), g = std::abs(k.dloss[i]);
+    double row_e = 0, row_abs = 0;
+    for (int j = 0; j < V; ++j) {
+      const double p = std::exp(l[j] - lse), y = j == k.targets[i] ? 1.0 : 0.0;
+      const double e = g * (p * dp + t.gamma(2) * (p + y)), a = g * std::abs(p - y);
+      row_e += e;
+      row_abs += a;
+      col_e[j] += e;
+      col_abs[j] += a;
+    }
+    for (int c = 0; c < C; ++c)
+      k.tol_dx[(size_t)i * C + c] = kBoth * W * (row_e + t.gamma(V) * row_abs);
+  }
+  for (int j = 0; j < V; ++j)
+    for (int c = 0; c < C; ++c) {
+      const size_t q = (size_t)j * C + c;
+      k.tol_dw[q] = kBoth * (X * (col_e[j] + t.gamma(N + 1) * col_abs[j]) +
+                             t.gamma(N + 1) * std::abs(k.dw0[q]));
+    }
+  k.tol_logits.resize(labs.size());
+  for (size_t q = 0; q < labs.size(); ++q) k.tol_logits[q] = kBoth * t.gamma(C) * labs[q];
+  return k;
+}
+
+// The GPU op on one case with `chunk` rows per chunk (0: automatic), forward + backward and
+// forward only, against the CPU; then determinism and the logits.
+void check_classifier(const ClassifierCase& k, int chunk) {
+  const int N = k.N, C = k.C, V = k.V;
+  ChunkRows rows(chunk);
+  const int used = cuda::classifier_chunk_rows(N, V);
+  SCOPED_TRACE("N = " + std::to_string(N) + ", C = " + std::to_string(C) +
+               ", V = " + std::to_string(V) + ", " + std::to_string(used) + " rows per chunk");
+  if (chunk > 0) {
+    EXPECT_EQ(used, std::min(chunk, N));
+  }
+  DeviceBuffer<float> d_x(to_f(k.x)), d_w(to_f(k.w)), d_dloss(to_f(k.dloss));
+  DeviceBuffer<int32_t> d_targets(k.targets);
+
+  FVec losses_g, dx_g, dw_g;
+  double total_g = 0;
+  for (bool grad : {true, false}) {  // the fused backward, and the forward-only path
+    SCOPED_TRACE(grad ? "with backward" : "forward only");
+    DeviceBuffer<float> d_losses(nans(N)), d_dx(nans((size_t)N * C)), d_dw(to_f(k.dw0));
+    const double total = cuda::classifier_ce_forward(
+        d_losses.data(), grad ? d_dx.data() : nullptr, grad ? d_dw.data() : nullptr, d_x.data(),
+        d_w.data(), d_targets.data(), grad ? d_dloss.data() : nullptr, N, C, V);
+    const FVec losses = d_losses.to_host();
+    expect_close("losses", losses, k.losses_c, k.tol_loss);
+    EXPECT_LE(std::abs(total - k.total_c), k.tol_total) << "sum of losses";
+    if (grad) {
+      losses_g = losses;
+      dx_g = d_dx.to_host();
+      dw_g = d_dw.to_host();
+      total_g = total;
+      expect_close("dx", dx_g, k.dx_c, k.tol_dx);
+      expect_close("dw", dw_g, k.dw_c, k.tol_dw);
+    } else {
+      EXPECT_EQ(d_dw.to_host(), to_f(k.dw0)) << "forward only must leave dw alone";
+    }
+  }
+
+  // Deterministic: the same call again gives the same bits (the workspace is reused now).
+  DeviceBuffer<float> d_losses(nans(N)), d_dx(nans((size_t)N * C)), d_dw(to_f(k.dw0));
+  const double total2 =
+      cuda::classifier_ce_forward(d_losses.data(), d_dx.data(), d_dw.data(), d_x.data(), d_w.data(),
+                                  d_targets.data(), d_dloss.data(), N, C, V);
+  EXPECT_EQ(total2, total_g);
+  EXPECT_EQ(d_losses.to_host(), losses_g);
+  EXPECT_EQ(d_dx.to_host(), dx_g);
+  EXPECT_EQ(d_dw.to_host(), dw_g);
+
+  DeviceBuffer<float> d_logits(nans((size_t)N * V));
+  cuda::classifier_logits(d_logits.data(), d_x.data(), d_w.data(), N, C, V);
+  expect_close("logits", d_logits.to_host(), k.logits_c, k.tol_logits);
+}
+
+TEST(CudaClassifier, AgainstCpu) {
+  SKIP_WITHOUT_DEVICE();
+  // V = 1031 (prime) with the automatic chunk (one chunk here), one row per chunk, and 8 rows per
+  // chunk (37 = 4 * 8 + 5: a partial last chunk); N = 1; a few rows of a GPT-2-sized V.
+  const ClassifierCase odd = make_classifier_case({37, 67, 1031});
+  for (int chunk : {0, 1, 8, 36}) check_classifier(odd, chunk);
+  check_classifier(make_classifier_case({1, 33, 1031}), 0);
+  check_classifier(make_classifier_case({300, 32, 257}), 0);
+  check_classifier(make_classifier_case({300, 32, 257}), 64);  // 64 * 4 + 44
+  check_classifier(make_classifier_case({6, 31, 50257}), 4);
+}
+
+TEST(CudaClassifier, ChunkRowsAutomaticFitsWorkspace) {  // host-side arithmetic, no device
+  EXPECT_EQ(cuda::classifier_chunk_rows(0, 1031), 0);
+  EXPECT_EQ(cuda::classifier_chunk_rows(37, 1031), 37);         // all rows fit one chunk
+  EXPECT_EQ(cuda::classifier_chunk_rows(1 << 20, 1 << 30), 1);  // at least one row
+  const int rows = cuda::classifier_chunk_rows(1 << 20, 50257);
+  EXPECT_GT(rows, 1);
+  EXPECT_LT(rows, 1 << 20);
+  {
+    ChunkRows forced(8);
+    EXPECT_EQ(cuda::classifier_chunk_rows(37, 1031), 8);
+    EXPECT_EQ(cuda::classifier_chunk_rows(5, 1031), 5);
+  }
+  EXPECT_EQ(cuda::classifier_chunk_rows(37, 1031), 37);
+}
+
+TEST(CudaClassifier, BackwardWithoutDwThrows) {  // checked before any device call
+  float dx = 0;
+  EXPECT_THROW(cuda::classifier_ce_forward(nullptr, &dx, nullptr, nullptr, nullptr, nullptr,
+                                           nullptr, 1, 1, 1),
+               Error);
+}
+
+TEST(CudaClassifier, TargetOutOfRangeThrows) {
+  SKIP_WITHOUT_DEVICE();
+  const int N = 9, C = 5, V = 7;
+  std::vector<int32_t> targets = rand_tokens(N, V, 31);
+  targets[4] = V;  // out of range
+  targets[6] = V + 3;
+  DeviceBuffer<float> d_x(to_f(rand_vec((size_t)N * C, 32))),
+      d_w(to_f(rand_vec((size_t)V * C, 33))), d_losses(nans(N));
+  DeviceBuffer<int32_t> d_targets(targets);
+  try {
+    cuda::classifier_ce_forward(d_losses.data(), nullptr, nullptr, d_x.data(), d_w.data(),
+                                d_targets.data(), nullptr, N, C, V);
+    FAIL() << "no error for a target >= V";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("row 4"), std::string::npos) << "names the first bad row: " << what;
+  }
+  // The next call, with good targets, works (the error flag is reset per call).
+  targets[4] = 0;
+  targets[6] = -1;
+  d_targets.copy_from_host(targets.data(), targets.size());
+  EXPECT_NO_THROW(cuda::classifier_ce_forward(d_losses.data(), nullptr, nullptr, d_x.data(),
+                                              d_w.data(), d_targets.data(), nullptr, N, C, V));
+}
+
+}  // namespace
+}  // namespace lmf
+
+#endif  // LMF_HAVE_CUDA
