@@ -1,10 +1,8 @@
 #pragma once
-// Shared by the GPU tests (tests/gpu/test_cuda_*.cpp, CUDA builds only): inputs exactly
-// representable in float, the tolerance scale, and the comparison of a GPU result with the CPU
-// op's. Tolerances as in tests/unit/test_ops.cpp: for a sum of K rounded terms, |computed -
-// exact| <= gamma(K) sum |terms|, gamma(K) = lambda sqrt(K) u (Higham & Mary 2019). Both the GPU
-// and the CPU result lie within that bound of the exact value, so they lie within kBoth times it
-// of each other.
+// Shared by the GPU tests (tests/gpu/test_cuda_*.cpp, CUDA builds only): the comparison of a
+// GPU result with the CPU op's. Inputs and bounds come from op_tolerance.h, as in
+// tests/unit/test_ops.cpp. Both the GPU and the CPU result lie within a bound of the exact
+// value, so they lie within kBoth times it of each other.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,45 +11,21 @@
 #include <limits>
 #include <vector>
 
-#include "core/rng.h"
+#include "op_tolerance.h"
 #include "ops/cuda/cuda_util.h"
 #include "ops/cuda_backend.h"
 
 namespace lmf::test {
 
-using Vec = std::vector<double>;
 using FVec = std::vector<float>;
 using cuda::DeviceBuffer;
 
-constexpr double kLambda = 6.0;
 constexpr double kBoth = 2.0;  // GPU and CPU each within the bound of exact
 
-struct Tol {
-  double u;
-  double gamma(double K) const { return kLambda * std::sqrt(K) * u; }
-};
 inline Tol tol_f32() { return Tol{std::numeric_limits<float>::epsilon()}; }
 
-// n values uniform in [lo, hi), exactly representable in float (as test_ops.cpp).
-inline Vec rand_vec(size_t n, uint64_t stream, double lo = -1.0, double hi = 1.0) {
-  Rng r(20240611, stream);
-  Vec v(n);
-  for (auto& x : v) x = (double)(float)(lo + (hi - lo) * r.uniform());
-  return v;
-}
-inline std::vector<int32_t> rand_tokens(size_t n, int V, uint64_t stream) {
-  Rng r(20240611, stream);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = (int32_t)r.below((uint64_t)V);
-  return t;
-}
 inline FVec to_f(const Vec& v) { return FVec(v.begin(), v.end()); }
 inline FVec nans(size_t n) { return FVec(n, std::numeric_limits<float>::quiet_NaN()); }
-inline double max_abs(const Vec& v) {
-  double m = 0;
-  for (double x : v) m = std::max(m, std::abs(x));
-  return m;
-}
 
 // GPU result against the CPU one, per-element tolerance (0: must be exact); a NaN anywhere fails.
 inline void expect_close(const char* what, const FVec& gpu, const FVec& cpu, const Vec& tol) {

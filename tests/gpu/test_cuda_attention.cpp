@@ -52,105 +52,17 @@ std::string describe(const AttnShape& s) {
          ", hs = " + std::to_string(s.hs);
 }
 
-// Per-element tolerances for GPU vs CPU, in the separate layouts: out, dq (B, T, NH*hs);
-// lse (B, NH, T); dk, dv (B, T, KVH*hs).
-struct AttnTol {
-  Vec out, lse, dq, dk, dv;
-};
-
-// The bound of test_ops.cpp check_attention_gqa (derivation there), from the exact (double)
-// probabilities and the actual magnitudes of each (b, kv head), times kBoth:
-//  score s_ij = scale q_i . k_j: error ds_ij = gamma(hs) scale sum_d |q_id k_jd|;
-//  lse_i: the largest score error in the row, a sum of T exps (gamma(T)), one log (gamma(4));
-//  P_ij = exp(s_ij - lse_i): relative error dp_i = max_j ds_ij + dlse_i + gamma(16) (exp);
-//  out_i = sum_j P_ij v_j: V (dp_i + gamma(T)).
-//  Backward: D_i = dO_i . O_i (length hs, plus out's error), dP_ij = dO_i . v_j, dS_ij =
-//  P_ij (dP_ij - D_i) scale with error e_ij; dQ_i = sum_j dS_ij k_j (T terms), dK_j = sum_i
-//  dS_ij q_i and dV_j = sum_i P_ij dO_i (group * T terms per kv head).
-// One term more than test_ops.cpp, for the GPU's online softmax: row i is seen in ceil((i+1)/32)
-// chunks, and each chunk rescales the running sum and accumulator by corr = exp(m_old - m_new),
-// an exp (16 roundings, test_ops.cpp's convention) and a multiply: a relative error of at most
-// gamma(17 ceil((i+1)/32)), added to lse_i (through l) and so to dp_i and out_i. The CPU's error
-// is within the smaller bound without it, so kBoth times this bound covers |GPU - CPU|.
-AttnTol attention_tolerances(const AttnShape& s, const Vec& q, const Vec& k, const Vec& v,
-                             const Vec& dout) {
-  const int B = s.B, T_ = s.T, NH = s.NH, KVH = s.KVH, hs = s.hs, group = NH / KVH;
-  const int C = NH * hs, KC = KVH * hs;
-  const Tol t = tol_f32();
-  Vec out_r(q.size()), lse_r((size_t)B * NH * T_);
-  ops::ref::attention_gqa_forward(out_r.data(), lse_r.data(), q.data(), k.data(), v.data(), B, T_,
-                                  NH, KVH, hs);
-  const double scale = 1 / std::sqrt((double)hs);
-  AttnTol r{Vec(out_r.size()), Vec(lse_r.size()), Vec(q.size()), Vec(k.size()), Vec(v.size())};
-  Vec P((size_t)T_ * T_), dp(T_), col_e(T_), col_abs(T_), col_v(T_);
-  for (int b = 0; b < B; ++b)
-    for (int kh = 0; kh < KVH; ++kh) {
-      auto ki = [&](int tt, int d) { return ((size_t)b * T_ + tt) * KC + (size_t)kh * hs + d; };
-      double K = 0, V = 0, Q = 0, G = 0;  // Q, G: over the group's query heads
-      for (int tt = 0; tt < T_; ++tt)
-        for (int d = 0; d < hs; ++d) {
-          K = std::max(K, std::abs(k[ki(tt, d)]));
-          V = std::max(V, std::abs(v[ki(tt, d)]));
-        }
-      std::fill(col_e.begin(), col_e.end(), 0.0);
-      std::fill(col_abs.begin(), col_abs.end(), 0.0);
-      std::fill(col_v.begin(), col_v.end(), 0.0);
-      const int TG = T_ * group;
-      for (int h = kh * group; h < (kh + 1) * group; ++h) {
-        ops::ref::attention_gqa_probs(P.data(), static_cast<double*>(nullptr), q.data(), k.data(),
-                                      b, h, T_, NH, KVH, hs);
-        auto qi = [&](int tt, int d) { return ((size_t)b * T_ + tt) * C + (size_t)h * hs + d; };
-        for (int tt = 0; tt < T_; ++tt)
-          for (int d = 0; d < hs; ++d) {
-            Q = std::max(Q, std::abs(q[qi(tt, d)]));
-            G = std::max(G, std::abs(dout[qi(tt, d)]));
-          }
-        for (int i = 0; i < T_; ++i) {
-          double ds_i = 0;
-          for (int j = 0; j <= i; ++j) {
-            double sab = 0;
-            for (int d = 0; d < hs; ++d) sab += std::abs(q[qi(i, d)] * k[ki(j, d)]);
-            ds_i = std::max(ds_i, t.gamma(hs) * scale * sab);
-          }
-          const size_t li = ((size_t)b * NH + h) * T_ + i;
-          const double online = t.gamma(17.0 * ((i + 32) / 32));
-          r.lse[li] = ds_i + t.gamma(T_) + t.gamma(4) * std::abs(lse_r[li]) + online;
-          dp[i] = ds_i + r.lse[li] + t.gamma(16);
-          for (int d = 0; d < hs; ++d) r.out[qi(i, d)] = V * (dp[i] + t.gamma(T_));
-        }
-        for (int i = 0; i < T_; ++i) {
-          double g1 = 0, D = 0, Dab = 0;  // |dO_i|_1, D_i, sum |dO O|
-          for (int d = 0; d < hs; ++d) {
-            g1 += std::abs(dout[qi(i, d)]);
-            D += dout[qi(i, d)] * out_r[qi(i, d)];
-            Dab += std::abs(dout[qi(i, d)] * out_r[qi(i, d)]);
-          }
-          const double dD = t.gamma(hs) * Dab + g1 * r.out[qi(i, 0)];
-          double row_e = 0, row_abs = 0;
-          for (int j = 0; j <= i; ++j) {
-            double dP = 0, dPab = 0;
-            for (int d = 0; d < hs; ++d) {
-              dP += dout[qi(i, d)] * v[ki(j, d)];
-              dPab += std::abs(dout[qi(i, d)] * v[ki(j, d)]);
-            }
-            const double p = P[(size_t)i * T_ + j], diff = std::abs(dP - D);
-            const double e = scale * p * (diff * (dp[i] + t.gamma(3)) + t.gamma(hs) * dPab + dD);
-            const double a = scale * p * diff;
-            row_e += e;
-            row_abs += a;
-            col_e[j] += e;
-            col_abs[j] += a;
-            col_v[j] += p * (dp[i] + t.gamma(TG));
-          }
-          for (int d = 0; d < hs; ++d) r.dq[qi(i, d)] = K * (row_e + t.gamma(T_) * row_abs);
-        }
-      }
-      for (int j = 0; j < T_; ++j)
-        for (int d = 0; d < hs; ++d) {
-          r.dk[ki(j, d)] = Q * (col_e[j] + t.gamma(TG) * col_abs[j]);
-          r.dv[ki(j, d)] = G * col_v[j];
-        }
-    }
+// The bound of test_ops.cpp's attention checks (op_tolerance.h, derivation there) with one term
+// more, for the GPU's online softmax over chunks of 32 keys, times kBoth: the CPU's error is
+// within the smaller bound, so kBoth times this one covers |GPU - CPU|. Layouts: out, dq (B, T,
+// NH*hs); lse (B, NH, T); dk, dv (B, T, KVH*hs).
+AttentionTolerance attention_tolerances(const AttnShape& s, const Vec& q, const Vec& k, const Vec& v,
+                                        const Vec& dout) {
+  Vec out_r(q.size()), lse_r((size_t)s.B * s.NH * s.T);
+  ops::ref::attention_gqa_forward(out_r.data(), lse_r.data(), q.data(), k.data(), v.data(), s.B, s.T, s.NH,
+                                  s.KVH, s.hs);
+  AttentionTolerance r =
+      attention_tolerance(q, k, v, dout, out_r, lse_r, s.B, s.T, s.NH, s.KVH, s.hs, tol_f32(), /*online_chunk=*/32);
   for (Vec* x : {&r.out, &r.lse, &r.dq, &r.dk, &r.dv})
     for (double& e : *x) e *= kBoth;
   return r;
@@ -163,21 +75,9 @@ void check_attention(int B, int T_, int NH, int hs) {
   const int C = NH * hs;
   const size_t BT = (size_t)B * T_;
   const Vec qkv = rand_vec(BT * 3 * C, 24), dout = rand_vec(BT * C, 25);
-  Vec q(BT * C), k(BT * C), v(BT * C);
-  for (size_t bt = 0; bt < BT; ++bt)
-    for (int c = 0; c < C; ++c) {
-      q[bt * C + c] = qkv[bt * 3 * C + c];
-      k[bt * C + c] = qkv[bt * 3 * C + C + c];
-      v[bt * C + c] = qkv[bt * 3 * C + 2 * C + c];
-    }
-  const AttnTol tol = attention_tolerances(s, q, k, v, dout);
-  Vec tol_dqkv(qkv.size());
-  for (size_t bt = 0; bt < BT; ++bt)
-    for (int c = 0; c < C; ++c) {
-      tol_dqkv[bt * 3 * C + c] = tol.dq[bt * C + c];
-      tol_dqkv[bt * 3 * C + C + c] = tol.dk[bt * C + c];
-      tol_dqkv[bt * 3 * C + 2 * C + c] = tol.dv[bt * C + c];
-    }
+  const Qkv sep = split_qkv(qkv, BT, C);
+  const AttentionTolerance tol = attention_tolerances(s, sep.q, sep.k, sep.v, dout);
+  const Vec tol_dqkv = join_qkv(tol.dq, tol.dk, tol.dv, BT, C);
 
   // CPU, the specification.
   const FVec qkv_f = to_f(qkv), dout_f = to_f(dout);
@@ -213,7 +113,7 @@ void check_attention_gqa(const AttnShape& s) {
   const size_t BT = (size_t)B * T_, C = (size_t)NH * hs, KC = (size_t)KVH * hs;
   const Vec q = rand_vec(BT * C, 50), k = rand_vec(BT * KC, 51), v = rand_vec(BT * KC, 52),
             dout = rand_vec(BT * C, 53);
-  const AttnTol tol = attention_tolerances(s, q, k, v, dout);
+  const AttentionTolerance tol = attention_tolerances(s, q, k, v, dout);
 
   const FVec qf = to_f(q), kf = to_f(k), vf = to_f(v), dof = to_f(dout);
   FVec out_c(BT * C), lse_c((size_t)B * NH * T_), dq_c = nans(q.size()), dk_c = nans(k.size()),

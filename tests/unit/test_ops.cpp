@@ -30,38 +30,24 @@
 #include "core/rng.h"
 #include "ops/ops.h"
 #include "ops/reference.h"
+#include "op_tolerance.h"
 
 namespace lmf::ops {
 namespace {
 
-using Vec = std::vector<double>;
 using Shape = std::vector<int>;
+using test::max_abs;
+using test::rand_tokens;
+using test::rand_vec;
+using test::Tol;
+using test::Vec;
 
-constexpr double kLambda = 6.0;
-
-struct Tol {
-  double u;
-  double gamma(double K) const { return kLambda * std::sqrt(K) * u; }
-};
 template <class T>
 Tol tol_for() {
   const double eps = std::numeric_limits<T>::epsilon();
   return Tol{std::is_same_v<T, double> ? 2 * eps : eps};
 }
 
-// n values uniform in [lo, hi), exactly representable in float.
-Vec rand_vec(size_t n, uint64_t stream, double lo = -1.0, double hi = 1.0) {
-  Rng r(20240611, stream);
-  Vec v(n);
-  for (auto& x : v) x = (double)(float)(lo + (hi - lo) * r.uniform());
-  return v;
-}
-std::vector<int32_t> rand_tokens(size_t n, int V, uint64_t stream) {
-  Rng r(20240611, stream);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = (int32_t)r.below((uint64_t)V);
-  return t;
-}
 template <class T>
 std::vector<T> cast(const Vec& v) {
   return std::vector<T>(v.begin(), v.end());
@@ -69,11 +55,6 @@ std::vector<T> cast(const Vec& v) {
 template <class T>
 std::vector<T> nans(size_t n) {  // for outputs that must be assigned, not accumulated
   return std::vector<T>(n, std::numeric_limits<T>::quiet_NaN());
-}
-double max_abs(const Vec& v) {
-  double m = 0;
-  for (double x : v) m = std::max(m, std::abs(x));
-  return m;
 }
 
 // Max error with a per-element tolerance; a NaN anywhere fails.
@@ -281,82 +262,14 @@ void check_attention(const Shape& s) {
   attention_backward<T>(dqkv_t.data(), dout_t.data(), qkv_t.data(), out_t.data(), lse_t.data(), B,
                         T_, C, NH);
 
-  // Tolerances from the actual magnitudes of each (b, h), with P from the reference:
-  //  score s_ij = scale q_i . k_j: error ds_ij = gamma(hs) scale sum_d |q_id k_jd|;
-  //  lse_i: the largest score error in the row, the relative error of a sum of T exps, one log;
-  //  P_ij = exp(s_ij - lse_i): relative error dp_i = max_j ds_ij + dlse_i + exp's own;
-  //  out_i = sum_j P_ij v_j: sum_j P_ij dp_i |v_j| plus gamma(T) sum_j P_ij |v_j|.
-  // Backward: dP_ij = dO_i . v_j and D_i = dO_i . O_i (dot products of length hs, D also
-  // carries out's error); dS_ij = P_ij (dP_ij - D_i) scale has error e_ij; then
-  // dQ_i = sum_j dS_ij k_j, dK_j = sum_i dS_ij q_i, dV_j = sum_i P_ij dO_i, each with its own sum
-  // of errors plus gamma(T) times its sum of |terms| (|k|, |q| bounded by the head's max).
-  const double scale = 1 / std::sqrt((double)hs);
-  Vec tol_out(out_r.size()), tol_lse(lse_r.size()), tol_d(qkv.size());
-  Vec P((size_t)T_ * T_), dp(T_), col_e(T_), col_abs(T_), col_v(T_);
-  for (int b = 0; b < B; ++b)
-    for (int h = 0; h < NH; ++h) {
-      ref::attention_probs(P.data(), static_cast<double*>(nullptr), qkv.data(), b, h, T_, C, NH);
-      auto at = [&](int tt, int part, int d) {
-        return ((size_t)b * T_ + tt) * 3 * C + (size_t)part * C + (size_t)h * hs + d;
-      };
-      auto ot = [&](int tt, int d) { return ((size_t)b * T_ + tt) * C + (size_t)h * hs + d; };
-      double Q = 0, K = 0, V = 0;
-      for (int tt = 0; tt < T_; ++tt)
-        for (int d = 0; d < hs; ++d) {
-          Q = std::max(Q, std::abs(qkv[at(tt, 0, d)]));
-          K = std::max(K, std::abs(qkv[at(tt, 1, d)]));
-          V = std::max(V, std::abs(qkv[at(tt, 2, d)]));
-        }
-      std::fill(col_e.begin(), col_e.end(), 0.0);
-      std::fill(col_abs.begin(), col_abs.end(), 0.0);
-      std::fill(col_v.begin(), col_v.end(), 0.0);
-      for (int i = 0; i < T_; ++i) {
-        double ds_i = 0;
-        for (int j = 0; j <= i; ++j) {
-          double sab = 0;
-          for (int d = 0; d < hs; ++d) sab += std::abs(qkv[at(i, 0, d)] * qkv[at(j, 1, d)]);
-          ds_i = std::max(ds_i, t.gamma(hs) * scale * sab);
-        }
-        const size_t li = ((size_t)b * NH + h) * T_ + i;
-        tol_lse[li] = ds_i + t.gamma(T_) + t.gamma(4) * std::abs(lse_r[li]);
-        dp[i] = ds_i + tol_lse[li] + t.gamma(16);
-        for (int d = 0; d < hs; ++d) tol_out[ot(i, d)] = V * (dp[i] + t.gamma(T_));
-      }
-      for (int i = 0; i < T_; ++i) {
-        double g1 = 0, D = 0, Dab = 0;  // |dO_i|_1, D_i, sum |dO O|
-        for (int d = 0; d < hs; ++d) {
-          g1 += std::abs(dout[ot(i, d)]);
-          D += dout[ot(i, d)] * out_r[ot(i, d)];
-          Dab += std::abs(dout[ot(i, d)] * out_r[ot(i, d)]);
-        }
-        const double dD = t.gamma(hs) * Dab + g1 * tol_out[ot(i, 0)];
-        double row_e = 0, row_abs = 0;
-        for (int j = 0; j <= i; ++j) {
-          double dP = 0, dPab = 0;
-          for (int d = 0; d < hs; ++d) {
-            dP += dout[ot(i, d)] * qkv[at(j, 2, d)];
-            dPab += std::abs(dout[ot(i, d)] * qkv[at(j, 2, d)]);
-          }
-          const double p = P[(size_t)i * T_ + j], diff = std::abs(dP - D);
-          const double e = scale * p * (diff * (dp[i] + t.gamma(3)) + t.gamma(hs) * dPab + dD);
-          const double a = scale * p * diff;
-          row_e += e;
-          row_abs += a;
-          col_e[j] += e;
-          col_abs[j] += a;
-          col_v[j] += p * (dp[i] + t.gamma(T_));
-        }
-        for (int d = 0; d < hs; ++d) tol_d[at(i, 0, d)] = K * (row_e + t.gamma(T_) * row_abs);
-      }
-      double G = 0;
-      for (int tt = 0; tt < T_; ++tt)
-        for (int d = 0; d < hs; ++d) G = std::max(G, std::abs(dout[ot(tt, d)]));
-      for (int j = 0; j < T_; ++j)
-        for (int d = 0; d < hs; ++d) {
-          tol_d[at(j, 1, d)] = Q * (col_e[j] + t.gamma(T_) * col_abs[j]);
-          tol_d[at(j, 2, d)] = G * col_v[j];
-        }
-    }
+  // The bounds of attention with q, k, v apart (op_tolerance.h, derivation there), put back in
+  // the packed layout.
+  const size_t BT = (size_t)B * T_;
+  const auto sep = test::split_qkv(qkv, BT, C);
+  const auto tol = test::attention_tolerance(sep.q, sep.k, sep.v, dout, out_r, lse_r, B, T_, NH, NH, hs, t);
+  const Vec& tol_out = tol.out;
+  const Vec& tol_lse = tol.lse;
+  const Vec tol_d = test::join_qkv(tol.dq, tol.dk, tol.dv, BT, C);
   expect_close("out", out_t, out_r, tol_out);
   expect_close("lse", lse_t, lse_r, tol_lse);
   expect_close("dqkv", dqkv_t, dqkv_r, tol_d);
@@ -476,7 +389,7 @@ void check_swiglu(const Shape& s) {
 // attention_gqa: shape (B, T, NH, KVH, hs)
 template <class T>
 void check_attention_gqa(const Shape& s) {
-  const int B = s[0], T_ = s[1], NH = s[2], KVH = s[3], hs = s[4], group = NH / KVH;
+  const int B = s[0], T_ = s[1], NH = s[2], KVH = s[3], hs = s[4];
   const int C = NH * hs, KC = KVH * hs;
   const Tol t = tol_for<T>();
   const Vec q = rand_vec((size_t)B * T_ * C, 50), k = rand_vec((size_t)B * T_ * KC, 51),
@@ -495,79 +408,9 @@ void check_attention_gqa(const Shape& s) {
   attention_gqa_backward<T>(dq_t.data(), dk_t.data(), dv_t.data(), dout_t.data(), q_t.data(),
                             k_t.data(), v_t.data(), out_t.data(), lse_t.data(), B, T_, NH, KVH, hs);
 
-  // The derivation of check_attention, per query head; a kv head's dK, dV sum the errors of the
-  // group's query heads, and their sums of |terms| run over group * T terms.
-  const double scale = 1 / std::sqrt((double)hs);
-  Vec tol_out(out_r.size()), tol_lse(lse_r.size()), tol_dq(q.size()), tol_dk(k.size()),
-      tol_dv(v.size());
-  Vec P((size_t)T_ * T_), dp(T_), col_e(T_), col_abs(T_), col_v(T_);
-  for (int b = 0; b < B; ++b)
-    for (int kh = 0; kh < KVH; ++kh) {
-      auto ki = [&](int tt, int d) { return ((size_t)b * T_ + tt) * KC + (size_t)kh * hs + d; };
-      double K = 0, V = 0, Q = 0, G = 0;  // Q, G: over the group's query heads
-      for (int tt = 0; tt < T_; ++tt)
-        for (int d = 0; d < hs; ++d) {
-          K = std::max(K, std::abs(k[ki(tt, d)]));
-          V = std::max(V, std::abs(v[ki(tt, d)]));
-        }
-      std::fill(col_e.begin(), col_e.end(), 0.0);
-      std::fill(col_abs.begin(), col_abs.end(), 0.0);
-      std::fill(col_v.begin(), col_v.end(), 0.0);
-      const int TG = T_ * group;
-      for (int h = kh * group; h < (kh + 1) * group; ++h) {
-        ref::attention_gqa_probs(P.data(), static_cast<double*>(nullptr), q.data(), k.data(), b, h,
-                                 T_, NH, KVH, hs);
-        auto qi = [&](int tt, int d) { return ((size_t)b * T_ + tt) * C + (size_t)h * hs + d; };
-        for (int tt = 0; tt < T_; ++tt)
-          for (int d = 0; d < hs; ++d) {
-            Q = std::max(Q, std::abs(q[qi(tt, d)]));
-            G = std::max(G, std::abs(dout[qi(tt, d)]));
-          }
-        for (int i = 0; i < T_; ++i) {
-          double ds_i = 0;
-          for (int j = 0; j <= i; ++j) {
-            double sab = 0;
-            for (int d = 0; d < hs; ++d) sab += std::abs(q[qi(i, d)] * k[ki(j, d)]);
-            ds_i = std::max(ds_i, t.gamma(hs) * scale * sab);
-          }
-          const size_t li = ((size_t)b * NH + h) * T_ + i;
-          tol_lse[li] = ds_i + t.gamma(T_) + t.gamma(4) * std::abs(lse_r[li]);
-          dp[i] = ds_i + tol_lse[li] + t.gamma(16);
-          for (int d = 0; d < hs; ++d) tol_out[qi(i, d)] = V * (dp[i] + t.gamma(T_));
-        }
-        for (int i = 0; i < T_; ++i) {
-          double g1 = 0, D = 0, Dab = 0;  // |dO_i|_1, D_i, sum |dO O|
-          for (int d = 0; d < hs; ++d) {
-            g1 += std::abs(dout[qi(i, d)]);
-            D += dout[qi(i, d)] * out_r[qi(i, d)];
-            Dab += std::abs(dout[qi(i, d)] * out_r[qi(i, d)]);
-          }
-          const double dD = t.gamma(hs) * Dab + g1 * tol_out[qi(i, 0)];
-          double row_e = 0, row_abs = 0;
-          for (int j = 0; j <= i; ++j) {
-            double dP = 0, dPab = 0;
-            for (int d = 0; d < hs; ++d) {
-              dP += dout[qi(i, d)] * v[ki(j, d)];
-              dPab += std::abs(dout[qi(i, d)] * v[ki(j, d)]);
-            }
-            const double p = P[(size_t)i * T_ + j], diff = std::abs(dP - D);
-            const double e = scale * p * (diff * (dp[i] + t.gamma(3)) + t.gamma(hs) * dPab + dD);
-            const double a = scale * p * diff;
-            row_e += e;
-            row_abs += a;
-            col_e[j] += e;
-            col_abs[j] += a;
-            col_v[j] += p * (dp[i] + t.gamma(TG));
-          }
-          for (int d = 0; d < hs; ++d) tol_dq[qi(i, d)] = K * (row_e + t.gamma(T_) * row_abs);
-        }
-      }
-      for (int j = 0; j < T_; ++j)
-        for (int d = 0; d < hs; ++d) {
-          tol_dk[ki(j, d)] = Q * (col_e[j] + t.gamma(TG) * col_abs[j]);
-          tol_dv[ki(j, d)] = G * col_v[j];
-        }
-    }
+  // Derivation in op_tolerance.h.
+  const auto tol = test::attention_tolerance(q, k, v, dout, out_r, lse_r, B, T_, NH, KVH, hs, t);
+  const Vec &tol_out = tol.out, &tol_lse = tol.lse, &tol_dq = tol.dq, &tol_dk = tol.dk, &tol_dv = tol.dv;
   expect_close("out", out_t, out_r, tol_out);
   expect_close("lse", lse_t, lse_r, tol_lse);
   expect_close("dq", dq_t, dq_r, tol_dq);

@@ -1,0 +1,174 @@
+#pragma once
+// Shared by the op tests (tests/unit/test_ops.cpp, the CPU ops against the double reference;
+// tests/gpu/test_cuda_*.cpp, the CUDA ops against the CPU ops): inputs exactly representable in
+// float, and derived tolerances. For a sum of K rounded terms the probabilistic bound of Higham &
+// Mary (SIAM J. Sci. Comput. 2019, Thm. 3.1) gives |computed - exact| <= gamma(K) sum |terms|,
+// gamma(K) = lambda sqrt(K) u; test_ops.cpp's header explains lambda = 6 and the choice of u.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "core/rng.h"
+#include "ops/reference.h"
+
+namespace lmf::test {
+
+using Vec = std::vector<double>;
+
+constexpr double kLambda = 6.0;
+
+struct Tol {
+  double u;
+  double gamma(double K) const { return kLambda * std::sqrt(K) * u; }
+};
+
+// n values uniform in [lo, hi), exactly representable in float.
+inline Vec rand_vec(size_t n, uint64_t stream, double lo = -1.0, double hi = 1.0) {
+  Rng r(20240611, stream);
+  Vec v(n);
+  for (auto& x : v) x = (double)(float)(lo + (hi - lo) * r.uniform());
+  return v;
+}
+inline std::vector<int32_t> rand_tokens(size_t n, int V, uint64_t stream) {
+  Rng r(20240611, stream);
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = (int32_t)r.below((uint64_t)V);
+  return t;
+}
+inline double max_abs(const Vec& v) {
+  double m = 0;
+  for (double x : v) m = std::max(m, std::abs(x));
+  return m;
+}
+
+// ---- causal (grouped-query) attention ----------------------------------------------------------
+
+// Per-element bounds on |computed - exact| for attention_gqa_forward/backward, in their layouts:
+// out, dq (B, T, NH*hs); lse (B, NH, T); dk, dv (B, T, KVH*hs).
+struct AttentionTolerance {
+  Vec out, lse, dq, dk, dv;
+};
+
+// From the exact (double) probabilities and the actual magnitudes of each (b, kv head); q, k, v,
+// dout the inputs and out, lse the exact forward results (ops::ref), in the layouts above:
+//  score s_ij = scale q_i . k_j: error ds_ij = gamma(hs) scale sum_d |q_id k_jd|;
+//  lse_i: the largest score error in the row, the relative error of a sum of T exps, one log;
+//  P_ij = exp(s_ij - lse_i): relative error dp_i = max_j ds_ij + dlse_i + exp's own (16);
+//  out_i = sum_j P_ij v_j: V (dp_i + gamma(T)).
+// Backward: dP_ij = dO_i . v_j and D_i = dO_i . O_i (dot products of length hs, D also carries
+// out's error); dS_ij = P_ij (dP_ij - D_i) scale has error e_ij; then dQ_i = sum_j dS_ij k_j
+// (T terms), dK_j = sum_i dS_ij q_i and dV_j = sum_i P_ij dO_i, each with its own sum of errors
+// plus gamma(terms) times its sum of |terms|. A kv head's dK, dV sum the errors of the group's
+// query heads, over group * T terms; |k|, |q|, |v|, |dO| are bounded by their maxima over the
+// kv head and its group.
+// online_chunk > 0 adds the error of an online softmax over key chunks of that size (the GPU
+// kernel): row i is seen in ceil((i+1)/chunk) chunks, each rescaling the running sum and
+// accumulator by an exp and a multiply, a relative error of gamma(17 ceil((i+1)/chunk)) on
+// lse_i (through the sum), and so on dp_i and out_i.
+inline AttentionTolerance attention_tolerance(const Vec& q, const Vec& k, const Vec& v, const Vec& dout,
+                                              const Vec& out, const Vec& lse, int B, int T_, int NH, int KVH,
+                                              int hs, const Tol& t, int online_chunk = 0) {
+  const int group = NH / KVH, C = NH * hs, KC = KVH * hs;
+  const double scale = 1 / std::sqrt((double)hs);
+  AttentionTolerance r{Vec(out.size()), Vec(lse.size()), Vec(q.size()), Vec(k.size()), Vec(v.size())};
+  Vec P((size_t)T_ * T_), dp(T_), col_e(T_), col_abs(T_), col_v(T_);
+  for (int b = 0; b < B; ++b)
+    for (int kh = 0; kh < KVH; ++kh) {
+      auto ki = [&](int tt, int d) { return ((size_t)b * T_ + tt) * KC + (size_t)kh * hs + d; };
+      double K = 0, V = 0, Q = 0, G = 0;  // Q, G: over the group's query heads
+      for (int tt = 0; tt < T_; ++tt)
+        for (int d = 0; d < hs; ++d) {
+          K = std::max(K, std::abs(k[ki(tt, d)]));
+          V = std::max(V, std::abs(v[ki(tt, d)]));
+        }
+      std::fill(col_e.begin(), col_e.end(), 0.0);
+      std::fill(col_abs.begin(), col_abs.end(), 0.0);
+      std::fill(col_v.begin(), col_v.end(), 0.0);
+      const int TG = T_ * group;
+      for (int h = kh * group; h < (kh + 1) * group; ++h) {
+        ops::ref::attention_gqa_probs(P.data(), static_cast<double*>(nullptr), q.data(), k.data(), b, h, T_, NH,
+                                      KVH, hs);
+        auto qi = [&](int tt, int d) { return ((size_t)b * T_ + tt) * C + (size_t)h * hs + d; };
+        for (int tt = 0; tt < T_; ++tt)
+          for (int d = 0; d < hs; ++d) {
+            Q = std::max(Q, std::abs(q[qi(tt, d)]));
+            G = std::max(G, std::abs(dout[qi(tt, d)]));
+          }
+        for (int i = 0; i < T_; ++i) {
+          double ds_i = 0;
+          for (int j = 0; j <= i; ++j) {
+            double sab = 0;
+            for (int d = 0; d < hs; ++d) sab += std::abs(q[qi(i, d)] * k[ki(j, d)]);
+            ds_i = std::max(ds_i, t.gamma(hs) * scale * sab);
+          }
+          const size_t li = ((size_t)b * NH + h) * T_ + i;
+          const double online =
+              online_chunk > 0 ? t.gamma(17.0 * ((i + online_chunk) / online_chunk)) : 0.0;
+          r.lse[li] = ds_i + t.gamma(T_) + t.gamma(4) * std::abs(lse[li]) + online;
+          dp[i] = ds_i + r.lse[li] + t.gamma(16);
+          for (int d = 0; d < hs; ++d) r.out[qi(i, d)] = V * (dp[i] + t.gamma(T_));
+        }
+        for (int i = 0; i < T_; ++i) {
+          double g1 = 0, D = 0, Dab = 0;  // |dO_i|_1, D_i, sum |dO O|
+          for (int d = 0; d < hs; ++d) {
+            g1 += std::abs(dout[qi(i, d)]);
+            D += dout[qi(i, d)] * out[qi(i, d)];
+            Dab += std::abs(dout[qi(i, d)] * out[qi(i, d)]);
+          }
+          const double dD = t.gamma(hs) * Dab + g1 * r.out[qi(i, 0)];
+          double row_e = 0, row_abs = 0;
+          for (int j = 0; j <= i; ++j) {
+            double dP = 0, dPab = 0;
+            for (int d = 0; d < hs; ++d) {
+              dP += dout[qi(i, d)] * v[ki(j, d)];
+              dPab += std::abs(dout[qi(i, d)] * v[ki(j, d)]);
+            }
+            const double p = P[(size_t)i * T_ + j], diff = std::abs(dP - D);
+            const double e = scale * p * (diff * (dp[i] + t.gamma(3)) + t.gamma(hs) * dPab + dD);
+            const double a = scale * p * diff;
+            row_e += e;
+            row_abs += a;
+            col_e[j] += e;
+            col_abs[j] += a;
+            col_v[j] += p * (dp[i] + t.gamma(TG));
+          }
+          for (int d = 0; d < hs; ++d) r.dq[qi(i, d)] = K * (row_e + t.gamma(T_) * row_abs);
+        }
+      }
+      for (int j = 0; j < T_; ++j)
+        for (int d = 0; d < hs; ++d) {
+          r.dk[ki(j, d)] = Q * (col_e[j] + t.gamma(TG) * col_abs[j]);
+          r.dv[ki(j, d)] = G * col_v[j];
+        }
+    }
+  return r;
+}
+
+// Packed multi-head attention's qkv (B T, 3C) as separate q, k, v (B T, C), and back: a bound
+// per element of dqkv from the bounds of dq, dk, dv.
+struct Qkv {
+  Vec q, k, v;
+};
+inline Qkv split_qkv(const Vec& qkv, size_t BT, int C) {
+  Qkv s{Vec(BT * C), Vec(BT * C), Vec(BT * C)};
+  for (size_t bt = 0; bt < BT; ++bt)
+    for (int c = 0; c < C; ++c) {
+      s.q[bt * C + c] = qkv[bt * 3 * C + c];
+      s.k[bt * C + c] = qkv[bt * 3 * C + C + c];
+      s.v[bt * C + c] = qkv[bt * 3 * C + 2 * C + c];
+    }
+  return s;
+}
+inline Vec join_qkv(const Vec& q, const Vec& k, const Vec& v, size_t BT, int C) {
+  Vec qkv(BT * 3 * C);
+  for (size_t bt = 0; bt < BT; ++bt)
+    for (int c = 0; c < C; ++c) {
+      qkv[bt * 3 * C + c] = q[bt * C + c];
+      qkv[bt * 3 * C + C + c] = k[bt * C + c];
+      qkv[bt * 3 * C + 2 * C + c] = v[bt * C + c];
+    }
+  return qkv;
+}
+
+}  // namespace lmf::test
