@@ -171,4 +171,68 @@ inline Vec join_qkv(const Vec& q, const Vec& k, const Vec& v, size_t BT, int C) 
   return qkv;
 }
 
+// ---- classifier fused with cross-entropy --------------------------------------------------------
+
+// Per-element bounds for classifier_ce_forward (losses (N), dx (N, C), dw (V, C), their sum) and
+// classifier_logits (N, V).
+struct ClassifierTolerance {
+  Vec loss, dx, dw, logits;
+  double total = 0;
+};
+
+// From the actual magnitudes, with the logits from the double reference; x (N, C), w (V, C),
+// dloss (N), dw0 (V, C) what dw held before, losses (N) the exact losses:
+//  logit l_ij: error dl_ij = gamma(C) sum_c |x_ic w_jc| (a dot product of length C);
+//  lse_i: the row's largest logit error, the relative error of a sum of V exps, one log;
+//  loss_i = lse_i - l_it; p_ij = exp(l_ij - lse_i) has relative error dp_i;
+//  dlogit_ij = (p_ij - y_ij) dloss_i: error e_ij = |dloss_i| (p_ij dp_i + gamma(2) (p_ij +
+//  y_ij)); dx_i = sum_j dlogit_ij w_j and dw_j = dw0_j + sum_i dlogit_ij x_i: their sums of e
+//  plus gamma(V) (resp. gamma(N + 1)) times their sums of |terms| (|w|, |x| bounded by the max).
+// gamma(N + 1) for dw holds however the N rows are split into chunks, each adding onto dw: every
+// term is still one of N + 1 summed in some order. Ignored rows (target < 0) are exact: 0.
+inline ClassifierTolerance classifier_tolerance(const Vec& x, const Vec& w, const std::vector<int32_t>& targets,
+                                                const Vec& dloss, const Vec& dw0, const Vec& losses, int N, int C,
+                                                int V, const Tol& t) {
+  const double X = max_abs(x), W = max_abs(w);
+  Vec logits((size_t)N * V), labs((size_t)N * V), xa(x.size()), wa(w.size());
+  for (size_t i = 0; i < x.size(); ++i) xa[i] = std::abs(x[i]);
+  for (size_t i = 0; i < w.size(); ++i) wa[i] = std::abs(w[i]);
+  ops::ref::classifier_logits(logits.data(), x.data(), w.data(), N, C, V);
+  ops::ref::classifier_logits(labs.data(), xa.data(), wa.data(), N, C, V);
+  ClassifierTolerance r{Vec(N), Vec((size_t)N * C), Vec((size_t)V * C), Vec(labs.size()), 0.0};
+  Vec col_e(V), col_abs(V);
+  for (int i = 0; i < N; ++i) {
+    if (targets[i] < 0) continue;  // loss 0, gradient 0: tolerance 0
+    const double* l = logits.data() + (size_t)i * V;
+    double dl = 0, mx = -1e300, sum = 0;
+    for (int j = 0; j < V; ++j) {
+      dl = std::max(dl, t.gamma(C) * labs[(size_t)i * V + j]);
+      mx = std::max(mx, l[j]);
+    }
+    for (int j = 0; j < V; ++j) sum += std::exp(l[j] - mx);
+    const double lse = mx + std::log(sum);
+    const double dlse = dl + t.gamma(V) + t.gamma(4) * std::abs(lse);
+    r.loss[i] = dlse + dl + t.gamma(1) * std::abs(losses[i]);
+    r.total += r.loss[i];
+    const double dp = dl + dlse + t.gamma(16), g = std::abs(dloss[i]);
+    double row_e = 0, row_abs = 0;
+    for (int j = 0; j < V; ++j) {
+      const double p = std::exp(l[j] - lse), y = j == targets[i] ? 1.0 : 0.0;
+      const double e = g * (p * dp + t.gamma(2) * (p + y)), a = g * std::abs(p - y);
+      row_e += e;
+      row_abs += a;
+      col_e[j] += e;
+      col_abs[j] += a;
+    }
+    for (int c = 0; c < C; ++c) r.dx[(size_t)i * C + c] = W * (row_e + t.gamma(V) * row_abs);
+  }
+  for (int j = 0; j < V; ++j)
+    for (int c = 0; c < C; ++c) {
+      const size_t k = (size_t)j * C + c;
+      r.dw[k] = X * (col_e[j] + t.gamma(N + 1) * col_abs[j]) + t.gamma(N + 1) * std::abs(dw0[k]);
+    }
+  for (size_t k = 0; k < labs.size(); ++k) r.logits[k] = t.gamma(C) * labs[k];
+  return r;
+}
+
 }  // namespace lmf::test

@@ -157,7 +157,6 @@ struct ClassifierCase {
 ClassifierCase make_classifier_case(const ClassifierShape& s) {
   ClassifierCase k;
   const int N = k.N = s.N, C = k.C = s.C, V = k.V = s.V;
-  const Tol t = tol_f32();
   k.x = rand_vec((size_t)N * C, 26);
   k.w = rand_vec((size_t)V * C, 27);
   k.dloss = rand_vec(N, 28);
@@ -178,62 +177,21 @@ ClassifierCase make_classifier_case(const ClassifierShape& s) {
   k.logits_c.assign((size_t)N * V, 0.0f);
   ops::classifier_logits<float>(k.logits_c.data(), xf.data(), wf.data(), N, C, V);
 
-  // Bounds of test_ops.cpp check_classifier (its derivation, repeated), times kBoth:
-  //  logit l_ij: error dl_ij = gamma(C) sum_c |x_ic w_jc| (a dot product of length C);
-  //  lse_i: the row's largest logit error, the relative error of a sum of V exps, one log;
-  //  loss_i = lse_i - l_it; p_ij = exp(l_ij - lse_i) has relative error dp_i;
-  //  dlogit_ij = (p_ij - y_ij) dloss_i: error e_ij = |dloss_i| (p_ij dp_i + gamma(2) (p_ij +
-  //  y_ij)); dx_i = sum_j dlogit_ij w_j and dw_j = dw0_j + sum_i dlogit_ij x_i: their sums of e
-  //  plus gamma(V) (resp. gamma(N + 1)) times their sums of |terms| (|w|, |x| bounded by the max).
-  // gamma(N + 1) for dw holds however the N rows are split into chunks: each chunk's GEMM adds
-  // onto dw (beta = 1), so every term is still one of N + 1 summed in some order.
-  const double X = max_abs(k.x), W = max_abs(k.w);
-  Vec logits((size_t)N * V), labs((size_t)N * V), xa(k.x.size()), wa(k.w.size());
-  for (size_t i = 0; i < k.x.size(); ++i) xa[i] = std::abs(k.x[i]);
-  for (size_t i = 0; i < k.w.size(); ++i) wa[i] = std::abs(k.w[i]);
-  ops::ref::classifier_logits(logits.data(), k.x.data(), k.w.data(), N, C, V);
-  ops::ref::classifier_logits(labs.data(), xa.data(), wa.data(), N, C, V);
+  // The bounds of test_ops.cpp check_classifier (op_tolerance.h, derivation there), times kBoth.
   Vec losses_r(N), dx_r((size_t)N * C), dw_r = k.dw0;
   ops::ref::classifier_ce_forward(losses_r.data(), dx_r.data(), dw_r.data(), k.x.data(), k.w.data(),
                                   k.targets.data(), k.dloss.data(), N, C, V);
-  k.tol_loss.assign(N, 0.0);
-  k.tol_dx.assign((size_t)N * C, 0.0);
-  k.tol_dw.assign((size_t)V * C, 0.0);
-  Vec col_e(V), col_abs(V);
-  for (int i = 0; i < N; ++i) {
-    if (k.targets[i] < 0) continue;  // loss 0, gradient 0: tolerance 0
-    const double* l = logits.data() + (size_t)i * V;
-    double dl = 0, mx = -1e300, sum = 0;
-    for (int j = 0; j < V; ++j) {
-      dl = std::max(dl, t.gamma(C) * labs[(size_t)i * V + j]);
-      mx = std::max(mx, l[j]);
-    }
-    for (int j = 0; j < V; ++j) sum += std::exp(l[j] - mx);
-    const double lse = mx + std::log(sum);
-    const double dlse = dl + t.gamma(V) + t.gamma(4) * std::abs(lse);
-    k.tol_loss[i] = kBoth * (dlse + dl + t.gamma(1) * std::abs(losses_r[i]));
-    k.tol_total += k.tol_loss[i];
-    const double dp = dl + dlse + t.gamma(16), g = std::abs(k.dloss[i]);
-    double row_e = 0, row_abs = 0;
-    for (int j = 0; j < V; ++j) {
-      const double p = std::exp(l[j] - lse), y = j == k.targets[i] ? 1.0 : 0.0;
-      const double e = g * (p * dp + t.gamma(2) * (p + y)), a = g * std::abs(p - y);
-      row_e += e;
-      row_abs += a;
-      col_e[j] += e;
-      col_abs[j] += a;
-    }
-    for (int c = 0; c < C; ++c)
-      k.tol_dx[(size_t)i * C + c] = kBoth * W * (row_e + t.gamma(V) * row_abs);
-  }
-  for (int j = 0; j < V; ++j)
-    for (int c = 0; c < C; ++c) {
-      const size_t q = (size_t)j * C + c;
-      k.tol_dw[q] = kBoth * (X * (col_e[j] + t.gamma(N + 1) * col_abs[j]) +
-                             t.gamma(N + 1) * std::abs(k.dw0[q]));
-    }
-  k.tol_logits.resize(labs.size());
-  for (size_t q = 0; q < labs.size(); ++q) k.tol_logits[q] = kBoth * t.gamma(C) * labs[q];
+  const ClassifierTolerance tol =
+      classifier_tolerance(k.x, k.w, k.targets, k.dloss, k.dw0, losses_r, N, C, V, tol_f32());
+  auto both = [](Vec v) {
+    for (double& e : v) e *= kBoth;
+    return v;
+  };
+  k.tol_loss = both(tol.loss);
+  k.tol_dx = both(tol.dx);
+  k.tol_dw = both(tol.dw);
+  k.tol_logits = both(tol.logits);
+  k.tol_total = kBoth * tol.total;
   return k;
 }
 

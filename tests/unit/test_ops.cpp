@@ -432,53 +432,10 @@ void check_classifier(const Shape& s) {
   const double total_r =
       ref::classifier_ce_forward(losses_r.data(), dx_r.data(), dw_r.data(), x.data(), w.data(),
                                  targets.data(), dloss.data(), N, C, V);
-  // Tolerances from the actual magnitudes, with the logits from the reference:
-  //  logit l_ij: error dl_ij = gamma(C) sum_c |x_ic w_jc| (a dot product of length C);
-  //  lse_i: the row's largest logit error, the relative error of a sum of V exps, one log;
-  //  loss_i = lse_i - l_it; p_ij = exp(l_ij - lse_i) has relative error dp_i;
-  //  dlogit_ij = (p_ij - y_ij) dloss_i: error e_ij = |dloss_i| (p_ij dp_i + gamma(2) (p_ij +
-  //  y_ij)); dx_i = sum_j dlogit_ij w_j and dw_j = dw0_j + sum_i dlogit_ij x_i: their sums of e
-  //  plus gamma(V) (resp. gamma(N + 1)) times their sums of |terms| (|w|, |x| bounded by the max).
-  const double X = max_abs(x), W = max_abs(w);
-  Vec logits((size_t)N * V), labs((size_t)N * V), xa(x.size()), wa(w.size());
-  for (size_t i = 0; i < x.size(); ++i) xa[i] = std::abs(x[i]);
-  for (size_t i = 0; i < w.size(); ++i) wa[i] = std::abs(w[i]);
-  ref::classifier_logits(logits.data(), x.data(), w.data(), N, C, V);
-  ref::classifier_logits(labs.data(), xa.data(), wa.data(), N, C, V);
-  Vec tol_loss(N), tol_dx((size_t)N * C), tol_dw((size_t)V * C), col_e(V), col_abs(V);
-  double tol_total = 0;
-  for (int i = 0; i < N; ++i) {
-    if (targets[i] < 0) continue;  // loss 0, gradient 0: tolerance 0
-    const double* l = logits.data() + (size_t)i * V;
-    double dl = 0, mx = -1e300, sum = 0;
-    for (int j = 0; j < V; ++j) {
-      dl = std::max(dl, t.gamma(C) * labs[(size_t)i * V + j]);
-      mx = std::max(mx, l[j]);
-    }
-    for (int j = 0; j < V; ++j) sum += std::exp(l[j] - mx);
-    const double lse = mx + std::log(sum);
-    const double dlse = dl + t.gamma(V) + t.gamma(4) * std::abs(lse);
-    tol_loss[i] = dlse + dl + t.gamma(1) * std::abs(losses_r[i]);
-    tol_total += tol_loss[i];
-    const double dp = dl + dlse + t.gamma(16), g = std::abs(dloss[i]);
-    double row_e = 0, row_abs = 0;
-    for (int j = 0; j < V; ++j) {
-      const double p = std::exp(l[j] - lse), y = j == targets[i] ? 1.0 : 0.0;
-      const double e = g * (p * dp + t.gamma(2) * (p + y)), a = g * std::abs(p - y);
-      row_e += e;
-      row_abs += a;
-      col_e[j] += e;
-      col_abs[j] += a;
-    }
-    for (int c = 0; c < C; ++c) tol_dx[(size_t)i * C + c] = W * (row_e + t.gamma(V) * row_abs);
-  }
-  for (int j = 0; j < V; ++j)
-    for (int c = 0; c < C; ++c) {
-      const size_t k = (size_t)j * C + c;
-      tol_dw[k] = X * (col_e[j] + t.gamma(N + 1) * col_abs[j]) + t.gamma(N + 1) * std::abs(dw0[k]);
-    }
-  Vec tol_logits(labs.size());
-  for (size_t k = 0; k < labs.size(); ++k) tol_logits[k] = t.gamma(C) * labs[k];
+  // Derivation in op_tolerance.h.
+  const auto tol = test::classifier_tolerance(x, w, targets, dloss, dw0, losses_r, N, C, V, t);
+  const Vec &tol_loss = tol.loss, &tol_dx = tol.dx, &tol_dw = tol.dw, &tol_logits = tol.logits;
+  const double tol_total = tol.total;
 
   auto x_t = cast<T>(x), w_t = cast<T>(w), dloss_t = cast<T>(dloss);
   for (bool grad : {true, false}) {  // the fused backward, and the forward-only path
