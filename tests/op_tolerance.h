@@ -235,4 +235,26 @@ inline ClassifierTolerance classifier_tolerance(const Vec& x, const Vec& w, cons
   return r;
 }
 
+// ---- GELU (tanh approximation) -----------------------------------------------------------------
+
+// Per-element bounds for gelu_forward (out) and gelu_backward (dinp) at x, with dout and the exact
+// outputs out. tanh's absolute error: its own (16 roundings, of 1) plus its argument's relative
+// error times u sech^2(u), the condition of tanh at u; gelu' = 0.5 (1 + th) + 0.5 x (1 - th^2)
+// du/dx: th enters both terms.
+struct GeluTolerance {
+  Vec out, dinp;
+};
+inline GeluTolerance gelu_tolerance(const Vec& x, const Vec& dout, const Vec& out, const Tol& t) {
+  GeluTolerance r{Vec(x.size()), Vec(x.size())};
+  const double sq = 0.7978845608028654, a = 0.044715;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double xi = std::abs(x[i]), u = sq * (xi + a * xi * xi * xi), th = std::tanh(u);
+    const double sech2 = 1 - th * th, dudx = sq * (1 + 3 * a * xi * xi);
+    const double dth = t.gamma(16) * (1 + u * sech2);
+    r.out[i] = 0.5 * xi * dth + t.gamma(4) * std::abs(out[i]);
+    r.dinp[i] = std::abs(dout[i]) * (dth * (0.5 + xi * dudx * std::abs(th)) + t.gamma(8) * (1 + 0.5 * xi * sech2 * dudx));
+  }
+  return r;
+}
+
 }  // namespace lmf::test

@@ -213,19 +213,8 @@ void check_gelu(const Shape& s) {
   auto out_t = nans<T>(n), dinp_t = nans<T>(n);
   gelu_forward<T>(out_t.data(), x_t.data(), n);
   gelu_backward<T>(dinp_t.data(), x_t.data(), dout_t.data(), n);
-  Vec tol_out(n), tol_dinp(n);
-  const double sq = 0.7978845608028654, a = 0.044715;
-  for (size_t i = 0; i < n; ++i) {
-    const double xi = std::abs(x[i]), u = sq * (xi + a * xi * xi * xi), th = std::tanh(u);
-    const double sech2 = 1 - th * th, dudx = sq * (1 + 3 * a * xi * xi);
-    // tanh's absolute error: its own (a few ulp of 1) plus its argument's relative error times
-    // u sech^2(u), the condition of tanh at u.
-    const double dth = t.gamma(16) * (1 + u * sech2);
-    tol_out[i] = 0.5 * xi * dth + t.gamma(4) * std::abs(out_r[i]);
-    // gelu' = 0.5 (1 + th) + 0.5 x (1 - th^2) du/dx: th enters both terms.
-    tol_dinp[i] = std::abs(dout[i]) * (dth * (0.5 + xi * dudx * std::abs(th)) +
-                                       t.gamma(8) * (1 + 0.5 * xi * sech2 * dudx));
-  }
+  const auto tol = test::gelu_tolerance(x, dout, out_r, t);  // derivation in op_tolerance.h
+  const Vec &tol_out = tol.out, &tol_dinp = tol.dinp;
   expect_close("out", out_t, out_r, tol_out);
   expect_close("dinp", dinp_t, dinp_r, tol_dinp);
 }
