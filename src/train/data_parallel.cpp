@@ -244,11 +244,9 @@ void DataParallel::begin_micro_batch() {
 
 void DataParallel::end_micro_batch(bool backward) {
   if (!stage3()) return;
-  if (prefetched_ >= 0) {  // a forward-only pass leaves the gather of no block under way; be safe
-    comm_.finish_all();
-    resident_[size_t(prefetched_)] = 1;
-    prefetched_ = -1;
-  }
+  // Every prefetch is awaited by the next block's use: the forward prefetches block l + 1 only
+  // before running it, the backward block l - 1 likewise.
+  LMF_CHECK(prefetched_ < 0, "ZeRO 3: the gather of block {} is still under way", prefetched_);
   for (auto [lo, hi] : rest_) {
     if (backward) reduce_scatter_into_shard(lo, hi);
     drop_params(lo, hi);
