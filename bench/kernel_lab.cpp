@@ -260,6 +260,41 @@ void BM_adamw(benchmark::State& st) {
       28.0 * n, err);
 }
 
+// Flat vectors at GPT-2 124M's parameter count: fill (zeroing/setting buffers), the gradient
+// norm's sum of squares and the clipping scale. sum_squares synchronises and copies its result to
+// the host inside the timed interval: that is the op's cost to a caller.
+void BM_fill(benchmark::State& st) {
+  if (!need_device(st)) return;
+  const size_t n = 124'439'808;
+  const FVec ref(n, 0.25f);
+  DeviceBuffer<float> dx(n);
+  cuda::fill(dx.data(), 0.25f, n);
+  double err = max_err(dx.to_host(), ref);
+  run(st, [&] { cuda::fill(dx.data(), 0.25f, n); }, 4.0 * n, err);
+}
+
+void BM_sum_squares(benchmark::State& st) {
+  if (!need_device(st)) return;
+  const size_t n = 124'439'808;
+  auto x = rand_vec(n, 28);
+  const double ref = ops::sum_squares(x.data(), n);
+  DeviceBuffer<float> dx(x);
+  double err = std::abs(cuda::sum_squares(dx.data(), n) - ref) / ref;
+  run(st, [&] { benchmark::DoNotOptimize(cuda::sum_squares(dx.data(), n)); }, 4.0 * n, err);
+}
+
+void BM_scale(benchmark::State& st) {
+  if (!need_device(st)) return;
+  const size_t n = 124'439'808;
+  auto x = rand_vec(n, 29);
+  DeviceBuffer<float> dx(x);
+  ops::scale(x.data(), 0.999f, n);
+  cuda::scale(dx.data(), 0.999f, n);
+  double err = max_err(dx.to_host(), x);
+  // Timed launches keep scaling: the time, not the values, matters here.
+  run(st, [&] { cuda::scale(dx.data(), 0.999f, n); }, 8.0 * n, err);
+}
+
 // ---- matmul (cuBLAS, fp32), attention, embedding, classifier ----------------------------------
 
 void set_tflops(benchmark::State& st, double flops) {
@@ -389,6 +424,9 @@ LAB(BM_layernorm_backward);
 LAB(BM_rmsnorm_forward);
 LAB(BM_rmsnorm_backward);
 LAB(BM_adamw);
+LAB(BM_fill);
+LAB(BM_sum_squares);
+LAB(BM_scale);
 LAB(BM_matmul_forward)->Args({3 * kC, kC})->Args({4 * kC, kC})->Args({kC, 4 * kC});
 LAB(BM_matmul_backward)->Args({3 * kC, kC})->Args({4 * kC, kC})->Args({kC, 4 * kC});
 LAB(BM_attention)->Arg(0)->Arg(1);

@@ -4,6 +4,7 @@
 
 #include "cli/commands.h"
 #include "core/threading.h"
+#include "ops/cuda_backend.h"
 #include "train/bench.h"
 #include "train/trainer.h"
 
@@ -14,7 +15,7 @@ void add_bench(CLI::App& app) {
       "bench", "Time full training steps (forward, backward, AdamW) on random tokens; one JSON line per run");
   struct Opts {
     int L = 12, C = 768, H = 12, vocab = 50257, B = 4, T = 64, steps = 7, warmup = 2, threads = 0, KV = 0, ffn = 0;
-    std::string arch = "gpt2";
+    std::string arch = "gpt2", device = "cpu";
     double peak_tflops = 0;
   };
   auto o = std::make_shared<Opts>();
@@ -31,12 +32,16 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--steps", o->steps, "timed steps (median reported)")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--warmup", o->warmup, "untimed steps first")->capture_default_str()->check(CLI::NonNegativeNumber);
   cmd->add_option("--threads", o->threads, "CPU threads; 0 = all")->capture_default_str()->check(CLI::NonNegativeNumber);
-  cmd->add_option("--peak-tflops", o->peak_tflops, "peak for MFU; 0 = this machine's measured sgemm rate")
+  cmd->add_option("--peak-tflops", o->peak_tflops,
+                  "peak for MFU; 0 = this machine's measured sgemm rate (cpu), no MFU (cuda)")
       ->capture_default_str();
+  cmd->add_option("--device", o->device, "cpu | cuda")->capture_default_str();
   cmd->callback([o]() {
     if (o->C % o->H != 0) throw UserError("--C {} must be a multiple of --H {}", o->C, o->H);
     set_num_threads(o->threads);
     if (o->arch != "gpt2" && o->arch != "llama") throw UserError("--arch: expected gpt2 or llama (got \"{}\")", o->arch);
+    if (o->device != "cpu" && o->device != "cuda") throw UserError("--device: expected cpu or cuda (got \"{}\")", o->device);
+    const ops::Backend<float>* be = o->device == "cuda" ? &cuda::backend() : nullptr;
     ModelConfig mc;
     mc.arch = o->arch;
     mc.n_kv_head = o->KV;
@@ -49,20 +54,21 @@ void add_bench(CLI::App& app) {
     mc.n_head = o->H;
     mc.vocab_size = o->vocab;
     mc.block_size = o->T;
-    double sgemm = measure_sgemm_tflops();
-    double peak = o->peak_tflops > 0 ? o->peak_tflops : sgemm;
-    auto r = bench_train_step(mc, o->B, o->T, o->steps, o->warmup);
+    const double sgemm = be ? 0.0 : measure_sgemm_tflops();
+    const double peak = o->peak_tflops > 0 ? o->peak_tflops : sgemm;
+    auto r = bench_train_step(mc, o->B, o->T, o->steps, o->warmup, 0, be);
     nlohmann::json j = {{"impl", "lmforge"}, {"arch", o->arch}, {"KV", mc.kv_heads()}, {"ffn", mc.ffn_size()},
                         {"L", o->L}, {"C", o->C}, {"H", o->H}, {"vocab", o->vocab}, {"B", o->B}, {"T", o->T},
-                        {"threads", num_threads()},
+                        {"device", o->device}, {"threads", num_threads()},
                         {"params", r.params},
                         {"ms_per_step", std::round(r.ms_per_step * 100) / 100},
                         {"tokens_per_s", std::round(r.tokens_per_s * 10) / 10},
                         {"model_tflops", std::round(r.model_tflops * 1e4) / 1e4},
-                        {"sgemm_tflops", std::round(sgemm * 1e4) / 1e4},
-                        {"mfu", std::round(r.model_tflops / peak * 1e4) / 1e4},
                         {"peak_rss_mb", std::round(r.peak_rss_mb)},
                         {"loss", std::round(r.loss * 1e4) / 1e4}};
+    if (!be) j["sgemm_tflops"] = std::round(sgemm * 1e4) / 1e4;
+    if (peak > 0) j["mfu"] = std::round(r.model_tflops / peak * 1e4) / 1e4;
+    if (be) j["peak_device_mb"] = std::round(r.peak_device_mb);
     fmt::print("{}\n", j.dump());
   });
 }

@@ -22,6 +22,18 @@ void ParamStore<T>::allocate() {
 }
 
 template <class T>
+void ParamStore<T>::place_on(const MemorySpace& space) {
+  LMF_CHECK(allocated(), "ParamStore::place_on before allocate");
+  if (space.host_accessible) return;  // the host buffers serve
+  dparams_ = Array<T>(space);
+  dgrads_ = Array<T>(space);
+  dparams_.resize(total_);
+  dgrads_.resize(total_);
+  placed_ = true;
+  upload_params();
+}
+
+template <class T>
 long ParamStore<T>::find(const std::string& name) const {
   auto it = index_.find(name);
   return it == index_.end() ? -1 : static_cast<long>(it->second);

@@ -7,6 +7,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/memory.h"
 #include "core/page_buffer.h"
 #include "core/tensor.h"
 
@@ -53,13 +54,42 @@ class ParamStore {
   const T* param(size_t i) const { return params_.data() + entries_[i].offset; }
   T* grad(size_t i) { return grads_.data() + entries_[i].offset; }
 
+  // The copy the ops compute on. By default the host buffers above; after place_on() with a
+  // device's memory, a second pair of buffers there, which the model's layers are bound to.
+  // The host buffers stay the copy that initialisation, loading, saving and the collectives
+  // use: upload_params() after writing the host parameters, download_params() (or
+  // download_grads()) before reading them.
+  void place_on(const MemorySpace& space);
+  bool on_device() const { return placed_; }
+  T* dev_param(size_t i) { return dev_params() + entries_[i].offset; }
+  const T* dev_param(size_t i) const { return dev_params() + entries_[i].offset; }
+  T* dev_grad(size_t i) { return dev_grads() + entries_[i].offset; }
+  T* dev_params() { return placed_ ? dparams_.data() : params_.data(); }
+  const T* dev_params() const { return placed_ ? dparams_.data() : params_.data(); }
+  T* dev_grads() { return placed_ ? dgrads_.data() : grads_.data(); }
+  const T* dev_grads() const { return placed_ ? dgrads_.data() : grads_.data(); }
+  void upload_params() {
+    if (placed_) dparams_.upload(params_.data(), total_);
+  }
+  void download_params() {
+    if (placed_) dparams_.download(params_.data(), total_);
+  }
+  void download_grads() {
+    if (placed_) dgrads_.download(grads_.data(), total_);
+  }
+
   T* params() { return params_.data(); }
   const T* params() const { return params_.data(); }
   T* grads() { return grads_.data(); }
   const T* grads() const { return grads_.data(); }
   size_t flat_size() const { return total_; }  // including alignment padding
   size_t num_params() const;                   // sum of numel, no padding
-  void zero_grad() { grads_.zero(); }
+  void zero_grad() {  // the gradients the ops accumulate into (dev_grads)
+    if (placed_)
+      dgrads_.zero();
+    else
+      grads_.zero();
+  }
   // ZeRO stage 3: values [lo, hi) of the parameters / gradients become zero, and the pages wholly
   // inside go back to the kernel until next written.
   void release_params(size_t lo, size_t hi) { params_.release(lo, hi); }
@@ -74,6 +104,8 @@ class ParamStore {
   std::unordered_map<std::string, size_t> index_;
   size_t total_ = 0;
   PageBuffer<T> params_, grads_;
+  bool placed_ = false;
+  Array<T> dparams_, dgrads_;  // place_on()'s copies
 };
 
 extern template class ParamStore<float>;

@@ -10,7 +10,15 @@
 namespace lmf {
 
 template <class F>
-Gpt2<F>::Gpt2(const ModelConfig& cfg, bool allocate, nn::TensorParallel tp) : cfg_(cfg), tp_(tp) {
+Gpt2<F>::Gpt2(const ModelConfig& cfg, bool allocate, nn::TensorParallel tp, const ops::Backend<F>* be)
+    : cfg_(cfg),
+      tp_(tp),
+      be_(be ? be : &ops::cpu_backend<F>()),
+      acts_(*be_->memory),
+      scratch_(*be_->memory),
+      dtokens_(*be_->memory),
+      dtargets_(*be_->memory),
+      logits_(*be_->memory) {
   LMF_CHECK(cfg.vocab_size > 0, "Gpt2 needs a resolved vocab_size (got {})", cfg.vocab_size);
   LMF_CHECK(cfg.n_embd % cfg.n_head == 0, "n_embd {} % n_head {}", cfg.n_embd, cfg.n_head);
   LMF_CHECK(tp.size >= 1 && cfg.n_head % tp.size == 0, "n_head {} over {} tensor-parallel ranks", cfg.n_head,
@@ -44,6 +52,7 @@ Gpt2<F>::Gpt2(const ModelConfig& cfg, bool allocate, nn::TensorParallel tp) : cf
   idx_.lm_head = cfg.tied_embeddings ? idx_.wte : ps_.add("lm_head.weight", {V, C}, true);
   if (!allocate) return;
   ps_.allocate();
+  ps_.place_on(*be_->memory);
   bind_layers();
 }
 
@@ -68,9 +77,11 @@ void Gpt2<F>::bind_layers() {
     b.ln2 = {p(li.ln2_w), p(li.ln2_b), C};
     b.fc = {p(li.fc_w), p(li.fc_b), C, M};
     b.fcproj = {p(li.fcproj_w), row_bias(li.fcproj_b), M, C};
+    b.set_backend(be_);
     blocks_.push_back(b);
   }
   lnf_ = {p(idx_.lnf_w), p(idx_.lnf_b), C};
+  lnf_.be = be_;
 }
 
 template <class F>
@@ -118,6 +129,7 @@ void Gpt2<F>::init(uint64_t seed) {
       }
     }
   }
+  ps_.upload_params();
 }
 
 template <class F>
@@ -160,7 +172,8 @@ void Gpt2<F>::ensure_activations(int B, int T) {
   dloss_ = s; s += N;
   LMF_CHECK(size_t(s - scratch_.data()) == stotal, "scratch layout");
   tokens_.resize(N);
-  targets_.resize(N);
+  dtokens_.resize(N);
+  dtargets_.resize(N);
   cur_B_ = B;
   cur_T_ = T;
 }
@@ -173,29 +186,30 @@ double Gpt2<F>::forward(const int32_t* tokens, const int32_t* targets, int B, in
   const int C = cfg_.n_embd, V = cfg_.vocab_size, N = B * T;
   lm_head::check_tokens(tokens, N, V);
   std::memcpy(tokens_.data(), tokens, sizeof(int32_t) * N);
-  ops::encoder_forward(encoded_, tokens_.data(), ps_.param(idx_.wte), ps_.param(idx_.wpe), B, T, C);
+  dtokens_.upload(tokens, N);
+  be_->encoder_forward(encoded_, dtokens_.data(), ps_.dev_param(idx_.wte), ps_.dev_param(idx_.wpe), B, T, C);
   tape_.forward(blocks_, resid_, saved_, sc_, B, T, on_block_use_);
   lnf_.forward(lnf_out_, lnf_saved_, resid_[blocks_.size()], N);
   have_grad_ = false;
   if (!targets) return 0.0;
-  return lm_head::loss<F>({targets_.data(), losses_, dloss_, dlnf_}, ps_.grad(idx_.lm_head), lnf_out_,
-                          ps_.param(idx_.lm_head), targets, N, C, V, grad_scale, have_grad_);
+  return lm_head::loss<F>(*be_, {dtargets_.data(), losses_, dloss_, dlnf_}, ps_.dev_grad(idx_.lm_head), lnf_out_,
+                          ps_.dev_param(idx_.lm_head), targets, N, C, V, grad_scale, have_grad_);
 }
 
 template <class F>
 void Gpt2<F>::backward() {
   LMF_CHECK(have_grad_, "backward() without a forward(grad_scale > 0)");
   const int C = cfg_.n_embd, N = cur_B_ * cur_T_;
-  std::fill(dres_, dres_ + size_t(N) * C, F(0));
+  be_->fill(dres_, F(0), size_t(N) * C);
   lnf_.backward(dres_, dlnf_, resid_[blocks_.size()], lnf_saved_, N);
   tape_.backward(dres_, sc_, cur_B_, cur_T_, on_block_grads_, on_block_use_);
-  ops::encoder_backward(ps_.grad(idx_.wte), ps_.grad(idx_.wpe), dres_, tokens_.data(), cur_B_, cur_T_, C);
+  be_->encoder_backward(ps_.dev_grad(idx_.wte), ps_.dev_grad(idx_.wpe), dres_, tokens_.data(), cur_B_, cur_T_, C);
   have_grad_ = false;
 }
 
 template <class F>
 void Gpt2<F>::last_logits(F* out) {
-  lm_head::last_logits(out, lnf_out_, ps_.param(idx_.lm_head), cur_B_, cur_T_, cfg_.n_embd, cfg_.vocab_size);
+  lm_head::last_logits(*be_, logits_, out, lnf_out_, ps_.dev_param(idx_.lm_head), cur_B_, cur_T_, cfg_.n_embd, cfg_.vocab_size);
 }
 
 template class Gpt2<float>;

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/buffer.h"
+#include "core/memory.h"
 #include "core/param_store.h"
 #include "model/model_config.h"
 #include "nn/gpt2_block.h"
@@ -20,7 +21,11 @@ class Gpt2 {
   // shapes, offsets), for planning; such a model cannot run. With a tensor-parallel group
   // (tp.size > 1) the model holds and runs this rank's part of every block (nn/nn.h); the
   // registry records how each tensor is split (ParamEntry::split_dim).
-  explicit Gpt2(const ModelConfig& cfg, bool allocate = true, nn::TensorParallel tp = {});
+  // be: the backend that runs it (nullptr: the CPU's); with a device backend, parameters and
+  // activations live in device memory (ParamStore::place_on) and the host parameters are the
+  // copy for init, load and save (upload_params / download_params).
+  explicit Gpt2(const ModelConfig& cfg, bool allocate = true, nn::TensorParallel tp = {},
+                 const ops::Backend<F>* be = nullptr);
   Gpt2(const Gpt2&) = delete;
   Gpt2& operator=(const Gpt2&) = delete;
 
@@ -39,12 +44,14 @@ class Gpt2 {
   // Logits of the last position of each sequence of the last forward: (B, V). Computed on demand.
   void last_logits(F* out /*(B, V)*/);
 
-  // Named intermediates of the last forward, for layer-by-layer comparison with a reference.
+  // Named intermediates of the last forward, for layer-by-layer comparison with a reference
+  // (in the backend's memory).
   const F* block_output(size_t l) const { return resid_[l + 1]; }  // (B, T, C)
   const F* final_norm_output() const { return lnf_out_; }           // (B, T, C)
 
   ParamStore<F>& params() { return ps_; }
   const ParamStore<F>& params() const { return ps_; }
+  const ops::Backend<F>& backend() const { return *be_; }
   const ModelConfig& config() const { return cfg_; }
   // 6 x (parameters - position table) + 12 L T C, as ../shared/bench/torch_train_bench.py;
   // of the whole model, also under tensor parallelism.
@@ -78,6 +85,7 @@ class Gpt2 {
 
   ModelConfig cfg_;
   nn::TensorParallel tp_;
+  const ops::Backend<F>* be_;
   ParamStore<F> ps_;
   Index idx_;
   std::vector<std::pair<size_t, size_t>> block_ranges_;
@@ -88,8 +96,10 @@ class Gpt2 {
 
   // Activations for the current (B, T).
   int cur_B_ = 0, cur_T_ = 0;  // shape the activations are carved for
-  Buffer<F> acts_, scratch_;
-  Buffer<int32_t> tokens_, targets_;
+  Array<F> acts_, scratch_;    // in the backend's memory
+  Buffer<int32_t> tokens_;     // host: the last forward's ids (the encoder's backward groups them)
+  Array<int32_t> dtokens_, dtargets_;  // the same ids and the targets, in the backend's memory
+  Array<F> logits_;            // (B, V) last_logits on a device backend
   F* encoded_ = nullptr;  // (N, C) embedding output = block 0 input
   std::vector<F*> resid_;  // L+1 pointers (N, C): resid_[l] = input of block l, resid_[L] = output
   std::vector<typename nn::Gpt2Block<F>::Saved> saved_;

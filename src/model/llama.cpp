@@ -11,7 +11,15 @@
 namespace lmf {
 
 template <class F>
-Llama<F>::Llama(const ModelConfig& cfg, bool allocate, nn::TensorParallel tp) : cfg_(cfg), tp_(tp) {
+Llama<F>::Llama(const ModelConfig& cfg, bool allocate, nn::TensorParallel tp, const ops::Backend<F>* be)
+    : cfg_(cfg),
+      tp_(tp),
+      be_(be ? be : &ops::cpu_backend<F>()), dinv_freq_(*be_->memory),
+      acts_(*be_->memory),
+      scratch_(*be_->memory),
+      dtokens_(*be_->memory),
+      dtargets_(*be_->memory),
+      logits_(*be_->memory) {
   LMF_CHECK(cfg.arch == "llama", "Llama needs arch \"llama\" (got \"{}\")", cfg.arch);
   LMF_CHECK(cfg.vocab_size > 0, "Llama needs a resolved vocab_size (got {})", cfg.vocab_size);
   LMF_CHECK(cfg.n_head > 0 && cfg.n_embd % cfg.n_head == 0, "n_embd {} % n_head {}", cfg.n_embd, cfg.n_head);
@@ -58,6 +66,7 @@ Llama<F>::Llama(const ModelConfig& cfg, bool allocate, nn::TensorParallel tp) : 
   idx_.lm_head = cfg.tied_embeddings ? idx_.embed : ps_.add("lm_head.weight", {V, C}, true);
   if (!allocate) return;
   ps_.allocate();
+  ps_.place_on(*be_->memory);
   ops::RopeScaling rs;
   rs.factor = cfg.rope_factor;
   rs.low_freq_factor = cfg.rope_low_freq_factor;
@@ -71,6 +80,8 @@ Llama<F>::Llama(const ModelConfig& cfg, bool allocate, nn::TensorParallel tp) : 
     LMF_CHECK(cfg.rope_scaling == "none", "unknown rope_scaling '{}'", cfg.rope_scaling);
   }
   inv_freq_ = ops::rope_inv_freq(cfg.head_size(), cfg.rope_theta, rs);
+  dinv_freq_.resize(inv_freq_.size());
+  dinv_freq_.upload(inv_freq_.data(), inv_freq_.size());
   bind_layers();
 }
 
@@ -100,9 +111,11 @@ void Llama<F>::bind_layers() {
     b.gate = {p(li.gate), pb(li.bgate), C, H};
     b.up = {p(li.up), pb(li.bup), C, H};
     b.down = {p(li.down), row_bias(li.bdown), H, C};
+    b.set_backend(be_);
     blocks_.push_back(b);
   }
   norm_ = {p(idx_.norm), C, eps};
+  norm_.be = be_;
 }
 
 template <class F>
@@ -113,7 +126,7 @@ nn::LlamaBlock<F> Llama<F>::block_shape() const {
   b.KVH = tp_.part(KVH_);
   b.hs = cfg_.head_size();
   b.H = tp_.part(H_);
-  b.inv_freq = inv_freq_.data();
+  b.inv_freq = dinv_freq_.data();
   b.interleaved = cfg_.rope_interleaved;
   b.tp = tp_;
   return b;
@@ -141,6 +154,7 @@ void Llama<F>::init(uint64_t seed) {
       }
     }
   }
+  ps_.upload_params();
 }
 
 template <class F>
@@ -179,7 +193,8 @@ void Llama<F>::ensure_activations(int B, int T) {
   dloss_ = s; s += N;
   LMF_CHECK(size_t(s - scratch_.data()) == stotal, "scratch layout");
   tokens_.resize(N);
-  targets_.resize(N);
+  dtokens_.resize(N);
+  dtargets_.resize(N);
   cur_B_ = B;
   cur_T_ = T;
 }
@@ -192,29 +207,30 @@ double Llama<F>::forward(const int32_t* tokens, const int32_t* targets, int B, i
   const int C = cfg_.n_embd, V = cfg_.vocab_size, N = B * T;
   lm_head::check_tokens(tokens, N, V);
   std::memcpy(tokens_.data(), tokens, sizeof(int32_t) * N);
-  ops::encoder_forward<F>(resid_[0], tokens_.data(), ps_.param(idx_.embed), nullptr, B, T, C);
+  dtokens_.upload(tokens, N);
+  be_->encoder_forward(resid_[0], dtokens_.data(), ps_.dev_param(idx_.embed), nullptr, B, T, C);
   tape_.forward(blocks_, resid_, saved_, sc_, B, T, on_block_use_);
   norm_.forward(norm_out_, norm_rstd_, resid_[blocks_.size()], N);
   have_grad_ = false;
   if (!targets) return 0.0;
-  return lm_head::loss<F>({targets_.data(), losses_, dloss_, dnorm_}, ps_.grad(idx_.lm_head), norm_out_,
-                          ps_.param(idx_.lm_head), targets, N, C, V, grad_scale, have_grad_);
+  return lm_head::loss<F>(*be_, {dtargets_.data(), losses_, dloss_, dnorm_}, ps_.dev_grad(idx_.lm_head), norm_out_,
+                          ps_.dev_param(idx_.lm_head), targets, N, C, V, grad_scale, have_grad_);
 }
 
 template <class F>
 void Llama<F>::backward() {
   LMF_CHECK(have_grad_, "backward() without a forward(grad_scale > 0)");
   const int C = cfg_.n_embd, N = cur_B_ * cur_T_;
-  std::fill(dres_, dres_ + size_t(N) * C, F(0));
+  be_->fill(dres_, F(0), size_t(N) * C);
   norm_.backward(dres_, dnorm_, resid_[blocks_.size()], norm_rstd_, N);
   tape_.backward(dres_, sc_, cur_B_, cur_T_, on_block_grads_, on_block_use_);
-  ops::encoder_backward<F>(ps_.grad(idx_.embed), nullptr, dres_, tokens_.data(), cur_B_, cur_T_, C);
+  be_->encoder_backward(ps_.dev_grad(idx_.embed), nullptr, dres_, tokens_.data(), cur_B_, cur_T_, C);
   have_grad_ = false;
 }
 
 template <class F>
 void Llama<F>::last_logits(F* out) {
-  lm_head::last_logits(out, norm_out_, ps_.param(idx_.lm_head), cur_B_, cur_T_, cfg_.n_embd, cfg_.vocab_size);
+  lm_head::last_logits(*be_, logits_, out, norm_out_, ps_.dev_param(idx_.lm_head), cur_B_, cur_T_, cfg_.n_embd, cfg_.vocab_size);
 }
 
 template class Llama<float>;

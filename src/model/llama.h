@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/buffer.h"
+#include "core/memory.h"
 #include "core/param_store.h"
 #include "model/model_config.h"
 #include "nn/llama_block.h"
@@ -20,7 +21,11 @@ class Llama {
  public:
   // arch "llama"; registers and allocates parameters (zeros); allocate = false: the registry
   // only, as Gpt2's; tp: this rank's part of a tensor-parallel group, as Gpt2's.
-  explicit Llama(const ModelConfig& cfg, bool allocate = true, nn::TensorParallel tp = {});
+  // be: the backend that runs it (nullptr: the CPU's); with a device backend, parameters and
+  // activations live in device memory (ParamStore::place_on) and the host parameters are the
+  // copy for init, load and save (upload_params / download_params).
+  explicit Llama(const ModelConfig& cfg, bool allocate = true, nn::TensorParallel tp = {},
+                 const ops::Backend<F>* be = nullptr);
   Llama(const Llama&) = delete;
   Llama& operator=(const Llama&) = delete;
 
@@ -39,6 +44,7 @@ class Llama {
 
   ParamStore<F>& params() { return ps_; }
   const ParamStore<F>& params() const { return ps_; }
+  const ops::Backend<F>& backend() const { return *be_; }
   const ModelConfig& config() const { return cfg_; }
   int n_kv_head() const { return KVH_; }
   int ffn_hidden() const { return H_; }
@@ -75,8 +81,10 @@ class Llama {
 
   ModelConfig cfg_;
   nn::TensorParallel tp_;
+  const ops::Backend<F>* be_;
   int KVH_ = 0, H_ = 0;  // the whole model's kv heads and MLP width
   std::vector<double> inv_freq_;
+  Array<double> dinv_freq_;  // inv_freq_ in the backend's memory, for the blocks
   ParamStore<F> ps_;
   Index idx_;
   std::vector<std::pair<size_t, size_t>> block_ranges_;
@@ -86,8 +94,10 @@ class Llama {
   nn::RmsNorm<F> norm_;
 
   int cur_B_ = 0, cur_T_ = 0;
-  Buffer<F> acts_, scratch_;
-  Buffer<int32_t> tokens_, targets_;
+  Array<F> acts_, scratch_;    // in the backend's memory
+  Buffer<int32_t> tokens_;     // host: the last forward's ids (the encoder's backward groups them)
+  Array<int32_t> dtokens_, dtargets_;  // the same ids and the targets, in the backend's memory
+  Array<F> logits_;            // (B, V) last_logits on a device backend
   std::vector<F*> resid_;  // L+1 pointers (N, C)
   std::vector<typename nn::LlamaBlock<F>::Saved> saved_;
   typename nn::LlamaBlock<F>::Scratch sc_{};

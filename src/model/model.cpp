@@ -15,9 +15,10 @@ bool ModelOf<Llama<float>>::hf_transposed(const std::string&) const {
   return false;
 }
 
-std::unique_ptr<Model> make_model(const ModelConfig& cfg, bool allocate, nn::TensorParallel tp) {
-  if (cfg.arch == "gpt2") return std::make_unique<ModelOf<Gpt2<float>>>(cfg, allocate, tp);
-  if (cfg.arch == "llama") return std::make_unique<ModelOf<Llama<float>>>(cfg, allocate, tp);
+std::unique_ptr<Model> make_model(const ModelConfig& cfg, bool allocate, nn::TensorParallel tp,
+                                  const ops::Backend<float>* be) {
+  if (cfg.arch == "gpt2") return std::make_unique<ModelOf<Gpt2<float>>>(cfg, allocate, tp, be);
+  if (cfg.arch == "llama") return std::make_unique<ModelOf<Llama<float>>>(cfg, allocate, tp, be);
   throw UserError("[model] arch: unknown model family \"{}\" (expected gpt2 or llama)", cfg.arch);
 }
 

@@ -26,6 +26,9 @@ class Model {
   virtual ParamStore<float>& params() = 0;
   virtual const ParamStore<float>& params() const = 0;
   virtual const ModelConfig& config() const = 0;
+  // Who runs it; with a device backend, params() holds a host copy and a device copy
+  // (ParamStore::place_on): upload_params() after writing the host one.
+  virtual const ops::Backend<float>& backend() const = 0;
   virtual double flops_per_token(int T) const = 0;
   virtual size_t activation_bytes() const = 0;
   // True for tensors that Hugging Face stores transposed, (in, out) (GPT-2's Conv1D).
@@ -43,8 +46,9 @@ class Model {
 template <class M>
 class ModelOf final : public Model {
  public:
-  explicit ModelOf(const ModelConfig& cfg, bool allocate = true, nn::TensorParallel tp = {})
-      : m_(cfg, allocate, tp) {}
+  explicit ModelOf(const ModelConfig& cfg, bool allocate = true, nn::TensorParallel tp = {},
+                   const ops::Backend<float>* be = nullptr)
+      : m_(cfg, allocate, tp, be) {}
   void init(uint64_t seed) override { m_.init(seed); }
   double forward(const int32_t* tokens, const int32_t* targets, int B, int T, double grad_scale) override {
     return m_.forward(tokens, targets, B, T, grad_scale);
@@ -54,6 +58,7 @@ class ModelOf final : public Model {
   ParamStore<float>& params() override { return m_.params(); }
   const ParamStore<float>& params() const override { return m_.params(); }
   const ModelConfig& config() const override { return m_.config(); }
+  const ops::Backend<float>& backend() const override { return m_.backend(); }
   double flops_per_token(int T) const override { return m_.flops_per_token(T); }
   size_t activation_bytes() const override { return m_.activation_bytes(); }
   bool hf_transposed(const std::string& name) const override;
@@ -71,7 +76,9 @@ class ModelOf final : public Model {
 // The family's Model for cfg.arch ("gpt2" or "llama"); UserError for another arch.
 // allocate = false: the parameter registry only (for planning), not runnable. tp: this
 // process's place in a tensor-parallel group (the model then holds its part of every block).
-std::unique_ptr<Model> make_model(const ModelConfig& cfg, bool allocate = true, nn::TensorParallel tp = {});
+// be: the backend that runs it (nullptr: the CPU's).
+std::unique_ptr<Model> make_model(const ModelConfig& cfg, bool allocate = true, nn::TensorParallel tp = {},
+                                  const ops::Backend<float>* be = nullptr);
 
 // The family's implementation behind a Model, or nullptr if `m` is another family.
 template <class M>

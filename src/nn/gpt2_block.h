@@ -17,6 +17,13 @@ struct Gpt2Block {
   int A = 0;   // this rank's attention width, NH * head size (C without tensor parallelism)
   int M = 0;   // this rank's MLP hidden width (4C without tensor parallelism)
   TensorParallel tp;
+  const ops::Backend<F>* be = &ops::cpu_backend<F>();  // every buffer in its memory
+
+  // Binds the block and its layers to a backend.
+  void set_backend(const ops::Backend<F>* b) {
+    be = ln1.be = ln2.be = b;
+    for (Linear<F>* l : {&qkv, &proj, &fc, &fcproj}) l->be = b;
+  }
 
   // Activations saved by forward for backward; one slot per application of the block.
   struct Saved {
@@ -72,30 +79,30 @@ struct Gpt2Block {
     int N = B * T;
     ln1.forward(s.ln1, s.ln1s, x, N);
     qkv.forward(s.qkv, s.ln1, N);
-    ops::attention_forward(s.atty, s.lse, s.qkv, B, T, A, NH);
+    be->attention_forward(s.atty, s.lse, s.qkv, B, T, A, NH);
     proj.forward(sc.dnarrow, s.atty, N);  // dnarrow is free in forward: use it for proj's output
     tp.all_reduce(sc.dnarrow, size_t(N) * C);
-    ops::residual_forward(s.res, x, sc.dnarrow, size_t(N) * C);
+    be->residual_forward(s.res, x, sc.dnarrow, size_t(N) * C);
     ln2.forward(s.ln2, s.ln2s, s.res, N);
     fc.forward(s.fch, s.ln2, N);
-    ops::gelu_forward(sc.wide, s.fch, size_t(N) * M);
+    be->gelu_forward(sc.wide, s.fch, size_t(N) * M);
     fcproj.forward(out, sc.wide, N);
     tp.all_reduce(out, size_t(N) * C);
-    ops::residual_forward(out, out, s.res, size_t(N) * C);
+    be->residual_forward(out, out, s.res, size_t(N) * C);
   }
 
   // dres: on entry dL/d(out), on exit dL/dx (updated in place: the residual stream).
   void backward(F* dres /*(N,C)*/, const F* x /*(N,C)*/, const Saved& s, Scratch& sc, int B, int T) const {
     int N = B * T;
     size_t nm = size_t(N) * M;
-    ops::gelu_forward(sc.wide, s.fch, nm);              // recompute instead of storing (N, M)
+    be->gelu_forward(sc.wide, s.fch, nm);              // recompute instead of storing (N, M)
     fcproj.backward(sc.dwide, dres, sc.wide, N);        // dgelu
-    ops::gelu_backward(sc.dwide, s.fch, sc.dwide, nm);  // dfch (in place)
+    be->gelu_backward(sc.dwide, s.fch, sc.dwide, nm);  // dfch (in place)
     fc.backward(sc.dnarrow, sc.dwide, s.ln2, N);        // dln2 (this rank's columns' part)
     tp.all_reduce(sc.dnarrow, size_t(N) * C);
     ln2.backward(dres, sc.dnarrow, s.res, s.ln2s, N);  // dres = dL/d(res)
     proj.backward(sc.dnarrow, dres, s.atty, N);        // datty (N, A)
-    ops::attention_backward(sc.dqkv, sc.dnarrow, s.qkv, s.atty, s.lse, B, T, A, NH);
+    be->attention_backward(sc.dqkv, sc.dnarrow, s.qkv, s.atty, s.lse, B, T, A, NH);
     qkv.backward(sc.dnarrow, sc.dqkv, s.ln1, N);  // dln1 (this rank's heads' part)
     tp.all_reduce(sc.dnarrow, size_t(N) * C);
     ln1.backward(dres, sc.dnarrow, x, s.ln1s, N);  // dres = dL/dx

@@ -14,12 +14,13 @@ struct RmsNorm {
   P<F> weight;  // (C)
   int C = 0;
   float eps = 1e-5f;
+  const ops::Backend<F>* be = &ops::cpu_backend<F>();
   void forward(F* y /*(N,C)*/, F* rstd /*(N)*/, const F* x /*(N,C)*/, int N) const {
-    ops::rmsnorm_forward(y, rstd, x, weight.w, N, C, eps);
+    be->rmsnorm_forward(y, rstd, x, weight.w, N, C, eps);
   }
   // dx += ...: the residual-stream exception of the gradient rule.
   void backward(F* dx /*(N,C)*/, const F* dy, const F* x, const F* rstd, int N) const {
-    ops::rmsnorm_backward(dx, weight.dw, dy, x, weight.w, rstd, N, C);
+    be->rmsnorm_backward(dx, weight.dw, dy, x, weight.w, rstd, N, C);
   }
 };
 
@@ -31,6 +32,13 @@ struct LlamaBlock {
   const double* inv_freq = nullptr;  // (hs/2) RoPE frequencies, owned by the model
   bool interleaved = false;
   TensorParallel tp;
+  const ops::Backend<F>* be = &ops::cpu_backend<F>();  // inv_freq and every buffer in its memory
+
+  // Binds the block and its layers to a backend.
+  void set_backend(const ops::Backend<F>* b) {
+    be = attn_norm.be = ffn_norm.be = b;
+    for (Linear<F>* l : {&wq, &wk, &wv, &wo, &gate, &up, &down}) l->be = b;
+  }
 
   int q_dim() const { return NH * hs; }  // Q: C without tensor parallelism
   int kv_dim() const { return KVH * hs; }
@@ -108,43 +116,43 @@ struct LlamaBlock {
     wq.forward(s.q, s.h1, N);
     wk.forward(s.k, s.h1, N);
     wv.forward(s.v, s.h1, N);
-    ops::rope_forward(s.q, s.q, B, T, NH, hs, inv_freq, interleaved);
-    ops::rope_forward(s.k, s.k, B, T, KVH, hs, inv_freq, interleaved);
-    ops::attention_gqa_forward(s.atty, s.lse, s.q, s.k, s.v, B, T, NH, KVH, hs);
+    be->rope_forward(s.q, s.q, B, T, NH, hs, inv_freq, interleaved, 0);
+    be->rope_forward(s.k, s.k, B, T, KVH, hs, inv_freq, interleaved, 0);
+    be->attention_gqa_forward(s.atty, s.lse, s.q, s.k, s.v, B, T, NH, KVH, hs);
     wo.forward(sc.dnarrow, s.atty, N);  // dnarrow is free in forward
     tp.all_reduce(sc.dnarrow, size_t(N) * C);
-    ops::residual_forward(s.res, x, sc.dnarrow, size_t(N) * C);
+    be->residual_forward(s.res, x, sc.dnarrow, size_t(N) * C);
     ffn_norm.forward(s.h2, s.rstd2, s.res, N);
     gate.forward(s.g, s.h2, N);
     up.forward(s.u, s.h2, N);
-    ops::swiglu_forward(sc.wide, s.g, s.u, size_t(N) * H);
+    be->swiglu_forward(sc.wide, s.g, s.u, size_t(N) * H);
     down.forward(out, sc.wide, N);
     tp.all_reduce(out, size_t(N) * C);
-    ops::residual_forward(out, out, s.res, size_t(N) * C);
+    be->residual_forward(out, out, s.res, size_t(N) * C);
   }
 
   // dres: on entry dL/d(out), on exit dL/dx (updated in place: the residual stream).
   void backward(F* dres /*(N,C)*/, const F* x /*(N,C)*/, const Saved& s, Scratch& sc, int B, int T) const {
     int N = B * T;
     size_t nc = size_t(N) * C, nh = size_t(N) * H;
-    ops::swiglu_forward(sc.wide, s.g, s.u, nh);  // recompute instead of storing (N, H)
+    be->swiglu_forward(sc.wide, s.g, s.u, nh);  // recompute instead of storing (N, H)
     down.backward(sc.dwide, dres, sc.wide, N);
-    ops::swiglu_backward(sc.wide /*dgate*/, sc.dup, sc.dwide, s.g, s.u, nh);
+    be->swiglu_backward(sc.wide /*dgate*/, sc.dup, sc.dwide, s.g, s.u, nh);
     gate.backward(sc.dnarrow, sc.wide, s.h2, N);
     up.backward(sc.dnarrow2, sc.dup, s.h2, N);
-    ops::residual_forward(sc.dnarrow, sc.dnarrow, sc.dnarrow2, nc);  // dh2 (this rank's part)
+    be->residual_forward(sc.dnarrow, sc.dnarrow, sc.dnarrow2, nc);  // dh2 (this rank's part)
     tp.all_reduce(sc.dnarrow, nc);
     ffn_norm.backward(dres, sc.dnarrow, s.res, s.rstd2, N);          // dres = dL/d(res)
     wo.backward(sc.dnarrow, dres, s.atty, N);                        // datty
-    ops::attention_gqa_backward(sc.dq, sc.dk, sc.dv, sc.dnarrow, s.q, s.k, s.v, s.atty, s.lse, B, T, NH,
+    be->attention_gqa_backward(sc.dq, sc.dk, sc.dv, sc.dnarrow, s.q, s.k, s.v, s.atty, s.lse, B, T, NH,
                                 KVH, hs);
-    ops::rope_backward(sc.dq, sc.dq, B, T, NH, hs, inv_freq, interleaved);
-    ops::rope_backward(sc.dk, sc.dk, B, T, KVH, hs, inv_freq, interleaved);
+    be->rope_backward(sc.dq, sc.dq, B, T, NH, hs, inv_freq, interleaved, 0);
+    be->rope_backward(sc.dk, sc.dk, B, T, KVH, hs, inv_freq, interleaved, 0);
     wq.backward(sc.dnarrow, sc.dq, s.h1, N);
     wk.backward(sc.dnarrow2, sc.dk, s.h1, N);
-    ops::residual_forward(sc.dnarrow, sc.dnarrow, sc.dnarrow2, nc);
+    be->residual_forward(sc.dnarrow, sc.dnarrow, sc.dnarrow2, nc);
     wv.backward(sc.dnarrow2, sc.dv, s.h1, N);
-    ops::residual_forward(sc.dnarrow, sc.dnarrow, sc.dnarrow2, nc);  // dh1 (this rank's part)
+    be->residual_forward(sc.dnarrow, sc.dnarrow, sc.dnarrow2, nc);  // dh1 (this rank's part)
     tp.all_reduce(sc.dnarrow, nc);
     attn_norm.backward(dres, sc.dnarrow, x, s.rstd1, N);             // dres = dL/dx
   }

@@ -12,7 +12,7 @@
 //     around the block. So one buffer `dres` carries dL/d(residual) down the whole network.
 #include "core/param_store.h"
 #include "dist/communicator.h"
-#include "ops/ops.h"
+#include "ops/backend.h"
 
 namespace lmf::nn {
 
@@ -34,12 +34,13 @@ struct TensorParallel {
   int part(int whole) const { return whole / size; }
 };
 
-// A view of one registered tensor and its gradient.
+// A view of one registered tensor and its gradient, in the memory of the backend the layer is
+// bound to (ParamStore::dev_param).
 template <class F>
 struct P {
   F* w = nullptr;   // parameter
   F* dw = nullptr;  // its gradient
-  static P of(ParamStore<F>& ps, size_t i) { return {ps.param(i), ps.grad(i)}; }
+  static P of(ParamStore<F>& ps, size_t i) { return {ps.dev_param(i), ps.dev_grad(i)}; }
 };
 
 // y = x W^T + b. W (out, in), b (out) or absent.
@@ -47,13 +48,14 @@ template <class F>
 struct Linear {
   P<F> weight, bias;  // bias.w == nullptr: no bias
   int in = 0, out = 0;
+  const ops::Backend<F>* be = &ops::cpu_backend<F>();  // who computes, on whose memory
 
   void forward(F* y /*(N,out)*/, const F* x /*(N,in)*/, int N) const {
-    ops::matmul_forward(y, x, weight.w, bias.w, N, in, out);
+    be->matmul_forward(y, x, weight.w, bias.w, N, in, out);
   }
   // dx = dy W (assigned; dx may be nullptr); dW += dy^T x; db += sum(dy).
   void backward(F* dx /*(N,in)*/, const F* dy /*(N,out)*/, const F* x /*(N,in)*/, int N) const {
-    ops::matmul_backward(dx, weight.dw, bias.dw, dy, x, weight.w, N, in, out);
+    be->matmul_backward(dx, weight.dw, bias.dw, dy, x, weight.w, N, in, out);
   }
 };
 
@@ -61,16 +63,17 @@ template <class F>
 struct LayerNorm {
   P<F> weight, bias;  // (C)
   int C = 0;
+  const ops::Backend<F>* be = &ops::cpu_backend<F>();
   struct Saved {
     F* mean;  // (N)
     F* rstd;  // (N)
   };
   void forward(F* y /*(N,C)*/, Saved s, const F* x /*(N,C)*/, int N) const {
-    ops::layernorm_forward(y, s.mean, s.rstd, x, weight.w, bias.w, N, C);
+    be->layernorm_forward(y, s.mean, s.rstd, x, weight.w, bias.w, N, C);
   }
   // dx += ...: the residual-stream exception of the gradient rule.
   void backward(F* dx /*(N,C)*/, const F* dy /*(N,C)*/, const F* x /*(N,C)*/, Saved s, int N) const {
-    ops::layernorm_backward(dx, weight.dw, bias.dw, dy, x, weight.w, s.mean, s.rstd, N, C);
+    be->layernorm_backward(dx, weight.dw, bias.dw, dy, x, weight.w, s.mean, s.rstd, N, C);
   }
 };
 

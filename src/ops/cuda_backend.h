@@ -1,7 +1,12 @@
 #pragma once
 // CUDA backend entry points. ops/cuda/ implements them when the build finds CUDA;
 // ops/no_cuda.cpp otherwise.
+#include "ops/backend.h"
+
 namespace lmf::cuda {
 bool available();
-void require();  // throws UserError in a build without CUDA
+void require();  // throws UserError in a build without CUDA, or without a device
+// The CUDA backend's table (fp32 kernels of ops/cuda/ops_cuda.h, device memory from cudaMalloc,
+// every op on the default stream). Calls require() first.
+const ops::Backend<float>& backend();
 }  // namespace lmf::cuda

@@ -7,5 +7,9 @@ namespace lmf::cuda {
 
 bool available() { return false; }
 void require() { throw UserError("this lmforge was built without CUDA (device = \"cuda\" needs a CUDA build)"); }
+const ops::Backend<float>& backend() {
+  require();
+  throw UserError("unreachable");  // require() always throws here
+}
 
 }  // namespace lmf::cuda

@@ -13,12 +13,14 @@
 
 namespace lmf {
 
-BenchResult bench_train_step(const ModelConfig& cfg, int B, int T, int steps, int warmup, uint64_t seed) {
-  auto owned = make_model(cfg);
+BenchResult bench_train_step(const ModelConfig& cfg, int B, int T, int steps, int warmup, uint64_t seed,
+                             const ops::Backend<float>* be) {
+  auto owned = make_model(cfg, true, {}, be);
   Model& model = *owned;
+  const ops::Backend<float>& backend = model.backend();
   model.init(seed);
   OptimConfig oc;
-  AdamW opt(model.params(), oc);
+  AdamW opt(model.params(), oc, &backend);
   Buffer<int32_t> x(size_t(B) * T), y(size_t(B) * T);
   Rng rng(seed, kStreamData);
   for (size_t i = 0; i < x.size(); ++i) {
@@ -32,8 +34,9 @@ BenchResult bench_train_step(const ModelConfig& cfg, int B, int T, int steps, in
     model.params().zero_grad();
     r.loss = model.forward(x.data(), y.data(), B, T, 1.0 / (double(B) * T));
     model.backward();
-    clip_grad_norm(model.params(), 1.0);
+    clip_grad_norm(model.params(), 1.0, backend);
     opt.step(model.params(), 1e-4);
+    backend.synchronize();
     if (s >= warmup) times.push_back(t.seconds());
   }
   std::sort(times.begin(), times.end());
@@ -45,6 +48,7 @@ BenchResult bench_train_step(const ModelConfig& cfg, int B, int T, int steps, in
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
   r.peak_rss_mb = ru.ru_maxrss / 1024.0;
+  r.peak_device_mb = double(backend.peak_memory_bytes()) / 1048576.0;
   r.params = model.params().num_params();
   return r;
 }

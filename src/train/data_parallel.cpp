@@ -57,14 +57,21 @@ CommPlan plan_step(const StepShape& s) {
 }
 
 DataParallel::DataParallel(dist::Communicator& comm, ParamStore<float>& ps, const OptimConfig& oc, int zero,
-                           dist::Communicator* tp)
-    : comm_(comm), ps_(ps), zero_(zero), shards_(ps.flat_size(), comm.world()), tp_(tp) {
+                           dist::Communicator* tp, const ops::Backend<float>* be)
+    : comm_(comm),
+      ps_(ps),
+      be_(be ? be : &ops::cpu_backend<float>()),
+      zero_(zero),
+      shards_(ps.flat_size(), comm.world()),
+      tp_(tp) {
   LMF_CHECK(zero >= 0 && zero <= 3, "zero stage {}", zero);
+  LMF_CHECK(be_->on_host() || (comm.world() == 1 && (tp == nullptr || tp->world() == 1)),
+            "data parallelism on the {} backend needs one rank", be_->name);
   const int r = comm.rank();
   if (zero_ == 0)
-    opt_ = std::make_unique<AdamW>(ps, oc);
+    opt_ = std::make_unique<AdamW>(ps, oc, be_);
   else
-    opt_ = std::make_unique<AdamW>(ps, oc, shards_.begin(r), shards_.end(r));
+    opt_ = std::make_unique<AdamW>(ps, oc, shards_.begin(r), shards_.end(r), be_);
   if (zero_ >= 2) gshard_.resize(size_t(shards_.counts[r]));
 }
 
@@ -85,7 +92,7 @@ void DataParallel::overlap_with(Model& model) {
 
 double DataParallel::sync_and_clip(double max_norm) {
   const size_t n = ps_.flat_size();
-  float* g = ps_.grads();
+  float* g = ps_.dev_grads();  // the host's own on the CPU backend; on a device, one rank only
   size_t lo = 0, hi = n;  // the part of the summed gradients this rank holds
   if (comm_.world() > 1) {
     if (started_) {
@@ -113,7 +120,7 @@ double DataParallel::sync_and_clip(double max_norm) {
   }
   double sumsq;
   if (tp_ == nullptr || tp_->world() == 1) {
-    sumsq = ops::sum_squares(g + lo, hi - lo);
+    sumsq = be_->sum_squares(g + lo, hi - lo);
     if (lo > 0 || hi < n) comm_.all_reduce_sum(&sumsq, 1);
   } else {
     // Split tensors' squares add up over the tensor-parallel group; replicated ones are the
@@ -125,7 +132,7 @@ double DataParallel::sync_and_clip(double max_norm) {
   }
   const double norm = std::sqrt(sumsq);
   if (max_norm > 0 && norm > max_norm && std::isfinite(norm))
-    ops::scale(g + lo, static_cast<float>(max_norm / norm), hi - lo);
+    be_->scale(g + lo, static_cast<float>(max_norm / norm), hi - lo);
   return norm;
 }
 
@@ -271,11 +278,13 @@ void DataParallel::gather_all() {
 
 DataParallel::FullState DataParallel::full_state() {
   FullState st{opt_->m(), opt_->v(), opt_->t(), {}, {}};
-  if (zero_ == 0 || comm_.world() == 1) return st;
+  if ((zero_ == 0 || comm_.world() == 1) && be_->on_host()) return st;
   st.m_buf.assign(ps_.flat_size(), 0.0f);
   st.v_buf.assign(ps_.flat_size(), 0.0f);
-  std::memcpy(st.m_buf.data() + opt_->lo(), opt_->m(), sizeof(float) * opt_->size());
-  std::memcpy(st.v_buf.data() + opt_->lo(), opt_->v(), sizeof(float) * opt_->size());
+  opt_->download_moments(st.m_buf.data() + opt_->lo(), st.v_buf.data() + opt_->lo());
+  st.m = st.m_buf.data();
+  st.v = st.v_buf.data();
+  if (zero_ == 0 || comm_.world() == 1) return st;
   comm_.all_gather(st.m_buf.data(), shards_.counts);
   comm_.all_gather(st.v_buf.data(), shards_.counts);
   st.m = st.m_buf.data();
@@ -284,8 +293,7 @@ DataParallel::FullState DataParallel::full_state() {
 }
 
 void DataParallel::load_optimizer(const float* m, const float* v, long t) {
-  std::memcpy(opt_->m(), m + opt_->lo(), sizeof(float) * opt_->size());
-  std::memcpy(opt_->v(), v + opt_->lo(), sizeof(float) * opt_->size());
+  opt_->upload_moments(m + opt_->lo(), v + opt_->lo());
   opt_->set_t(t);
 }
 

@@ -58,9 +58,11 @@ CommPlan plan_step(const StepShape& s);
 class DataParallel {
  public:
   // comm: the data-parallel group. tp: the tensor-parallel group, when `ps` is this rank's
-  // part of a tensor-parallel model (the gradient norm then sums over it).
+  // part of a tensor-parallel model (the gradient norm then sums over it). be: the model's
+  // backend (nullptr: the CPU's); a device backend keeps the optimizer state in its memory and
+  // works on the compute copy of `ps`, on one rank only for now (collectives are host-side).
   DataParallel(dist::Communicator& comm, ParamStore<float>& ps, const OptimConfig& oc, int zero,
-               dist::Communicator* tp = nullptr);
+               dist::Communicator* tp = nullptr, const ops::Backend<float>* be = nullptr);
 
   // Overlap (stages 0 and 1): each block's gradients start their all-reduce as soon as the
   // model's backward has finished that block, while earlier blocks still compute; the rest
@@ -110,6 +112,7 @@ class DataParallel {
  private:
   dist::Communicator& comm_;
   ParamStore<float>& ps_;
+  const ops::Backend<float>* be_;
   int zero_;
   dist::Sharding shards_;
   std::unique_ptr<AdamW> opt_;

@@ -14,6 +14,7 @@
 #include "core/threading.h"
 #include "core/timer.h"
 #include "data/tokenizer.h"
+#include "ops/cuda_backend.h"
 #include "optim/schedule.h"
 #include "dist/tensor_parallel.h"
 #include "train/checkpoint_dir.h"
@@ -93,7 +94,7 @@ double evaluate_model(Model& model, data::DataLoader& val, int batches, int B, i
   return sum / n;
 }
 
-Trainer::Trainer(RunConfig cfg) : cfg_(std::move(cfg)), run_dir_(cfg_.log.run_dir) {
+Trainer::Trainer(RunConfig cfg, const ops::Backend<float>* backend) : cfg_(std::move(cfg)), run_dir_(cfg_.log.run_dir) {
   validate_config(cfg_);
   comm_ = dist::make_communicator(cfg_.dist.timeout_s);
   tp_ = cfg_.dist.tensor_parallel;
@@ -110,9 +111,13 @@ Trainer::Trainer(RunConfig cfg) : cfg_(std::move(cfg)), run_dir_(cfg_.log.run_di
     tp_rank_ = tp_comm_->rank();
   }
   const int rank = dp_comm_->rank(), world = dp_comm_->world();  // data-parallel place
-  if (cfg_.train.device != "cpu")
-    throw UserError("[train] device = \"{}\": this build trains on cpu only (the CUDA backend is not built)",
-                    cfg_.train.device);
+  const ops::Backend<float>* be = backend;  // nullptr: the CPU's
+  if (!be && cfg_.train.device == "cuda") be = &cuda::backend();  // UserError without a CUDA build or device
+  // One GPU per process, and the collectives are host-side for now (NCCL is not wired yet).
+  if (be && !be->on_host() && comm_->world() > 1)
+    throw UserError("[train] device = \"{}\" runs on one process for now (got {} ranks): GPU collectives "
+                    "(NCCL) are not built yet; train on cpu with mpirun, or on one GPU",
+                    be->name, comm_->world());
   set_num_threads(cfg_.train.threads);
   if (!cfg_.train.init_from.empty()) {
     // The model is the pretrained one: its shape replaces [model], and is saved with the run.
@@ -154,9 +159,10 @@ Trainer::Trainer(RunConfig cfg) : cfg_(std::move(cfg)), run_dir_(cfg_.log.run_di
                     data_vocab, cfg_.model.vocab_size);
   }
   check_tokenizer_matches_data(cfg_.data.tokenizer, cfg_.data.dir);
-  model_ = make_model(cfg_.model, true, nn::TensorParallel{tp_comm_.get(), tp_, tp_rank_});
+  model_ = make_model(cfg_.model, true, nn::TensorParallel{tp_comm_.get(), tp_, tp_rank_}, be);
   if (tp_ > 1) whole_ = make_model(cfg_.model, /*allocate=*/false);
-  dp_ = std::make_unique<DataParallel>(*dp_comm_, model_->params(), cfg_.optim, cfg_.dist.zero, tp_comm_.get());
+  dp_ = std::make_unique<DataParallel>(*dp_comm_, model_->params(), cfg_.optim, cfg_.dist.zero, tp_comm_.get(),
+                                       be);
   if (cfg_.dist.overlap) dp_->overlap_with(*model_);
   dp_->attach(*model_);  // ZeRO 3: gather each block's parameters when it runs
 
@@ -205,6 +211,7 @@ Trainer::Trainer(RunConfig cfg) : cfg_(std::move(cfg)), run_dir_(cfg_.log.run_di
     // on how it is split.
     load_whole([&](Model& m) { m.init(uint64_t(cfg_.train.seed)); });
   }
+  model_->params().upload_params();  // a device backend computes on its own copy
   dp_->release_unowned();  // ZeRO 3: from here on each rank keeps its shard only
 }
 
@@ -260,6 +267,7 @@ void Trainer::save_checkpoint(long step) {
                           {"tensor_parallel", tp_}};
   std::string config = config_to_toml(cfg_);
   // Collective: every rank takes part, rank 0 writes. The files hold the single-process layout.
+  model_->params().download_params();  // a device backend's weights, into the host copy
   auto opt = dp_->full_state();
   std::unique_ptr<Model> whole;
   std::vector<float> m_whole, v_whole;
@@ -302,14 +310,21 @@ TrainSummary Trainer::run(long stop_at) {
   }
   if (start_step_ >= tc.steps) return sum;
 
-  double peak = cfg_.log.peak_tflops > 0 ? cfg_.log.peak_tflops : rank0 ? measure_sgemm_tflops() : 1.0;
+  // MFU's denominator: [log] peak_tflops, else this CPU's measured sgemm rate; on a GPU only
+  // the configured peak (none: no mfu in the metrics).
+  const bool on_host = model_->backend().on_host();
+  double peak = cfg_.log.peak_tflops > 0 ? cfg_.log.peak_tflops
+                : !on_host              ? 0.0
+                : rank0                 ? measure_sgemm_tflops()
+                                        : 1.0;
   std::unique_ptr<Progress> progress;
   if (rank0 && cfg_.log.progress != "off")
     progress = std::make_unique<Progress>(tc.steps, start_step_, cfg_.log.progress == "plain");
   auto say = [&](const std::string& line) {
     if (progress) progress->message(line);
   };
-  say(fmt::format("model: {}; {} threads", describe(*model_), num_threads()));
+  say(on_host ? fmt::format("model: {}; {} threads", describe(*model_), num_threads())
+              : fmt::format("model: {}; on {}", describe(*model_), model_->backend().name));
   if (comm_->world() > 1)
     say(fmt::format("data parallel: {} ranks ({}), ZeRO stage {}, global batch {} x {}{}", world, comm_->kind(),
                     cfg_.dist.zero, tc.batch_size * tc.grad_accum * world, tc.seq_len,
@@ -370,8 +385,9 @@ TrainSummary Trainer::run(long stop_at) {
     sum.last_train_loss = loss;
     nlohmann::json rec = {{"step", done},          {"train_loss", loss},      {"lr", lr},
                           {"grad_norm", norm},     {"tokens", tokens_seen_},  {"tokens_per_s", tok_s},
-                          {"model_tflops", tflops}, {"mfu", tflops / peak},  {"step_ms", dt * 1e3},
-                          {"peak_rss_mb", peak_rss_mb()}};
+                          {"model_tflops", tflops}, {"step_ms", dt * 1e3},   {"peak_rss_mb", peak_rss_mb()}};
+    if (peak > 0) rec["mfu"] = tflops / peak;
+    if (!on_host) rec["peak_device_mb"] = double(model_->backend().peak_memory_bytes()) / 1048576.0;
     bool last = done == tc.steps;
     // A signal on any rank (Slurm signals them all, but not at the same instant) stops every
     // rank after this same step.

@@ -30,7 +30,9 @@ class Trainer {
   // groups of [dist] tensor_parallel consecutive ranks each hold one copy of the model, split
   // among them; the groups train on disjoint data and synchronise gradients ([dist] zero);
   // rank 0 writes the run's files.
-  explicit Trainer(RunConfig cfg);
+  // backend: runs the model on this backend instead of [train] device's (tests use it to run the
+  // device path on a stand-in, tests/guarded_backend.h).
+  explicit Trainer(RunConfig cfg, const ops::Backend<float>* backend = nullptr);
   ~Trainer();
   // Trains to [train] steps; with stop_at > 0, stops after that step (checkpoint written), as a
   // preemptible job would, so that a later run resumes from there.

@@ -34,13 +34,17 @@ TEST(CudaOps, Skipped) { GTEST_SKIP() << "built without CUDA"; }
 #else
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
 
+#include "core/memory.h"
 #include "core/rng.h"
+#include "ops/backend.h"
 #include "ops/cuda/cuda_util.h"
 #include "ops/cuda/ops_cuda.h"
 #include "ops/ops.h"
@@ -411,6 +415,134 @@ TEST(CudaOps, Rope) {
   check_rope(3, 37, 5, 64, false, 0);      // more (b, t, j) than one block
   check_rope(1, 3, 2, 128, true, 100000);  // large angles: the double angle keeps them exact
   check_rope(1, 3, 2, 128, false, 100000);
+}
+
+// ---- flat vectors: fill, sum_squares, scale -----------------------------------------------------
+
+// Sizes: empty, one, odd, one block +- 1 (256), past one full grid of the sum's partials (1024
+// blocks of 256: 262144) so threads loop, and several grid strides.
+const size_t kVecSizes[] = {0, 1, 37, 255, 256, 257, 100003, 262147, (size_t(1) << 22) + 5};
+
+TEST(CudaOps, Fill) {
+  SKIP_WITHOUT_DEVICE();
+  for (size_t n : kVecSizes) {
+    SCOPED_TRACE("n = " + std::to_string(n));
+    DeviceBuffer<float> d(nans(n + 1));  // one guard element past n
+    cuda::fill(d.data(), -0.375f, n);
+    const FVec h = d.to_host();
+    EXPECT_EQ(FVec(h.begin(), h.begin() + (ptrdiff_t)n), FVec(n, -0.375f));  // exact: a store
+    EXPECT_TRUE(std::isnan(h[n])) << "wrote past n";
+  }
+}
+
+TEST(CudaOps, SumSquares) {
+  SKIP_WITHOUT_DEVICE();
+  // Each x^2 is exact in double (two 24-bit significands), so only the n - 1 additions round, in
+  // another order than the CPU's: both lie within gamma_d(n) sum x^2 of the exact sum
+  // (op_tolerance.h, u = 2^-53), so within kBoth times that of each other. For n = 4M that is
+  // ~3e-12 relative.
+  const Tol td{std::numeric_limits<double>::epsilon() / 2};
+  for (size_t n : kVecSizes) {
+    SCOPED_TRACE("n = " + std::to_string(n));
+    const FVec x = to_f(rand_vec(n, 50, -3.0, 3.0));
+    const double cpu = ops::sum_squares(x.data(), n);
+    DeviceBuffer<float> dx(x);
+    const double gpu = cuda::sum_squares(dx.data(), n);
+    if (n == 0) {
+      EXPECT_EQ(gpu, 0.0);
+      continue;
+    }
+    EXPECT_LE(std::abs(gpu - cpu), kBoth * td.gamma((double)n) * cpu)
+        << "gpu " << gpu << " cpu " << cpu;
+    // Deterministic: the same input gives the same bits.
+    EXPECT_EQ(cuda::sum_squares(dx.data(), n), gpu);
+    // A prefix (another n, another grid) reads only [0, n / 2).
+    const size_t half = n / 2;
+    const double cpu_half = ops::sum_squares(x.data(), half);
+    EXPECT_LE(std::abs(cuda::sum_squares(dx.data(), half) - cpu_half),
+              kBoth * td.gamma((double)half) * cpu_half);
+  }
+}
+
+TEST(CudaOps, Scale) {
+  SKIP_WITHOUT_DEVICE();
+  for (size_t n : kVecSizes) {
+    SCOPED_TRACE("n = " + std::to_string(n));
+    FVec x = to_f(rand_vec(n, 51, -3.0, 3.0));
+    x.push_back(std::numeric_limits<float>::quiet_NaN());  // guard element past n
+    DeviceBuffer<float> dx(x);
+    cuda::scale(dx.data(), 0.37f, n);
+    ops::scale(x.data(), 0.37f, n);
+    const FVec h = dx.to_host();
+    // One fp32 multiply per element on both sides, no reduction: bitwise equal.
+    EXPECT_EQ(FVec(h.begin(), h.begin() + (ptrdiff_t)n), FVec(x.begin(), x.begin() + (ptrdiff_t)n));
+    EXPECT_TRUE(std::isnan(h[n])) << "wrote past n";
+  }
+}
+
+// ---- the backend table --------------------------------------------------------------------------
+
+TEST(CudaBackend, EveryOpIsSet) {
+  SKIP_WITHOUT_DEVICE();
+  const ops::Backend<float>& b = cuda::backend();
+  EXPECT_STREQ(b.name, "cuda");
+  ASSERT_NE(b.memory, nullptr);
+  EXPECT_STREQ(b.memory->name, "cuda");
+  EXPECT_FALSE(b.on_host());
+  // Every member is a pointer (name, memory, then the ops), so a null one, such as a member added
+  // to ops::Backend and not filled in by ops/cuda/backend.cu, shows as a zero word.
+  constexpr size_t kWords = sizeof(ops::Backend<float>) / sizeof(void*);
+  static_assert(sizeof(ops::Backend<float>) == kWords * sizeof(void*));
+  std::array<uintptr_t, kWords> words{};
+  std::memcpy(words.data(), &b, sizeof(b));
+  for (size_t i = 0; i < kWords; ++i) EXPECT_NE(words[i], 0u) << "member " << i << " is null";
+}
+
+TEST(CudaBackend, MemoryRoundTripsAndOpsRun) {
+  SKIP_WITHOUT_DEVICE();
+  const ops::Backend<float>& b = cuda::backend();
+  const MemorySpace& m = *b.memory;
+  const size_t n = 1001;
+  const FVec h = to_f(rand_vec(n, 52));
+  FVec back(n, 1.0f);
+
+  void* p = m.allocate(n * sizeof(float));
+  ASSERT_NE(p, nullptr);
+  m.copy_to_host(back.data(), p, n * sizeof(float));
+  EXPECT_EQ(back, FVec(n, 0.0f)) << "allocate is not zero-filled";
+  m.copy_from_host(p, h.data(), n * sizeof(float));
+  m.copy_to_host(back.data(), p, n * sizeof(float));
+  EXPECT_EQ(back, h);
+  m.zero(p, n * sizeof(float));
+  m.copy_to_host(back.data(), p, n * sizeof(float));
+  EXPECT_EQ(back, FVec(n, 0.0f));
+  m.deallocate(p, n * sizeof(float));
+
+  // Through Array and the table's ops: 0.5^2 = 0.25 and n * 0.25 are exact.
+  Array<float> a(m);
+  a.resize(n);
+  b.fill(a.data(), 0.5f, n);
+  EXPECT_EQ(b.sum_squares(a.data(), n), 0.25 * n);
+  b.scale(a.data(), 4.0f, n);
+  b.synchronize();
+  a.download(back.data(), n);
+  EXPECT_EQ(back, FVec(n, 2.0f));
+}
+
+TEST(CudaBackend, OutOfMemoryThrowsAndLeavesNoStickyError) {
+  SKIP_WITHOUT_DEVICE();
+  const MemorySpace& m = *cuda::backend().memory;
+  const size_t huge = size_t(1) << 60;  // no GPU has an exabyte
+  try {
+    m.allocate(huge);
+    FAIL() << "allocate(2^60) did not throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(std::to_string(huge)), std::string::npos) << e.what();
+  }
+  // The failed cudaMalloc must not surface in the next op's launch check.
+  DeviceBuffer<float> d(nans(7));
+  EXPECT_NO_THROW(cuda::fill(d.data(), 1.0f, 7));
+  EXPECT_EQ(d.to_host(), FVec(7, 1.0f));
 }
 
 // ---- a non-default stream -----------------------------------------------------------------------

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "integration/cli_util.h"
+#include "ops/cuda_backend.h"
 
 namespace lmf::test {
 namespace {
@@ -249,6 +250,17 @@ TEST_F(Cli, BadConfigInput) {
   expect_user_error(run_lmforge("sample --run " + (t.path() / "nope").string() + " --prompt x", t.path()), "nope");
   expect_user_error(run_lmforge("bench --B 0", t.path()), "--B");
   expect_user_error(run_lmforge("train --set data.dir=" + (t.path() / "nodata").string(), t.path()), "nodata");
+}
+
+// Without a GPU (or a CUDA build), asking for one is one clear line, before anything is written.
+TEST_F(Cli, CudaWithoutADeviceIsOneLine) {
+  if (cuda::available()) GTEST_SKIP() << "a CUDA device is present (tests/gpu covers the GPU path)";
+  TempDir t;
+  const auto run = t.path() / "run";
+  expect_user_error(run_lmforge(train_args(run, "--set train.device=cuda"), t.path()), "cuda");
+  EXPECT_FALSE(fs::exists(run));
+  expect_user_error(run_lmforge("bench --device cuda --L 1 --C 32 --H 2 --vocab 50 --T 16", t.path()), "cuda");
+  expect_user_error(run_lmforge("bench --device tpu", t.path()), "--device");
 }
 
 TEST_F(Cli, VocabularyLargerThanModel) {

@@ -189,14 +189,14 @@ double classifier_ce_forward(float* losses, float* dx, float* dw, const float* x
   const size_t need = (size_t)chunk * V;
   if (ws.cap < need) {
     // The previous call ended with a stream synchronise: the old block is idle.
-    if (ws.logits != nullptr) LMF_CUDA_CHECK(cudaFree(ws.logits));
+    device_free(ws.logits, ws.cap * sizeof(float));
     ws.logits = nullptr;
     ws.cap = 0;
-    LMF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ws.logits), need * sizeof(float)));
+    ws.logits = static_cast<float*>(device_malloc(need * sizeof(float)));
     ws.cap = need;
   }
   if (ws.result == nullptr)
-    LMF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ws.result), sizeof(CeResult)));
+    ws.result = static_cast<CeResult*>(device_malloc(sizeof(CeResult)));
   LMF_CUDA_CHECK(
       cudaMemsetAsync(&ws.result->bad_row, 0xff, sizeof(unsigned), stream));  // kNoBadRow
 

@@ -14,6 +14,16 @@ namespace lmf::cuda {
 // Throws lmf::Error naming the CUDA error, the failed call and where it was made.
 [[noreturn]] void cuda_failed(cudaError_t err, const char* call, const char* file, int line);
 
+// Device memory of this backend, counted: every allocation of ops/cuda goes through these, so
+// peak_allocated_bytes() is the most the process held at once (as PyTorch's
+// torch.cuda.max_memory_allocated; cuBLAS's own small workspace is not counted).
+// device_malloc(0) is nullptr; a failure throws lmf::Error ("out of GPU memory allocating N
+// bytes (F of T bytes free)") and leaves no sticky CUDA error.
+void* device_malloc(size_t bytes);
+void device_free(void* p, size_t bytes) noexcept;
+size_t allocated_bytes();
+size_t peak_allocated_bytes();
+
 }  // namespace lmf::cuda
 
 // LMF_CUDA_CHECK(cudaMemcpy(...)): throws lmf::Error if the call returns anything but cudaSuccess.
@@ -36,7 +46,7 @@ class DeviceBuffer {
  public:
   DeviceBuffer() = default;
   explicit DeviceBuffer(size_t n) : n_(n) {
-    if (n > 0) LMF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&p_), n * sizeof(T)));
+    if (n > 0) p_ = static_cast<T*>(device_malloc(n * sizeof(T)));
   }
   explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) {
     copy_from_host(host.data(), host.size());
@@ -75,7 +85,7 @@ class DeviceBuffer {
 
  private:
   void release() noexcept {
-    if (p_ != nullptr) cudaFree(p_);  // an error here (e.g. a dead context) cannot be thrown
+    if (p_ != nullptr) device_free(p_, n_ * sizeof(T));  // errors (a dead context) are not thrown
     p_ = nullptr;
     n_ = 0;
   }

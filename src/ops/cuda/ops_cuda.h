@@ -61,6 +61,19 @@ void rope_backward(float* dinp, const float* dout, int B, int T, int NH, int hs,
 void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1,
                   float beta2, float eps, float wd, long t, cudaStream_t stream = 0);
 
+// ---- flat vectors (ops/cuda/vector_ops.cu) ------------------------------------------------------
+
+// x (n) = value.
+void fill(float* x, float value, size_t n, cudaStream_t stream = 0);
+// Sum of x (n) squared, accumulated in double, as ops::sum_squares (for gradient clipping).
+// Deterministic: a fixed grid for each n, per-block partials in a per-device workspace kept across
+// calls, summed in a fixed order; equal to the CPU's to double rounding (another order), not
+// bitwise. Returns on the host: this call SYNCHRONISES `stream` (n > 0). Calls on one device are
+// serialised (they share the workspace).
+double sum_squares(const float* x, size_t n, cudaStream_t stream = 0);
+// x (n) *= s; bitwise equal to ops::scale.
+void scale(float* x, float s, size_t n, cudaStream_t stream = 0);
+
 // ---- matmul and classifier (ops/cuda/matmul.cu, classifier.cu: cuBLAS, FP32 compute) --------
 // cublasGemmEx with CUBLAS_COMPUTE_32F, never TF32: results match the CPU ops to fp32 rounding
 // (a bf16 / TF32 fast path would be a separate mode). One cuBLAS handle per device, created on

@@ -1,6 +1,8 @@
 // CUDA backend entry points (ops/cuda_backend.h) and the error path of LMF_CUDA_CHECK.
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
+#include <atomic>
 #include <string>
 
 #include "core/error.h"
@@ -29,7 +31,39 @@ const Probe& probe() {
   return p;
 }
 
+std::atomic<size_t> g_allocated{0}, g_peak{0};
+
 }  // namespace
+
+void* device_malloc(size_t bytes) {
+  if (bytes == 0) return nullptr;
+  void* p = nullptr;
+  const cudaError_t err = cudaMalloc(&p, bytes);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();  // else the next launch check would report this failure as its own
+    if (err == cudaErrorMemoryAllocation) {
+      size_t free = 0, total = 0;
+      if (cudaMemGetInfo(&free, &total) != cudaSuccess) (void)cudaGetLastError();
+      throw Error(fmt::format("out of GPU memory allocating {} bytes ({} of {} bytes free)", bytes, free, total));
+    }
+    throw Error(fmt::format("cudaMalloc of {} bytes failed: {} ({})", bytes, cudaGetErrorName(err),
+                            cudaGetErrorString(err)));
+  }
+  const size_t now = g_allocated.fetch_add(bytes) + bytes;
+  size_t peak = g_peak.load();
+  while (now > peak && !g_peak.compare_exchange_weak(peak, now)) {
+  }
+  return p;
+}
+
+void device_free(void* p, size_t bytes) noexcept {
+  if (p == nullptr) return;
+  g_allocated.fetch_sub(bytes);
+  if (cudaFree(p) != cudaSuccess) (void)cudaGetLastError();  // e.g. a dead context at exit
+}
+
+size_t allocated_bytes() { return g_allocated.load(); }
+size_t peak_allocated_bytes() { return g_peak.load(); }
 
 void cuda_failed(cudaError_t err, const char* call, const char* file, int line) {
   throw Error(fmt::format("CUDA error {} ({}) in {} at {}:{}", cudaGetErrorName(err),

@@ -1,0 +1,124 @@
+// The CUDA backend's table (ops/backend.h): the fp32 kernels of ops/cuda/ops_cuda.h on the default
+// stream, over device memory from cudaMalloc. Host code only; a .cu so that the CUDA build (which
+// globs ops/cuda/*.cu) compiles it.
+#include <cuda_runtime_api.h>
+
+#include "core/error.h"
+#include "core/memory.h"
+#include "ops/backend.h"
+#include "ops/cuda/cuda_util.h"
+#include "ops/cuda/ops_cuda.h"
+#include "ops/cuda_backend.h"
+
+namespace lmf::cuda {
+namespace {
+
+// ---- device memory ------------------------------------------------------------------------------
+// Copies and zeroing go through the legacy default stream, so they are ordered with the table's
+// ops (also on the default stream) and with every blocking stream.
+
+void* device_allocate(size_t bytes) {
+  void* p = device_malloc(bytes);
+  const cudaError_t zero_err = bytes ? cudaMemset(p, 0, bytes) : cudaSuccess;
+  if (zero_err != cudaSuccess) {
+    device_free(p, bytes);
+    cuda_failed(zero_err, "cudaMemset(p, 0, bytes)", __FILE__, __LINE__);
+  }
+  return p;
+}
+
+void device_deallocate(void* p, size_t bytes) noexcept { device_free(p, bytes); }
+
+void device_copy_from_host(void* dst, const void* src, size_t bytes) {
+  LMF_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+}
+
+void device_copy_to_host(void* dst, const void* src, size_t bytes) {
+  LMF_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+}
+
+void device_zero(void* p, size_t bytes) { LMF_CUDA_CHECK(cudaMemset(p, 0, bytes)); }
+
+const MemorySpace kDeviceMemory{
+    .name = "cuda",
+    .host_accessible = false,
+    .allocate = device_allocate,
+    .deallocate = device_deallocate,
+    .copy_from_host = device_copy_from_host,
+    .copy_to_host = device_copy_to_host,
+    .zero = device_zero,
+};
+
+// ---- ops ----------------------------------------------------------------------------------------
+
+// The whole device, not just the default stream: "every op issued so far" (ops/backend.h).
+void device_synchronize() { LMF_CUDA_CHECK(cudaDeviceSynchronize()); }
+
+// OnDefaultStream<cuda::op>{} converts to the table's pointer type R (*)(A...) for an op taking
+// (A..., cudaStream_t): a function that calls the op with the same arguments on stream 0. The
+// table's signature drives the deduction, so a mismatch with the kernel's is a compile error.
+template <auto Fn>
+struct OnDefaultStream {
+  template <class R, class... A>
+  using Ptr = R (*)(A...);
+
+  template <class R, class... A>
+  static R call(A... a) {
+    return Fn(a..., cudaStream_t{0});
+  }
+  template <class R, class... A>
+  operator Ptr<R, A...>() const {
+    return &call<R, A...>;
+  }
+};
+
+// Every member of the table is a pointer (on_host() is a function): a member added to
+// ops::Backend fails here until it is filled in below.
+static_assert(sizeof(ops::Backend<float>) == 29 * sizeof(void*),
+              "ops::Backend changed: fill the new member in make_cuda_backend()");
+
+ops::Backend<float> make_cuda_backend() {
+  // Designated initialisers: the struct's member order, checked by the compiler. A member left
+  // out would be null; tests/gpu/test_cuda_ops.cpp checks that none is.
+  return ops::Backend<float>{
+      .name = "cuda",
+      .memory = &kDeviceMemory,
+      .matmul_forward = OnDefaultStream<matmul_forward>{},
+      .matmul_backward = OnDefaultStream<matmul_backward>{},
+      .encoder_forward = OnDefaultStream<encoder_forward>{},    // tokens on the device
+      .encoder_backward = OnDefaultStream<encoder_backward>{},  // tokens_host on the host
+      .layernorm_forward = OnDefaultStream<layernorm_forward>{},
+      .layernorm_backward = OnDefaultStream<layernorm_backward>{},
+      .gelu_forward = OnDefaultStream<gelu_forward>{},
+      .gelu_backward = OnDefaultStream<gelu_backward>{},
+      .residual_forward = OnDefaultStream<residual_forward>{},
+      .attention_forward = OnDefaultStream<attention_forward>{},
+      .attention_backward = OnDefaultStream<attention_backward>{},
+      .classifier_ce_forward = OnDefaultStream<classifier_ce_forward>{},  // synchronises
+      .classifier_logits = OnDefaultStream<classifier_logits>{},
+      .rmsnorm_forward = OnDefaultStream<rmsnorm_forward>{},
+      .rmsnorm_backward = OnDefaultStream<rmsnorm_backward>{},
+      .rope_forward = OnDefaultStream<rope_forward>{},  // inv_freq on the device
+      .rope_backward = OnDefaultStream<rope_backward>{},
+      .swiglu_forward = OnDefaultStream<swiglu_forward>{},
+      .swiglu_backward = OnDefaultStream<swiglu_backward>{},
+      .attention_gqa_forward = OnDefaultStream<attention_gqa_forward>{},
+      .attention_gqa_backward = OnDefaultStream<attention_gqa_backward>{},
+      .fill = OnDefaultStream<fill>{},
+      .adamw_update = OnDefaultStream<adamw_update>{},
+      .sum_squares = OnDefaultStream<sum_squares>{},  // synchronises
+      .scale = OnDefaultStream<scale>{},
+      .synchronize = device_synchronize,
+      .peak_memory_bytes = peak_allocated_bytes,
+  };
+}
+
+}  // namespace
+
+const ops::Backend<float>& backend() {
+  require();
+  static const ops::Backend<float> b = make_cuda_backend();
+  return b;
+}
+
+}  // namespace lmf::cuda

@@ -1,0 +1,199 @@
+// Whole models on the CUDA backend (ops/cuda_backend.h) against the CPU backend: forward loss,
+// every parameter's gradient and the sampling logits, then the trainer end to end. Skips without
+// a device.
+//
+// Tolerance: the exact answer is the model run in double on the CPU. The GPU's fp32 error from it
+// must be at most kWorse times the CPU's fp32 error (per tensor, in max norm), plus a floor of a
+// few fp32 ulps of the tensor's largest value for tensors the CPU happens to get (almost) exact.
+// So the GPU must be as accurate as the specification, not merely close to it.
+#include <gtest/gtest.h>
+
+#include "gpu/cuda_test_util.h"
+#include "ops/cuda_backend.h"
+
+#ifndef LMF_HAVE_CUDA
+
+TEST(CudaModel, Skipped) { GTEST_SKIP() << "built without CUDA"; }
+
+#else
+
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "data/prepare.h"
+#include "model/gpt2.h"
+#include "model/llama.h"
+#include "model/model.h"
+#include "model_test_util.h"
+#include "test_util.h"
+#include "train/trainer.h"
+
+namespace lmf {
+namespace {
+
+constexpr double kWorse = 4.0;
+constexpr double kFloorUlps = 16.0;
+const double kEps = std::numeric_limits<float>::epsilon();
+
+ModelConfig gpt2_cfg(bool tied) {
+  ModelConfig c;
+  c.arch = "gpt2";
+  c.n_layer = 2;
+  c.n_head = 4;
+  c.n_embd = 64;
+  c.vocab_size = 97;
+  c.block_size = 48;
+  c.tied_embeddings = tied;
+  return c;
+}
+ModelConfig llama_cfg(bool tied) {
+  ModelConfig c;
+  c.arch = "llama";
+  c.n_layer = 2;
+  c.n_head = 4;
+  c.n_kv_head = 2;
+  c.n_embd = 64;
+  c.ffn_hidden = 96;
+  c.vocab_size = 97;
+  c.block_size = 48;
+  c.tied_embeddings = tied;
+  c.attention_bias = c.mlp_bias = !tied;
+  return c;
+}
+
+// max |a - exact| over [lo, hi), and max |exact|.
+std::pair<double, double> err(const float* a, const double* exact, size_t lo, size_t hi) {
+  double e = 0, m = 0;
+  for (size_t i = lo; i < hi; ++i) {
+    e = std::max(e, std::abs(double(a[i]) - exact[i]));
+    m = std::max(m, std::abs(exact[i]));
+  }
+  return {e, m};
+}
+
+void expect_as_accurate(const char* what, const std::string& name, const float* gpu, const float* cpu,
+                        const double* exact, size_t lo, size_t hi) {
+  auto [eg, m] = err(gpu, exact, lo, hi);
+  auto [ec, m2] = err(cpu, exact, lo, hi);
+  (void)m2;
+  EXPECT_LE(eg, kWorse * ec + kFloorUlps * kEps * m)
+      << what << " " << name << ": GPU error " << eg << ", CPU error " << ec << ", largest value " << m;
+}
+
+template <template <class> class Family>
+void check_family(const ModelConfig& cfg) {
+  SKIP_WITHOUT_DEVICE();
+  const int B = 3, T = 48, V = cfg.vocab_size;
+  auto cpu = make_model(cfg);
+  auto gpu = make_model(cfg, true, {}, &cuda::backend());
+  Family<double> ref(cfg);
+  test::randomise(*cpu, 11);
+  auto& pc = cpu->params();
+  const size_t n = pc.flat_size();
+  std::copy(pc.params(), pc.params() + n, gpu->params().params());
+  gpu->params().upload_params();
+  for (size_t i = 0; i < n; ++i) ref.params().params()[i] = pc.params()[i];
+
+  test::Batch b = test::random_batch(B, T, V, 12);
+  const double gs = 1.0 / (B * T - 1);
+  pc.zero_grad();
+  gpu->params().zero_grad();
+  ref.params().zero_grad();
+  const double lc = cpu->forward(b.x.data(), b.y.data(), B, T, gs);
+  const double lg = gpu->forward(b.x.data(), b.y.data(), B, T, gs);
+  const double ld = ref.forward(b.x.data(), b.y.data(), B, T, gs);
+  EXPECT_LE(std::abs(lg - ld), kWorse * std::abs(lc - ld) + kFloorUlps * kEps * std::abs(ld))
+      << "loss: GPU " << lg << ", CPU " << lc << ", exact " << ld;
+  cpu->backward();
+  gpu->backward();
+  ref.backward();
+  gpu->params().download_grads();
+  for (const auto& e : pc.entries())
+    expect_as_accurate("gradient", e.name, gpu->params().grads(), pc.grads(), ref.params().grads(), e.offset,
+                       e.offset + e.size);
+
+  std::vector<float> logc(size_t(B) * V), logg(size_t(B) * V);
+  std::vector<double> logd(size_t(B) * V);
+  cpu->last_logits(logc.data());
+  gpu->last_logits(logg.data());
+  ref.last_logits(logd.data());
+  expect_as_accurate("last logits", "", logg.data(), logc.data(), logd.data(), 0, logd.size());
+}
+
+TEST(CudaModel, Gpt2TiedForwardBackwardAsAccurateAsTheCpu) { check_family<Gpt2>(gpt2_cfg(true)); }
+TEST(CudaModel, Gpt2UntiedForwardBackwardAsAccurateAsTheCpu) { check_family<Gpt2>(gpt2_cfg(false)); }
+TEST(CudaModel, LlamaTiedForwardBackwardAsAccurateAsTheCpu) { check_family<Llama>(llama_cfg(true)); }
+TEST(CudaModel, LlamaBiasesForwardBackwardAsAccurateAsTheCpu) { check_family<Llama>(llama_cfg(false)); }
+
+// `[train] device = "cuda"` end to end on real text: the losses follow the CPU run's, the GPU run
+// is deterministic (a stop and resume gives the same losses and checkpoint bytes), and the
+// checkpoint it writes loads on the CPU.
+class CudaTrainer : public ::testing::Test {
+ protected:
+  static inline test::TempDir* tmp = nullptr;
+  static void SetUpTestSuite() {
+    if (!cuda::available()) return;
+    tmp = new test::TempDir();
+    data::PrepareOptions po;
+    po.inputs = {std::filesystem::path(LMF_SOURCE_DIR) / "tests/data/sotu_sample"};
+    po.out_dir = tmp->path() / "data";
+    po.val_fraction = 0.2;
+    po.seed = 3;
+    data::prepare(po);
+  }
+  static void TearDownTestSuite() { delete tmp; }
+  static RunConfig config(const std::string& arch, const std::string& device, const std::filesystem::path& run) {
+    return default_config({"model.arch=\"" + arch + "\"", "model.n_layer=2", "model.n_embd=64", "model.n_head=4",
+                           "model.block_size=64", "train.seq_len=64", "train.batch_size=8", "train.steps=10",
+                           "train.eval_every=5", "train.eval_batches=2", "checkpoint.every=5",
+                           "train.device=\"" + device + "\"", "log.progress=\"off\"",
+                           "data.dir=\"" + (tmp->path() / "data").string() + "\"",
+                           "log.run_dir=\"" + run.string() + "\""});
+  }
+  static std::vector<nlohmann::json> metrics(const std::filesystem::path& run) {
+    std::vector<nlohmann::json> v;
+    std::ifstream in(run / "metrics.jsonl");
+    for (std::string line; std::getline(in, line);) v.push_back(nlohmann::json::parse(line));
+    return v;
+  }
+};
+
+TEST_F(CudaTrainer, FollowsTheCpuAndResumesBitExact) {
+  SKIP_WITHOUT_DEVICE();
+  for (const std::string arch : {"gpt2", "llama"}) {
+    SCOPED_TRACE(arch);
+    const auto cpu = tmp->path() / (arch + "_cpu"), straight = tmp->path() / (arch + "_gpu"),
+               split = tmp->path() / (arch + "_gpu_split");
+    Trainer(config(arch, "cpu", cpu)).run();
+    Trainer(config(arch, "cuda", straight)).run();
+    Trainer(config(arch, "cuda", split)).run(/*stop_at=*/5);
+    EXPECT_EQ(Trainer(config(arch, "cuda", split)).run().start_step, 5);
+    auto mc = metrics(cpu), ms = metrics(straight), mr = metrics(split);
+    ASSERT_EQ(mc.size(), 10u);
+    ASSERT_EQ(ms.size(), 10u);
+    ASSERT_EQ(mr.size(), 10u);
+    for (size_t i = 0; i < 10; ++i) {
+      // fp32 on two machines, ten Adam steps: the runs drift apart by rounding only.
+      const double c = mc[i]["train_loss"].get<double>(), g = ms[i]["train_loss"].get<double>();
+      EXPECT_NEAR(g, c, 1e-3 * c) << "step " << i + 1;
+      EXPECT_EQ(ms[i]["train_loss"].dump(), mr[i]["train_loss"].dump()) << "step " << i + 1;
+      EXPECT_EQ(ms[i]["grad_norm"].dump(), mr[i]["grad_norm"].dump()) << "step " << i + 1;
+    }
+    EXPECT_EQ(test::slurp(straight / "checkpoints/step_0000010/model.safetensors"),
+              test::slurp(split / "checkpoints/step_0000010/model.safetensors"));
+    // The GPU run's checkpoint continues on the CPU.
+    auto more = config(arch, "cpu", straight);
+    more.train.steps = 12;
+    EXPECT_EQ(Trainer(more).run().end_step, 12);
+  }
+}
+
+}  // namespace
+}  // namespace lmf
+
+#endif  // LMF_HAVE_CUDA

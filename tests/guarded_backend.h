@@ -1,0 +1,176 @@
+#pragma once
+// A stand-in for a device backend that runs on any machine: the CPU's ops over "device" memory
+// the host cannot touch. Its MemorySpace maps pages with no access (PROT_NONE); only its own
+// functions (the ops, copies in and out, zero) open them, for the length of the call. So code
+// that reads or writes device memory from the host, or hands a device pointer to a host op,
+// dies with SIGSEGV, and an op handed a host pointer where the backend's memory is expected is
+// counted as a violation. Any model, optimizer or trainer code that passes on it keeps its
+// buffers where a real device backend (CUDA) needs them, and computes the same numbers as the
+// CPU backend, bit for bit (the same ops run in the same order).
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include "core/error.h"
+#include "ops/backend.h"
+
+namespace lmf::test {
+
+class Guarded {
+ public:
+  static Guarded& get() {
+    static Guarded g;
+    return g;
+  }
+  // Pointer checks that failed (an op given memory that is not the backend's), and the first.
+  long violations() const { return violations_; }
+  const std::string& first_violation() const { return first_; }
+  void reset_violations() {
+    violations_ = 0;
+    first_.clear();
+  }
+  size_t live_allocations() const { return ranges_.size(); }
+
+  // While one lives, every allocation of the space is readable and writable.
+  class Open {
+   public:
+    Open() {
+      if (get().open_++ == 0) get().protect(PROT_READ | PROT_WRITE);
+    }
+    ~Open() {
+      if (--get().open_ == 0) get().protect(PROT_NONE);
+    }
+    Open(const Open&) = delete;
+    Open& operator=(const Open&) = delete;
+  };
+
+  bool owns(const void* p) const {
+    auto it = ranges_.upper_bound(static_cast<const char*>(p));
+    if (it == ranges_.begin()) return false;
+    --it;
+    return static_cast<const char*>(p) < it->first + it->second;
+  }
+  void check(const void* p, const char* op, size_t arg) {
+    if (p == nullptr || owns(p)) return;
+    if (violations_++ == 0) first_ = fmt::format("{}: argument {} is not in the guarded device memory", op, arg);
+  }
+
+  static const MemorySpace& space() {
+    static const MemorySpace s{"guarded", false, &allocate, &deallocate, &copy_in, &copy_out, &zero};
+    return s;
+  }
+
+ private:
+  static size_t rounded(size_t bytes) {
+    const size_t page = size_t(sysconf(_SC_PAGESIZE));
+    return (bytes + page - 1) / page * page;
+  }
+  static void* allocate(size_t bytes) {
+    void* p = mmap(nullptr, rounded(bytes), get().open_ > 0 ? PROT_READ | PROT_WRITE : PROT_NONE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw Error(fmt::format("guarded memory: mmap of {} bytes failed", bytes));
+    get().ranges_[static_cast<const char*>(p)] = rounded(bytes);
+    return p;
+  }
+  static void deallocate(void* p, size_t bytes) noexcept {
+    get().ranges_.erase(static_cast<const char*>(p));
+    munmap(p, rounded(bytes));
+  }
+  static void copy_in(void* dst, const void* src, size_t bytes) {
+    get().check(dst, "copy_from_host", 0);
+    Open open;
+    std::memcpy(dst, src, bytes);
+  }
+  static void copy_out(void* dst, const void* src, size_t bytes) {
+    get().check(src, "copy_to_host", 1);
+    Open open;
+    std::memcpy(dst, src, bytes);
+  }
+  static void zero(void* p, size_t bytes) {
+    get().check(p, "zero", 0);
+    Open open;
+    std::memset(p, 0, bytes);
+  }
+  void protect(int prot) {
+    for (const auto& [p, n] : ranges_)
+      if (mprotect(const_cast<char*>(p), n, prot) != 0) throw Error("guarded memory: mprotect failed");
+  }
+
+  std::map<const char*, size_t> ranges_;  // base -> bytes (whole pages)
+  int open_ = 0;
+  long violations_ = 0;
+  std::string first_;
+};
+
+// The wrapper of one CPU op: checks that every pointer argument but `host_arg` is in the
+// guarded memory, opens it, runs the op.
+template <auto Op, int host_arg = -1>
+struct GuardedOp;
+template <class R, class... A, R (*Op)(A...), int host_arg>
+struct GuardedOp<Op, host_arg> {
+  static R call(A... a) {
+    check(std::index_sequence_for<A...>{}, a...);
+    Guarded::Open open;
+    return Op(a...);
+  }
+  template <size_t... I>
+  static void check(std::index_sequence<I...>, A... a) {
+    (check_one(I, a), ...);
+  }
+  template <class T>
+  static void check_one(size_t i, T v) {
+    if constexpr (std::is_pointer_v<T> && !std::is_function_v<std::remove_pointer_t<T>>)
+      if (int(i) != host_arg) Guarded::get().check(v, "op", i);
+  }
+};
+
+inline void fill_values(float* x, float value, size_t n) { std::fill(x, x + n, value); }
+inline void no_wait() {}
+inline size_t no_peak() { return 0; }
+
+// The guarded backend: the CPU's ops (ops::cpu_backend<float>) behind GuardedOp.
+inline const ops::Backend<float>& guarded_backend() {
+  using namespace ops;
+  using F = float;
+  static const Backend<F> b{
+      "guarded",
+      &Guarded::space(),
+      &GuardedOp<&matmul_forward<F>>::call,
+      &GuardedOp<&matmul_backward<F>>::call,
+      &GuardedOp<&encoder_forward<F>>::call,
+      &GuardedOp<&encoder_backward<F>, 3>::call,  // tokens_host
+      &GuardedOp<&layernorm_forward<F>>::call,
+      &GuardedOp<&layernorm_backward<F>>::call,
+      &GuardedOp<&gelu_forward<F>>::call,
+      &GuardedOp<&gelu_backward<F>>::call,
+      &GuardedOp<&residual_forward<F>>::call,
+      &GuardedOp<&attention_forward<F>>::call,
+      &GuardedOp<&attention_backward<F>>::call,
+      &GuardedOp<&classifier_ce_forward<F>>::call,
+      &GuardedOp<&classifier_logits<F>>::call,
+      &GuardedOp<&rmsnorm_forward<F>>::call,
+      &GuardedOp<&rmsnorm_backward<F>>::call,
+      &GuardedOp<&rope_forward<F>>::call,
+      &GuardedOp<&rope_backward<F>>::call,
+      &GuardedOp<&swiglu_forward<F>>::call,
+      &GuardedOp<&swiglu_backward<F>>::call,
+      &GuardedOp<&attention_gqa_forward<F>>::call,
+      &GuardedOp<&attention_gqa_backward<F>>::call,
+      &GuardedOp<&fill_values>::call,
+      &GuardedOp<&adamw_update>::call,
+      &GuardedOp<&sum_squares>::call,
+      &GuardedOp<&scale>::call,
+      &no_wait,
+      &no_peak,
+  };
+  return b;
+}
+
+}  // namespace lmf::test

@@ -1,0 +1,243 @@
+// The backend seam (ops/backend.h): models, the optimizer and data parallelism run unchanged on
+// a backend whose memory the host cannot touch (tests/guarded_backend.h), and compute exactly
+// what they compute on the CPU backend. A model that read device memory on the host, or called
+// an op outside its backend, would crash here or count a violation; that is the class of bug a
+// CUDA run would otherwise find only on a GPU.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "data/prepare.h"
+#include "dist/communicator.h"
+#include "guarded_backend.h"
+#include "model/model.h"
+#include "model_test_util.h"
+#include "optim/adamw.h"
+#include "train/config.h"
+#include "train/data_parallel.h"
+#include "train/trainer.h"
+#include "test_util.h"
+
+namespace lmf {
+namespace {
+
+using test::Guarded;
+using test::guarded_backend;
+
+ModelConfig gpt2_cfg(bool tied) {
+  ModelConfig c;
+  c.arch = "gpt2";
+  c.n_layer = 2;
+  c.n_head = 2;
+  c.n_embd = 16;
+  c.vocab_size = 13;
+  c.block_size = 8;
+  c.tied_embeddings = tied;
+  return c;
+}
+
+ModelConfig llama_cfg(bool tied) {
+  ModelConfig c;
+  c.arch = "llama";
+  c.n_layer = 2;
+  c.n_head = 4;
+  c.n_kv_head = 2;
+  c.n_embd = 16;
+  c.ffn_hidden = 24;
+  c.vocab_size = 11;
+  c.block_size = 8;
+  c.tied_embeddings = tied;
+  c.attention_bias = c.mlp_bias = !tied;  // both with and without the optional biases
+  return c;
+}
+
+// Host copy of the compute gradients / parameters.
+std::vector<float> grads_of(Model& m) {
+  m.params().download_grads();
+  const float* g = m.params().grads();
+  return {g, g + m.params().flat_size()};
+}
+std::vector<float> params_of(Model& m) {
+  m.params().download_params();
+  const float* p = m.params().params();
+  return {p, p + m.params().flat_size()};
+}
+
+void expect_same_bits(const std::vector<float>& a, const std::vector<float>& b, const char* what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  size_t differ = 0, first = 0;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (std::memcmp(&a[i], &b[i], sizeof(float)) != 0 && differ++ == 0) first = i;
+  EXPECT_EQ(differ, 0u) << what << ": first at " << first << ": " << a[first] << " vs " << b[first];
+}
+
+class BackendSeam : public ::testing::TestWithParam<ModelConfig> {
+ protected:
+  void SetUp() override { Guarded::get().reset_violations(); }
+  void TearDown() override {
+    EXPECT_EQ(Guarded::get().violations(), 0) << Guarded::get().first_violation();
+  }
+};
+
+// Forward, backward, logits, two micro-batches, clipping and two AdamW steps (through
+// DataParallel on one rank, as the trainer runs them): every number equal to the CPU run's.
+TEST_P(BackendSeam, TrainingStepsMatchTheCpuBitForBit) {
+  const ModelConfig cfg = GetParam();
+  const int B = 2, T = 8, V = cfg.vocab_size;
+  auto cpu = make_model(cfg);
+  auto dev = make_model(cfg, true, {}, &guarded_backend());
+  ASSERT_TRUE(dev->params().on_device());
+  ASSERT_FALSE(cpu->params().on_device());
+  test::randomise(*cpu, 5);
+  test::randomise(*dev, 5);  // writes the host copy ...
+  dev->params().upload_params();  // ... which the device copy takes here
+
+  OptimConfig oc;
+  oc.weight_decay = 0.1;
+  dist::LocalCommunicator comm;
+  DataParallel dp_cpu(comm, cpu->params(), oc, 0);
+  DataParallel dp_dev(comm, dev->params(), oc, 0, nullptr, &guarded_backend());
+  for (int step = 0; step < 2; ++step) {
+    dp_cpu.zero_grad();
+    dp_dev.zero_grad();
+    double loss_cpu = 0, loss_dev = 0;
+    for (int micro = 0; micro < 2; ++micro) {
+      test::Batch b = test::random_batch(B, T, V, 10 + 2 * step + micro);
+      loss_cpu += cpu->forward(b.x.data(), b.y.data(), B, T, 0.25 / (B * T));
+      loss_dev += dev->forward(b.x.data(), b.y.data(), B, T, 0.25 / (B * T));
+      cpu->backward();
+      dev->backward();
+    }
+    EXPECT_EQ(loss_cpu, loss_dev) << "step " << step;
+    expect_same_bits(grads_of(*cpu), grads_of(*dev), "gradients");
+    const double n_cpu = dp_cpu.sync_and_clip(0.05), n_dev = dp_dev.sync_and_clip(0.05);
+    EXPECT_EQ(n_cpu, n_dev);
+    EXPECT_GT(n_cpu, 0.05);  // so the clipping (scale) ran
+    expect_same_bits(grads_of(*cpu), grads_of(*dev), "clipped gradients");
+    dp_cpu.update(1e-2);
+    dp_dev.update(1e-2);
+    expect_same_bits(params_of(*cpu), params_of(*dev), "parameters after the update");
+  }
+  // The optimizer state comes back to the host for checkpoints.
+  auto s_cpu = dp_cpu.full_state(), s_dev = dp_dev.full_state();
+  const size_t n = cpu->params().flat_size();
+  expect_same_bits({s_cpu.m, s_cpu.m + n}, {s_dev.m, s_dev.m + n}, "first moments");
+  expect_same_bits({s_cpu.v, s_cpu.v + n}, {s_dev.v, s_dev.v + n}, "second moments");
+  EXPECT_EQ(s_cpu.t, s_dev.t);
+
+  // Evaluation (no targets' gradient) and the last position's logits for sampling.
+  test::Batch b = test::random_batch(B, T, V, 99);
+  EXPECT_EQ(cpu->forward(b.x.data(), b.y.data(), B, T), dev->forward(b.x.data(), b.y.data(), B, T));
+  std::vector<float> lc(size_t(B) * V), ld(size_t(B) * V);
+  cpu->last_logits(lc.data());
+  dev->last_logits(ld.data());
+  expect_same_bits(lc, ld, "last logits");
+}
+
+// Loading the optimizer state back puts it in the backend's memory.
+TEST_P(BackendSeam, OptimizerStateRoundTrips) {
+  const ModelConfig cfg = GetParam();
+  auto dev = make_model(cfg, true, {}, &guarded_backend());
+  dist::LocalCommunicator comm;
+  DataParallel dp(comm, dev->params(), OptimConfig{}, 1, nullptr, &guarded_backend());
+  const size_t n = dev->params().flat_size();
+  std::vector<float> m(n), v(n);
+  for (size_t i = 0; i < n; ++i) {
+    m[i] = float(i) * 0.5f;
+    v[i] = float(i) + 0.25f;
+  }
+  dp.load_optimizer(m.data(), v.data(), 7);
+  auto st = dp.full_state();
+  EXPECT_EQ(st.t, 7);
+  expect_same_bits(m, {st.m, st.m + n}, "m");
+  expect_same_bits(v, {st.v, st.v + n}, "v");
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, BackendSeam,
+                         ::testing::Values(gpt2_cfg(true), gpt2_cfg(false), llama_cfg(true), llama_cfg(false)),
+                         [](const auto& info) {
+                           return info.param.arch + (info.param.tied_embeddings ? "_tied" : "_untied");
+                         });
+
+// The guard itself: a host read of its memory is fatal, and an op given host memory is counted.
+TEST(GuardedBackend, HostAccessFaultsAndHostPointersAreCounted) {
+  Array<float> a(Guarded::space());
+  a.resize(64);
+  EXPECT_DEATH({ volatile float x = a.data()[3]; (void)x; }, "");
+  Guarded::get().reset_violations();
+  std::vector<float> host(64, 1.0f);
+  guarded_backend().residual_forward(a.data(), a.data(), host.data(), 64);
+  EXPECT_EQ(Guarded::get().violations(), 1);
+  Guarded::get().reset_violations();
+  std::vector<float> back(64);
+  a.download(back.data(), 64);
+  EXPECT_EQ(back[0], 1.0f);  // the op ran on the host pointer anyway: the count is the check
+  EXPECT_EQ(Guarded::get().violations(), 0);
+}
+
+// The trainer on the guarded backend: the same losses, gradient norms and checkpoint bytes as on
+// the CPU, also across a stop and resume (weights, moments and step back into device memory).
+class TrainerOnBackend : public ::testing::Test {
+ protected:
+  static inline test::TempDir* tmp = nullptr;
+  static void SetUpTestSuite() {
+    tmp = new test::TempDir();
+    data::PrepareOptions po;
+    po.inputs = {std::filesystem::path(LMF_SOURCE_DIR) / "tests/data/sotu_sample"};
+    po.out_dir = tmp->path() / "data";
+    po.val_fraction = 0.2;
+    po.seed = 3;
+    po.threads = 1;
+    data::prepare(po);
+  }
+  static void TearDownTestSuite() { delete tmp; }
+
+  static RunConfig config(const std::string& arch, const std::filesystem::path& run) {
+    return default_config({"model.arch=\"" + arch + "\"", "model.n_layer=2", "model.n_embd=32", "model.n_head=4",
+                           "model.block_size=32", "train.seq_len=32", "train.batch_size=4", "train.steps=6",
+                           "train.grad_accum=2", "train.eval_every=3", "train.eval_batches=2", "train.threads=2",
+                           "checkpoint.every=3", "log.progress=\"off\"", "log.peak_tflops=1",
+                           "data.dir=\"" + (tmp->path() / "data").string() + "\"",
+                           "log.run_dir=\"" + run.string() + "\""});
+  }
+  static std::vector<nlohmann::json> metrics(const std::filesystem::path& run) {
+    std::vector<nlohmann::json> v;
+    std::ifstream in(run / "metrics.jsonl");
+    for (std::string line; std::getline(in, line);) v.push_back(nlohmann::json::parse(line));
+    return v;
+  }
+};
+
+TEST_F(TrainerOnBackend, LossesAndCheckpointsMatchTheCpuAcrossAResume) {
+  for (const std::string arch : {"gpt2", "llama"}) {
+    SCOPED_TRACE(arch);
+    Guarded::get().reset_violations();
+    const auto cpu_run = tmp->path() / (arch + "_cpu"), dev_run = tmp->path() / (arch + "_dev");
+    Trainer(config(arch, cpu_run)).run();
+    Trainer(config(arch, dev_run), &guarded_backend()).run(/*stop_at=*/3);
+    {
+      Trainer resumed(config(arch, dev_run), &guarded_backend());
+      EXPECT_EQ(resumed.run().start_step, 3);
+    }
+    EXPECT_EQ(Guarded::get().violations(), 0) << Guarded::get().first_violation();
+    auto mc = metrics(cpu_run), md = metrics(dev_run);
+    ASSERT_EQ(mc.size(), 6u);
+    ASSERT_EQ(md.size(), 6u);
+    for (size_t i = 0; i < 6; ++i) {
+      EXPECT_EQ(mc[i]["train_loss"].dump(), md[i]["train_loss"].dump()) << "step " << i + 1;
+      EXPECT_EQ(mc[i]["grad_norm"].dump(), md[i]["grad_norm"].dump()) << "step " << i + 1;
+    }
+    EXPECT_EQ(mc[5]["val_loss"].dump(), md[5]["val_loss"].dump());
+    for (const char* f : {"model.safetensors", "optimizer.safetensors"})
+      EXPECT_EQ(test::slurp(cpu_run / "checkpoints/step_0000006" / f), test::slurp(dev_run / "checkpoints/step_0000006" / f))
+          << f;
+  }
+}
+
+}  // namespace
+}  // namespace lmf
