@@ -11,14 +11,17 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <type_traits>
 #include <utility>
 
 #include "core/error.h"
+#include "dist/communicator.h"
 #include "ops/backend.h"
 
 namespace lmf::test {
@@ -38,26 +41,29 @@ class Guarded {
   }
   size_t live_allocations() const { return ranges_.size(); }
 
-  // While one lives, every allocation of the space is readable and writable.
+  // While one lives (on any thread), every allocation of the space is readable and writable.
   class Open {
    public:
     Open() {
+      std::lock_guard lk(get().mu_);
       if (get().open_++ == 0) get().protect(PROT_READ | PROT_WRITE);
     }
     ~Open() {
+      std::lock_guard lk(get().mu_);
       if (--get().open_ == 0) get().protect(PROT_NONE);
     }
     Open(const Open&) = delete;
     Open& operator=(const Open&) = delete;
   };
 
-  bool owns(const void* p) const {
+  bool owns(const void* p) const {  // call with mu_ held, or from one thread
     auto it = ranges_.upper_bound(static_cast<const char*>(p));
     if (it == ranges_.begin()) return false;
     --it;
     return static_cast<const char*>(p) < it->first + it->second;
   }
   void check(const void* p, const char* op, size_t arg) {
+    std::lock_guard lk(mu_);
     if (p == nullptr || owns(p)) return;
     if (violations_++ == 0) first_ = fmt::format("{}: argument {} is not in the guarded device memory", op, arg);
   }
@@ -73,6 +79,7 @@ class Guarded {
     return (bytes + page - 1) / page * page;
   }
   static void* allocate(size_t bytes) {
+    std::lock_guard lk(get().mu_);
     void* p = mmap(nullptr, rounded(bytes), get().open_ > 0 ? PROT_READ | PROT_WRITE : PROT_NONE,
                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) throw Error(fmt::format("guarded memory: mmap of {} bytes failed", bytes));
@@ -80,6 +87,7 @@ class Guarded {
     return p;
   }
   static void deallocate(void* p, size_t bytes) noexcept {
+    std::lock_guard lk(get().mu_);
     get().ranges_.erase(static_cast<const char*>(p));
     munmap(p, rounded(bytes));
   }
@@ -103,6 +111,7 @@ class Guarded {
       if (mprotect(const_cast<char*>(p), n, prot) != 0) throw Error("guarded memory: mprotect failed");
   }
 
+  std::recursive_mutex mu_;                // threads as ranks (tests/thread_comm.h)
   std::map<const char*, size_t> ranges_;  // base -> bytes (whole pages)
   int open_ = 0;
   long violations_ = 0;
@@ -129,6 +138,48 @@ struct GuardedOp<Op, host_arg> {
     if constexpr (std::is_pointer_v<T> && !std::is_function_v<std::remove_pointer_t<T>>)
       if (int(i) != host_arg) Guarded::get().check(v, "op", i);
   }
+};
+
+// A device communicator's stand-in: the collectives of `inner` (e.g. a thread communicator)
+// over guarded memory, which must hold every buffer handed to it (else a violation), opened for
+// the length of each collective.
+class GuardedComm final : public dist::Communicator {
+ public:
+  explicit GuardedComm(std::unique_ptr<dist::Communicator> inner) : in_(std::move(inner)) {}
+  int rank() const override { return in_->rank(); }
+  int world() const override { return in_->world(); }
+  std::string kind() const override { return "guarded " + in_->kind(); }
+  void all_reduce_sum(float* d, size_t n) override { go(d, [&] { in_->all_reduce_sum(d, n); }); }
+  void all_reduce_sum(double* d, size_t n) override { go(d, [&] { in_->all_reduce_sum(d, n); }); }
+  void all_reduce_max(int* d, size_t n) override { go(d, [&] { in_->all_reduce_max(d, n); }); }
+  void reduce_scatter_sum(const float* i, float* o, const std::vector<int>& c) override {
+    Guarded::get().check(o, "reduce_scatter_sum", 1);
+    go(i, [&] { in_->reduce_scatter_sum(i, o, c); });
+  }
+  void all_gather(float* d, const std::vector<int>& c) override { go(d, [&] { in_->all_gather(d, c); }); }
+  void broadcast(void* d, size_t b, int root) override { go(d, [&] { in_->broadcast(d, b, root); }); }
+  // Started collectives run at once here (in order), so that their buffers are open meanwhile.
+  void start_all_reduce_sum(float* d, size_t n) override { all_reduce_sum(d, n); }
+  void start_all_gather(float* d, const std::vector<int>& c) override { all_gather(d, c); }
+  void finish_all() override {}
+  void barrier() override { in_->barrier(); }
+  std::unique_ptr<dist::Communicator> split(int color, int key) override {
+    return std::make_unique<GuardedComm>(in_->split(color, key));
+  }
+  [[noreturn]] void abort(int code) override {
+    in_->abort(code);
+    std::abort();  // not reached
+  }
+  const dist::CommStats& inner_stats() const { return in_->stats(); }
+
+ private:
+  template <class Fn>
+  void go(const void* p, Fn&& fn) {
+    Guarded::get().check(p, "collective", 0);
+    Guarded::Open open;
+    fn();
+  }
+  std::unique_ptr<dist::Communicator> in_;
 };
 
 inline void fill_values(float* x, float value, size_t n) { std::fill(x, x + n, value); }

@@ -32,6 +32,16 @@ bool launched_by_mpi() {
   return false;
 }
 
+int local_rank() {
+  for (const char* v : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"})
+    if (const char* s = std::getenv(v)) {
+      char* end = nullptr;
+      const long r = std::strtol(s, &end, 10);
+      if (end != s && *end == '\0' && r >= 0 && r < (1L << 20)) return int(r);
+    }
+  return 0;
+}
+
 #ifndef LMF_HAVE_MPI
 std::unique_ptr<Communicator> make_communicator(double) {
   if (launched_by_mpi())

@@ -31,7 +31,7 @@ class Communicator {
   virtual ~Communicator() = default;
   virtual int rank() const = 0;
   virtual int world() const = 0;
-  virtual std::string kind() const = 0;  // "local" or "mpi"
+  virtual std::string kind() const = 0;  // "local", "mpi" or "nccl"
 
   // data (n) = sum over ranks, on every rank.
   virtual void all_reduce_sum(float* data, size_t n) = 0;
@@ -95,6 +95,10 @@ class LocalCommunicator final : public Communicator {
 
 // True when this process was started by an MPI launcher (mpirun, srun with PMI/PMIx).
 bool launched_by_mpi();
+// This process's place among the job's processes on its node, from the launcher's environment
+// (OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID, MPI_LOCALRANKID); 0 when none is set. Picks the
+// GPU of a process.
+int local_rank();
 
 // The job's communicator: MPI when launched by an MPI launcher (UserError if this build has no
 // MPI), else local. timeout_s bounds every collective's wait (see above).

@@ -6,6 +6,10 @@
 namespace lmf::cuda {
 bool available();
 void require();  // throws UserError in a build without CUDA, or without a device
+// Makes device (index modulo the number of devices) this process's current one: a process of
+// a multi-GPU node passes its local rank (dist::local_rank). Before any device memory is
+// allocated. Calls require() first.
+void select_device(int index);
 // The CUDA backend's table (fp32 kernels of ops/cuda/ops_cuda.h, device memory from cudaMalloc,
 // every op on the default stream). Calls require() first.
 const ops::Backend<float>& backend();

@@ -57,16 +57,19 @@ CommPlan plan_step(const StepShape& s) {
 }
 
 DataParallel::DataParallel(dist::Communicator& comm, ParamStore<float>& ps, const OptimConfig& oc, int zero,
-                           dist::Communicator* tp, const ops::Backend<float>* be)
+                           dist::Communicator* tp, const ops::Backend<float>* be, dist::Communicator* device_comm)
     : comm_(comm),
+      buf_(device_comm ? *device_comm : comm),
       ps_(ps),
       be_(be ? be : &ops::cpu_backend<float>()),
       zero_(zero),
       shards_(ps.flat_size(), comm.world()),
       tp_(tp) {
   LMF_CHECK(zero >= 0 && zero <= 3, "zero stage {}", zero);
-  LMF_CHECK(be_->on_host() || (comm.world() == 1 && (tp == nullptr || tp->world() == 1)),
-            "data parallelism on the {} backend needs one rank", be_->name);
+  LMF_CHECK(be_->on_host() || comm.world() == 1 ||
+                (device_comm && device_comm->world() == comm.world() && zero <= 1 && (tp == nullptr || tp->world() == 1)),
+            "data parallelism on the {} backend: {} ranks, ZeRO {}, {} device communicator", be_->name, comm.world(),
+            zero, device_comm ? "a" : "no");
   const int r = comm.rank();
   if (zero_ == 0)
     opt_ = std::make_unique<AdamW>(ps, oc, be_);
@@ -85,7 +88,7 @@ void DataParallel::overlap_with(Model& model) {
   model.on_block_grads([this, &model](size_t l) {
     if (!armed_) return;
     auto [lo, hi] = model.block_param_range(l);
-    comm_.start_all_reduce_sum(ps_.grads() + lo, hi - lo);
+    buf_.start_all_reduce_sum(ps_.dev_grads() + lo, hi - lo);
     started_ = true;
   });
 }
@@ -97,12 +100,12 @@ double DataParallel::sync_and_clip(double max_norm) {
   if (comm_.world() > 1) {
     if (started_) {
       // The blocks' gradients are on their way; add what lies outside them, then wait for all.
-      if (covered_lo_ > 0) comm_.start_all_reduce_sum(g, covered_lo_);
-      if (covered_hi_ < n) comm_.start_all_reduce_sum(g + covered_hi_, n - covered_hi_);
-      comm_.finish_all();
+      if (covered_lo_ > 0) buf_.start_all_reduce_sum(g, covered_lo_);
+      if (covered_hi_ < n) buf_.start_all_reduce_sum(g + covered_hi_, n - covered_hi_);
+      buf_.finish_all();
       started_ = armed_ = false;
     } else if (zero_ < 2) {
-      comm_.all_reduce_sum(g, n);
+      buf_.all_reduce_sum(g, n);
     } else if (zero_ == 3) {
       // Every range's sum already arrived in gshard, block by block (reduce_scatter_into_shard).
       lo = opt_->lo();
@@ -147,7 +150,7 @@ std::array<double, 2> DataParallel::sum_squares_split_replicated(const float* g,
 
 void DataParallel::update(double lr) {
   opt_->step(ps_, lr);
-  if (zero_ > 0 && zero_ < 3 && comm_.world() > 1) comm_.all_gather(ps_.params(), shards_.counts);
+  if (zero_ > 0 && zero_ < 3 && comm_.world() > 1) buf_.all_gather(ps_.dev_params(), shards_.counts);
 }
 
 void DataParallel::zero_grad() {

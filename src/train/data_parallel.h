@@ -60,9 +60,12 @@ class DataParallel {
   // comm: the data-parallel group. tp: the tensor-parallel group, when `ps` is this rank's
   // part of a tensor-parallel model (the gradient norm then sums over it). be: the model's
   // backend (nullptr: the CPU's); a device backend keeps the optimizer state in its memory and
-  // works on the compute copy of `ps`, on one rank only for now (collectives are host-side).
+  // works on the compute copy of `ps`. Its gradients and parameters then travel over
+  // `device_comm` (NCCL over the same ranks as comm, which still carries the host values); on
+  // more than one rank a device backend supports ZeRO 0 and 1, without tensor parallelism.
   DataParallel(dist::Communicator& comm, ParamStore<float>& ps, const OptimConfig& oc, int zero,
-               dist::Communicator* tp = nullptr, const ops::Backend<float>* be = nullptr);
+               dist::Communicator* tp = nullptr, const ops::Backend<float>* be = nullptr,
+               dist::Communicator* device_comm = nullptr);
 
   // Overlap (stages 0 and 1): each block's gradients start their all-reduce as soon as the
   // model's backward has finished that block, while earlier blocks still compute; the rest
@@ -110,7 +113,8 @@ class DataParallel {
   size_t shard_size() const { return opt_->size(); }
 
  private:
-  dist::Communicator& comm_;
+  dist::Communicator& comm_;  // host values (and, on the CPU backend, everything)
+  dist::Communicator& buf_;   // the gradient and parameter buffers: comm_, or the device's
   ParamStore<float>& ps_;
   const ops::Backend<float>* be_;
   int zero_;

@@ -16,6 +16,7 @@
 #include "data/tokenizer.h"
 #include "ops/cuda_backend.h"
 #include "optim/schedule.h"
+#include "dist/nccl_communicator.h"
 #include "dist/tensor_parallel.h"
 #include "train/checkpoint_dir.h"
 #include "train/metrics.h"
@@ -112,12 +113,19 @@ Trainer::Trainer(RunConfig cfg, const ops::Backend<float>* backend) : cfg_(std::
   }
   const int rank = dp_comm_->rank(), world = dp_comm_->world();  // data-parallel place
   const ops::Backend<float>* be = backend;  // nullptr: the CPU's
-  if (!be && cfg_.train.device == "cuda") be = &cuda::backend();  // UserError without a CUDA build or device
-  // One GPU per process, and the collectives are host-side for now (NCCL is not wired yet).
-  if (be && !be->on_host() && comm_->world() > 1)
-    throw UserError("[train] device = \"{}\" runs on one process for now (got {} ranks): GPU collectives "
-                    "(NCCL) are not built yet; train on cpu with mpirun, or on one GPU",
-                    be->name, comm_->world());
+  if (!be && cfg_.train.device == "cuda") {
+    be = &cuda::backend();                      // UserError without a CUDA build or device
+    cuda::select_device(dist::local_rank());  // one GPU per process of a node
+  }
+  if (be && !be->on_host() && comm_->world() > 1) {
+    // Gradients and parameters travel between GPUs over NCCL; the host values (loss, norm
+    // parts, stop flag) still over MPI.
+    if (tp_ > 1 || cfg_.dist.zero > 1)
+      throw UserError("[train] device = \"{}\" on {} ranks supports [dist] zero = 0 or 1 without tensor_parallel "
+                      "for now (got zero = {}, tensor_parallel = {})",
+                      be->name, comm_->world(), cfg_.dist.zero, tp_);
+    device_comm_ = dist::make_nccl_communicator(*dp_comm_, cfg_.dist.timeout_s);
+  }
   set_num_threads(cfg_.train.threads);
   if (!cfg_.train.init_from.empty()) {
     // The model is the pretrained one: its shape replaces [model], and is saved with the run.
@@ -162,7 +170,7 @@ Trainer::Trainer(RunConfig cfg, const ops::Backend<float>* backend) : cfg_(std::
   model_ = make_model(cfg_.model, true, nn::TensorParallel{tp_comm_.get(), tp_, tp_rank_}, be);
   if (tp_ > 1) whole_ = make_model(cfg_.model, /*allocate=*/false);
   dp_ = std::make_unique<DataParallel>(*dp_comm_, model_->params(), cfg_.optim, cfg_.dist.zero, tp_comm_.get(),
-                                       be);
+                                       be, device_comm_.get());
   if (cfg_.dist.overlap) dp_->overlap_with(*model_);
   dp_->attach(*model_);  // ZeRO 3: gather each block's parameters when it runs
 
@@ -226,12 +234,13 @@ void Trainer::load_whole(const std::function<void(Model&)>& fill) {
 }
 
 uint64_t Trainer::comm_bytes_total() const {
-  return comm_bytes(comm_.get()) + comm_bytes(tp_comm_.get()) + comm_bytes(dp_split_.get());
+  return comm_bytes(comm_.get()) + comm_bytes(tp_comm_.get()) + comm_bytes(dp_split_.get()) +
+         comm_bytes(device_comm_.get());
 }
 
 uint64_t Trainer::comm_calls_total() const {
   uint64_t n = 0;
-  for (const auto* c : {comm_.get(), tp_comm_.get(), dp_split_.get()})
+  for (const auto* c : {comm_.get(), tp_comm_.get(), dp_split_.get(), device_comm_.get()})
     if (c) n += c->stats().calls;
   return n;
 }

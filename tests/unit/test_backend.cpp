@@ -22,6 +22,7 @@
 #include "train/data_parallel.h"
 #include "train/trainer.h"
 #include "test_util.h"
+#include "thread_comm.h"
 
 namespace lmf {
 namespace {
@@ -178,6 +179,53 @@ TEST(GuardedBackend, HostAccessFaultsAndHostPointersAreCounted) {
   a.download(back.data(), 64);
   EXPECT_EQ(back[0], 1.0f);  // the op ran on the host pointer anyway: the count is the check
   EXPECT_EQ(Guarded::get().violations(), 0);
+}
+
+// Two ranks (threads) of data parallelism on the device backend: the gradients and parameters
+// travel over the device communicator (guarded: it must be handed device memory), the host
+// values over the host one (which would fault on device memory). Same bits as on the CPU, for
+// ZeRO 0 and 1, with and without overlapping the all-reduce with the backward.
+TEST(BackendSeamDataParallel, TwoRanksMatchTheCpuBitForBit) {
+  const ModelConfig cfg = llama_cfg(false);
+  const int B = 2, T = 8, ranks = 2;
+  for (int zero : {0, 1})
+    for (bool overlap : {false, true}) {
+      SCOPED_TRACE(fmt::format("zero {} overlap {}", zero, overlap));
+      Guarded::get().reset_violations();
+      auto train = [&](bool device) {
+        std::vector<std::vector<float>> out(ranks);
+        std::vector<double> losses;
+        test::ThreadGroup::run(ranks, [&](dist::Communicator& comm) {
+          auto model = device ? make_model(cfg, true, {}, &guarded_backend()) : make_model(cfg);
+          model->init(7);
+          std::unique_ptr<dist::Communicator> dcomm;
+          if (device) dcomm = std::make_unique<test::GuardedComm>(comm.split(0, comm.rank()));
+          OptimConfig oc;
+          oc.warmup_steps = 0;
+          DataParallel dp(comm, model->params(), oc, zero, nullptr, device ? &guarded_backend() : nullptr,
+                          dcomm.get());
+          if (overlap) dp.overlap_with(*model);
+          for (int step = 0; step < 3; ++step) {
+            auto batch = test::random_batch(B, T, cfg.vocab_size, uint64_t(100 * step + comm.rank()));
+            dp.zero_grad();
+            double loss = model->forward(batch.x.data(), batch.y.data(), B, T, 1.0 / (ranks * (B * T - 1)));
+            dp.arm(true);
+            model->backward();
+            dp.sync_and_clip(0.5);
+            dp.update(1e-2);
+            if (comm.rank() == 0) losses.push_back(loss);
+          }
+          auto st = dp.full_state();  // collective at ZeRO 1
+          out[size_t(comm.rank())] = params_of(*model);
+          out[size_t(comm.rank())].insert(out[size_t(comm.rank())].end(), st.m, st.m + model->params().flat_size());
+        });
+        out.push_back(std::vector<float>(losses.begin(), losses.end()));
+        return out;
+      };
+      auto cpu = train(false), dev = train(true);
+      for (size_t r = 0; r < cpu.size(); ++r) expect_same_bits(cpu[r], dev[r], r < ranks ? "params and m" : "losses");
+      EXPECT_EQ(Guarded::get().violations(), 0) << Guarded::get().first_violation();
+    }
 }
 
 // The trainer on the guarded backend: the same losses, gradient norms and checkpoint bytes as on

@@ -62,6 +62,11 @@ void device_free(void* p, size_t bytes) noexcept {
   if (cudaFree(p) != cudaSuccess) (void)cudaGetLastError();  // e.g. a dead context at exit
 }
 
+void select_device(int index) {
+  require();
+  LMF_CUDA_CHECK(cudaSetDevice(index % probe().devices));
+}
+
 size_t allocated_bytes() { return g_allocated.load(); }
 size_t peak_allocated_bytes() { return g_peak.load(); }
 
