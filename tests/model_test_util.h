@@ -6,9 +6,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "core/rng.h"
+#include "model/model_config.h"
 
 namespace lmf::test {
 
@@ -23,6 +25,25 @@ void randomise(Model& m, uint64_t seed) {
     const auto& e = ps.entry(i);
     for (size_t j = 0; j < e.size; ++j) ps.param(i)[j] += F(0.3 * philox_normal2(seed + 1, i, j)[0]);
   }
+}
+
+// A small model of either family: 2 layers, 4 heads (llama: 2 kv heads, MLP width 1.5 C).
+// Untied llama models carry every optional bias, so both variants are covered.
+inline ModelConfig small_config(const std::string& arch, bool tied, int C, int vocab, int block) {
+  ModelConfig c;
+  c.arch = arch;
+  c.n_layer = 2;
+  c.n_head = 4;
+  c.n_embd = C;
+  c.vocab_size = vocab;
+  c.block_size = block;
+  c.tied_embeddings = tied;
+  if (arch == "llama") {
+    c.n_kv_head = 2;
+    c.ffn_hidden = C * 3 / 2;
+    c.attention_bias = c.mlp_bias = !tied;
+  }
+  return c;
 }
 
 struct Batch {

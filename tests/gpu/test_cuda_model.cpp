@@ -18,7 +18,6 @@ TEST(CudaModel, Skipped) { GTEST_SKIP() << "built without CUDA"; }
 #else
 
 #include <cmath>
-#include <fstream>
 #include <limits>
 #include <string>
 #include <vector>
@@ -31,6 +30,7 @@ TEST(CudaModel, Skipped) { GTEST_SKIP() << "built without CUDA"; }
 #include "model/model.h"
 #include "model_test_util.h"
 #include "test_util.h"
+#include "train/metrics.h"
 #include "train/trainer.h"
 
 namespace lmf {
@@ -40,31 +40,8 @@ constexpr double kWorse = 4.0;
 constexpr double kFloorUlps = 16.0;
 const double kEps = std::numeric_limits<float>::epsilon();
 
-ModelConfig gpt2_cfg(bool tied) {
-  ModelConfig c;
-  c.arch = "gpt2";
-  c.n_layer = 2;
-  c.n_head = 4;
-  c.n_embd = 64;
-  c.vocab_size = 97;
-  c.block_size = 48;
-  c.tied_embeddings = tied;
-  return c;
-}
-ModelConfig llama_cfg(bool tied) {
-  ModelConfig c;
-  c.arch = "llama";
-  c.n_layer = 2;
-  c.n_head = 4;
-  c.n_kv_head = 2;
-  c.n_embd = 64;
-  c.ffn_hidden = 96;
-  c.vocab_size = 97;
-  c.block_size = 48;
-  c.tied_embeddings = tied;
-  c.attention_bias = c.mlp_bias = !tied;
-  return c;
-}
+ModelConfig gpt2_cfg(bool tied) { return test::small_config("gpt2", tied, 64, 97, 48); }
+ModelConfig llama_cfg(bool tied) { return test::small_config("llama", tied, 64, 97, 48); }
 
 // max |a - exact| over [lo, hi), and max |exact|.
 std::pair<double, double> err(const float* a, const double* exact, size_t lo, size_t hi) {
@@ -156,10 +133,7 @@ class CudaTrainer : public ::testing::Test {
                            "log.run_dir=\"" + run.string() + "\""});
   }
   static std::vector<nlohmann::json> metrics(const std::filesystem::path& run) {
-    std::vector<nlohmann::json> v;
-    std::ifstream in(run / "metrics.jsonl");
-    for (std::string line; std::getline(in, line);) v.push_back(nlohmann::json::parse(line));
-    return v;
+    return read_metrics(run / "metrics.jsonl");
   }
 };
 

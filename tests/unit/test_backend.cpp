@@ -6,7 +6,6 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
-#include <fstream>
 #include <string>
 #include <vector>
 
@@ -20,6 +19,7 @@
 #include "optim/adamw.h"
 #include "train/config.h"
 #include "train/data_parallel.h"
+#include "train/metrics.h"
 #include "train/trainer.h"
 #include "test_util.h"
 #include "thread_comm.h"
@@ -30,32 +30,8 @@ namespace {
 using test::Guarded;
 using test::guarded_backend;
 
-ModelConfig gpt2_cfg(bool tied) {
-  ModelConfig c;
-  c.arch = "gpt2";
-  c.n_layer = 2;
-  c.n_head = 2;
-  c.n_embd = 16;
-  c.vocab_size = 13;
-  c.block_size = 8;
-  c.tied_embeddings = tied;
-  return c;
-}
-
-ModelConfig llama_cfg(bool tied) {
-  ModelConfig c;
-  c.arch = "llama";
-  c.n_layer = 2;
-  c.n_head = 4;
-  c.n_kv_head = 2;
-  c.n_embd = 16;
-  c.ffn_hidden = 24;
-  c.vocab_size = 11;
-  c.block_size = 8;
-  c.tied_embeddings = tied;
-  c.attention_bias = c.mlp_bias = !tied;  // both with and without the optional biases
-  return c;
-}
+ModelConfig gpt2_cfg(bool tied) { return test::small_config("gpt2", tied, 16, 13, 8); }
+ModelConfig llama_cfg(bool tied) { return test::small_config("llama", tied, 16, 11, 8); }
 
 // Host copy of the compute gradients / parameters.
 std::vector<float> grads_of(Model& m) {
@@ -254,10 +230,7 @@ class TrainerOnBackend : public ::testing::Test {
                            "log.run_dir=\"" + run.string() + "\""});
   }
   static std::vector<nlohmann::json> metrics(const std::filesystem::path& run) {
-    std::vector<nlohmann::json> v;
-    std::ifstream in(run / "metrics.jsonl");
-    for (std::string line; std::getline(in, line);) v.push_back(nlohmann::json::parse(line));
-    return v;
+    return read_metrics(run / "metrics.jsonl");
   }
 };
 
