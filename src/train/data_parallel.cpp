@@ -290,8 +290,6 @@ DataParallel::FullState DataParallel::full_state() {
   if (zero_ == 0 || comm_.world() == 1) return st;
   comm_.all_gather(st.m_buf.data(), shards_.counts);
   comm_.all_gather(st.v_buf.data(), shards_.counts);
-  st.m = st.m_buf.data();
-  st.v = st.v_buf.data();
   return st;
 }
 
