@@ -155,18 +155,15 @@ class NcclCommunicator final : public Communicator {
   std::string kind() const override { return "nccl"; }
 
   void all_reduce_sum(float* data, size_t n) override {
-    count(stats_.all_reduce, n * 4);
-    if (n > 0) LMF_NCCL_CHECK(nccl_api().AllReduce(data, data, n, ncclFloat32, ncclSum, comm_, kStream));
+    issue_all_reduce(data, n, ncclFloat32, sizeof(float), ncclSum);
     wait("all_reduce");
   }
   void all_reduce_sum(double* data, size_t n) override {
-    count(stats_.all_reduce, n * 8);
-    if (n > 0) LMF_NCCL_CHECK(nccl_api().AllReduce(data, data, n, ncclFloat64, ncclSum, comm_, kStream));
+    issue_all_reduce(data, n, ncclFloat64, sizeof(double), ncclSum);
     wait("all_reduce");
   }
   void all_reduce_max(int* data, size_t n) override {
-    count(stats_.all_reduce, n * 4);
-    if (n > 0) LMF_NCCL_CHECK(nccl_api().AllReduce(data, data, n, ncclInt32, ncclMax, comm_, kStream));
+    issue_all_reduce(data, n, ncclInt32, sizeof(int), ncclMax);
     wait("all_reduce");
   }
   void reduce_scatter_sum(const float* in, float* out, const std::vector<int>& counts) override {
@@ -189,8 +186,7 @@ class NcclCommunicator final : public Communicator {
     wait("broadcast");
   }
   void start_all_reduce_sum(float* data, size_t n) override {
-    count(stats_.all_reduce, n * 4);
-    if (n > 0) LMF_NCCL_CHECK(nccl_api().AllReduce(data, data, n, ncclFloat32, ncclSum, comm_, kStream));
+    issue_all_reduce(data, n, ncclFloat32, sizeof(float), ncclSum);
     settle("all_reduce");
     pending_ = true;
   }
@@ -315,6 +311,11 @@ class NcclCommunicator final : public Communicator {
 
   // Root r gets the sum of everyone's in[offset_r, offset_r + counts[r]) into its `out`; `out`
   // is ignored on the other ranks.
+  // Counts and enqueues an in-place all-reduce of n values (nothing is enqueued for n = 0).
+  void issue_all_reduce(void* data, size_t n, ncclDataType_t type, size_t value_bytes, ncclRedOp_t op) {
+    count(stats_.all_reduce, n * value_bytes);
+    if (n > 0) LMF_NCCL_CHECK(nccl_api().AllReduce(data, data, n, type, op, comm_, kStream));
+  }
   void issue_reduce_scatter(const float* in, float* out, const std::vector<int>& counts) {
     group([&] {
       size_t offset = 0;
