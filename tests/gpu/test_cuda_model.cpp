@@ -24,11 +24,11 @@ TEST(CudaModel, Skipped) { GTEST_SKIP() << "built without CUDA"; }
 
 #include <nlohmann/json.hpp>
 
-#include "data/prepare.h"
 #include "model/gpt2.h"
 #include "model/llama.h"
 #include "model/model.h"
 #include "model_test_util.h"
+#include "sample_data.h"
 #include "test_util.h"
 #include "train/metrics.h"
 #include "train/trainer.h"
@@ -116,12 +116,7 @@ class CudaTrainer : public ::testing::Test {
   static void SetUpTestSuite() {
     if (!cuda::available()) return;
     tmp = new test::TempDir();
-    data::PrepareOptions po;
-    po.inputs = {std::filesystem::path(LMF_SOURCE_DIR) / "tests/data/sotu_sample"};
-    po.out_dir = tmp->path() / "data";
-    po.val_fraction = 0.2;
-    po.seed = 3;
-    data::prepare(po);
+    test::prepare_sample_text(tmp->path() / "data");
   }
   static void TearDownTestSuite() { delete tmp; }
   static RunConfig config(const std::string& arch, const std::string& device, const std::filesystem::path& run) {

@@ -11,11 +11,11 @@
 
 #include <nlohmann/json.hpp>
 
-#include "data/prepare.h"
 #include "dist/communicator.h"
 #include "guarded_backend.h"
 #include "model/model.h"
 #include "model_test_util.h"
+#include "sample_data.h"
 #include "optim/adamw.h"
 #include "train/config.h"
 #include "train/data_parallel.h"
@@ -211,13 +211,7 @@ class TrainerOnBackend : public ::testing::Test {
   static inline test::TempDir* tmp = nullptr;
   static void SetUpTestSuite() {
     tmp = new test::TempDir();
-    data::PrepareOptions po;
-    po.inputs = {std::filesystem::path(LMF_SOURCE_DIR) / "tests/data/sotu_sample"};
-    po.out_dir = tmp->path() / "data";
-    po.val_fraction = 0.2;
-    po.seed = 3;
-    po.threads = 1;
-    data::prepare(po);
+    test::prepare_sample_text(tmp->path() / "data");
   }
   static void TearDownTestSuite() { delete tmp; }
 
