@@ -301,15 +301,21 @@ void set_tflops(benchmark::State& st, double flops) {
   st.counters["TFLOP/s"] = benchmark::Counter(flops * 1e-12, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// GPT-2's linear layers: (N, C) -> (N, OC); range(0) = OC, range(1) = C.
+// GPT-2's linear layers: (N, C) -> (N, OC); range(0) = OC, range(1) = C, range(2) = the
+// MatmulPrecision (0 fp32, 1 tf32, 2 bf16; the error is against the CPU's emulation of it).
+ops::MatmulPrecision precision_arg(const benchmark::State& st) {
+  return static_cast<ops::MatmulPrecision>(st.range(2));
+}
+
 void BM_matmul_forward(benchmark::State& st) {
   if (!need_device(st)) return;
   const int N = kN, OC = int(st.range(0)), C = int(st.range(1));
+  const ops::MatmulPrecision p = precision_arg(st);
   auto x = rand_vec(size_t(N) * C, 30), w = rand_vec(size_t(OC) * C, 31, -0.05f, 0.05f), b = rand_vec(OC, 32);
   FVec ref(size_t(N) * OC);
-  ops::matmul_forward(ref.data(), x.data(), w.data(), b.data(), N, C, OC);
+  ops::cpu_backend<float>(p).matmul_forward(ref.data(), x.data(), w.data(), b.data(), N, C, OC);
   DeviceBuffer<float> dx(x), dw(w), db(b), out(size_t(N) * OC);
-  auto launch = [&] { cuda::matmul_forward(out.data(), dx.data(), dw.data(), db.data(), N, C, OC); };
+  auto launch = [&] { cuda::matmul_forward(out.data(), dx.data(), dw.data(), db.data(), N, C, OC, 0, p); };
   launch();
   double err = max_err(out.to_host(), ref);
   run(st, launch, 4.0 * (double(N) * C + double(OC) * C + double(N) * OC), err);
@@ -319,14 +325,16 @@ void BM_matmul_forward(benchmark::State& st) {
 void BM_matmul_backward(benchmark::State& st) {
   if (!need_device(st)) return;
   const int N = kN, OC = int(st.range(0)), C = int(st.range(1));
+  const ops::MatmulPrecision p = precision_arg(st);
   auto x = rand_vec(size_t(N) * C, 33), w = rand_vec(size_t(OC) * C, 34, -0.05f, 0.05f);
   auto g = rand_vec(size_t(N) * OC, 35);
   FVec rdx(size_t(N) * C), rdw(size_t(OC) * C, 0.0f), rdb(OC, 0.0f);
-  ops::matmul_backward(rdx.data(), rdw.data(), rdb.data(), g.data(), x.data(), w.data(), N, C, OC);
+  ops::cpu_backend<float>(p).matmul_backward(rdx.data(), rdw.data(), rdb.data(), g.data(), x.data(), w.data(), N, C,
+                                             OC);
   DeviceBuffer<float> dx(x), dw(w), dg(g), ddx(size_t(N) * C), ddw(FVec(size_t(OC) * C, 0.0f)), ddb(FVec(OC, 0.0f));
-  cuda::matmul_backward(ddx.data(), ddw.data(), ddb.data(), dg.data(), dx.data(), dw.data(), N, C, OC);
+  cuda::matmul_backward(ddx.data(), ddw.data(), ddb.data(), dg.data(), dx.data(), dw.data(), N, C, OC, 0, p);
   double err = std::max({max_err(ddx.to_host(), rdx), max_err(ddw.to_host(), rdw), max_err(ddb.to_host(), rdb)});
-  run(st, [&] { cuda::matmul_backward(ddx.data(), ddw.data(), ddb.data(), dg.data(), dx.data(), dw.data(), N, C, OC); },
+  run(st, [&] { cuda::matmul_backward(ddx.data(), ddw.data(), ddb.data(), dg.data(), dx.data(), dw.data(), N, C, OC, 0, p); },
       4.0 * (2.0 * N * C + 3.0 * OC * C + double(N) * OC), err);
   set_tflops(st, 4.0 * N * C * OC);
 }
@@ -427,8 +435,8 @@ LAB(BM_adamw);
 LAB(BM_fill);
 LAB(BM_sum_squares);
 LAB(BM_scale);
-LAB(BM_matmul_forward)->Args({3 * kC, kC})->Args({4 * kC, kC})->Args({kC, 4 * kC});
-LAB(BM_matmul_backward)->Args({3 * kC, kC})->Args({4 * kC, kC})->Args({kC, 4 * kC});
+LAB(BM_matmul_forward)->ArgsProduct({{3 * kC, 4 * kC}, {kC}, {0, 1, 2}})->ArgsProduct({{kC}, {4 * kC}, {0, 1, 2}});
+LAB(BM_matmul_backward)->ArgsProduct({{3 * kC, 4 * kC}, {kC}, {0, 1, 2}})->ArgsProduct({{kC}, {4 * kC}, {0, 1, 2}});
 LAB(BM_attention)->Arg(0)->Arg(1);
 LAB(BM_encoder)->Arg(0)->Arg(1);
 LAB(BM_classifier_ce);

@@ -40,6 +40,7 @@ class Guarded {
     first_.clear();
   }
   size_t live_allocations() const { return ranges_.size(); }
+  long allocations() const { return allocations_; }  // every allocate() so far
 
   // While one lives (on any thread), every allocation of the space is readable and writable.
   class Open {
@@ -84,6 +85,7 @@ class Guarded {
                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) throw Error(fmt::format("guarded memory: mmap of {} bytes failed", bytes));
     get().ranges_[static_cast<const char*>(p)] = rounded(bytes);
+    ++get().allocations_;
     return p;
   }
   static void deallocate(void* p, size_t bytes) noexcept {
@@ -115,6 +117,7 @@ class Guarded {
   std::map<const char*, size_t> ranges_;  // base -> bytes (whole pages)
   int open_ = 0;
   long violations_ = 0;
+  long allocations_ = 0;
   std::string first_;
 };
 
@@ -193,6 +196,7 @@ inline const ops::Backend<float>& guarded_backend() {
   static const Backend<F> b{
       "guarded",
       &Guarded::space(),
+      MatmulPrecision::fp32,
       &GuardedOp<&matmul_forward<F>>::call,
       &GuardedOp<&matmul_backward<F>>::call,
       &GuardedOp<&encoder_forward<F>>::call,

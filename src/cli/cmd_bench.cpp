@@ -15,7 +15,7 @@ void add_bench(CLI::App& app) {
       "bench", "Time full training steps (forward, backward, AdamW) on random tokens; one JSON line per run");
   struct Opts {
     int L = 12, C = 768, H = 12, vocab = 50257, B = 4, T = 64, steps = 7, warmup = 2, threads = 0, KV = 0, ffn = 0;
-    std::string arch = "gpt2", device = "cpu";
+    std::string arch = "gpt2", device = "cpu", precision = "fp32";
     double peak_tflops = 0;
   };
   auto o = std::make_shared<Opts>();
@@ -36,12 +36,18 @@ void add_bench(CLI::App& app) {
                   "peak for MFU; 0 = this machine's measured sgemm rate (cpu), no MFU (cuda)")
       ->capture_default_str();
   cmd->add_option("--device", o->device, "cpu | cuda")->capture_default_str();
+  cmd->add_option("--matmul-precision", o->precision,
+                  "GEMM products: fp32 | tf32 | bf16 (tensor cores on cuda; emulated, slower, on cpu)")
+      ->capture_default_str();
   cmd->callback([o]() {
     if (o->C % o->H != 0) throw UserError("--C {} must be a multiple of --H {}", o->C, o->H);
     set_num_threads(o->threads);
     if (o->arch != "gpt2" && o->arch != "llama") throw UserError("--arch: expected gpt2 or llama (got \"{}\")", o->arch);
     if (o->device != "cpu" && o->device != "cuda") throw UserError("--device: expected cpu or cuda (got \"{}\")", o->device);
-    const ops::Backend<float>* be = o->device == "cuda" ? &cuda::backend() : nullptr;
+    const auto precision = ops::parse_matmul_precision(o->precision);
+    if (!precision) throw UserError("--matmul-precision: expected fp32, tf32 or bf16 (got \"{}\")", o->precision);
+    const ops::Backend<float>* be =
+        o->device == "cuda" ? &cuda::backend(*precision) : &ops::cpu_backend<float>(*precision);
     ModelConfig mc;
     mc.arch = o->arch;
     mc.n_kv_head = o->KV;
@@ -54,21 +60,22 @@ void add_bench(CLI::App& app) {
     mc.n_head = o->H;
     mc.vocab_size = o->vocab;
     mc.block_size = o->T;
-    const double sgemm = be ? 0.0 : measure_sgemm_tflops();
+    const bool on_cpu = be->on_host();
+    const double sgemm = on_cpu ? measure_sgemm_tflops() : 0.0;
     const double peak = o->peak_tflops > 0 ? o->peak_tflops : sgemm;
     auto r = bench_train_step(mc, o->B, o->T, o->steps, o->warmup, 0, be);
     nlohmann::json j = {{"impl", "lmforge"}, {"arch", o->arch}, {"KV", mc.kv_heads()}, {"ffn", mc.ffn_size()},
                         {"L", o->L}, {"C", o->C}, {"H", o->H}, {"vocab", o->vocab}, {"B", o->B}, {"T", o->T},
-                        {"device", o->device}, {"threads", num_threads()},
+                        {"device", o->device}, {"matmul_precision", o->precision}, {"threads", num_threads()},
                         {"params", r.params},
                         {"ms_per_step", std::round(r.ms_per_step * 100) / 100},
                         {"tokens_per_s", std::round(r.tokens_per_s * 10) / 10},
                         {"model_tflops", std::round(r.model_tflops * 1e4) / 1e4},
                         {"peak_rss_mb", std::round(r.peak_rss_mb)},
                         {"loss", std::round(r.loss * 1e4) / 1e4}};
-    if (!be) j["sgemm_tflops"] = std::round(sgemm * 1e4) / 1e4;
+    if (on_cpu) j["sgemm_tflops"] = std::round(sgemm * 1e4) / 1e4;
     if (peak > 0) j["mfu"] = std::round(r.model_tflops / peak * 1e4) / 1e4;
-    if (be) j["peak_device_mb"] = std::round(r.peak_device_mb);
+    if (!on_cpu) j["peak_device_mb"] = std::round(r.peak_device_mb);
     fmt::print("{}\n", j.dump());
   });
 }

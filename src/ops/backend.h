@@ -8,16 +8,35 @@
 // Semantics, shapes and the gradient rule are those of the op of the same name in ops/ops.h.
 #include <cstddef>
 #include <cstdint>
+#include <optional>
+#include <string_view>
 
 #include "core/memory.h"
 #include "ops/ops.h"
 
 namespace lmf::ops {
 
+// The precision of the products inside the GEMMs of the linear layers and the classifier (what
+// PyTorch's torch.set_float32_matmul_precision sets): fp32 (exact products), tf32 (operands
+// rounded to 10 mantissa bits) or bf16 (to 7). Storage, accumulation, the bias, softmax and every
+// other op stay fp32 in each mode; attention's own products are fp32 too. On a GPU tf32 / bf16
+// run the GEMMs on the tensor cores (cuBLAS CUBLAS_COMPUTE_32F_FAST_TF32 / _FAST_16BF); the CPU
+// emulates them by rounding copies of the operands (to nearest, ties to even) before an fp32
+// GEMM, so a CPU run specifies and predicts the GPU's numbers (slower than fp32 there).
+enum class MatmulPrecision { fp32, tf32, bf16 };
+const char* to_string(MatmulPrecision p);
+std::optional<MatmulPrecision> parse_matmul_precision(std::string_view s);
+// x rounded to the operand precision of p (round to nearest even; NaN stays NaN, a value that
+// rounds past the largest finite one becomes Inf, as in IEEE conversion).
+float round_operand(float x, MatmulPrecision p);
+// The unit roundoff of an operand: 2^-24 (fp32), 2^-11 (tf32), 2^-8 (bf16).
+double operand_unit_roundoff(MatmulPrecision p);
+
 template <class F>
 struct Backend {
   const char* name;            // "cpu", "cuda"
   const MemorySpace* memory;   // where the ops' buffers live
+  MatmulPrecision matmul_precision;  // of matmul_* and classifier_* (the other ops are fp32)
 
   void (*matmul_forward)(F* out, const F* inp, const F* w, const F* bias, int N, int C, int OC);
   void (*matmul_backward)(F* dinp, F* dw, F* dbias, const F* dout, const F* inp, const F* w, int N, int C,
@@ -70,8 +89,9 @@ struct Backend {
   bool on_host() const { return memory->host_accessible; }
 };
 
-// The CPU backend (the specification), over host memory.
+// The CPU backend (the specification), over host memory. tf32 / bf16 exist for float only (a
+// UserError for double).
 template <class F>
-const Backend<F>& cpu_backend();
+const Backend<F>& cpu_backend(MatmulPrecision p = MatmulPrecision::fp32);
 
 }  // namespace lmf::ops

@@ -11,6 +11,6 @@ void require();  // throws UserError in a build without CUDA, or without a devic
 // allocated. Calls require() first.
 void select_device(int index);
 // The CUDA backend's table (fp32 kernels of ops/cuda/ops_cuda.h, device memory from cudaMalloc,
-// every op on the default stream). Calls require() first.
-const ops::Backend<float>& backend();
+// every op on the default stream), its GEMMs' products in precision p. Calls require() first.
+const ops::Backend<float>& backend(ops::MatmulPrecision p = ops::MatmulPrecision::fp32);
 }  // namespace lmf::cuda

@@ -8,7 +8,7 @@ namespace lmf::cuda {
 bool available() { return false; }
 void require() { throw UserError("this lmforge was built without CUDA (device = \"cuda\" needs a CUDA build)"); }
 void select_device(int) { require(); }
-const ops::Backend<float>& backend() {
+const ops::Backend<float>& backend(ops::MatmulPrecision) {
   require();
   throw UserError("unreachable");  // require() always throws here
 }

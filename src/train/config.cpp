@@ -9,6 +9,7 @@
 #include <variant>
 
 #include "core/error.h"
+#include "ops/backend.h"
 
 namespace lmf {
 
@@ -83,6 +84,9 @@ std::vector<Field> fields(RunConfig& c) {
       {"train", "eval_every", &c.train.eval_every, "validate every this many steps and at the end; 0 = only at the end"},
       {"train", "eval_batches", &c.train.eval_batches, "validation batches per evaluation"},
       {"train", "device", &c.train.device, "cpu | cuda"},
+      {"train", "matmul_precision", &c.train.matmul_precision,
+       "products inside the linear layers' and classifier's GEMMs: fp32 | tf32 | bf16 (fp32 storage and "
+       "accumulation; tensor cores on a GPU, emulated by rounding on the CPU)"},
       {"train", "init_from", &c.train.init_from,
        "start from these weights: a run directory or a Hugging Face checkpoint directory ([model] is then "
        "taken from it); empty = random init"},
@@ -292,6 +296,8 @@ void validate_config(const RunConfig& c) {
   need(c.train.eval_batches >= 1, "[train] eval_batches", "must be >= 1");
   need(c.train.device == "cpu" || c.train.device == "cuda", "[train] device",
        fmt::format("must be cpu or cuda (got \"{}\")", c.train.device));
+  need(ops::parse_matmul_precision(c.train.matmul_precision).has_value(), "[train] matmul_precision",
+       fmt::format("must be fp32, tf32 or bf16 (got \"{}\")", c.train.matmul_precision));
   need(c.checkpoint.every >= 0, "[checkpoint] every", "must be >= 0");
   need(c.checkpoint.keep_last >= 0, "[checkpoint] keep_last", "must be >= 0");
   need(!c.log.run_dir.empty(), "[log] run_dir", "must not be empty");

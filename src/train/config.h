@@ -44,6 +44,7 @@ struct TrainConfig {
   long eval_every = 100;  // evaluate validation loss every this many steps (and at the end); 0 = only at the end
   int eval_batches = 20;  // validation batches per evaluation
   std::string device = "cpu";  // cpu | cuda
+  std::string matmul_precision = "fp32";  // fp32 | tf32 | bf16: the GEMMs' products (ops::MatmulPrecision)
   std::string init_from;       // run directory or Hugging Face checkpoint to start from; empty: init
 };
 

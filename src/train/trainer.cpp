@@ -113,10 +113,12 @@ Trainer::Trainer(RunConfig cfg, const ops::Backend<float>* backend) : cfg_(std::
   }
   const int rank = dp_comm_->rank(), world = dp_comm_->world();  // data-parallel place
   const ops::Backend<float>* be = backend;  // nullptr: the CPU's
+  const auto precision = *ops::parse_matmul_precision(cfg_.train.matmul_precision);  // validated
   if (!be && cfg_.train.device == "cuda") {
-    be = &cuda::backend();                      // UserError without a CUDA build or device
+    be = &cuda::backend(precision);             // UserError without a CUDA build or device
     cuda::select_device(dist::local_rank());  // one GPU per process of a node
   }
+  if (!be) be = &ops::cpu_backend<float>(precision);
   if (be && !be->on_host() && comm_->world() > 1) {
     // Gradients and parameters travel between GPUs over NCCL; the host values (loss, norm
     // parts, stop flag) still over MPI.
@@ -332,8 +334,12 @@ TrainSummary Trainer::run(long stop_at) {
   auto say = [&](const std::string& line) {
     if (progress) progress->message(line);
   };
-  say(on_host ? fmt::format("model: {}; {} threads", describe(*model_), num_threads())
-              : fmt::format("model: {}; on {}", describe(*model_), model_->backend().name));
+  const auto& mbe = model_->backend();
+  const std::string gemms = mbe.matmul_precision == ops::MatmulPrecision::fp32
+                                ? ""
+                                : fmt::format(", {} GEMMs", ops::to_string(mbe.matmul_precision));
+  say(on_host ? fmt::format("model: {}; {} threads{}", describe(*model_), num_threads(), gemms)
+              : fmt::format("model: {}; on {}{}", describe(*model_), mbe.name, gemms));
   if (comm_->world() > 1)
     say(fmt::format("data parallel: {} ranks ({}), ZeRO stage {}, global batch {} x {}{}", world, comm_->kind(),
                     cfg_.dist.zero, tc.batch_size * tc.grad_accum * world, tc.seq_len,

@@ -162,6 +162,31 @@ TEST_F(CudaTrainer, FollowsTheCpuAndResumesBitExact) {
   }
 }
 
+// [train] matmul_precision on the GPU (tensor-core GEMMs) follows the CPU's emulation of the
+// same mode. The two differ by fp32 accumulation order if cuBLAS rounds the operands to nearest
+// even as the CPU does (then as close as fp32's 1e-3 above); 5e-3 leaves room for a rounding
+// rule that differs on ties or truncates, which moves a product by at most one operand ulp.
+TEST_F(CudaTrainer, RoundedGemmsFollowTheCpuEmulation) {
+  SKIP_WITHOUT_DEVICE();
+  for (const std::string prec : {"tf32", "bf16"}) {
+    SCOPED_TRACE(prec);
+    const auto cpu = tmp->path() / ("gpt2_cpu_" + prec), gpu = tmp->path() / ("gpt2_gpu_" + prec);
+    auto with = [&](RunConfig c) {
+      apply_override(c, "train.matmul_precision=\"" + prec + "\"");
+      return c;
+    };
+    Trainer(with(config("gpt2", "cpu", cpu))).run();
+    Trainer(with(config("gpt2", "cuda", gpu))).run();
+    auto mc = metrics(cpu), mg = metrics(gpu);
+    ASSERT_EQ(mc.size(), 10u);
+    ASSERT_EQ(mg.size(), 10u);
+    for (size_t i = 0; i < 10; ++i) {
+      const double c = mc[i]["train_loss"].get<double>(), g = mg[i]["train_loss"].get<double>();
+      EXPECT_NEAR(g, c, 5e-3 * c) << "step " << i + 1;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace lmf
 

@@ -79,7 +79,9 @@ TEST_P(BackendSeam, TrainingStepsMatchTheCpuBitForBit) {
   dist::LocalCommunicator comm;
   DataParallel dp_cpu(comm, cpu->params(), oc, 0);
   DataParallel dp_dev(comm, dev->params(), oc, 0, nullptr, &guarded_backend());
+  long allocations_after_first_step = 0;
   for (int step = 0; step < 2; ++step) {
+    if (step == 1) allocations_after_first_step = Guarded::get().allocations();
     dp_cpu.zero_grad();
     dp_dev.zero_grad();
     double loss_cpu = 0, loss_dev = 0;
@@ -100,6 +102,9 @@ TEST_P(BackendSeam, TrainingStepsMatchTheCpuBitForBit) {
     dp_dev.update(1e-2);
     expect_same_bits(params_of(*cpu), params_of(*dev), "parameters after the update");
   }
+  // One memory plan: once the first step has run, a step allocates no device memory (the
+  // activations, gradients and optimizer state are all kept).
+  EXPECT_EQ(Guarded::get().allocations(), allocations_after_first_step) << "device allocations in a step";
   // The optimizer state comes back to the host for checkpoints.
   auto s_cpu = dp_cpu.full_state(), s_dev = dp_dev.full_state();
   const size_t n = cpu->params().flat_size();
@@ -252,6 +257,39 @@ TEST_F(TrainerOnBackend, LossesAndCheckpointsMatchTheCpuAcrossAResume) {
       EXPECT_EQ(test::slurp(cpu_run / "checkpoints/step_0000006" / f), test::slurp(dev_run / "checkpoints/step_0000006" / f))
           << f;
   }
+}
+
+// [train] matmul_precision on the CPU (the emulation of ops/cpu/matmul_precision.cpp): the run
+// records it, reaches the model (losses differ from fp32), stays close to fp32 (bf16 operands: a
+// relative 2^-8 per product, averaged over a sum), and is as deterministic across a resume.
+TEST_F(TrainerOnBackend, RoundedGemmsTrainCloseToFp32AndResumeExactly) {
+  const auto fp32_run = tmp->path() / "prec_fp32", bf16_run = tmp->path() / "prec_bf16",
+             stop_run = tmp->path() / "prec_bf16_stop";
+  auto bf16 = [&](const std::filesystem::path& run) {
+    RunConfig c = config("gpt2", run);
+    apply_override(c, "train.matmul_precision=\"bf16\"");
+    return c;
+  };
+  Trainer(config("gpt2", fp32_run)).run();
+  Trainer(bf16(bf16_run)).run();
+  Trainer(bf16(stop_run)).run(/*stop_at=*/3);
+  EXPECT_EQ(Trainer(bf16(stop_run)).run().start_step, 3);
+  EXPECT_NE(test::slurp(bf16_run / "config.toml").find("matmul_precision = 'bf16'"), std::string::npos);
+  auto m32 = metrics(fp32_run), m16 = metrics(bf16_run), ms = metrics(stop_run);
+  ASSERT_EQ(m32.size(), 6u);
+  ASSERT_EQ(m16.size(), 6u);
+  ASSERT_EQ(ms.size(), 6u);
+  bool differs = false;
+  for (size_t i = 0; i < 6; ++i) {
+    const double a = m32[i]["train_loss"], b = m16[i]["train_loss"];
+    differs |= a != b;
+    EXPECT_NEAR(b, a, 2e-2 * a) << "step " << i + 1;
+    EXPECT_EQ(m16[i]["train_loss"].dump(), ms[i]["train_loss"].dump()) << "step " << i + 1;
+    EXPECT_EQ(m16[i]["grad_norm"].dump(), ms[i]["grad_norm"].dump()) << "step " << i + 1;
+  }
+  EXPECT_TRUE(differs) << "bf16 GEMMs gave the fp32 losses: the mode did not reach the model";
+  EXPECT_EQ(test::slurp(bf16_run / "checkpoints/step_0000006/model.safetensors"),
+            test::slurp(stop_run / "checkpoints/step_0000006/model.safetensors"));
 }
 
 }  // namespace

@@ -68,6 +68,10 @@ TEST(Config, ErrorsNameFileSectionAndKey) {
   EXPECT_NE(e8.find("/nonexistent/x.toml"), std::string::npos) << e8;
   auto e9 = error_of([] { RunConfig c; apply_override(c, "model.n_layer=99999999999"); });
   EXPECT_NE(e9.find("out of range"), std::string::npos) << e9;
+  auto e10 = error_of([] { default_config({"train.matmul_precision=\"fp16\""}); });
+  EXPECT_NE(e10.find("[train] matmul_precision"), std::string::npos) << e10;
+  EXPECT_NE(e10.find("fp32, tf32 or bf16"), std::string::npos) << e10;
+  EXPECT_EQ(default_config({"train.matmul_precision=\"bf16\""}).train.matmul_precision, "bf16");
 }
 
 TEST(Schedule, CosineWarmupAndEnds) {

@@ -2,6 +2,10 @@
 #include "ops/backend.h"
 
 #include <algorithm>
+#include <type_traits>
+
+#include "core/error.h"
+#include "ops/cpu/rounded.h"
 
 namespace lmf::ops {
 namespace {
@@ -19,6 +23,7 @@ Backend<F> make_cpu_backend() {
   return Backend<F>{
       "cpu",
       &host_memory(),
+      MatmulPrecision::fp32,
       &matmul_forward<F>,
       &matmul_backward<F>,
       &encoder_forward<F>,
@@ -49,15 +54,35 @@ Backend<F> make_cpu_backend() {
   };
 }
 
-}  // namespace
-
-template <class F>
-const Backend<F>& cpu_backend() {
-  static const Backend<F> b = make_cpu_backend<F>();
+// The fp32 table with the GEMM ops replaced by their emulation of P (cpu/rounded.h).
+template <MatmulPrecision P>
+Backend<float> make_rounded_backend() {
+  Backend<float> b = make_cpu_backend<float>();
+  b.matmul_precision = P;
+  b.matmul_forward = &cpu::matmul_forward_rounded<P>;
+  b.matmul_backward = &cpu::matmul_backward_rounded<P>;
+  b.classifier_ce_forward = &cpu::classifier_ce_forward_rounded<P>;
+  b.classifier_logits = &cpu::classifier_logits_rounded<P>;
   return b;
 }
 
-template const Backend<float>& cpu_backend<float>();
-template const Backend<double>& cpu_backend<double>();
+}  // namespace
+
+template <class F>
+const Backend<F>& cpu_backend(MatmulPrecision p) {
+  static const Backend<F> b = make_cpu_backend<F>();
+  if constexpr (std::is_same_v<F, float>) {
+    static const Backend<float> tf32 = make_rounded_backend<MatmulPrecision::tf32>();
+    static const Backend<float> bf16 = make_rounded_backend<MatmulPrecision::bf16>();
+    if (p == MatmulPrecision::tf32) return tf32;
+    if (p == MatmulPrecision::bf16) return bf16;
+  } else if (p != MatmulPrecision::fp32) {
+    throw UserError("matmul precision {} exists for float models only", to_string(p));
+  }
+  return b;
+}
+
+template const Backend<float>& cpu_backend<float>(MatmulPrecision);
+template const Backend<double>& cpu_backend<double>(MatmulPrecision);
 
 }  // namespace lmf::ops

@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "ops/cpu/blas.h"
+#include "ops/cpu/rounded.h"
 #include "ops/cpu/scratch.h"
 #include "ops/cpu/simd.h"
 #include "ops/ops.h"
@@ -50,11 +51,12 @@ LMF_CLONES float ce_row_f32(float* l, int V, int target, float dloss, bool grad)
   return ce_row<float>(l, V, target, dloss, grad);
 }
 
-}  // namespace
-
+// classifier_ce_forward; `round` (float only; nullable) rounds the GEMMs' operands
+// (ops/cpu/rounded.h).
 template <class T>
-double classifier_ce_forward(T* losses, T* dx, T* dw, const T* x, const T* w,
-                             const int32_t* targets, const T* dloss, int N, int C, int V) {
+double classifier_ce(T* losses, T* dx, T* dw, const T* x, const T* w, const int32_t* targets,
+                     const T* dloss, int N, int C, int V,
+                     void (*round)(T* dst, const T* src, size_t n)) {
   LMF_CHECK(!dx || (dw && dloss), "classifier_ce: the backward needs dw and dloss");
   for (int i = 0; i < N; ++i)
     LMF_CHECK(targets[i] < V, "classifier_ce: target {} at row {} out of range V={}", targets[i], i,
@@ -64,10 +66,20 @@ double classifier_ce_forward(T* losses, T* dx, T* dw, const T* x, const T* w,
   // more in page faults and zero-filling than the softmax itself.
   T* logits = cpu::thread_scratch<T, 2>((size_t)chunk * V);
   const bool grad = dx != nullptr;
+  if (round) {  // w (V, C) once, into a kept copy
+    T* wr = cpu::thread_scratch<T, 3>((size_t)V * C);
+    round(wr, w, (size_t)V * C);
+    w = wr;
+  }
   double total = 0;
   for (int r0 = 0; r0 < N; r0 += chunk) {
     const int n = std::min(chunk, N - r0);
     const T* xc = x + (size_t)r0 * C;  // (n, C)
+    if (round) {
+      T* xr = cpu::thread_scratch<T, 4>((size_t)n * C);
+      round(xr, xc, (size_t)n * C);
+      xc = xr;
+    }
     // Outside any parallel region: the GEMMs use every thread.
     cpu::gemm<T>(false, true, n, V, C, T(1), xc, C, w, C, T(0), logits, V);
 #pragma omp parallel for schedule(static)
@@ -82,6 +94,7 @@ double classifier_ce_forward(T* losses, T* dx, T* dw, const T* x, const T* w,
     }
     for (int r = 0; r < n; ++r) total += (double)losses[r0 + r];  // ignored rows are 0
     if (grad) {
+      if (round) round(logits, logits, (size_t)n * V);
       // dx_chunk (n, C) = dlogits (n, V) @ w (V, C); dw (V, C) += dlogits^T @ x_chunk. Chunks
       // run in order, so dw's sum order is fixed.
       cpu::gemm<T>(false, false, n, C, V, T(1), logits, V, w, C, T(0), dx + (size_t)r0 * C, C);
@@ -90,6 +103,22 @@ double classifier_ce_forward(T* losses, T* dx, T* dw, const T* x, const T* w,
   }
   return total;
 }
+
+}  // namespace
+
+template <class T>
+double classifier_ce_forward(T* losses, T* dx, T* dw, const T* x, const T* w,
+                             const int32_t* targets, const T* dloss, int N, int C, int V) {
+  return classifier_ce<T>(losses, dx, dw, x, w, targets, dloss, N, C, V, nullptr);
+}
+
+namespace cpu {
+double classifier_ce_forward_with(float* losses, float* dx, float* dw, const float* x,
+                                  const float* w, const int32_t* targets, const float* dloss, int N,
+                                  int C, int V, void (*round)(float*, const float*, size_t)) {
+  return classifier_ce<float>(losses, dx, dw, x, w, targets, dloss, N, C, V, round);
+}
+}  // namespace cpu
 
 template <class T>
 void classifier_logits(T* logits, const T* x, const T* w, int N, int C, int V) {

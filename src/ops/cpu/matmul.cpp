@@ -2,6 +2,7 @@
 #include <algorithm>
 
 #include "ops/cpu/blas.h"
+#include "ops/cpu/rounded.h"
 #include "ops/cpu/simd.h"
 #include "ops/ops.h"
 
@@ -20,6 +21,23 @@ LMF_INLINE void bias_grad_cols(T* dbias, const T* dout, int N, int OC, int o0, i
 }
 LMF_CLONES void bias_grad_cols_f32(float* dbias, const float* dout, int N, int OC, int o0, int o1) {
   bias_grad_cols<float>(dbias, dout, N, OC, o0, o1);
+}
+
+// dbias (OC) += column sums of dout (N, OC). Column blocks of 64 so each thread owns disjoint
+// outputs (no atomics, no reduction order).
+template <class T>
+void bias_grad(T* dbias, const T* dout, int N, int OC) {
+  constexpr int kBlock = 64;
+  const int nblocks = (OC + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static)
+  for (int blk = 0; blk < nblocks; ++blk) {
+    const int o0 = blk * kBlock, o1 = std::min(OC, o0 + kBlock);
+    if constexpr (std::is_same_v<T, float>) {
+      bias_grad_cols_f32(dbias, dout, N, OC, o0, o1);
+    } else {
+      bias_grad_cols<T>(dbias, dout, N, OC, o0, o1);
+    }
+  }
 }
 
 }  // namespace
@@ -42,21 +60,14 @@ void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, cons
   if (dinp)
     cpu::gemm<T>(false, false, N, C, OC, T(1), dout, OC, w, C, T(0), dinp, C);  // (N,OC)@(OC,C)
   cpu::gemm<T>(true, false, OC, C, N, T(1), dout, OC, inp, C, T(1), dw, C);     // (OC,N)@(N,C)
-  if (dbias) {
-    // Column blocks of 64 so each thread owns disjoint outputs (no atomics, no reduction order).
-    constexpr int kBlock = 64;
-    const int nblocks = (OC + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static)
-    for (int blk = 0; blk < nblocks; ++blk) {
-      const int o0 = blk * kBlock, o1 = std::min(OC, o0 + kBlock);
-      if constexpr (std::is_same_v<T, float>) {
-        bias_grad_cols_f32(dbias, dout, N, OC, o0, o1);
-      } else {
-        bias_grad_cols<T>(dbias, dout, N, OC, o0, o1);
-      }
-    }
-  }
+  if (dbias) bias_grad<T>(dbias, dout, N, OC);
 }
+
+namespace cpu {
+void bias_grad_accumulate(float* dbias, const float* dout, int N, int OC) {
+  bias_grad<float>(dbias, dout, N, OC);
+}
+}  // namespace cpu
 
 template void matmul_forward<float>(float*, const float*, const float*, const float*, int, int,
                                     int);

@@ -1,5 +1,5 @@
-// The CUDA backend's table (ops/backend.h): the fp32 kernels of ops/cuda/ops_cuda.h on the default
-// stream, over device memory from cudaMalloc. Host code only; a .cu so that the CUDA build (which
+// The CUDA backend's tables (ops/backend.h), one per MatmulPrecision: the kernels of
+// ops/cuda/ops_cuda.h on the default stream, over device memory from cudaMalloc. Host code only; a .cu so that the CUDA build (which
 // globs ops/cuda/*.cu) compiles it.
 #include <cuda_runtime_api.h>
 
@@ -72,19 +72,37 @@ struct OnDefaultStream {
   }
 };
 
-// Every member of the table is a pointer (on_host() is a function): a member added to
-// ops::Backend fails here until it is filled in below.
-static_assert(sizeof(ops::Backend<float>) == 29 * sizeof(void*),
+// The same for a GEMM op, which takes the precision after the stream.
+template <auto Fn, ops::MatmulPrecision P>
+struct GemmOnDefaultStream {
+  template <class R, class... A>
+  using Ptr = R (*)(A...);
+
+  template <class R, class... A>
+  static R call(A... a) {
+    return Fn(a..., cudaStream_t{0}, P);
+  }
+  template <class R, class... A>
+  operator Ptr<R, A...>() const {
+    return &call<R, A...>;
+  }
+};
+
+// Every member of the table but matmul_precision is a pointer (on_host() is a function): a member
+// added to ops::Backend fails here until it is filled in below.
+static_assert(sizeof(ops::Backend<float>) == 30 * sizeof(void*),
               "ops::Backend changed: fill the new member in make_cuda_backend()");
 
+template <ops::MatmulPrecision P>
 ops::Backend<float> make_cuda_backend() {
   // Designated initialisers: the struct's member order, checked by the compiler. A member left
   // out would be null; tests/gpu/test_cuda_ops.cpp checks that none is.
   return ops::Backend<float>{
       .name = "cuda",
       .memory = &kDeviceMemory,
-      .matmul_forward = OnDefaultStream<matmul_forward>{},
-      .matmul_backward = OnDefaultStream<matmul_backward>{},
+      .matmul_precision = P,
+      .matmul_forward = GemmOnDefaultStream<matmul_forward, P>{},
+      .matmul_backward = GemmOnDefaultStream<matmul_backward, P>{},
       .encoder_forward = OnDefaultStream<encoder_forward>{},    // tokens on the device
       .encoder_backward = OnDefaultStream<encoder_backward>{},  // tokens_host on the host
       .layernorm_forward = OnDefaultStream<layernorm_forward>{},
@@ -94,8 +112,8 @@ ops::Backend<float> make_cuda_backend() {
       .residual_forward = OnDefaultStream<residual_forward>{},
       .attention_forward = OnDefaultStream<attention_forward>{},
       .attention_backward = OnDefaultStream<attention_backward>{},
-      .classifier_ce_forward = OnDefaultStream<classifier_ce_forward>{},  // synchronises
-      .classifier_logits = OnDefaultStream<classifier_logits>{},
+      .classifier_ce_forward = GemmOnDefaultStream<classifier_ce_forward, P>{},  // synchronises
+      .classifier_logits = GemmOnDefaultStream<classifier_logits, P>{},
       .rmsnorm_forward = OnDefaultStream<rmsnorm_forward>{},
       .rmsnorm_backward = OnDefaultStream<rmsnorm_backward>{},
       .rope_forward = OnDefaultStream<rope_forward>{},  // inv_freq on the device
@@ -115,10 +133,17 @@ ops::Backend<float> make_cuda_backend() {
 
 }  // namespace
 
-const ops::Backend<float>& backend() {
+const ops::Backend<float>& backend(ops::MatmulPrecision p) {
   require();
-  static const ops::Backend<float> b = make_cuda_backend();
-  return b;
+  static const ops::Backend<float> fp32 = make_cuda_backend<ops::MatmulPrecision::fp32>();
+  static const ops::Backend<float> tf32 = make_cuda_backend<ops::MatmulPrecision::tf32>();
+  static const ops::Backend<float> bf16 = make_cuda_backend<ops::MatmulPrecision::bf16>();
+  switch (p) {
+    case ops::MatmulPrecision::tf32: return tf32;
+    case ops::MatmulPrecision::bf16: return bf16;
+    case ops::MatmulPrecision::fp32: break;
+  }
+  return fp32;
 }
 
 }  // namespace lmf::cuda

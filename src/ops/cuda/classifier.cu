@@ -1,6 +1,7 @@
 // Classifier (x @ w^T) fused with softmax cross-entropy on the GPU, in chunks of rows so the
 // (N, V) logits never exist whole; the same formulas and operation order as
-// ops/cpu/classifier.cpp, fp32, with the GEMMs of ops/cuda/matmul.cu (cuBLAS, FP32 compute).
+// ops/cpu/classifier.cpp, fp32, with the GEMMs of ops/cuda/matmul.cu (cuBLAS, fp32 accumulation,
+// products in the call's MatmulPrecision).
 // Per chunk of n rows:
 //   logits (n, V) = x_chunk @ w^T                                   (matmul_forward, no bias)
 //   per row, one block: mx = max_j l_j; sum = sum_j exp(l_j - mx); loss = mx + log(sum) - l_t;
@@ -177,7 +178,7 @@ int classifier_chunk_rows(int N, int V) {
 
 double classifier_ce_forward(float* losses, float* dx, float* dw, const float* x, const float* w,
                              const int32_t* targets, const float* dloss, int N, int C, int V,
-                             cudaStream_t stream) {
+                             cudaStream_t stream, ops::MatmulPrecision p) {
   LMF_CHECK(!dx || (dw && dloss), "classifier_ce: the backward needs dw and dloss");
   LMF_CHECK(N >= 0 && C > 0 && V > 0, "classifier_ce: bad shape N={} C={} V={}", N, C, V);
   if (N == 0) return 0.0;
@@ -203,13 +204,13 @@ double classifier_ce_forward(float* losses, float* dx, float* dw, const float* x
   for (int r0 = 0; r0 < N; r0 += chunk) {
     const int n = std::min(chunk, N - r0);
     const float* xc = x + (size_t)r0 * C;  // (n, C)
-    matmul_forward(ws.logits, xc, w, nullptr, n, C, V, stream);
+    matmul_forward(ws.logits, xc, w, nullptr, n, C, V, stream, p);
     if (grad) {
       ce_rows_kernel<true><<<n, kCeThreads, 0, stream>>>(ws.logits, losses + r0, targets + r0,
                                                          dloss + r0, V, r0, &ws.result->bad_row);
       LMF_CUDA_CHECK_LAUNCH();
       // dx_chunk (n, C) = dlogits (n, V) @ w (V, C); dw (V, C) += dlogits^T @ x_chunk.
-      matmul_backward(dx + (size_t)r0 * C, dw, nullptr, ws.logits, xc, w, n, C, V, stream);
+      matmul_backward(dx + (size_t)r0 * C, dw, nullptr, ws.logits, xc, w, n, C, V, stream, p);
     } else {
       ce_rows_kernel<false><<<n, kCeThreads, 0, stream>>>(ws.logits, losses + r0, targets + r0,
                                                           nullptr, V, r0, &ws.result->bad_row);

@@ -1,10 +1,14 @@
 // Linear layer on the GPU over cuBLAS: out = inp @ w^T + bias and its backward, the same
-// semantics as ops/cpu/matmul.cpp (OpenBLAS), fp32 in, fp32 out, FP32 compute.
+// semantics as ops/cpu/matmul.cpp (OpenBLAS), fp32 in, fp32 out, fp32 accumulation.
 //
-// Precision: cublasGemmEx with CUBLAS_COMPUTE_32F on a handle in CUBLAS_DEFAULT_MATH, so inputs
-// are never rounded to TF32 or BF16 (that needs CUBLAS_COMPUTE_32F_FAST_TF32 or the TF32 math
-// mode): results agree with the CPU op to fp32 rounding error, which the GPU tests bound. A
-// bf16 / TF32 fast path is a separate mode with its own tolerances, not a flag on these calls.
+// Precision (ops::MatmulPrecision, a parameter of every call): fp32 is cublasGemmEx with
+// CUBLAS_COMPUTE_32F on a handle in CUBLAS_DEFAULT_MATH, so inputs are never rounded to TF32 or
+// BF16: results agree with the CPU op to fp32 rounding error, which the GPU tests bound. tf32 and
+// bf16 are CUBLAS_COMPUTE_32F_FAST_TF32 / _FAST_16BF on the same fp32 buffers: cuBLAS converts
+// the operands and runs the tensor cores, accumulating in fp32; the CPU's emulation of the same
+// mode (ops/cpu/matmul_precision.cpp) is the reference, within the bound the tests derive from
+// the operand precision and the reduction length. The bias (a broadcast before the GEMM, beta = 1)
+// and its gradient stay fp32 in every mode.
 //
 // Layout: our buffers are row-major, cuBLAS is column-major. A row-major (R, K) matrix is the
 // column-major (K, R) matrix, its transpose, with leading dimension K. So each product is written
@@ -96,13 +100,23 @@ class LockedHandle {
   cublasHandle_t handle_ = nullptr;
 };
 
-// Column-major C (m, n) = alpha op(A) op(B) + beta C, fp32 storage and FP32 compute.
-void sgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
-           const float* A, int lda, const float* B, int ldb, float beta, float* Cm, int ldc) {
+cublasComputeType_t compute_type(ops::MatmulPrecision p) {
+  switch (p) {
+    case ops::MatmulPrecision::tf32: return CUBLAS_COMPUTE_32F_FAST_TF32;
+    case ops::MatmulPrecision::bf16: return CUBLAS_COMPUTE_32F_FAST_16BF;
+    case ops::MatmulPrecision::fp32: break;
+  }
+  return CUBLAS_COMPUTE_32F;
+}
+
+// Column-major C (m, n) = alpha op(A) op(B) + beta C, fp32 storage, products in precision p,
+// fp32 accumulation.
+void sgemm(cublasHandle_t h, ops::MatmulPrecision p, cublasOperation_t ta, cublasOperation_t tb,
+           int m, int n, int k, const float* A, int lda, const float* B, int ldb, float beta,
+           float* Cm, int ldc) {
   const float alpha = 1.0f;
   LMF_CUBLAS_CHECK(cublasGemmEx(h, ta, tb, m, n, k, &alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb,
-                                &beta, Cm, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
-                                CUBLAS_GEMM_DEFAULT));
+                                &beta, Cm, CUDA_R_32F, ldc, compute_type(p), CUBLAS_GEMM_DEFAULT));
 }
 
 // Every row of out (N, OC) = bias (OC).
@@ -124,7 +138,7 @@ __global__ void bias_grad_kernel(float* __restrict__ dbias, const float* __restr
 }  // namespace
 
 void matmul_forward(float* out, const float* inp, const float* w, const float* bias, int N, int C,
-                    int OC, cudaStream_t stream) {
+                    int OC, cudaStream_t stream, ops::MatmulPrecision p) {
   LMF_CHECK(N >= 0 && C > 0 && OC >= 0, "matmul_forward: bad shape N={} C={} OC={}", N, C, OC);
   if (N == 0 || OC == 0) return;
   float beta = 0.0f;
@@ -137,19 +151,20 @@ void matmul_forward(float* out, const float* inp, const float* w, const float* b
   }
   LockedHandle h(stream);
   // out^T (OC, N) = w (op T on the (C, OC) buffer) @ inp^T (C, N).
-  sgemm(h.get(), CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, beta, out, OC);
+  sgemm(h.get(), p, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, beta, out, OC);
 }
 
 void matmul_backward(float* dinp, float* dw, float* dbias, const float* dout, const float* inp,
-                     const float* w, int N, int C, int OC, cudaStream_t stream) {
+                     const float* w, int N, int C, int OC, cudaStream_t stream,
+                     ops::MatmulPrecision p) {
   LMF_CHECK(N >= 0 && C > 0 && OC >= 0, "matmul_backward: bad shape N={} C={} OC={}", N, C, OC);
   if (N == 0 || OC == 0) return;  // dinp = 0 @ w would be zeros, but nothing reads an empty dinp
   {
     LockedHandle h(stream);
     // dinp^T (C, N) = w^T (C, OC) @ dout^T (OC, N), assigned (beta = 0).
-    if (dinp) sgemm(h.get(), CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, dout, OC, 0.0f, dinp, C);
+    if (dinp) sgemm(h.get(), p, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, dout, OC, 0.0f, dinp, C);
     // dw^T (C, OC) += inp^T (C, N) @ dout (op T on the (OC, N) buffer), accumulated (beta = 1).
-    sgemm(h.get(), CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, inp, C, dout, OC, 1.0f, dw, C);
+    sgemm(h.get(), p, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, inp, C, dout, OC, 1.0f, dw, C);
   }
   if (dbias) {
     bias_grad_kernel<<<detail::col_sum_blocks(OC), detail::col_sum_block(), 0, stream>>>(
@@ -159,8 +174,8 @@ void matmul_backward(float* dinp, float* dw, float* dbias, const float* dout, co
 }
 
 void classifier_logits(float* logits, const float* x, const float* w, int N, int C, int V,
-                       cudaStream_t stream) {
-  matmul_forward(logits, x, w, nullptr, N, C, V, stream);
+                       cudaStream_t stream, ops::MatmulPrecision p) {
+  matmul_forward(logits, x, w, nullptr, N, C, V, stream, p);
 }
 
 }  // namespace lmf::cuda

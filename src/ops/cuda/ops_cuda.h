@@ -7,6 +7,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "ops/backend.h"
+
 namespace lmf::cuda {
 
 // out = a + b, (n).
@@ -74,24 +76,29 @@ double sum_squares(const float* x, size_t n, cudaStream_t stream = 0);
 // x (n) *= s; bitwise equal to ops::scale.
 void scale(float* x, float s, size_t n, cudaStream_t stream = 0);
 
-// ---- matmul and classifier (ops/cuda/matmul.cu, classifier.cu: cuBLAS, FP32 compute) --------
-// cublasGemmEx with CUBLAS_COMPUTE_32F, never TF32: results match the CPU ops to fp32 rounding
-// (a bf16 / TF32 fast path would be a separate mode). One cuBLAS handle per device, created on
-// first use, bound to `stream` per call. Deterministic for a fixed GPU, toolkit and shape when one
+// ---- matmul and classifier (ops/cuda/matmul.cu, classifier.cu: cuBLAS) ------------------------
+// cublasGemmEx on fp32 buffers with fp32 accumulation. `p` (ops/backend.h) picks the products:
+// fp32 (CUBLAS_COMPUTE_32F: never TF32, results match the CPU ops to fp32 rounding), tf32 or bf16
+// (CUBLAS_COMPUTE_32F_FAST_TF32 / _FAST_16BF: operands rounded, tensor cores; they match the
+// CPU's emulation, cpu_backend(p), to fp32 accumulation order). One cuBLAS handle per device,
+// created on first use, bound to `stream` per call. Deterministic for a fixed GPU, toolkit and shape when one
 // stream is active; with concurrent streams set CUBLAS_WORKSPACE_CONFIG=:4096:8 (see matmul.cu).
 
 // out (N, OC) = inp (N, C) @ w^T + bias; w (OC, C); bias (OC) or nullptr.
 void matmul_forward(float* out, const float* inp, const float* w, const float* bias, int N, int C,
-                    int OC, cudaStream_t stream = 0);
+                    int OC, cudaStream_t stream = 0,
+                    ops::MatmulPrecision p = ops::MatmulPrecision::fp32);
 // dinp (N, C) = dout @ w (ASSIGNED; skipped if nullptr); dw (OC, C) += dout^T @ inp (ACCUMULATES);
 // dbias (OC) += column sums of dout (ACCUMULATES; skipped if nullptr; fixed order, no atomics).
 // dout (N, OC).
 void matmul_backward(float* dinp, float* dw, float* dbias, const float* dout, const float* inp,
-                     const float* w, int N, int C, int OC, cudaStream_t stream = 0);
+                     const float* w, int N, int C, int OC, cudaStream_t stream = 0,
+                     ops::MatmulPrecision p = ops::MatmulPrecision::fp32);
 
 // logits (N, V) = x (N, C) @ w^T (V, C), no bias.
 void classifier_logits(float* logits, const float* x, const float* w, int N, int C, int V,
-                       cudaStream_t stream = 0);
+                       cudaStream_t stream = 0,
+                       ops::MatmulPrecision p = ops::MatmulPrecision::fp32);
 // Classifier fused with softmax cross-entropy, as ops::classifier_ce_forward: logits in chunks of
 // classifier_chunk_rows(N, V) rows held in a per-device workspace that is kept across calls
 // (grown on demand), so the (N, V) logits never exist whole. losses (N) = lse - logit[target];
@@ -103,7 +110,8 @@ void classifier_logits(float* logits, const float* x, const float* w, int N, int
 // serialised (they share the workspace).
 double classifier_ce_forward(float* losses, float* dx, float* dw, const float* x, const float* w,
                              const int32_t* targets, const float* dloss, int N, int C, int V,
-                             cudaStream_t stream = 0);
+                             cudaStream_t stream = 0,
+                             ops::MatmulPrecision p = ops::MatmulPrecision::fp32);
 // Rows per chunk for (N, V): the workspace's capacity (128 MiB of fp32 logits) / V, clamped to
 // [1, N]; 0 for N = 0.
 int classifier_chunk_rows(int N, int V);
