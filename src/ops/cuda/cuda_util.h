@@ -23,6 +23,7 @@ void* device_malloc(size_t bytes);
 void device_free(void* p, size_t bytes) noexcept;
 size_t allocated_bytes();
 size_t peak_allocated_bytes();
+size_t allocation_count();  // device_malloc calls that allocated, so far (a step should add none)
 
 }  // namespace lmf::cuda
 

@@ -31,7 +31,7 @@ const Probe& probe() {
   return p;
 }
 
-std::atomic<size_t> g_allocated{0}, g_peak{0};
+std::atomic<size_t> g_allocated{0}, g_peak{0}, g_count{0};
 
 }  // namespace
 
@@ -49,6 +49,7 @@ void* device_malloc(size_t bytes) {
     throw Error(fmt::format("cudaMalloc of {} bytes failed: {} ({})", bytes, cudaGetErrorName(err),
                             cudaGetErrorString(err)));
   }
+  g_count.fetch_add(1);
   const size_t now = g_allocated.fetch_add(bytes) + bytes;
   size_t peak = g_peak.load();
   while (now > peak && !g_peak.compare_exchange_weak(peak, now)) {
@@ -69,6 +70,7 @@ void select_device(int index) {
 
 size_t allocated_bytes() { return g_allocated.load(); }
 size_t peak_allocated_bytes() { return g_peak.load(); }
+size_t allocation_count() { return g_count.load(); }
 
 void cuda_failed(cudaError_t err, const char* call, const char* file, int line) {
   throw Error(fmt::format("CUDA error {} ({}) in {} at {}:{}", cudaGetErrorName(err),
