@@ -6,6 +6,7 @@
 #include "core/threading.h"
 #include "data/loader.h"
 #include "data/stats.h"
+#include "ops/cuda_backend.h"
 #include "train/run_io.h"
 #include "train/trainer.h"
 
@@ -14,7 +15,7 @@ namespace lmf::cli {
 void add_eval(CLI::App& app) {
   auto* cmd = app.add_subcommand("eval", "Print a trained run's validation loss and perplexity");
   struct Opts {
-    std::string run, data;
+    std::string run, data, device = "cpu", precision;
     int batches = 0, threads = 0, batch_size = 0, seq_len = 0;
   };
   auto o = std::make_shared<Opts>();
@@ -27,9 +28,22 @@ void add_eval(CLI::App& app) {
   cmd->add_option("--seq-len", o->seq_len, "tokens per sequence (default: the run's [train] seq_len)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--threads", o->threads, "CPU threads; 0 = all")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--device", o->device, "cpu | cuda")->capture_default_str();
+  cmd->add_option("--matmul-precision", o->precision,
+                  "GEMM products: fp32 | tf32 | bf16 (default: the run's [train] matmul_precision)");
   cmd->callback([o]() {
     set_num_threads(o->threads);
-    auto run = open_run(o->run);
+    if (o->device != "cpu" && o->device != "cuda") throw UserError("--device: expected cpu or cuda (got \"{}\")", o->device);
+    std::optional<ops::MatmulPrecision> precision;
+    if (!o->precision.empty()) {
+      precision = ops::parse_matmul_precision(o->precision);
+      if (!precision) throw UserError("--matmul-precision: expected fp32, tf32 or bf16 (got \"{}\")", o->precision);
+    } else {
+      precision = ops::parse_matmul_precision(open_run_config(o->run).train.matmul_precision);
+    }
+    const ops::Backend<float>* be =
+        o->device == "cuda" ? &cuda::backend(*precision) : &ops::cpu_backend<float>(*precision);
+    auto run = open_run(o->run, be);
     auto& t = run.cfg.train;
     if (o->batch_size > 0) t.batch_size = o->batch_size;
     if (o->seq_len > 0) t.seq_len = o->seq_len;
@@ -43,8 +57,9 @@ void add_eval(CLI::App& app) {
                       run.cfg.model.vocab_size);
     int batches = o->batches > 0 ? o->batches : t.eval_batches;
     double loss = evaluate_model(*run.model, val, batches, t.batch_size, t.seq_len);
-    fmt::print("step {}: val loss {:.4f}, perplexity {:.3f} ({} batches of {}x{} from {})\n", run.step, loss,
-               std::exp(loss), batches, t.batch_size, t.seq_len, dir);
+    fmt::print("step {}: val loss {:.4f}, perplexity {:.3f} ({} batches of {}x{} from {}; {}, {} GEMMs)\n", run.step,
+               loss, std::exp(loss), batches, t.batch_size, t.seq_len, dir, be->name,
+               ops::to_string(be->matmul_precision));
     fmt::print("unigram baseline (val tokens under train frequencies): {:.4f}\n",
                data::unigram_cross_entropy(dir));
   });

@@ -99,18 +99,31 @@ std::string run_tokenizer_spec(const std::string& spec, const std::filesystem::p
   return std::filesystem::exists(copy, ec) ? prefix + copy.string() : spec;
 }
 
-OpenedRun open_run(const std::filesystem::path& run_dir) {
+namespace {
+// The run's latest checkpoint and the config saved with it.
+std::pair<CheckpointRef, RunConfig> latest_with_config(const std::filesystem::path& run_dir) {
   std::error_code ec;
   if (!std::filesystem::is_directory(run_dir, ec)) throw UserError("{}: run directory not found", run_dir.string());
   auto ck = latest_checkpoint(run_dir);
   if (!ck) throw UserError("{}: no checkpoint in {}/checkpoints (train first)", run_dir.string(), run_dir.string());
-  OpenedRun r;
   auto cfg_path = ck->dir / "config.toml";
-  r.cfg = config_from_toml_string(read_file(cfg_path), cfg_path.string());
-  validate_config(r.cfg);
-  if (r.cfg.model.vocab_size <= 0) throw UserError("{}: [model] vocab_size is not resolved", cfg_path.string());
-  r.model = make_model(r.cfg.model);
+  RunConfig cfg = config_from_toml_string(read_file(cfg_path), cfg_path.string());
+  validate_config(cfg);
+  if (cfg.model.vocab_size <= 0) throw UserError("{}: [model] vocab_size is not resolved", cfg_path.string());
+  return {*ck, std::move(cfg)};
+}
+}  // namespace
+
+RunConfig open_run_config(const std::filesystem::path& run_dir) { return latest_with_config(run_dir).second; }
+
+OpenedRun open_run(const std::filesystem::path& run_dir, const ops::Backend<float>* be) {
+  auto [ck0, cfg] = latest_with_config(run_dir);
+  const CheckpointRef* ck = &ck0;
+  OpenedRun r;
+  r.cfg = std::move(cfg);
+  r.model = make_model(r.cfg.model, true, {}, be);
   load_model(*r.model, ck->dir / "model.safetensors");
+  r.model->params().upload_params();  // into a device backend's copy (nothing on the CPU)
   r.step = ck->step;
   r.checkpoint = ck->dir;
   return r;

@@ -29,7 +29,10 @@ struct OpenedRun {
   long step = 0;
   std::filesystem::path checkpoint;
 };
-OpenedRun open_run(const std::filesystem::path& run_dir);
+// The model is bound to `be` (nullptr: the CPU's) and its weights are in the backend's memory.
+OpenedRun open_run(const std::filesystem::path& run_dir, const ops::Backend<float>* be = nullptr);
+// The config saved with the run's latest checkpoint (open_run's, without the weights).
+RunConfig open_run_config(const std::filesystem::path& run_dir);
 
 // Pretrained weights to start training from ([train] init_from): a run directory (its latest
 // checkpoint) or a Hugging Face checkpoint directory (config.json + safetensors).

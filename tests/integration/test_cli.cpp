@@ -118,6 +118,18 @@ TEST_F(Cli, TrainingBeatsTheUnigramBaselineOnRealText) {
   auto at = e.out.find("unigram baseline");
   ASSERT_NE(at, std::string::npos) << e.out;
   EXPECT_NEAR(std::stod(e.out.substr(e.out.find(": ", at) + 2)), base, 1e-3);
+  // eval with bf16 GEMM products (the CPU's emulation; its effect is shown in test_backend):
+  // the mode is taken and the loss stays close to fp32's.
+  auto val_loss = [](const std::string& out) {
+    auto v = out.find("val loss ");
+    return v == std::string::npos ? -1.0 : std::stod(out.substr(v + 9));
+  };
+  auto e16 = run_lmforge("eval --run " + run.string() + " --batches 4 --matmul-precision bf16", t.path());
+  ASSERT_EQ(e16.code, 0) << e16.err;
+  EXPECT_NE(e16.out.find("bf16 GEMMs"), std::string::npos) << e16.out;
+  EXPECT_NEAR(val_loss(e16.out), val_loss(e.out), 0.02 * val_loss(e.out));
+  expect_user_error(run_lmforge("eval --run " + run.string() + " --matmul-precision fp16", t.path()),
+                    "--matmul-precision");
   auto s = run_lmforge("sample --run " + run.string() + " --prompt 'The Congress ' --max-new-tokens 40 --seed 2", t.path());
   ASSERT_EQ(s.code, 0) << s.err;
   EXPECT_GE(s.out.size(), std::string("The Congress ").size() + 20);
@@ -261,6 +273,9 @@ TEST_F(Cli, CudaWithoutADeviceIsOneLine) {
   EXPECT_FALSE(fs::exists(run));
   expect_user_error(run_lmforge("bench --device cuda --L 1 --C 32 --H 2 --vocab 50 --T 16", t.path()), "cuda");
   expect_user_error(run_lmforge("bench --device tpu", t.path()), "--device");
+  expect_user_error(run_lmforge("eval --run " + run.string() + " --device cuda --matmul-precision fp32", t.path()),
+                    "cuda");
+  expect_user_error(run_lmforge("eval --run " + run.string() + " --device tpu", t.path()), "--device");
 }
 
 TEST_F(Cli, VocabularyLargerThanModel) {

@@ -19,7 +19,9 @@
 #include "optim/adamw.h"
 #include "train/config.h"
 #include "train/data_parallel.h"
+#include "data/loader.h"
 #include "train/metrics.h"
+#include "train/run_io.h"
 #include "train/trainer.h"
 #include "test_util.h"
 #include "thread_comm.h"
@@ -256,6 +258,13 @@ TEST_F(TrainerOnBackend, LossesAndCheckpointsMatchTheCpuAcrossAResume) {
     for (const char* f : {"model.safetensors", "optimizer.safetensors"})
       EXPECT_EQ(test::slurp(cpu_run / "checkpoints/step_0000006" / f), test::slurp(dev_run / "checkpoints/step_0000006" / f))
           << f;
+    // `lmforge eval --device`: a run opened on the device backend evaluates as on the CPU.
+    auto on_cpu = open_run(cpu_run), on_dev = open_run(cpu_run, &guarded_backend());
+    ASSERT_TRUE(on_dev.model->params().on_device());
+    const auto dir = tmp->path() / "data";
+    data::DataLoader v1(dir, "val", 4, 32, 1, false), v2(dir, "val", 4, 32, 1, false);
+    EXPECT_EQ(evaluate_model(*on_cpu.model, v1, 2, 4, 32), evaluate_model(*on_dev.model, v2, 2, 4, 32));
+    EXPECT_EQ(Guarded::get().violations(), 0) << Guarded::get().first_violation();
   }
 }
 
