@@ -5,10 +5,12 @@
 #   .dev/hfx_{gpt2,llama,llama_bias}   lmforge's HF exports of tests/fixtures/hf_tiny/* (convert --to hf)
 #   .dev/torch_train_bench.py          ../shared/bench/torch_train_bench.py
 # Usage: scripts/device_check.sh [STEP...]   steps: tests lab hf bench (default: all). Logs go to $OUT.
+# PYTHON: the interpreter with PyTorch (and transformers, for hf); default python3.
 set -uo pipefail
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(tests lab hf bench)
 root=$PWD
+py=${PYTHON:-python3}
 mkdir -p /tmp/lmf && tar -xzf .dev/bundle.tgz -C /tmp/lmf || exit 1
 # The tests read their data through the source directory compiled in (LMF_SOURCE_DIR).
 # Default: where this project's own sessions build (/work/main); else set LMF_BUILT_SOURCE.
@@ -31,7 +33,7 @@ tests)
   for t in test_cuda_ops test_cuda_matmul test_cuda_attention test_cuda_model test_nccl; do
     timeout 240 /tmp/lmf/bin/$t > /tmp/$t.log 2>&1; rc=$?
     { echo "######## $t rc=$rc"; cat /tmp/$t.log; } >> "$out/tests.log"
-    note "$t rc=$rc $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' /tmp/$t.log | tr '\n' ' ')"
+    note "$t rc=$rc $(grep -E '^\[  (PASSED|FAILED|SKIPPED) *\] [0-9]+ tests?' /tmp/$t.log | tr '\n' ' ')"
     grep -E '^\[  FAILED  \]|Failure|error' /tmp/$t.log | head -20 >> "$summary"
   done ;;
 lab)
@@ -40,23 +42,23 @@ lab)
 hf)
   {
     mkdir -p /tmp/hf/gpt2 && cp tests/fixtures/hf_tiny/gpt2/tokenizer.json /tmp/hf/gpt2/
-    python3 -c 'import transformers; print("transformers", transformers.__version__)'
-    PYTHONUNBUFFERED=1 timeout 200 python3 tools/hf_reference.py generate /tmp/hf; echo "generate rc=$?"
+    $py -c 'import transformers; print("transformers", transformers.__version__)'
+    PYTHONUNBUFFERED=1 timeout 200 $py tools/hf_reference.py generate /tmp/hf; echo "generate rc=$?"
     for n in gpt2 llama llama_bias; do
-      timeout 100 python3 tools/hf_reference.py check-export .dev/hfx_$n tests/fixtures/hf_tiny/$n.reference.safetensors
+      timeout 100 $py tools/hf_reference.py check-export .dev/hfx_$n tests/fixtures/hf_tiny/$n.reference.safetensors
       echo "check-export $n rc=$?"
     done
   } > "$out/hf.log" 2>&1
-  grep -E 'rc=|transformers|max' "$out/hf.log" >> "$summary" ;;
+  grep -E 'rc=|transformers|max|rror' "$out/hf.log" >> "$summary" ;;
 bench)
   shape=${BENCH_SHAPE:---B 8 --T 1024 --steps 6 --warmup 2}
   {
     for a in gpt2 llama; do
       echo "== lmforge $a fp32"; timeout 120 /tmp/lmf/bin/lmforge bench --device cuda --arch $a $shape
-      echo "== torch $a fp32"; timeout 120 python3 .dev/torch_train_bench.py --device cuda --arch $a $shape
+      echo "== torch $a fp32"; timeout 120 $py .dev/torch_train_bench.py --device cuda --arch $a $shape
     done
     echo "== torch gpt2 bf16 compile"
-    timeout 150 python3 .dev/torch_train_bench.py --device cuda --arch gpt2 --dtype bf16 --compile $shape
+    timeout 150 $py .dev/torch_train_bench.py --device cuda --arch gpt2 --dtype bf16 --compile $shape
   } > "$out/bench.log" 2>&1
   grep -E '^==|^\{|rror' "$out/bench.log" >> "$summary" ;;
 *) echo "unknown step $step"; exit 2 ;;
