@@ -186,6 +186,7 @@ class GuardedComm final : public dist::Communicator {
 };
 
 inline void fill_values(float* x, float value, size_t n) { std::fill(x, x + n, value); }
+inline void copy_values(float* dst, const float* src, size_t n) { std::copy(src, src + n, dst); }
 inline void no_wait() {}
 inline size_t no_peak() { return 0; }
 
@@ -219,6 +220,7 @@ inline const ops::Backend<float>& guarded_backend() {
       &GuardedOp<&attention_gqa_forward<F>>::call,
       &GuardedOp<&attention_gqa_backward<F>>::call,
       &GuardedOp<&fill_values>::call,
+      &GuardedOp<&copy_values>::call,
       &GuardedOp<&adamw_update>::call,
       &GuardedOp<&sum_squares>::call,
       &GuardedOp<&scale>::call,

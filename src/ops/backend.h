@@ -75,6 +75,8 @@ struct Backend {
 
   // x[0, n) = value.
   void (*fill)(F* x, F value, size_t n);
+  // dst[0, n) = src[0, n), both in the backend's memory, not overlapping.
+  void (*copy)(F* dst, const F* src, size_t n);
   // The optimizer's ops (float; the double table has them too, for float buffers).
   void (*adamw_update)(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1,
                        float beta2, float eps, float wd, long t);

@@ -64,10 +64,10 @@ DataParallel::DataParallel(dist::Communicator& comm, ParamStore<float>& ps, cons
       be_(be ? be : &ops::cpu_backend<float>()),
       zero_(zero),
       shards_(ps.flat_size(), comm.world()),
-      tp_(tp) {
+      tp_(tp),
+      dgshard_(*be_->memory) {
   LMF_CHECK(zero >= 0 && zero <= 3, "zero stage {}", zero);
-  LMF_CHECK(be_->on_host() || comm.world() == 1 ||
-                (device_comm && device_comm->world() == comm.world() && zero <= 1 && (tp == nullptr || tp->world() == 1)),
+  LMF_CHECK(be_->on_host() || comm.world() == 1 || (device_comm && device_comm->world() == comm.world() && zero <= 2),
             "data parallelism on the {} backend: {} ranks, ZeRO {}, {} device communicator", be_->name, comm.world(),
             zero, device_comm ? "a" : "no");
   const int r = comm.rank();
@@ -75,7 +75,12 @@ DataParallel::DataParallel(dist::Communicator& comm, ParamStore<float>& ps, cons
     opt_ = std::make_unique<AdamW>(ps, oc, be_);
   else
     opt_ = std::make_unique<AdamW>(ps, oc, shards_.begin(r), shards_.end(r), be_);
-  if (zero_ >= 2) gshard_.resize(size_t(shards_.counts[r]));
+  if (zero_ >= 2) {
+    if (be_->on_host())
+      gshard_.resize(size_t(shards_.counts[r]));
+    else
+      dgshard_.resize(size_t(shards_.counts[r]));
+  }
 }
 
 void DataParallel::overlap_with(Model& model) {
@@ -117,8 +122,13 @@ double DataParallel::sync_and_clip(double max_norm) {
       // (the rest of the buffer is stale and never read).
       lo = opt_->lo();
       hi = lo + opt_->size();
-      comm_.reduce_scatter_sum(g, gshard_.data(), shards_.counts);
-      std::memcpy(g + lo, gshard_.data(), sizeof(float) * (hi - lo));
+      if (be_->on_host()) {
+        comm_.reduce_scatter_sum(g, gshard_.data(), shards_.counts);
+        std::memcpy(g + lo, gshard_.data(), sizeof(float) * (hi - lo));
+      } else {
+        buf_.reduce_scatter_sum(g, dgshard_.data(), shards_.counts);
+        be_->copy(g + lo, dgshard_.data(), hi - lo);
+      }
     }
   }
   double sumsq;
@@ -143,7 +153,7 @@ std::array<double, 2> DataParallel::sum_squares_split_replicated(const float* g,
   std::array<double, 2> parts{0.0, 0.0};
   for (const auto& e : ps_.entries()) {
     const size_t a = std::max(lo, e.offset), b = std::min(hi, e.offset + e.size);
-    if (a < b) parts[e.split_dim >= 0 ? 0 : 1] += ops::sum_squares(g + a, b - a);
+    if (a < b) parts[e.split_dim >= 0 ? 0 : 1] += be_->sum_squares(g + a, b - a);
   }
   return parts;
 }

@@ -62,7 +62,9 @@ class DataParallel {
   // backend (nullptr: the CPU's); a device backend keeps the optimizer state in its memory and
   // works on the compute copy of `ps`. Its gradients and parameters then travel over
   // `device_comm` (NCCL over the same ranks as comm, which still carries the host values); on
-  // more than one rank a device backend supports ZeRO 0 and 1, without tensor parallelism.
+  // more than one rank a device backend supports ZeRO 0, 1 and 2, and tensor parallelism (whose
+  // activations travel over the model's own device communicator; `tp` here carries the gradient
+  // norm's host values).
   DataParallel(dist::Communicator& comm, ParamStore<float>& ps, const OptimConfig& oc, int zero,
                dist::Communicator* tp = nullptr, const ops::Backend<float>* be = nullptr,
                dist::Communicator* device_comm = nullptr);
@@ -122,6 +124,7 @@ class DataParallel {
   std::unique_ptr<AdamW> opt_;
   std::vector<float> gshard_;  // zero 2: this rank's summed gradient shard
   dist::Communicator* tp_;
+  Array<float> dgshard_;       // zero 2 on a device backend: the same, in its memory
   // Sums of squares of g over [lo, hi): {split tensors, replicated tensors}.
   std::array<double, 2> sum_squares_split_replicated(const float* g, size_t lo, size_t hi) const;
   bool overlap_ = false, armed_ = false, started_ = false;

@@ -119,14 +119,14 @@ Trainer::Trainer(RunConfig cfg, const ops::Backend<float>* backend) : cfg_(std::
     cuda::select_device(dist::local_rank());  // one GPU per process of a node
   }
   if (!be) be = &ops::cpu_backend<float>(precision);
-  if (be && !be->on_host() && comm_->world() > 1) {
-    // Gradients and parameters travel between GPUs over NCCL; the host values (loss, norm
-    // parts, stop flag) still over MPI.
-    if (tp_ > 1 || cfg_.dist.zero > 1)
-      throw UserError("[train] device = \"{}\" on {} ranks supports [dist] zero = 0 or 1 without tensor_parallel "
-                      "for now (got zero = {}, tensor_parallel = {})",
-                      be->name, comm_->world(), cfg_.dist.zero, tp_);
-    device_comm_ = dist::make_nccl_communicator(*dp_comm_, cfg_.dist.timeout_s);
+  if (!be->on_host() && comm_->world() > 1) {
+    // Gradients, parameters and tensor-parallel activations travel between GPUs over NCCL, one
+    // communicator per group; the host values (loss, norm parts, stop flag) still over MPI.
+    if (cfg_.dist.zero > 2)
+      throw UserError("[train] device = \"{}\" on {} ranks supports [dist] zero = 0, 1 or 2 for now (got {})",
+                      be->name, comm_->world(), cfg_.dist.zero);
+    if (dp_comm_->world() > 1) device_comm_ = dist::make_nccl_communicator(*dp_comm_, cfg_.dist.timeout_s);
+    if (tp_ > 1) device_tp_comm_ = dist::make_nccl_communicator(*tp_comm_, cfg_.dist.timeout_s);
   }
   set_num_threads(cfg_.train.threads);
   if (!cfg_.train.init_from.empty()) {
@@ -169,7 +169,9 @@ Trainer::Trainer(RunConfig cfg, const ops::Backend<float>* backend) : cfg_(std::
                     data_vocab, cfg_.model.vocab_size);
   }
   check_tokenizer_matches_data(cfg_.data.tokenizer, cfg_.data.dir);
-  model_ = make_model(cfg_.model, true, nn::TensorParallel{tp_comm_.get(), tp_, tp_rank_}, be);
+  // The blocks' all-reduces act on activations: in the backend's memory, over its communicator.
+  dist::Communicator* tp_acts = device_tp_comm_ ? device_tp_comm_.get() : tp_comm_.get();
+  model_ = make_model(cfg_.model, true, nn::TensorParallel{tp_acts, tp_, tp_rank_}, be);
   if (tp_ > 1) whole_ = make_model(cfg_.model, /*allocate=*/false);
   dp_ = std::make_unique<DataParallel>(*dp_comm_, model_->params(), cfg_.optim, cfg_.dist.zero, tp_comm_.get(),
                                        be, device_comm_.get());
@@ -237,12 +239,12 @@ void Trainer::load_whole(const std::function<void(Model&)>& fill) {
 
 uint64_t Trainer::comm_bytes_total() const {
   return comm_bytes(comm_.get()) + comm_bytes(tp_comm_.get()) + comm_bytes(dp_split_.get()) +
-         comm_bytes(device_comm_.get());
+         comm_bytes(device_comm_.get()) + comm_bytes(device_tp_comm_.get());
 }
 
 uint64_t Trainer::comm_calls_total() const {
   uint64_t n = 0;
-  for (const auto* c : {comm_.get(), tp_comm_.get(), dp_split_.get(), device_comm_.get()})
+  for (const auto* c : {comm_.get(), tp_comm_.get(), dp_split_.get(), device_comm_.get(), device_tp_comm_.get()})
     if (c) n += c->stats().calls;
   return n;
 }

@@ -59,7 +59,8 @@ class Trainer {
   // Declared after comm_, so destroyed before it: the tensor-parallel group, and the
   // data-parallel group when it is not the whole world (dp_comm_ points to one of them).
   std::unique_ptr<dist::Communicator> tp_comm_, dp_split_;
-  std::unique_ptr<dist::Communicator> device_comm_;  // NCCL over the data-parallel group (GPUs)
+  std::unique_ptr<dist::Communicator> device_comm_;     // NCCL over the data-parallel group (GPUs)
+  std::unique_ptr<dist::Communicator> device_tp_comm_;  // NCCL over the tensor-parallel group (GPUs)
   dist::Communicator* dp_comm_ = nullptr;
   int tp_ = 1, tp_rank_ = 0;
   std::unique_ptr<Model> model_;

@@ -35,6 +35,7 @@ TEST(CudaOps, Skipped) { GTEST_SKIP() << "built without CUDA"; }
 
 #include <algorithm>
 #include <array>
+#include <cstddef>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -489,13 +490,20 @@ TEST(CudaBackend, EveryOpIsSet) {
   ASSERT_NE(b.memory, nullptr);
   EXPECT_STREQ(b.memory->name, "cuda");
   EXPECT_FALSE(b.on_host());
-  // Every member is a pointer (name, memory, then the ops), so a null one, such as a member added
-  // to ops::Backend and not filled in by ops/cuda/backend.cu, shows as a zero word.
+  // Every member but matmul_precision is a pointer (name, memory, then the ops), so a null one,
+  // such as a member added to ops::Backend and not filled in by ops/cuda/backend.cu, shows as a
+  // zero word. (matmul_precision's word holds fp32 = 0 here: skipped.)
   constexpr size_t kWords = sizeof(ops::Backend<float>) / sizeof(void*);
   static_assert(sizeof(ops::Backend<float>) == kWords * sizeof(void*));
+  constexpr size_t kPrecisionWord = offsetof(ops::Backend<float>, matmul_precision) / sizeof(void*);
   std::array<uintptr_t, kWords> words{};
   std::memcpy(words.data(), &b, sizeof(b));
-  for (size_t i = 0; i < kWords; ++i) EXPECT_NE(words[i], 0u) << "member " << i << " is null";
+  for (size_t i = 0; i < kWords; ++i) {
+    if (i != kPrecisionWord) {
+      EXPECT_NE(words[i], 0u) << "member " << i << " is null";
+    }
+  }
+  EXPECT_EQ(b.matmul_precision, ops::MatmulPrecision::fp32);
 }
 
 TEST(CudaBackend, MemoryRoundTripsAndOpsRun) {
@@ -527,6 +535,14 @@ TEST(CudaBackend, MemoryRoundTripsAndOpsRun) {
   b.synchronize();
   a.download(back.data(), n);
   EXPECT_EQ(back, FVec(n, 2.0f));
+  // copy: device to device.
+  Array<float> c(m);
+  c.resize(n);
+  a.upload(h.data(), n);
+  b.copy(c.data(), a.data(), n);
+  b.synchronize();
+  c.download(back.data(), n);
+  EXPECT_EQ(back, h);
 }
 
 TEST(CudaBackend, OutOfMemoryThrowsAndLeavesNoStickyError) {

@@ -14,6 +14,10 @@ template <class F>
 void fill_host(F* x, F value, size_t n) {
   std::fill(x, x + n, value);
 }
+template <class F>
+void copy_host(F* dst, const F* src, size_t n) {
+  std::copy(src, src + n, dst);
+}
 
 void synchronize_host() {}
 size_t no_peak() { return 0; }
@@ -46,6 +50,7 @@ Backend<F> make_cpu_backend() {
       &attention_gqa_forward<F>,
       &attention_gqa_backward<F>,
       &fill_host<F>,
+      &copy_host<F>,
       &adamw_update,
       &sum_squares,
       &scale,

@@ -90,7 +90,7 @@ struct GemmOnDefaultStream {
 
 // Every member of the table but matmul_precision is a pointer (on_host() is a function): a member
 // added to ops::Backend fails here until it is filled in below.
-static_assert(sizeof(ops::Backend<float>) == 30 * sizeof(void*),
+static_assert(sizeof(ops::Backend<float>) == 31 * sizeof(void*),
               "ops::Backend changed: fill the new member in make_cuda_backend()");
 
 template <ops::MatmulPrecision P>
@@ -123,6 +123,7 @@ ops::Backend<float> make_cuda_backend() {
       .attention_gqa_forward = OnDefaultStream<attention_gqa_forward>{},
       .attention_gqa_backward = OnDefaultStream<attention_gqa_backward>{},
       .fill = OnDefaultStream<fill>{},
+      .copy = OnDefaultStream<copy>{},
       .adamw_update = OnDefaultStream<adamw_update>{},
       .sum_squares = OnDefaultStream<sum_squares>{},  // synchronises
       .scale = OnDefaultStream<scale>{},

@@ -67,6 +67,8 @@ void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float 
 
 // x (n) = value.
 void fill(float* x, float value, size_t n, cudaStream_t stream = 0);
+// dst (n) = src (n), device to device (the ranges must not overlap).
+void copy(float* dst, const float* src, size_t n, cudaStream_t stream = 0);
 // Sum of x (n) squared, accumulated in double, as ops::sum_squares (for gradient clipping).
 // Deterministic: a fixed grid for each n, per-block partials in a per-device workspace kept across
 // calls, summed in a fixed order; equal to the CPU's to double rounding (another order), not

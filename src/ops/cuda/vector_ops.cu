@@ -100,6 +100,11 @@ void fill(float* x, float value, size_t n, cudaStream_t stream) {
   LMF_CUDA_CHECK_LAUNCH();
 }
 
+void copy(float* dst, const float* src, size_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  LMF_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+}
+
 void scale(float* x, float s, size_t n, cudaStream_t stream) {
   if (n == 0) return;
   scale_kernel<<<detail::grid_for(n), kThreads, 0, stream>>>(x, s, n);
