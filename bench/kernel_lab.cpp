@@ -340,10 +340,17 @@ void BM_matmul_backward(benchmark::State& st) {
 }
 
 // Causal attention, GPT-2 124M: useful FLOPs are the causal half of QK^T and PV (x2 backward).
+// range(0): 0 forward, 1 backward; range(1): the kernels (0 rowwise, 1 tiled).
 void BM_attention(benchmark::State& st) {
   if (!need_device(st)) return;
   const int B = kB, T = kT, C = kC, NH = kNH;
   const bool backward = st.range(0) != 0;
+  const cuda::AttentionKernel saved = cuda::attention_kernel();
+  cuda::set_attention_kernel(st.range(1) ? cuda::AttentionKernel::tiled : cuda::AttentionKernel::rowwise);
+  struct Restore {
+    cuda::AttentionKernel k;
+    ~Restore() { cuda::set_attention_kernel(k); }
+  } restore{saved};
   auto qkv = rand_vec(size_t(B) * T * 3 * C, 36);
   FVec out(size_t(B) * T * C), lse(size_t(B) * NH * T);
   ops::attention_forward(out.data(), lse.data(), qkv.data(), B, T, C, NH);
@@ -437,7 +444,7 @@ LAB(BM_sum_squares);
 LAB(BM_scale);
 LAB(BM_matmul_forward)->ArgsProduct({{3 * kC, 4 * kC}, {kC}, {0, 1, 2}})->ArgsProduct({{kC}, {4 * kC}, {0, 1, 2}});
 LAB(BM_matmul_backward)->ArgsProduct({{3 * kC, 4 * kC}, {kC}, {0, 1, 2}})->ArgsProduct({{kC}, {4 * kC}, {0, 1, 2}});
-LAB(BM_attention)->Arg(0)->Arg(1);
+LAB(BM_attention)->ArgsProduct({{0, 1}, {0, 1}});
 LAB(BM_encoder)->Arg(0)->Arg(1);
 LAB(BM_classifier_ce);
 

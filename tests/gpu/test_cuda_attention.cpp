@@ -150,23 +150,43 @@ void check_attention_gqa(const AttnShape& s) {
   EXPECT_EQ(d_dv2.to_host(), d_dv.to_host());
 }
 
-TEST(CudaAttention, MultiHead) {
+// Both kernel families (ops_cuda.h AttentionKernel): the row kernels, and the tiled ones (64-row
+// tiles, 32-row steps; heads above 128 fall back to rows). The process-wide choice is restored.
+class CudaAttentionKernels : public ::testing::TestWithParam<cuda::AttentionKernel> {
+ protected:
+  void SetUp() override {
+    saved_ = cuda::attention_kernel();
+    cuda::set_attention_kernel(GetParam());
+  }
+  void TearDown() override { cuda::set_attention_kernel(saved_); }
+  cuda::AttentionKernel saved_{};
+};
+
+TEST_P(CudaAttentionKernels, MultiHead) {
   SKIP_WITHOUT_DEVICE();
   check_attention(2, 37, 3, 10);  // T past one 32-key chunk, hs below the warp
   check_attention(1, 1, 2, 8);    // one key
   check_attention(2, 33, 2, 32);  // hs exactly one dimension per lane
-  check_attention(2, 257, 2, 64);
+  check_attention(2, 257, 2, 64);  // five 64-row tiles, the last of one row
+  check_attention(1, 1024, 12, 64);  // GPT-2 124M's heads at T = 1024
 }
 
-TEST(CudaAttention, GroupedQuery) {
+TEST_P(CudaAttentionKernels, GroupedQuery) {
   SKIP_WITHOUT_DEVICE();
   check_attention_gqa({2, 37, 4, 2, 16});
   check_attention_gqa({2, 37, 4, 1, 16});  // multi-query
   check_attention_gqa({1, 257, 4, 2, 64});
   check_attention_gqa({1, 40, 3, 3, 33});   // KVH == NH; 2 dimensions per lane, one partial
   check_attention_gqa({1, 20, 2, 1, 96});   // 4 per lane (96 rounds up), the last one idle
-  check_attention_gqa({1, 65, 2, 1, 256});  // the largest head: 8 per lane
+  check_attention_gqa({1, 130, 4, 1, 128});  // the largest tiled head (the most shared memory)
+  check_attention_gqa({1, 65, 2, 1, 256});  // the largest head: 8 per lane (rows in both)
 }
+
+INSTANTIATE_TEST_SUITE_P(Kernels, CudaAttentionKernels,
+                         ::testing::Values(cuda::AttentionKernel::rowwise, cuda::AttentionKernel::tiled),
+                         [](const auto& info) {
+                           return info.param == cuda::AttentionKernel::tiled ? "tiled" : "rowwise";
+                         });
 
 // The shape checks run on the host before any launch: no device needed.
 TEST(CudaAttention, RejectsBadHeads) {

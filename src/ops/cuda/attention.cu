@@ -19,10 +19,14 @@
 // __shfl_sync. Simple and exact in structure; a tiled tensor-core kernel is to replace it.
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <string_view>
 #include <type_traits>
 
 #include "core/error.h"
+#include "ops/cuda/attention.cuh"
 #include "ops/cuda/cuda_util.h"
 #include "ops/cuda/launch.cuh"
 #include "ops/cuda/ops_cuda.h"
@@ -30,20 +34,14 @@
 namespace lmf::cuda {
 namespace {
 
+using detail::Heads;
+
 using detail::kWarp;
 using detail::warp_sum;
 
 constexpr int kMaxHs = 256;        // head size limit: 8 dimensions per lane
 constexpr int kWarpsPerBlock = 4;  // rows per block
 constexpr unsigned kFull = 0xffffffffu;
-
-// Where the heads live, as ops/cpu/attention.cpp: batch b starts T * ld further on, head h at
-// h * hs within a row.
-struct Heads {
-  int B, T, NH, KVH, hs;
-  int ldq, ldkv, ldo;  // row strides of q (and dq), k and v (and dk, dv), out (and dout)
-  float scale;
-};
 
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
@@ -259,10 +257,27 @@ void dispatch_per_lane(int hs, F f) {
   }
 }
 
+AttentionKernel initial_kernel() {
+  const char* e = std::getenv("LMF_CUDA_ATTENTION");
+  if (e == nullptr || std::string_view(e).empty() || std::string_view(e) == "rowwise") return AttentionKernel::rowwise;
+  if (std::string_view(e) == "tiled") return AttentionKernel::tiled;
+  throw UserError("LMF_CUDA_ATTENTION: expected rowwise or tiled (got \"{}\")", e);
+}
+
+std::atomic<AttentionKernel>& kernel_choice() {
+  static std::atomic<AttentionKernel> k{initial_kernel()};
+  return k;
+}
+
+bool use_tiled(const Heads& g) {
+  return kernel_choice().load() == AttentionKernel::tiled && g.hs <= detail::kTiledMaxHs;
+}
+
 void forward_impl(float* out, float* lse, const float* q, const float* k, const float* v,
                   const Heads& g, cudaStream_t stream) {
   const long rows = (long)g.B * g.NH * g.T;
   if (rows == 0) return;
+  if (use_tiled(g)) return detail::tiled_forward(out, lse, q, k, v, g, stream);
   dispatch_per_lane(g.hs, [&](auto per) {
     attn_fwd_kernel<decltype(per)::value>
         <<<row_blocks(rows), kWarpsPerBlock * kWarp, 0, stream>>>(out, lse, q, k, v, g);
@@ -275,6 +290,7 @@ void backward_impl(float* dq, float* dk, float* dv, const float* dout, const flo
                    const Heads& g, cudaStream_t stream) {
   const long qrows = (long)g.B * g.NH * g.T, kvrows = (long)g.B * g.KVH * g.T;
   if (qrows == 0) return;
+  if (use_tiled(g)) return detail::tiled_backward(dq, dk, dv, dout, q, k, v, out, lse, g, stream);
   dispatch_per_lane(g.hs, [&](auto per) {
     constexpr int kPer = decltype(per)::value;
     attn_bwd_dq_kernel<kPer>
@@ -287,6 +303,9 @@ void backward_impl(float* dq, float* dk, float* dv, const float* dout, const flo
 }
 
 }  // namespace
+
+void set_attention_kernel(AttentionKernel k) { kernel_choice().store(k); }
+AttentionKernel attention_kernel() { return kernel_choice().load(); }
 
 void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C, int NH,
                        cudaStream_t stream) {

@@ -121,7 +121,16 @@ int classifier_chunk_rows(int N, int V);
 // 0 restores the automatic choice. Process-wide.
 void set_classifier_chunk_rows(int rows);
 
-// ---- attention and encoder (ops/cuda/attention.cu, encoder.cu) ------------------------------
+// ---- attention and encoder (ops/cuda/attention.cu, attention_tiled.cu, encoder.cu) ----------
+
+// Which kernels the attention ops below run, process-wide: `rowwise` (attention.cu: one warp
+// per query or key row, each k and v row read once per row) or `tiled` (attention_tiled.cu:
+// FlashAttention-2's tiles in shared memory, for hs <= 128; larger heads stay rowwise). Same
+// arithmetic and error bound. The default is the environment's LMF_CUDA_ATTENTION (rowwise or
+// tiled), else rowwise, until the tiled kernels have been checked on a GPU (docs/cuda.md).
+enum class AttentionKernel { rowwise, tiled };
+void set_attention_kernel(AttentionKernel k);
+AttentionKernel attention_kernel();
 
 // Causal multi-head self-attention, as ops::attention_forward: scale 1/sqrt(hs),
 // hs = C / NH <= 256. qkv (B, T, 3C): per (b, t), [q (NH, hs) | k (NH, hs) | v (NH, hs)];
