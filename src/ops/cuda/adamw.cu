@@ -33,7 +33,7 @@ void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float 
                   float beta2, float eps, float wd, long t, cudaStream_t stream) {
   if (n == 0) return;
   const AdamwStep s = AdamwStep::at(lr, beta1, beta2, eps, wd, t);
-  adamw_kernel<<<detail::grid_for(n), detail::kThreads, 0, stream>>>(p, g, m, v, n, s);
+  LMF_LAUNCH(adamw_kernel, detail::grid_for(n), detail::kThreads, 0, stream)(p, g, m, v, n, s);
   LMF_CUDA_CHECK_LAUNCH();
 }
 

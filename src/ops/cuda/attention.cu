@@ -279,8 +279,7 @@ void forward_impl(float* out, float* lse, const float* q, const float* k, const 
   if (rows == 0) return;
   if (use_tiled(g)) return detail::tiled_forward(out, lse, q, k, v, g, stream);
   dispatch_per_lane(g.hs, [&](auto per) {
-    attn_fwd_kernel<decltype(per)::value>
-        <<<row_blocks(rows), kWarpsPerBlock * kWarp, 0, stream>>>(out, lse, q, k, v, g);
+    LMF_LAUNCH(attn_fwd_kernel<decltype(per)::value>, row_blocks(rows), kWarpsPerBlock * kWarp, 0, stream)(out, lse, q, k, v, g);
   });
   LMF_CUDA_CHECK_LAUNCH();
 }
@@ -293,10 +292,9 @@ void backward_impl(float* dq, float* dk, float* dv, const float* dout, const flo
   if (use_tiled(g)) return detail::tiled_backward(dq, dk, dv, dout, q, k, v, out, lse, g, stream);
   dispatch_per_lane(g.hs, [&](auto per) {
     constexpr int kPer = decltype(per)::value;
-    attn_bwd_dq_kernel<kPer>
-        <<<row_blocks(qrows), kWarpsPerBlock * kWarp, 0, stream>>>(dq, dout, q, k, v, out, lse, g);
+    LMF_LAUNCH(attn_bwd_dq_kernel<kPer>, row_blocks(qrows), kWarpsPerBlock * kWarp, 0, stream)(dq, dout, q, k, v, out, lse, g);
     LMF_CUDA_CHECK_LAUNCH();
-    attn_bwd_dkv_kernel<kPer><<<row_blocks(kvrows), kWarpsPerBlock * kWarp, 0, stream>>>(
+    LMF_LAUNCH(attn_bwd_dkv_kernel<kPer>, row_blocks(kvrows), kWarpsPerBlock * kWarp, 0, stream)(
         dk, dv, dout, q, k, v, out, lse, g);
     LMF_CUDA_CHECK_LAUNCH();
   });

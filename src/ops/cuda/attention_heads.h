@@ -1,6 +1,5 @@
 #pragma once
-// Where an attention op's heads live (plain C++: shared by the kernels of attention.cu and
-// attention_tiled.cu, and by the CPU emulation of the tiled kernels in tests/).
+// Where an attention op's heads live: shared by the kernels of attention.cu and attention_tiled.cu.
 
 namespace lmf::cuda::detail {
 

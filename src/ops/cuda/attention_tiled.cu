@@ -1,5 +1,23 @@
-// The tiled attention kernels (attention_tiled_body.h holds their bodies and the description)
-// and their launches.
+// Causal (grouped-query) attention on the GPU in tiles, FlashAttention-2's schedule (Dao 2023) on
+// the CUDA cores in fp32: a block of 256 threads owns a tile of rows, walks the tiles of the other
+// side through shared memory, and keeps its accumulators in registers. Against the row kernels of
+// attention.cu, each k and v row is read from global memory once per tile of 64 query rows instead
+// of once per query row. The arithmetic is theirs: every score and D_t a serial dot in d order, the
+// forward's online softmax over chunks of 32 keys (so the same error bound), P recomputed from lse
+// in the backward, and two backward kernels that each own their outputs (no atomics, fixed
+// summation orders: deterministic).
+//
+//  forward  (block: b, h, 64 query rows; 32 keys per step): thread (r, c4) = (tid / 4, tid % 4)
+//           scores its row r against keys c4, c4 + 4, ..., c4 + 28, the row's four threads agree on
+//           the running max and sum by shuffles, write their p to a shared (64, 33) tile, and then
+//           each accumulates dimensions c4, c4 + 4, ... of its row: acc = corr acc + sum_c p_c v_c.
+//  dq       (block: b, h, 64 query rows; 32 keys per step): the same layout; dS_tc =
+//           p_tc (dout_t . v_c - D_t) scale through a shared tile, dq_t = sum_c dS_tc k_c.
+//  dk, dv   (block: b, kv head, 64 key rows; the group's query heads in order, 32 query rows per
+//           step from the diagonal on): thread (s, c4) owns key row s, queries c4, c4 + 4, ...;
+//           dv_s = sum p_ts dout_t, dk_s = sum dS_ts q_t, in (h, t) ascending order.
+// Shared rows are padded to hs + 1 floats, so the threads of a warp, which read 8 rows at the same
+// d, hit 8 different banks.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -9,27 +27,141 @@
 #include "core/error.h"
 #include "ops/cuda/attention.cuh"
 #include "ops/cuda/cuda_util.h"
-
-#define LMF_TILED_DEV __device__ __forceinline__
-#define LMF_TILED_UNROLL _Pragma("unroll")
-#define LMF_TILED_TID threadIdx.x
-#define LMF_TILED_BID blockIdx.x
-#define LMF_TILED_SYNC_THREADS() __syncthreads()
-#define LMF_TILED_SYNC_WARP() __syncwarp()
-#define LMF_TILED_SHFL_XOR(v, m) __shfl_xor_sync(0xffffffffu, v, m)
-#include "ops/cuda/attention_tiled_body.h"
+#include "ops/cuda/launch.cuh"
 
 namespace lmf::cuda::detail {
 namespace {
 
-using namespace tiled;
+constexpr int kThreadsT = 256;   // 64 rows x 4 threads
+constexpr int kRows = 64;        // rows a block owns (queries in forward and dq, keys in dk/dv)
+constexpr int kStep = 32;        // rows of the other side per step (8 per thread)
+constexpr int kPad = kStep + 1;  // a (kRows, kStep) score tile's row stride
 
-template <int kPer>
+// The four threads of a row are lanes 4j..4j+3 of one warp.
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// a (n) . b (n) in d order: the same serial dot as attention.cu's dot_serial.
+__device__ __forceinline__ float dot_in_order(const float* a, const float* b, int n) {
+  float s = 0.0f;
+  for (int d = 0; d < n; ++d) s += a[d] * b[d];
+  return s;
+}
+
+// out[j] = a . b_j for the thread's 8 rows b_j = b + 4 j ld (its rows c4, c4 + 4, ... of a
+// tile), each a serial sum in d order (the bits of dot_in_order), with d outermost so that a[d]
+// is read once for all eight.
+__device__ __forceinline__ void scores(float (&out)[kStep / 4], const float* a, const float* b,
+                                       int ld, int hs) {
+#pragma unroll
+  for (int j = 0; j < kStep / 4; ++j) out[j] = 0.0f;
+  for (int d = 0; d < hs; ++d) {
+    const float ad = a[d];
+#pragma unroll
+    for (int j = 0; j < kStep / 4; ++j) out[j] += ad * b[4 * j * ld + d];
+  }
+}
+
+// rows [r0, r0 + n) of a (T, hs) head with row stride ld_src into shared dst (n, ld); rows past
+// T are zero.
+__device__ __forceinline__ void load_tile(float* dst, int ld, const float* src, int ld_src, int r0,
+                                          int n, int T, int hs) {
+  for (int i = threadIdx.x; i < n * hs; i += kThreadsT) {
+    const int r = i / hs, d = i % hs;
+    dst[r * ld + d] = r0 + r < T ? src[(size_t)(r0 + r) * ld_src + d] : 0.0f;
+  }
+}
+
+// Query tiles are taken last first: the longest rows (most keys) start first, the short ones
+// fill in behind them.
+__device__ __forceinline__ void block_place(int tiles, int heads, int& tile, int& head, int& b) {
+  const int x = blockIdx.x;
+  tile = tiles - 1 - x % tiles;
+  head = x / tiles % heads;
+  b = x / tiles / heads;
+}
+
+template <int kPer>  // dimensions per thread: ceil(hs / 4) rounded up to 8, 16 or 32
 __global__ void __launch_bounds__(kThreadsT)
     fwd_tiled(float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ q,
               const float* __restrict__ k, const float* __restrict__ v, Heads g) {
-  extern __shared__ float sm[];
-  fwd_tiled_body<kPer>(sm, out, lse, q, k, v, g);
+  LMF_DYNAMIC_SHARED(float, sm);
+  const int hs = g.hs, ld = hs + 1;
+  float* Qs = sm;               // (kRows, ld)
+  float* Ks = Qs + kRows * ld;  // (kStep, ld)
+  float* Vs = Ks + kStep * ld;  // (kStep, ld)
+  float* Ps = Vs + kStep * ld;  // (kRows, kPad)
+  const int tiles = (g.T + kRows - 1) / kRows;
+  int qt, h, b;
+  block_place(tiles, g.NH, qt, h, b);
+  const int kh = h / (g.NH / g.KVH);
+  const int r = threadIdx.x / 4, c4 = threadIdx.x % 4;
+  const int q0 = qt * kRows, t = q0 + r;
+  const bool row_ok = t < g.T;
+  const float* qh = q + (size_t)b * g.T * g.ldq + (size_t)h * hs;
+  const float* kb = k + (size_t)b * g.T * g.ldkv + (size_t)kh * hs;
+  const float* vb = v + (size_t)b * g.T * g.ldkv + (size_t)kh * hs;
+  load_tile(Qs, ld, qh, g.ldq, q0, kRows, g.T, hs);
+
+  // Invariant after each step, for row t: m = max score so far, l = sum exp(score - m), acc =
+  // sum exp(score - m) v, over the keys seen. Key 0 comes first and is visible to every row, so
+  // m is finite from the first step on (for rows past T it stays -inf, and nothing is written).
+  float m = -INFINITY, l = 0.0f, acc[kPer];
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) acc[i] = 0.0f;
+  const int last_key = min(g.T, q0 + kRows) - 1;
+  for (int k0 = 0; k0 <= last_key; k0 += kStep) {
+    __syncthreads();  // the previous step's tiles are no longer read
+    load_tile(Ks, ld, kb, g.ldkv, k0, kStep, g.T, hs);
+    load_tile(Vs, ld, vb, g.ldkv, k0, kStep, g.T, hs);
+    __syncthreads();
+    float s[kStep / 4];
+    scores(s, Qs + r * ld, Ks + c4 * ld, ld, hs);
+    float mx = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < kStep / 4; ++j) {
+      s[j] = row_ok && k0 + c4 + 4 * j <= t ? s[j] * g.scale : -INFINITY;
+      mx = fmaxf(mx, s[j]);
+    }
+    const float m_new = fmaxf(m, quad_max(mx));
+    const float corr = m == -INFINITY ? 0.0f : expf(m - m_new);
+    float psum = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kStep / 4; ++j) {
+      const float p = s[j] == -INFINITY ? 0.0f : expf(s[j] - m_new);
+      Ps[r * kPad + c4 + 4 * j] = p;
+      psum += p;
+    }
+    l = l * corr + quad_sum(psum);
+    m = m_new;
+    __syncwarp();  // the row's p, written by its four threads (one warp), visible to all
+                   // four
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) acc[i] *= corr;
+    for (int c = 0; c < kStep; ++c) {
+      const float p = Ps[r * kPad + c];
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) {
+        const int d = c4 + 4 * i;
+        if (d < hs) acc[i] += p * Vs[c * ld + d];
+      }
+    }
+  }
+  if (!row_ok) return;
+  float* o = out + ((size_t)b * g.T + t) * g.ldo + (size_t)h * hs;
+  const float inv = 1.0f / l;
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int d = c4 + 4 * i;
+    if (d < hs) o[d] = acc[i] * inv;
+  }
+  if (c4 == 0) lse[((size_t)b * g.NH + h) * g.T + t] = m + logf(l);
 }
 
 template <int kPer>
@@ -37,8 +169,66 @@ __global__ void __launch_bounds__(kThreadsT)
     dq_tiled(float* __restrict__ dq, const float* __restrict__ dout, const float* __restrict__ q,
              const float* __restrict__ k, const float* __restrict__ v,
              const float* __restrict__ out, const float* __restrict__ lse, Heads g) {
-  extern __shared__ float sm[];
-  dq_tiled_body<kPer>(sm, dq, dout, q, k, v, out, lse, g);
+  LMF_DYNAMIC_SHARED(float, sm);
+  const int hs = g.hs, ld = hs + 1;
+  float* Qs = sm;               // (kRows, ld)
+  float* Ds = Qs + kRows * ld;  // dout rows (kRows, ld)
+  float* Ks = Ds + kRows * ld;  // (kStep, ld)
+  float* Vs = Ks + kStep * ld;  // (kStep, ld)
+  float* Ss = Vs + kStep * ld;  // dS (kRows, kPad)
+  const int tiles = (g.T + kRows - 1) / kRows;
+  int qt, h, b;
+  block_place(tiles, g.NH, qt, h, b);
+  const int kh = h / (g.NH / g.KVH);
+  const int r = threadIdx.x / 4, c4 = threadIdx.x % 4;
+  const int q0 = qt * kRows, t = q0 + r;
+  const bool row_ok = t < g.T;
+  const float* kb = k + (size_t)b * g.T * g.ldkv + (size_t)kh * hs;
+  const float* vb = v + (size_t)b * g.T * g.ldkv + (size_t)kh * hs;
+  load_tile(Qs, ld, q + (size_t)b * g.T * g.ldq + (size_t)h * hs, g.ldq, q0, kRows, g.T, hs);
+  load_tile(Ds, ld, dout + (size_t)b * g.T * g.ldo + (size_t)h * hs, g.ldo, q0, kRows, g.T, hs);
+  __syncthreads();
+  float D = 0.0f, lse_t = 0.0f;
+  if (row_ok) {
+    D = dot_in_order(Ds + r * ld, out + ((size_t)b * g.T + t) * g.ldo + (size_t)h * hs, hs);
+    lse_t = lse[((size_t)b * g.NH + h) * g.T + t];
+  }
+  float acc[kPer];
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) acc[i] = 0.0f;
+  const int last_key = min(g.T, q0 + kRows) - 1;
+  for (int k0 = 0; k0 <= last_key; k0 += kStep) {
+    __syncthreads();
+    load_tile(Ks, ld, kb, g.ldkv, k0, kStep, g.T, hs);
+    load_tile(Vs, ld, vb, g.ldkv, k0, kStep, g.T, hs);
+    __syncthreads();
+    float qk[kStep / 4], dp[kStep / 4];
+    scores(qk, Qs + r * ld, Ks + c4 * ld, ld, hs);
+    scores(dp, Ds + r * ld, Vs + c4 * ld, ld, hs);
+#pragma unroll
+    for (int j = 0; j < kStep / 4; ++j) {
+      const int c = c4 + 4 * j;
+      float ds = 0.0f;  // dS_tc = p_tc (dP_tc - D_t) scale, 0 for masked keys
+      if (row_ok && k0 + c <= t) ds = expf(qk[j] * g.scale - lse_t) * (dp[j] - D) * g.scale;
+      Ss[r * kPad + c] = ds;
+    }
+    __syncwarp();
+    for (int c = 0; c < kStep; ++c) {
+      const float ds = Ss[r * kPad + c];
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) {
+        const int d = c4 + 4 * i;
+        if (d < hs) acc[i] += ds * Ks[c * ld + d];
+      }
+    }
+  }
+  if (!row_ok) return;
+  float* dqr = dq + ((size_t)b * g.T + t) * g.ldq + (size_t)h * hs;
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int d = c4 + 4 * i;
+    if (d < hs) dqr[d] = acc[i];
+  }
 }
 
 template <int kPer>
@@ -46,8 +236,96 @@ __global__ void __launch_bounds__(kThreadsT)
     dkv_tiled(float* __restrict__ dk, float* __restrict__ dv, const float* __restrict__ dout,
               const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
               const float* __restrict__ out, const float* __restrict__ lse, Heads g) {
-  extern __shared__ float sm[];
-  dkv_tiled_body<kPer>(sm, dk, dv, dout, q, k, v, out, lse, g);
+  LMF_DYNAMIC_SHARED(float, sm);
+  const int hs = g.hs, ld = hs + 1;
+  float* Ks = sm;                 // (kRows, ld)
+  float* Vs = Ks + kRows * ld;    // (kRows, ld)
+  float* Qs = Vs + kRows * ld;    // (kStep, ld)
+  float* Os = Qs + kStep * ld;    // dout rows (kStep, ld)
+  float* Ps = Os + kStep * ld;    // (kRows, kPad)
+  float* Ss = Ps + kRows * kPad;  // dS (kRows, kPad)
+  float* Dq = Ss + kRows * kPad;  // D_t (kStep)
+  float* Lq = Dq + kStep;         // lse_t (kStep)
+  const int tiles = (g.T + kRows - 1) / kRows;
+  int st, kh, b;
+  block_place(tiles, g.KVH, st, kh, b);
+  const int group = g.NH / g.KVH;
+  const int r = threadIdx.x / 4, c4 = threadIdx.x % 4;
+  const int k0 = st * kRows, s = k0 + r;
+  const bool row_ok = s < g.T;
+  const size_t kv_at = (size_t)b * g.T * g.ldkv + (size_t)kh * hs;
+  load_tile(Ks, ld, k + kv_at, g.ldkv, k0, kRows, g.T, hs);
+  load_tile(Vs, ld, v + kv_at, g.ldkv, k0, kRows, g.T, hs);
+
+  float dk_acc[kPer], dv_acc[kPer];
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
+  for (int h = kh * group; h < (kh + 1) * group; ++h) {
+    const float* qh = q + (size_t)b * g.T * g.ldq + (size_t)h * hs;
+    const float* oh = out + (size_t)b * g.T * g.ldo + (size_t)h * hs;
+    const float* dh = dout + (size_t)b * g.T * g.ldo + (size_t)h * hs;
+    const float* lse_bh = lse + ((size_t)b * g.NH + h) * g.T;
+    for (int q0 = k0; q0 < g.T; q0 += kStep) {  // queries before k0 see none of these keys
+      __syncthreads();
+      load_tile(Qs, ld, qh, g.ldq, q0, kStep, g.T, hs);
+      load_tile(Os, ld, dh, g.ldo, q0, kStep, g.T, hs);
+      __syncthreads();
+      if (threadIdx.x < kStep) {
+        const int t = q0 + threadIdx.x;
+        Dq[threadIdx.x] =
+            t < g.T ? dot_in_order(Os + threadIdx.x * ld, oh + (size_t)t * g.ldo, hs) : 0.0f;
+        Lq[threadIdx.x] = t < g.T ? lse_bh[t] : 0.0f;
+      }
+      __syncthreads();
+      float qk[kStep / 4], dp[kStep / 4];
+      scores(qk, Ks + r * ld, Qs + c4 * ld, ld, hs);
+      scores(dp, Vs + r * ld, Os + c4 * ld, ld, hs);
+#pragma unroll
+      for (int j = 0; j < kStep / 4; ++j) {
+        const int c = c4 + 4 * j, t = q0 + c;
+        float p = 0.0f, ds = 0.0f;
+        if (row_ok && t < g.T && t >= s) {
+          p = expf(qk[j] * g.scale - Lq[c]);
+          ds = p * (dp[j] - Dq[c]) * g.scale;
+        }
+        Ps[r * kPad + c] = p;
+        Ss[r * kPad + c] = ds;
+      }
+      __syncwarp();
+      for (int c = 0; c < kStep; ++c) {
+        const float p = Ps[r * kPad + c], ds = Ss[r * kPad + c];
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) {
+          const int d = c4 + 4 * i;
+          if (d < hs) {
+            dv_acc[i] += p * Os[c * ld + d];
+            dk_acc[i] += ds * Qs[c * ld + d];
+          }
+        }
+      }
+    }
+  }
+  if (!row_ok) return;
+  const size_t at = kv_at + (size_t)s * g.ldkv;
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int d = c4 + 4 * i;
+    if (d < hs) {
+      dk[at + d] = dk_acc[i];
+      dv[at + d] = dv_acc[i];
+    }
+  }
+}
+
+// Shared memory of each kernel, in floats, for head size hs.
+inline size_t fwd_floats(int hs) {
+  return size_t(kRows + 2 * kStep) * (hs + 1) + size_t(kRows) * kPad;
+}
+inline size_t dq_floats(int hs) {
+  return size_t(2 * kRows + 2 * kStep) * (hs + 1) + size_t(kRows) * kPad;
+}
+inline size_t dkv_floats(int hs) {
+  return size_t(2 * kRows + 2 * kStep) * (hs + 1) + 2 * size_t(kRows) * kPad + 2 * size_t(kStep);
 }
 
 // Launches Kernel with `bytes` of dynamic shared memory, raising the kernel's limit (once per
@@ -60,7 +338,7 @@ void launch(unsigned blocks, size_t bytes, size_t max_bytes, cudaStream_t stream
     LMF_CUDA_CHECK(
         cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)max_bytes));
   });
-  Kernel<<<blocks, kThreadsT, bytes, stream>>>(args...);
+  LMF_LAUNCH(Kernel, blocks, kThreadsT, bytes, stream)(args...);
   LMF_CUDA_CHECK_LAUNCH();
 }
 

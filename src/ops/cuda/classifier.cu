@@ -206,18 +206,18 @@ double classifier_ce_forward(float* losses, float* dx, float* dw, const float* x
     const float* xc = x + (size_t)r0 * C;  // (n, C)
     matmul_forward(ws.logits, xc, w, nullptr, n, C, V, stream, p);
     if (grad) {
-      ce_rows_kernel<true><<<n, kCeThreads, 0, stream>>>(ws.logits, losses + r0, targets + r0,
+      LMF_LAUNCH(ce_rows_kernel<true>, n, kCeThreads, 0, stream)(ws.logits, losses + r0, targets + r0,
                                                          dloss + r0, V, r0, &ws.result->bad_row);
       LMF_CUDA_CHECK_LAUNCH();
       // dx_chunk (n, C) = dlogits (n, V) @ w (V, C); dw (V, C) += dlogits^T @ x_chunk.
       matmul_backward(dx + (size_t)r0 * C, dw, nullptr, ws.logits, xc, w, n, C, V, stream, p);
     } else {
-      ce_rows_kernel<false><<<n, kCeThreads, 0, stream>>>(ws.logits, losses + r0, targets + r0,
+      LMF_LAUNCH(ce_rows_kernel<false>, n, kCeThreads, 0, stream)(ws.logits, losses + r0, targets + r0,
                                                           nullptr, V, r0, &ws.result->bad_row);
       LMF_CUDA_CHECK_LAUNCH();
     }
   }
-  sum_losses_kernel<<<1, kSumThreads, 0, stream>>>(losses, N, ws.result);
+  LMF_LAUNCH(sum_losses_kernel, 1, kSumThreads, 0, stream)(losses, N, ws.result);
   LMF_CUDA_CHECK_LAUNCH();
   CeResult host{};
   LMF_CUDA_CHECK(

@@ -43,20 +43,20 @@ __global__ void gelu_bwd_kernel(float* dinp, const float* x, const float* dout, 
 
 void residual_forward(float* out, const float* a, const float* b, size_t n, cudaStream_t stream) {
   if (n == 0) return;
-  residual_kernel<<<detail::grid_for(n), detail::kThreads, 0, stream>>>(out, a, b, n);
+  LMF_LAUNCH(residual_kernel, detail::grid_for(n), detail::kThreads, 0, stream)(out, a, b, n);
   LMF_CUDA_CHECK_LAUNCH();
 }
 
 void gelu_forward(float* out, const float* inp, size_t n, cudaStream_t stream) {
   if (n == 0) return;
-  gelu_fwd_kernel<<<detail::grid_for(n), detail::kThreads, 0, stream>>>(out, inp, n);
+  LMF_LAUNCH(gelu_fwd_kernel, detail::grid_for(n), detail::kThreads, 0, stream)(out, inp, n);
   LMF_CUDA_CHECK_LAUNCH();
 }
 
 void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n,
                    cudaStream_t stream) {
   if (n == 0) return;
-  gelu_bwd_kernel<<<detail::grid_for(n), detail::kThreads, 0, stream>>>(dinp, inp, dout, n);
+  LMF_LAUNCH(gelu_bwd_kernel, detail::grid_for(n), detail::kThreads, 0, stream)(dinp, inp, dout, n);
   LMF_CUDA_CHECK_LAUNCH();
 }
 

@@ -118,7 +118,7 @@ void encoder_forward(float* out, const int32_t* tokens, const float* wte, const 
                      int T, int C, cudaStream_t stream) {
   const size_t n = (size_t)B * T * C;
   if (n == 0) return;
-  encoder_fwd_kernel<<<detail::grid_for(n), kThreads, 0, stream>>>(out, tokens, wte, wpe, T, C, n);
+  LMF_LAUNCH(encoder_fwd_kernel, detail::grid_for(n), kThreads, 0, stream)(out, tokens, wte, wpe, T, C, n);
   LMF_CUDA_CHECK_LAUNCH();
 }
 
@@ -132,7 +132,7 @@ void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t
               tokens_host[i], i);
   if (dwpe) {
     const size_t n = (size_t)T * C;
-    encoder_bwd_dwpe_kernel<<<detail::grid_for(n), kThreads, 0, stream>>>(dwpe, dout, B, T, C);
+    LMF_LAUNCH(encoder_bwd_dwpe_kernel, detail::grid_for(n), kThreads, 0, stream)(dwpe, dout, B, T, C);
     LMF_CUDA_CHECK_LAUNCH();
   }
 
@@ -144,7 +144,7 @@ void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t
   LMF_CUDA_CHECK(cudaMemcpyAsync(ws.dev.data(), ws.host.data(), ws.host.size() * sizeof(int32_t),
                                  cudaMemcpyHostToDevice, stream));
   const dim3 grid((unsigned)U, (unsigned)((C + kThreads - 1) / kThreads));
-  encoder_bwd_dwte_kernel<<<grid, kThreads, 0, stream>>>(dwte, dout, ws.dev.data(), U, C);
+  LMF_LAUNCH(encoder_bwd_dwte_kernel, grid, kThreads, 0, stream)(dwte, dout, ws.dev.data(), U, C);
   LMF_CUDA_CHECK_LAUNCH();
   LMF_CUDA_CHECK(cudaEventRecord(ws.done, stream));
 }

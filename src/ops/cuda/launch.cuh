@@ -2,6 +2,21 @@
 // Launch helpers shared by the kernel files (device code; include from .cu only).
 #include <cstddef>
 
+// LMF_LAUNCH(kernel, grid, block, shared_bytes, stream)(args...) launches a kernel:
+// kernel<<<grid, block, shared_bytes, stream>>>(args...) under nvcc. In the CPU emulation of
+// CUDA (tests/cuda_emu/, which compiles these files as C++ to run the GPU tests on any machine)
+// it runs the kernel's threads as fibers. LMF_DYNAMIC_SHARED(T, name) declares the dynamic
+// shared memory, as `extern __shared__ T name[]`.
+#ifdef LMF_CUDA_EMU
+#define LMF_LAUNCH(kernel, grid, block, shared_bytes, stream) \
+  ::lmf::emu::launcher(kernel, grid, block, shared_bytes, stream)
+#define LMF_DYNAMIC_SHARED(T, name) T* name = ::lmf::emu::dynamic_shared<T>()
+#else
+#define LMF_LAUNCH(kernel, grid, block, shared_bytes, stream) \
+  kernel<<<grid, block, shared_bytes, stream>>>
+#define LMF_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+#endif
+
 namespace lmf::cuda::detail {
 
 constexpr int kThreads = 256;  // threads per block for elementwise kernels

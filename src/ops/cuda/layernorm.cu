@@ -97,7 +97,7 @@ __global__ void ln_bwd_params_kernel(float* __restrict__ dw, float* __restrict__
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* w,
                        const float* b, int N, int C, cudaStream_t stream) {
   if (N <= 0 || C <= 0) return;
-  ln_fwd_kernel<<<row_blocks(N), kRowsPerBlock * kWarp, 0, stream>>>(out, mean, rstd, inp, w, b, N,
+  LMF_LAUNCH(ln_fwd_kernel, row_blocks(N), kRowsPerBlock * kWarp, 0, stream)(out, mean, rstd, inp, w, b, N,
                                                                      C);
   LMF_CUDA_CHECK_LAUNCH();
 }
@@ -106,10 +106,10 @@ void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, co
                         const float* w, const float* mean, const float* rstd, int N, int C,
                         cudaStream_t stream) {
   if (N <= 0 || C <= 0) return;
-  ln_bwd_dinp_kernel<<<row_blocks(N), kRowsPerBlock * kWarp, 0, stream>>>(dinp, dout, inp, w, mean,
+  LMF_LAUNCH(ln_bwd_dinp_kernel, row_blocks(N), kRowsPerBlock * kWarp, 0, stream)(dinp, dout, inp, w, mean,
                                                                           rstd, N, C);
   LMF_CUDA_CHECK_LAUNCH();
-  ln_bwd_params_kernel<<<detail::col_sum_blocks(C), detail::col_sum_block(), 0, stream>>>(
+  LMF_LAUNCH(ln_bwd_params_kernel, detail::col_sum_blocks(C), detail::col_sum_block(), 0, stream)(
       dw, db, dout, inp, mean, rstd, N, C);
   LMF_CUDA_CHECK_LAUNCH();
 }

@@ -67,7 +67,7 @@ void rope_launch(float* out, const float* inp, int B, int T, int NH, int hs, con
   LMF_CHECK(hs > 0 && hs % 2 == 0, "rope: head size {} must be even", hs);
   if (B <= 0 || T <= 0 || NH <= 0) return;
   const size_t n = (size_t)B * T * (hs / 2);
-  rope_kernel<<<detail::grid_for(n), detail::kThreads, 0, stream>>>(
+  LMF_LAUNCH(rope_kernel, detail::grid_for(n), detail::kThreads, 0, stream)(
       out, inp, T, NH, hs, inv_freq, interleaved ? 2 : 1, interleaved ? 1 : hs / 2, pos0, sign, n);
   LMF_CUDA_CHECK_LAUNCH();
 }
@@ -76,14 +76,14 @@ void rope_launch(float* out, const float* inp, int B, int T, int NH, int hs, con
 
 void swiglu_forward(float* out, const float* gate, const float* up, size_t n, cudaStream_t stream) {
   if (n == 0) return;
-  swiglu_fwd_kernel<<<detail::grid_for(n), detail::kThreads, 0, stream>>>(out, gate, up, n);
+  LMF_LAUNCH(swiglu_fwd_kernel, detail::grid_for(n), detail::kThreads, 0, stream)(out, gate, up, n);
   LMF_CUDA_CHECK_LAUNCH();
 }
 
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate,
                      const float* up, size_t n, cudaStream_t stream) {
   if (n == 0) return;
-  swiglu_bwd_kernel<<<detail::grid_for(n), detail::kThreads, 0, stream>>>(dgate, dup, dout, gate,
+  LMF_LAUNCH(swiglu_bwd_kernel, detail::grid_for(n), detail::kThreads, 0, stream)(dgate, dup, dout, gate,
                                                                           up, n);
   LMF_CUDA_CHECK_LAUNCH();
 }

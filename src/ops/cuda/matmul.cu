@@ -145,7 +145,7 @@ void matmul_forward(float* out, const float* inp, const float* w, const float* b
   if (bias) {
     // Seed every row with the bias and let the GEMM accumulate onto it (beta = 1), as on the CPU.
     const size_t n = (size_t)N * OC;
-    broadcast_rows_kernel<<<detail::grid_for(n), detail::kThreads, 0, stream>>>(out, bias, N, OC);
+    LMF_LAUNCH(broadcast_rows_kernel, detail::grid_for(n), detail::kThreads, 0, stream)(out, bias, N, OC);
     LMF_CUDA_CHECK_LAUNCH();
     beta = 1.0f;
   }
@@ -167,7 +167,7 @@ void matmul_backward(float* dinp, float* dw, float* dbias, const float* dout, co
     sgemm(h.get(), p, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, inp, C, dout, OC, 1.0f, dw, C);
   }
   if (dbias) {
-    bias_grad_kernel<<<detail::col_sum_blocks(OC), detail::col_sum_block(), 0, stream>>>(
+    LMF_LAUNCH(bias_grad_kernel, detail::col_sum_blocks(OC), detail::col_sum_block(), 0, stream)(
         dbias, dout, N, OC);
     LMF_CUDA_CHECK_LAUNCH();
   }

@@ -71,17 +71,17 @@ __global__ void rms_bwd_dw_kernel(float* __restrict__ dw, const float* __restric
 void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int N, int C,
                      float eps, cudaStream_t stream) {
   if (N <= 0 || C <= 0) return;
-  rms_fwd_kernel<<<row_blocks(N), kRowsPerBlock * kWarp, 0, stream>>>(out, rstd, inp, w, N, C, eps);
+  LMF_LAUNCH(rms_fwd_kernel, row_blocks(N), kRowsPerBlock * kWarp, 0, stream)(out, rstd, inp, w, N, C, eps);
   LMF_CUDA_CHECK_LAUNCH();
 }
 
 void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w,
                       const float* rstd, int N, int C, cudaStream_t stream) {
   if (N <= 0 || C <= 0) return;
-  rms_bwd_dinp_kernel<<<row_blocks(N), kRowsPerBlock * kWarp, 0, stream>>>(dinp, dout, inp, w, rstd,
+  LMF_LAUNCH(rms_bwd_dinp_kernel, row_blocks(N), kRowsPerBlock * kWarp, 0, stream)(dinp, dout, inp, w, rstd,
                                                                            N, C);
   LMF_CUDA_CHECK_LAUNCH();
-  rms_bwd_dw_kernel<<<detail::col_sum_blocks(C), detail::col_sum_block(), 0, stream>>>(
+  LMF_LAUNCH(rms_bwd_dw_kernel, detail::col_sum_blocks(C), detail::col_sum_block(), 0, stream)(
       dw, dout, inp, rstd, N, C);
   LMF_CUDA_CHECK_LAUNCH();
 }

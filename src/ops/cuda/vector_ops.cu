@@ -96,7 +96,7 @@ SumWorkspace& workspace_for_current_device() {
 
 void fill(float* x, float value, size_t n, cudaStream_t stream) {
   if (n == 0) return;
-  fill_kernel<<<detail::grid_for(n), kThreads, 0, stream>>>(x, value, n);
+  LMF_LAUNCH(fill_kernel, detail::grid_for(n), kThreads, 0, stream)(x, value, n);
   LMF_CUDA_CHECK_LAUNCH();
 }
 
@@ -107,7 +107,7 @@ void copy(float* dst, const float* src, size_t n, cudaStream_t stream) {
 
 void scale(float* x, float s, size_t n, cudaStream_t stream) {
   if (n == 0) return;
-  scale_kernel<<<detail::grid_for(n), kThreads, 0, stream>>>(x, s, n);
+  LMF_LAUNCH(scale_kernel, detail::grid_for(n), kThreads, 0, stream)(x, s, n);
   LMF_CUDA_CHECK_LAUNCH();
 }
 
@@ -122,9 +122,9 @@ double sum_squares(const float* x, size_t n, cudaStream_t stream) {
     ws.partial = static_cast<double*>(device_malloc((kSumBlocks + 1) * sizeof(double)));
   double* total = ws.partial + kSumBlocks;
 
-  sum_squares_partial_kernel<<<blocks, kThreads, 0, stream>>>(x, n, ws.partial);
+  LMF_LAUNCH(sum_squares_partial_kernel, blocks, kThreads, 0, stream)(x, n, ws.partial);
   LMF_CUDA_CHECK_LAUNCH();
-  sum_partials_kernel<<<1, kThreads, 0, stream>>>(ws.partial, blocks, total);
+  LMF_LAUNCH(sum_partials_kernel, 1, kThreads, 0, stream)(ws.partial, blocks, total);
   LMF_CUDA_CHECK_LAUNCH();
   double host = 0.0;
   LMF_CUDA_CHECK(cudaMemcpyAsync(&host, total, sizeof(double), cudaMemcpyDeviceToHost, stream));

@@ -1,0 +1,437 @@
+// The CPU emulation of CUDA (tests/cuda_emu/README.md): the fiber scheduler behind emu.h's
+// launches, the runtime API of include/cuda_runtime_api.h and cuBLAS's GEMM.
+#include <cblas.h>
+#include <ucontext.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "emu.h"
+#include "include/cublas_v2.h"
+#include "ops/backend.h"
+
+// Switching between fibers. glibc's swapcontext saves and restores the signal mask with a system
+// call each time, which made a launch of a million threads take seconds; on x86-64 the switch is
+// instead these few instructions (the System V callee-saved registers, the SSE and x87 control
+// words, and the stack pointer). Elsewhere, ucontext.
+#if defined(__x86_64__)
+extern "C" void lmf_emu_switch(void** save_sp, void* load_sp);
+asm(R"(
+  .text
+  .globl lmf_emu_switch
+  .type lmf_emu_switch, @function
+lmf_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size lmf_emu_switch, .-lmf_emu_switch
+  .section .note.GNU-stack,"",@progbits
+  .text
+)");
+#define LMF_EMU_ASM_SWITCH 1
+#endif
+
+namespace lmf::emu {
+
+thread_local Index t_thread, t_block;
+thread_local dim3 t_block_dim, t_grid_dim;
+
+namespace {
+
+constexpr size_t kStackBytes = 256 * 1024;  // per fiber; kernels' frames are small
+
+enum class State { runnable, at_block_barrier, at_warp_barrier, done };
+
+// A saved execution context: a stack pointer (the asm switch) or a ucontext.
+struct Context {
+#ifdef LMF_EMU_ASM_SWITCH
+  void* sp = nullptr;
+#else
+  ucontext_t uc;
+#endif
+};
+
+void switch_to(Context& save, Context& load) {
+#ifdef LMF_EMU_ASM_SWITCH
+  lmf_emu_switch(&save.sp, load.sp);
+#else
+  swapcontext(&save.uc, &load.uc);
+#endif
+}
+
+struct Fiber {
+  Context ctx;
+  State state = State::runnable;
+};
+
+struct Block {
+  unsigned threads = 0;
+  std::vector<Fiber> fibers;
+  Context scheduler;
+  int current = -1;
+  const std::function<void()>* body = nullptr;
+  std::vector<uint64_t> posted;  // per thread: the value of its current exchange
+  std::vector<char> dynamic_shared;
+};
+
+thread_local Block* t_run = nullptr;
+thread_local std::vector<std::unique_ptr<char[]>> t_stacks;  // kept between launches
+
+[[noreturn]] void die(const std::string& msg) {
+  std::fprintf(stderr, "cuda emulation: %s\n", msg.c_str());
+  std::abort();
+}
+
+extern "C" void lmf_emu_fiber_main() {
+  Block& b = *t_run;
+  (*b.body)();
+  b.fibers[size_t(b.current)].state = State::done;
+  switch_to(b.fibers[size_t(b.current)].ctx, b.scheduler);
+  die("a finished fiber was resumed");
+}
+
+// A fresh fiber on `stack` that starts in lmf_emu_fiber_main.
+void start_fiber(Fiber& f, char* stack) {
+#ifdef LMF_EMU_ASM_SWITCH
+  // The frame lmf_emu_switch pops, from the top: a dummy return address (so that the entry sees
+  // the stack aligned as after a call), the entry as the return address, six registers, and the
+  // control words (MXCSR 0x1f80, x87 0x037f: the defaults).
+  auto top = reinterpret_cast<uintptr_t>(stack + kStackBytes) & ~uintptr_t(15);
+  auto* w = reinterpret_cast<uint64_t*>(top);
+  w[-1] = 0;
+  w[-2] = reinterpret_cast<uint64_t>(&lmf_emu_fiber_main);
+  for (int i = 3; i <= 8; ++i) w[-i] = 0;
+  w[-9] = 0x1f80ull | (0x037full << 32);
+  f.ctx.sp = &w[-9];
+#else
+  if (getcontext(&f.ctx.uc) != 0) die("getcontext failed");
+  f.ctx.uc.uc_stack.ss_sp = stack;
+  f.ctx.uc.uc_stack.ss_size = kStackBytes;
+  f.ctx.uc.uc_link = nullptr;
+  makecontext(&f.ctx.uc, lmf_emu_fiber_main, 0);
+#endif
+}
+
+void wait(State s) {
+  Block& b = *t_run;
+  if (b.current < 0) die("a synchronisation outside a kernel");
+  Fiber& f = b.fibers[size_t(b.current)];
+  f.state = s;
+  switch_to(f.ctx, b.scheduler);
+}
+
+void set_thread_index(unsigned linear) {
+  t_thread.x = linear % t_block_dim.x;
+  t_thread.y = linear / t_block_dim.x % t_block_dim.y;
+  t_thread.z = linear / (t_block_dim.x * t_block_dim.y);
+}
+
+// Opens the barriers every live thread of their scope has reached; false if none could open.
+bool release(Block& b) {
+  bool any = false;
+  const unsigned warps = (b.threads + 31) / 32;
+  for (unsigned w = 0; w < warps; ++w) {
+    unsigned live = 0, waiting = 0;
+    for (unsigned t = w * 32; t < std::min(b.threads, (w + 1) * 32); ++t) {
+      if (b.fibers[t].state == State::done) continue;
+      ++live;
+      waiting += b.fibers[t].state == State::at_warp_barrier;
+    }
+    if (live > 0 && waiting == live) {
+      for (unsigned t = w * 32; t < std::min(b.threads, (w + 1) * 32); ++t)
+        if (b.fibers[t].state == State::at_warp_barrier) b.fibers[t].state = State::runnable;
+      any = true;
+    }
+  }
+  unsigned live = 0, waiting = 0;
+  for (const Fiber& f : b.fibers) {
+    if (f.state == State::done) continue;
+    ++live;
+    waiting += f.state == State::at_block_barrier;
+  }
+  if (live > 0 && waiting == live) {
+    for (Fiber& f : b.fibers) f.state = State::runnable;
+    any = true;
+  }
+  return any;
+}
+
+void run_block(Block& b) {
+  for (unsigned t = 0; t < b.threads; ++t) {
+    b.fibers[t].state = State::runnable;
+    start_fiber(b.fibers[t], t_stacks[t].get());
+  }
+  for (;;) {
+    bool ran = false, all_done = true;
+    for (unsigned t = 0; t < b.threads; ++t) {
+      if (b.fibers[t].state != State::runnable) continue;
+      ran = true;
+      b.current = int(t);
+      set_thread_index(t);
+      switch_to(b.scheduler, b.fibers[t].ctx);
+    }
+    b.current = -1;
+    for (const Fiber& f : b.fibers) all_done = all_done && f.state == State::done;
+    if (all_done) return;
+    if (!release(b) && !ran) {
+      std::string states;
+      for (unsigned t = 0; t < b.threads; ++t)
+        if (b.fibers[t].state != State::done)
+          states += " " + std::to_string(t) + (b.fibers[t].state == State::at_block_barrier ? ":block" : ":warp");
+      die("deadlock in block (" + std::to_string(t_block.x) + ", " + std::to_string(t_block.y) +
+          "): threads waiting at barriers that cannot open:" + states);
+    }
+  }
+}
+
+}  // namespace
+
+void run_grid(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& body) {
+  if (t_run != nullptr) die("a kernel launched from a kernel");
+  const unsigned threads = block.x * block.y * block.z;
+  if (threads == 0 || threads > 1024) die("block of " + std::to_string(threads) + " threads");
+  while (t_stacks.size() < threads) t_stacks.push_back(std::make_unique<char[]>(kStackBytes));
+  Block b;
+  b.threads = threads;
+  b.fibers.resize(threads);
+  b.body = &body;
+  b.posted.assign(threads, 0);
+  t_block_dim = block;
+  t_grid_dim = grid;
+  t_run = &b;
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        t_block.x = x;
+        t_block.y = y;
+        t_block.z = z;
+        b.dynamic_shared.assign(shared_bytes, char(0xff));  // NaN-filled, as uninitialised memory might be
+        run_block(b);
+      }
+  t_run = nullptr;
+}
+
+void sync_threads() { wait(State::at_block_barrier); }
+void sync_warp() { wait(State::at_warp_barrier); }
+
+int lane() { return int((t_thread.z * t_block_dim.y + t_thread.y) * t_block_dim.x + t_thread.x) % 32; }
+
+uint64_t exchange(uint64_t v, int src) {
+  Block& b = *t_run;
+  const unsigned me = unsigned(b.current), base = me - me % 32;
+  b.posted[me] = v;
+  sync_warp();  // every live lane has posted
+  const unsigned from = base + unsigned(src);
+  const uint64_t r = from < b.threads ? b.posted[from] : v;
+  sync_warp();  // every lane has read before any posts again
+  return r;
+}
+
+void* dynamic_shared_ptr() {
+  if (t_run == nullptr) die("dynamic shared memory outside a kernel");
+  return t_run->dynamic_shared.data();
+}
+
+}  // namespace lmf::emu
+
+// ---- the runtime API -------------------------------------------------------------------------
+
+namespace {
+
+thread_local cudaError_t t_last_error = cudaSuccess;
+std::mutex g_mu;
+std::unordered_map<void*, size_t>& allocations() {
+  static auto* m = new std::unordered_map<void*, size_t>();
+  return *m;
+}
+
+cudaError_t fail(cudaError_t e) {
+  t_last_error = e;
+  return e;
+}
+
+}  // namespace
+
+cudaError_t cudaGetDeviceCount(int* n) {
+  *n = 1;
+  return cudaSuccess;
+}
+cudaError_t cudaGetDevice(int* d) {
+  *d = 0;
+  return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : fail(cudaErrorInvalidValue); }
+cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr, int) {
+  *v = 1 << 20;
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+cudaError_t cudaGetLastError() {
+  const cudaError_t e = t_last_error;
+  t_last_error = cudaSuccess;
+  return e;
+}
+cudaError_t cudaPeekAtLastError() { return t_last_error; }
+const char* cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorNotReady: return "cudaErrorNotReady";
+  }
+  return "cudaErrorUnknown";
+}
+const char* cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorNotReady: return "device not ready";
+  }
+  return "unknown error";
+}
+
+// 64 GiB of "device" memory; new allocations are filled with NaN bytes, so a kernel that reads
+// memory nothing wrote sees NaN rather than the zeros a fresh host page would give.
+constexpr size_t kDeviceBytes = size_t(64) << 30;
+
+cudaError_t cudaMalloc(void** p, size_t bytes) {
+  *p = nullptr;
+  if (bytes > kDeviceBytes) return fail(cudaErrorMemoryAllocation);
+  const size_t rounded = (bytes + 255) / 256 * 256;
+  void* q = std::aligned_alloc(256, rounded == 0 ? 256 : rounded);
+  if (q == nullptr) return fail(cudaErrorMemoryAllocation);
+  std::memset(q, 0xff, rounded);
+  std::lock_guard lk(g_mu);
+  allocations()[q] = bytes;
+  *p = q;
+  return cudaSuccess;
+}
+cudaError_t cudaFree(void* p) {
+  if (p == nullptr) return cudaSuccess;
+  std::lock_guard lk(g_mu);
+  if (allocations().erase(p) == 0) return fail(cudaErrorInvalidValue);
+  std::free(p);
+  return cudaSuccess;
+}
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+  *free_bytes = *total_bytes = kDeviceBytes;
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
+  if (bytes) std::memmove(dst, src, bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
+  return cudaMemcpy(dst, src, bytes, kind);
+}
+cudaError_t cudaMemset(void* p, int value, size_t bytes) {
+  if (bytes) std::memset(p, value, bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) { return cudaMemset(p, value, bytes); }
+
+struct CUstream_st {};
+cudaError_t cudaStreamCreate(cudaStream_t* s) {
+  *s = new CUstream_st;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  delete s;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
+
+struct CUevent_st {
+  std::chrono::steady_clock::time_point at;
+};
+cudaError_t cudaEventCreate(cudaEvent_t* e) {
+  *e = new CUevent_st;
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { return cudaEventCreate(e); }
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  delete e;
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
+  e->at = std::chrono::steady_clock::now();
+  return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop) {
+  *ms = std::chrono::duration<float, std::milli>(stop->at - start->at).count();
+  return cudaSuccess;
+}
+
+// ---- cuBLAS ------------------------------------------------------------------------------------
+
+struct cublasContext {};
+
+cublasStatus_t cublasCreate(cublasHandle_t* h) {
+  *h = new cublasContext;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetMathMode(cublasHandle_t, cublasMath_t) { return CUBLAS_STATUS_SUCCESS; }
+cublasStatus_t cublasSetAtomicsMode(cublasHandle_t, cublasAtomicsMode_t) { return CUBLAS_STATUS_SUCCESS; }
+cublasStatus_t cublasSetPointerMode(cublasHandle_t, cublasPointerMode_t) { return CUBLAS_STATUS_SUCCESS; }
+cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return CUBLAS_STATUS_SUCCESS; }
+const char* cublasGetStatusName(cublasStatus_t s) {
+  return s == CUBLAS_STATUS_SUCCESS ? "CUBLAS_STATUS_SUCCESS" : "CUBLAS_STATUS_INVALID_VALUE";
+}
+const char* cublasGetStatusString(cublasStatus_t s) { return s == CUBLAS_STATUS_SUCCESS ? "success" : "invalid value"; }
+
+cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                            const void* alpha, const void* A, cudaDataType_t at, int lda, const void* B,
+                            cudaDataType_t bt, int ldb, const void* beta, void* C, cudaDataType_t ct, int ldc,
+                            cublasComputeType_t compute, cublasGemmAlgo_t) {
+  if (h == nullptr || at != CUDA_R_32F || bt != CUDA_R_32F || ct != CUDA_R_32F || m < 0 || n < 0 || k < 0)
+    return CUBLAS_STATUS_INVALID_VALUE;
+  if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+  const float* a = static_cast<const float*>(A);
+  const float* b = static_cast<const float*>(B);
+  // The fast compute types read their operands rounded (the CPU backend's emulation of them).
+  std::vector<float> ra, rb;
+  if (compute != CUBLAS_COMPUTE_32F) {
+    const auto p = compute == CUBLAS_COMPUTE_32F_FAST_16BF ? lmf::ops::MatmulPrecision::bf16
+                                                           : lmf::ops::MatmulPrecision::tf32;
+    const size_t na = size_t(lda) * size_t(ta == CUBLAS_OP_N ? k : m);
+    const size_t nb = size_t(ldb) * size_t(tb == CUBLAS_OP_N ? n : k);
+    ra.resize(na);
+    rb.resize(nb);
+    for (size_t i = 0; i < na; ++i) ra[i] = lmf::ops::round_operand(a[i], p);
+    for (size_t i = 0; i < nb; ++i) rb[i] = lmf::ops::round_operand(b[i], p);
+    a = ra.data();
+    b = rb.data();
+  }
+  cblas_sgemm(CblasColMajor, ta == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
+              tb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, *static_cast<const float*>(alpha), a, lda, b,
+              ldb, *static_cast<const float*>(beta), static_cast<float*>(C), ldc);
+  return CUBLAS_STATUS_SUCCESS;
+}

@@ -1,0 +1,124 @@
+#pragma once
+// The device side of the CPU emulation of CUDA (tests/cuda_emu/README.md): what a .cu file of
+// src/ops/cuda needs to compile as C++ and run its kernels on the host.
+//
+// A launch (LMF_LAUNCH, ops/cuda/launch.cuh) runs the grid's blocks one after another. A block's
+// threads are fibers (ucontext) on the calling thread: each runs until it reaches a
+// synchronisation point (__syncthreads, __syncwarp, a shuffle) or returns, and a barrier opens
+// when every thread still running has reached it, as on a GPU, where exited threads no longer
+// count. A block whose threads wait at barriers that can never open (a __syncthreads some
+// threads skip, a shuffle inside a branch that splits a warp) aborts the process with a message:
+// on a GPU that is a hang or undefined behaviour. __shared__ variables are statics: shared by
+// the threads of a block, and, since blocks run in turn, by the blocks one at a time.
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#include "include/cuda_runtime_api.h"
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+
+namespace lmf::emu {
+
+struct Index {
+  unsigned x = 0, y = 0, z = 0;
+};
+extern thread_local Index t_thread, t_block;
+extern thread_local dim3 t_block_dim, t_grid_dim;
+
+// Runs body() as every thread of every block of the grid.
+void run_grid(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& body);
+void sync_threads();
+void sync_warp();
+// The calling thread posts v; returns what lane src of its warp posted at the same point.
+uint64_t exchange(uint64_t v, int src);
+int lane();
+void* dynamic_shared_ptr();
+
+template <class T>
+T* dynamic_shared() {
+  return static_cast<T*>(dynamic_shared_ptr());
+}
+
+template <class... P>
+struct Launcher {
+  void (*kernel)(P...);
+  dim3 grid, block;
+  size_t shared_bytes;
+  template <class... A>
+  void operator()(A&&... args) const {
+    // The arguments converted once to the kernel's parameter types; every thread gets copies,
+    // as CUDA copies them to each thread.
+    const std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);
+    auto k = kernel;
+    run_grid(grid, block, shared_bytes, [&] { std::apply(k, params); });
+  }
+};
+
+template <class... P>
+Launcher<P...> launcher(void (*kernel)(P...), dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t) {
+  return {kernel, grid, block, shared_bytes};
+}
+
+template <class T>
+T shuffle(T v, int src) {
+  static_assert(sizeof(T) <= sizeof(uint64_t) && std::is_trivially_copyable_v<T>);
+  uint64_t in = 0, out = 0;
+  std::memcpy(&in, &v, sizeof(T));
+  out = exchange(in, src);
+  T r;
+  std::memcpy(&r, &out, sizeof(T));
+  return r;
+}
+
+}  // namespace lmf::emu
+
+#define threadIdx (::lmf::emu::t_thread)
+#define blockIdx (::lmf::emu::t_block)
+#define blockDim (::lmf::emu::t_block_dim)
+#define gridDim (::lmf::emu::t_grid_dim)
+
+// CUDA's global min and max for the integer types.
+#define LMF_EMU_MINMAX(T)                            \
+  inline T min(T a, T b) { return b < a ? b : a; } \
+  inline T max(T a, T b) { return a < b ? b : a; }
+LMF_EMU_MINMAX(int)
+LMF_EMU_MINMAX(unsigned)
+LMF_EMU_MINMAX(long)
+LMF_EMU_MINMAX(unsigned long)
+LMF_EMU_MINMAX(long long)
+LMF_EMU_MINMAX(unsigned long long)
+#undef LMF_EMU_MINMAX
+
+inline void __syncthreads() { ::lmf::emu::sync_threads(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { ::lmf::emu::sync_warp(); }
+
+template <class T>
+T __shfl_sync(unsigned, T v, int src, int width = 32) {
+  const int lane = ::lmf::emu::lane();
+  return ::lmf::emu::shuffle(v, lane - lane % width + src % width);
+}
+template <class T>
+T __shfl_xor_sync(unsigned, T v, int mask, int width = 32) {
+  const int lane = ::lmf::emu::lane(), partner = lane ^ mask;
+  // A partner outside the lane's group of `width` gives the lane its own value, as CUDA does.
+  return ::lmf::emu::shuffle(v, partner / width == lane / width ? partner : lane);
+}
+
+// One host thread runs a block's fibers, switching only at synchronisation points: atomics are
+// plain read-modify-writes.
+inline unsigned atomicMin(unsigned* p, unsigned v) {
+  const unsigned old = *p;
+  if (v < old) *p = v;
+  return old;
+}
