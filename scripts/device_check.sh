@@ -36,10 +36,11 @@ tests)
     note "$t rc=$rc $(grep -E '^\[  (PASSED|FAILED|SKIPPED) *\] [0-9]+ tests?' /tmp/$t.log | tr '\n' ' ')"
     grep -E '^\[  FAILED  \]|Failure|error' /tmp/$t.log | head -20 >> "$summary"
   done
-  # The model and trainer again with the tiled attention kernels (test_cuda_attention runs both).
-  LMF_CUDA_ATTENTION=tiled timeout 240 /tmp/lmf/bin/test_cuda_model > /tmp/tiled.log 2>&1; rc=$?
-  { echo "######## test_cuda_model, LMF_CUDA_ATTENTION=tiled rc=$rc"; cat /tmp/tiled.log; } >> "$out/tests.log"
-  note "test_cuda_model (tiled attention) rc=$rc $(grep -E '^\[  (PASSED|FAILED|SKIPPED) *\] [0-9]+ tests?' /tmp/tiled.log | tr '\n' ' ')"
+  # The model and trainer again with the row attention kernels (the default is tiled;
+  # test_cuda_attention runs both).
+  LMF_CUDA_ATTENTION=rowwise timeout 240 /tmp/lmf/bin/test_cuda_model > /tmp/tiled.log 2>&1; rc=$?
+  { echo "######## test_cuda_model, LMF_CUDA_ATTENTION=rowwise rc=$rc"; cat /tmp/tiled.log; } >> "$out/tests.log"
+  note "test_cuda_model (rowwise attention) rc=$rc $(grep -E '^\[  (PASSED|FAILED|SKIPPED) *\] [0-9]+ tests?' /tmp/tiled.log | tr '\n' ' ')"
   grep -E '^\[  FAILED  \]|Failure|error' /tmp/tiled.log | head -20 >> "$summary" ;;
 lab)
   timeout 120 /tmp/lmf/bin/kernel_lab > "$out/kernel_lab.log" 2>&1; note "kernel_lab rc=$?"
@@ -59,9 +60,11 @@ bench)
   shape=${BENCH_SHAPE:---B 8 --T 1024 --steps 6 --warmup 2}
   {
     for a in gpt2 llama; do
+      echo "== lmforge $a fp32, rowwise attention"
+      LMF_CUDA_ATTENTION=rowwise timeout 120 /tmp/lmf/bin/lmforge bench --device cuda --arch $a $shape
       echo "== lmforge $a fp32"; timeout 120 /tmp/lmf/bin/lmforge bench --device cuda --arch $a $shape
-      echo "== lmforge $a bf16 GEMMs, tiled attention"
-      LMF_CUDA_ATTENTION=tiled timeout 120 /tmp/lmf/bin/lmforge bench --device cuda --arch $a --matmul-precision bf16 $shape
+      echo "== lmforge $a bf16 GEMMs"
+      timeout 120 /tmp/lmf/bin/lmforge bench --device cuda --arch $a --matmul-precision bf16 $shape
       echo "== torch $a fp32"; timeout 120 $py .dev/torch_train_bench.py --device cuda --arch $a $shape
     done
     echo "== torch gpt2 bf16 compile"

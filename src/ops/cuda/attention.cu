@@ -259,8 +259,8 @@ void dispatch_per_lane(int hs, F f) {
 
 AttentionKernel initial_kernel() {
   const char* e = std::getenv("LMF_CUDA_ATTENTION");
-  if (e == nullptr || std::string_view(e).empty() || std::string_view(e) == "rowwise") return AttentionKernel::rowwise;
-  if (std::string_view(e) == "tiled") return AttentionKernel::tiled;
+  if (e == nullptr || std::string_view(e).empty() || std::string_view(e) == "tiled") return AttentionKernel::tiled;
+  if (std::string_view(e) == "rowwise") return AttentionKernel::rowwise;
   throw UserError("LMF_CUDA_ATTENTION: expected rowwise or tiled (got \"{}\")", e);
 }
 

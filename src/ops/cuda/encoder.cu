@@ -71,7 +71,7 @@ __global__ void encoder_bwd_dwpe_kernel(float* __restrict__ dwpe, const float* _
 // call waits on it before overwriting `host` or `dev`, which makes reuse safe across streams.
 struct CsrWorkspace {
   std::vector<int32_t> host;  // staging for the async upload: [tok (U) | off (U+1) | pos (BT)]
-  DeviceBuffer<int32_t> dev;  // (>= 2U + 1 + BT)
+  DeviceBuffer<int32_t> dev;  // (>= 3 BT + 1 >= 2U + 1 + BT, for the largest BT so far)
   cudaEvent_t done = nullptr;
 };
 
@@ -140,7 +140,10 @@ void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t
   CsrWorkspace& ws = workspace_for_current_device(lock);
   LMF_CUDA_CHECK(cudaEventSynchronize(ws.done));  // the previous call no longer reads ws
   const int U = build_csr(ws.host, tokens_host, BT);
-  if (ws.dev.size() < ws.host.size()) ws.dev = DeviceBuffer<int32_t>(ws.host.size());
+  // Sized for the shape's worst case (U = BT: 3 BT + 1), not this batch's U: a later batch with
+  // more distinct tokens must not allocate in the step loop.
+  const size_t most = 3 * (size_t)BT + 1;
+  if (ws.dev.size() < most) ws.dev = DeviceBuffer<int32_t>(most);
   LMF_CUDA_CHECK(cudaMemcpyAsync(ws.dev.data(), ws.host.data(), ws.host.size() * sizeof(int32_t),
                                  cudaMemcpyHostToDevice, stream));
   const dim3 grid((unsigned)U, (unsigned)((C + kThreads - 1) / kThreads));

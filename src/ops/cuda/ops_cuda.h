@@ -127,7 +127,7 @@ void set_classifier_chunk_rows(int rows);
 // per query or key row, each k and v row read once per row) or `tiled` (attention_tiled.cu:
 // FlashAttention-2's tiles in shared memory, for hs <= 128; larger heads stay rowwise). Same
 // arithmetic and error bound. The default is the environment's LMF_CUDA_ATTENTION (rowwise or
-// tiled), else rowwise, until the tiled kernels have been checked on a GPU (docs/cuda.md).
+// tiled), else tiled.
 enum class AttentionKernel { rowwise, tiled };
 void set_attention_kernel(AttentionKernel k);
 AttentionKernel attention_kernel();
