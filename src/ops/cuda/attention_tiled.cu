@@ -87,6 +87,45 @@ __device__ __forceinline__ void block_place(int tiles, int heads, int& tile, int
   b = x / tiles / heads;
 }
 
+// A query-tile block's place (forward and dq): batch b, query head h reading kv head kh, the
+// tile's first row q0, and this thread's row r (query t, in range if row_ok) and quarter c4.
+struct QueryTilePlace {
+  int b, h, kh, r, c4, q0, t;
+  bool row_ok;
+};
+__device__ __forceinline__ QueryTilePlace query_tile_place(const Heads& g) {
+  int qt, h, b;
+  block_place((g.T + kRows - 1) / kRows, g.NH, qt, h, b);
+  const int r = threadIdx.x / 4, q0 = qt * kRows;
+  return {b, h, h / (g.NH / g.KVH), r, int(threadIdx.x % 4), q0, q0 + r, q0 + r < g.T};
+}
+
+// acc[i] += sum_c w[c] tile[c][c4 + 4 i] over the step's kStep rows, c ascending: a thread's
+// dimensions of its row, from a shared tile (ld) weighted by its row's shared weights w (kStep).
+template <int kPer>
+__device__ __forceinline__ void accumulate_rows(float (&acc)[kPer], const float* w,
+                                                const float* tile, int ld, int c4, int hs) {
+  for (int c = 0; c < kStep; ++c) {
+    const float wc = w[c];
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int d = c4 + 4 * i;
+      if (d < hs) acc[i] += wc * tile[c * ld + d];
+    }
+  }
+}
+
+// dst[c4 + 4 i] = acc[i] * s: a thread's dimensions of its row.
+template <int kPer>
+__device__ __forceinline__ void store_row(float* dst, const float (&acc)[kPer], float s, int c4,
+                                          int hs) {
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int d = c4 + 4 * i;
+    if (d < hs) dst[d] = acc[i] * s;
+  }
+}
+
 template <int kPer>  // dimensions per thread: ceil(hs / 4) rounded up to 8, 16 or 32
 __global__ void __launch_bounds__(kThreadsT)
     fwd_tiled(float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ q,
@@ -97,13 +136,7 @@ __global__ void __launch_bounds__(kThreadsT)
   float* Ks = Qs + kRows * ld;  // (kStep, ld)
   float* Vs = Ks + kStep * ld;  // (kStep, ld)
   float* Ps = Vs + kStep * ld;  // (kRows, kPad)
-  const int tiles = (g.T + kRows - 1) / kRows;
-  int qt, h, b;
-  block_place(tiles, g.NH, qt, h, b);
-  const int kh = h / (g.NH / g.KVH);
-  const int r = threadIdx.x / 4, c4 = threadIdx.x % 4;
-  const int q0 = qt * kRows, t = q0 + r;
-  const bool row_ok = t < g.T;
+  const auto [b, h, kh, r, c4, q0, t, row_ok] = query_tile_place(g);
   const float* qh = q + (size_t)b * g.T * g.ldq + (size_t)h * hs;
   const float* kb = k + (size_t)b * g.T * g.ldkv + (size_t)kh * hs;
   const float* vb = v + (size_t)b * g.T * g.ldkv + (size_t)kh * hs;
@@ -140,27 +173,13 @@ __global__ void __launch_bounds__(kThreadsT)
     }
     l = l * corr + quad_sum(psum);
     m = m_new;
-    __syncwarp();  // the row's p, written by its four threads (one warp), visible to all
-                   // four
+    __syncwarp();  // the row's p, written by its four threads (one warp), visible to all four
 #pragma unroll
     for (int i = 0; i < kPer; ++i) acc[i] *= corr;
-    for (int c = 0; c < kStep; ++c) {
-      const float p = Ps[r * kPad + c];
-#pragma unroll
-      for (int i = 0; i < kPer; ++i) {
-        const int d = c4 + 4 * i;
-        if (d < hs) acc[i] += p * Vs[c * ld + d];
-      }
-    }
+    accumulate_rows(acc, Ps + r * kPad, Vs, ld, c4, hs);
   }
   if (!row_ok) return;
-  float* o = out + ((size_t)b * g.T + t) * g.ldo + (size_t)h * hs;
-  const float inv = 1.0f / l;
-#pragma unroll
-  for (int i = 0; i < kPer; ++i) {
-    const int d = c4 + 4 * i;
-    if (d < hs) o[d] = acc[i] * inv;
-  }
+  store_row(out + ((size_t)b * g.T + t) * g.ldo + (size_t)h * hs, acc, 1.0f / l, c4, hs);
   if (c4 == 0) lse[((size_t)b * g.NH + h) * g.T + t] = m + logf(l);
 }
 
@@ -176,13 +195,7 @@ __global__ void __launch_bounds__(kThreadsT)
   float* Ks = Ds + kRows * ld;  // (kStep, ld)
   float* Vs = Ks + kStep * ld;  // (kStep, ld)
   float* Ss = Vs + kStep * ld;  // dS (kRows, kPad)
-  const int tiles = (g.T + kRows - 1) / kRows;
-  int qt, h, b;
-  block_place(tiles, g.NH, qt, h, b);
-  const int kh = h / (g.NH / g.KVH);
-  const int r = threadIdx.x / 4, c4 = threadIdx.x % 4;
-  const int q0 = qt * kRows, t = q0 + r;
-  const bool row_ok = t < g.T;
+  const auto [b, h, kh, r, c4, q0, t, row_ok] = query_tile_place(g);
   const float* kb = k + (size_t)b * g.T * g.ldkv + (size_t)kh * hs;
   const float* vb = v + (size_t)b * g.T * g.ldkv + (size_t)kh * hs;
   load_tile(Qs, ld, q + (size_t)b * g.T * g.ldq + (size_t)h * hs, g.ldq, q0, kRows, g.T, hs);
@@ -213,22 +226,10 @@ __global__ void __launch_bounds__(kThreadsT)
       Ss[r * kPad + c] = ds;
     }
     __syncwarp();
-    for (int c = 0; c < kStep; ++c) {
-      const float ds = Ss[r * kPad + c];
-#pragma unroll
-      for (int i = 0; i < kPer; ++i) {
-        const int d = c4 + 4 * i;
-        if (d < hs) acc[i] += ds * Ks[c * ld + d];
-      }
-    }
+    accumulate_rows(acc, Ss + r * kPad, Ks, ld, c4, hs);
   }
   if (!row_ok) return;
-  float* dqr = dq + ((size_t)b * g.T + t) * g.ldq + (size_t)h * hs;
-#pragma unroll
-  for (int i = 0; i < kPer; ++i) {
-    const int d = c4 + 4 * i;
-    if (d < hs) dqr[d] = acc[i];
-  }
+  store_row(dq + ((size_t)b * g.T + t) * g.ldq + (size_t)h * hs, acc, 1.0f, c4, hs);
 }
 
 template <int kPer>
@@ -292,29 +293,14 @@ __global__ void __launch_bounds__(kThreadsT)
         Ss[r * kPad + c] = ds;
       }
       __syncwarp();
-      for (int c = 0; c < kStep; ++c) {
-        const float p = Ps[r * kPad + c], ds = Ss[r * kPad + c];
-#pragma unroll
-        for (int i = 0; i < kPer; ++i) {
-          const int d = c4 + 4 * i;
-          if (d < hs) {
-            dv_acc[i] += p * Os[c * ld + d];
-            dk_acc[i] += ds * Qs[c * ld + d];
-          }
-        }
-      }
+      accumulate_rows(dv_acc, Ps + r * kPad, Os, ld, c4, hs);
+      accumulate_rows(dk_acc, Ss + r * kPad, Qs, ld, c4, hs);
     }
   }
   if (!row_ok) return;
   const size_t at = kv_at + (size_t)s * g.ldkv;
-#pragma unroll
-  for (int i = 0; i < kPer; ++i) {
-    const int d = c4 + 4 * i;
-    if (d < hs) {
-      dk[at + d] = dk_acc[i];
-      dv[at + d] = dv_acc[i];
-    }
-  }
+  store_row(dk + at, dk_acc, 1.0f, c4, hs);
+  store_row(dv + at, dv_acc, 1.0f, c4, hs);
 }
 
 // Shared memory of each kernel, in floats, for head size hs.
