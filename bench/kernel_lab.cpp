@@ -340,13 +340,15 @@ void BM_matmul_backward(benchmark::State& st) {
 }
 
 // Causal attention, GPT-2 124M: useful FLOPs are the causal half of QK^T and PV (x2 backward).
-// range(0): 0 forward, 1 backward; range(1): the kernels (0 rowwise, 1 tiled).
+// range(0): 0 forward, 1 backward; range(1): the kernels (0 rowwise, 1 tiled, 2 tensor cores:
+// matmul precision bf16, attention_mma.cu; its error is against the fp32 CPU op).
 void BM_attention(benchmark::State& st) {
   if (!need_device(st)) return;
   const int B = kB, T = kT, C = kC, NH = kNH;
   const bool backward = st.range(0) != 0;
   const cuda::AttentionKernel saved = cuda::attention_kernel();
   cuda::set_attention_kernel(st.range(1) ? cuda::AttentionKernel::tiled : cuda::AttentionKernel::rowwise);
+  const ops::MatmulPrecision p = st.range(1) == 2 ? ops::MatmulPrecision::bf16 : ops::MatmulPrecision::fp32;
   struct Restore {
     cuda::AttentionKernel k;
     ~Restore() { cuda::set_attention_kernel(k); }
@@ -355,11 +357,11 @@ void BM_attention(benchmark::State& st) {
   FVec out(size_t(B) * T * C), lse(size_t(B) * NH * T);
   ops::attention_forward(out.data(), lse.data(), qkv.data(), B, T, C, NH);
   DeviceBuffer<float> dqkv_in(qkv), dout(size_t(B) * T * C), dlse(size_t(B) * NH * T);
-  cuda::attention_forward(dout.data(), dlse.data(), dqkv_in.data(), B, T, C, NH);
+  cuda::attention_forward(dout.data(), dlse.data(), dqkv_in.data(), B, T, C, NH, 0, p);
   double err = max_err(dout.to_host(), out);
   const double fwd_flops = 2.0 * 2.0 * B * NH * (double(T) * T / 2) * (C / NH);
   if (!backward) {
-    run(st, [&] { cuda::attention_forward(dout.data(), dlse.data(), dqkv_in.data(), B, T, C, NH); },
+    run(st, [&] { cuda::attention_forward(dout.data(), dlse.data(), dqkv_in.data(), B, T, C, NH, 0, p); },
         4.0 * (4.0 * B * T * C), err);
     set_tflops(st, fwd_flops);
     return;
@@ -368,9 +370,11 @@ void BM_attention(benchmark::State& st) {
   FVec rd(size_t(B) * T * 3 * C);
   ops::attention_backward(rd.data(), g.data(), qkv.data(), out.data(), lse.data(), B, T, C, NH);
   DeviceBuffer<float> dg(g), dd(size_t(B) * T * 3 * C);
-  cuda::attention_backward(dd.data(), dg.data(), dqkv_in.data(), dout.data(), dlse.data(), B, T, C, NH);
+  cuda::attention_backward(dd.data(), dg.data(), dqkv_in.data(), dout.data(), dlse.data(), B, T, C, NH, 0, p);
   err = max_err(dd.to_host(), rd);
-  run(st, [&] { cuda::attention_backward(dd.data(), dg.data(), dqkv_in.data(), dout.data(), dlse.data(), B, T, C, NH); },
+  run(st, [&] {
+    cuda::attention_backward(dd.data(), dg.data(), dqkv_in.data(), dout.data(), dlse.data(), B, T, C, NH, 0, p);
+  },
       4.0 * (8.0 * B * T * C), err);
   set_tflops(st, 2.0 * fwd_flops);
 }
@@ -444,7 +448,7 @@ LAB(BM_sum_squares);
 LAB(BM_scale);
 LAB(BM_matmul_forward)->ArgsProduct({{3 * kC, 4 * kC}, {kC}, {0, 1, 2}})->ArgsProduct({{kC}, {4 * kC}, {0, 1, 2}});
 LAB(BM_matmul_backward)->ArgsProduct({{3 * kC, 4 * kC}, {kC}, {0, 1, 2}})->ArgsProduct({{kC}, {4 * kC}, {0, 1, 2}});
-LAB(BM_attention)->ArgsProduct({{0, 1}, {0, 1}});
+LAB(BM_attention)->ArgsProduct({{0, 1}, {0, 1, 2}});
 LAB(BM_encoder)->Arg(0)->Arg(1);
 LAB(BM_classifier_ce);
 

@@ -20,7 +20,13 @@ constexpr double kLambda = 6.0;
 
 struct Tol {
   double u;
+  // Where a kernel rounds both operands of each product to a narrower type before an fp32 sum
+  // (bf16 tensor cores): the relative error of one such product, 2 u_op + u_op^2, once per term
+  // and not growing with the sum's length. 0: the operands are used as they are.
+  double op = 0;
   double gamma(double K) const { return kLambda * std::sqrt(K) * u; }
+  // A sum of K products: its accumulation bound plus the operands' rounding.
+  double dot(double K) const { return gamma(K) + op; }
 };
 
 // n values uniform in [lo, hi), exactly representable in float.
@@ -66,6 +72,8 @@ struct AttentionTolerance {
 // kernel): row i is seen in ceil((i+1)/chunk) chunks, each rescaling the running sum and
 // accumulator by an exp and a multiply, a relative error of gamma(17 ceil((i+1)/chunk)) on
 // lse_i (through the sum), and so on dp_i and out_i.
+// With t.op > 0 (bf16 tensor cores) every sum of products above (the scores, P v, dP, and the
+// sums into dQ, dK, dV) carries t.op per term on top of gamma: t.dot. D_i stays an fp32 dot.
 inline AttentionTolerance attention_tolerance(const Vec& q, const Vec& k, const Vec& v, const Vec& dout,
                                               const Vec& out, const Vec& lse, int B, int T_, int NH, int KVH,
                                               int hs, const Tol& t, int online_chunk = 0) {
@@ -100,14 +108,14 @@ inline AttentionTolerance attention_tolerance(const Vec& q, const Vec& k, const 
           for (int j = 0; j <= i; ++j) {
             double sab = 0;
             for (int d = 0; d < hs; ++d) sab += std::abs(q[qi(i, d)] * k[ki(j, d)]);
-            ds_i = std::max(ds_i, t.gamma(hs) * scale * sab);
+            ds_i = std::max(ds_i, t.dot(hs) * scale * sab);
           }
           const size_t li = ((size_t)b * NH + h) * T_ + i;
           const double online =
               online_chunk > 0 ? t.gamma(17.0 * ((i + online_chunk) / online_chunk)) : 0.0;
           r.lse[li] = ds_i + t.gamma(T_) + t.gamma(4) * std::abs(lse[li]) + online;
           dp[i] = ds_i + r.lse[li] + t.gamma(16);
-          for (int d = 0; d < hs; ++d) r.out[qi(i, d)] = V * (dp[i] + t.gamma(T_));
+          for (int d = 0; d < hs; ++d) r.out[qi(i, d)] = V * (dp[i] + t.dot(T_));
         }
         for (int i = 0; i < T_; ++i) {
           double g1 = 0, D = 0, Dab = 0;  // |dO_i|_1, D_i, sum |dO O|
@@ -125,20 +133,20 @@ inline AttentionTolerance attention_tolerance(const Vec& q, const Vec& k, const 
               dPab += std::abs(dout[qi(i, d)] * v[ki(j, d)]);
             }
             const double p = P[(size_t)i * T_ + j], diff = std::abs(dP - D);
-            const double e = scale * p * (diff * (dp[i] + t.gamma(3)) + t.gamma(hs) * dPab + dD);
+            const double e = scale * p * (diff * (dp[i] + t.gamma(3)) + t.dot(hs) * dPab + dD);
             const double a = scale * p * diff;
             row_e += e;
             row_abs += a;
             col_e[j] += e;
             col_abs[j] += a;
-            col_v[j] += p * (dp[i] + t.gamma(TG));
+            col_v[j] += p * (dp[i] + t.dot(TG));
           }
-          for (int d = 0; d < hs; ++d) r.dq[qi(i, d)] = K * (row_e + t.gamma(T_) * row_abs);
+          for (int d = 0; d < hs; ++d) r.dq[qi(i, d)] = K * (row_e + t.dot(T_) * row_abs);
         }
       }
       for (int j = 0; j < T_; ++j)
         for (int d = 0; d < hs; ++d) {
-          r.dk[ki(j, d)] = Q * (col_e[j] + t.gamma(TG) * col_abs[j]);
+          r.dk[ki(j, d)] = Q * (col_e[j] + t.dot(TG) * col_abs[j]);
           r.dv[ki(j, d)] = G * col_v[j];
         }
     }

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -250,6 +252,69 @@ uint64_t exchange(uint64_t v, int src) {
   const uint64_t r = from < b.threads ? b.posted[from] : v;
   sync_warp();  // every lane has read before any posts again
   return r;
+}
+
+uint32_t bf16_bits(float x) {
+  if (std::isnan(x)) return 0x7fc0u;
+  const float r = ::lmf::ops::round_operand(x, ::lmf::ops::MatmulPrecision::bf16);
+  uint32_t u;
+  std::memcpy(&u, &r, sizeof u);
+  return u >> 16;  // round_operand leaves the low 16 bits zero
+}
+
+namespace {
+
+struct MmaFragments {
+  const uint32_t* a;  // 4 registers
+  const uint32_t* b;  // 2 registers
+};
+
+float bf16_value(uint32_t reg, int half) {
+  const uint32_t u = (half ? reg >> 16 : reg & 0xffffu) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// Element (row, k) of A and (k, n) of B from the warp's posted fragments (PTX's layouts, mma.cuh).
+float a_elem(const MmaFragments* f, int row, int k) {
+  const int g = row % 8, c = (k % 8) / 2, reg = (row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
+  return bf16_value(f[g * 4 + c].a[reg], k % 2);
+}
+float b_elem(const MmaFragments* f, int k, int n) {
+  const int c = (k % 8) / 2, reg = k >= 8 ? 1 : 0;
+  return bf16_value(f[n * 4 + c].b[reg], k % 2);
+}
+
+}  // namespace
+
+void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  Block& blk = *t_run;
+  const unsigned me = unsigned(blk.current), base = me - me % 32;
+  if (base + 32 > blk.threads) die("mma.sync in a partial warp");
+  MmaFragments mine{a, b};
+  blk.posted[me] = reinterpret_cast<uint64_t>(&mine);
+  sync_warp();  // every lane has posted
+  MmaFragments all[32];
+  for (int l = 0; l < 32; ++l) {
+    const uint64_t p = blk.posted[base + unsigned(l)];
+    all[l] = *reinterpret_cast<const MmaFragments*>(p);
+  }
+  // This lane's rows g, g + 8 of A and columns 2c, 2c + 1 of B, then its four outputs.
+  const int ln = int(me % 32), g = ln / 4, c = ln % 4;
+  float ar[2][16], bc[2][16];
+  for (int k = 0; k < 16; ++k) {
+    for (int x = 0; x < 2; ++x) {
+      ar[x][k] = a_elem(all, g + 8 * x, k);
+      bc[x][k] = b_elem(all, k, 2 * c + x);
+    }
+  }
+  for (int i = 0; i < 4; ++i) {
+    float acc = d[i];
+    for (int k = 0; k < 16; ++k) acc += ar[i / 2][k] * bc[i % 2][k];
+    d[i] = acc;
+  }
+  sync_warp();  // every lane has read the others' fragments before any changes its own
 }
 
 void* dynamic_shared_ptr() {

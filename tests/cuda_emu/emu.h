@@ -44,6 +44,12 @@ void sync_warp();
 uint64_t exchange(uint64_t v, int src);
 int lane();
 void* dynamic_shared_ptr();
+// The bf16 bits of x rounded to nearest even (NaN stays NaN), as cvt.rn.bf16.f32.
+uint32_t bf16_bits(float x);
+// mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32 for the calling warp, in PTX's fragment layouts
+// (src/ops/cuda/mma.cuh): every lane posts its a and b, and computes its own d += A B from all
+// of them, each output a sum in k order of exact products. All 32 lanes must take part.
+void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);
 
 template <class T>
 T* dynamic_shared() {

@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <utility>
 
 #include "core/error.h"
 #include "ops/cuda_backend.h"
@@ -56,27 +57,51 @@ std::string describe(const AttnShape& s) {
 // more, for the GPU's online softmax over chunks of 32 keys, times kBoth: the CPU's error is
 // within the smaller bound, so kBoth times this one covers |GPU - CPU|. Layouts: out, dq (B, T,
 // NH*hs); lse (B, NH, T); dk, dv (B, T, KVH*hs).
+//
+// With p = bf16 the tensor-core kernels (attention_mma.cu) run: every product's operands are
+// rounded to bf16 (Tol::op = 2u + u^2, u = 2^-8, per term), and the online softmax steps over 64
+// keys. The CPU's fp32 error is within the smaller fp32 bound, so kBoth times this bound still
+// covers |GPU - CPU|.
+Tol kernel_tol(ops::MatmulPrecision p) {
+  Tol t = tol_f32();
+  if (p == ops::MatmulPrecision::bf16) {
+    const double u = ops::operand_unit_roundoff(p);
+    t.op = 2 * u + u * u;
+  }
+  return t;
+}
+int online_chunk(ops::MatmulPrecision p) { return p == ops::MatmulPrecision::bf16 ? 64 : 32; }
+
 AttentionTolerance attention_tolerances(const AttnShape& s, const Vec& q, const Vec& k, const Vec& v,
-                                        const Vec& dout) {
+                                        const Vec& dout, ops::MatmulPrecision p) {
   Vec out_r(q.size()), lse_r((size_t)s.B * s.NH * s.T);
   ops::ref::attention_gqa_forward(out_r.data(), lse_r.data(), q.data(), k.data(), v.data(), s.B, s.T, s.NH,
                                   s.KVH, s.hs);
-  AttentionTolerance r =
-      attention_tolerance(q, k, v, dout, out_r, lse_r, s.B, s.T, s.NH, s.KVH, s.hs, tol_f32(), /*online_chunk=*/32);
+  AttentionTolerance r = attention_tolerance(q, k, v, dout, out_r, lse_r, s.B, s.T, s.NH, s.KVH, s.hs,
+                                             kernel_tol(p), online_chunk(p));
   for (Vec* x : {&r.out, &r.lse, &r.dq, &r.dk, &r.dv})
     for (double& e : *x) e *= kBoth;
   return r;
 }
 
 // Multi-head attention over a packed qkv (B, T, 3C), C = NH * hs.
-void check_attention(int B, int T_, int NH, int hs) {
+// The tensor-core kernels must really round: somewhere their output is further from the CPU's
+// fp32 one than the fp32 kernels' bound allows.
+void expect_not_fp32(const char* what, const FVec& gpu, const FVec& cpu, const Vec& tol_f32_bound) {
+  double worst = 0;
+  for (size_t i = 0; i < cpu.size(); ++i)
+    worst = std::max(worst, std::abs((double)gpu[i] - cpu[i]) / tol_f32_bound[i]);
+  EXPECT_GT(worst, 1.0) << what << ": within the fp32 bound everywhere, so not bf16 products";
+}
+
+void check_attention(int B, int T_, int NH, int hs, ops::MatmulPrecision p = ops::MatmulPrecision::fp32) {
   const AttnShape s{B, T_, NH, NH, hs};
-  SCOPED_TRACE(describe(s));
+  SCOPED_TRACE(describe(s) + ", " + ops::to_string(p));
   const int C = NH * hs;
   const size_t BT = (size_t)B * T_;
   const Vec qkv = rand_vec(BT * 3 * C, 24), dout = rand_vec(BT * C, 25);
   const Qkv sep = split_qkv(qkv, BT, C);
-  const AttentionTolerance tol = attention_tolerances(s, sep.q, sep.k, sep.v, dout);
+  const AttentionTolerance tol = attention_tolerances(s, sep.q, sep.k, sep.v, dout, p);
   const Vec tol_dqkv = join_qkv(tol.dq, tol.dk, tol.dv, BT, C);
 
   // CPU, the specification.
@@ -88,32 +113,37 @@ void check_attention(int B, int T_, int NH, int hs) {
   // GPU: every output starts as NaN, so an element left unwritten fails.
   DeviceBuffer<float> d_qkv(qkv_f), d_dout(dout_f), d_out(nans(out_c.size())),
       d_lse(nans(lse_c.size())), d_dqkv(nans(qkv.size()));
-  cuda::attention_forward(d_out.data(), d_lse.data(), d_qkv.data(), B, T_, C, NH);
+  cuda::attention_forward(d_out.data(), d_lse.data(), d_qkv.data(), B, T_, C, NH, 0, p);
   cuda::attention_backward(d_dqkv.data(), d_dout.data(), d_qkv.data(), d_out.data(), d_lse.data(),
-                           B, T_, C, NH);
+                           B, T_, C, NH, 0, p);
   const FVec dqkv_g = d_dqkv.to_host();
   expect_close("out", d_out.to_host(), out_c, tol.out);
   expect_close("lse", d_lse.to_host(), lse_c, tol.lse);
   expect_close("dqkv", dqkv_g, dqkv_c, tol_dqkv);
+  if (p == ops::MatmulPrecision::bf16 && T_ > 1) {
+    const AttentionTolerance f32 = attention_tolerances(s, sep.q, sep.k, sep.v, dout, ops::MatmulPrecision::fp32);
+    expect_not_fp32("out", d_out.to_host(), out_c, f32.out);
+    expect_not_fp32("dqkv", dqkv_g, dqkv_c, join_qkv(f32.dq, f32.dk, f32.dv, BT, C));
+  }
 
   // Deterministic: the same calls again give the same bits.
   DeviceBuffer<float> d_out2(nans(out_c.size())), d_lse2(nans(lse_c.size())),
       d_dqkv2(nans(qkv.size()));
-  cuda::attention_forward(d_out2.data(), d_lse2.data(), d_qkv.data(), B, T_, C, NH);
+  cuda::attention_forward(d_out2.data(), d_lse2.data(), d_qkv.data(), B, T_, C, NH, 0, p);
   cuda::attention_backward(d_dqkv2.data(), d_dout.data(), d_qkv.data(), d_out.data(), d_lse.data(),
-                           B, T_, C, NH);
+                           B, T_, C, NH, 0, p);
   EXPECT_EQ(d_out2.to_host(), d_out.to_host());
   EXPECT_EQ(d_lse2.to_host(), d_lse.to_host());
   EXPECT_EQ(d_dqkv2.to_host(), dqkv_g);
 }
 
-void check_attention_gqa(const AttnShape& s) {
-  SCOPED_TRACE(describe(s));
+void check_attention_gqa(const AttnShape& s, ops::MatmulPrecision p = ops::MatmulPrecision::fp32) {
+  SCOPED_TRACE(describe(s) + ", " + ops::to_string(p));
   const int B = s.B, T_ = s.T, NH = s.NH, KVH = s.KVH, hs = s.hs;
   const size_t BT = (size_t)B * T_, C = (size_t)NH * hs, KC = (size_t)KVH * hs;
   const Vec q = rand_vec(BT * C, 50), k = rand_vec(BT * KC, 51), v = rand_vec(BT * KC, 52),
             dout = rand_vec(BT * C, 53);
-  const AttentionTolerance tol = attention_tolerances(s, q, k, v, dout);
+  const AttentionTolerance tol = attention_tolerances(s, q, k, v, dout, p);
 
   const FVec qf = to_f(q), kf = to_f(k), vf = to_f(v), dof = to_f(dout);
   FVec out_c(BT * C), lse_c((size_t)B * NH * T_), dq_c = nans(q.size()), dk_c = nans(k.size()),
@@ -127,11 +157,11 @@ void check_attention_gqa(const AttnShape& s) {
   DeviceBuffer<float> d_q(qf), d_k(kf), d_v(vf), d_dout(dof), d_out(nans(out_c.size())),
       d_lse(nans(lse_c.size()));
   cuda::attention_gqa_forward(d_out.data(), d_lse.data(), d_q.data(), d_k.data(), d_v.data(), B, T_,
-                              NH, KVH, hs);
+                              NH, KVH, hs, 0, p);
   auto backward = [&](DeviceBuffer<float>& dq, DeviceBuffer<float>& dk, DeviceBuffer<float>& dv) {
     cuda::attention_gqa_backward(dq.data(), dk.data(), dv.data(), d_dout.data(), d_q.data(),
                                  d_k.data(), d_v.data(), d_out.data(), d_lse.data(), B, T_, NH, KVH,
-                                 hs);
+                                 hs, 0, p);
   };
   DeviceBuffer<float> d_dq(nans(q.size())), d_dk(nans(k.size())), d_dv(nans(v.size()));
   backward(d_dq, d_dk, d_dv);
@@ -140,6 +170,11 @@ void check_attention_gqa(const AttnShape& s) {
   expect_close("dq", d_dq.to_host(), dq_c, tol.dq);
   expect_close("dk", d_dk.to_host(), dk_c, tol.dk);
   expect_close("dv", d_dv.to_host(), dv_c, tol.dv);
+  if (p == ops::MatmulPrecision::bf16 && T_ > 1) {
+    const AttentionTolerance f32 = attention_tolerances(s, q, k, v, dout, ops::MatmulPrecision::fp32);
+    expect_not_fp32("out", d_out.to_host(), out_c, f32.out);
+    expect_not_fp32("dk", d_dk.to_host(), dk_c, f32.dk);
+  }
 
   // Deterministic: the same backward again gives the same bits (dk, dv sum over the group in a
   // fixed order).
@@ -192,6 +227,43 @@ INSTANTIATE_TEST_SUITE_P(Kernels, CudaAttentionKernels,
                          [](const auto& info) {
                            return info.param == cuda::AttentionKernel::tiled ? "tiled" : "rowwise";
                          });
+
+// The tensor-core kernels (matmul_precision = bf16; attention_mma.cu): head sizes 16, 32 and 64
+// (others run the fp32 kernels), T below, at and past the 64-row tiles, every warp of a tile
+// partly past T, GQA and MQA groups.
+TEST(CudaAttentionTensorCores, MultiHead) {
+  SKIP_WITHOUT_DEVICE();
+  constexpr auto bf16 = ops::MatmulPrecision::bf16;
+  check_attention(1, 1, 2, 16, bf16);    // one key
+  check_attention(2, 37, 3, 16, bf16);   // one tile, its last warps past T
+  check_attention(2, 65, 2, 32, bf16);   // two tiles, the second of one row
+  check_attention(1, 200, 2, 64, bf16);  // GPT-2's head size, four tiles
+  check_attention(1, 1024, 12, 64, bf16);  // GPT-2 124M's heads at T = 1024 (25 s emulated)
+}
+
+TEST(CudaAttentionTensorCores, GroupedQuery) {
+  SKIP_WITHOUT_DEVICE();
+  constexpr auto bf16 = ops::MatmulPrecision::bf16;
+  check_attention_gqa({2, 37, 4, 2, 16}, bf16);
+  check_attention_gqa({1, 70, 4, 1, 32}, bf16);   // multi-query
+  check_attention_gqa({1, 130, 4, 2, 64}, bf16);  // three tiles, the last of two rows
+}
+
+// Head sizes the tensor-core kernels do not take run the fp32 kernels, with their fp32 bound.
+TEST(CudaAttentionTensorCores, OtherHeadSizesStayFp32) {
+  SKIP_WITHOUT_DEVICE();
+  const int T_ = 40, NH = 2, KVH = 1, hs = 24;
+  const size_t BT = T_, C = NH * hs, KC = KVH * hs;
+  const FVec q = to_f(rand_vec(BT * C, 70)), k = to_f(rand_vec(BT * KC, 71)), v = to_f(rand_vec(BT * KC, 72));
+  DeviceBuffer<float> d_q(q), d_k(k), d_v(v);
+  auto run = [&](ops::MatmulPrecision p) {
+    DeviceBuffer<float> out(nans(BT * C)), lse(nans((size_t)NH * T_));
+    cuda::attention_gqa_forward(out.data(), lse.data(), d_q.data(), d_k.data(), d_v.data(), 1, T_, NH, KVH, hs,
+                                0, p);
+    return std::pair{out.to_host(), lse.to_host()};
+  };
+  EXPECT_EQ(run(ops::MatmulPrecision::bf16), run(ops::MatmulPrecision::fp32));
+}
 
 // The shape checks run on the host before any launch: no device needed.
 TEST(CudaAttention, RejectsBadHeads) {

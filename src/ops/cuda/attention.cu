@@ -273,10 +273,17 @@ bool use_tiled(const Heads& g) {
   return kernel_choice().load() == AttentionKernel::tiled && g.hs <= detail::kTiledMaxHs;
 }
 
+// bf16 products run on the tensor cores where those kernels take the head size; otherwise (and
+// for fp32 and tf32) the fp32 kernels run, as for every op outside the GEMMs.
+bool use_mma(const Heads& g, ops::MatmulPrecision p) {
+  return p == ops::MatmulPrecision::bf16 && detail::mma_supported(g);
+}
+
 void forward_impl(float* out, float* lse, const float* q, const float* k, const float* v,
-                  const Heads& g, cudaStream_t stream) {
+                  const Heads& g, cudaStream_t stream, ops::MatmulPrecision p) {
   const long rows = (long)g.B * g.NH * g.T;
   if (rows == 0) return;
+  if (use_mma(g, p)) return detail::mma_forward(out, lse, q, k, v, g, stream);
   if (use_tiled(g)) return detail::tiled_forward(out, lse, q, k, v, g, stream);
   dispatch_per_lane(g.hs, [&](auto per) {
     LMF_LAUNCH(attn_fwd_kernel<decltype(per)::value>, row_blocks(rows), kWarpsPerBlock * kWarp, 0, stream)(out, lse, q, k, v, g);
@@ -286,9 +293,10 @@ void forward_impl(float* out, float* lse, const float* q, const float* k, const 
 
 void backward_impl(float* dq, float* dk, float* dv, const float* dout, const float* q,
                    const float* k, const float* v, const float* out, const float* lse,
-                   const Heads& g, cudaStream_t stream) {
+                   const Heads& g, cudaStream_t stream, ops::MatmulPrecision p) {
   const long qrows = (long)g.B * g.NH * g.T, kvrows = (long)g.B * g.KVH * g.T;
   if (qrows == 0) return;
+  if (use_mma(g, p)) return detail::mma_backward(dq, dk, dv, dout, q, k, v, out, lse, g, stream);
   if (use_tiled(g)) return detail::tiled_backward(dq, dk, dv, dout, q, k, v, out, lse, g, stream);
   dispatch_per_lane(g.hs, [&](auto per) {
     constexpr int kPer = decltype(per)::value;
@@ -306,34 +314,37 @@ void set_attention_kernel(AttentionKernel k) { kernel_choice().store(k); }
 AttentionKernel attention_kernel() { return kernel_choice().load(); }
 
 void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C, int NH,
-                       cudaStream_t stream) {
+                       cudaStream_t stream, ops::MatmulPrecision p) {
   LMF_CHECK(NH > 0 && C % NH == 0, "cuda attention: C={} not divisible by NH={}", C, NH);
   check_heads(NH, NH, C / NH);
   const Heads g = make_heads(B, T, NH, NH, C / NH, 3 * C, 3 * C, C);
-  forward_impl(out, lse, qkv, qkv + C, qkv + 2 * C, g, stream);
+  forward_impl(out, lse, qkv, qkv + C, qkv + 2 * C, g, stream, p);
 }
 
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
-                        const float* lse, int B, int T, int C, int NH, cudaStream_t stream) {
+                        const float* lse, int B, int T, int C, int NH, cudaStream_t stream,
+                        ops::MatmulPrecision p) {
   LMF_CHECK(NH > 0 && C % NH == 0, "cuda attention: C={} not divisible by NH={}", C, NH);
   check_heads(NH, NH, C / NH);
   const Heads g = make_heads(B, T, NH, NH, C / NH, 3 * C, 3 * C, C);
-  backward_impl(dqkv, dqkv + C, dqkv + 2 * C, dout, qkv, qkv + C, qkv + 2 * C, out, lse, g, stream);
+  backward_impl(dqkv, dqkv + C, dqkv + 2 * C, dout, qkv, qkv + C, qkv + 2 * C, out, lse, g, stream, p);
 }
 
 void attention_gqa_forward(float* out, float* lse, const float* q, const float* k, const float* v,
-                           int B, int T, int NH, int KVH, int hs, cudaStream_t stream) {
+                           int B, int T, int NH, int KVH, int hs, cudaStream_t stream,
+                           ops::MatmulPrecision p) {
   check_heads(NH, KVH, hs);
   const Heads g = make_heads(B, T, NH, KVH, hs, NH * hs, KVH * hs, NH * hs);
-  forward_impl(out, lse, q, k, v, g, stream);
+  forward_impl(out, lse, q, k, v, g, stream, p);
 }
 
 void attention_gqa_backward(float* dq, float* dk, float* dv, const float* dout, const float* q,
                             const float* k, const float* v, const float* out, const float* lse,
-                            int B, int T, int NH, int KVH, int hs, cudaStream_t stream) {
+                            int B, int T, int NH, int KVH, int hs, cudaStream_t stream,
+                            ops::MatmulPrecision p) {
   check_heads(NH, KVH, hs);
   const Heads g = make_heads(B, T, NH, KVH, hs, NH * hs, KVH * hs, NH * hs);
-  backward_impl(dq, dk, dv, dout, q, k, v, out, lse, g, stream);
+  backward_impl(dq, dk, dv, dout, q, k, v, out, lse, g, stream, p);
 }
 
 }  // namespace lmf::cuda

@@ -72,7 +72,7 @@ struct OnDefaultStream {
   }
 };
 
-// The same for a GEMM op, which takes the precision after the stream.
+// The same for a GEMM or attention op, which takes the precision after the stream.
 template <auto Fn, ops::MatmulPrecision P>
 struct GemmOnDefaultStream {
   template <class R, class... A>
@@ -110,8 +110,8 @@ ops::Backend<float> make_cuda_backend() {
       .gelu_forward = OnDefaultStream<gelu_forward>{},
       .gelu_backward = OnDefaultStream<gelu_backward>{},
       .residual_forward = OnDefaultStream<residual_forward>{},
-      .attention_forward = OnDefaultStream<attention_forward>{},
-      .attention_backward = OnDefaultStream<attention_backward>{},
+      .attention_forward = GemmOnDefaultStream<attention_forward, P>{},
+      .attention_backward = GemmOnDefaultStream<attention_backward, P>{},
       .classifier_ce_forward = GemmOnDefaultStream<classifier_ce_forward, P>{},  // synchronises
       .classifier_logits = GemmOnDefaultStream<classifier_logits, P>{},
       .rmsnorm_forward = OnDefaultStream<rmsnorm_forward>{},
@@ -120,8 +120,8 @@ ops::Backend<float> make_cuda_backend() {
       .rope_backward = OnDefaultStream<rope_backward>{},
       .swiglu_forward = OnDefaultStream<swiglu_forward>{},
       .swiglu_backward = OnDefaultStream<swiglu_backward>{},
-      .attention_gqa_forward = OnDefaultStream<attention_gqa_forward>{},
-      .attention_gqa_backward = OnDefaultStream<attention_gqa_backward>{},
+      .attention_gqa_forward = GemmOnDefaultStream<attention_gqa_forward, P>{},
+      .attention_gqa_backward = GemmOnDefaultStream<attention_gqa_backward, P>{},
       .fill = OnDefaultStream<fill>{},
       .copy = OnDefaultStream<copy>{},
       .adamw_update = OnDefaultStream<adamw_update>{},

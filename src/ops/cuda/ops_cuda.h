@@ -123,6 +123,11 @@ void set_classifier_chunk_rows(int rows);
 
 // ---- attention and encoder (ops/cuda/attention.cu, attention_tiled.cu, encoder.cu) ----------
 
+// Precision p: as the GEMMs' (ops::MatmulPrecision). bf16 runs the products of q k^T, P v and
+// the backward's four on the tensor cores (attention_mma.cu: bf16 operands, fp32 softmax, sums
+// and storage) for head sizes 16, 32 and 64; other head sizes, and fp32 and tf32, run the fp32
+// kernels chosen below.
+//
 // Which kernels the attention ops below run, process-wide: `rowwise` (attention.cu: one warp
 // per query or key row, each k and v row read once per row) or `tiled` (attention_tiled.cu:
 // FlashAttention-2's tiles in shared memory, for hs <= 128; larger heads stay rowwise). Same
@@ -137,22 +142,25 @@ AttentionKernel attention_kernel();
 // out (B, T, C); lse (B, NH, T) saved for backward. No (T, T) matrix is stored (online softmax,
 // one warp per query row).
 void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C, int NH,
-                       cudaStream_t stream = 0);
+                       cudaStream_t stream = 0, ops::MatmulPrecision p = ops::MatmulPrecision::fp32);
 // dqkv (B, T, 3C) ASSIGNED; must not alias the inputs. P is recomputed from q, k and lse;
 // D_t = dout_t . out_t is recomputed where needed (no workspace, no allocation). Deterministic:
 // dq per query row, dk and dv per key row, fixed summation order, no atomics.
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
-                        const float* lse, int B, int T, int C, int NH, cudaStream_t stream = 0);
+                        const float* lse, int B, int T, int C, int NH, cudaStream_t stream = 0,
+                        ops::MatmulPrecision p = ops::MatmulPrecision::fp32);
 
 // Causal grouped-query attention, as ops::attention_gqa_forward: query head h reads kv head
 // h / (NH / KVH), hs <= 256. q, out (B, T, NH*hs); k, v (B, T, KVH*hs); lse (B, NH, T) saved.
 void attention_gqa_forward(float* out, float* lse, const float* q, const float* k, const float* v,
-                           int B, int T, int NH, int KVH, int hs, cudaStream_t stream = 0);
+                           int B, int T, int NH, int KVH, int hs, cudaStream_t stream = 0,
+                           ops::MatmulPrecision p = ops::MatmulPrecision::fp32);
 // dq (B, T, NH*hs), dk, dv (B, T, KVH*hs), all ASSIGNED (not aliasing the inputs); dk and dv sum
 // over the group's query heads in ascending order, then query rows ascending (deterministic).
 void attention_gqa_backward(float* dq, float* dk, float* dv, const float* dout, const float* q,
                             const float* k, const float* v, const float* out, const float* lse,
-                            int B, int T, int NH, int KVH, int hs, cudaStream_t stream = 0);
+                            int B, int T, int NH, int KVH, int hs, cudaStream_t stream = 0,
+                           ops::MatmulPrecision p = ops::MatmulPrecision::fp32);
 
 // out (B, T, C) = wte (V, C)[tokens] + wpe (T, C)[t]; wpe nullptr: no position table (RoPE
 // models). tokens (B, T) int32 ON THE DEVICE, each in [0, V) (not checked).

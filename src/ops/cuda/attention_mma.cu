@@ -1,0 +1,413 @@
+// Causal (grouped-query) attention on the tensor cores: FlashAttention-2's schedule (Dao 2023)
+// with every product a bf16 mma.sync (m16n8k16, fp32 accumulate; mma.cuh), for matmul_precision
+// = bf16. q, k, v, dout and the outputs stay fp32 in global memory; a tile is rounded to bf16 as
+// it is staged in shared memory, the probabilities P and the score gradients dS as they become
+// operands. The softmax, lse, D_t = dout_t . out_t and every sum stay fp32.
+//
+//  forward  (block: b, h, 64 query rows, 4 warps of 16; 64 keys per step): a warp keeps its q
+//           fragments, scores S (16 x 64) and output (16 x hs) in registers; the online softmax
+//           runs on S's fragments (a row lives in the four lanes of a quad), and P, packed to
+//           bf16, is directly the A operand of P V (mma.cuh explains why the layouts agree).
+//  dq       (block: b, h, 64 query rows; 64 keys per step): S = q k^T and dP = dout v^T on the
+//           tensor cores, P = exp(S scale - lse), dS = P (dP - D) scale, dq += dS k.
+//  dk, dv   (block: b, kv head, 64 key rows; the group's query heads in order, 64 query rows
+//           per step from the diagonal on): S^T = k q^T, dP^T = v dout^T, dv += P^T dout,
+//           dk += dS^T q.
+// Each output element has one owner and a fixed summation order: no atomics, deterministic. The
+// same schedule as attention_tiled.cu, whose fp32 arithmetic these kernels' tests compare with.
+//
+// Shared tiles are bf16, row-major for operands read along the head dimension and transposed
+// (dimension-major) for those read along the sequence, so that every fragment register is one
+// aligned 32-bit load. Rows are padded by 8 bf16 (16 bytes): a fragment load's 32 lanes then hit
+// 32 different banks.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "core/error.h"
+#include "ops/cuda/attention.cuh"
+#include "ops/cuda/cuda_util.h"
+#include "ops/cuda/launch.cuh"
+#include "ops/cuda/mma.cuh"
+
+namespace lmf::cuda::detail {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreadsM = kWarps * 32;
+constexpr int kTile = 64;        // rows a block owns, and rows of the other side per step
+constexpr int kTilePad = kTile + 8;
+
+// The four lanes of a quad hold one row of a fragment.
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// Rows [r0, r0 + kTile) of a (T, HS) fp32 head (row stride ld) as bf16 into shared memory:
+// row-major rm (kTile, HS + 8) and / or transposed tr (HS, kTile + 8); rows past T are zero.
+template <int HS>
+__device__ __forceinline__ void stage(uint16_t (*rm)[HS + 8], uint16_t (*tr)[kTilePad],
+                                      const float* src, int ld, int r0, int T) {
+  for (int i = threadIdx.x; i < kTile * HS / 2; i += kThreadsM) {
+    const int r = i / (HS / 2), d = 2 * (i % (HS / 2));
+    float x0 = 0.0f, x1 = 0.0f;
+    if (r0 + r < T) {
+      const float* p = src + (size_t)(r0 + r) * ld + d;
+      x0 = p[0];
+      x1 = p[1];
+    }
+    const uint32_t w = pack_bf16(x0, x1);
+    if (rm) store_pair(rm[r], d, w);
+    if (tr) {
+      tr[d][r] = (uint16_t)(w & 0xffffu);
+      tr[d + 1][r] = (uint16_t)(w >> 16);
+    }
+  }
+}
+
+// The A fragments (HS / 16 k-slabs) of rows [r0, r0 + 16) of a (T, HS) fp32 head in global
+// memory, rounded to bf16; rows past T are zero.
+template <int HS>
+__device__ __forceinline__ void load_a(uint32_t (&a)[HS / 16][4], const float* src, int ld, int r0,
+                                       int T) {
+  const int ln = threadIdx.x % 32, g = ln / 4, c = ln % 4;
+  const int ra = r0 + g, rb = r0 + g + 8;
+#pragma unroll
+  for (int s = 0; s < HS / 16; ++s) {
+    const int d0 = 16 * s + 2 * c, d1 = d0 + 8;
+    auto at = [&](int r, int d) { return r < T ? src[(size_t)r * ld + d] : 0.0f; };
+    a[s][0] = pack_bf16(at(ra, d0), at(ra, d0 + 1));
+    a[s][1] = pack_bf16(at(rb, d0), at(rb, d0 + 1));
+    a[s][2] = pack_bf16(at(ra, d1), at(ra, d1 + 1));
+    a[s][3] = pack_bf16(at(rb, d1), at(rb, d1 + 1));
+  }
+}
+
+// acc[j] (16 x 8 n-tile j of kTile / 8) = a (16 x HS) times the rows 8j.. of a row-major shared
+// tile (kTile, HS + 8), transposed: acc = a tile^T. N-tiles j > j_last are skipped (left zero).
+template <int HS>
+__device__ __forceinline__ void product_nt(float (&acc)[kTile / 8][4], const uint32_t (&a)[HS / 16][4],
+                                           const uint16_t (*tile)[HS + 8], int j_last) {
+  const int ln = threadIdx.x % 32, g = ln / 4, c = ln % 4;
+#pragma unroll
+  for (int j = 0; j < kTile / 8; ++j) {
+    acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+    if (j > j_last) continue;  // warp-uniform
+#pragma unroll
+    for (int s = 0; s < HS / 16; ++s) {
+      const uint32_t b[2] = {load_pair(tile[8 * j + g], 16 * s + 2 * c),
+                             load_pair(tile[8 * j + g], 16 * s + 2 * c + 8)};
+      mma_bf16_16816(acc[j], a[s], b);
+    }
+  }
+}
+
+// out[d] (16 x 8 n-tile d of HS / 8) += p (16 x kTile, fp32 fragments, packed to bf16 here) times
+// a transposed shared tile tr (HS, kTile + 8), i.e. p tile. K-slabs past s_last are skipped.
+template <int HS>
+__device__ __forceinline__ void product_pv(float (&out)[HS / 8][4], const float (&p)[kTile / 8][4],
+                                           const uint16_t (*tr)[kTilePad], int s_last) {
+  const int ln = threadIdx.x % 32, g = ln / 4, c = ln % 4;
+#pragma unroll
+  for (int s = 0; s < kTile / 16; ++s) {
+    if (s > s_last) continue;  // warp-uniform
+    const uint32_t a[4] = {pack_bf16(p[2 * s][0], p[2 * s][1]), pack_bf16(p[2 * s][2], p[2 * s][3]),
+                           pack_bf16(p[2 * s + 1][0], p[2 * s + 1][1]),
+                           pack_bf16(p[2 * s + 1][2], p[2 * s + 1][3])};
+#pragma unroll
+    for (int d = 0; d < HS / 8; ++d) {
+      const uint32_t b[2] = {load_pair(tr[8 * d + g], 16 * s + 2 * c),
+                             load_pair(tr[8 * d + g], 16 * s + 2 * c + 8)};
+      mma_bf16_16816(out[d], a, b);
+    }
+  }
+}
+
+// Query tiles are taken last first: the longest rows (most keys) start first.
+__device__ __forceinline__ void block_place(int tiles, int heads, int& tile, int& head, int& b) {
+  const int x = blockIdx.x;
+  tile = tiles - 1 - x % tiles;
+  head = x / tiles % heads;
+  b = x / tiles / heads;
+}
+
+template <int HS>
+__global__ void __launch_bounds__(kThreadsM)
+    fwd_mma(float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ q,
+            const float* __restrict__ k, const float* __restrict__ v, Heads g) {
+  alignas(16) __shared__ uint16_t Ks[kTile][HS + 8];
+  alignas(16) __shared__ uint16_t Vt[HS][kTilePad];
+  int qt, h, b;
+  block_place((g.T + kTile - 1) / kTile, g.NH, qt, h, b);
+  const int kh = h / (g.NH / g.KVH);
+  const int w = threadIdx.x / 32, ln = threadIdx.x % 32, gr = ln / 4, c = ln % 4;
+  const int q0 = qt * kTile, r0 = q0 + 16 * w;  // the warp's first row
+  const int row[2] = {r0 + gr, r0 + gr + 8};     // this lane's rows (fragment halves 0, 1)
+  const float* kb = k + (size_t)b * g.T * g.ldkv + (size_t)kh * HS;
+  const float* vb = v + (size_t)b * g.T * g.ldkv + (size_t)kh * HS;
+  uint32_t qa[HS / 16][4];
+  load_a<HS>(qa, q + (size_t)b * g.T * g.ldq + (size_t)h * HS, g.ldq, r0, g.T);
+
+  // Invariant after each step, per row: m = max scaled score so far, l = sum exp(score - m),
+  // o = sum exp(score - m) v, over the keys seen. Key 0 is visible to every row, so m is finite
+  // from the first step on.
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, o[HS / 8][4];
+#pragma unroll
+  for (int d = 0; d < HS / 8; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+  const int last_key = min(g.T, q0 + kTile) - 1;
+  for (int k0 = 0; k0 <= last_key; k0 += kTile) {
+    __syncthreads();  // the previous step's tiles are no longer read
+    stage<HS>(Ks, nullptr, kb, g.ldkv, k0, g.T);
+    stage<HS>(nullptr, Vt, vb, g.ldkv, k0, g.T);
+    __syncthreads();
+    const int j_last = min(kTile / 8 - 1, (r0 + 15 - k0) / 8);  // n-tiles with a visible key
+    float s[kTile / 8][4];
+    product_nt<HS>(s, qa, Ks, j_last);
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int key = k0 + 8 * j + 2 * c + (i & 1), r = row[i / 2];
+        s[j][i] = key <= r && key < g.T ? s[j][i] * g.scale : -INFINITY;
+        mx[i / 2] = fmaxf(mx[i / 2], s[j][i]);
+      }
+    float corr[2], psum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int x = 0; x < 2; ++x) {
+      const float m_new = fmaxf(m[x], quad_max(mx[x]));
+      corr[x] = m[x] == -INFINITY ? 0.0f : expf(m[x] - m_new);
+      m[x] = m_new;
+    }
+#pragma unroll
+    for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float p = s[j][i] == -INFINITY ? 0.0f : expf(s[j][i] - m[i / 2]);
+        s[j][i] = p;
+        psum[i / 2] += p;
+      }
+#pragma unroll
+    for (int x = 0; x < 2; ++x) l[x] = l[x] * corr[x] + quad_sum(psum[x]);
+#pragma unroll
+    for (int d = 0; d < HS / 8; ++d) {
+      o[d][0] *= corr[0];
+      o[d][1] *= corr[0];
+      o[d][2] *= corr[1];
+      o[d][3] *= corr[1];
+    }
+    product_pv<HS>(o, s, Vt, j_last / 2);
+  }
+#pragma unroll
+  for (int x = 0; x < 2; ++x) {
+    const int t = row[x];
+    if (t >= g.T) continue;
+    const float inv = 1.0f / l[x];
+    float* dst = out + ((size_t)b * g.T + t) * g.ldo + (size_t)h * HS;
+#pragma unroll
+    for (int d = 0; d < HS / 8; ++d) {
+      dst[8 * d + 2 * c] = o[d][2 * x] * inv;
+      dst[8 * d + 2 * c + 1] = o[d][2 * x + 1] * inv;
+    }
+    if (c == 0) lse[((size_t)b * g.NH + h) * g.T + t] = m[x] + logf(l[x]);
+  }
+}
+
+// D_t = dout_t . out_t in d order, fp32 (0 past T).
+template <int HS>
+__device__ __forceinline__ float row_dot(const float* a, const float* b) {
+  float s = 0.0f;
+  for (int d = 0; d < HS; ++d) s += a[d] * b[d];
+  return s;
+}
+
+template <int HS>
+__global__ void __launch_bounds__(kThreadsM)
+    dq_mma(float* __restrict__ dq, const float* __restrict__ dout, const float* __restrict__ q,
+           const float* __restrict__ k, const float* __restrict__ v, const float* __restrict__ out,
+           const float* __restrict__ lse, Heads g) {
+  alignas(16) __shared__ uint16_t Ks[kTile][HS + 8];
+  alignas(16) __shared__ uint16_t Vs[kTile][HS + 8];
+  alignas(16) __shared__ uint16_t Kt[HS][kTilePad];
+  int qt, h, b;
+  block_place((g.T + kTile - 1) / kTile, g.NH, qt, h, b);
+  const int kh = h / (g.NH / g.KVH);
+  const int w = threadIdx.x / 32, ln = threadIdx.x % 32, gr = ln / 4, c = ln % 4;
+  const int q0 = qt * kTile, r0 = q0 + 16 * w;
+  const int row[2] = {r0 + gr, r0 + gr + 8};
+  const float* kb = k + (size_t)b * g.T * g.ldkv + (size_t)kh * HS;
+  const float* vb = v + (size_t)b * g.T * g.ldkv + (size_t)kh * HS;
+  const float* ob = out + (size_t)b * g.T * g.ldo + (size_t)h * HS;
+  const float* gb = dout + (size_t)b * g.T * g.ldo + (size_t)h * HS;
+  uint32_t qa[HS / 16][4], ga[HS / 16][4];
+  load_a<HS>(qa, q + (size_t)b * g.T * g.ldq + (size_t)h * HS, g.ldq, r0, g.T);
+  load_a<HS>(ga, gb, g.ldo, r0, g.T);
+  float D[2] = {0.0f, 0.0f}, L[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int x = 0; x < 2; ++x)
+    if (row[x] < g.T) {
+      D[x] = row_dot<HS>(gb + (size_t)row[x] * g.ldo, ob + (size_t)row[x] * g.ldo);
+      L[x] = lse[((size_t)b * g.NH + h) * g.T + row[x]];
+    }
+  float acc[HS / 8][4];
+#pragma unroll
+  for (int d = 0; d < HS / 8; ++d) acc[d][0] = acc[d][1] = acc[d][2] = acc[d][3] = 0.0f;
+  const int last_key = min(g.T, q0 + kTile) - 1;
+  for (int k0 = 0; k0 <= last_key; k0 += kTile) {
+    __syncthreads();
+    stage<HS>(Ks, Kt, kb, g.ldkv, k0, g.T);
+    stage<HS>(Vs, nullptr, vb, g.ldkv, k0, g.T);
+    __syncthreads();
+    const int j_last = min(kTile / 8 - 1, (r0 + 15 - k0) / 8);
+    float s[kTile / 8][4], dp[kTile / 8][4];
+    product_nt<HS>(s, qa, Ks, j_last);
+    product_nt<HS>(dp, ga, Vs, j_last);
+#pragma unroll
+    for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int key = k0 + 8 * j + 2 * c + (i & 1), r = row[i / 2];
+        float ds = 0.0f;  // dS = P (dP - D) scale, 0 for masked keys
+        if (key <= r && r < g.T) ds = expf(s[j][i] * g.scale - L[i / 2]) * (dp[j][i] - D[i / 2]) * g.scale;
+        s[j][i] = ds;
+      }
+    product_pv<HS>(acc, s, Kt, j_last / 2);
+  }
+#pragma unroll
+  for (int x = 0; x < 2; ++x) {
+    const int t = row[x];
+    if (t >= g.T) continue;
+    float* dst = dq + ((size_t)b * g.T + t) * g.ldq + (size_t)h * HS;
+#pragma unroll
+    for (int d = 0; d < HS / 8; ++d) {
+      dst[8 * d + 2 * c] = acc[d][2 * x];
+      dst[8 * d + 2 * c + 1] = acc[d][2 * x + 1];
+    }
+  }
+}
+
+template <int HS>
+__global__ void __launch_bounds__(kThreadsM)
+    dkv_mma(float* __restrict__ dk, float* __restrict__ dv, const float* __restrict__ dout,
+            const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+            const float* __restrict__ out, const float* __restrict__ lse, Heads g) {
+  alignas(16) __shared__ uint16_t Qs[kTile][HS + 8];
+  alignas(16) __shared__ uint16_t Qt[HS][kTilePad];
+  alignas(16) __shared__ uint16_t Gs[kTile][HS + 8];  // dout rows
+  alignas(16) __shared__ uint16_t Gt[HS][kTilePad];
+  __shared__ float Dq[kTile], Lq[kTile];  // D_t and lse_t of the step's queries
+  const int tiles = (g.T + kTile - 1) / kTile;
+  int st, kh, b;
+  block_place(tiles, g.KVH, st, kh, b);
+  const int group = g.NH / g.KVH;
+  const int w = threadIdx.x / 32, ln = threadIdx.x % 32, gr = ln / 4, c = ln % 4;
+  const int k0 = st * kTile, s0 = k0 + 16 * w;  // the block's and the warp's first key
+  const int key[2] = {s0 + gr, s0 + gr + 8};
+  const size_t kv_at = (size_t)b * g.T * g.ldkv + (size_t)kh * HS;
+  uint32_t ka[HS / 16][4], va[HS / 16][4];
+  load_a<HS>(ka, k + kv_at, g.ldkv, s0, g.T);
+  load_a<HS>(va, v + kv_at, g.ldkv, s0, g.T);
+
+  float dk_acc[HS / 8][4], dv_acc[HS / 8][4];
+#pragma unroll
+  for (int d = 0; d < HS / 8; ++d)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) dk_acc[d][i] = dv_acc[d][i] = 0.0f;
+  for (int h = kh * group; h < (kh + 1) * group; ++h) {
+    const float* qh = q + (size_t)b * g.T * g.ldq + (size_t)h * HS;
+    const float* oh = out + (size_t)b * g.T * g.ldo + (size_t)h * HS;
+    const float* gh = dout + (size_t)b * g.T * g.ldo + (size_t)h * HS;
+    const float* lse_bh = lse + ((size_t)b * g.NH + h) * g.T;
+    for (int q0 = k0; q0 < g.T; q0 += kTile) {  // queries before k0 see none of these keys
+      __syncthreads();
+      stage<HS>(Qs, Qt, qh, g.ldq, q0, g.T);
+      stage<HS>(Gs, Gt, gh, g.ldo, q0, g.T);
+      if (threadIdx.x < kTile) {
+        const int t = q0 + threadIdx.x;
+        Dq[threadIdx.x] = t < g.T ? row_dot<HS>(gh + (size_t)t * g.ldo, oh + (size_t)t * g.ldo) : 0.0f;
+        Lq[threadIdx.x] = t < g.T ? lse_bh[t] : 0.0f;
+      }
+      __syncthreads();
+      float p[kTile / 8][4], ds[kTile / 8][4];
+      product_nt<HS>(p, ka, Qs, kTile / 8 - 1);
+      product_nt<HS>(ds, va, Gs, kTile / 8 - 1);
+#pragma unroll
+      for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int col = 8 * j + 2 * c + (i & 1), t = q0 + col, s = key[i / 2];
+          float pv = 0.0f, dsv = 0.0f;
+          if (t >= s && t < g.T && s < g.T) {
+            pv = expf(p[j][i] * g.scale - Lq[col]);
+            dsv = pv * (ds[j][i] - Dq[col]) * g.scale;
+          }
+          p[j][i] = pv;
+          ds[j][i] = dsv;
+        }
+      product_pv<HS>(dv_acc, p, Gt, kTile / 16 - 1);
+      product_pv<HS>(dk_acc, ds, Qt, kTile / 16 - 1);
+    }
+  }
+#pragma unroll
+  for (int x = 0; x < 2; ++x) {
+    const int s = key[x];
+    if (s >= g.T) continue;
+    const size_t at = kv_at + (size_t)s * g.ldkv;
+#pragma unroll
+    for (int d = 0; d < HS / 8; ++d) {
+      dk[at + 8 * d + 2 * c] = dk_acc[d][2 * x];
+      dk[at + 8 * d + 2 * c + 1] = dk_acc[d][2 * x + 1];
+      dv[at + 8 * d + 2 * c] = dv_acc[d][2 * x];
+      dv[at + 8 * d + 2 * c + 1] = dv_acc[d][2 * x + 1];
+    }
+  }
+}
+
+// f(std::integral_constant<int, HS>{}) for a supported head size.
+template <class F>
+void dispatch_hs(int hs, F f) {
+  switch (hs) {
+    case 16: return f(std::integral_constant<int, 16>{});
+    case 32: return f(std::integral_constant<int, 32>{});
+    case 64: return f(std::integral_constant<int, 64>{});
+    default: LMF_CHECK(false, "tensor-core attention: head size {} not 16, 32 or 64", hs);
+  }
+}
+
+}  // namespace
+
+bool mma_supported(const Heads& g) { return g.hs == 16 || g.hs == 32 || g.hs == 64; }
+
+void mma_forward(float* out, float* lse, const float* q, const float* k, const float* v,
+                 const Heads& g, cudaStream_t stream) {
+  if (g.B == 0 || g.T == 0) return;
+  const unsigned blocks = (unsigned)((long)g.B * g.NH * ((g.T + kTile - 1) / kTile));
+  dispatch_hs(g.hs, [&](auto hs) {
+    LMF_LAUNCH(fwd_mma<decltype(hs)::value>, blocks, kThreadsM, 0, stream)(out, lse, q, k, v, g);
+  });
+  LMF_CUDA_CHECK_LAUNCH();
+}
+
+void mma_backward(float* dq, float* dk, float* dv, const float* dout, const float* q,
+                  const float* k, const float* v, const float* out, const float* lse,
+                  const Heads& g, cudaStream_t stream) {
+  if (g.B == 0 || g.T == 0) return;
+  const long tiles = (g.T + kTile - 1) / kTile;
+  dispatch_hs(g.hs, [&](auto hs) {
+    constexpr int HS = decltype(hs)::value;
+    LMF_LAUNCH(dq_mma<HS>, (unsigned)((long)g.B * g.NH * tiles), kThreadsM, 0, stream)(
+        dq, dout, q, k, v, out, lse, g);
+    LMF_CUDA_CHECK_LAUNCH();
+    LMF_LAUNCH(dkv_mma<HS>, (unsigned)((long)g.B * g.KVH * tiles), kThreadsM, 0, stream)(
+        dk, dv, dout, q, k, v, out, lse, g);
+    LMF_CUDA_CHECK_LAUNCH();
+  });
+}
+
+}  // namespace lmf::cuda::detail
