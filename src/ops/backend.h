@@ -19,10 +19,11 @@ namespace lmf::ops {
 // The precision of the products inside the GEMMs of the linear layers and the classifier (what
 // PyTorch's torch.set_float32_matmul_precision sets): fp32 (exact products), tf32 (operands
 // rounded to 10 mantissa bits) or bf16 (to 7). Storage, accumulation, the bias, softmax and every
-// other op stay fp32 in each mode; attention's own products are fp32 too. On a GPU tf32 / bf16
-// run the GEMMs on the tensor cores (cuBLAS CUBLAS_COMPUTE_32F_FAST_TF32 / _FAST_16BF); the CPU
-// emulates them by rounding copies of the operands (to nearest, ties to even) before an fp32
-// GEMM, so a CPU run specifies and predicts the GPU's numbers (slower than fp32 there).
+// other op stay fp32 in each mode; attention's own products are bf16 in the bf16 mode (the GPU's
+// tensor-core attention) and fp32 otherwise. On a GPU tf32 / bf16 run the GEMMs on the tensor
+// cores (cuBLAS CUBLAS_COMPUTE_32F_FAST_TF32 / _FAST_16BF); the CPU emulates them by rounding
+// copies of the operands (to nearest, ties to even) before an fp32 GEMM, so a CPU run specifies
+// and predicts the GPU's numbers (slower than fp32 there).
 enum class MatmulPrecision { fp32, tf32, bf16 };
 const char* to_string(MatmulPrecision p);
 std::optional<MatmulPrecision> parse_matmul_precision(std::string_view s);
@@ -36,7 +37,7 @@ template <class F>
 struct Backend {
   const char* name;            // "cpu", "cuda"
   const MemorySpace* memory;   // where the ops' buffers live
-  MatmulPrecision matmul_precision;  // of matmul_* and classifier_* (the other ops are fp32)
+  MatmulPrecision matmul_precision;  // of matmul_*, classifier_* and (bf16) attention_*
 
   void (*matmul_forward)(F* out, const F* inp, const F* w, const F* bias, int N, int C, int OC);
   void (*matmul_backward)(F* dinp, F* dw, F* dbias, const F* dout, const F* inp, const F* w, int N, int C,

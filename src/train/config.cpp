@@ -85,8 +85,8 @@ std::vector<Field> fields(RunConfig& c) {
       {"train", "eval_batches", &c.train.eval_batches, "validation batches per evaluation"},
       {"train", "device", &c.train.device, "cpu | cuda"},
       {"train", "matmul_precision", &c.train.matmul_precision,
-       "products inside the linear layers' and classifier's GEMMs: fp32 | tf32 | bf16 (fp32 storage and "
-       "accumulation; tensor cores on a GPU, emulated by rounding on the CPU)"},
+       "products inside the linear layers' and classifier's GEMMs (and with bf16, attention's): fp32 | "
+       "tf32 | bf16 (fp32 storage and accumulation; tensor cores on a GPU, emulated by rounding on the CPU)"},
       {"train", "init_from", &c.train.init_from,
        "start from these weights: a run directory or a Hugging Face checkpoint directory ([model] is then "
        "taken from it); empty = random init"},

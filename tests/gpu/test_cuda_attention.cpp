@@ -265,6 +265,23 @@ TEST(CudaAttentionTensorCores, OtherHeadSizesStayFp32) {
   EXPECT_EQ(run(ops::MatmulPrecision::bf16), run(ops::MatmulPrecision::fp32));
 }
 
+// The backend tables pass their precision to attention: the bf16 table runs the tensor cores.
+TEST(CudaAttentionTensorCores, Bf16BackendTableRunsThem) {
+  SKIP_WITHOUT_DEVICE();
+  const int T_ = 50, NH = 2, KVH = 1, hs = 32;
+  const size_t BT = T_, C = NH * hs, KC = KVH * hs;
+  const FVec q = to_f(rand_vec(BT * C, 74)), k = to_f(rand_vec(BT * KC, 75)), v = to_f(rand_vec(BT * KC, 76));
+  DeviceBuffer<float> d_q(q), d_k(k), d_v(v);
+  auto run = [&](auto&& forward) {
+    DeviceBuffer<float> out(nans(BT * C)), lse(nans((size_t)NH * T_));
+    forward(out.data(), lse.data(), d_q.data(), d_k.data(), d_v.data(), 1, T_, NH, KVH, hs);
+    return out.to_host();
+  };
+  const FVec direct = run([](auto... a) { cuda::attention_gqa_forward(a..., 0, ops::MatmulPrecision::bf16); });
+  EXPECT_EQ(run(cuda::backend(ops::MatmulPrecision::bf16).attention_gqa_forward), direct);
+  EXPECT_NE(run(cuda::backend(ops::MatmulPrecision::fp32).attention_gqa_forward), direct);
+}
+
 // The shape checks run on the host before any launch: no device needed.
 TEST(CudaAttention, RejectsBadHeads) {
   EXPECT_THROW(

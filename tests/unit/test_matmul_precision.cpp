@@ -112,9 +112,13 @@ TEST(MatmulPrecision, OnlyFloatHasRoundedModes) {
     EXPECT_EQ(cpu_backend<float>(p).matmul_precision, p);
     EXPECT_NE(cpu_backend<float>(p).matmul_forward, cpu_backend<float>().matmul_forward);
     EXPECT_THROW(cpu_backend<double>(p), UserError);
-    // Only the GEMM ops differ from the fp32 table.
+    // Only the GEMM ops differ from the fp32 table, and in bf16 attention (the tensor cores').
     EXPECT_EQ(cpu_backend<float>(p).layernorm_forward, cpu_backend<float>().layernorm_forward);
-    EXPECT_EQ(cpu_backend<float>(p).attention_forward, cpu_backend<float>().attention_forward);
+    const bool rounded_attention = p == MatmulPrecision::bf16;
+    EXPECT_EQ(cpu_backend<float>(p).attention_forward != cpu_backend<float>().attention_forward,
+              rounded_attention);
+    EXPECT_EQ(cpu_backend<float>(p).attention_gqa_backward != cpu_backend<float>().attention_gqa_backward,
+              rounded_attention);
   }
 }
 
@@ -307,6 +311,85 @@ TEST(MatmulPrecision, EmulatedClassifierWithinTheBoundOfTheUnroundedOne) {
     EXPECT_LE(worst(losses, losses_x, tol_loss), 1.0) << "losses";
     EXPECT_LE(worst(dx, dx_x, tol_dx), 1.0) << "dx";
     EXPECT_LE(worst(dw, dw_x, tol_dw), 1.0) << "dw";
+  }
+}
+
+// Largest |got - want| / tol[i] (per-element bounds).
+double worst_each(const FVec& got, const Vec& want, const Vec& tol) {
+  double w = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double e = std::abs((double)got[i] - want[i]);
+    w = std::max(w, std::isnan(e) ? std::numeric_limits<double>::infinity() : e / tol[i]);
+  }
+  return w;
+}
+
+// bf16 attention (the GPU's tensor-core kernels, ops/cuda/attention_mma.cu): every GEMM operand
+// rounded. Against the exact (double) op it lies within test_ops' attention bound with each
+// product's operand rounding added (Tol::op = 2u + u^2, u = 2^-8), and outside the fp32 bound;
+// the packed multi-head ops equal the grouped ones bit for bit (the same rounded copies, the same
+// GEMMs); tf32 keeps fp32 attention, as the GPU does.
+TEST(MatmulPrecision, Bf16AttentionRoundsEveryOperand) {
+  const int B = 2, T_ = 70, NH = 4, hs = 16;  // T past one 64-row block
+  for (const int KVH : {4, 2, 1}) {
+    SCOPED_TRACE("KVH = " + std::to_string(KVH));
+    const size_t BT = (size_t)B * T_, C = (size_t)NH * hs, KC = (size_t)KVH * hs;
+    const Vec q = rand_vec(BT * C, 80), k = rand_vec(BT * KC, 81), v = rand_vec(BT * KC, 82),
+              dout = rand_vec(BT * C, 83);
+    Vec out_r(BT * C), lse_r((size_t)B * NH * T_), dq_r(q.size()), dk_r(k.size()), dv_r(v.size());
+    ref::attention_gqa_forward(out_r.data(), lse_r.data(), q.data(), k.data(), v.data(), B, T_, NH, KVH, hs);
+    ref::attention_gqa_backward(dq_r.data(), dk_r.data(), dv_r.data(), dout.data(), q.data(), k.data(),
+                                v.data(), out_r.data(), lse_r.data(), B, T_, NH, KVH, hs);
+    const double u = operand_unit_roundoff(MatmulPrecision::bf16);
+    const auto bound = test::attention_tolerance(q, k, v, dout, out_r, lse_r, B, T_, NH, KVH, hs,
+                                                 Tol{kTol32.u, 2 * u + u * u});
+    const auto bound32 = test::attention_tolerance(q, k, v, dout, out_r, lse_r, B, T_, NH, KVH, hs, kTol32);
+
+    struct Result {
+      FVec out, lse, dq, dk, dv;
+    };
+    const FVec qf = to_f(q), kf = to_f(k), vf = to_f(v), gf = to_f(dout);
+    auto run = [&](const Backend<float>& be) {
+      Result r{FVec(BT * C), FVec(lse_r.size()), FVec(q.size()), FVec(k.size()), FVec(v.size())};
+      be.attention_gqa_forward(r.out.data(), r.lse.data(), qf.data(), kf.data(), vf.data(), B, T_, NH, KVH, hs);
+      be.attention_gqa_backward(r.dq.data(), r.dk.data(), r.dv.data(), gf.data(), qf.data(), kf.data(),
+                                vf.data(), r.out.data(), r.lse.data(), B, T_, NH, KVH, hs);
+      return r;
+    };
+    const Result r16 = run(cpu_backend<float>(MatmulPrecision::bf16));
+    EXPECT_LE(worst_each(r16.out, out_r, bound.out), 1.0) << "out";
+    EXPECT_LE(worst_each(r16.lse, lse_r, bound.lse), 1.0) << "lse";
+    EXPECT_LE(worst_each(r16.dq, dq_r, bound.dq), 1.0) << "dq";
+    EXPECT_LE(worst_each(r16.dk, dk_r, bound.dk), 1.0) << "dk";
+    EXPECT_LE(worst_each(r16.dv, dv_r, bound.dv), 1.0) << "dv";
+    EXPECT_GT(worst_each(r16.out, out_r, bound32.out), 1.0) << "out within the fp32 bound: not rounded";
+    EXPECT_GT(worst_each(r16.dk, dk_r, bound32.dk), 1.0) << "dk within the fp32 bound: not rounded";
+
+    const Result r32 = run(cpu_backend<float>(MatmulPrecision::fp32));
+    const Result rtf = run(cpu_backend<float>(MatmulPrecision::tf32));
+    EXPECT_EQ(rtf.out, r32.out);
+    EXPECT_EQ(rtf.dq, r32.dq);
+
+    if (KVH == NH) {  // packed q | k | v per row
+      FVec qkv(BT * 3 * C), dqkv(BT * 3 * C), out(BT * C), lse(lse_r.size());
+      for (size_t bt = 0; bt < BT; ++bt)
+        for (size_t c = 0; c < C; ++c) {
+          qkv[bt * 3 * C + c] = qf[bt * C + c];
+          qkv[bt * 3 * C + C + c] = kf[bt * C + c];
+          qkv[bt * 3 * C + 2 * C + c] = vf[bt * C + c];
+        }
+      const Backend<float>& be = cpu_backend<float>(MatmulPrecision::bf16);
+      be.attention_forward(out.data(), lse.data(), qkv.data(), B, T_, (int)C, NH);
+      be.attention_backward(dqkv.data(), gf.data(), qkv.data(), out.data(), lse.data(), B, T_, (int)C, NH);
+      EXPECT_EQ(out, r16.out);
+      EXPECT_EQ(lse, r16.lse);
+      for (size_t bt = 0; bt < BT; ++bt)
+        for (size_t c = 0; c < C; ++c) {
+          ASSERT_EQ(dqkv[bt * 3 * C + c], r16.dq[bt * C + c]);
+          ASSERT_EQ(dqkv[bt * 3 * C + C + c], r16.dk[bt * C + c]);
+          ASSERT_EQ(dqkv[bt * 3 * C + 2 * C + c], r16.dv[bt * C + c]);
+        }
+    }
   }
 }
 

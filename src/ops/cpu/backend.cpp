@@ -59,7 +59,8 @@ Backend<F> make_cpu_backend() {
   };
 }
 
-// The fp32 table with the GEMM ops replaced by their emulation of P (cpu/rounded.h).
+// The fp32 table with the GEMM ops (and, for bf16, attention) replaced by their emulation of P
+// (cpu/rounded.h).
 template <MatmulPrecision P>
 Backend<float> make_rounded_backend() {
   Backend<float> b = make_cpu_backend<float>();
@@ -68,6 +69,12 @@ Backend<float> make_rounded_backend() {
   b.matmul_backward = &cpu::matmul_backward_rounded<P>;
   b.classifier_ce_forward = &cpu::classifier_ce_forward_rounded<P>;
   b.classifier_logits = &cpu::classifier_logits_rounded<P>;
+  if constexpr (P == MatmulPrecision::bf16) {  // the GPU's tensor-core attention (rounded.h)
+    b.attention_forward = &cpu::attention_forward_rounded<P>;
+    b.attention_backward = &cpu::attention_backward_rounded<P>;
+    b.attention_gqa_forward = &cpu::attention_gqa_forward_rounded<P>;
+    b.attention_gqa_backward = &cpu::attention_gqa_backward_rounded<P>;
+  }
   return b;
 }
 

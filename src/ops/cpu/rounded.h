@@ -29,6 +29,22 @@ double classifier_ce_forward_rounded(float* losses, float* dx, float* dw, const 
                                      const float* w, const int32_t* targets, const float* dloss,
                                      int N, int C, int V);
 
+// The attention ops of ops.h with every GEMM operand rounded to P (bf16 only: the GPU's
+// tensor-core attention, ops/cuda/attention_mma.cu; tf32 keeps fp32 attention, as the GPU does):
+// q, k, v, dout, P and dS; the softmax, lse, D and the sums stay fp32 (cpu/attention.cpp).
+template <MatmulPrecision P>
+void attention_forward_rounded(float* out, float* lse, const float* qkv, int B, int T, int C, int NH);
+template <MatmulPrecision P>
+void attention_backward_rounded(float* dqkv, const float* dout, const float* qkv, const float* out,
+                                const float* lse, int B, int T, int C, int NH);
+template <MatmulPrecision P>
+void attention_gqa_forward_rounded(float* out, float* lse, const float* q, const float* k, const float* v,
+                                   int B, int T, int NH, int KVH, int hs);
+template <MatmulPrecision P>
+void attention_gqa_backward_rounded(float* dq, float* dk, float* dv, const float* dout, const float* q,
+                                    const float* k, const float* v, const float* out, const float* lse,
+                                    int B, int T, int NH, int KVH, int hs);
+
 // The fp32 pieces they are built from (matmul.cpp, classifier.cpp).
 // dbias (OC) += column sums of dout (N, OC), in row order.
 void bias_grad_accumulate(float* dbias, const float* dout, int N, int OC);
