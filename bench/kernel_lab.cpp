@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/rng.h"
+#include "model/model.h"
 #include "ops/cuda/cuda_util.h"
 #include "ops/cuda/ops_cuda.h"
 #include "ops/cuda_backend.h"
@@ -260,6 +261,49 @@ void BM_adamw(benchmark::State& st) {
       28.0 * n, err);
 }
 
+// A whole AdamW step over GPT-2 124M's registry (148 tensors): range(0) 0 launches
+// adamw_update once per tensor (the old path), 1 runs the multi-tensor adamw_chunks in one launch
+// with the clipping factor folded in (what optim/adamw.cpp does). The error is against the CPU's
+// multi-tensor op.
+void BM_adamw_step(benchmark::State& st) {
+  if (!need_device(st)) return;
+  ModelConfig cfg;  // GPT-2 124M, the defaults but the vocabulary and context
+  cfg.vocab_size = 50257;
+  cfg.block_size = 1024;
+  cfg.n_layer = 12;
+  cfg.n_head = 12;
+  cfg.n_embd = 768;
+  const auto model = make_model(cfg, /*allocate=*/false);
+  const ParamStore<float>& ps = model->params();
+  const size_t n = ps.flat_size();
+  std::vector<ops::AdamwChunk> chunks;
+  for (const auto& e : ps.entries())
+    for (size_t at = e.offset; at < e.offset + e.size; at += ops::kAdamwChunk)
+      chunks.push_back({at, (uint32_t)std::min<size_t>(ops::kAdamwChunk, e.offset + e.size - at), e.decay ? 0.1f : 0.0f});
+  auto p = rand_vec(n, 24), g = rand_vec(n, 25), m = rand_vec(n, 26, -0.01f, 0.01f), v = rand_vec(n, 27, 0, 1e-4f);
+  const auto s = ops::AdamwStep::at(6e-4f, 0.9f, 0.95f, 1e-8f, 0.0f, 3);
+  FVec rp = p, rm = m, rv = v;
+  ops::adamw_chunks(rp.data(), g.data(), rm.data(), rv.data(), chunks.data(), chunks.size(), s, 0.5f);
+  DeviceBuffer<float> dp(p), dg(g), dm(m), dv(v);
+  DeviceBuffer<ops::AdamwChunk> dc(chunks);
+  const bool fused = st.range(0) != 0;
+  auto step = [&](float gs) {
+    if (fused) {
+      cuda::adamw_chunks(dp.data(), dg.data(), dm.data(), dv.data(), dc.data(), chunks.size(), s, gs);
+      return;
+    }
+    cuda::scale(dg.data(), gs, n);  // the clipping pass the fused form saves
+    for (const auto& e : ps.entries())
+      cuda::adamw_update(dp.data() + e.offset, dg.data() + e.offset, dm.data() + e.offset, dv.data() + e.offset,
+                         e.size, 6e-4f, 0.9f, 0.95f, 1e-8f, e.decay ? 0.1f : 0.0f, 3);
+  };
+  step(0.5f);
+  const double err = max_err(dp.to_host(), rp);
+  dg.copy_from_host(g.data(), n);
+  run(st, [&] { step(1.0f); }, 28.0 * n, err);
+  st.counters["launches"] = fused ? 1.0 : double(ps.entries().size() + 2);
+}
+
 // Flat vectors at GPT-2 124M's parameter count: fill (zeroing/setting buffers), the gradient
 // norm's sum of squares and the clipping scale. sum_squares synchronises and copies its result to
 // the host inside the timed interval: that is the op's cost to a caller.
@@ -448,6 +492,7 @@ LAB(BM_sum_squares);
 LAB(BM_scale);
 LAB(BM_matmul_forward)->ArgsProduct({{3 * kC, 4 * kC}, {kC}, {0, 1, 2}})->ArgsProduct({{kC}, {4 * kC}, {0, 1, 2}});
 LAB(BM_matmul_backward)->ArgsProduct({{3 * kC, 4 * kC}, {kC}, {0, 1, 2}})->ArgsProduct({{kC}, {4 * kC}, {0, 1, 2}});
+LAB(BM_adamw_step)->Arg(0)->Arg(1);
 LAB(BM_attention)->ArgsProduct({{0, 1}, {0, 1, 2}});
 LAB(BM_encoder)->Arg(0)->Arg(1);
 LAB(BM_classifier_ce);

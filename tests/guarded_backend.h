@@ -222,6 +222,7 @@ inline const ops::Backend<float>& guarded_backend() {
       &GuardedOp<&fill_values>::call,
       &GuardedOp<&copy_values>::call,
       &GuardedOp<&adamw_update>::call,
+      &GuardedOp<&adamw_chunks>::call,
       &GuardedOp<&sum_squares>::call,
       &GuardedOp<&scale>::call,
       &no_wait,

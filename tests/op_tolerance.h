@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/rng.h"
+#include "ops/adamw_step.h"
 #include "ops/reference.h"
 
 namespace lmf::test {
@@ -46,6 +47,23 @@ inline double max_abs(const Vec& v) {
   double m = 0;
   for (double x : v) m = std::max(m, std::abs(x));
   return m;
+}
+
+// ---- multi-tensor AdamW -------------------------------------------------------------------------
+
+// [0, n) cut into chunks of the sizes a registry gives (1, 37, one full kAdamwChunk, 1000, a
+// chunk's remainder, ...), decay alternating between wd and 0, with an unused gap of 5 values
+// after every third chunk (the registry's padding), which an update must leave alone.
+inline std::vector<ops::AdamwChunk> test_adamw_chunks(size_t n, float wd) {
+  const size_t sizes[] = {1, 37, ops::kAdamwChunk, 1000, 4097};
+  std::vector<ops::AdamwChunk> c;
+  size_t at = 0;
+  for (size_t k = 0; at < n; ++k) {
+    const size_t len = std::min(sizes[k % 5], n - at);
+    c.push_back({at, (uint32_t)len, k % 2 ? 0.0f : wd});
+    at += len + (k % 3 == 2 ? 5 : 0);
+  }
+  return c;
 }
 
 // ---- causal (grouped-query) attention ----------------------------------------------------------

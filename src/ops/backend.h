@@ -81,6 +81,9 @@ struct Backend {
   // The optimizer's ops (float; the double table has them too, for float buffers).
   void (*adamw_update)(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1,
                        float beta2, float eps, float wd, long t);
+  // chunks (nchunks) in the backend's memory; one launch on a GPU.
+  void (*adamw_chunks)(float* p, const float* g, float* m, float* v, const AdamwChunk* chunks, size_t nchunks,
+                       AdamwStep s, float grad_scale);
   double (*sum_squares)(const float* x, size_t n);  // returns on the host
   void (*scale)(float* x, float s, size_t n);
   // Waits until every op issued so far has finished (for timing; a no-op on the CPU).

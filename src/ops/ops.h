@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "ops/adamw_step.h"
+
 namespace lmf::ops {
 
 // out = inp @ w^T + bias
@@ -83,6 +85,13 @@ void classifier_logits(F* logits, const F* x, const F* w, int N, int C, int V);
 // p -= lr * (mhat / (sqrt(vhat) + eps) + wd * p)
 void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1,
                   float beta2, float eps, float wd, long t);
+
+// The multi-tensor form: AdamW over `nchunks` chunks of one flat range (offsets into p, g, m, v;
+// each chunk with its own weight decay, s.wd unused), reading each gradient as g * grad_scale
+// (clipping folded in, so no pass rescales the gradients). Every element is updated exactly as by
+// adamw_update with that gradient and decay: the same bits.
+void adamw_chunks(float* p, const float* g, float* m, float* v, const AdamwChunk* chunks, size_t nchunks,
+                  AdamwStep s, float grad_scale);
 
 // Sum of squares, accumulated in double, deterministic for a given thread count.
 double sum_squares(const float* x, size_t n);

@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "core/buffer.h"
@@ -34,8 +35,9 @@ BenchResult bench_train_step(const ModelConfig& cfg, int B, int T, int steps, in
     model.params().zero_grad();
     r.loss = model.forward(x.data(), y.data(), B, T, 1.0 / (double(B) * T));
     model.backward();
-    clip_grad_norm(model.params(), 1.0, backend);
-    opt.step(model.params(), 1e-4);
+    // As the trainer: the norm, then the clipping factor folded into the update.
+    const double norm = std::sqrt(backend.sum_squares(model.params().dev_grads(), model.params().flat_size()));
+    opt.step(model.params(), 1e-4, clip_scale(norm, 1.0));
     backend.synchronize();
     if (s >= warmup) times.push_back(t.seconds());
   }

@@ -144,8 +144,7 @@ double DataParallel::sync_and_clip(double max_norm) {
     sumsq = parts[0] + parts[1];
   }
   const double norm = std::sqrt(sumsq);
-  if (max_norm > 0 && norm > max_norm && std::isfinite(norm))
-    be_->scale(g + lo, static_cast<float>(max_norm / norm), hi - lo);
+  grad_scale_ = clip_scale(norm, max_norm);  // applied inside the update: no pass over g here
   return norm;
 }
 
@@ -159,7 +158,8 @@ std::array<double, 2> DataParallel::sum_squares_split_replicated(const float* g,
 }
 
 void DataParallel::update(double lr) {
-  opt_->step(ps_, lr);
+  opt_->step(ps_, lr, grad_scale_);
+  grad_scale_ = 1.0f;
   if (zero_ > 0 && zero_ < 3 && comm_.world() > 1) buf_.all_gather(ps_.dev_params(), shards_.counts);
 }
 

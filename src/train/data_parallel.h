@@ -95,7 +95,9 @@ class DataParallel {
 
   // After this rank's backward (its gradients already scaled so that the sum over ranks is the
   // mean over the global batch): sums the gradients over ranks and clips them to max_norm
-  // (<= 0: no clipping) by their global norm, which it returns (the same on every rank).
+  // (<= 0: no clipping) by their global norm, which it returns (the same on every rank). The
+  // clipping factor is applied by the next update(), inside AdamW (the gradient buffer keeps the
+  // unclipped sums).
   double sync_and_clip(double max_norm);
   // AdamW step on this rank's shard (all of it at zero 0), then the parameters are gathered
   // (zero 1 and 2; zero 3 gathers them block by block when they are next used).
@@ -122,6 +124,7 @@ class DataParallel {
   int zero_;
   dist::Sharding shards_;
   std::unique_ptr<AdamW> opt_;
+  float grad_scale_ = 1.0f;    // the last sync_and_clip's clipping factor, for update()
   std::vector<float> gshard_;  // zero 2: this rank's summed gradient shard
   dist::Communicator* tp_;
   Array<float> dgshard_;       // zero 2 on a device backend: the same, in its memory

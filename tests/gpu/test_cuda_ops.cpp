@@ -247,6 +247,52 @@ void check_adamw(size_t n, long step) {
   EXPECT_EQ(dg.to_host(), g_c);  // the gradient is read-only
 }
 
+// The multi-tensor form (one launch) against the CPU's, per-chunk decay and a clipping factor of
+// 1/2 (exact, so the bounds are check_adamw's with g / 2).
+void check_adamw_chunks(size_t n, long step) {
+  SCOPED_TRACE("chunks, n = " + std::to_string(n) + ", step = " + std::to_string(step));
+  const Tol t = tol_f32();
+  const float lr = 1e-3f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f, gs = 0.5f;
+  const auto chunks = test_adamw_chunks(n, wd);
+  const Vec p = rand_vec(n, 35), g = rand_vec(n, 36), m = rand_vec(n, 37, -0.1, 0.1),
+            v = rand_vec(n, 38, 0.0, 0.01);
+  Vec p_r = p, m_r = m, v_r = v, g_half = g;
+  for (double& x : g_half) x *= gs;
+  Vec wd_of(n, -1.0);  // -1: in a gap, never updated
+  for (const auto& c : chunks) {
+    ops::ref::adamw_update<double>(p_r.data() + c.offset, g_half.data() + c.offset, m_r.data() + c.offset,
+                                   v_r.data() + c.offset, c.size, lr, b1, b2, eps, c.wd, step);
+    std::fill_n(wd_of.begin() + (long)c.offset, c.size, (double)c.wd);
+  }
+  FVec p_c = to_f(p), g_c = to_f(g), m_c = to_f(m), v_c = to_f(v);
+  DeviceBuffer<float> dp(p_c), dg(g_c), dm(m_c), dv(v_c);
+  DeviceBuffer<ops::AdamwChunk> dchunks(chunks);
+  const ops::AdamwStep s = ops::AdamwStep::at(lr, b1, b2, eps, 0.0f, step);
+  ops::adamw_chunks(p_c.data(), g_c.data(), m_c.data(), v_c.data(), chunks.data(), chunks.size(), s, gs);
+  cuda::adamw_chunks(dp.data(), dg.data(), dm.data(), dv.data(), dchunks.data(), chunks.size(), s, gs);
+
+  Vec tol_p(n, 0.0), tol_m(n, 0.0), tol_v(n, 0.0);  // 0 in the gaps: must stay exactly as they were
+  const double b1c = 1 - std::pow((double)b1, step), b2c = 1 - std::pow((double)b2, step);
+  for (size_t i = 0; i < n; ++i) {
+    if (wd_of[i] < 0) continue;
+    tol_m[i] = kBoth * t.gamma(3) * (b1 * std::abs(m[i]) + (1 - b1) * std::abs(g_half[i]));
+    tol_v[i] = kBoth * t.gamma(4) * (b2 * v[i] + (1 - b2) * g_half[i] * g_half[i]);
+    const double step_mag = std::abs(m_r[i] / b1c) / (std::sqrt(v_r[i] / b2c) + eps);
+    tol_p[i] = kBoth * t.gamma(12) * (std::abs(p[i]) + lr * (step_mag + wd_of[i] * std::abs(p[i])));
+  }
+  expect_close("m", dm.to_host(), m_c, tol_m);
+  expect_close("v", dv.to_host(), v_c, tol_v);
+  expect_close("p", dp.to_host(), p_c, tol_p);
+  EXPECT_EQ(dg.to_host(), g_c);  // the gradient is read-only: the factor is applied on the fly
+}
+
+TEST(CudaOps, AdamwChunks) {
+  SKIP_WITHOUT_DEVICE();
+  check_adamw_chunks(1, 1);
+  check_adamw_chunks(300001, 1);
+  check_adamw_chunks(300001, 1000);
+}
+
 TEST(CudaOps, Adamw) {
   SKIP_WITHOUT_DEVICE();
   check_adamw(1, 1);

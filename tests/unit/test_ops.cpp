@@ -730,6 +730,35 @@ TEST(RopeInvFreq, ScalingRules) {
   EXPECT_GT(blended, 0);
 }
 
+// The multi-tensor AdamW is, element for element, the per-range one on the clipped gradient
+// (g * grad_scale, as the scale op writes it): the same bits; the gaps between chunks untouched.
+TEST(AdamwChunks, SameBitsAsPerRangeUpdatesOfTheScaledGradient) {
+  const size_t n = 200003;
+  const float lr = 1e-3f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f;
+  const long step = 7;
+  const auto chunks = test::test_adamw_chunks(n, wd);
+  ASSERT_GT(chunks.size(), 5u);
+  for (const float gs : {1.0f, 0.3f}) {
+    SCOPED_TRACE("grad_scale = " + std::to_string(gs));
+    auto p = cast<float>(rand_vec(n, 41)), g = cast<float>(rand_vec(n, 42)),
+         m = cast<float>(rand_vec(n, 43, -0.1, 0.1)), v = cast<float>(rand_vec(n, 44, 0.0, 0.01));
+    auto p2 = p, m2 = m, v2 = v, gscaled = g;
+    scale(gscaled.data(), gs, n);
+    for (const auto& c : chunks)
+      adamw_update(p2.data() + c.offset, gscaled.data() + c.offset, m2.data() + c.offset, v2.data() + c.offset,
+                   c.size, lr, b1, b2, eps, c.wd, step);
+    const auto p0 = p;
+    adamw_chunks(p.data(), g.data(), m.data(), v.data(), chunks.data(), chunks.size(),
+                 AdamwStep::at(lr, b1, b2, eps, /*unused*/ 0.5f, step), gs);
+    EXPECT_EQ(p, p2);
+    EXPECT_EQ(m, m2);
+    EXPECT_EQ(v, v2);
+    EXPECT_NE(p, p0);
+    const size_t gap = chunks[2].offset + chunks[2].size;  // the first gap: 5 values
+    for (size_t i = gap; i < gap + 5; ++i) EXPECT_EQ(p[i], p0[i]) << i;
+  }
+}
+
 TEST(OpTable, EveryOpHasACase) {
   for (const auto& [name, entry] : op_table()) {
     const bool found =

@@ -20,12 +20,14 @@ constexpr int kLanes = 16;          // fixed accumulator count: same sum order o
 // added to the Adam step, not to the gradient. p, g, m, v (n).
 // Note: std::sqrt only vectorises with -fno-math-errno (GCC otherwise keeps a libm call for the
 // errno of a negative input); the loop is memory-bound either way.
+// The gradient is read as g * gs (gs = 1: exactly g).
 LMF_CLONES void adamw_chunk_f32(float* p, const float* g, float* m, float* v, size_t n,
-                                AdamwStep s) {
+                                AdamwStep s, float gs) {
 #pragma omp simd
   for (size_t i = 0; i < n; ++i) {
-    const float mi = s.beta1 * m[i] + (1.0f - s.beta1) * g[i];
-    const float vi = s.beta2 * v[i] + (1.0f - s.beta2) * g[i] * g[i];
+    const float gi = g[i] * gs;
+    const float mi = s.beta1 * m[i] + (1.0f - s.beta1) * gi;
+    const float vi = s.beta2 * v[i] + (1.0f - s.beta2) * gi * gi;
     m[i] = mi;
     v[i] = vi;
     const float mhat = mi * s.inv_b1c, vhat = vi * s.inv_b2c;
@@ -61,7 +63,18 @@ void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float 
 #pragma omp parallel for schedule(static)
   for (long k = 0; k < nchunks; ++k) {
     const size_t i0 = (size_t)k * kChunk, len = std::min(n - i0, kChunk);
-    adamw_chunk_f32(p + i0, g + i0, m + i0, v + i0, len, s);
+    adamw_chunk_f32(p + i0, g + i0, m + i0, v + i0, len, s, 1.0f);
+  }
+}
+
+void adamw_chunks(float* p, const float* g, float* m, float* v, const AdamwChunk* chunks, size_t nchunks,
+                  AdamwStep s, float grad_scale) {
+#pragma omp parallel for schedule(static)
+  for (long k = 0; k < (long)nchunks; ++k) {
+    const AdamwChunk c = chunks[k];
+    AdamwStep sk = s;
+    sk.wd = c.wd;
+    adamw_chunk_f32(p + c.offset, g + c.offset, m + c.offset, v + c.offset, c.size, sk, grad_scale);
   }
 }
 

@@ -52,6 +52,7 @@ Backend<F> make_cpu_backend() {
       &fill_host<F>,
       &copy_host<F>,
       &adamw_update,
+      &adamw_chunks,
       &sum_squares,
       &scale,
       &synchronize_host,

@@ -90,7 +90,7 @@ struct GemmOnDefaultStream {
 
 // Every member of the table but matmul_precision is a pointer (on_host() is a function): a member
 // added to ops::Backend fails here until it is filled in below.
-static_assert(sizeof(ops::Backend<float>) == 31 * sizeof(void*),
+static_assert(sizeof(ops::Backend<float>) == 32 * sizeof(void*),
               "ops::Backend changed: fill the new member in make_cuda_backend()");
 
 template <ops::MatmulPrecision P>
@@ -125,6 +125,7 @@ ops::Backend<float> make_cuda_backend() {
       .fill = OnDefaultStream<fill>{},
       .copy = OnDefaultStream<copy>{},
       .adamw_update = OnDefaultStream<adamw_update>{},
+      .adamw_chunks = OnDefaultStream<adamw_chunks>{},
       .sum_squares = OnDefaultStream<sum_squares>{},  // synchronises
       .scale = OnDefaultStream<scale>{},
       .synchronize = device_synchronize,

@@ -62,6 +62,10 @@ void rope_backward(float* dinp, const float* dout, int B, int T, int NH, int hs,
 // as on the CPU.
 void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1,
                   float beta2, float eps, float wd, long t, cudaStream_t stream = 0);
+// The multi-tensor form, as ops::adamw_chunks, in ONE launch: block b updates chunk b (chunks
+// (nchunks) on the device, each at most ops::kAdamwChunk values).
+void adamw_chunks(float* p, const float* g, float* m, float* v, const ops::AdamwChunk* chunks,
+                  size_t nchunks, ops::AdamwStep s, float grad_scale, cudaStream_t stream = 0);
 
 // ---- flat vectors (ops/cuda/vector_ops.cu) ------------------------------------------------------
 
