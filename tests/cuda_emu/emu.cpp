@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "emu.h"
+#include "include/cublasLt.h"
 #include "include/cublas_v2.h"
 #include "ops/backend.h"
 
@@ -498,5 +499,108 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
   cblas_sgemm(CblasColMajor, ta == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
               tb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, *static_cast<const float*>(alpha), a, lda, b,
               ldb, *static_cast<const float*>(beta), static_cast<float*>(C), ldc);
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+// ---- cuBLASLt ----------------------------------------------------------------------------------
+
+struct cublasLtContext {};
+struct cublasLtMatmulDescOpaque {
+  cublasComputeType_t compute;
+  cublasOperation_t ta = CUBLAS_OP_N, tb = CUBLAS_OP_N;
+  uint32_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+  const float* bias = nullptr;
+};
+struct cublasLtMatrixLayoutOpaque {
+  uint64_t rows, cols;
+  int64_t ld;
+};
+struct cublasLtMatmulPreferenceOpaque {};
+
+namespace {
+template <class T>
+cublasStatus_t read_attr(T& dst, const void* buf, size_t bytes) {
+  if (buf == nullptr || bytes != sizeof(T)) return CUBLAS_STATUS_INVALID_VALUE;
+  std::memcpy(&dst, buf, sizeof(T));
+  return CUBLAS_STATUS_SUCCESS;
+}
+}  // namespace
+
+cublasStatus_t cublasLtCreate(cublasLtHandle_t* h) {
+  *h = new cublasLtContext;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t* d, cublasComputeType_t compute, cudaDataType_t scale) {
+  if (scale != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+  *d = new cublasLtMatmulDescOpaque{compute};
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr,
+                                              const void* buf, size_t bytes) {
+  int32_t op = 0;
+  cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+  switch (attr) {
+    case CUBLASLT_MATMUL_DESC_TRANSA:
+      st = read_attr(op, buf, bytes);
+      d->ta = cublasOperation_t(op);
+      return st;
+    case CUBLASLT_MATMUL_DESC_TRANSB:
+      st = read_attr(op, buf, bytes);
+      d->tb = cublasOperation_t(op);
+      return st;
+    case CUBLASLT_MATMUL_DESC_EPILOGUE: return read_attr(d->epilogue, buf, bytes);
+    case CUBLASLT_MATMUL_DESC_BIAS_POINTER: return read_attr(d->bias, buf, bytes);
+  }
+  return CUBLAS_STATUS_INVALID_VALUE;
+}
+cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t* l, cudaDataType type, uint64_t rows,
+                                          uint64_t cols, int64_t ld) {
+  if (type != CUDA_R_32F || ld < (int64_t)rows) return CUBLAS_STATUS_INVALID_VALUE;
+  *l = new cublasLtMatrixLayoutOpaque{rows, cols, ld};
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t* p) {
+  *p = new cublasLtMatmulPreferenceOpaque;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t, cublasLtMatmulPreferenceAttributes_t,
+                                                    const void* buf, size_t) {
+  return buf ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_INVALID_VALUE;
+}
+cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t p) {
+  delete p;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t h, cublasLtMatmulDesc_t, cublasLtMatrixLayout_t,
+                                              cublasLtMatrixLayout_t, cublasLtMatrixLayout_t, cublasLtMatrixLayout_t,
+                                              cublasLtMatmulPreference_t, int requested,
+                                              cublasLtMatmulHeuristicResult_t results[], int* found) {
+  if (h == nullptr || requested <= 0) return CUBLAS_STATUS_INVALID_VALUE;
+  results[0] = cublasLtMatmulHeuristicResult_t{};
+  results[0].state = CUBLAS_STATUS_SUCCESS;
+  *found = 1;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const void* alpha, const void* A,
+                              cublasLtMatrixLayout_t a, const void* B, cublasLtMatrixLayout_t b, const void* beta,
+                              const void* C, cublasLtMatrixLayout_t c, void* D, cublasLtMatrixLayout_t dl,
+                              const cublasLtMatmulAlgo_t* algo, void*, size_t, cudaStream_t) {
+  if (h == nullptr || algo == nullptr || C != D || c != dl) return CUBLAS_STATUS_NOT_SUPPORTED;  // as matmul.cu calls it
+  const int m = (int)c->rows, n = (int)c->cols;
+  const int k = (int)(d->ta == CUBLAS_OP_N ? a->cols : a->rows);
+  if ((int)(d->tb == CUBLAS_OP_N ? b->rows : b->cols) != k) return CUBLAS_STATUS_INVALID_VALUE;
+  static cublasContext gemm_handle;
+  const cublasStatus_t st = cublasGemmEx(&gemm_handle, d->ta, d->tb, m, n, k, alpha, A, CUDA_R_32F, (int)a->ld, B,
+                                         CUDA_R_32F, (int)b->ld, beta, D, CUDA_R_32F, (int)c->ld, d->compute,
+                                         CUBLAS_GEMM_DEFAULT);
+  if (st != CUBLAS_STATUS_SUCCESS) return st;
+  if (d->epilogue == CUBLASLT_EPILOGUE_BIAS) {
+    if (d->bias == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
+    float* out = static_cast<float*>(D);
+    for (int j = 0; j < n; ++j)
+      for (int i = 0; i < m; ++i) out[(size_t)j * c->ld + i] += d->bias[i];
+  } else if (d->epilogue != CUBLASLT_EPILOGUE_DEFAULT) {
+    return CUBLAS_STATUS_NOT_SUPPORTED;
+  }
   return CUBLAS_STATUS_SUCCESS;
 }
