@@ -477,18 +477,33 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
                             const void* alpha, const void* A, cudaDataType_t at, int lda, const void* B,
                             cudaDataType_t bt, int ldb, const void* beta, void* C, cudaDataType_t ct, int ldc,
                             cublasComputeType_t compute, cublasGemmAlgo_t) {
-  if (h == nullptr || at != CUDA_R_32F || bt != CUDA_R_32F || ct != CUDA_R_32F || m < 0 || n < 0 || k < 0)
+  if (h == nullptr || at != bt || (at != CUDA_R_32F && at != CUDA_R_16BF) || ct != CUDA_R_32F || m < 0 ||
+      n < 0 || k < 0)
     return CUBLAS_STATUS_INVALID_VALUE;
   if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
   const float* a = static_cast<const float*>(A);
   const float* b = static_cast<const float*>(B);
-  // The fast compute types read their operands rounded (the CPU backend's emulation of them).
+  const size_t na = size_t(lda) * size_t(ta == CUBLAS_OP_N ? k : m);
+  const size_t nb = size_t(ldb) * size_t(tb == CUBLAS_OP_N ? n : k);
+  // The fast compute types read their operands rounded (the CPU backend's emulation of them);
+  // bf16 operands are widened (exactly).
   std::vector<float> ra, rb;
-  if (compute != CUBLAS_COMPUTE_32F) {
+  if (at == CUDA_R_16BF) {
+    auto widen = [](const void* src, size_t count, std::vector<float>& dst) {
+      const auto* bits = static_cast<const uint16_t*>(src);
+      dst.resize(count);
+      for (size_t i = 0; i < count; ++i) {
+        const uint32_t u = uint32_t(bits[i]) << 16;
+        std::memcpy(&dst[i], &u, sizeof u);
+      }
+    };
+    widen(A, na, ra);
+    widen(B, nb, rb);
+    a = ra.data();
+    b = rb.data();
+  } else if (compute != CUBLAS_COMPUTE_32F) {
     const auto p = compute == CUBLAS_COMPUTE_32F_FAST_16BF ? lmf::ops::MatmulPrecision::bf16
                                                            : lmf::ops::MatmulPrecision::tf32;
-    const size_t na = size_t(lda) * size_t(ta == CUBLAS_OP_N ? k : m);
-    const size_t nb = size_t(ldb) * size_t(tb == CUBLAS_OP_N ? n : k);
     ra.resize(na);
     rb.resize(nb);
     for (size_t i = 0; i < na; ++i) ra[i] = lmf::ops::round_operand(a[i], p);

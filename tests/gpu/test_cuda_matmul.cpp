@@ -207,15 +207,80 @@ TEST(CudaClassifier, Tf32AndBf16WithinTheirBound) {
     const double tol_loss = 2 * dl + soft * (1 + max_abs(losses_x) + C * X * W);
     const double tol_dx = sum_ddl * W + (e + t.gamma(V)) * 2 * D * W;
     const double tol_dw = sum_ddl * X + (e + t.gamma(N + 1)) * (2 * D * X * N + max_abs(dw0));
-    DeviceBuffer<float> d_x(to_f(x)), d_w(to_f(w)), d_dl(to_f(dloss)), d_losses(nans(N)),
-        d_dx(nans((size_t)N * C)), d_dw(to_f(dw0));
-    DeviceBuffer<int32_t> d_t(targets);
-    cuda::classifier_ce_forward(d_losses.data(), d_dx.data(), d_dw.data(), d_x.data(), d_w.data(), d_t.data(),
-                                d_dl.data(), N, C, V, 0, p);
-    expect_close("losses", d_losses.to_host(), to_f(losses_x), tol_loss);
-    expect_close("dx", d_dx.to_host(), to_f(dx_x), tol_dx);
-    expect_close("dw", d_dw.to_host(), to_f(dw_x), tol_dw);
+    // One chunk, and chunks of 16 rows (bf16's backward keeps dlogits and the operands in bf16
+    // buffers, reused chunk after chunk).
+    for (const int chunk : {0, 16}) {
+      SCOPED_TRACE("chunk rows " + std::to_string(chunk));
+      cuda::set_classifier_chunk_rows(chunk);
+      DeviceBuffer<float> d_x(to_f(x)), d_w(to_f(w)), d_dl(to_f(dloss)), d_losses(nans(N)),
+          d_dx(nans((size_t)N * C)), d_dw(to_f(dw0));
+      DeviceBuffer<int32_t> d_t(targets);
+      cuda::classifier_ce_forward(d_losses.data(), d_dx.data(), d_dw.data(), d_x.data(), d_w.data(), d_t.data(),
+                                  d_dl.data(), N, C, V, 0, p);
+      cuda::set_classifier_chunk_rows(0);
+      expect_close("losses", d_losses.to_host(), to_f(losses_x), tol_loss);
+      expect_close("dx", d_dx.to_host(), to_f(dx_x), tol_dx);
+      expect_close("dw", d_dw.to_host(), to_f(dw_x), tol_dw);
+      EXPECT_EQ(d_w.to_host(), to_f(w));  // read only: the bf16 copy is the workspace's
+    }
   }
+}
+
+// bf16's backward keeps dlogits in bf16: with w = [I | 0] (V <= C) the logits are the first V
+// columns of x rounded to bf16, dx is exactly the GPU's bf16 dlogits (w's ones and zeros are
+// exact), and dw = dw0 + dlogits^T x in bf16 operands. Against the double softmax on the rounded
+// logits: dx within one bf16 rounding (2^-9 relative) plus the fp32 softmax's error, and
+// somewhere outside the fp32 bound alone (so the rounding happened); dw within its fp32 sums
+// plus each term's operand roundings. Several chunks, so the buffers are reused.
+TEST(CudaClassifier, Bf16BackwardRoundsDlogitsOnce) {
+  SKIP_WITHOUT_DEVICE();
+  const int N = 70, C = 96, V = 64;
+  const Vec x = rand_vec((size_t)N * C, 66, -4.0, 4.0), dw0 = rand_vec((size_t)V * C, 67), dloss = rand_vec(N, 68, 0.5, 2.0);
+  Vec w((size_t)V * C, 0.0);
+  for (int v = 0; v < V; ++v) w[(size_t)v * C + v] = 1.0;
+  const std::vector<int32_t> targets = rand_tokens(N, V, 69);
+  const auto bf = [](double a) { return (double)ops::round_operand((float)a, ops::MatmulPrecision::bf16); };
+  Vec dl((size_t)N * V);  // the exact dlogits of the bf16 logits
+  for (int i = 0; i < N; ++i) {
+    double mx = -1e300, sum = 0;
+    for (int v = 0; v < V; ++v) mx = std::max(mx, bf(x[(size_t)i * C + v]));
+    for (int v = 0; v < V; ++v) sum += std::exp(bf(x[(size_t)i * C + v]) - mx);
+    for (int v = 0; v < V; ++v)
+      dl[(size_t)i * V + v] = std::exp(bf(x[(size_t)i * C + v]) - mx) / sum * dloss[i] - (v == targets[i] ? dloss[i] : 0);
+  }
+  const Tol t = tol_f32();
+  const double soft = t.gamma(16 * V) * max_abs(dloss);  // fp32 softmax, per element of a row
+  const double u = ops::operand_unit_roundoff(ops::MatmulPrecision::bf16);
+  cuda::set_classifier_chunk_rows(16);
+  DeviceBuffer<float> d_x(to_f(x)), d_w(to_f(w)), d_dl(to_f(dloss)), d_losses(nans(N)), d_dx(nans((size_t)N * C)),
+      d_dw(to_f(dw0));
+  DeviceBuffer<int32_t> d_t(targets);
+  cuda::classifier_ce_forward(d_losses.data(), d_dx.data(), d_dw.data(), d_x.data(), d_w.data(), d_t.data(),
+                              d_dl.data(), N, C, V, 0, ops::MatmulPrecision::bf16);
+  cuda::set_classifier_chunk_rows(0);
+  const FVec dx = d_dx.to_host(), dw = d_dw.to_host();
+  double worst = 0, worst32 = 0;
+  for (int i = 0; i < N; ++i)
+    for (int c = 0; c < C; ++c) {
+      const double want = c < V ? dl[(size_t)i * V + c] : 0.0, got = dx[(size_t)i * C + c];
+      const double err = std::abs(got - want);
+      worst = std::max(worst, err / (u * std::abs(want) * (1 + 4 * t.u) + 2 * soft + 1e-300));
+      worst32 = std::max(worst32, err / (2 * soft + 1e-300));
+    }
+  EXPECT_LE(worst, 1.0) << "dx: not the bf16 rounding of the softmax gradient";
+  EXPECT_GT(worst32, 1.0) << "dx within the fp32 bound: dlogits were not rounded to bf16";
+  for (int v = 0; v < V; ++v)
+    for (int c = 0; c < C; ++c) {
+      double want = dw0[(size_t)v * C + c], terms = std::abs(want), dl_err = 0;
+      for (int i = 0; i < N; ++i) {
+        const double xr = bf(x[(size_t)i * C + c]), g = dl[(size_t)i * V + v];
+        want += g * xr;
+        terms += std::abs(g * xr);
+        dl_err += (u * std::abs(g) * (1 + 4 * t.u) + 2 * soft) * std::abs(xr);
+      }
+      const double tol = dl_err + t.gamma(N + 1) * terms;
+      ASSERT_LE(std::abs(dw[(size_t)v * C + c] - want), tol) << "dw at (" << v << ", " << c << ")";
+    }
 }
 
 // The backend tables carry their precision into the GEMMs: bf16's output differs from fp32's.

@@ -9,6 +9,14 @@
 //   if grad: dx_chunk = dlogits @ w (assigned); dw += dlogits^T @ x_chunk  (matmul_backward)
 // Chunks run in order on one stream, so dw's sum order is fixed: deterministic for a given
 // (N, C, V, chunk). The loss total is summed in double by one block, in a fixed tree order.
+//
+// With matmul_precision = bf16 and the backward, the GEMMs' operands are bf16 in memory: w is
+// rounded once per call into a kept bf16 copy, each x chunk into another, and the row kernel
+// writes dlogits as bf16 into a third buffer instead of fp32 in place. The two backward GEMMs then
+// read half the bytes of the (n, V) block that dominates this op's traffic, and run bf16 x bf16
+// on the tensor cores. The numbers are the mode's: every GEMM operand rounded to bf16 (the CPU's
+// emulation, cpu/classifier.cpp, rounds the same three), products exact, fp32 accumulation; the
+// logits and the softmax stay fp32.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -20,7 +28,9 @@
 
 #include "core/error.h"
 #include "ops/cuda/cuda_util.h"
+#include "ops/cuda/gemm.cuh"
 #include "ops/cuda/launch.cuh"
+#include "ops/cuda/mma.cuh"
 #include "ops/cuda/ops_cuda.h"
 
 namespace lmf::cuda {
@@ -55,7 +65,25 @@ struct Workspace {
   float* logits = nullptr;  // (chunk, V)
   size_t cap = 0;           // floats in logits
   CeResult* result = nullptr;
+  // The bf16 backward's operands (raw bits): dlogits (chunk, V), w (V, C), an x chunk (chunk, C).
+  struct Bits {
+    uint16_t* p = nullptr;
+    size_t cap = 0;
+  } dlogits16, w16, x16;
 };
+
+// b holds at least n values (grown, contents not kept). The caller holds the workspace's mutex,
+// and the previous call ended with a stream synchronise, so the old buffer is idle.
+uint16_t* reserve(Workspace::Bits& b, size_t n) {
+  if (b.cap < n) {
+    device_free(b.p, b.cap * sizeof(uint16_t));
+    b.p = nullptr;
+    b.cap = 0;
+    b.p = static_cast<uint16_t*>(device_malloc(n * sizeof(uint16_t)));
+    b.cap = n;
+  }
+  return b.p;
+}
 
 Workspace& workspace_for_current_device() {
   int dev = 0;
@@ -105,23 +133,29 @@ __device__ float block_sum(float v, float* shared) {
   return shared[kCeWarps];
 }
 
-// One block per row r of the chunk: losses[r] and, if kGrad, dlogits in place of the logits.
+// A gradient value into dlogits: fp32 (in place of the logits) or bf16.
+__device__ __forceinline__ void store_grad(float* p, float g) { *p = g; }
+__device__ __forceinline__ void store_grad(uint16_t* p, float g) { *p = detail::to_bf16(g); }
+
+// One block per row r of the chunk: losses[r] and, if kGrad, dlogits: G = float in place of the
+// logits (dlogits == logits), G = uint16_t (bf16) into its own (n, V) buffer.
 // logits (n, V); losses, targets, dloss (n), offset to the chunk; row0: the chunk's first row.
 // A target < 0 is ignored (loss 0, zero gradient row); one >= V is reported through bad_row (the
 // smallest such row) and otherwise treated as ignored, so nothing reads out of bounds.
-template <bool kGrad>
+template <bool kGrad, class G>
 __global__ void __launch_bounds__(kCeThreads)
-    ce_rows_kernel(float* __restrict__ logits, float* __restrict__ losses,
+    ce_rows_kernel(float* logits, G* dlogits, float* __restrict__ losses,
                    const int32_t* __restrict__ targets, const float* __restrict__ dloss, int V,
                    int row0, unsigned* __restrict__ bad_row) {
   __shared__ float shared[kCeWarps + 1];
   const int r = blockIdx.x;
   float* l = logits + (size_t)r * V;
+  G* dl_row = kGrad ? dlogits + (size_t)r * V : nullptr;
   const int target = targets[r];
   if (target < 0 || target >= V) {  // uniform across the block
     if (target >= V && threadIdx.x == 0) atomicMin(bad_row, (unsigned)(row0 + r));
     if (kGrad)
-      for (int j = threadIdx.x; j < V; j += kCeThreads) l[j] = 0.0f;
+      for (int j = threadIdx.x; j < V; j += kCeThreads) store_grad(dl_row + j, 0.0f);
     if (threadIdx.x == 0) losses[r] = 0.0f;
     return;
   }
@@ -139,7 +173,7 @@ __global__ void __launch_bounds__(kCeThreads)
     for (int j = threadIdx.x; j < V; j += kCeThreads) {
       float g = expf(l[j] - mx) * f;
       if (j == target) g -= dl;
-      l[j] = g;
+      store_grad(dl_row + j, g);
     }
   }
   if (threadIdx.x == 0) losses[r] = mx + logf(sum) - lt;
@@ -201,19 +235,37 @@ double classifier_ce_forward(float* losses, float* dx, float* dw, const float* x
   LMF_CUDA_CHECK(
       cudaMemsetAsync(&ws.result->bad_row, 0xff, sizeof(unsigned), stream));  // kNoBadRow
 
+  const bool bf16 = grad && p == ops::MatmulPrecision::bf16;
+  if (bf16) {
+    reserve(ws.dlogits16, need);
+    reserve(ws.x16, (size_t)chunk * C);
+    detail::round_to_bf16(reserve(ws.w16, (size_t)V * C), w, (size_t)V * C, stream);
+  }
   for (int r0 = 0; r0 < N; r0 += chunk) {
     const int n = std::min(chunk, N - r0);
     const float* xc = x + (size_t)r0 * C;  // (n, C)
+    if (bf16) {
+      // Column-major, as matmul.cu: logits^T (V, n) = w16 (op T) x16^T; dx^T (C, n) = w16^T
+      // dlogits^T (assigned); dw^T (C, V) += x16^T dlogits (op T on its (V, n) buffer).
+      detail::round_to_bf16(ws.x16.p, xc, (size_t)n * C, stream);
+      detail::gemm_bf16(stream, true, false, V, n, C, ws.w16.p, C, ws.x16.p, C, 0.0f, ws.logits, V);
+      LMF_LAUNCH((ce_rows_kernel<true, uint16_t>), n, kCeThreads, 0, stream)(
+          ws.logits, ws.dlogits16.p, losses + r0, targets + r0, dloss + r0, V, r0, &ws.result->bad_row);
+      LMF_CUDA_CHECK_LAUNCH();
+      detail::gemm_bf16(stream, false, false, C, n, V, ws.w16.p, C, ws.dlogits16.p, V, 0.0f, dx + (size_t)r0 * C, C);
+      detail::gemm_bf16(stream, false, true, C, V, n, ws.x16.p, C, ws.dlogits16.p, V, 1.0f, dw, C);
+      continue;
+    }
     matmul_forward(ws.logits, xc, w, nullptr, n, C, V, stream, p);
     if (grad) {
-      LMF_LAUNCH(ce_rows_kernel<true>, n, kCeThreads, 0, stream)(ws.logits, losses + r0, targets + r0,
-                                                         dloss + r0, V, r0, &ws.result->bad_row);
+      LMF_LAUNCH((ce_rows_kernel<true, float>), n, kCeThreads, 0, stream)(
+          ws.logits, ws.logits, losses + r0, targets + r0, dloss + r0, V, r0, &ws.result->bad_row);
       LMF_CUDA_CHECK_LAUNCH();
       // dx_chunk (n, C) = dlogits (n, V) @ w (V, C); dw (V, C) += dlogits^T @ x_chunk.
       matmul_backward(dx + (size_t)r0 * C, dw, nullptr, ws.logits, xc, w, n, C, V, stream, p);
     } else {
-      LMF_LAUNCH(ce_rows_kernel<false>, n, kCeThreads, 0, stream)(ws.logits, losses + r0, targets + r0,
-                                                          nullptr, V, r0, &ws.result->bad_row);
+      LMF_LAUNCH((ce_rows_kernel<false, float>), n, kCeThreads, 0, stream)(
+          ws.logits, static_cast<float*>(nullptr), losses + r0, targets + r0, nullptr, V, r0, &ws.result->bad_row);
       LMF_CUDA_CHECK_LAUNCH();
     }
   }

@@ -46,7 +46,9 @@
 
 #include "core/error.h"
 #include "ops/cuda/cuda_util.h"
+#include "ops/cuda/gemm.cuh"
 #include "ops/cuda/launch.cuh"
+#include "ops/cuda/mma.cuh"
 #include "ops/cuda/ops_cuda.h"
 #include "ops/cuda/reduce.cuh"
 
@@ -263,6 +265,32 @@ __global__ void bias_grad_kernel(float* __restrict__ dbias, const float* __restr
 }
 
 }  // namespace
+
+namespace detail {
+
+namespace {
+__global__ void to_bf16_kernel(uint16_t* __restrict__ dst, const float* __restrict__ src, size_t n) {
+  const size_t stride = (size_t)gridDim.x * blockDim.x;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) dst[i] = to_bf16(src[i]);
+}
+}  // namespace
+
+void round_to_bf16(uint16_t* dst, const float* src, size_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  LMF_LAUNCH(to_bf16_kernel, grid_for(n), kThreads, 0, stream)(dst, src, n);
+  LMF_CUDA_CHECK_LAUNCH();
+}
+
+void gemm_bf16(cudaStream_t stream, bool trans_a, bool trans_b, int m, int n, int k, const uint16_t* A, int lda,
+               const uint16_t* B, int ldb, float beta, float* C, int ldc) {
+  LockedHandle h(stream);
+  const float alpha = 1.0f;
+  LMF_CUBLAS_CHECK(cublasGemmEx(h.get(), trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, m,
+                                n, k, &alpha, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb, &beta, C, CUDA_R_32F, ldc,
+                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+}  // namespace detail
 
 void matmul_forward(float* out, const float* inp, const float* w, const float* bias, int N, int C,
                     int OC, cudaStream_t stream, ops::MatmulPrecision p) {

@@ -2,6 +2,7 @@
 // cuBLAS as src/ops/cuda/matmul.cu uses it, for the CPU emulation of CUDA: cublasGemmEx on fp32
 // column-major buffers through OpenBLAS's sgemm; the FAST_TF32 / FAST_16BF compute types round
 // the operands first (ops::round_operand), as the CPU backend's emulation of those modes does.
+// bf16 operands (CUDA_R_16BF, with an fp32 C) are widened to fp32 exactly first.
 #include "cuda_runtime_api.h"
 
 enum cublasStatus_t { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_STATUS_INVALID_VALUE = 7, CUBLAS_STATUS_NOT_SUPPORTED = 15 };
@@ -15,7 +16,7 @@ enum cublasComputeType_t {
   CUBLAS_COMPUTE_32F_FAST_TF32 = 77,
 };
 enum cublasGemmAlgo_t { CUBLAS_GEMM_DEFAULT = -1 };
-enum cudaDataType_t { CUDA_R_32F = 0 };
+enum cudaDataType_t { CUDA_R_32F = 0, CUDA_R_16BF = 14 };
 struct cublasContext;
 using cublasHandle_t = cublasContext*;
 
