@@ -216,9 +216,15 @@ struct ClassifierTolerance {
 //  plus gamma(V) (resp. gamma(N + 1)) times their sums of |terms| (|w|, |x| bounded by the max).
 // gamma(N + 1) for dw holds however the N rows are split into chunks, each adding onto dw: every
 // term is still one of N + 1 summed in some order. Ignored rows (target < 0) are exact: 0.
+// online_threads > 0 adds the error of a one-pass (online) softmax sum split over that many
+// threads (the GPU kernel): a thread's running sum is rescaled by an exp and a multiply at most
+// once per element it sees, ceil(V / threads), and once more when the block combines: a relative
+// error of gamma(17 (ceil(V / threads) + 1)) on the sum, so on lse.
 inline ClassifierTolerance classifier_tolerance(const Vec& x, const Vec& w, const std::vector<int32_t>& targets,
                                                 const Vec& dloss, const Vec& dw0, const Vec& losses, int N, int C,
-                                                int V, const Tol& t) {
+                                                int V, const Tol& t, int online_threads = 0) {
+  const double online =
+      online_threads > 0 ? t.gamma(17.0 * ((V + online_threads - 1) / online_threads + 1)) : 0.0;
   const double X = max_abs(x), W = max_abs(w);
   Vec logits((size_t)N * V), labs((size_t)N * V), xa(x.size()), wa(w.size());
   for (size_t i = 0; i < x.size(); ++i) xa[i] = std::abs(x[i]);
@@ -237,7 +243,7 @@ inline ClassifierTolerance classifier_tolerance(const Vec& x, const Vec& w, cons
     }
     for (int j = 0; j < V; ++j) sum += std::exp(l[j] - mx);
     const double lse = mx + std::log(sum);
-    const double dlse = dl + t.gamma(V) + t.gamma(4) * std::abs(lse);
+    const double dlse = dl + t.gamma(V) + t.gamma(4) * std::abs(lse) + online;
     r.loss[i] = dlse + dl + t.gamma(1) * std::abs(losses[i]);
     r.total += r.loss[i];
     const double dp = dl + dlse + t.gamma(16), g = std::abs(dloss[i]);

@@ -1,10 +1,11 @@
 // Classifier (x @ w^T) fused with softmax cross-entropy on the GPU, in chunks of rows so the
 // (N, V) logits never exist whole; the same formulas and operation order as
-// ops/cpu/classifier.cpp, fp32, with the GEMMs of ops/cuda/matmul.cu (cuBLAS, fp32 accumulation,
+// ops/cpu/classifier.cpp but for the softmax's one-pass sum, fp32, with the GEMMs of ops/cuda/matmul.cu (cuBLAS, fp32 accumulation,
 // products in the call's MatmulPrecision).
 // Per chunk of n rows:
 //   logits (n, V) = x_chunk @ w^T                                   (matmul_forward, no bias)
-//   per row, one block: mx = max_j l_j; sum = sum_j exp(l_j - mx); loss = mx + log(sum) - l_t;
+//   per row, one block: mx = max_j l_j and sum = sum_j exp(l_j - mx) in one pass (online, per
+//            thread, then combined); loss = mx + log(sum) - l_t;
 //            if grad, l_j <- exp(l_j - mx) * (dloss / sum), and l_t -= dloss (dlogits in place)
 //   if grad: dx_chunk = dlogits @ w (assigned); dw += dlogits^T @ x_chunk  (matmul_backward)
 // Chunks run in order on one stream, so dw's sum order is fixed: deterministic for a given
@@ -160,12 +161,21 @@ __global__ void __launch_bounds__(kCeThreads)
     return;
   }
   const float lt = l[target];  // read before the gradient pass overwrites the row
-  float mx = -INFINITY;
-  for (int j = threadIdx.x; j < V; j += kCeThreads) mx = l[j] > mx ? l[j] : mx;
-  mx = block_max(mx, shared);
-  float sum = 0.0f;
-  for (int j = threadIdx.x; j < V; j += kCeThreads) sum += expf(l[j] - mx);
-  sum = block_sum(sum, shared);
+  // The max and the sum in one read of the row (online softmax, Milakov & Gimelshein 2018): each
+  // thread keeps the running max m of its logits and s = sum exp(l - m), rescaled when m grows;
+  // the block then combines its (m, s) pairs onto the row's max.
+  float m = -INFINITY, s = 0.0f;
+  for (int j = threadIdx.x; j < V; j += kCeThreads) {
+    const float x = l[j];
+    if (x > m) {
+      s = s * expf(m - x) + 1.0f;  // m = -inf at first: 0 * 0 + 1
+      m = x;
+    } else {
+      s += expf(x - m);
+    }
+  }
+  const float mx = block_max(m, shared);
+  const float sum = block_sum(m == -INFINITY ? 0.0f : s * expf(m - mx), shared);
   if (kGrad) {
     // As the CPU: e * (dloss / sum), then minus dloss at the target. exp is recomputed rather
     // than stored by the sum pass: the same inputs give the same bits.
