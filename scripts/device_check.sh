@@ -70,7 +70,11 @@ bench)
     echo "== torch gpt2 bf16 compile"
     timeout 150 $py .dev/torch_train_bench.py --device cuda --arch gpt2 --dtype bf16 --compile $shape
   } > "$out/bench.log" 2>&1
-  grep -E '^==|^\{|rror' "$out/bench.log" >> "$summary" ;;
+  grep -E '^==|^\{|rror' "$out/bench.log" >> "$summary"
+  # Where the bf16 step's time goes, op by op (each op waits for its end: docs/performance.md).
+  echo "== lmforge gpt2 bf16 --profile" >> "$summary"
+  timeout 120 /tmp/lmf/bin/lmforge bench --device cuda --arch gpt2 --matmul-precision bf16 $shape --profile \
+    > "$out/profile.json" 2>> "$summary" ;;
 *) echo "unknown step $step"; exit 2 ;;
 esac; done
 echo "======== summary"; cat "$summary"

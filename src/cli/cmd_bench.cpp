@@ -17,6 +17,7 @@ void add_bench(CLI::App& app) {
     int L = 12, C = 768, H = 12, vocab = 50257, B = 4, T = 64, steps = 7, warmup = 2, threads = 0, KV = 0, ffn = 0;
     std::string arch = "gpt2", device = "cpu", precision = "fp32";
     double peak_tflops = 0;
+    bool profile = false;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("--arch", o->arch, "model family: gpt2 | llama")->capture_default_str();
@@ -36,6 +37,8 @@ void add_bench(CLI::App& app) {
                   "peak for MFU; 0 = this machine's measured sgemm rate (cpu), no MFU (cuda)")
       ->capture_default_str();
   cmd->add_option("--device", o->device, "cpu | cuda")->capture_default_str();
+  cmd->add_flag("--profile", o->profile,
+                "time every op (each waits for its end): adds \"ops\" to the JSON line and prints a table to stderr");
   cmd->add_option("--matmul-precision", o->precision,
                   "GEMM products: fp32 | tf32 | bf16 (tensor cores on cuda; emulated, slower, on cpu)")
       ->capture_default_str();
@@ -63,7 +66,7 @@ void add_bench(CLI::App& app) {
     const bool on_cpu = be->on_host();
     const double sgemm = on_cpu ? measure_sgemm_tflops() : 0.0;
     const double peak = o->peak_tflops > 0 ? o->peak_tflops : sgemm;
-    auto r = bench_train_step(mc, o->B, o->T, o->steps, o->warmup, 0, be);
+    auto r = bench_train_step(mc, o->B, o->T, o->steps, o->warmup, 0, be, o->profile);
     nlohmann::json j = {{"impl", "lmforge"}, {"arch", o->arch}, {"KV", mc.kv_heads()}, {"ffn", mc.ffn_size()},
                         {"L", o->L}, {"C", o->C}, {"H", o->H}, {"vocab", o->vocab}, {"B", o->B}, {"T", o->T},
                         {"device", o->device}, {"matmul_precision", o->precision}, {"threads", num_threads()},
@@ -76,6 +79,21 @@ void add_bench(CLI::App& app) {
     if (on_cpu) j["sgemm_tflops"] = std::round(sgemm * 1e4) / 1e4;
     if (peak > 0) j["mfu"] = std::round(r.model_tflops / peak * 1e4) / 1e4;
     if (!on_cpu) j["peak_device_mb"] = std::round(r.peak_device_mb);
+    if (o->profile) {
+      double total = 0;
+      for (const auto& op : r.ops) total += op.seconds;
+      auto ops = nlohmann::json::array();
+      std::string table = fmt::format("{:<24} {:>10} {:>12} {:>7}\n", "op", "calls/step", "ms/step", "share");
+      for (const auto& op : r.ops) {
+        const double ms = op.seconds * 1e3 / o->steps, share = total > 0 ? op.seconds / total : 0.0;
+        ops.push_back({{"op", op.op}, {"calls_per_step", double(op.calls) / o->steps},
+                       {"ms_per_step", std::round(ms * 1e3) / 1e3}, {"share", std::round(share * 1e4) / 1e4}});
+        table += fmt::format("{:<24} {:>10.1f} {:>12.3f} {:>6.1f}%\n", op.op, double(op.calls) / o->steps, ms,
+                             100 * share);
+      }
+      j["ops"] = ops;
+      fmt::print(stderr, "{}", table);
+    }
     fmt::print("{}\n", j.dump());
   });
 }

@@ -15,7 +15,8 @@
 namespace lmf {
 
 BenchResult bench_train_step(const ModelConfig& cfg, int B, int T, int steps, int warmup, uint64_t seed,
-                             const ops::Backend<float>* be) {
+                             const ops::Backend<float>* be, bool profile) {
+  if (profile) be = &profiled_backend(be ? *be : ops::cpu_backend<float>());
   auto owned = make_model(cfg, true, {}, be);
   Model& model = *owned;
   const ops::Backend<float>& backend = model.backend();
@@ -31,6 +32,7 @@ BenchResult bench_train_step(const ModelConfig& cfg, int B, int T, int steps, in
   std::vector<double> times;
   BenchResult r;
   for (int s = 0; s < warmup + steps; ++s) {
+    if (s == warmup) reset_op_profile();
     Timer t;
     model.params().zero_grad();
     r.loss = model.forward(x.data(), y.data(), B, T, 1.0 / (double(B) * T));
@@ -52,6 +54,7 @@ BenchResult bench_train_step(const ModelConfig& cfg, int B, int T, int steps, in
   r.peak_rss_mb = ru.ru_maxrss / 1024.0;
   r.peak_device_mb = double(backend.peak_memory_bytes()) / 1048576.0;
   r.params = model.params().num_params();
+  if (profile) r.ops = op_profile();
   return r;
 }
 

@@ -1,7 +1,10 @@
 #pragma once
 // End-to-end training-step benchmark on random tokens: forward, backward, clip, AdamW.
+#include <vector>
+
 #include "model/model_config.h"
 #include "ops/backend.h"
+#include "train/op_profile.h"
 
 namespace lmf {
 
@@ -14,10 +17,12 @@ struct BenchResult {
   double peak_device_mb = 0;  // the backend's peak memory (0 on the CPU)
   double loss = 0;
   size_t params = 0;
+  std::vector<OpTime> ops;  // with profile: each op's calls and time over the timed steps (sum)
 };
 
-// be: the backend (nullptr: the CPU's); a step is timed to the end of its last op.
+// be: the backend (nullptr: the CPU's); a step is timed to the end of its last op. profile: run on
+// profiled_backend(be) (train/op_profile.h) and fill `ops`; every op then waits for its end.
 BenchResult bench_train_step(const ModelConfig& cfg, int B, int T, int steps, int warmup, uint64_t seed = 0,
-                             const ops::Backend<float>* be = nullptr);
+                             const ops::Backend<float>* be = nullptr, bool profile = false);
 
 }  // namespace lmf

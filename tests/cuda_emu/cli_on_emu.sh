@@ -30,4 +30,6 @@ out=$("$exe" eval --run "$tmp/gpu" --device cuda --batches 2)
 grep -q "cuda, fp32 GEMMs" <<< "$out" || fail "eval --device cuda printed: $out"
 out=$("$exe" bench --device cuda --L 1 --C 32 --H 2 --vocab 64 --B 2 --T 16 --steps 1 --warmup 1 --matmul-precision bf16)
 grep -q '"device":"cuda"' <<< "$out" && grep -q '"peak_device_mb"' <<< "$out" || fail "bench printed: $out"
-echo "cli_on_emu: eval and bench on device cuda ok"
+out=$("$exe" bench --device cuda --L 1 --C 32 --H 2 --vocab 64 --B 2 --T 16 --steps 1 --warmup 1 --profile 2>/dev/null)
+grep -q '"op":"attention_backward"' <<< "$out" && grep -q '"op":"adamw_chunks"' <<< "$out" || fail "bench --profile printed: $out"
+echo "cli_on_emu: eval, bench and bench --profile on device cuda ok"

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <thread>
 #include <nlohmann/json.hpp>
 
@@ -262,6 +263,26 @@ TEST_F(Cli, BadConfigInput) {
   expect_user_error(run_lmforge("sample --run " + (t.path() / "nope").string() + " --prompt x", t.path()), "nope");
   expect_user_error(run_lmforge("bench --B 0", t.path()), "--B");
   expect_user_error(run_lmforge("train --set data.dir=" + (t.path() / "nodata").string(), t.path()), "nodata");
+}
+
+// bench --profile: the JSON line gains each op's calls and time per step, and stderr a table.
+TEST_F(Cli, BenchProfileCountsTheOps) {
+  TempDir t;
+  auto r = run_lmforge("bench --L 2 --C 32 --H 2 --vocab 64 --B 2 --T 16 --steps 2 --warmup 1 --profile", t.path());
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  ASSERT_TRUE(j.contains("ops")) << r.out;
+  double share = 0;
+  std::map<std::string, double> calls;
+  for (const auto& op : j["ops"]) {
+    calls[op["op"].get<std::string>()] = op["calls_per_step"].get<double>();
+    share += op["share"].get<double>();
+  }
+  EXPECT_EQ(calls["matmul_forward"], 8.0);  // 4 per layer
+  EXPECT_EQ(calls["adamw_chunks"], 1.0);    // the multi-tensor AdamW: one op per step
+  EXPECT_EQ(calls["classifier_ce_forward"], 1.0);
+  EXPECT_NEAR(share, 1.0, 1e-2);
+  EXPECT_NE(r.err.find("matmul_backward"), std::string::npos) << r.err;
 }
 
 // Without a GPU (or a CUDA build), asking for one is one clear line, before anything is written.

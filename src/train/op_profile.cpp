@@ -1,0 +1,111 @@
+#include "train/op_profile.h"
+
+#include <algorithm>
+#include <array>
+#include <mutex>
+#include <type_traits>
+
+#include "core/timer.h"
+
+namespace lmf {
+namespace {
+
+using Be = ops::Backend<float>;
+
+// Every op of the table, once: the enum of accounts, the names and the wrapping below all expand
+// this list, and the static_assert checks it against the struct's size.
+#define LMF_BACKEND_OPS(X)                                                                                   \
+  X(matmul_forward) X(matmul_backward) X(encoder_forward) X(encoder_backward) X(layernorm_forward)         \
+  X(layernorm_backward) X(gelu_forward) X(gelu_backward) X(residual_forward) X(attention_forward)          \
+  X(attention_backward) X(classifier_ce_forward) X(classifier_logits) X(rmsnorm_forward) X(rmsnorm_backward) \
+  X(rope_forward) X(rope_backward) X(swiglu_forward) X(swiglu_backward) X(attention_gqa_forward)           \
+  X(attention_gqa_backward) X(fill) X(copy) X(adamw_update) X(adamw_chunks) X(sum_squares) X(scale)
+
+enum Account {
+#define LMF_ACCOUNT(name) k_##name,
+  LMF_BACKEND_OPS(LMF_ACCOUNT)
+#undef LMF_ACCOUNT
+  kAccounts
+};
+constexpr const char* kNames[kAccounts] = {
+#define LMF_NAME(name) #name,
+    LMF_BACKEND_OPS(LMF_NAME)
+#undef LMF_NAME
+};
+// The ops, plus name, memory, matmul_precision (padded to a pointer), synchronize and
+// peak_memory_bytes: an op added to ops::Backend and not to the list fails here.
+static_assert(sizeof(Be) == (kAccounts + 5) * sizeof(void*), "ops::Backend changed: add the op to LMF_BACKEND_OPS");
+
+struct Accounts {
+  std::mutex mu;
+  const Be* inner = nullptr;
+  std::array<long, kAccounts> calls{};
+  std::array<double, kAccounts> seconds{};
+};
+Accounts& accounts() {
+  static Accounts a;
+  return a;
+}
+
+void add(int account, double s) {
+  Accounts& a = accounts();
+  std::lock_guard lock(a.mu);
+  ++a.calls[account];
+  a.seconds[account] += s;
+}
+
+// The trampoline for op Member (account I): call the bound backend's op, wait for it, account.
+template <int I, auto Member, class T = decltype(Member)>
+struct Timed;
+template <int I, auto Member, class R, class... A>
+struct Timed<I, Member, R (*Be::*)(A...)> {
+  static R call(A... a) {
+    const Be& inner = *accounts().inner;
+    Timer t;
+    if constexpr (std::is_void_v<R>) {
+      (inner.*Member)(a...);
+      inner.synchronize();
+      add(I, t.seconds());
+    } else {
+      R r = (inner.*Member)(a...);
+      inner.synchronize();
+      add(I, t.seconds());
+      return r;
+    }
+  }
+};
+
+}  // namespace
+
+const ops::Backend<float>& profiled_backend(const ops::Backend<float>& inner) {
+  static Be table;
+  {
+    Accounts& a = accounts();
+    std::lock_guard lock(a.mu);
+    a.inner = &inner;
+  }
+  table = inner;  // name, memory, precision, synchronize, peak_memory_bytes
+#define LMF_WRAP(name) table.name = &Timed<k_##name, &Be::name>::call;
+  LMF_BACKEND_OPS(LMF_WRAP)
+#undef LMF_WRAP
+  return table;
+}
+
+std::vector<OpTime> op_profile() {
+  Accounts& a = accounts();
+  std::lock_guard lock(a.mu);
+  std::vector<OpTime> r;
+  for (int i = 0; i < kAccounts; ++i)
+    if (a.calls[i] > 0) r.push_back({kNames[i], a.calls[i], a.seconds[i]});
+  std::stable_sort(r.begin(), r.end(), [](const OpTime& x, const OpTime& y) { return x.seconds > y.seconds; });
+  return r;
+}
+
+void reset_op_profile() {
+  Accounts& a = accounts();
+  std::lock_guard lock(a.mu);
+  a.calls.fill(0);
+  a.seconds.fill(0.0);
+}
+
+}  // namespace lmf
