@@ -36,8 +36,7 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kThreadsM = kWarps * 32;
-constexpr int kTile = 64;        // rows a block owns, and rows of the other side per step
-constexpr int kTilePad = kTile + 8;
+constexpr int kTile = 64;  // rows a block owns (4 warps of 16), and the forward's keys per step
 
 // The four lanes of a quad hold one row of a fragment.
 __device__ __forceinline__ float quad_max(float v) {
@@ -49,12 +48,12 @@ __device__ __forceinline__ float quad_sum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-// Rows [r0, r0 + kTile) of a (T, HS) fp32 head (row stride ld) as bf16 into shared memory:
-// row-major rm (kTile, HS + 8) and / or transposed tr (HS, kTile + 8); rows past T are zero.
-template <int HS>
-__device__ __forceinline__ void stage(uint16_t (*rm)[HS + 8], uint16_t (*tr)[kTilePad],
-                                      const float* src, int ld, int r0, int T) {
-  for (int i = threadIdx.x; i < kTile * HS / 2; i += kThreadsM) {
+// Rows [r0, r0 + R) of a (T, HS) fp32 head (row stride ld) as bf16 into shared memory:
+// row-major rm (R, HS + 8) and / or transposed tr (HS, R + 8); rows past T are zero.
+template <int HS, int R>
+__device__ __forceinline__ void stage(uint16_t (*rm)[HS + 8], uint16_t (*tr)[R + 8], const float* src,
+                                      int ld, int r0, int T) {
+  for (int i = threadIdx.x; i < R * HS / 2; i += kThreadsM) {
     const int r = i / (HS / 2), d = 2 * (i % (HS / 2));
     float x0 = 0.0f, x1 = 0.0f;
     if (r0 + r < T) {
@@ -89,14 +88,14 @@ __device__ __forceinline__ void load_a(uint32_t (&a)[HS / 16][4], const float* s
   }
 }
 
-// acc[j] (16 x 8 n-tile j of kTile / 8) = a (16 x HS) times the rows 8j.. of a row-major shared
-// tile (kTile, HS + 8), transposed: acc = a tile^T. N-tiles j > j_last are skipped (left zero).
-template <int HS>
-__device__ __forceinline__ void product_nt(float (&acc)[kTile / 8][4], const uint32_t (&a)[HS / 16][4],
+// acc[j] (16 x 8 n-tile j of R / 8) = a (16 x HS) times the rows 8j.. of a row-major shared tile
+// (R, HS + 8), transposed: acc = a tile^T. N-tiles j > j_last are skipped (left zero).
+template <int HS, int R>
+__device__ __forceinline__ void product_nt(float (&acc)[R / 8][4], const uint32_t (&a)[HS / 16][4],
                                            const uint16_t (*tile)[HS + 8], int j_last) {
   const int ln = threadIdx.x % 32, g = ln / 4, c = ln % 4;
 #pragma unroll
-  for (int j = 0; j < kTile / 8; ++j) {
+  for (int j = 0; j < R / 8; ++j) {
     acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
     if (j > j_last) continue;  // warp-uniform
 #pragma unroll
@@ -108,14 +107,14 @@ __device__ __forceinline__ void product_nt(float (&acc)[kTile / 8][4], const uin
   }
 }
 
-// out[d] (16 x 8 n-tile d of HS / 8) += p (16 x kTile, fp32 fragments, packed to bf16 here) times
-// a transposed shared tile tr (HS, kTile + 8), i.e. p tile. K-slabs past s_last are skipped.
-template <int HS>
-__device__ __forceinline__ void product_pv(float (&out)[HS / 8][4], const float (&p)[kTile / 8][4],
-                                           const uint16_t (*tr)[kTilePad], int s_last) {
+// out[d] (16 x 8 n-tile d of HS / 8) += p (16 x R, fp32 fragments, packed to bf16 here) times a
+// transposed shared tile tr (HS, R + 8), i.e. p tile. K-slabs past s_last are skipped.
+template <int HS, int R>
+__device__ __forceinline__ void product_pv(float (&out)[HS / 8][4], const float (&p)[R / 8][4],
+                                           const uint16_t (*tr)[R + 8], int s_last) {
   const int ln = threadIdx.x % 32, g = ln / 4, c = ln % 4;
 #pragma unroll
-  for (int s = 0; s < kTile / 16; ++s) {
+  for (int s = 0; s < R / 16; ++s) {
     if (s > s_last) continue;  // warp-uniform
     const uint32_t a[4] = {pack_bf16(p[2 * s][0], p[2 * s][1]), pack_bf16(p[2 * s][2], p[2 * s][3]),
                            pack_bf16(p[2 * s + 1][0], p[2 * s + 1][1]),
@@ -142,7 +141,7 @@ __global__ void __launch_bounds__(kThreadsM)
     fwd_mma(float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ q,
             const float* __restrict__ k, const float* __restrict__ v, Heads g) {
   alignas(16) __shared__ uint16_t Ks[kTile][HS + 8];
-  alignas(16) __shared__ uint16_t Vt[HS][kTilePad];
+  alignas(16) __shared__ uint16_t Vt[HS][kTile + 8];
   int qt, h, b;
   block_place((g.T + kTile - 1) / kTile, g.NH, qt, h, b);
   const int kh = h / (g.NH / g.KVH);
@@ -163,12 +162,12 @@ __global__ void __launch_bounds__(kThreadsM)
   const int last_key = min(g.T, q0 + kTile) - 1;
   for (int k0 = 0; k0 <= last_key; k0 += kTile) {
     __syncthreads();  // the previous step's tiles are no longer read
-    stage<HS>(Ks, nullptr, kb, g.ldkv, k0, g.T);
-    stage<HS>(nullptr, Vt, vb, g.ldkv, k0, g.T);
+    stage<HS, kTile>(Ks, nullptr, kb, g.ldkv, k0, g.T);
+    stage<HS, kTile>(nullptr, Vt, vb, g.ldkv, k0, g.T);
     __syncthreads();
     const int j_last = min(kTile / 8 - 1, (r0 + 15 - k0) / 8);  // n-tiles with a visible key
     float s[kTile / 8][4];
-    product_nt<HS>(s, qa, Ks, j_last);
+    product_nt<HS, kTile>(s, qa, Ks, j_last);
     float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int j = 0; j < kTile / 8; ++j)
@@ -202,7 +201,7 @@ __global__ void __launch_bounds__(kThreadsM)
       o[d][2] *= corr[1];
       o[d][3] *= corr[1];
     }
-    product_pv<HS>(o, s, Vt, j_last / 2);
+    product_pv<HS, kTile>(o, s, Vt, j_last / 2);
   }
 #pragma unroll
   for (int x = 0; x < 2; ++x) {
@@ -227,14 +226,15 @@ __device__ __forceinline__ float row_dot(const float* a, const float* b) {
   return s;
 }
 
-template <int HS>
+// S: keys per step (64; 32 for hs = 128, which keeps the tiles in 48 KB of static shared memory).
+template <int HS, int S>
 __global__ void __launch_bounds__(kThreadsM)
     dq_mma(float* __restrict__ dq, const float* __restrict__ dout, const float* __restrict__ q,
            const float* __restrict__ k, const float* __restrict__ v, const float* __restrict__ out,
            const float* __restrict__ lse, Heads g) {
-  alignas(16) __shared__ uint16_t Ks[kTile][HS + 8];
-  alignas(16) __shared__ uint16_t Vs[kTile][HS + 8];
-  alignas(16) __shared__ uint16_t Kt[HS][kTilePad];
+  alignas(16) __shared__ uint16_t Ks[S][HS + 8];
+  alignas(16) __shared__ uint16_t Vs[S][HS + 8];
+  alignas(16) __shared__ uint16_t Kt[HS][S + 8];
   int qt, h, b;
   block_place((g.T + kTile - 1) / kTile, g.NH, qt, h, b);
   const int kh = h / (g.NH / g.KVH);
@@ -259,17 +259,18 @@ __global__ void __launch_bounds__(kThreadsM)
 #pragma unroll
   for (int d = 0; d < HS / 8; ++d) acc[d][0] = acc[d][1] = acc[d][2] = acc[d][3] = 0.0f;
   const int last_key = min(g.T, q0 + kTile) - 1;
-  for (int k0 = 0; k0 <= last_key; k0 += kTile) {
+  for (int k0 = 0; k0 <= last_key; k0 += S) {
     __syncthreads();
-    stage<HS>(Ks, Kt, kb, g.ldkv, k0, g.T);
-    stage<HS>(Vs, nullptr, vb, g.ldkv, k0, g.T);
+    stage<HS, S>(Ks, Kt, kb, g.ldkv, k0, g.T);
+    stage<HS, S>(Vs, nullptr, vb, g.ldkv, k0, g.T);
     __syncthreads();
-    const int j_last = min(kTile / 8 - 1, (r0 + 15 - k0) / 8);
-    float s[kTile / 8][4], dp[kTile / 8][4];
-    product_nt<HS>(s, qa, Ks, j_last);
-    product_nt<HS>(dp, ga, Vs, j_last);
+    // N-tiles with a visible key (negative: none, on a step past the warp's last row).
+    const int j_last = min(S / 8 - 1, (r0 + 15 - k0) / 8);
+    float s[S / 8][4], dp[S / 8][4];
+    product_nt<HS, S>(s, qa, Ks, j_last);
+    product_nt<HS, S>(dp, ga, Vs, j_last);
 #pragma unroll
-    for (int j = 0; j < kTile / 8; ++j)
+    for (int j = 0; j < S / 8; ++j)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const int key = k0 + 8 * j + 2 * c + (i & 1), r = row[i / 2];
@@ -277,7 +278,7 @@ __global__ void __launch_bounds__(kThreadsM)
         if (key <= r && r < g.T) ds = expf(s[j][i] * g.scale - L[i / 2]) * (dp[j][i] - D[i / 2]) * g.scale;
         s[j][i] = ds;
       }
-    product_pv<HS>(acc, s, Kt, j_last / 2);
+    product_pv<HS, S>(acc, s, Kt, j_last < 0 ? -1 : j_last / 2);
   }
 #pragma unroll
   for (int x = 0; x < 2; ++x) {
@@ -292,16 +293,20 @@ __global__ void __launch_bounds__(kThreadsM)
   }
 }
 
-template <int HS>
+// S: queries per step (as dq_mma). kParts: 3 computes dk and dv; for hs = 128, where both
+// accumulators and the k, v fragments would not fit the registers, 1 (dk only) and 2 (dv only)
+// run as two kernels, each recomputing the scores.
+template <int HS, int S, int kParts>
 __global__ void __launch_bounds__(kThreadsM)
     dkv_mma(float* __restrict__ dk, float* __restrict__ dv, const float* __restrict__ dout,
             const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
             const float* __restrict__ out, const float* __restrict__ lse, Heads g) {
-  alignas(16) __shared__ uint16_t Qs[kTile][HS + 8];
-  alignas(16) __shared__ uint16_t Qt[HS][kTilePad];
-  alignas(16) __shared__ uint16_t Gs[kTile][HS + 8];  // dout rows
-  alignas(16) __shared__ uint16_t Gt[HS][kTilePad];
-  __shared__ float Dq[kTile], Lq[kTile];  // D_t and lse_t of the step's queries
+  constexpr bool kDk = (kParts & 1) != 0, kDv = (kParts & 2) != 0;
+  alignas(16) __shared__ uint16_t Qs[S][HS + 8];
+  alignas(16) __shared__ uint16_t Qt[HS][S + 8];
+  alignas(16) __shared__ uint16_t Gs[S][HS + 8];  // dout rows
+  alignas(16) __shared__ uint16_t Gt[HS][S + 8];
+  __shared__ float Dq[S], Lq[S];  // D_t and lse_t of the step's queries
   const int tiles = (g.T + kTile - 1) / kTile;
   int st, kh, b;
   block_place(tiles, g.KVH, st, kh, b);
@@ -310,9 +315,9 @@ __global__ void __launch_bounds__(kThreadsM)
   const int k0 = st * kTile, s0 = k0 + 16 * w;  // the block's and the warp's first key
   const int key[2] = {s0 + gr, s0 + gr + 8};
   const size_t kv_at = (size_t)b * g.T * g.ldkv + (size_t)kh * HS;
-  uint32_t ka[HS / 16][4], va[HS / 16][4];
+  uint32_t ka[HS / 16][4], va[kDk ? HS / 16 : 1][4];
   load_a<HS>(ka, k + kv_at, g.ldkv, s0, g.T);
-  load_a<HS>(va, v + kv_at, g.ldkv, s0, g.T);
+  if constexpr (kDk) load_a<HS>(va, v + kv_at, g.ldkv, s0, g.T);
 
   float dk_acc[HS / 8][4], dv_acc[HS / 8][4];
 #pragma unroll
@@ -324,34 +329,31 @@ __global__ void __launch_bounds__(kThreadsM)
     const float* oh = out + (size_t)b * g.T * g.ldo + (size_t)h * HS;
     const float* gh = dout + (size_t)b * g.T * g.ldo + (size_t)h * HS;
     const float* lse_bh = lse + ((size_t)b * g.NH + h) * g.T;
-    for (int q0 = k0; q0 < g.T; q0 += kTile) {  // queries before k0 see none of these keys
+    for (int q0 = k0; q0 < g.T; q0 += S) {  // queries before k0 see none of these keys
       __syncthreads();
-      stage<HS>(Qs, Qt, qh, g.ldq, q0, g.T);
-      stage<HS>(Gs, Gt, gh, g.ldo, q0, g.T);
-      if (threadIdx.x < kTile) {
+      stage<HS, S>(Qs, kDk ? Qt : nullptr, qh, g.ldq, q0, g.T);
+      stage<HS, S>(kDk ? Gs : nullptr, kDv ? Gt : nullptr, gh, g.ldo, q0, g.T);
+      if (threadIdx.x < S) {
         const int t = q0 + threadIdx.x;
-        Dq[threadIdx.x] = t < g.T ? row_dot<HS>(gh + (size_t)t * g.ldo, oh + (size_t)t * g.ldo) : 0.0f;
+        Dq[threadIdx.x] = kDk && t < g.T ? row_dot<HS>(gh + (size_t)t * g.ldo, oh + (size_t)t * g.ldo) : 0.0f;
         Lq[threadIdx.x] = t < g.T ? lse_bh[t] : 0.0f;
       }
       __syncthreads();
-      float p[kTile / 8][4], ds[kTile / 8][4];
-      product_nt<HS>(p, ka, Qs, kTile / 8 - 1);
-      product_nt<HS>(ds, va, Gs, kTile / 8 - 1);
+      float p[S / 8][4], ds[kDk ? S / 8 : 1][4];
+      product_nt<HS, S>(p, ka, Qs, S / 8 - 1);
+      if constexpr (kDk) product_nt<HS, S>(ds, va, Gs, S / 8 - 1);
 #pragma unroll
-      for (int j = 0; j < kTile / 8; ++j)
+      for (int j = 0; j < S / 8; ++j)
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          const int col = 8 * j + 2 * c + (i & 1), t = q0 + col, s = key[i / 2];
-          float pv = 0.0f, dsv = 0.0f;
-          if (t >= s && t < g.T && s < g.T) {
-            pv = expf(p[j][i] * g.scale - Lq[col]);
-            dsv = pv * (ds[j][i] - Dq[col]) * g.scale;
-          }
+          const int col = 8 * j + 2 * c + (i & 1), t = q0 + col, s = i < 2 ? key[0] : key[1];
+          float pv = 0.0f;
+          if (t >= s && t < g.T && s < g.T) pv = expf(p[j][i] * g.scale - Lq[col]);
+          if constexpr (kDk) ds[j][i] = pv * (ds[j][i] - Dq[col]) * g.scale;
           p[j][i] = pv;
-          ds[j][i] = dsv;
         }
-      product_pv<HS>(dv_acc, p, Gt, kTile / 16 - 1);
-      product_pv<HS>(dk_acc, ds, Qt, kTile / 16 - 1);
+      if constexpr (kDv) product_pv<HS, S>(dv_acc, p, Gt, S / 16 - 1);
+      if constexpr (kDk) product_pv<HS, S>(dk_acc, ds, Qt, S / 16 - 1);
     }
   }
 #pragma unroll
@@ -361,10 +363,14 @@ __global__ void __launch_bounds__(kThreadsM)
     const size_t at = kv_at + (size_t)s * g.ldkv;
 #pragma unroll
     for (int d = 0; d < HS / 8; ++d) {
-      dk[at + 8 * d + 2 * c] = dk_acc[d][2 * x];
-      dk[at + 8 * d + 2 * c + 1] = dk_acc[d][2 * x + 1];
-      dv[at + 8 * d + 2 * c] = dv_acc[d][2 * x];
-      dv[at + 8 * d + 2 * c + 1] = dv_acc[d][2 * x + 1];
+      if constexpr (kDk) {
+        dk[at + 8 * d + 2 * c] = dk_acc[d][2 * x];
+        dk[at + 8 * d + 2 * c + 1] = dk_acc[d][2 * x + 1];
+      }
+      if constexpr (kDv) {
+        dv[at + 8 * d + 2 * c] = dv_acc[d][2 * x];
+        dv[at + 8 * d + 2 * c + 1] = dv_acc[d][2 * x + 1];
+      }
     }
   }
 }
@@ -376,13 +382,14 @@ void dispatch_hs(int hs, F f) {
     case 16: return f(std::integral_constant<int, 16>{});
     case 32: return f(std::integral_constant<int, 32>{});
     case 64: return f(std::integral_constant<int, 64>{});
-    default: LMF_CHECK(false, "tensor-core attention: head size {} not 16, 32 or 64", hs);
+    case 128: return f(std::integral_constant<int, 128>{});
+    default: LMF_CHECK(false, "tensor-core attention: head size {} not 16, 32, 64 or 128", hs);
   }
 }
 
 }  // namespace
 
-bool mma_supported(const Heads& g) { return g.hs == 16 || g.hs == 32 || g.hs == 64; }
+bool mma_supported(const Heads& g) { return g.hs == 16 || g.hs == 32 || g.hs == 64 || g.hs == 128; }
 
 void mma_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                  const Heads& g, cudaStream_t stream) {
@@ -400,12 +407,17 @@ void mma_backward(float* dq, float* dk, float* dv, const float* dout, const floa
   if (g.B == 0 || g.T == 0) return;
   const long tiles = (g.T + kTile - 1) / kTile;
   dispatch_hs(g.hs, [&](auto hs) {
-    constexpr int HS = decltype(hs)::value;
-    LMF_LAUNCH(dq_mma<HS>, (unsigned)((long)g.B * g.NH * tiles), kThreadsM, 0, stream)(
-        dq, dout, q, k, v, out, lse, g);
+    constexpr int HS = decltype(hs)::value, S = HS > 64 ? 32 : 64;
+    const auto q_blocks = (unsigned)((long)g.B * g.NH * tiles), kv_blocks = (unsigned)((long)g.B * g.KVH * tiles);
+    LMF_LAUNCH((dq_mma<HS, S>), q_blocks, kThreadsM, 0, stream)(dq, dout, q, k, v, out, lse, g);
     LMF_CUDA_CHECK_LAUNCH();
-    LMF_LAUNCH(dkv_mma<HS>, (unsigned)((long)g.B * g.KVH * tiles), kThreadsM, 0, stream)(
-        dk, dv, dout, q, k, v, out, lse, g);
+    if constexpr (HS > 64) {  // dk and dv in two kernels (dkv_mma)
+      LMF_LAUNCH((dkv_mma<HS, S, 1>), kv_blocks, kThreadsM, 0, stream)(dk, dv, dout, q, k, v, out, lse, g);
+      LMF_CUDA_CHECK_LAUNCH();
+      LMF_LAUNCH((dkv_mma<HS, S, 2>), kv_blocks, kThreadsM, 0, stream)(dk, dv, dout, q, k, v, out, lse, g);
+    } else {
+      LMF_LAUNCH((dkv_mma<HS, S, 3>), kv_blocks, kThreadsM, 0, stream)(dk, dv, dout, q, k, v, out, lse, g);
+    }
     LMF_CUDA_CHECK_LAUNCH();
   });
 }
