@@ -94,6 +94,22 @@ void expect_not_fp32(const char* what, const FVec& gpu, const FVec& cpu, const V
   EXPECT_GT(worst, 1.0) << what << ": within the fp32 bound everywhere, so not bf16 products";
 }
 
+// FlashAttention's rule against the CPU's bf16 emulation (the same operand roundings, cpu/
+// attention.cpp): the GPU's largest error against the exact op is at most twice the emulation's
+// own, plus the fp32 kernels' bound for the sums' other order. Tighter than the bf16 bound, which
+// covers every operand's worst rounding at once.
+void expect_within_twice_emulation(const char* what, const FVec& gpu, const FVec& emu, const Vec& exact,
+                                   const Vec& f32_bound) {
+  double e_gpu = 0, e_emu = 0, slack = 0;
+  for (size_t i = 0; i < exact.size(); ++i) {
+    e_gpu = std::max(e_gpu, std::abs((double)gpu[i] - exact[i]));
+    e_emu = std::max(e_emu, std::abs((double)emu[i] - exact[i]));
+    slack = std::max(slack, f32_bound[i]);
+  }
+  EXPECT_LE(e_gpu, 2 * e_emu + slack) << what << ": the GPU's error " << e_gpu << " against the emulation's "
+                                      << e_emu;
+}
+
 void check_attention(int B, int T_, int NH, int hs, ops::MatmulPrecision p = ops::MatmulPrecision::fp32) {
   const AttnShape s{B, T_, NH, NH, hs};
   SCOPED_TRACE(describe(s) + ", " + ops::to_string(p));
@@ -124,6 +140,15 @@ void check_attention(int B, int T_, int NH, int hs, ops::MatmulPrecision p = ops
     const AttentionTolerance f32 = attention_tolerances(s, sep.q, sep.k, sep.v, dout, ops::MatmulPrecision::fp32);
     expect_not_fp32("out", d_out.to_host(), out_c, f32.out);
     expect_not_fp32("dqkv", dqkv_g, dqkv_c, join_qkv(f32.dq, f32.dk, f32.dv, BT, C));
+    const auto& emu = ops::cpu_backend<float>(p);
+    FVec out_e(BT * C), lse_e(lse_c.size()), dqkv_e(qkv.size());
+    emu.attention_forward(out_e.data(), lse_e.data(), qkv_f.data(), B, T_, C, NH);
+    emu.attention_backward(dqkv_e.data(), dout_f.data(), qkv_f.data(), out_e.data(), lse_e.data(), B, T_, C, NH);
+    Vec out_x(BT * C), lse_x(lse_c.size()), dqkv_x(qkv.size());
+    ops::ref::attention_forward(out_x.data(), lse_x.data(), qkv.data(), B, T_, C, NH);
+    ops::ref::attention_backward(dqkv_x.data(), dout.data(), qkv.data(), out_x.data(), lse_x.data(), B, T_, C, NH);
+    expect_within_twice_emulation("out", d_out.to_host(), out_e, out_x, f32.out);
+    expect_within_twice_emulation("dqkv", dqkv_g, dqkv_e, dqkv_x, join_qkv(f32.dq, f32.dk, f32.dv, BT, C));
   }
 
   // Deterministic: the same calls again give the same bits.
@@ -181,6 +206,19 @@ void check_attention_gqa(const AttnShape& s, ops::MatmulPrecision p = ops::Matmu
     };
     expect_not_fp32("dq, dk, dv", cat(d_dq.to_host(), d_dk.to_host(), d_dv.to_host()), cat(dq_c, dk_c, dv_c),
                     cat(f32.dq, f32.dk, f32.dv));
+    const auto& emu = ops::cpu_backend<float>(p);
+    FVec out_e(out_c.size()), lse_e(lse_c.size()), dq_e(q.size()), dk_e(k.size()), dv_e(v.size());
+    emu.attention_gqa_forward(out_e.data(), lse_e.data(), qf.data(), kf.data(), vf.data(), B, T_, NH, KVH, hs);
+    emu.attention_gqa_backward(dq_e.data(), dk_e.data(), dv_e.data(), dof.data(), qf.data(), kf.data(), vf.data(),
+                               out_e.data(), lse_e.data(), B, T_, NH, KVH, hs);
+    Vec out_x(out_c.size()), lse_x(lse_c.size()), dq_x(q.size()), dk_x(k.size()), dv_x(v.size());
+    ops::ref::attention_gqa_forward(out_x.data(), lse_x.data(), q.data(), k.data(), v.data(), B, T_, NH, KVH, hs);
+    ops::ref::attention_gqa_backward(dq_x.data(), dk_x.data(), dv_x.data(), dout.data(), q.data(), k.data(),
+                                     v.data(), out_x.data(), lse_x.data(), B, T_, NH, KVH, hs);
+    expect_within_twice_emulation("out", d_out.to_host(), out_e, out_x, f32.out);
+    expect_within_twice_emulation("dq", d_dq.to_host(), dq_e, dq_x, f32.dq);
+    expect_within_twice_emulation("dk", d_dk.to_host(), dk_e, dk_x, f32.dk);
+    expect_within_twice_emulation("dv", d_dv.to_host(), dv_e, dv_x, f32.dv);
   }
 
   // Deterministic: the same backward again gives the same bits (dk, dv sum over the group in a
