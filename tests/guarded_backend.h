@@ -219,6 +219,7 @@ inline const ops::Backend<float>& guarded_backend() {
       &GuardedOp<&swiglu_backward<F>>::call,
       &GuardedOp<&attention_gqa_forward<F>>::call,
       &GuardedOp<&attention_gqa_backward<F>>::call,
+      &GuardedOp<&attention_decode<F>>::call,
       &GuardedOp<&fill_values>::call,
       &GuardedOp<&copy_values>::call,
       &GuardedOp<&adamw_update>::call,

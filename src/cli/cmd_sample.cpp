@@ -7,6 +7,7 @@
 #include "core/threading.h"
 #include "data/tokenizer.h"
 #include "infer/generate.h"
+#include "ops/cuda_backend.h"
 #include "train/run_io.h"
 
 namespace lmf::cli {
@@ -14,7 +15,7 @@ namespace lmf::cli {
 void add_sample(CLI::App& app) {
   auto* cmd = app.add_subcommand("sample", "Generate text from a trained run (KV-cache decoding)");
   struct Opts {
-    std::string run, prompt;
+    std::string run, prompt, device = "cpu", precision = "fp32";
     SampleOptions s;
     int threads = 1;
   };
@@ -36,9 +37,17 @@ void add_sample(CLI::App& app) {
   cmd->add_option("--max-new-tokens,-n", o->s.max_new_tokens, "tokens to generate")->capture_default_str()
       ->check(CLI::PositiveNumber);
   cmd->add_option("--threads", o->threads, "CPU threads")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--device", o->device, "cpu | cuda (the KV cache and every op on the GPU)")->capture_default_str();
+  cmd->add_option("--matmul-precision", o->precision, "GEMM and attention products: fp32 | tf32 | bf16")
+      ->capture_default_str();
   cmd->callback([o]() {
     set_num_threads(o->threads);
-    auto run = open_run(o->run);
+    if (o->device != "cpu" && o->device != "cuda") throw UserError("--device: expected cpu or cuda (got \"{}\")", o->device);
+    const auto precision = ops::parse_matmul_precision(o->precision);
+    if (!precision) throw UserError("--matmul-precision: expected fp32, tf32 or bf16 (got \"{}\")", o->precision);
+    const ops::Backend<float>* be =
+        o->device == "cuda" ? &cuda::backend(*precision) : &ops::cpu_backend<float>(*precision);
+    auto run = open_run(o->run, be);
     auto tok = data::make_tokenizer(run_tokenizer_spec(run.cfg.data.tokenizer, o->run));
     if (tok->vocab_size() > run.cfg.model.vocab_size)
       throw UserError("{}: tokenizer '{}' has {} tokens, the model only {}", o->run, tok->name(), tok->vocab_size(),

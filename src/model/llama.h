@@ -73,6 +73,8 @@ class Llama {
   void on_block_use(nn::BlockHook hook) { on_block_use_ = std::move(hook); }
   // RoPE frequencies (head_size / 2), after rope_scaling.
   const std::vector<double>& rope_inv_freq() const { return inv_freq_; }
+  // The same, in the backend's memory (what rope_forward reads there).
+  const double* rope_inv_freq_device() const { return dinv_freq_.data(); }
 
  private:
   void ensure_activations(int B, int T);

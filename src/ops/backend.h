@@ -73,6 +73,8 @@ struct Backend {
                                 int KVH, int hs);
   void (*attention_gqa_backward)(F* dq, F* dk, F* dv, const F* dout, const F* q, const F* k, const F* v,
                                  const F* out, const F* lse, int B, int T, int NH, int KVH, int hs);
+  void (*attention_decode)(F* y, F* scratch, const F* q, const F* k, const F* v, int T, int NH, int KVH, int hs,
+                           int ld);
 
   // x[0, n) = value.
   void (*fill)(F* x, F value, size_t n);

@@ -157,4 +157,13 @@ template <class F>
 void attention_gqa_backward(F* dq, F* dk, F* dv, const F* dout, const F* q, const F* k, const F* v,
                             const F* out, const F* lse, int B, int T, int NH, int KVH, int hs);
 
+// One new query against a KV cache (decoding): y (NH*hs) = softmax(q k^T / sqrt(hs)) v over the
+// cached positions [0, T), query head h reading kv head h / (NH / KVH). k, v (T, ld): row t holds
+// the KVH heads' hs values at columns [kh*hs, (kh+1)*hs). scratch (NH, T): the probabilities.
+// Per head: the scores in t order, their max, the exps and their sum in t order, then y in t order
+// of (e_t / sum) v_t.
+template <class F>
+void attention_decode(F* y, F* scratch, const F* q, const F* k, const F* v, int T, int NH, int KVH, int hs,
+                      int ld);
+
 }  // namespace lmf::ops

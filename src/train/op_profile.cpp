@@ -19,7 +19,7 @@ using Be = ops::Backend<float>;
   X(layernorm_backward) X(gelu_forward) X(gelu_backward) X(residual_forward) X(attention_forward)          \
   X(attention_backward) X(classifier_ce_forward) X(classifier_logits) X(rmsnorm_forward) X(rmsnorm_backward) \
   X(rope_forward) X(rope_backward) X(swiglu_forward) X(swiglu_backward) X(attention_gqa_forward)           \
-  X(attention_gqa_backward) X(fill) X(copy) X(adamw_update) X(adamw_chunks) X(sum_squares) X(scale)
+  X(attention_gqa_backward) X(attention_decode) X(fill) X(copy) X(adamw_update) X(adamw_chunks) X(sum_squares) X(scale)
 
 enum Account {
 #define LMF_ACCOUNT(name) k_##name,

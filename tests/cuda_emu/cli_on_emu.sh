@@ -33,3 +33,18 @@ grep -q '"device":"cuda"' <<< "$out" && grep -q '"peak_device_mb"' <<< "$out" ||
 out=$("$exe" bench --device cuda --L 1 --C 32 --H 2 --vocab 64 --B 2 --T 16 --steps 1 --warmup 1 --profile 2>/dev/null)
 grep -q '"op":"attention_backward"' <<< "$out" && grep -q '"op":"adamw_chunks"' <<< "$out" || fail "bench --profile printed: $out"
 echo "cli_on_emu: eval, bench and bench --profile on device cuda ok"
+# KV-cache decoding on the device: the trained run samples, and llama2.c's stories260K, greedy,
+# prints its published text (../shared/data/tinyllamas/README.md), as on the CPU (test_convert).
+"$exe" sample --run "$tmp/gpu" --device cuda --prompt "The Congress" -n 20 --seed 3 > "$tmp/s.txt" ||
+  fail "sample --device cuda failed"
+[ "$(wc -c < "$tmp/s.txt")" -gt 20 ] || fail "sample --device cuda printed: $(cat "$tmp/s.txt")"
+tiny="$src/../shared/data/tinyllamas"
+if [ -f "$tiny/stories260K.bin" ]; then
+  "$exe" convert --from llama2c --model "$tiny/stories260K.bin" --tokenizer "$tiny/tok512.bin" --output "$tmp/s260" > /dev/null
+  out=$("$exe" sample --run "$tmp/s260" --device cuda --prompt "Once upon a time" --temperature 0 -n 57)
+  want="Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but it was too high."
+  [ "${out:0:${#want}}" = "$want" ] || fail "stories260K on device cuda printed: $out"
+  echo "cli_on_emu: sample on device cuda ok (stories260K's greedy text as published)"
+else
+  echo "cli_on_emu: sample on device cuda ok ($tiny not here: stories260K skipped)"
+fi

@@ -18,15 +18,20 @@ TEST(CudaModel, Skipped) { GTEST_SKIP() << "built without CUDA"; }
 #else
 
 #include <cmath>
+#include <filesystem>
 #include <limits>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "data/tokenizer.h"
 #include "dist/communicator.h"
+#include "infer/decoder.h"
+#include "infer/generate.h"
 #include "model/gpt2.h"
 #include "model/llama.h"
+#include "model/llama2c.h"
 #include "model/model.h"
 #include "model_test_util.h"
 #include "sample_data.h"
@@ -218,6 +223,61 @@ TEST_F(CudaTrainer, RoundedGemmsFollowTheCpuEmulation) {
       EXPECT_NEAR(g, c, 5e-3 * c) << "step " << i + 1;
     }
   }
+}
+
+// KV-cache decoding on the GPU (infer/decoder.cpp over the CUDA backend): at every position the
+// logits of a full forward over the prefix on the GPU (test_model.cpp's check of the CPU decoder,
+// with its tolerance), and the CPU decoder's greedy tokens.
+TEST(CudaDecoder, MatchesTheFullForwardAndTheCpu) {
+  SKIP_WITHOUT_DEVICE();
+  for (const ModelConfig& c : {gpt2_cfg(true), llama_cfg(false)}) {
+    SCOPED_TRACE(c.arch);
+    auto gpu = make_model(c, true, {}, &cuda::backend());
+    auto cpu = make_model(c);
+    test::randomise(*gpu, 12);
+    test::randomise(*cpu, 12);
+    gpu->params().upload_params();
+    const int T = 20;
+    test::Batch b = test::random_batch(1, T, c.vocab_size, 13);
+    auto dec = make_decoder(*gpu);
+    std::vector<float> full(c.vocab_size);
+    for (int t = 1; t <= T; ++t) {
+      const float* step = dec->feed(b.x[t - 1]);
+      gpu->forward(b.x.data(), nullptr, 1, t);
+      gpu->last_logits(full.data());
+      for (int v = 0; v < c.vocab_size; ++v)
+        ASSERT_NEAR(step[v], full[v], 1e-4 * (1 + std::abs(full[v]))) << "position " << t << " token " << v;
+    }
+    SampleOptions o;
+    o.temperature = 0;
+    o.max_new_tokens = 30;
+    o.max_context = 16;  // the cache is rebuilt on the way
+    EXPECT_EQ(generate(*gpu, {5, 6, 7}, o), generate(*cpu, {5, 6, 7}, o));
+  }
+}
+
+// llama2.c's stories260K decoded greedily on the GPU prints llama2.c's published text
+// (../shared/data/tinyllamas/README.md), as the CPU decoder does (test_convert.cpp).
+TEST(CudaDecoder, Stories260KGivesThePublishedText) {
+  SKIP_WITHOUT_DEVICE();
+  const std::filesystem::path dir = std::filesystem::path(LMF_SHARED_DIR) / "data/tinyllamas";
+  if (!std::filesystem::exists(dir / "stories260K.bin")) GTEST_SKIP() << dir << " not here";
+  auto m = make_model(read_llama2c_config(dir / "stories260K.bin"), true, {}, &cuda::backend());
+  load_llama2c(*family<Llama<float>>(*m), dir / "stories260K.bin");
+  m->params().upload_params();
+  auto tok = data::make_tokenizer("llama2c:" + (dir / "tok512.bin").string());
+  std::vector<int32_t> ids = tok->encode("Once upon a time");
+  ids.insert(ids.begin(), tok->bos_id());
+  SampleOptions o;
+  o.temperature = 0;
+  o.max_new_tokens = 57;
+  o.stop_token = tok->eot_id();
+  const std::vector<int32_t> out = generate(*m, ids, o);
+  const std::string text = "Once upon a time" + tok->decode(out);
+  const std::string published =
+      "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. "
+      "One day, she saw a big, red ball. She wanted to play with it, but it was too high.";
+  EXPECT_EQ(text.substr(0, published.size()), published) << text;
 }
 
 }  // namespace

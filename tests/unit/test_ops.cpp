@@ -448,6 +448,33 @@ void check_classifier(const Shape& s) {
   expect_close("logits", logits_t, logits_r, tol_logits);
 }
 
+// attention_decode: shape (T, NH, KVH, hs). One query over T cached positions is the last row of
+// causal attention over T rows whose last query is that one: the reference, and the bound, are
+// attention_gqa's for that row. The cache rows are padded (ld = KVH hs + 3), as a decoder's are
+// not, to check the stride.
+template <class T>
+void check_attention_decode(const Shape& s) {
+  const int T_ = s[0], NH = s[1], KVH = s[2], hs = s[3];
+  const int C = NH * hs, KC = KVH * hs, ld = KC + 3;
+  const Vec q = rand_vec((size_t)T_ * C, 54), k = rand_vec((size_t)T_ * KC, 55), v = rand_vec((size_t)T_ * KC, 56),
+            dout = rand_vec((size_t)T_ * C, 57);
+  Vec out_r(q.size()), lse_r((size_t)NH * T_);
+  ref::attention_gqa_forward(out_r.data(), lse_r.data(), q.data(), k.data(), v.data(), 1, T_, NH, KVH, hs);
+  const auto tol = test::attention_tolerance(q, k, v, dout, out_r, lse_r, 1, T_, NH, KVH, hs, tol_for<T>());
+  const size_t last = (size_t)(T_ - 1) * C;
+  std::vector<T> kp((size_t)T_ * ld, T(7)), vp((size_t)T_ * ld, T(7));  // padding that must not be read
+  for (int t = 0; t < T_; ++t)
+    for (int c = 0; c < KC; ++c) {
+      kp[(size_t)t * ld + c] = (T)k[(size_t)t * KC + c];
+      vp[(size_t)t * ld + c] = (T)v[(size_t)t * KC + c];
+    }
+  const auto q_t = cast<T>(Vec(q.begin() + (long)last, q.end()));
+  auto y = nans<T>(C), scratch = nans<T>((size_t)NH * T_);
+  attention_decode<T>(y.data(), scratch.data(), q_t.data(), kp.data(), vp.data(), T_, NH, KVH, hs, ld);
+  expect_close("y", y, Vec(out_r.begin() + (long)last, out_r.end()),
+               Vec(tol.out.begin() + (long)last, tol.out.end()));
+}
+
 // ---- optimizer kernels (float only)
 // ----------------------------------------------------------------
 void check_adamw(const Shape& s) {
@@ -515,6 +542,7 @@ const std::map<std::string, OpEntry>& op_table() {
       {"rope", {check_rope<float>, check_rope<double>}},
       {"swiglu", {check_swiglu<float>, check_swiglu<double>}},
       {"attention_gqa", {check_attention_gqa<float>, check_attention_gqa<double>}},
+      {"attention_decode", {check_attention_decode<float>, check_attention_decode<double>}},
       {"adamw", {check_adamw, nullptr}},
       {"sum_squares", {check_sum_squares, nullptr}},
       {"scale", {check_scale, nullptr}},
@@ -606,6 +634,10 @@ const std::vector<OpCase> kCases = {
     {"attention_gqa", {1, 65, 3, 1, 5}},
     {"attention_gqa", {1, 130, 8, 2, 12}},
     {"attention_gqa", {1, 300, 8, 2, 16}},
+    {"attention_decode", {1, 1, 1, 4}},
+    {"attention_decode", {37, 4, 2, 16}},
+    {"attention_decode", {65, 3, 3, 5}},
+    {"attention_decode", {300, 8, 1, 64}},
     {"adamw", {1, 1}},
     {"adamw", {33, 1}},
     {"adamw", {16385, 10}},

@@ -49,6 +49,7 @@ Backend<F> make_cpu_backend() {
       &swiglu_backward<F>,
       &attention_gqa_forward<F>,
       &attention_gqa_backward<F>,
+      &attention_decode<F>,
       &fill_host<F>,
       &copy_host<F>,
       &adamw_update,

@@ -90,7 +90,7 @@ struct GemmOnDefaultStream {
 
 // Every member of the table but matmul_precision is a pointer (on_host() is a function): a member
 // added to ops::Backend fails here until it is filled in below.
-static_assert(sizeof(ops::Backend<float>) == 32 * sizeof(void*),
+static_assert(sizeof(ops::Backend<float>) == 33 * sizeof(void*),
               "ops::Backend changed: fill the new member in make_cuda_backend()");
 
 template <ops::MatmulPrecision P>
@@ -122,6 +122,7 @@ ops::Backend<float> make_cuda_backend() {
       .swiglu_backward = OnDefaultStream<swiglu_backward>{},
       .attention_gqa_forward = GemmOnDefaultStream<attention_gqa_forward, P>{},
       .attention_gqa_backward = GemmOnDefaultStream<attention_gqa_backward, P>{},
+      .attention_decode = OnDefaultStream<attention_decode>{},
       .fill = OnDefaultStream<fill>{},
       .copy = OnDefaultStream<copy>{},
       .adamw_update = OnDefaultStream<adamw_update>{},

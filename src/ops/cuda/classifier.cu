@@ -28,6 +28,7 @@
 #include <mutex>
 
 #include "core/error.h"
+#include "ops/cuda/block_reduce.cuh"
 #include "ops/cuda/cuda_util.h"
 #include "ops/cuda/gemm.cuh"
 #include "ops/cuda/launch.cuh"
@@ -95,45 +96,6 @@ Workspace& workspace_for_current_device() {
   return (*slots)[dev];
 }
 
-// Largest over the block; all threads get the same value. shared (kCeWarps + 1). The first
-// __syncthreads also orders this call after any earlier use of shared by the same block.
-__device__ float block_max(float v, float* shared) {
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-#pragma unroll
-  for (int off = kWarp / 2; off > 0; off >>= 1) {
-    const float o = __shfl_xor_sync(0xffffffffu, v, off);
-    v = o > v ? o : v;
-  }
-  if (lane == 0) shared[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    float t = lane < kCeWarps ? shared[lane] : shared[0];
-#pragma unroll
-    for (int off = kWarp / 2; off > 0; off >>= 1) {
-      const float o = __shfl_xor_sync(0xffffffffu, t, off);
-      t = o > t ? o : t;
-    }
-    if (lane == 0) shared[kCeWarps] = t;
-  }
-  __syncthreads();
-  return shared[kCeWarps];
-}
-
-// Sum over the block in a fixed order (each warp's butterfly, then the warps' partials by warp 0's
-// butterfly); all threads get the same value. shared (kCeWarps + 1).
-__device__ float block_sum(float v, float* shared) {
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  v = warp_sum(v);
-  if (lane == 0) shared[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    const float t = warp_sum(lane < kCeWarps ? shared[lane] : 0.0f);
-    if (lane == 0) shared[kCeWarps] = t;
-  }
-  __syncthreads();
-  return shared[kCeWarps];
-}
-
 // A gradient value into dlogits: fp32 (in place of the logits) or bf16.
 __device__ __forceinline__ void store_grad(float* p, float g) { *p = g; }
 __device__ __forceinline__ void store_grad(uint16_t* p, float g) { *p = detail::to_bf16(g); }
@@ -174,8 +136,8 @@ __global__ void __launch_bounds__(kCeThreads)
       s += expf(x - m);
     }
   }
-  const float mx = block_max(m, shared);
-  const float sum = block_sum(m == -INFINITY ? 0.0f : s * expf(m - mx), shared);
+  const float mx = detail::block_max<kCeThreads>(m, shared);
+  const float sum = detail::block_sum<kCeThreads>(m == -INFINITY ? 0.0f : s * expf(m - mx), shared);
   if (kGrad) {
     // As the CPU: e * (dloss / sum), then minus dloss at the target. exp is recomputed rather
     // than stored by the sum pass: the same inputs give the same bits.

@@ -166,6 +166,11 @@ void attention_gqa_backward(float* dq, float* dk, float* dv, const float* dout, 
                             int B, int T, int NH, int KVH, int hs, cudaStream_t stream = 0,
                            ops::MatmulPrecision p = ops::MatmulPrecision::fp32);
 
+// One query against a KV cache, as ops::attention_decode (fp32): one block per query head,
+// the scores and exps through scratch (NH, T) in device memory, y summed in t order.
+void attention_decode(float* y, float* scratch, const float* q, const float* k, const float* v, int T, int NH,
+                      int KVH, int hs, int ld, cudaStream_t stream = 0);
+
 // out (B, T, C) = wte (V, C)[tokens] + wpe (T, C)[t]; wpe nullptr: no position table (RoPE
 // models). tokens (B, T) int32 ON THE DEVICE, each in [0, V) (not checked).
 void encoder_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B,
