@@ -296,37 +296,35 @@ TEST(CudaAttentionTensorCores, GroupedQuery) {
   check_attention_gqa({2, 97, 4, 1, 128}, bf16);  // hs 128, multi-query
 }
 
-// Head sizes the tensor-core kernels do not take run the fp32 kernels, with their fp32 bound.
+// A small grouped-query forward (B = 1, NH = 2, KVH = 1) on device copies of random q, k, v:
+// forward(out, lse, q, k, v, B, T, NH, KVH, hs) is called and out comes back.
+template <class Forward>
+FVec small_gqa_out(int T_, int hs, uint64_t seed, Forward&& forward) {
+  const int NH = 2, KVH = 1;
+  const size_t C = (size_t)NH * hs, KC = (size_t)KVH * hs;
+  DeviceBuffer<float> d_q(to_f(rand_vec(T_ * C, seed))), d_k(to_f(rand_vec(T_ * KC, seed + 1))),
+      d_v(to_f(rand_vec(T_ * KC, seed + 2))), out(nans(T_ * C)), lse(nans((size_t)NH * T_));
+  forward(out.data(), lse.data(), d_q.data(), d_k.data(), d_v.data(), 1, T_, NH, KVH, hs);
+  return out.to_host();
+}
+
+// Head sizes the tensor-core kernels do not take run the fp32 kernels: the same bits.
 TEST(CudaAttentionTensorCores, OtherHeadSizesStayFp32) {
   SKIP_WITHOUT_DEVICE();
-  const int T_ = 40, NH = 2, KVH = 1, hs = 24;
-  const size_t BT = T_, C = NH * hs, KC = KVH * hs;
-  const FVec q = to_f(rand_vec(BT * C, 70)), k = to_f(rand_vec(BT * KC, 71)), v = to_f(rand_vec(BT * KC, 72));
-  DeviceBuffer<float> d_q(q), d_k(k), d_v(v);
-  auto run = [&](ops::MatmulPrecision p) {
-    DeviceBuffer<float> out(nans(BT * C)), lse(nans((size_t)NH * T_));
-    cuda::attention_gqa_forward(out.data(), lse.data(), d_q.data(), d_k.data(), d_v.data(), 1, T_, NH, KVH, hs,
-                                0, p);
-    return std::pair{out.to_host(), lse.to_host()};
+  auto with = [](ops::MatmulPrecision p) {
+    return [p](auto... a) { cuda::attention_gqa_forward(a..., 0, p); };
   };
-  EXPECT_EQ(run(ops::MatmulPrecision::bf16), run(ops::MatmulPrecision::fp32));
+  EXPECT_EQ(small_gqa_out(40, 24, 70, with(ops::MatmulPrecision::bf16)),
+            small_gqa_out(40, 24, 70, with(ops::MatmulPrecision::fp32)));
 }
 
 // The backend tables pass their precision to attention: the bf16 table runs the tensor cores.
 TEST(CudaAttentionTensorCores, Bf16BackendTableRunsThem) {
   SKIP_WITHOUT_DEVICE();
-  const int T_ = 50, NH = 2, KVH = 1, hs = 32;
-  const size_t BT = T_, C = NH * hs, KC = KVH * hs;
-  const FVec q = to_f(rand_vec(BT * C, 74)), k = to_f(rand_vec(BT * KC, 75)), v = to_f(rand_vec(BT * KC, 76));
-  DeviceBuffer<float> d_q(q), d_k(k), d_v(v);
-  auto run = [&](auto&& forward) {
-    DeviceBuffer<float> out(nans(BT * C)), lse(nans((size_t)NH * T_));
-    forward(out.data(), lse.data(), d_q.data(), d_k.data(), d_v.data(), 1, T_, NH, KVH, hs);
-    return out.to_host();
-  };
-  const FVec direct = run([](auto... a) { cuda::attention_gqa_forward(a..., 0, ops::MatmulPrecision::bf16); });
-  EXPECT_EQ(run(cuda::backend(ops::MatmulPrecision::bf16).attention_gqa_forward), direct);
-  EXPECT_NE(run(cuda::backend(ops::MatmulPrecision::fp32).attention_gqa_forward), direct);
+  const FVec direct =
+      small_gqa_out(50, 32, 74, [](auto... a) { cuda::attention_gqa_forward(a..., 0, ops::MatmulPrecision::bf16); });
+  EXPECT_EQ(small_gqa_out(50, 32, 74, cuda::backend(ops::MatmulPrecision::bf16).attention_gqa_forward), direct);
+  EXPECT_NE(small_gqa_out(50, 32, 74, cuda::backend(ops::MatmulPrecision::fp32).attention_gqa_forward), direct);
 }
 
 // The shape checks run on the host before any launch: no device needed.

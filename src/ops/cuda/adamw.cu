@@ -13,22 +13,27 @@ namespace {
 
 using ops::AdamwStep;
 
+// Element i, gradient gi, weight decay wd: the update both kernels apply.
+__device__ __forceinline__ void adamw_element(float* __restrict__ p, float* __restrict__ m,
+                                              float* __restrict__ v, size_t i, float gi,
+                                              const AdamwStep& s, float wd) {
+  const float mi = s.beta1 * m[i] + (1.0f - s.beta1) * gi;
+  const float vi = s.beta2 * v[i] + (1.0f - s.beta2) * gi * gi;
+  m[i] = mi;
+  v[i] = vi;
+  const float mhat = mi * s.inv_b1c, vhat = vi * s.inv_b2c;
+  const float pi = p[i];
+  p[i] = pi - s.lr * (mhat / (sqrtf(vhat) + s.eps) + wd * pi);
+}
+
 __global__ void adamw_kernel(float* __restrict__ p, const float* __restrict__ g,
                              float* __restrict__ m, float* __restrict__ v, size_t n, AdamwStep s) {
   const size_t stride = (size_t)gridDim.x * blockDim.x;
-  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const float gi = g[i];
-    const float mi = s.beta1 * m[i] + (1.0f - s.beta1) * gi;
-    const float vi = s.beta2 * v[i] + (1.0f - s.beta2) * gi * gi;
-    m[i] = mi;
-    v[i] = vi;
-    const float mhat = mi * s.inv_b1c, vhat = vi * s.inv_b2c;
-    const float pi = p[i];
-    p[i] = pi - s.lr * (mhat / (sqrtf(vhat) + s.eps) + s.wd * pi);
-  }
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    adamw_element(p, m, v, i, g[i], s, s.wd);
 }
 
-// Block b: chunk b, its threads striding over it. The same expressions as adamw_kernel.
+// Block b: chunk b, its threads striding over it.
 __global__ void adamw_chunks_kernel(float* __restrict__ p, const float* __restrict__ g,
                                     float* __restrict__ m, float* __restrict__ v,
                                     const ops::AdamwChunk* __restrict__ chunks, AdamwStep s,
@@ -36,14 +41,7 @@ __global__ void adamw_chunks_kernel(float* __restrict__ p, const float* __restri
   const ops::AdamwChunk c = chunks[blockIdx.x];
   for (uint32_t j = threadIdx.x; j < c.size; j += blockDim.x) {
     const size_t i = c.offset + j;
-    const float gi = g[i] * gs;
-    const float mi = s.beta1 * m[i] + (1.0f - s.beta1) * gi;
-    const float vi = s.beta2 * v[i] + (1.0f - s.beta2) * gi * gi;
-    m[i] = mi;
-    v[i] = vi;
-    const float mhat = mi * s.inv_b1c, vhat = vi * s.inv_b2c;
-    const float pi = p[i];
-    p[i] = pi - s.lr * (mhat / (sqrtf(vhat) + s.eps) + c.wd * pi);
+    adamw_element(p, m, v, i, g[i] * gs, s, c.wd);
   }
 }
 

@@ -7,6 +7,26 @@
 
 namespace lmf::cuda::detail {
 
+// Device helpers of the tiled and tensor-core kernels. A row's four threads are the four lanes of
+// a quad (lanes 4j..4j+3 of one warp).
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// A block's (tile, head, batch) from blockIdx.x: tiles are taken last first, so the longest query
+// rows (most keys) start first and the short ones fill in behind them.
+__device__ __forceinline__ void block_place(int tiles, int heads, int& tile, int& head, int& b) {
+  const int x = blockIdx.x;
+  tile = tiles - 1 - x % tiles;
+  head = x / tiles % heads;
+  b = x / tiles / heads;
+}
+
 // The tiled kernels (attention_tiled.cu), for hs <= kTiledMaxHs; same contracts as the row
 // kernels of attention.cu (outputs assigned, lse (B, NH, T)).
 constexpr int kTiledMaxHs = 128;

@@ -38,15 +38,6 @@ constexpr int kWarps = 4;
 constexpr int kThreadsM = kWarps * 32;
 constexpr int kTile = 64;  // rows a block owns (4 warps of 16), and the forward's keys per step
 
-// The four lanes of a quad hold one row of a fragment.
-__device__ __forceinline__ float quad_max(float v) {
-  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-}
-__device__ __forceinline__ float quad_sum(float v) {
-  v += __shfl_xor_sync(0xffffffffu, v, 1);
-  return v + __shfl_xor_sync(0xffffffffu, v, 2);
-}
 
 // Rows [r0, r0 + R) of a (T, HS) fp32 head (row stride ld) as bf16 into shared memory:
 // row-major rm (R, HS + 8) and / or transposed tr (HS, R + 8); rows past T are zero.
@@ -128,13 +119,6 @@ __device__ __forceinline__ void product_pv(float (&out)[HS / 8][4], const float 
   }
 }
 
-// Query tiles are taken last first: the longest rows (most keys) start first.
-__device__ __forceinline__ void block_place(int tiles, int heads, int& tile, int& head, int& b) {
-  const int x = blockIdx.x;
-  tile = tiles - 1 - x % tiles;
-  head = x / tiles % heads;
-  b = x / tiles / heads;
-}
 
 template <int HS>
 __global__ void __launch_bounds__(kThreadsM)

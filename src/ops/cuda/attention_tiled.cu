@@ -37,15 +37,6 @@ constexpr int kRows = 64;        // rows a block owns (queries in forward and dq
 constexpr int kStep = 32;        // rows of the other side per step (8 per thread)
 constexpr int kPad = kStep + 1;  // a (kRows, kStep) score tile's row stride
 
-// The four threads of a row are lanes 4j..4j+3 of one warp.
-__device__ __forceinline__ float quad_max(float v) {
-  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-}
-__device__ __forceinline__ float quad_sum(float v) {
-  v += __shfl_xor_sync(0xffffffffu, v, 1);
-  return v + __shfl_xor_sync(0xffffffffu, v, 2);
-}
 
 // a (n) . b (n) in d order: the same serial dot as attention.cu's dot_serial.
 __device__ __forceinline__ float dot_in_order(const float* a, const float* b, int n) {
@@ -78,14 +69,6 @@ __device__ __forceinline__ void load_tile(float* dst, int ld, const float* src, 
   }
 }
 
-// Query tiles are taken last first: the longest rows (most keys) start first, the short ones
-// fill in behind them.
-__device__ __forceinline__ void block_place(int tiles, int heads, int& tile, int& head, int& b) {
-  const int x = blockIdx.x;
-  tile = tiles - 1 - x % tiles;
-  head = x / tiles % heads;
-  b = x / tiles / heads;
-}
 
 // A query-tile block's place (forward and dq): batch b, query head h reading kv head kh, the
 // tile's first row q0, and this thread's row r (query t, in range if row_ok) and quarter c4.
