@@ -13,6 +13,8 @@
 //  dk, dv   (block: b, kv head, 64 key rows; the group's query heads in order, 64 query rows
 //           per step from the diagonal on): S^T = k q^T, dP^T = v dout^T, dv += P^T dout,
 //           dk += dS^T q.
+// At hs = 128 both backward kernels step over 32 rows of the other side, and dk and dv are two
+// kernels, each recomputing S^T (the accumulators and fragments would not fit the registers).
 // Each output element has one owner and a fixed summation order: no atomics, deterministic. The
 // same schedule as attention_tiled.cu, whose fp32 arithmetic these kernels' tests compare with.
 //
