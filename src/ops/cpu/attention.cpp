@@ -267,7 +267,7 @@ template <MatmulPrecision P>
 void attention_forward_rounded(float* out, float* lse, const float* qkv, int B, int T_, int C, int NH) {
   LMF_CHECK(NH > 0 && C % NH == 0, "attention: C={} not divisible by NH={}", C, NH);
   const Heads g{B, T_, NH, NH, C / NH, 3 * C, 3 * C, C};
-  forward_impl<float>(out, lse, qkv, qkv + C, qkv + 2 * C, g, &round_operands<P>);
+  forward_impl<float>(out, lse, qkv, qkv + C, qkv + 2 * C, g, &round_operands_serial<P>);
 }
 
 template <MatmulPrecision P>
@@ -276,7 +276,7 @@ void attention_backward_rounded(float* dqkv, const float* dout, const float* qkv
   LMF_CHECK(NH > 0 && C % NH == 0, "attention: C={} not divisible by NH={}", C, NH);
   const Heads g{B, T_, NH, NH, C / NH, 3 * C, 3 * C, C};
   backward_impl<float>(dqkv, dqkv + C, dqkv + 2 * C, dout, qkv, qkv + C, qkv + 2 * C, out, lse, g,
-                       &round_operands<P>);
+                       &round_operands_serial<P>);
 }
 
 template <MatmulPrecision P>
@@ -284,7 +284,7 @@ void attention_gqa_forward_rounded(float* out, float* lse, const float* q, const
                                    int B, int T_, int NH, int KVH, int hs) {
   check_heads(NH, KVH, hs);
   const Heads g{B, T_, NH, KVH, hs, NH * hs, KVH * hs, NH * hs};
-  forward_impl<float>(out, lse, q, k, v, g, &round_operands<P>);
+  forward_impl<float>(out, lse, q, k, v, g, &round_operands_serial<P>);
 }
 
 template <MatmulPrecision P>
@@ -293,7 +293,7 @@ void attention_gqa_backward_rounded(float* dq, float* dk, float* dv, const float
                                     int B, int T_, int NH, int KVH, int hs) {
   check_heads(NH, KVH, hs);
   const Heads g{B, T_, NH, KVH, hs, NH * hs, KVH * hs, NH * hs};
-  backward_impl<float>(dq, dk, dv, dout, q, k, v, out, lse, g, &round_operands<P>);
+  backward_impl<float>(dq, dk, dv, dout, q, k, v, out, lse, g, &round_operands_serial<P>);
 }
 
 template void attention_forward_rounded<MatmulPrecision::bf16>(float*, float*, const float*, int, int, int, int);

@@ -70,6 +70,11 @@ void round_operands(float* dst, const float* src, size_t n) {
   for (size_t i = 0; i < n; ++i) dst[i] = round_operand(src[i], P);
 }
 
+template <MatmulPrecision P>
+void round_operands_serial(float* dst, const float* src, size_t n) {
+  for (size_t i = 0; i < n; ++i) dst[i] = round_operand(src[i], P);
+}
+
 // Scratch slots 5..7 (float): attention holds 0 and 1, the classifier 2..4.
 template <MatmulPrecision P>
 void matmul_forward_rounded(float* out, const float* inp, const float* w, const float* bias, int N,
@@ -114,6 +119,7 @@ double classifier_ce_forward_rounded(float* losses, float* dx, float* dw, const 
 
 #define LMF_ROUNDED(P)                                                                              \
   template void round_operands<P>(float*, const float*, size_t);                                   \
+  template void round_operands_serial<P>(float*, const float*, size_t);                            \
   template void matmul_forward_rounded<P>(float*, const float*, const float*, const float*, int,   \
                                           int, int);                                               \
   template void matmul_backward_rounded<P>(float*, float*, float*, const float*, const float*,     \

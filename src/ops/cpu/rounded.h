@@ -12,6 +12,10 @@ namespace lmf::ops::cpu {
 // dst[i] = round_operand(src[i], P) for i < n (dst may equal src).
 template <MatmulPrecision P>
 void round_operands(float* dst, const float* src, size_t n);
+// The same on the calling thread only: for ops that round inside their own parallel loop, where
+// round_operands' (serialised) nested region would cost more than the rounding of a row.
+template <MatmulPrecision P>
+void round_operands_serial(float* dst, const float* src, size_t n);
 
 // matmul_forward / matmul_backward / classifier_logits / classifier_ce_forward of ops.h with
 // every GEMM operand rounded to P; the bias and its gradient (a column sum of the unrounded dout),
