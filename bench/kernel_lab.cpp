@@ -423,6 +423,20 @@ void BM_attention(benchmark::State& st) {
   set_tflops(st, 2.0 * fwd_flops);
 }
 
+// One decoding step's attention over a KV cache of range(0) positions, GPT-2 124M's heads (12 x
+// 64): the cache is read once (2 T C floats).
+void BM_attention_decode(benchmark::State& st) {
+  if (!need_device(st)) return;
+  const int T = int(st.range(0)), C = kC, NH = kNH, hs = kC / kNH;
+  auto q = rand_vec(C, 38), k = rand_vec(size_t(T) * C, 39), v = rand_vec(size_t(T) * C, 40);
+  FVec ref(C), scratch(size_t(NH) * T);
+  ops::attention_decode(ref.data(), scratch.data(), q.data(), k.data(), v.data(), T, NH, NH, hs, C);
+  DeviceBuffer<float> dq(q), dk(k), dv(v), dy(C), ds(size_t(NH) * T);
+  auto launch = [&] { cuda::attention_decode(dy.data(), ds.data(), dq.data(), dk.data(), dv.data(), T, NH, NH, hs, C); };
+  launch();
+  run(st, launch, 4.0 * 2.0 * T * C, max_err(dy.to_host(), ref));
+}
+
 void BM_encoder(benchmark::State& st) {
   if (!need_device(st)) return;
   const int B = kB, T = kT, C = kC, V = 50257;
@@ -493,6 +507,7 @@ LAB(BM_scale);
 LAB(BM_matmul_forward)->ArgsProduct({{3 * kC, 4 * kC}, {kC}, {0, 1, 2}})->ArgsProduct({{kC}, {4 * kC}, {0, 1, 2}});
 LAB(BM_matmul_backward)->ArgsProduct({{3 * kC, 4 * kC}, {kC}, {0, 1, 2}})->ArgsProduct({{kC}, {4 * kC}, {0, 1, 2}});
 LAB(BM_adamw_step)->Arg(0)->Arg(1);
+LAB(BM_attention_decode)->Arg(64)->Arg(1024)->Arg(8192);
 LAB(BM_attention)->ArgsProduct({{0, 1}, {0, 1, 2}});
 LAB(BM_encoder)->Arg(0)->Arg(1);
 LAB(BM_classifier_ce);
