@@ -297,6 +297,10 @@ TEST_F(Cli, CudaWithoutADeviceIsOneLine) {
   expect_user_error(run_lmforge("eval --run " + run.string() + " --device cuda --matmul-precision fp32", t.path()),
                     "cuda");
   expect_user_error(run_lmforge("eval --run " + run.string() + " --device tpu", t.path()), "--device");
+  expect_user_error(run_lmforge("sample --run " + run.string() + " --prompt x --device cuda", t.path()), "cuda");
+  expect_user_error(run_lmforge("sample --run " + run.string() + " --prompt x --device tpu", t.path()), "--device");
+  expect_user_error(run_lmforge("sample --run " + run.string() + " --prompt x --matmul-precision fp8", t.path()),
+                    "--matmul-precision");
 }
 
 TEST_F(Cli, VocabularyLargerThanModel) {
