@@ -273,8 +273,8 @@ INSTANTIATE_TEST_SUITE_P(Kernels, CudaAttentionKernels,
                            return info.param == cuda::AttentionKernel::tiled ? "tiled" : "rowwise";
                          });
 
-// The tensor-core kernels (matmul_precision = bf16; attention_mma.cu): head sizes 16, 32, 64 and
-// 128 (others run the fp32 kernels), T below, at and past the 64-row tiles, every warp of a tile
+// The tensor-core kernels (matmul_precision = bf16; attention_mma.cu): head sizes that are
+// multiples of 16 up to 128 (others run the fp32 kernels), T below, at and past the 64-row tiles, every warp of a tile
 // partly past T, GQA and MQA groups.
 TEST(CudaAttentionTensorCores, MultiHead) {
   SKIP_WITHOUT_DEVICE();
@@ -284,6 +284,8 @@ TEST(CudaAttentionTensorCores, MultiHead) {
   check_attention(2, 65, 2, 32, bf16);   // two tiles, the second of one row
   check_attention(1, 200, 2, 64, bf16);  // GPT-2's head size, four tiles
   check_attention(1, 100, 2, 128, bf16);  // Llama 2 / 3's: 32-row steps, dk and dv in two kernels
+  check_attention(1, 70, 2, 48, bf16);    // 3 k-slabs of 16
+  check_attention(1, 45, 2, 80, bf16);    // Phi-2's: 5 k-slabs, the 32-row steps
   check_attention(1, 1024, 12, 64, bf16);  // GPT-2 124M's heads at T = 1024 (25 s emulated)
 }
 
@@ -294,6 +296,7 @@ TEST(CudaAttentionTensorCores, GroupedQuery) {
   check_attention_gqa({1, 70, 4, 1, 32}, bf16);   // multi-query
   check_attention_gqa({1, 130, 4, 2, 64}, bf16);  // three tiles, the last of two rows
   check_attention_gqa({2, 97, 4, 1, 128}, bf16);  // hs 128, multi-query
+  check_attention_gqa({1, 66, 4, 2, 96}, bf16);
 }
 
 // A small grouped-query forward (B = 1, NH = 2, KVH = 1) on device copies of random q, k, v:

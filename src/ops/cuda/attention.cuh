@@ -36,7 +36,7 @@ void tiled_backward(float* dq, float* dk, float* dv, const float* dout, const fl
                     const float* v, const float* out, const float* lse, const Heads& g, cudaStream_t stream);
 
 // The tensor-core kernels (attention_mma.cu: bf16 products, fp32 softmax and sums), for head
-// sizes 16, 32, 64 and 128 (mma_supported); same contracts.
+// sizes that are multiples of 16 up to 128 (mma_supported); same contracts.
 bool mma_supported(const Heads& g);
 void mma_forward(float* out, float* lse, const float* q, const float* k, const float* v, const Heads& g,
                  cudaStream_t stream);

@@ -13,7 +13,7 @@
 //  dk, dv   (block: b, kv head, 64 key rows; the group's query heads in order, 64 query rows
 //           per step from the diagonal on): S^T = k q^T, dP^T = v dout^T, dv += P^T dout,
 //           dk += dS^T q.
-// At hs = 128 both backward kernels step over 32 rows of the other side, and dk and dv are two
+// Above hs = 64 both backward kernels step over 32 rows of the other side, and dk and dv are two
 // kernels, each recomputing S^T (the accumulators and fragments would not fit the registers).
 // Each output element has one owner and a fixed summation order: no atomics, deterministic. The
 // same schedule as attention_tiled.cu, whose fp32 arithmetic these kernels' tests compare with.
@@ -212,7 +212,7 @@ __device__ __forceinline__ float row_dot(const float* a, const float* b) {
   return s;
 }
 
-// S: keys per step (64; 32 for hs = 128, which keeps the tiles in 48 KB of static shared memory).
+// S: keys per step (64; 32 above hs = 64, which keeps the tiles in 48 KB of static shared memory).
 template <int HS, int S>
 __global__ void __launch_bounds__(kThreadsM)
     dq_mma(float* __restrict__ dq, const float* __restrict__ dout, const float* __restrict__ q,
@@ -279,7 +279,7 @@ __global__ void __launch_bounds__(kThreadsM)
   }
 }
 
-// S: queries per step (as dq_mma). kParts: 3 computes dk and dv; for hs = 128, where both
+// S: queries per step (as dq_mma). kParts: 3 computes dk and dv; above hs = 64, where both
 // accumulators and the k, v fragments would not fit the registers, 1 (dk only) and 2 (dv only)
 // run as two kernels, each recomputing the scores.
 template <int HS, int S, int kParts>
@@ -367,15 +367,19 @@ void dispatch_hs(int hs, F f) {
   switch (hs) {
     case 16: return f(std::integral_constant<int, 16>{});
     case 32: return f(std::integral_constant<int, 32>{});
+    case 48: return f(std::integral_constant<int, 48>{});
     case 64: return f(std::integral_constant<int, 64>{});
+    case 80: return f(std::integral_constant<int, 80>{});
+    case 96: return f(std::integral_constant<int, 96>{});
+    case 112: return f(std::integral_constant<int, 112>{});
     case 128: return f(std::integral_constant<int, 128>{});
-    default: LMF_CHECK(false, "tensor-core attention: head size {} not 16, 32, 64 or 128", hs);
+    default: LMF_CHECK(false, "tensor-core attention: head size {} not a multiple of 16 up to 128", hs);
   }
 }
 
 }  // namespace
 
-bool mma_supported(const Heads& g) { return g.hs == 16 || g.hs == 32 || g.hs == 64 || g.hs == 128; }
+bool mma_supported(const Heads& g) { return g.hs % 16 == 0 && g.hs >= 16 && g.hs <= 128; }
 
 void mma_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                  const Heads& g, cudaStream_t stream) {

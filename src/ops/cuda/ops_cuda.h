@@ -129,7 +129,7 @@ void set_classifier_chunk_rows(int rows);
 
 // Precision p: as the GEMMs' (ops::MatmulPrecision). bf16 runs the products of q k^T, P v and
 // the backward's four on the tensor cores (attention_mma.cu: bf16 operands, fp32 softmax, sums
-// and storage) for head sizes 16, 32, 64 and 128; other head sizes, and fp32 and tf32, run the fp32
+// and storage) for head sizes that are multiples of 16 up to 128; other head sizes, and fp32 and tf32, run the fp32
 // kernels chosen below.
 //
 // Which kernels the attention ops below run, process-wide: `rowwise` (attention.cu: one warp
