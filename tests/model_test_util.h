@@ -6,10 +6,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "core/rng.h"
+#include "infer/decoder.h"
 #include "model/model_config.h"
 
 namespace lmf::test {
@@ -119,6 +121,27 @@ void expect_float_matches_double(ModelF& mf, ModelD& md, int B, int T, int V) {
     dmax = std::max(dmax, std::abs(pd.grads()[k] - double(pf.grads()[k])));
   }
   EXPECT_LT(dmax, 1e-4 * gmax);
+}
+
+// Decoding tokens (T) one at a time through make_decoder(m) gives, at every position, the logits
+// of a full forward over the prefix, within 1e-4 relative: the decoder's ops and the forward's
+// differ in summation order only (a decoder is the forward, one row at a time, over a cache).
+// Returns the decoder, at position T.
+inline std::unique_ptr<Decoder> expect_decoder_follows_forward(Model& m, const std::vector<int32_t>& tokens,
+                                                               int V) {
+  auto dec = make_decoder(m);
+  std::vector<float> full(V);
+  const int T = int(tokens.size());
+  for (int t = 1; t <= T; ++t) {
+    const float* step = dec->feed(tokens[t - 1]);
+    m.forward(tokens.data(), nullptr, 1, t);
+    m.last_logits(full.data());
+    for (int v = 0; v < V; ++v) {
+      EXPECT_NEAR(step[v], full[v], 1e-4 * (1 + std::abs(full[v]))) << "position " << t << " token " << v;
+      if (std::abs(step[v] - full[v]) > 1e-4 * (1 + std::abs(full[v]))) return dec;
+    }
+  }
+  return dec;
 }
 
 }  // namespace lmf::test

@@ -86,16 +86,8 @@ void expect_decoder_matches_forward(const ModelConfig& c, uint64_t seed) {
     m->params().params()[i] = float(0.3 * philox_normal2(seed, 0, i)[0]);
   const int T = c.block_size;
   test::Batch b = test::random_batch(1, T, c.vocab_size, seed + 1);
-  auto dec = make_decoder(*m);
-  ASSERT_EQ(dec->capacity(), T);
-  std::vector<float> full(c.vocab_size);
-  for (int t = 1; t <= T; ++t) {
-    const float* step = dec->feed(b.x[t - 1]);
-    m->forward(b.x.data(), nullptr, 1, t);
-    m->last_logits(full.data());
-    for (int v = 0; v < c.vocab_size; ++v)
-      ASSERT_NEAR(step[v], full[v], 1e-4 * (1 + std::abs(full[v]))) << "position " << t << " token " << v;
-  }
+  auto dec = test::expect_decoder_follows_forward(*m, b.x, c.vocab_size);
+  EXPECT_EQ(dec->capacity(), T);
   EXPECT_EQ(dec->position(), T);
   dec->reset();
   EXPECT_THROW(dec->feed(-1), UserError);
