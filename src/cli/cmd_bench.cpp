@@ -17,7 +17,7 @@ void add_bench(CLI::App& app) {
     int L = 12, C = 768, H = 12, vocab = 50257, B = 4, T = 64, steps = 7, warmup = 2, threads = 0, KV = 0, ffn = 0;
     std::string arch = "gpt2", device = "cpu", precision = "fp32";
     double peak_tflops = 0;
-    bool profile = false;
+    bool profile = false, recompute_mlp = true;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("--arch", o->arch, "model family: gpt2 | llama")->capture_default_str();
@@ -37,6 +37,9 @@ void add_bench(CLI::App& app) {
                   "peak for MFU; 0 = this machine's measured sgemm rate (cpu), no MFU (cuda)")
       ->capture_default_str();
   cmd->add_option("--device", o->device, "cpu | cuda")->capture_default_str();
+  cmd->add_option("--recompute-mlp", o->recompute_mlp,
+                  "recompute the MLP activation in backward (true) or keep it (false): [model] recompute_mlp")
+      ->capture_default_str();
   cmd->add_flag("--profile", o->profile,
                 "time every op (each waits for its end): adds \"ops\" to the JSON line and prints a table to stderr");
   cmd->add_option("--matmul-precision", o->precision,
@@ -63,13 +66,14 @@ void add_bench(CLI::App& app) {
     mc.n_head = o->H;
     mc.vocab_size = o->vocab;
     mc.block_size = o->T;
+    mc.recompute_mlp = o->recompute_mlp;
     const bool on_cpu = be->on_host();
     const double sgemm = on_cpu ? measure_sgemm_tflops() : 0.0;
     const double peak = o->peak_tflops > 0 ? o->peak_tflops : sgemm;
     auto r = bench_train_step(mc, o->B, o->T, o->steps, o->warmup, 0, be, o->profile);
     nlohmann::json j = {{"impl", "lmforge"}, {"arch", o->arch}, {"KV", mc.kv_heads()}, {"ffn", mc.ffn_size()},
                         {"L", o->L}, {"C", o->C}, {"H", o->H}, {"vocab", o->vocab}, {"B", o->B}, {"T", o->T},
-                        {"device", o->device}, {"matmul_precision", o->precision}, {"threads", num_threads()},
+                        {"device", o->device}, {"matmul_precision", o->precision}, {"recompute_mlp", o->recompute_mlp}, {"threads", num_threads()},
                         {"params", r.params},
                         {"ms_per_step", std::round(r.ms_per_step * 100) / 100},
                         {"tokens_per_s", std::round(r.tokens_per_s * 10) / 10},

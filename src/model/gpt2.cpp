@@ -91,6 +91,7 @@ nn::Gpt2Block<F> Gpt2<F>::block_shape() const {
   b.NH = tp_.part(cfg_.n_head);
   b.A = tp_.part(cfg_.n_embd);
   b.M = tp_.part(4 * cfg_.n_embd);
+  b.recompute_mlp = cfg_.recompute_mlp;
   b.tp = tp_;
   return b;
 }

@@ -128,6 +128,7 @@ nn::LlamaBlock<F> Llama<F>::block_shape() const {
   b.H = tp_.part(H_);
   b.inv_freq = dinv_freq_.data();
   b.interleaved = cfg_.rope_interleaved;
+  b.recompute_mlp = cfg_.recompute_mlp;
   b.tp = tp_;
   return b;
 }

@@ -14,6 +14,9 @@ struct ModelConfig {
   int block_size = 256;       // maximum context length (positions in wpe)
   bool tied_embeddings = true;  // classifier shares the token embedding (GPT-2)
   double init_std = 0.02;     // GPT-2 init; residual projections use init_std / sqrt(2 n_layer)
+  // Memory policy, not shape: recompute the MLP's activation (GELU / SwiGLU output, (N, ffn) per
+  // block) in backward rather than keep it. The numbers are the same either way.
+  bool recompute_mlp = true;
   // Llama family (ignored by gpt2).
   int n_kv_head = 0;          // 0 = n_head
   int ffn_hidden = 0;         // llama MLP width; 0 = ffn_size()'s default

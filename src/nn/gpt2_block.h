@@ -16,6 +16,7 @@ struct Gpt2Block {
   int NH = 0;  // this rank's heads
   int A = 0;   // this rank's attention width, NH * head size (C without tensor parallelism)
   int M = 0;   // this rank's MLP hidden width (4C without tensor parallelism)
+  bool recompute_mlp = true;  // GELU's output recomputed in backward (else kept in Saved::act)
   TensorParallel tp;
   const ops::Backend<F>* be = &ops::cpu_backend<F>();  // every buffer in its memory
 
@@ -35,18 +36,19 @@ struct Gpt2Block {
     F* res;                   // (N, C) x + attention branch
     F* ln2;                   // (N, C)
     LayerNorm<F>::Saved ln2s;
-    F* fch;                   // (N, M) fc output, before GELU (GELU is recomputed in backward)
+    F* fch;                   // (N, M) fc output, before GELU
+    F* act;                   // (N, M) GELU output; nullptr when recompute_mlp (recomputed in backward)
   };
   // Buffers shared by all blocks, reused layer after layer.
   struct Scratch {
-    F* wide;     // (N, M): GELU output in forward / recomputed in backward
+    F* wide;     // (N, M): GELU output in forward / recomputed in backward (with recompute_mlp)
     F* dwide;    // (N, M)
     F* dnarrow;  // (N, C)
     F* dqkv;     // (N, 3A)
   };
   size_t saved_size(int B, int T) const {
     size_t N = size_t(B) * T;
-    return N * C * 3 + N * 4 * A + N * M + N * 4 + size_t(B) * NH * T;  // as carve() takes it
+    return N * C * 3 + N * 4 * A + N * M * (recompute_mlp ? 1 : 2) + N * 4 + size_t(B) * NH * T;  // as carve()
   }
   Saved carve(F*& p, int B, int T) const {
     size_t N = size_t(B) * T;
@@ -61,6 +63,7 @@ struct Gpt2Block {
     s.ln2 = take(N * C);
     s.ln2s = {take(N), take(N)};
     s.fch = take(N * M);
+    s.act = recompute_mlp ? nullptr : take(N * M);
     return s;
   }
   size_t scratch_size(int B, int T) const { return size_t(B) * T * (2 * size_t(M) + C + 3 * size_t(A)); }
@@ -85,8 +88,9 @@ struct Gpt2Block {
     be->residual_forward(s.res, x, sc.dnarrow, size_t(N) * C);
     ln2.forward(s.ln2, s.ln2s, s.res, N);
     fc.forward(s.fch, s.ln2, N);
-    be->gelu_forward(sc.wide, s.fch, size_t(N) * M);
-    fcproj.forward(out, sc.wide, N);
+    F* act = recompute_mlp ? sc.wide : s.act;
+    be->gelu_forward(act, s.fch, size_t(N) * M);
+    fcproj.forward(out, act, N);
     tp.all_reduce(out, size_t(N) * C);
     be->residual_forward(out, out, s.res, size_t(N) * C);
   }
@@ -95,8 +99,12 @@ struct Gpt2Block {
   void backward(F* dres /*(N,C)*/, const F* x /*(N,C)*/, const Saved& s, Scratch& sc, int B, int T) const {
     int N = B * T;
     size_t nm = size_t(N) * M;
-    be->gelu_forward(sc.wide, s.fch, nm);              // recompute instead of storing (N, M)
-    fcproj.backward(sc.dwide, dres, sc.wide, N);        // dgelu
+    const F* act = s.act;
+    if (recompute_mlp) {
+      be->gelu_forward(sc.wide, s.fch, nm);  // recompute instead of storing (N, M)
+      act = sc.wide;
+    }
+    fcproj.backward(sc.dwide, dres, act, N);            // dgelu
     be->gelu_backward(sc.dwide, s.fch, sc.dwide, nm);  // dfch (in place)
     fc.backward(sc.dnarrow, sc.dwide, s.ln2, N);        // dln2 (this rank's columns' part)
     tp.all_reduce(sc.dnarrow, size_t(N) * C);

@@ -31,6 +31,7 @@ struct LlamaBlock {
   int C = 0, NH = 0, KVH = 0, hs = 0, H = 0;  // width, heads, kv heads, head size, ffn hidden
   const double* inv_freq = nullptr;  // (hs/2) RoPE frequencies, owned by the model
   bool interleaved = false;
+  bool recompute_mlp = true;  // SwiGLU's output recomputed in backward (else kept in Saved::act)
   TensorParallel tp;
   const ops::Backend<F>* be = &ops::cpu_backend<F>();  // inv_freq and every buffer in its memory
 
@@ -57,6 +58,7 @@ struct LlamaBlock {
     F* rstd2;  // (N)
     F* g;      // (N, H) gate_proj output
     F* u;      // (N, H) up_proj output
+    F* act;    // (N, H) SwiGLU output; nullptr when recompute_mlp (recomputed in backward)
   };
   // Buffers shared by all blocks, reused layer after layer.
   struct Scratch {
@@ -71,7 +73,8 @@ struct LlamaBlock {
   };
   size_t saved_size(int B, int T) const {
     size_t N = size_t(B) * T, Q = q_dim(), KV = kv_dim();
-    return N * C * 3 + N * 2 * Q + N * 2 + N * 2 * KV + size_t(B) * NH * T + N * 2 * H;  // as carve() takes it
+    return N * C * 3 + N * 2 * Q + N * 2 + N * 2 * KV + size_t(B) * NH * T +
+           N * H * (recompute_mlp ? 2 : 3);  // as carve() takes it
   }
   Saved carve(F*& p, int B, int T) const {
     size_t N = size_t(B) * T, Q = q_dim(), KV = kv_dim();
@@ -89,6 +92,7 @@ struct LlamaBlock {
     s.rstd2 = take(N);
     s.g = take(N * H);
     s.u = take(N * H);
+    s.act = recompute_mlp ? nullptr : take(N * H);
     return s;
   }
   size_t scratch_size(int B, int T) const {
@@ -125,8 +129,9 @@ struct LlamaBlock {
     ffn_norm.forward(s.h2, s.rstd2, s.res, N);
     gate.forward(s.g, s.h2, N);
     up.forward(s.u, s.h2, N);
-    be->swiglu_forward(sc.wide, s.g, s.u, size_t(N) * H);
-    down.forward(out, sc.wide, N);
+    F* act = recompute_mlp ? sc.wide : s.act;
+    be->swiglu_forward(act, s.g, s.u, size_t(N) * H);
+    down.forward(out, act, N);
     tp.all_reduce(out, size_t(N) * C);
     be->residual_forward(out, out, s.res, size_t(N) * C);
   }
@@ -135,8 +140,12 @@ struct LlamaBlock {
   void backward(F* dres /*(N,C)*/, const F* x /*(N,C)*/, const Saved& s, Scratch& sc, int B, int T) const {
     int N = B * T;
     size_t nc = size_t(N) * C, nh = size_t(N) * H;
-    be->swiglu_forward(sc.wide, s.g, s.u, nh);  // recompute instead of storing (N, H)
-    down.backward(sc.dwide, dres, sc.wide, N);
+    const F* act = s.act;
+    if (recompute_mlp) {
+      be->swiglu_forward(sc.wide, s.g, s.u, nh);  // recompute instead of storing (N, H)
+      act = sc.wide;
+    }
+    down.backward(sc.dwide, dres, act, N);
     be->swiglu_backward(sc.wide /*dgate*/, sc.dup, sc.dwide, s.g, s.u, nh);
     gate.backward(sc.dnarrow, sc.wide, s.h2, N);
     up.backward(sc.dnarrow2, sc.dup, s.h2, N);

@@ -35,6 +35,9 @@ std::vector<Field> fields(RunConfig& c) {
       {"model", "vocab_size", &c.model.vocab_size, "vocabulary size; 0 = from the data's shards"},
       {"model", "block_size", &c.model.block_size, "maximum context length (learned positions)"},
       {"model", "tied_embeddings", &c.model.tied_embeddings, "classifier shares the token embedding"},
+      {"model", "recompute_mlp", &c.model.recompute_mlp,
+       "recompute the MLP activation (GELU / SwiGLU output) in backward instead of keeping it: less memory "
+       "(batch x seq x ffn values per layer), one more elementwise pass; the same numbers"},
       {"model", "init_std", &c.model.init_std,
        "std of the normal init; residual projections get init_std / sqrt(2 n_layer)"},
       {"model", "n_kv_head", &c.model.n_kv_head, "llama: key/value heads (grouped-query attention); 0 = n_head"},

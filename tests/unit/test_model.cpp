@@ -7,6 +7,9 @@
 #include <omp.h>
 
 #include <cmath>
+#include <string>
+#include <tuple>
+#include <vector>
 
 #include "core/rng.h"
 #include "core/error.h"
@@ -118,6 +121,32 @@ TEST(Decoder, LlamaKvCacheMatchesFullForward) {
     c.rope_original_context = 6;
     c.tied_embeddings = variant != 1;
     expect_decoder_matches_forward(c, 20 + variant);
+  }
+}
+
+// [model] recompute_mlp = false keeps the MLP's activation (GELU / SwiGLU output) instead of
+// recomputing it in backward: the same loss and gradients bit for bit, and exactly one
+// (B T, ffn) buffer more per block.
+TEST(Model, KeepingTheMlpActivationChangesMemoryNotNumbers) {
+  for (const std::string arch : {"gpt2", "llama"}) {
+    SCOPED_TRACE(arch);
+    ModelConfig c = test::small_config(arch, /*tied=*/false, 16, 13, 8);
+    const int B = 2, T = 8;
+    auto run = [&](bool recompute) {
+      c.recompute_mlp = recompute;
+      auto m = make_model(c);
+      test::randomise(*m, 4);
+      test::Batch b = test::random_batch(B, T, c.vocab_size, 5);
+      const double loss = m->forward(b.x.data(), b.y.data(), B, T, 1.0 / (B * T));
+      m->backward();
+      const float* g = m->params().grads();
+      return std::tuple{loss, std::vector<float>(g, g + m->params().flat_size()), m->activation_bytes()};
+    };
+    const auto [l1, g1, bytes1] = run(true);
+    const auto [l0, g0, bytes0] = run(false);
+    EXPECT_EQ(l0, l1);
+    EXPECT_EQ(g0, g1);
+    EXPECT_EQ(bytes0 - bytes1, size_t(c.n_layer) * B * T * c.ffn_size() * sizeof(float));
   }
 }
 
