@@ -52,9 +52,13 @@ float clip_scale(double norm, double max_norm) {
   return max_norm > 0 && norm > max_norm && std::isfinite(norm) ? static_cast<float>(max_norm / norm) : 1.0f;
 }
 
-double clip_grad_norm(ParamStore<float>& ps, double max_norm, const ops::Backend<float>& be) {
+double grad_norm(const ParamStore<float>& ps, const ops::Backend<float>& be) {
   // Padding between entries is zero in the gradient buffer, so the flat sum is exact.
-  double norm = std::sqrt(be.sum_squares(ps.dev_grads(), ps.flat_size()));
+  return std::sqrt(be.sum_squares(ps.dev_grads(), ps.flat_size()));
+}
+
+double clip_grad_norm(ParamStore<float>& ps, double max_norm, const ops::Backend<float>& be) {
+  const double norm = grad_norm(ps, be);
   const float s = clip_scale(norm, max_norm);
   if (s != 1.0f) be.scale(ps.dev_grads(), s, ps.flat_size());
   return norm;

@@ -50,9 +50,10 @@ class AdamW {
   Array<ops::AdamwChunk> chunks_;  // offsets relative to lo
 };
 
-// Global L2 norm of all gradients (the compute copy, dev_grads, in be's memory); if max_norm > 0
-// and the norm exceeds it, scales the gradients down to max_norm. Returns the norm before
-// clipping.
+// Global L2 norm of all gradients (the compute copy, dev_grads, in be's memory).
+double grad_norm(const ParamStore<float>& ps, const ops::Backend<float>& be);
+// grad_norm, and if max_norm > 0 and the norm exceeds it, scales the gradients down to max_norm.
+// Returns the norm before clipping.
 double clip_grad_norm(ParamStore<float>& ps, double max_norm, const ops::Backend<float>& be = ops::cpu_backend<float>());
 // The factor clipping applies for a gradient norm: max_norm / norm when max_norm > 0 and the
 // norm exceeds it (and is finite), else 1. AdamW::step takes it as grad_scale.

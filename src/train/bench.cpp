@@ -38,8 +38,7 @@ BenchResult bench_train_step(const ModelConfig& cfg, int B, int T, int steps, in
     r.loss = model.forward(x.data(), y.data(), B, T, 1.0 / (double(B) * T));
     model.backward();
     // As the trainer: the norm, then the clipping factor folded into the update.
-    const double norm = std::sqrt(backend.sum_squares(model.params().dev_grads(), model.params().flat_size()));
-    opt.step(model.params(), 1e-4, clip_scale(norm, 1.0));
+    opt.step(model.params(), 1e-4, clip_scale(grad_norm(model.params(), backend), 1.0));
     backend.synchronize();
     if (s >= warmup) times.push_back(t.seconds());
   }

@@ -152,8 +152,8 @@ struct LtKey {
   int m, n, k, lda, ldb, ldc;
   cublasOperation_t ta, tb;
   ops::MatmulPrecision p;
-  uint32_t align_a, align_b, align_c, align_bias;
-  auto tie() const { return std::tie(m, n, k, lda, ldb, ldc, ta, tb, p, align_a, align_b, align_c, align_bias); }
+  uint32_t align_a, align_b, align_c;
+  auto tie() const { return std::tie(m, n, k, lda, ldb, ldc, ta, tb, p, align_a, align_b, align_c); }
   bool operator<(const LtKey& o) const { return tie() < o.tie(); }
 };
 
@@ -234,8 +234,7 @@ bool gemm_bias_lt(ops::MatmulPrecision p, cublasOperation_t ta, cublasOperation_
     LMF_CUBLAS_CHECK(cublasLtCreate(&slot.handle));
     slot.workspace = device_malloc(kLtWorkspaceBytes);
   }
-  const LtKey key{m, n, k, lda, ldb, ldc, ta, tb, p, alignment_of(A), alignment_of(B), alignment_of(D),
-                  alignment_of(bias)};
+  const LtKey key{m, n, k, lda, ldb, ldc, ta, tb, p, alignment_of(A), alignment_of(B), alignment_of(D)};
   auto it = slot.plans.find(key);
   if (it == slot.plans.end()) it = slot.plans.emplace(key, make_plan(slot.handle, key)).first;
   const LtPlan& plan = it->second;
