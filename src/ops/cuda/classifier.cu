@@ -74,18 +74,21 @@ struct Workspace {
   } dlogits16, w16, x16;
 };
 
-// b holds at least n values (grown, contents not kept). The caller holds the workspace's mutex,
-// and the previous call ended with a stream synchronise, so the old buffer is idle.
-uint16_t* reserve(Workspace::Bits& b, size_t n) {
-  if (b.cap < n) {
-    device_free(b.p, b.cap * sizeof(uint16_t));
-    b.p = nullptr;
-    b.cap = 0;
-    b.p = static_cast<uint16_t*>(device_malloc(n * sizeof(uint16_t)));
-    b.cap = n;
+// p holds at least n values of T (grown, contents not kept); cap is its size. The caller holds
+// the workspace's mutex, and the previous call ended with a stream synchronise, so the old
+// buffer is idle.
+template <class T>
+T* reserve(T*& p, size_t& cap, size_t n) {
+  if (cap < n) {
+    device_free(p, cap * sizeof(T));
+    p = nullptr;
+    cap = 0;
+    p = static_cast<T*>(device_malloc(n * sizeof(T)));
+    cap = n;
   }
-  return b.p;
+  return p;
 }
+uint16_t* reserve(Workspace::Bits& b, size_t n) { return reserve(b.p, b.cap, n); }
 
 Workspace& workspace_for_current_device() {
   int dev = 0;
@@ -194,14 +197,7 @@ double classifier_ce_forward(float* losses, float* dx, float* dw, const float* x
   Workspace& ws = workspace_for_current_device();
   std::lock_guard<std::mutex> lock(ws.mu);
   const size_t need = (size_t)chunk * V;
-  if (ws.cap < need) {
-    // The previous call ended with a stream synchronise: the old block is idle.
-    device_free(ws.logits, ws.cap * sizeof(float));
-    ws.logits = nullptr;
-    ws.cap = 0;
-    ws.logits = static_cast<float*>(device_malloc(need * sizeof(float)));
-    ws.cap = need;
-  }
+  reserve(ws.logits, ws.cap, need);
   if (ws.result == nullptr)
     ws.result = static_cast<CeResult*>(device_malloc(sizeof(CeResult)));
   LMF_CUDA_CHECK(
