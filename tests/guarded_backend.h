@@ -16,6 +16,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -70,8 +71,16 @@ class Guarded {
   }
 
   static const MemorySpace& space() {
-    static const MemorySpace s{"guarded", false, &allocate, &deallocate, &copy_in, &copy_out, &zero};
+    static const VirtualMemory vm{&granularity, &reserve, &free_reserved, &map, &unmap};
+    static const MemorySpace s{"guarded", false, &allocate, &deallocate, &copy_in, &copy_out, &zero, &vm};
     return s;
+  }
+  // Granules of the virtual memory: two pages, so that ranges that end inside one are exercised.
+  static size_t granularity() { return 2 * size_t(sysconf(_SC_PAGESIZE)); }
+  // Bytes of reserved addresses backed now (mapped), over every reservation.
+  size_t mapped_bytes() {
+    std::lock_guard lk(mu_);
+    return mapped_.size() * granularity();
   }
 
  private:
@@ -110,11 +119,66 @@ class Guarded {
   }
   void protect(int prot) {
     for (const auto& [p, n] : ranges_)
-      if (mprotect(const_cast<char*>(p), n, prot) != 0) throw Error("guarded memory: mprotect failed");
+      if (reserved_.contains(p)) {
+        // A reservation opens only where it is mapped: released granules fault even inside an op.
+        // Runs of adjacent mapped granules, one call each.
+        for (auto it = mapped_.lower_bound(p); it != mapped_.end() && *it < p + n;) {
+          const char* a = *it;
+          const char* b = a + granularity();
+          while (++it != mapped_.end() && *it == b) b += granularity();
+          if (mprotect(const_cast<char*>(a), size_t(b - a), prot) != 0) throw Error("guarded memory: mprotect failed");
+        }
+      } else if (mprotect(const_cast<char*>(p), n, prot) != 0) {
+        throw Error("guarded memory: mprotect failed");
+      }
+  }
+  // The virtual memory: a reservation is an allocation of the space (ops may be handed pointers
+  // into it) whose granules stay without access until mapped, and lose their contents (poisoned
+  // with NaN bytes, so a read of released values that were not committed again shows) when unmapped.
+  static void* reserve(size_t bytes) {
+    LMF_CHECK(bytes % granularity() == 0, "guarded reserve of {} bytes", bytes);
+    std::lock_guard lk(get().mu_);
+    void* p = mmap(nullptr, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) throw Error(fmt::format("guarded memory: reserve of {} bytes failed", bytes));
+    get().ranges_[static_cast<const char*>(p)] = bytes;
+    get().reserved_.insert(static_cast<const char*>(p));
+    return p;
+  }
+  static void free_reserved(void* p, size_t bytes) noexcept {
+    std::lock_guard lk(get().mu_);
+    for (size_t at = 0; at < bytes; at += granularity()) get().mapped_.erase(static_cast<const char*>(p) + at);
+    get().ranges_.erase(static_cast<const char*>(p));
+    get().reserved_.erase(static_cast<const char*>(p));
+    munmap(p, bytes);
+  }
+  static void map(void* p, size_t bytes) {
+    std::lock_guard lk(get().mu_);
+    for (size_t at = 0; at < bytes; at += granularity()) {
+      const char* g = static_cast<const char*>(p) + at;
+      LMF_CHECK(get().owns(g) && !get().mapped_.contains(g), "guarded map: {} bytes at {} not a free granule",
+                bytes, static_cast<const void*>(g));
+      get().mapped_.insert(g);
+      char* w = const_cast<char*>(g);
+      if (mprotect(w, granularity(), PROT_READ | PROT_WRITE) != 0) throw Error("guarded memory: mprotect failed");
+      std::memset(w, 0xff, granularity());  // contents undefined: NaNs
+      if (get().open_ == 0 && mprotect(w, granularity(), PROT_NONE) != 0)
+        throw Error("guarded memory: mprotect failed");
+    }
+  }
+  static void unmap(void* p, size_t bytes) {
+    std::lock_guard lk(get().mu_);
+    for (size_t at = 0; at < bytes; at += granularity()) {
+      const char* g = static_cast<const char*>(p) + at;
+      LMF_CHECK(get().mapped_.erase(g) == 1, "guarded unmap: granule at {} not mapped", static_cast<const void*>(g));
+      madvise(const_cast<char*>(g), granularity(), MADV_DONTNEED);
+      if (mprotect(const_cast<char*>(g), granularity(), PROT_NONE) != 0) throw Error("guarded memory: mprotect failed");
+    }
   }
 
   std::recursive_mutex mu_;                // threads as ranks (tests/thread_comm.h)
   std::map<const char*, size_t> ranges_;  // base -> bytes (whole pages)
+  std::set<const char*> reserved_;        // the bases of ranges_ that are virtual memory reservations
+  std::set<const char*> mapped_;          // their mapped granules
   int open_ = 0;
   long violations_ = 0;
   long allocations_ = 0;

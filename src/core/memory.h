@@ -10,6 +10,21 @@
 
 namespace lmf {
 
+// Virtual memory of a space (optional): addresses reserved once, backed by physical memory in
+// whole granules that can be handed back and taken again while the addresses stay, as ZeRO 3
+// does with the parameters and gradients outside a rank's shard (train/data_parallel.h). CUDA's
+// is the driver's virtual memory management (cuMemAddressReserve / cuMemCreate / cuMemMap);
+// PagedArray (core/paged_array.h) keeps the books of which granules are backed.
+struct VirtualMemory {
+  size_t (*granularity)();                   // bytes of a granule (a power of two)
+  void* (*reserve)(size_t bytes);            // addresses only, granule-aligned; bytes: whole granules
+  void (*free)(void* p, size_t bytes) noexcept;  // addresses of reserve(), none of them mapped
+  // Backs [p, p + bytes) (whole granules, not backed) with new memory, contents undefined; throws
+  // lmf::Error when out of memory.
+  void (*map)(void* p, size_t bytes);
+  void (*unmap)(void* p, size_t bytes);  // hands [p, p + bytes) (whole backed granules) back
+};
+
 struct MemorySpace {
   const char* name;      // "host", "cuda", ...
   bool host_accessible;  // the CPU may read and write it directly
@@ -18,6 +33,7 @@ struct MemorySpace {
   void (*copy_from_host)(void* dst, const void* src, size_t bytes);  // synchronous
   void (*copy_to_host)(void* dst, const void* src, size_t bytes);    // synchronous
   void (*zero)(void* p, size_t bytes);
+  const VirtualMemory* virtual_memory = nullptr;  // nullptr: the space has none
 };
 
 // Aligned heap memory (64 bytes, core/buffer.h's kAlign).

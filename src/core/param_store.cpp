@@ -25,8 +25,8 @@ template <class T>
 void ParamStore<T>::place_on(const MemorySpace& space) {
   LMF_CHECK(allocated(), "ParamStore::place_on before allocate");
   if (space.host_accessible) return;  // the host buffers serve
-  dparams_ = Array<T>(space);
-  dgrads_ = Array<T>(space);
+  dparams_ = PagedArray<T>(space);
+  dgrads_ = PagedArray<T>(space);
   dparams_.resize(total_);
   dgrads_.resize(total_);
   placed_ = true;

@@ -9,6 +9,7 @@
 
 #include "core/memory.h"
 #include "core/page_buffer.h"
+#include "core/paged_array.h"
 #include "core/tensor.h"
 
 namespace lmf {
@@ -68,8 +69,12 @@ class ParamStore {
   const T* dev_params() const { return placed_ ? dparams_.data() : params_.data(); }
   T* dev_grads() { return placed_ ? dgrads_.data() : grads_.data(); }
   const T* dev_grads() const { return placed_ ? dgrads_.data() : grads_.data(); }
+  // upload_params commits the whole device copy first (ZeRO 3 releases it again);
+  // download_params and download_grads bring released values as zeros.
   void upload_params() {
-    if (placed_) dparams_.upload(params_.data(), total_);
+    if (!placed_) return;
+    dparams_.commit(0, total_);
+    dparams_.upload(params_.data(), total_);
   }
   void download_params() {
     if (placed_) dparams_.download(params_.data(), total_);
@@ -90,12 +95,28 @@ class ParamStore {
     else
       grads_.zero();
   }
-  // ZeRO stage 3: values [lo, hi) of the parameters / gradients become zero, and the pages wholly
-  // inside go back to the kernel until next written.
-  void release_params(size_t lo, size_t hi) { params_.release(lo, hi); }
-  void release_grads(size_t lo, size_t hi) { grads_.release(lo, hi); }
-  // Bytes of the parameter and gradient buffers resident in memory now.
+  // ZeRO stage 3: values [lo, hi) of the parameters / gradients become zero (in the host copy
+  // and the device copy alike), and the pages (device: granules, core/paged_array.h) wholly
+  // inside go back until next written (host) or committed (device).
+  void release_params(size_t lo, size_t hi) {
+    params_.release(lo, hi);
+    if (placed_) dparams_.release(lo, hi);
+  }
+  void release_grads(size_t lo, size_t hi) {
+    grads_.release(lo, hi);
+    if (placed_) dgrads_.release(lo, hi);
+  }
+  // Before the ops write or read a released range of the compute copy: a device cannot fault
+  // memory in on first touch as the host does (nothing to do on the host).
+  void commit_params(size_t lo, size_t hi) {
+    if (placed_) dparams_.commit(lo, hi);
+  }
+  void commit_grads(size_t lo, size_t hi) {
+    if (placed_) dgrads_.commit(lo, hi);
+  }
+  // Bytes of the compute copy's parameter and gradient buffers resident in memory now.
   size_t resident_bytes() const {
+    if (placed_) return dparams_.resident_bytes() + dgrads_.resident_bytes();
     return (params_.resident_pages() + grads_.resident_pages()) * PageBuffer<T>::page();
   }
 
@@ -105,7 +126,7 @@ class ParamStore {
   size_t total_ = 0;
   PageBuffer<T> params_, grads_;
   bool placed_ = false;
-  Array<T> dparams_, dgrads_;  // place_on()'s copies
+  PagedArray<T> dparams_, dgrads_;  // place_on()'s copies
 };
 
 extern template class ParamStore<float>;

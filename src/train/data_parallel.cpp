@@ -65,9 +65,10 @@ DataParallel::DataParallel(dist::Communicator& comm, ParamStore<float>& ps, cons
       zero_(zero),
       shards_(ps.flat_size(), comm.world()),
       tp_(tp),
-      dgshard_(*be_->memory) {
+      dgshard_(*be_->memory),
+      rs_tmp_(*be_->memory) {
   LMF_CHECK(zero >= 0 && zero <= 3, "zero stage {}", zero);
-  LMF_CHECK(be_->on_host() || comm.world() == 1 || (device_comm && device_comm->world() == comm.world() && zero <= 2),
+  LMF_CHECK(be_->on_host() || comm.world() == 1 || (device_comm && device_comm->world() == comm.world()),
             "data parallelism on the {} backend: {} ranks, ZeRO {}, {} device communicator", be_->name, comm.world(),
             zero, device_comm ? "a" : "no");
   const int r = comm.rank();
@@ -112,11 +113,13 @@ double DataParallel::sync_and_clip(double max_norm) {
     } else if (zero_ < 2) {
       buf_.all_reduce_sum(g, n);
     } else if (zero_ == 3) {
-      // Every range's sum already arrived in gshard, block by block (reduce_scatter_into_shard).
+      // Every range's sum already arrived in the shard's sums, block by block
+      // (reduce_scatter_into_shard); this rank's range of the gradients was released since.
       lo = opt_->lo();
       hi = lo + opt_->size();
-      std::memcpy(g + lo, gshard_.data(), sizeof(float) * (hi - lo));
-      std::fill(gshard_.begin(), gshard_.end(), 0.0f);
+      ps_.commit_grads(lo, hi);
+      be_->copy(g + lo, shard_sum(), hi - lo);
+      be_->fill(shard_sum(), 0.0f, hi - lo);
     } else {
       // This rank's shard of the summed gradients lands in its own range of the gradient buffer
       // (the rest of the buffer is stale and never read).
@@ -180,13 +183,18 @@ std::vector<int> DataParallel::counts_in(size_t lo, size_t hi) const {
 }
 
 void DataParallel::gather(size_t lo, size_t hi, bool wait) {
+  ps_.commit_params(lo, hi);  // a device backs the range again before the gather writes it
   if (wait)
-    comm_.all_gather(ps_.params() + lo, counts_in(lo, hi));
+    buf_.all_gather(ps_.dev_params() + lo, counts_in(lo, hi));
   else
-    comm_.start_all_gather(ps_.params() + lo, counts_in(lo, hi));
+    buf_.start_all_gather(ps_.dev_params() + lo, counts_in(lo, hi));
 }
 
 void DataParallel::drop_params(size_t lo, size_t hi) {
+  // A device hands granules back only once the device is idle (a queued kernel may still use
+  // them), and the prefetch under way may wait on the other ranks: wait for it here, under the
+  // communicator's timeout, rather than in the driver, where a dead rank would hang this one.
+  if (!be_->on_host()) buf_.finish_all();
   const size_t own_lo = opt_->lo(), own_hi = own_lo + opt_->size();
   ps_.release_params(lo, std::min(hi, std::max(lo, own_lo)));
   ps_.release_params(std::max(lo, std::min(hi, own_hi)), hi);
@@ -194,11 +202,11 @@ void DataParallel::drop_params(size_t lo, size_t hi) {
 
 void DataParallel::reduce_scatter_into_shard(size_t lo, size_t hi) {
   auto counts = counts_in(lo, hi);
-  const int r = comm_.rank();
-  rs_tmp_.resize(size_t(counts[size_t(r)]));
-  comm_.reduce_scatter_sum(ps_.grads() + lo, rs_tmp_.data(), counts);
+  const size_t n = size_t(counts[size_t(comm_.rank())]);
+  LMF_CHECK(n <= rs_tmp_.size(), "ZeRO 3: a range's part of {} values, room for {}", n, rs_tmp_.size());
+  buf_.reduce_scatter_sum(ps_.dev_grads() + lo, rs_tmp_.data(), counts);
   const size_t at = std::max(lo, opt_->lo()) - opt_->lo();
-  for (size_t i = 0; i < rs_tmp_.size(); ++i) gshard_[at + i] += rs_tmp_[i];
+  if (n > 0) be_->residual_forward(shard_sum() + at, shard_sum() + at, rs_tmp_.data(), n);  // +=
   ps_.release_grads(lo, hi);
 }
 
@@ -212,6 +220,11 @@ void DataParallel::attach(Model& model) {
   if (first > 0) rest_.push_back({0, first});
   if (last < n) rest_.push_back({last, n});
   resident_.assign(L, 0);
+  // The largest part of one range this rank receives, allocated once (not in the step loop).
+  size_t most = 0;
+  for (const auto& ranges : {blocks_, rest_})
+    for (auto [lo, hi] : ranges) most = std::max(most, size_t(counts_in(lo, hi)[size_t(comm_.rank())]));
+  rs_tmp_.resize(most);
   model.on_block_use([this](size_t l, nn::BlockUse use) { on_use(l, use); });
   model.on_block_grads([this](size_t l) {
     peak_resident_ = std::max(peak_resident_, ps_.resident_bytes());
@@ -252,6 +265,7 @@ void DataParallel::on_use(size_t l, nn::BlockUse use) {
       break;
     case nn::BlockUse::kBackward:
       bring(l);
+      ps_.commit_grads(blocks_[l].first, blocks_[l].second);  // the backward accumulates into them
       prefetch(long(l) - 1);
       break;
   }
@@ -259,7 +273,10 @@ void DataParallel::on_use(size_t l, nn::BlockUse use) {
 
 void DataParallel::begin_micro_batch() {
   if (!stage3()) return;
-  for (auto [lo, hi] : rest_) gather(lo, hi, /*wait=*/true);
+  for (auto [lo, hi] : rest_) {
+    gather(lo, hi, /*wait=*/true);
+    ps_.commit_grads(lo, hi);  // the head's backward comes first, before any block hook
+  }
 }
 
 void DataParallel::end_micro_batch(bool backward) {
@@ -286,7 +303,9 @@ void DataParallel::release_unowned() {
 }
 
 void DataParallel::gather_all() {
-  if (stage3()) comm_.all_gather(ps_.params(), shards_.counts);
+  if (!stage3()) return;
+  ps_.commit_params(0, ps_.flat_size());
+  buf_.all_gather(ps_.dev_params(), shards_.counts);  // a device's copy: download_params() next
 }
 
 DataParallel::FullState DataParallel::full_state() {

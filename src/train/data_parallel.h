@@ -11,7 +11,9 @@
 //           reduce-scattered and dropped as soon as its backward ends. The rest (embeddings,
 //           final norm, head) is gathered for each micro-batch and dropped after it.
 //           Dropped means the pages go back to the kernel (ParamStore::release_params), so a
-//           rank's resident parameters and gradients are its shard plus about two blocks.
+//           rank's resident parameters and gradients are its shard plus about two blocks. On
+//           a device the same holds of the granules of its virtual memory (core/paged_array.h),
+//           committed again just before a gather or a backward writes them.
 // Shards are contiguous ranges of the registry's flat buffer (dist::Sharding), so every stage
 // sees the same numbers: the runs differ only in who computes which update.
 // Checkpoints always hold the whole state in the single-process layout, gathered on save and
@@ -62,7 +64,7 @@ class DataParallel {
   // backend (nullptr: the CPU's); a device backend keeps the optimizer state in its memory and
   // works on the compute copy of `ps`. Its gradients and parameters then travel over
   // `device_comm` (NCCL over the same ranks as comm, which still carries the host values); on
-  // more than one rank a device backend supports ZeRO 0, 1 and 2, and tensor parallelism (whose
+  // more than one rank a device backend supports every ZeRO stage, and tensor parallelism (whose
   // activations travel over the model's own device communicator; `tp` here carries the gradient
   // norm's host values).
   DataParallel(dist::Communicator& comm, ParamStore<float>& ps, const OptimConfig& oc, int zero,
@@ -128,6 +130,8 @@ class DataParallel {
   std::vector<float> gshard_;  // zero 2: this rank's summed gradient shard
   dist::Communicator* tp_;
   Array<float> dgshard_;       // zero 2 on a device backend: the same, in its memory
+  // ZeRO 3: this rank's summed gradient shard, in the backend's memory.
+  float* shard_sum() { return be_->on_host() ? gshard_.data() : dgshard_.data(); }
   // Sums of squares of g over [lo, hi): {split tensors, replicated tensors}.
   std::array<double, 2> sum_squares_split_replicated(const float* g, size_t lo, size_t hi) const;
   bool overlap_ = false, armed_ = false, started_ = false;
@@ -144,7 +148,7 @@ class DataParallel {
   std::vector<std::pair<size_t, size_t>> rest_;            // the ranges outside the blocks
   std::vector<char> resident_;                             // per block: gathered now
   long prefetched_ = -1;                                   // block whose gather is under way
-  std::vector<float> rs_tmp_;
+  Array<float> rs_tmp_;  // one range's part of a reduce-scatter, in the backend's memory
   size_t peak_resident_ = 0;
 };
 

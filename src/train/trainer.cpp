@@ -122,9 +122,6 @@ Trainer::Trainer(RunConfig cfg, const ops::Backend<float>* backend) : cfg_(std::
   if (!be->on_host() && comm_->world() > 1) {
     // Gradients, parameters and tensor-parallel activations travel between GPUs over NCCL, one
     // communicator per group; the host values (loss, norm parts, stop flag) still over MPI.
-    if (cfg_.dist.zero > 2)
-      throw UserError("[train] device = \"{}\" on {} ranks supports [dist] zero = 0, 1 or 2 for now (got {})",
-                      be->name, comm_->world(), cfg_.dist.zero);
     if (dp_comm_->world() > 1) device_comm_ = dist::make_nccl_communicator(*dp_comm_, cfg_.dist.timeout_s);
     if (tp_ > 1) device_tp_comm_ = dist::make_nccl_communicator(*tp_comm_, cfg_.dist.timeout_s);
   }

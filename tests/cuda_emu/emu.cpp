@@ -1,6 +1,7 @@
 // The CPU emulation of CUDA (tests/cuda_emu/README.md): the fiber scheduler behind emu.h's
 // launches, the runtime API of include/cuda_runtime_api.h and cuBLAS's GEMM.
 #include <cblas.h>
+#include <sys/mman.h>
 #include <ucontext.h>
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include <cstring>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -17,6 +19,7 @@
 
 #include "emu.h"
 #include "include/cublasLt.h"
+#include "include/cuda.h"
 #include "include/cublas_v2.h"
 #include "ops/backend.h"
 
@@ -421,6 +424,148 @@ cudaError_t cudaMemset(void* p, int value, size_t bytes) {
   return cudaSuccess;
 }
 cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) { return cudaMemset(p, value, bytes); }
+
+// ---- the driver's virtual memory (include/cuda.h) ----------------------------------------------
+// Reserved addresses have no access until a granule of host memory is mapped there; unmapping
+// takes the access and the contents away again. A mapping must be unmapped whole, and a
+// reservation freed only with nothing mapped in it, as the driver requires.
+namespace {
+
+constexpr size_t kGranule = size_t(64) << 10;  // small, so that tiny test models span several
+
+struct VirtualState {
+  std::unordered_map<CUmemGenericAllocationHandle, size_t> handles;  // created, not yet released
+  std::map<uintptr_t, size_t> mappings;                              // address -> bytes
+  std::map<uintptr_t, size_t> reservations;
+  CUmemGenericAllocationHandle next = 1;
+};
+VirtualState& vstate() {
+  static auto* v = new VirtualState();
+  return *v;
+}
+// True when [a, a + n) lies inside one reservation and holds no mapping (or only mappings, when
+// mapped is true: then every byte of it is covered by them).
+bool in_reservation(uintptr_t a, size_t n) {
+  auto& r = vstate().reservations;
+  auto it = r.upper_bound(a);
+  if (it == r.begin()) return false;
+  --it;
+  return a >= it->first && a + n <= it->first + it->second;
+}
+bool covered_by_mappings(uintptr_t a, size_t n, bool mapped) {
+  auto& m = vstate().mappings;
+  if (!mapped) {
+    auto it = m.lower_bound(a);
+    if (it != m.end() && it->first < a + n) return false;
+    if (it != m.begin() && std::prev(it)->first + std::prev(it)->second > a) return false;
+    return true;
+  }
+  for (uintptr_t at = a; at < a + n;) {
+    auto it = m.find(at);
+    if (it == m.end()) return false;
+    at += it->second;
+  }
+  return true;
+}
+
+CUresult emu_address_reserve(CUdeviceptr* p, size_t bytes, size_t align, CUdeviceptr, unsigned long long) {
+  if (bytes == 0 || bytes % kGranule != 0) return CUDA_ERROR_INVALID_VALUE;
+  align = std::max(align, kGranule);
+  void* q = mmap(nullptr, bytes + align, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (q == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
+  const uintptr_t raw = reinterpret_cast<uintptr_t>(q), a = (raw + align - 1) / align * align;
+  if (a > raw) munmap(q, a - raw);
+  if (raw + align > a) munmap(reinterpret_cast<void*>(a + bytes), raw + align - a);
+  std::lock_guard lk(g_mu);
+  vstate().reservations[a] = bytes;
+  *p = a;
+  return CUDA_SUCCESS;
+}
+CUresult emu_address_free(CUdeviceptr p, size_t bytes) {
+  std::lock_guard lk(g_mu);
+  auto it = vstate().reservations.find(uintptr_t(p));
+  if (it == vstate().reservations.end() || it->second != bytes || !covered_by_mappings(p, bytes, false))
+    return CUDA_ERROR_INVALID_VALUE;
+  vstate().reservations.erase(it);
+  munmap(reinterpret_cast<void*>(p), bytes);
+  return CUDA_SUCCESS;
+}
+CUresult emu_create(CUmemGenericAllocationHandle* h, size_t bytes, const CUmemAllocationProp* prop,
+                    unsigned long long) {
+  if (bytes == 0 || bytes % kGranule != 0 || prop->type != CU_MEM_ALLOCATION_TYPE_PINNED ||
+      prop->location.type != CU_MEM_LOCATION_TYPE_DEVICE || prop->location.id != 0)
+    return CUDA_ERROR_INVALID_VALUE;
+  std::lock_guard lk(g_mu);
+  *h = vstate().next++;
+  vstate().handles[*h] = bytes;
+  return CUDA_SUCCESS;
+}
+CUresult emu_release(CUmemGenericAllocationHandle h) {
+  std::lock_guard lk(g_mu);
+  return vstate().handles.erase(h) == 1 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+CUresult emu_map(CUdeviceptr p, size_t bytes, size_t offset, CUmemGenericAllocationHandle h, unsigned long long) {
+  std::lock_guard lk(g_mu);
+  auto it = vstate().handles.find(h);
+  if (it == vstate().handles.end() || it->second != bytes || offset != 0 || p % kGranule != 0 ||
+      !in_reservation(p, bytes) || !covered_by_mappings(p, bytes, false))
+    return CUDA_ERROR_INVALID_VALUE;
+  // Readable at once here (the real driver wants cuMemSetAccess first); contents undefined: NaNs.
+  void* q = mmap(reinterpret_cast<void*>(p), bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+                 -1, 0);
+  if (q == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
+  std::memset(q, 0xff, bytes);
+  vstate().mappings[uintptr_t(p)] = bytes;
+  return CUDA_SUCCESS;
+}
+CUresult emu_unmap(CUdeviceptr p, size_t bytes) {
+  std::lock_guard lk(g_mu);
+  auto it = vstate().mappings.find(uintptr_t(p));
+  if (it == vstate().mappings.end() || it->second != bytes) return CUDA_ERROR_INVALID_VALUE;
+  vstate().mappings.erase(it);
+  mmap(reinterpret_cast<void*>(p), bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+  return CUDA_SUCCESS;
+}
+CUresult emu_set_access(CUdeviceptr p, size_t bytes, const CUmemAccessDesc* d, size_t n) {
+  std::lock_guard lk(g_mu);
+  if (n != 1 || d->flags != CU_MEM_ACCESS_FLAGS_PROT_READWRITE || d->location.type != CU_MEM_LOCATION_TYPE_DEVICE ||
+      !covered_by_mappings(p, bytes, true))
+    return CUDA_ERROR_INVALID_VALUE;
+  return CUDA_SUCCESS;
+}
+CUresult emu_granularity(size_t* g, const CUmemAllocationProp*, CUmemAllocationGranularity_flags) {
+  *g = kGranule;
+  return CUDA_SUCCESS;
+}
+CUresult emu_error_name(CUresult r, const char** name) {
+  switch (r) {
+    case CUDA_SUCCESS: *name = "CUDA_SUCCESS"; return CUDA_SUCCESS;
+    case CUDA_ERROR_INVALID_VALUE: *name = "CUDA_ERROR_INVALID_VALUE"; return CUDA_SUCCESS;
+    case CUDA_ERROR_OUT_OF_MEMORY: *name = "CUDA_ERROR_OUT_OF_MEMORY"; return CUDA_SUCCESS;
+  }
+  return CUDA_ERROR_INVALID_VALUE;
+}
+
+}  // namespace
+
+cudaError_t cudaGetDriverEntryPointByVersion(const char* symbol, void** fn, unsigned, unsigned long long,
+                                             cudaDriverEntryPointQueryResult* status) {
+  static const std::unordered_map<std::string, void*> table{
+      {"cuMemAddressReserve", reinterpret_cast<void*>(&emu_address_reserve)},
+      {"cuMemAddressFree", reinterpret_cast<void*>(&emu_address_free)},
+      {"cuMemCreate", reinterpret_cast<void*>(&emu_create)},
+      {"cuMemRelease", reinterpret_cast<void*>(&emu_release)},
+      {"cuMemMap", reinterpret_cast<void*>(&emu_map)},
+      {"cuMemUnmap", reinterpret_cast<void*>(&emu_unmap)},
+      {"cuMemSetAccess", reinterpret_cast<void*>(&emu_set_access)},
+      {"cuMemGetAllocationGranularity", reinterpret_cast<void*>(&emu_granularity)},
+      {"cuGetErrorName", reinterpret_cast<void*>(&emu_error_name)},
+  };
+  auto it = table.find(symbol);
+  *fn = it == table.end() ? nullptr : it->second;
+  if (status) *status = it == table.end() ? cudaDriverEntryPointSymbolNotFound : cudaDriverEntryPointSuccess;
+  return cudaSuccess;
+}
 
 struct CUstream_st {};
 cudaError_t cudaStreamCreate(cudaStream_t* s) {

@@ -51,6 +51,7 @@ TEST(CudaOps, Skipped) { GTEST_SKIP() << "built without CUDA"; }
 #include "ops/ops.h"
 #include "ops/reference.h"
 #include "gpu/cuda_test_util.h"
+#include "paged_array_check.h"
 
 namespace lmf {
 namespace {
@@ -589,6 +590,30 @@ TEST(CudaBackend, MemoryRoundTripsAndOpsRun) {
   b.synchronize();
   c.download(back.data(), n);
   EXPECT_EQ(back, h);
+}
+
+// The parameters' device copy lives in the driver's virtual memory (ops/cuda/virtual_memory.cu):
+// granules handed back and taken again, released values reading zero, and the mapped bytes
+// counted in the backend's allocated bytes (so in the peak).
+TEST(CudaBackend, VirtualMemoryReleasesAndCommitsGranules) {
+  SKIP_WITHOUT_DEVICE();
+  const MemorySpace& space = *cuda::backend().memory;
+  test::check_paged_array(space);
+  const size_t before = cuda::allocated_bytes(), G = space.virtual_memory->granularity();
+  {
+    PagedArray<float> a(space);
+    a.resize(3 * G / sizeof(float));
+    EXPECT_EQ(cuda::allocated_bytes(), before + 3 * G);
+    a.release(0, 2 * G / sizeof(float));
+    EXPECT_EQ(cuda::allocated_bytes(), before + G);
+    // The ops run on what stays backed.
+    cuda::backend().fill(a.data() + 2 * G / sizeof(float), 3.0f, G / sizeof(float));
+    std::vector<float> h(3 * G / sizeof(float));
+    a.download(h.data(), h.size());
+    EXPECT_EQ(h.front(), 0.0f);
+    EXPECT_EQ(h.back(), 3.0f);
+  }
+  EXPECT_EQ(cuda::allocated_bytes(), before);
 }
 
 TEST(CudaBackend, OutOfMemoryThrowsAndLeavesNoStickyError) {

@@ -13,6 +13,7 @@
 
 #include "dist/communicator.h"
 #include "guarded_backend.h"
+#include "paged_array_check.h"
 #include "infer/decoder.h"
 #include "infer/generate.h"
 #include "model/model.h"
@@ -192,6 +193,39 @@ TEST(GuardedBackend, HostAccessFaultsAndHostPointersAreCounted) {
   EXPECT_EQ(Guarded::get().violations(), 0);
 }
 
+// The device copy's virtual memory (core/paged_array.h) on the guarded space: granules go back
+// and come again as zeros, and an op that touches a released granule faults.
+TEST(GuardedBackend, PagedArrayReleasesAndCommitsGranules) {
+  Guarded::get().reset_violations();
+  test::check_paged_array(Guarded::space());
+  const size_t before = Guarded::get().mapped_bytes();
+  {
+    PagedArray<float> a(Guarded::space());
+    const size_t G = Guarded::granularity() / sizeof(float);
+    a.resize(4 * G);
+    EXPECT_EQ(Guarded::get().mapped_bytes(), before + 4 * G * sizeof(float));
+    a.release(G, 3 * G);
+    EXPECT_EQ(Guarded::get().mapped_bytes(), before + 2 * G * sizeof(float));
+    guarded_backend().fill(a.data(), 1.0f, G);  // backed: fine
+    EXPECT_DEATH(guarded_backend().fill(a.data() + G, 1.0f, 1), "") << "an op wrote a released granule";
+  }
+  EXPECT_EQ(Guarded::get().mapped_bytes(), before);  // unmapped when the array goes
+  EXPECT_EQ(Guarded::get().violations(), 0) << Guarded::get().first_violation();
+}
+
+// A space without virtual memory (the host's): release zeroes, everything stays resident.
+TEST(PagedArray, WithoutVirtualMemoryReleaseOnlyZeroes) {
+  PagedArray<float> a;
+  a.resize(1000);
+  EXPECT_FALSE(a.paged());
+  std::vector<float> h(1000, 2.0f);
+  a.upload(h.data(), h.size());
+  a.release(10, 990);
+  a.commit(0, 1000);
+  EXPECT_EQ(a.resident_bytes(), 1000 * sizeof(float));
+  test::expect_values(a, test::with_zeros(h, 10, 990), "host");
+}
+
 // Two ranks (threads) of data parallelism on the device backend: the gradients and parameters
 // travel over the device communicator (guarded: it must be handed device memory), the host
 // values over the host one (which would fault on device memory). Same bits as on the CPU, for
@@ -237,6 +271,67 @@ TEST(BackendSeamDataParallel, TwoRanksMatchTheCpuBitForBit) {
       for (size_t r = 0; r < cpu.size(); ++r) expect_same_bits(cpu[r], dev[r], r < ranks ? "params and m" : "losses");
       EXPECT_EQ(Guarded::get().violations(), 0) << Guarded::get().first_violation();
     }
+}
+
+// ZeRO 3 on the device backend: each rank keeps its shard of the parameters and gradients in
+// the device copy's virtual memory (core/paged_array.h) and gathers each block's just before it
+// runs. The guarded space's released granules have no access even inside an op, so a block that
+// ran, or a gradient accumulated, without its granules committed again would crash here. Same
+// bits as ZeRO 3 on the CPU (and so as every other stage), with micro-batches, clipping and three
+// steps; and the device keeps less than the whole model resident.
+TEST(BackendSeamDataParallel, ZeroStage3MatchesTheCpuBitForBit) {
+  ModelConfig cfg = test::small_config("llama", false, 64, 13, 8);  // blocks of several granules
+  cfg.n_layer = 6;
+  const int B = 2, T = 8, ranks = 2, micro = 2;
+  Guarded::get().reset_violations();
+  size_t flat_bytes = 0;
+  std::vector<size_t> peak(ranks);
+  auto train = [&](bool device) {
+    std::vector<std::vector<float>> out(ranks);
+    std::vector<double> losses;
+    test::ThreadGroup::run(ranks, [&](dist::Communicator& comm) {
+      auto model = device ? make_model(cfg, true, {}, &guarded_backend()) : make_model(cfg);
+      std::unique_ptr<dist::Communicator> dcomm;
+      if (device) dcomm = std::make_unique<test::GuardedComm>(comm.split(0, comm.rank()));
+      OptimConfig oc;
+      oc.warmup_steps = 0;
+      DataParallel dp(comm, model->params(), oc, 3, nullptr, device ? &guarded_backend() : nullptr, dcomm.get());
+      dp.attach(*model);
+      model->init(7);
+      dp.release_unowned();
+      for (int step = 0; step < 3; ++step) {
+        dp.zero_grad();
+        double loss = 0;
+        for (int m = 0; m < micro; ++m) {
+          auto batch = test::random_batch(B, T, cfg.vocab_size, uint64_t(100 * step + 10 * m + comm.rank()));
+          dp.begin_micro_batch();
+          loss += model->forward(batch.x.data(), batch.y.data(), B, T, 1.0 / (ranks * micro * (B * T - 1)));
+          model->backward();
+          dp.end_micro_batch(/*backward=*/true);
+        }
+        dp.sync_and_clip(0.5);
+        dp.update(1e-2);
+        if (comm.rank() == 0) losses.push_back(loss);
+      }
+      if (device) peak[size_t(comm.rank())] = dp.peak_resident_bytes();
+      if (device) flat_bytes = 2 * model->params().flat_size() * sizeof(float);
+      auto st = dp.full_state();
+      dp.gather_all();
+      out[size_t(comm.rank())] = params_of(*model);
+      out[size_t(comm.rank())].insert(out[size_t(comm.rank())].end(), st.m, st.m + model->params().flat_size());
+    });
+    out.push_back(std::vector<float>(losses.begin(), losses.end()));
+    return out;
+  };
+  auto cpu = train(false), dev = train(true);
+  for (size_t r = 0; r < cpu.size(); ++r) expect_same_bits(cpu[r], dev[r], r < ranks ? "params and m" : "losses");
+  EXPECT_EQ(Guarded::get().violations(), 0) << Guarded::get().first_violation();
+  // Each rank's fullest moment (a block's backward done): its shard, the rest of the model and
+  // about two blocks, well under the whole parameters and gradients.
+  for (int r = 0; r < ranks; ++r) {
+    EXPECT_GT(peak[size_t(r)], 0u) << "rank " << r;
+    EXPECT_LT(peak[size_t(r)], flat_bytes * 4 / 5) << "rank " << r << " of " << flat_bytes << " bytes";
+  }
 }
 
 // Tensor parallel 2 x data parallel 2 (ZeRO 2) on the device backend, as the trainer lays out

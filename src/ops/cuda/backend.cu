@@ -47,6 +47,7 @@ const MemorySpace kDeviceMemory{
     .copy_from_host = device_copy_from_host,
     .copy_to_host = device_copy_to_host,
     .zero = device_zero,
+    .virtual_memory = &device_virtual_memory(),
 };
 
 // ---- ops ----------------------------------------------------------------------------------------

@@ -71,6 +71,14 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = nullptr);
 cudaError_t cudaEventSynchronize(cudaEvent_t e);
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop);
 
+// The driver's entry points (include/cuda.h): cuMemAddressReserve, cuMemAddressFree, cuMemCreate,
+// cuMemRelease, cuMemMap, cuMemUnmap, cuMemSetAccess, cuMemGetAllocationGranularity and
+// cuGetErrorName, emulated over host memory.
+enum cudaDriverEntryPointFlags { cudaEnableDefault = 0 };
+enum cudaDriverEntryPointQueryResult { cudaDriverEntryPointSuccess = 0, cudaDriverEntryPointSymbolNotFound = 1 };
+cudaError_t cudaGetDriverEntryPointByVersion(const char* symbol, void** fn, unsigned cuda_version,
+                                             unsigned long long flags, cudaDriverEntryPointQueryResult* status);
+
 // Kernel attributes: accepted and ignored (the emulation has no shared-memory limit).
 template <class F>
 cudaError_t cudaFuncSetAttribute(F*, cudaFuncAttribute, int) {
