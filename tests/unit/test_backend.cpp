@@ -58,6 +58,21 @@ void expect_same_bits(const std::vector<float>& a, const std::vector<float>& b, 
   EXPECT_EQ(differ, 0u) << what << ": first at " << first << ": " << a[first] << " vs " << b[first];
 }
 
+// A rank's parameters followed by the whole first moment (DataParallel::full_state).
+std::vector<float> params_and_m(Model& m, const DataParallel::FullState& st) {
+  auto out = params_of(m);
+  out.insert(out.end(), st.m, st.m + m.params().flat_size());
+  return out;
+}
+
+// Runs of data-parallel ranks: each rank's params_and_m, then the losses; the same bits on both
+// backends, and no host memory handed to the device.
+void expect_same_runs(const std::vector<std::vector<float>>& cpu, const std::vector<std::vector<float>>& dev,
+                      size_t ranks) {
+  for (size_t r = 0; r < cpu.size(); ++r) expect_same_bits(cpu[r], dev[r], r < ranks ? "params and m" : "losses");
+  EXPECT_EQ(Guarded::get().violations(), 0) << Guarded::get().first_violation();
+}
+
 class BackendSeam : public ::testing::TestWithParam<ModelConfig> {
  protected:
   void SetUp() override { Guarded::get().reset_violations(); }
@@ -261,15 +276,13 @@ TEST(BackendSeamDataParallel, TwoRanksMatchTheCpuBitForBit) {
             if (comm.rank() == 0) losses.push_back(loss);
           }
           auto st = dp.full_state();  // collective at ZeRO 1
-          out[size_t(comm.rank())] = params_of(*model);
-          out[size_t(comm.rank())].insert(out[size_t(comm.rank())].end(), st.m, st.m + model->params().flat_size());
+          out[size_t(comm.rank())] = params_and_m(*model, st);
         });
         out.push_back(std::vector<float>(losses.begin(), losses.end()));
         return out;
       };
       auto cpu = train(false), dev = train(true);
-      for (size_t r = 0; r < cpu.size(); ++r) expect_same_bits(cpu[r], dev[r], r < ranks ? "params and m" : "losses");
-      EXPECT_EQ(Guarded::get().violations(), 0) << Guarded::get().first_violation();
+      expect_same_runs(cpu, dev, ranks);
     }
 }
 
@@ -317,15 +330,13 @@ TEST(BackendSeamDataParallel, ZeroStage3MatchesTheCpuBitForBit) {
       if (device) flat_bytes = 2 * model->params().flat_size() * sizeof(float);
       auto st = dp.full_state();
       dp.gather_all();
-      out[size_t(comm.rank())] = params_of(*model);
-      out[size_t(comm.rank())].insert(out[size_t(comm.rank())].end(), st.m, st.m + model->params().flat_size());
+      out[size_t(comm.rank())] = params_and_m(*model, st);
     });
     out.push_back(std::vector<float>(losses.begin(), losses.end()));
     return out;
   };
   auto cpu = train(false), dev = train(true);
-  for (size_t r = 0; r < cpu.size(); ++r) expect_same_bits(cpu[r], dev[r], r < ranks ? "params and m" : "losses");
-  EXPECT_EQ(Guarded::get().violations(), 0) << Guarded::get().first_violation();
+  expect_same_runs(cpu, dev, ranks);
   // Each rank's fullest moment (a block's backward done): its shard, the rest of the model and
   // about two blocks, well under the whole parameters and gradients.
   for (int r = 0; r < ranks; ++r) {
@@ -372,16 +383,14 @@ TEST(BackendSeamDataParallel, TensorParallelTimesDataParallelMatchTheCpuBitForBi
           dp.update(1e-2);
         }
         auto st = dp.full_state();
-        out[size_t(r)] = params_of(*model);
-        out[size_t(r)].insert(out[size_t(r)].end(), st.m, st.m + model->params().flat_size());
+        out[size_t(r)] = params_and_m(*model, st);
         losses[size_t(r)] = loss;
       });
       out.push_back(std::vector<float>(losses.begin(), losses.end()));
       return out;
     };
     auto cpu = train(false), dev = train(true);
-    for (size_t r = 0; r < cpu.size(); ++r) expect_same_bits(cpu[r], dev[r], r < ranks ? "params and m" : "losses");
-    EXPECT_EQ(Guarded::get().violations(), 0) << Guarded::get().first_violation();
+    expect_same_runs(cpu, dev, ranks);
   }
 }
 
