@@ -38,6 +38,7 @@ TEST(CudaOps, Skipped) { GTEST_SKIP() << "built without CUDA"; }
 #include <cstddef>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -592,12 +593,25 @@ TEST(CudaBackend, MemoryRoundTripsAndOpsRun) {
   EXPECT_EQ(back, h);
 }
 
+bool vmm_turned_off() {
+  const char* v = std::getenv("LMF_CUDA_VMM");
+  return v != nullptr && std::string(v) == "0";
+}
+
+// LMF_CUDA_VMM=0 leaves the space without virtual memory (ctest runs this both ways under the
+// emulation; the model tests run without it there too).
+TEST(CudaBackend, VirtualMemoryCanBeTurnedOff) {
+  SKIP_WITHOUT_DEVICE();
+  EXPECT_EQ(cuda::backend().memory->virtual_memory == nullptr, vmm_turned_off());
+}
+
 // The parameters' device copy lives in the driver's virtual memory (ops/cuda/virtual_memory.cu):
 // granules handed back and taken again, released values reading zero, and the mapped bytes
 // counted in the backend's allocated bytes (so in the peak).
 TEST(CudaBackend, VirtualMemoryReleasesAndCommitsGranules) {
   SKIP_WITHOUT_DEVICE();
   const MemorySpace& space = *cuda::backend().memory;
+  if (vmm_turned_off()) GTEST_SKIP() << "LMF_CUDA_VMM=0";
   test::check_paged_array(space);
   const size_t before = cuda::allocated_bytes(), G = space.virtual_memory->granularity();
   {

@@ -3,6 +3,9 @@
 // globs ops/cuda/*.cu) compiles it.
 #include <cuda_runtime_api.h>
 
+#include <cstdlib>
+#include <string_view>
+
 #include "core/error.h"
 #include "core/memory.h"
 #include "ops/backend.h"
@@ -39,6 +42,14 @@ void device_copy_to_host(void* dst, const void* src, size_t bytes) {
 
 void device_zero(void* p, size_t bytes) { LMF_CUDA_CHECK(cudaMemset(p, 0, bytes)); }
 
+// LMF_CUDA_VMM=0 keeps the parameters and gradients in cudaMalloc memory instead of the driver's
+// virtual memory: the way around a driver whose virtual memory management misbehaves. ZeRO 3
+// then still runs, with the same numbers, but hands nothing back (release only zeroes).
+bool virtual_memory_enabled() {
+  const char* v = std::getenv("LMF_CUDA_VMM");
+  return v == nullptr || std::string_view(v) != "0";
+}
+
 const MemorySpace kDeviceMemory{
     .name = "cuda",
     .host_accessible = false,
@@ -47,7 +58,7 @@ const MemorySpace kDeviceMemory{
     .copy_from_host = device_copy_from_host,
     .copy_to_host = device_copy_to_host,
     .zero = device_zero,
-    .virtual_memory = &device_virtual_memory(),
+    .virtual_memory = virtual_memory_enabled() ? &device_virtual_memory() : nullptr,
 };
 
 // ---- ops ----------------------------------------------------------------------------------------
