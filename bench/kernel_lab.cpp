@@ -231,6 +231,40 @@ void BM_rmsnorm_forward(benchmark::State& st) {
   run(st, launch, 8.0 * N * C + 4.0 * N, err);
 }
 
+// The residual add fused with the norm after it (GPT-2 124M's ln2, a Llama 1B's ffn_norm), and
+// the unfused pair beside it: arg 0 the norm (0 layernorm, 1 rmsnorm), arg 1 fused (1) or the two
+// kernels (0). GB/s counts the fused op's bytes (a, b read, res, out written) for both, so the
+// ratio of the two rows is the saving.
+void BM_residual_norm(benchmark::State& st) {
+  if (!need_device(st)) return;
+  const bool rms = st.range(0) == 1, fused = st.range(1) == 1;
+  const int N = rms ? kLlamaB * kLlamaT : kN, C = rms ? kLlamaC : kC;
+  const size_t NC = size_t(N) * C;
+  auto a = rand_vec(NC, 60), b = rand_vec(NC, 61), w = rand_vec(C, 62), bias = rand_vec(C, 63);
+  FVec res(NC), ref(NC), mean(N), rstd(N);
+  if (rms)
+    ops::residual_rmsnorm_forward(res.data(), ref.data(), rstd.data(), a.data(), b.data(), w.data(), N, C, 1e-5f);
+  else
+    ops::residual_layernorm_forward(res.data(), ref.data(), mean.data(), rstd.data(), a.data(), b.data(), w.data(),
+                                    bias.data(), N, C);
+  DeviceBuffer<float> da(a), db(b), dw(w), dbias(bias), dres(NC), out(NC), dm(N), dr(N);
+  auto launch = [&] {
+    if (fused && rms)
+      cuda::residual_rmsnorm_forward(dres.data(), out.data(), dr.data(), da.data(), db.data(), dw.data(), N, C, 1e-5f);
+    else if (fused)
+      cuda::residual_layernorm_forward(dres.data(), out.data(), dm.data(), dr.data(), da.data(), db.data(), dw.data(),
+                                       dbias.data(), N, C);
+    else
+      cuda::residual_forward(dres.data(), da.data(), db.data(), NC);
+    if (!fused && rms) cuda::rmsnorm_forward(out.data(), dr.data(), dres.data(), dw.data(), N, C, 1e-5f);
+    if (!fused && !rms)
+      cuda::layernorm_forward(out.data(), dm.data(), dr.data(), dres.data(), dw.data(), dbias.data(), N, C);
+  };
+  launch();
+  double err = max_err(out.to_host(), ref);
+  run(st, launch, 16.0 * NC + (rms ? 4.0 : 8.0) * N, err);
+}
+
 void BM_rmsnorm_backward(benchmark::State& st) {
   if (!need_device(st)) return;
   const int N = kLlamaB * kLlamaT, C = kLlamaC;
@@ -500,6 +534,7 @@ LAB(BM_layernorm_forward);
 LAB(BM_layernorm_backward);
 LAB(BM_rmsnorm_forward);
 LAB(BM_rmsnorm_backward);
+LAB(BM_residual_norm)->ArgsProduct({{0, 1}, {0, 1}});
 LAB(BM_adamw);
 LAB(BM_fill);
 LAB(BM_sum_squares);

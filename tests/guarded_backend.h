@@ -271,6 +271,8 @@ inline const ops::Backend<float>& guarded_backend() {
       &GuardedOp<&gelu_forward<F>>::call,
       &GuardedOp<&gelu_backward<F>>::call,
       &GuardedOp<&residual_forward<F>>::call,
+      &GuardedOp<&residual_layernorm_forward<F>>::call,
+      &GuardedOp<&residual_rmsnorm_forward<F>>::call,
       &GuardedOp<&attention_forward<F>>::call,
       &GuardedOp<&attention_backward<F>>::call,
       &GuardedOp<&classifier_ce_forward<F>>::call,

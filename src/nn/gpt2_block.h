@@ -85,8 +85,7 @@ struct Gpt2Block {
     be->attention_forward(s.atty, s.lse, s.qkv, B, T, A, NH);
     proj.forward(sc.dnarrow, s.atty, N);  // dnarrow is free in forward: use it for proj's output
     tp.all_reduce(sc.dnarrow, size_t(N) * C);
-    be->residual_forward(s.res, x, sc.dnarrow, size_t(N) * C);
-    ln2.forward(s.ln2, s.ln2s, s.res, N);
+    ln2.forward_add(s.res, s.ln2, s.ln2s, x, sc.dnarrow, N);  // res = x + attention branch
     fc.forward(s.fch, s.ln2, N);
     F* act = recompute_mlp ? sc.wide : s.act;
     be->gelu_forward(act, s.fch, size_t(N) * M);

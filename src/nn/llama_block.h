@@ -18,6 +18,10 @@ struct RmsNorm {
   void forward(F* y /*(N,C)*/, F* rstd /*(N)*/, const F* x /*(N,C)*/, int N) const {
     be->rmsnorm_forward(y, rstd, x, weight.w, N, C, eps);
   }
+  // res = a + b, then y = rmsnorm(res): the residual add fused with this norm (ops.h).
+  void forward_add(F* res /*(N,C)*/, F* y /*(N,C)*/, F* rstd /*(N)*/, const F* a, const F* b, int N) const {
+    be->residual_rmsnorm_forward(res, y, rstd, a, b, weight.w, N, C, eps);
+  }
   // dx += ...: the residual-stream exception of the gradient rule.
   void backward(F* dx /*(N,C)*/, const F* dy, const F* x, const F* rstd, int N) const {
     be->rmsnorm_backward(dx, weight.dw, dy, x, weight.w, rstd, N, C);
@@ -125,8 +129,7 @@ struct LlamaBlock {
     be->attention_gqa_forward(s.atty, s.lse, s.q, s.k, s.v, B, T, NH, KVH, hs);
     wo.forward(sc.dnarrow, s.atty, N);  // dnarrow is free in forward
     tp.all_reduce(sc.dnarrow, size_t(N) * C);
-    be->residual_forward(s.res, x, sc.dnarrow, size_t(N) * C);
-    ffn_norm.forward(s.h2, s.rstd2, s.res, N);
+    ffn_norm.forward_add(s.res, s.h2, s.rstd2, x, sc.dnarrow, N);  // res = x + attention branch
     gate.forward(s.g, s.h2, N);
     up.forward(s.u, s.h2, N);
     F* act = recompute_mlp ? sc.wide : s.act;

@@ -71,6 +71,10 @@ struct LayerNorm {
   void forward(F* y /*(N,C)*/, Saved s, const F* x /*(N,C)*/, int N) const {
     be->layernorm_forward(y, s.mean, s.rstd, x, weight.w, bias.w, N, C);
   }
+  // res = a + b, then y = LayerNorm(res): the residual add fused with this norm (ops.h).
+  void forward_add(F* res /*(N,C)*/, F* y /*(N,C)*/, Saved s, const F* a, const F* b, int N) const {
+    be->residual_layernorm_forward(res, y, s.mean, s.rstd, a, b, weight.w, bias.w, N, C);
+  }
   // dx += ...: the residual-stream exception of the gradient rule.
   void backward(F* dx /*(N,C)*/, const F* dy /*(N,C)*/, const F* x /*(N,C)*/, Saved s, int N) const {
     be->layernorm_backward(dx, weight.dw, bias.dw, dy, x, weight.w, s.mean, s.rstd, N, C);

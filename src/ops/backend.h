@@ -53,6 +53,10 @@ struct Backend {
   void (*gelu_forward)(F* out, const F* inp, size_t n);
   void (*gelu_backward)(F* dinp, const F* inp, const F* dout, size_t n);
   void (*residual_forward)(F* out, const F* a, const F* b, size_t n);
+  void (*residual_layernorm_forward)(F* res, F* out, F* mean, F* rstd, const F* a, const F* b, const F* w,
+                                     const F* bias, int N, int C);
+  void (*residual_rmsnorm_forward)(F* res, F* out, F* rstd, const F* a, const F* b, const F* w, int N, int C,
+                                   float eps);
   void (*attention_forward)(F* out, F* lse, const F* qkv, int B, int T, int C, int NH);
   void (*attention_backward)(F* dqkv, const F* dout, const F* qkv, const F* out, const F* lse, int B, int T,
                              int C, int NH);

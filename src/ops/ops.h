@@ -53,6 +53,13 @@ void gelu_backward(F* dinp, const F* inp, const F* dout, size_t n);  // dinp = g
 template <class F>
 void residual_forward(F* out, const F* a, const F* b, size_t n);
 
+// The residual add fused with the norm that reads its result: res = a + b (N, C), then
+// out = layernorm(res) with its mean, rstd (N), exactly residual_forward then layernorm_forward
+// (the same numbers; a GPU reads a and b once, and res back only from its caches). res may be a.
+template <class F>
+void residual_layernorm_forward(F* res, F* out, F* mean, F* rstd, const F* a, const F* b, const F* w,
+                                const F* bias, int N, int C);
+
 // Causal multi-head self-attention, scale 1/sqrt(hs), hs = C / NH.
 // qkv (B, T, 3C): for each (b, t), [q (NH, hs) | k (NH, hs) | v (NH, hs)].
 // out (B, T, C), head h in columns [h*hs, (h+1)*hs).
@@ -103,6 +110,11 @@ void scale(float* x, float s, size_t n);
 // out, inp (N, C); rstd (N) saved for backward; w (C).
 template <class F>
 void rmsnorm_forward(F* out, F* rstd, const F* inp, const F* w, int N, int C, float eps);
+// res = a + b, then out = rmsnorm(res) with its rstd: exactly residual_forward then
+// rmsnorm_forward, fused as residual_layernorm_forward is. res may be a.
+template <class F>
+void residual_rmsnorm_forward(F* res, F* out, F* rstd, const F* a, const F* b, const F* w, int N, int C,
+                              float eps);
 // dinp (N, C) += ... (the residual stream, as for layernorm); dw (C) += ...
 template <class F>
 void rmsnorm_backward(F* dinp, F* dw, const F* dout, const F* inp, const F* w, const F* rstd, int N,

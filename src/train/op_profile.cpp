@@ -14,12 +14,14 @@ using Be = ops::Backend<float>;
 
 // Every op of the table, once: the enum of accounts, the names and the wrapping below all expand
 // this list, and the static_assert checks it against the struct's size.
-#define LMF_BACKEND_OPS(X)                                                                                   \
-  X(matmul_forward) X(matmul_backward) X(encoder_forward) X(encoder_backward) X(layernorm_forward)         \
-  X(layernorm_backward) X(gelu_forward) X(gelu_backward) X(residual_forward) X(attention_forward)          \
-  X(attention_backward) X(classifier_ce_forward) X(classifier_logits) X(rmsnorm_forward) X(rmsnorm_backward) \
-  X(rope_forward) X(rope_backward) X(swiglu_forward) X(swiglu_backward) X(attention_gqa_forward)           \
-  X(attention_gqa_backward) X(attention_decode) X(fill) X(copy) X(adamw_update) X(adamw_chunks) X(sum_squares) X(scale)
+#define LMF_BACKEND_OPS(X)                                                                               \
+  X(matmul_forward) X(matmul_backward) X(encoder_forward) X(encoder_backward) X(layernorm_forward)     \
+  X(layernorm_backward) X(gelu_forward) X(gelu_backward) X(residual_forward)                           \
+  X(residual_layernorm_forward) X(residual_rmsnorm_forward) X(attention_forward) X(attention_backward) \
+  X(classifier_ce_forward) X(classifier_logits) X(rmsnorm_forward) X(rmsnorm_backward) X(rope_forward) \
+  X(rope_backward) X(swiglu_forward) X(swiglu_backward) X(attention_gqa_forward)                       \
+  X(attention_gqa_backward) X(attention_decode) X(fill) X(copy) X(adamw_update) X(adamw_chunks)        \
+  X(sum_squares) X(scale)
 
 enum Account {
 #define LMF_ACCOUNT(name) k_##name,

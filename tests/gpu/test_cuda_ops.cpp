@@ -145,6 +145,49 @@ TEST(CudaOps, Gelu) {
   }
 }
 
+// ---- residual + norm, fused ---------------------------------------------------------------------
+
+// The fused kernels do the unfused pair's arithmetic in the same order (the sums of the values they
+// wrote, then the same row code), so they must give the GPU's residual_forward + norm bits exactly;
+// those are checked against the CPU below. Out of place and in place (res == a, as the blocks could).
+void check_residual_norms(int N, int C) {
+  SCOPED_TRACE("N = " + std::to_string(N) + ", C = " + std::to_string(C));
+  const size_t NC = (size_t)N * C;
+  const FVec a = to_f(rand_vec(NC, 50, 1.0, 3.0)), b = to_f(rand_vec(NC, 51)), w = to_f(rand_vec(C, 52)),
+             bias = to_f(rand_vec(C, 53));
+  DeviceBuffer<float> da(a), db(b), dw(w), dbias(bias);
+  DeviceBuffer<float> res(nans(NC)), out(nans(NC)), mean(nans(N)), rstd(nans(N));
+  cuda::residual_forward(res.data(), da.data(), db.data(), NC);
+  cuda::layernorm_forward(out.data(), mean.data(), rstd.data(), res.data(), dw.data(), dbias.data(), N, C);
+  DeviceBuffer<float> rms_out(nans(NC)), rms_rstd(nans(N));
+  cuda::rmsnorm_forward(rms_out.data(), rms_rstd.data(), res.data(), dw.data(), N, C, 1e-5f);
+  for (bool in_place : {false, true}) {
+    SCOPED_TRACE(in_place ? "in place" : "out of place");
+    DeviceBuffer<float> f_res(in_place ? a : nans(NC)), f_out(nans(NC)), f_mean(nans(N)), f_rstd(nans(N));
+    cuda::residual_layernorm_forward(f_res.data(), f_out.data(), f_mean.data(), f_rstd.data(),
+                                     in_place ? f_res.data() : da.data(), db.data(), dw.data(), dbias.data(), N,
+                                     C);
+    EXPECT_EQ(f_res.to_host(), res.to_host());
+    EXPECT_EQ(f_out.to_host(), out.to_host());
+    EXPECT_EQ(f_mean.to_host(), mean.to_host());
+    EXPECT_EQ(f_rstd.to_host(), rstd.to_host());
+    DeviceBuffer<float> g_res(in_place ? a : nans(NC)), g_out(nans(NC)), g_rstd(nans(N));
+    cuda::residual_rmsnorm_forward(g_res.data(), g_out.data(), g_rstd.data(), in_place ? g_res.data() : da.data(),
+                                   db.data(), dw.data(), N, C, 1e-5f);
+    EXPECT_EQ(g_res.to_host(), res.to_host());
+    EXPECT_EQ(g_out.to_host(), rms_out.to_host());
+    EXPECT_EQ(g_rstd.to_host(), rms_rstd.to_host());
+  }
+}
+
+TEST(CudaOps, ResidualNormsFused) {
+  SKIP_WITHOUT_DEVICE();
+  check_residual_norms(37, 771);
+  check_residual_norms(37, 768);
+  check_residual_norms(1, 1);
+  check_residual_norms(130, 96);
+}
+
 // ---- layernorm ----------------------------------------------------------------------------------
 
 void check_layernorm(int N, int C) {

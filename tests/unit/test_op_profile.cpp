@@ -61,11 +61,15 @@ TEST(OpProfile, PassesThroughAndCountsEveryOp) {
       EXPECT_EQ(n["matmul_forward"].calls, 4 * L);  // qkv, proj, fc, fc proj
       EXPECT_EQ(n["attention_forward"].calls, L);
       EXPECT_EQ(n["attention_backward"].calls, L);
+      EXPECT_EQ(n["layernorm_forward"].calls, L + 1);           // ln1 of each block, the final norm
+      EXPECT_EQ(n["residual_layernorm_forward"].calls, L);      // ln2, fused with the residual before it
+      EXPECT_EQ(n["residual_forward"].calls, L);                // the block's last residual
       EXPECT_EQ(n.count("rmsnorm_forward"), 0u);  // not GPT-2's
     } else {
       EXPECT_EQ(n["matmul_forward"].calls, 7 * L);  // q, k, v, o, gate, up, down
       EXPECT_EQ(n["attention_gqa_forward"].calls, L);
-      EXPECT_EQ(n["rmsnorm_forward"].calls, 2 * L + 1);
+      EXPECT_EQ(n["rmsnorm_forward"].calls, L + 1);        // attn_norm of each block, the final norm
+      EXPECT_EQ(n["residual_rmsnorm_forward"].calls, L);   // ffn_norm, fused with the residual before it
       EXPECT_EQ(n.count("layernorm_forward"), 0u);
     }
     for (const auto& op : ops) EXPECT_GE(op.seconds, 0.0) << op.op;

@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <map>
 #include <numbers>
@@ -229,6 +230,61 @@ void check_residual(const Shape& s) {
   auto out_t = nans<T>(n);
   residual_forward<T>(out_t.data(), a_t.data(), b_t.data(), n);
   expect_close("out", out_t, out_r, tol_for<T>().gamma(1) * (max_abs(a) + max_abs(b)));
+}
+
+// ---- residual + norm, fused
+// -----------------------------------------------------------------------------
+// The fused ops' specification is the composition (ops.h): the same bits as residual_forward
+// then the norm, out of place and in place (res == a), in float and in double.
+template <class T>
+void expect_same_bits(const char* what, const std::vector<T>& got, const std::vector<T>& want) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  size_t bad = 0, first = 0;
+  for (size_t i = 0; i < got.size(); ++i)
+    if (std::memcmp(&got[i], &want[i], sizeof(T)) != 0 && bad++ == 0) first = i;
+  EXPECT_EQ(bad, 0u) << what << ": first at " << first << ": " << got[first] << " vs " << want[first];
+}
+
+template <class T>
+void check_residual_layernorm(const Shape& s) {
+  const int N = s[0], C = s[1];
+  const size_t n = size_t(N) * C;
+  const auto a = cast<T>(rand_vec(n, 40, 1.0, 3.0)), b = cast<T>(rand_vec(n, 41)), w = cast<T>(rand_vec(size_t(C), 42)),
+             bias = cast<T>(rand_vec(size_t(C), 43));
+  auto res = nans<T>(n), out = nans<T>(n), mean = nans<T>(size_t(N)), rstd = nans<T>(size_t(N));
+  residual_forward<T>(res.data(), a.data(), b.data(), n);
+  layernorm_forward<T>(out.data(), mean.data(), rstd.data(), res.data(), w.data(), bias.data(), N, C);
+  for (bool in_place : {false, true}) {
+    SCOPED_TRACE(in_place ? "in place" : "out of place");
+    auto f_res = in_place ? a : nans<T>(n), f_out = nans<T>(n), f_mean = nans<T>(size_t(N)),
+         f_rstd = nans<T>(size_t(N));
+    residual_layernorm_forward<T>(f_res.data(), f_out.data(), f_mean.data(), f_rstd.data(),
+                                  in_place ? f_res.data() : a.data(), b.data(), w.data(), bias.data(), N, C);
+    expect_same_bits("res", f_res, res);
+    expect_same_bits("out", f_out, out);
+    expect_same_bits("mean", f_mean, mean);
+    expect_same_bits("rstd", f_rstd, rstd);
+  }
+}
+
+template <class T>
+void check_residual_rmsnorm(const Shape& s) {
+  const int N = s[0], C = s[1];
+  const size_t n = size_t(N) * C;
+  const float eps = 1e-5f;
+  const auto a = cast<T>(rand_vec(n, 44, 0.5, 1.5)), b = cast<T>(rand_vec(n, 45)), w = cast<T>(rand_vec(size_t(C), 46));
+  auto res = nans<T>(n), out = nans<T>(n), rstd = nans<T>(size_t(N));
+  residual_forward<T>(res.data(), a.data(), b.data(), n);
+  rmsnorm_forward<T>(out.data(), rstd.data(), res.data(), w.data(), N, C, eps);
+  for (bool in_place : {false, true}) {
+    SCOPED_TRACE(in_place ? "in place" : "out of place");
+    auto f_res = in_place ? a : nans<T>(n), f_out = nans<T>(n), f_rstd = nans<T>(size_t(N));
+    residual_rmsnorm_forward<T>(f_res.data(), f_out.data(), f_rstd.data(), in_place ? f_res.data() : a.data(),
+                                b.data(), w.data(), N, C, eps);
+    expect_same_bits("res", f_res, res);
+    expect_same_bits("out", f_out, out);
+    expect_same_bits("rstd", f_rstd, rstd);
+  }
 }
 
 // ---- attention
@@ -536,6 +592,8 @@ const std::map<std::string, OpEntry>& op_table() {
       {"layernorm", {check_layernorm<float>, check_layernorm<double>}},
       {"gelu", {check_gelu<float>, check_gelu<double>}},
       {"residual", {check_residual<float>, check_residual<double>}},
+      {"residual_layernorm", {check_residual_layernorm<float>, check_residual_layernorm<double>}},
+      {"residual_rmsnorm", {check_residual_rmsnorm<float>, check_residual_rmsnorm<double>}},
       {"attention", {check_attention<float>, check_attention<double>}},
       {"classifier", {check_classifier<float>, check_classifier<double>}},
       {"rmsnorm", {check_rmsnorm<float>, check_rmsnorm<double>}},
@@ -589,6 +647,12 @@ const std::vector<OpCase> kCases = {
     {"residual", {1}},
     {"residual", {33}},
     {"residual", {100003}},
+    {"residual_layernorm", {1, 1}},
+    {"residual_layernorm", {33, 31}},
+    {"residual_layernorm", {257, 768}},
+    {"residual_rmsnorm", {1, 1}},
+    {"residual_rmsnorm", {31, 32}},
+    {"residual_rmsnorm", {130, 96}},
     {"attention", {1, 1, 4, 1}},
     {"attention", {2, 31, 32, 2}},
     {"attention", {1, 32, 16, 4}},

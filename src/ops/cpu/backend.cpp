@@ -37,6 +37,8 @@ Backend<F> make_cpu_backend() {
       &gelu_forward<F>,
       &gelu_backward<F>,
       &residual_forward<F>,
+      &residual_layernorm_forward<F>,
+      &residual_rmsnorm_forward<F>,
       &attention_forward<F>,
       &attention_backward<F>,
       &classifier_ce_forward<F>,

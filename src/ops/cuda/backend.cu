@@ -102,7 +102,7 @@ struct GemmOnDefaultStream {
 
 // Every member of the table but matmul_precision is a pointer (on_host() is a function): a member
 // added to ops::Backend fails here until it is filled in below.
-static_assert(sizeof(ops::Backend<float>) == 33 * sizeof(void*),
+static_assert(sizeof(ops::Backend<float>) == 35 * sizeof(void*),
               "ops::Backend changed: fill the new member in make_cuda_backend()");
 
 template <ops::MatmulPrecision P>
@@ -122,6 +122,8 @@ ops::Backend<float> make_cuda_backend() {
       .gelu_forward = OnDefaultStream<gelu_forward>{},
       .gelu_backward = OnDefaultStream<gelu_backward>{},
       .residual_forward = OnDefaultStream<residual_forward>{},
+      .residual_layernorm_forward = OnDefaultStream<residual_layernorm_forward>{},
+      .residual_rmsnorm_forward = OnDefaultStream<residual_rmsnorm_forward>{},
       .attention_forward = GemmOnDefaultStream<attention_forward, P>{},
       .attention_backward = GemmOnDefaultStream<attention_backward, P>{},
       .classifier_ce_forward = GemmOnDefaultStream<classifier_ce_forward, P>{},  // synchronises

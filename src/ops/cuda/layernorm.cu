@@ -23,16 +23,11 @@ using detail::warp_sum;
 
 constexpr float kEps = 1e-5f;
 
-__global__ void ln_fwd_kernel(float* __restrict__ out, float* __restrict__ mean,
-                              float* __restrict__ rstd, const float* __restrict__ inp,
-                              const float* __restrict__ w, const float* __restrict__ b, int N,
-                              int C) {
-  const int lane = threadIdx.x % kWarp;
-  const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarp;
-  if (row >= N) return;  // uniform across the warp: the shuffles below see all 32 lanes
-  const float* x = inp + (size_t)row * C;
-  float s = 0.0f;
-  for (int c = lane; c < C; c += kWarp) s += x[c];
+// One row by one warp, given its sum: the mean, the variance, the output and the statistics. Each
+// lane reads only the columns c = lane (mod 32), the ones it summed (and, fused, wrote).
+__device__ void ln_row(float* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd,
+                       const float* x, const float* __restrict__ w, const float* __restrict__ b,
+                       int row, int C, int lane, float s) {
   const float m = warp_sum(s) / C;
   float v = 0.0f;
   for (int c = lane; c < C; c += kWarp) {
@@ -46,6 +41,39 @@ __global__ void ln_fwd_kernel(float* __restrict__ out, float* __restrict__ mean,
     mean[row] = m;
     rstd[row] = r;
   }
+}
+
+__global__ void ln_fwd_kernel(float* __restrict__ out, float* __restrict__ mean,
+                              float* __restrict__ rstd, const float* __restrict__ inp,
+                              const float* __restrict__ w, const float* __restrict__ b, int N,
+                              int C) {
+  const int lane = threadIdx.x % kWarp;
+  const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarp;
+  if (row >= N) return;  // uniform across the warp: the shuffles below see all 32 lanes
+  const float* x = inp + (size_t)row * C;
+  float s = 0.0f;
+  for (int c = lane; c < C; c += kWarp) s += x[c];
+  ln_row(out, mean, rstd, x, w, b, row, C, lane, s);
+}
+
+// res = a + b while summing it: a and b read once, res written and read back by the same lane (no
+// __restrict__ on them: res may be a).
+__global__ void residual_ln_fwd_kernel(float* res, float* __restrict__ out, float* __restrict__ mean,
+                                       float* __restrict__ rstd, const float* a, const float* b,
+                                       const float* __restrict__ w, const float* __restrict__ bias,
+                                       int N, int C) {
+  const int lane = threadIdx.x % kWarp;
+  const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarp;
+  if (row >= N) return;
+  const size_t off = (size_t)row * C;
+  float* x = res + off;
+  float s = 0.0f;
+  for (int c = lane; c < C; c += kWarp) {
+    const float v = a[off + c] + b[off + c];
+    x[c] = v;
+    s += v;
+  }
+  ln_row(out, mean, rstd, x, w, bias, row, C, lane, s);
 }
 
 // dinp row += (dnorm - mean(dnorm) - norm * mean(dnorm * norm)) * rstd, dnorm = w * dout.
@@ -99,6 +127,15 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, c
   if (N <= 0 || C <= 0) return;
   LMF_LAUNCH(ln_fwd_kernel, row_blocks(N), kRowsPerBlock * kWarp, 0, stream)(out, mean, rstd, inp, w, b, N,
                                                                      C);
+  LMF_CUDA_CHECK_LAUNCH();
+}
+
+void residual_layernorm_forward(float* res, float* out, float* mean, float* rstd, const float* a,
+                                const float* b, const float* w, const float* bias, int N, int C,
+                                cudaStream_t stream) {
+  if (N <= 0 || C <= 0) return;
+  LMF_LAUNCH(residual_ln_fwd_kernel, row_blocks(N), kRowsPerBlock * kWarp, 0, stream)(
+      res, out, mean, rstd, a, b, w, bias, N, C);
   LMF_CUDA_CHECK_LAUNCH();
 }
 

@@ -24,6 +24,12 @@ void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n,
 // out, inp (N, C); mean, rstd (N) saved for backward; w, b (C).
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* w,
                        const float* b, int N, int C, cudaStream_t stream = 0);
+// res = a + b, then out = layernorm(res): one warp per row reads a and b once, writes res and
+// out, and keeps the row's sums in registers (the same numbers as residual_forward then
+// layernorm_forward here). res, out, a, b (N, C); res may be a.
+void residual_layernorm_forward(float* res, float* out, float* mean, float* rstd, const float* a,
+                                const float* b, const float* w, const float* bias, int N, int C,
+                                cudaStream_t stream = 0);
 // dinp (N, C) += ...; dw (C) += ...; db (C) += ... (all three ACCUMULATE, as on the CPU).
 // Deterministic: no atomics, a fixed summation order. dinp must not alias dout (nor on the CPU,
 // whose second pass reads dout after the first has written dinp).
@@ -35,6 +41,9 @@ void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, co
 // out, inp (N, C); rstd (N) saved for backward; w (C).
 void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int N, int C,
                      float eps, cudaStream_t stream = 0);
+// res = a + b, then out = rmsnorm(res), fused as residual_layernorm_forward; res may be a.
+void residual_rmsnorm_forward(float* res, float* out, float* rstd, const float* a, const float* b,
+                              const float* w, int N, int C, float eps, cudaStream_t stream = 0);
 // dinp (N, C) += ...; dw (C) += ... (both ACCUMULATE, as on the CPU). Deterministic: no atomics, a
 // fixed summation order. dinp must not alias dout (the dw pass reads dout after dinp is written,
 // as on the CPU).

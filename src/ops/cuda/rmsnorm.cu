@@ -21,6 +21,16 @@ using detail::kWarp;
 using detail::row_blocks;
 using detail::warp_sum;
 
+// One row by one warp, given its sum of squares: the output and rstd. Each lane reads only the
+// columns c = lane (mod 32), the ones it summed (and, fused, wrote).
+__device__ void rms_row(float* __restrict__ out, float* __restrict__ rstd, const float* x,
+                        const float* __restrict__ w, int row, int C, int lane, float ss, float eps) {
+  const float r = 1.0f / sqrtf(warp_sum(ss) / C + eps);
+  float* o = out + (size_t)row * C;
+  for (int c = lane; c < C; c += kWarp) o[c] = x[c] * r * w[c];
+  if (lane == 0) rstd[row] = r;
+}
+
 // out, inp (N, C); rstd (N); w (C).
 __global__ void rms_fwd_kernel(float* __restrict__ out, float* __restrict__ rstd,
                                const float* __restrict__ inp, const float* __restrict__ w, int N,
@@ -31,10 +41,25 @@ __global__ void rms_fwd_kernel(float* __restrict__ out, float* __restrict__ rstd
   const float* x = inp + (size_t)row * C;
   float ss = 0.0f;
   for (int c = lane; c < C; c += kWarp) ss += x[c] * x[c];
-  const float r = 1.0f / sqrtf(warp_sum(ss) / C + eps);
-  float* o = out + (size_t)row * C;
-  for (int c = lane; c < C; c += kWarp) o[c] = x[c] * r * w[c];
-  if (lane == 0) rstd[row] = r;
+  rms_row(out, rstd, x, w, row, C, lane, ss, eps);
+}
+
+// res = a + b while summing its squares (res may be a: no __restrict__ on them).
+__global__ void residual_rms_fwd_kernel(float* res, float* __restrict__ out, float* __restrict__ rstd,
+                                        const float* a, const float* b, const float* __restrict__ w,
+                                        int N, int C, float eps) {
+  const int lane = threadIdx.x % kWarp;
+  const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarp;
+  if (row >= N) return;
+  const size_t off = (size_t)row * C;
+  float* x = res + off;
+  float ss = 0.0f;
+  for (int c = lane; c < C; c += kWarp) {
+    const float v = a[off + c] + b[off + c];
+    x[c] = v;
+    ss += v * v;
+  }
+  rms_row(out, rstd, x, w, row, C, lane, ss, eps);
 }
 
 // dinp row += (dnorm - norm * mean(dnorm * norm)) * rstd. dinp, dout, inp (N, C); w (C).
@@ -72,6 +97,14 @@ void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, 
                      float eps, cudaStream_t stream) {
   if (N <= 0 || C <= 0) return;
   LMF_LAUNCH(rms_fwd_kernel, row_blocks(N), kRowsPerBlock * kWarp, 0, stream)(out, rstd, inp, w, N, C, eps);
+  LMF_CUDA_CHECK_LAUNCH();
+}
+
+void residual_rmsnorm_forward(float* res, float* out, float* rstd, const float* a, const float* b,
+                              const float* w, int N, int C, float eps, cudaStream_t stream) {
+  if (N <= 0 || C <= 0) return;
+  LMF_LAUNCH(residual_rms_fwd_kernel, row_blocks(N), kRowsPerBlock * kWarp, 0, stream)(
+      res, out, rstd, a, b, w, N, C, eps);
   LMF_CUDA_CHECK_LAUNCH();
 }
 
