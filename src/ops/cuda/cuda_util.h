@@ -28,13 +28,16 @@ void device_free(void* p, size_t bytes) noexcept;
 size_t allocated_bytes();
 size_t peak_allocated_bytes();
 size_t allocation_count();  // device_malloc calls that allocated, so far (a step should add none)
-// Bytes the virtual memory (below) maps and unmaps count as allocated and freed, so the peak
-// covers them; mapping is not counted by allocation_count.
+// The physical granules of the virtual memory (below), mapped or pooled, count as allocated from
+// their creation to their release, so the peak covers them; they are not counted by
+// allocation_count.
 void count_mapped(size_t bytes);
 void count_unmapped(size_t bytes) noexcept;
 // The device memory space's virtual memory (ops/cuda/virtual_memory.cu): the parameters and
 // gradients of ParamStore's device copy live in it, for ZeRO 3 (core/paged_array.h).
 const VirtualMemory& device_virtual_memory();
+// Physical granules created so far (cuMemCreate): a step that reuses the pool adds none.
+size_t virtual_memory_creates();
 
 }  // namespace lmf::cuda
 

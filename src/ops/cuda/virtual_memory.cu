@@ -1,14 +1,18 @@
 // The CUDA space's virtual memory (core/memory.h VirtualMemory): the driver's virtual memory
 // management. Addresses are reserved once (cuMemAddressReserve); each granule is backed by its
-// own physical allocation (cuMemCreate, cuMemMap, then cuMemRelease at once: the mapping keeps
-// the memory alive until cuMemUnmap frees it), so any run of granules can be handed back alone,
-// as PyTorch's expandable segments do. The driver is reached through the runtime's entry-point
-// query, so lmforge links no libcuda (cudart loads it) and still starts on machines without one.
+// own physical allocation (cuMemCreate + cuMemMap), so any run of granules can be handed back
+// alone, as PyTorch's expandable segments do; a granule handed back waits in a pool for the next
+// map (Granules below). The driver is reached through the runtime's entry-point query, so lmforge
+// links no libcuda (cudart loads it) and still starts on machines without one.
 // Host code only; a .cu so that the CUDA build (which globs ops/cuda/*.cu) compiles it.
 #include <cuda.h>
 #include <cuda_runtime_api.h>
 
+#include <mutex>
+#include <optional>
 #include <type_traits>
+#include <unordered_map>
+#include <vector>
 
 #include "core/error.h"
 #include "core/memory.h"
@@ -98,52 +102,107 @@ void* vm_reserve(size_t bytes) {
   return reinterpret_cast<void*>(p);
 }
 
-void vm_free(void* p, size_t bytes) noexcept {
-  (void)driver().address_free(reinterpret_cast<CUdeviceptr>(p),
-                              bytes);  // e.g. a dead context at exit
+// The physical granules: those mapped now (by address, each its own cuMemCreate) and a pool of
+// those handed back, kept for the next map instead of released. After the first step of ZeRO 3
+// the pool holds what one step's peak needs, so later steps map and unmap but allocate nothing
+// (the memory plan stays fixed, as with every other buffer), and the driver's allocation calls
+// leave the step loop. The pool goes back to the device when nothing is mapped any more (the
+// last reservation freed), or when an allocation finds the device full.
+struct Granules {
+  std::mutex mu;
+  std::unordered_map<CUdeviceptr, CUmemGenericAllocationHandle> mapped;
+  std::vector<CUmemGenericAllocationHandle> pool;
+  size_t created = 0;  // cuMemCreate calls so far
+};
+Granules& granules() {
+  static auto* g = new Granules();  // never destroyed: reservations may outlive static objects
+  return *g;
 }
 
-// Hands back the granules of [p, p + bytes), each its own mapping.
-void unmap_granules(void* p, size_t bytes) {
+// Releases the pool's granules (call with the lock held).
+void drain_pool(Granules& gr) noexcept {
+  for (CUmemGenericAllocationHandle h : gr.pool) (void)driver().release(h);
+  count_unmapped(gr.pool.size() * vm_granularity());
+  gr.pool.clear();
+}
+
+void vm_free(void* p, size_t bytes) noexcept {
+  (void)driver().address_free(reinterpret_cast<CUdeviceptr>(p), bytes);  // e.g. a dead context at exit
+  Granules& gr = granules();
+  std::lock_guard lock(gr.mu);
+  if (gr.mapped.empty()) drain_pool(gr);
+}
+
+// A physical granule: from the pool, else a new one (after draining the pool into the device
+// once, should it be full). nullopt when the device has no room.
+std::optional<CUmemGenericAllocationHandle> take_granule(Granules& gr, const CUmemAllocationProp& prop) {
+  if (!gr.pool.empty()) {
+    const CUmemGenericAllocationHandle h = gr.pool.back();
+    gr.pool.pop_back();
+    return h;
+  }
+  CUmemGenericAllocationHandle h{};
+  const CUresult res = driver().create(&h, vm_granularity(), &prop, 0);
+  if (res == CUDA_ERROR_OUT_OF_MEMORY) return std::nullopt;
+  check(res, "cuMemCreate");
+  ++gr.created;
+  count_mapped(vm_granularity());
+  return h;
+}
+
+// Unmaps the granules of [p, p + bytes) into the pool (call with the lock held).
+void unmap_granules(Granules& gr, CUdeviceptr p, size_t bytes) {
   const size_t g = vm_granularity();
-  for (size_t at = 0; at < bytes; at += g)
-    check(driver().unmap(reinterpret_cast<CUdeviceptr>(p) + at, g), "cuMemUnmap");
+  for (size_t at = 0; at < bytes; at += g) {
+    auto it = gr.mapped.find(p + at);
+    LMF_CHECK(it != gr.mapped.end(), "unmap of a granule that is not mapped");
+    check(driver().unmap(p + at, g), "cuMemUnmap");
+    gr.pool.push_back(it->second);
+    gr.mapped.erase(it);
+  }
 }
 
 void vm_map(void* p, size_t bytes) {
   const size_t g = vm_granularity();
   const CUmemAllocationProp prop = device_prop();
   const auto base = reinterpret_cast<CUdeviceptr>(p);
+  Granules& gr = granules();
+  std::lock_guard lock(gr.mu);
   for (size_t at = 0; at < bytes; at += g) {
-    CUmemGenericAllocationHandle h{};
-    const CUresult res = driver().create(&h, g, &prop, 0);
-    if (res == CUDA_ERROR_OUT_OF_MEMORY) {
-      if (at > 0) unmap_granules(p, at);
+    auto h = take_granule(gr, prop);
+    if (!h) {
+      unmap_granules(gr, base, at);  // what this call mapped, back to the pool
+      drain_pool(gr);
       size_t free = 0, total = 0;
       if (cudaMemGetInfo(&free, &total) != cudaSuccess) (void)cudaGetLastError();
-      throw Error(fmt::format("out of GPU memory mapping {} bytes ({} of {} bytes free)",
-                              bytes - at, free, total));
+      throw Error(fmt::format("out of GPU memory mapping {} bytes ({} of {} bytes free)", bytes - at, free, total));
     }
-    check(res, "cuMemCreate");
-    const CUresult mapped = driver().map(base + at, g, 0, h, 0);
-    check(driver().release(h), "cuMemRelease");  // the mapping holds the memory from here on
+    const CUresult mapped = driver().map(base + at, g, 0, *h, 0);
+    if (mapped != CUDA_SUCCESS) gr.pool.push_back(*h);
     check(mapped, "cuMemMap");
+    gr.mapped[base + at] = *h;
   }
   CUmemAccessDesc access{};
   access.location = prop.location;
   access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
   check(driver().set_access(base, bytes, &access, 1), "cuMemSetAccess");
-  count_mapped(bytes);
 }
 
 void vm_unmap(void* p, size_t bytes) {
   // Kernels queued before may still read or write the range: unmapping under them would fault.
   LMF_CUDA_CHECK(cudaDeviceSynchronize());
-  unmap_granules(p, bytes);
-  count_unmapped(bytes);
+  Granules& gr = granules();
+  std::lock_guard lock(gr.mu);
+  unmap_granules(gr, reinterpret_cast<CUdeviceptr>(p), bytes);
 }
 
 }  // namespace
+
+size_t virtual_memory_creates() {
+  Granules& gr = granules();
+  std::lock_guard lock(gr.mu);
+  return gr.created;
+}
 
 const VirtualMemory& device_virtual_memory() {
   static const VirtualMemory vm{vm_granularity, vm_reserve, vm_free, vm_map, vm_unmap};
