@@ -64,7 +64,6 @@ class PagedArray {
   size_t bytes() const { return size_ * sizeof(T); }
   const MemorySpace& space() const { return *space_; }
   bool paged() const { return granule_ > 0; }
-  size_t granule() const { return granule_; }
 
   // Values [lo, hi) become zero, and the granules wholly inside go back to the space.
   void release(size_t lo, size_t hi) {

@@ -31,8 +31,8 @@ size_t allocation_count();  // device_malloc calls that allocated, so far (a ste
 // The physical granules of the virtual memory (below), mapped or pooled, count as allocated from
 // their creation to their release, so the peak covers them; they are not counted by
 // allocation_count.
-void count_mapped(size_t bytes);
-void count_unmapped(size_t bytes) noexcept;
+void count_allocated(size_t bytes);
+void count_freed(size_t bytes) noexcept;
 // The device memory space's virtual memory (ops/cuda/virtual_memory.cu): the parameters and
 // gradients of ParamStore's device copy live in it, for ZeRO 3 (core/paged_array.h).
 const VirtualMemory& device_virtual_memory();

@@ -50,22 +50,22 @@ void* device_malloc(size_t bytes) {
                             cudaGetErrorString(err)));
   }
   g_count.fetch_add(1);
-  count_mapped(bytes);
+  count_allocated(bytes);
   return p;
 }
 
-void count_mapped(size_t bytes) {
+void count_allocated(size_t bytes) {
   const size_t now = g_allocated.fetch_add(bytes) + bytes;
   size_t peak = g_peak.load();
   while (now > peak && !g_peak.compare_exchange_weak(peak, now)) {
   }
 }
 
-void count_unmapped(size_t bytes) noexcept { g_allocated.fetch_sub(bytes); }
+void count_freed(size_t bytes) noexcept { g_allocated.fetch_sub(bytes); }
 
 void device_free(void* p, size_t bytes) noexcept {
   if (p == nullptr) return;
-  g_allocated.fetch_sub(bytes);
+  count_freed(bytes);
   if (cudaFree(p) != cudaSuccess) (void)cudaGetLastError();  // e.g. a dead context at exit
 }
 

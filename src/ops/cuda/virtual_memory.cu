@@ -122,7 +122,7 @@ Granules& granules() {
 // Releases the pool's granules (call with the lock held).
 void drain_pool(Granules& gr) noexcept {
   for (CUmemGenericAllocationHandle h : gr.pool) (void)driver().release(h);
-  count_unmapped(gr.pool.size() * vm_granularity());
+  count_freed(gr.pool.size() * vm_granularity());
   gr.pool.clear();
 }
 
@@ -146,7 +146,7 @@ std::optional<CUmemGenericAllocationHandle> take_granule(Granules& gr, const CUm
   if (res == CUDA_ERROR_OUT_OF_MEMORY) return std::nullopt;
   check(res, "cuMemCreate");
   ++gr.created;
-  count_mapped(vm_granularity());
+  count_allocated(vm_granularity());
   return h;
 }
 
