@@ -133,8 +133,9 @@ class Guarded {
       }
   }
   // The virtual memory: a reservation is an allocation of the space (ops may be handed pointers
-  // into it) whose granules stay without access until mapped, and lose their contents (poisoned
-  // with NaN bytes, so a read of released values that were not committed again shows) when unmapped.
+  // into it) whose granules stay without access until mapped. Unmapping drops a granule's contents;
+  // mapping it again fills it with NaN bytes (contents undefined, as on a GPU), so a read of
+  // mapped values that nothing zeroed or wrote shows.
   static void* reserve(size_t bytes) {
     LMF_CHECK(bytes % granularity() == 0, "guarded reserve of {} bytes", bytes);
     std::lock_guard lk(get().mu_);

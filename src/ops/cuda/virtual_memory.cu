@@ -133,8 +133,8 @@ void vm_free(void* p, size_t bytes) noexcept {
   if (gr.mapped.empty()) drain_pool(gr);
 }
 
-// A physical granule: from the pool, else a new one (after draining the pool into the device
-// once, should it be full). nullopt when the device has no room.
+// A physical granule: from the pool, else a new one (created only when the pool is empty).
+// nullopt when the device has no room; vm_map then returns what it mapped to the device.
 std::optional<CUmemGenericAllocationHandle> take_granule(Granules& gr, const CUmemAllocationProp& prop) {
   if (!gr.pool.empty()) {
     const CUmemGenericAllocationHandle h = gr.pool.back();
