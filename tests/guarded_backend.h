@@ -288,6 +288,8 @@ inline const ops::Backend<float>& guarded_backend() {
       &GuardedOp<&attention_gqa_backward<F>>::call,
       &GuardedOp<&attention_decode<F>>::call,
       &GuardedOp<&fill_values>::call,
+      &GuardedOp<&fill_values>::call,
+      &GuardedOp<&copy_values>::call,
       &GuardedOp<&copy_values>::call,
       &GuardedOp<&adamw_update>::call,
       &GuardedOp<&adamw_chunks>::call,

@@ -18,6 +18,18 @@ inline uint16_t float_to_bf16(float f) {
   return static_cast<uint16_t>(u >> 16);
 }
 
+// A bf16 number as stored (activations and the compute copy of the weights under bf16 storage):
+// only its bits, with explicit conversions both ways, so that no arithmetic happens in bf16 by
+// accident; every op computes in float and rounds what it stores (to nearest even).
+struct bf16 {
+  uint16_t bits;
+  bf16() = default;  // uninitialised, as float is (buffers are not zeroed twice)
+  explicit bf16(float f) : bits(float_to_bf16(f)) {}
+  explicit operator float() const { return bf16_to_float(bits); }
+  friend bool operator==(bf16 a, bf16 b) { return a.bits == b.bits; }  // the same bits
+};
+static_assert(sizeof(bf16) == 2);
+
 inline float f16_to_float(uint16_t h) {
   const uint32_t sign = uint32_t{h & 0x8000u} << 16;
   const uint32_t exp = (h >> 10) & 0x1fu;

@@ -11,6 +11,7 @@
 #include <optional>
 #include <string_view>
 
+#include "core/half.h"
 #include "core/memory.h"
 #include "ops/ops.h"
 
@@ -33,39 +34,62 @@ float round_operand(float x, MatmulPrecision p);
 // The unit roundoff of an operand: 2^-24 (fp32), 2^-11 (tf32), 2^-8 (bf16).
 double operand_unit_roundoff(MatmulPrecision p);
 
+// The number types around activations of type A (ops.h's F): the parameters' gradients (and the
+// master weights and optimizer state) are master_t<A>; saved statistics (mean, rstd, lse), losses,
+// their gradients and logits are stat_t<A>. Both are A itself for float and double, and float for
+// bf16 storage, whose ops compute in float and round only what they store as A.
+template <class A>
+struct Numbers {
+  using M = A;
+  using S = A;
+};
+template <>
+struct Numbers<bf16> {
+  using M = float;
+  using S = float;
+};
+template <class A>
+using master_t = typename Numbers<A>::M;
+template <class A>
+using stat_t = typename Numbers<A>::S;
+
+// F: the activations' type, which the weights the ops read share; M, S as Numbers above.
 template <class F>
 struct Backend {
+  using M = master_t<F>;
+  using S = stat_t<F>;
+
   const char* name;            // "cpu", "cuda"
   const MemorySpace* memory;   // where the ops' buffers live
   MatmulPrecision matmul_precision;  // of matmul_*, classifier_* and (bf16) attention_*
 
   void (*matmul_forward)(F* out, const F* inp, const F* w, const F* bias, int N, int C, int OC);
-  void (*matmul_backward)(F* dinp, F* dw, F* dbias, const F* dout, const F* inp, const F* w, int N, int C,
+  void (*matmul_backward)(F* dinp, M* dw, M* dbias, const F* dout, const F* inp, const F* w, int N, int C,
                           int OC);
   // tokens in the backend's memory.
   void (*encoder_forward)(F* out, const int32_t* tokens, const F* wte, const F* wpe, int B, int T, int C);
   // tokens_host: the same ids, in HOST memory (a device backend groups positions by token on the
   // host, for a deterministic sum without atomics).
-  void (*encoder_backward)(F* dwte, F* dwpe, const F* dout, const int32_t* tokens_host, int B, int T, int C);
-  void (*layernorm_forward)(F* out, F* mean, F* rstd, const F* inp, const F* w, const F* b, int N, int C);
-  void (*layernorm_backward)(F* dinp, F* dw, F* db, const F* dout, const F* inp, const F* w, const F* mean,
-                             const F* rstd, int N, int C);
+  void (*encoder_backward)(M* dwte, M* dwpe, const F* dout, const int32_t* tokens_host, int B, int T, int C);
+  void (*layernorm_forward)(F* out, S* mean, S* rstd, const F* inp, const F* w, const F* b, int N, int C);
+  void (*layernorm_backward)(F* dinp, M* dw, M* db, const F* dout, const F* inp, const F* w, const S* mean,
+                             const S* rstd, int N, int C);
   void (*gelu_forward)(F* out, const F* inp, size_t n);
   void (*gelu_backward)(F* dinp, const F* inp, const F* dout, size_t n);
   void (*residual_forward)(F* out, const F* a, const F* b, size_t n);
-  void (*residual_layernorm_forward)(F* res, F* out, F* mean, F* rstd, const F* a, const F* b, const F* w,
+  void (*residual_layernorm_forward)(F* res, F* out, S* mean, S* rstd, const F* a, const F* b, const F* w,
                                      const F* bias, int N, int C);
-  void (*residual_rmsnorm_forward)(F* res, F* out, F* rstd, const F* a, const F* b, const F* w, int N, int C,
+  void (*residual_rmsnorm_forward)(F* res, F* out, S* rstd, const F* a, const F* b, const F* w, int N, int C,
                                    float eps);
-  void (*attention_forward)(F* out, F* lse, const F* qkv, int B, int T, int C, int NH);
-  void (*attention_backward)(F* dqkv, const F* dout, const F* qkv, const F* out, const F* lse, int B, int T,
+  void (*attention_forward)(F* out, S* lse, const F* qkv, int B, int T, int C, int NH);
+  void (*attention_backward)(F* dqkv, const F* dout, const F* qkv, const F* out, const S* lse, int B, int T,
                              int C, int NH);
   // Returns the sum of the losses on the host (a device backend synchronises for it).
-  double (*classifier_ce_forward)(F* losses, F* dx, F* dw, const F* x, const F* w, const int32_t* targets,
-                                  const F* dloss, int N, int C, int V);
-  void (*classifier_logits)(F* logits, const F* x, const F* w, int N, int C, int V);
-  void (*rmsnorm_forward)(F* out, F* rstd, const F* inp, const F* w, int N, int C, float eps);
-  void (*rmsnorm_backward)(F* dinp, F* dw, const F* dout, const F* inp, const F* w, const F* rstd, int N, int C);
+  double (*classifier_ce_forward)(S* losses, F* dx, M* dw, const F* x, const F* w, const int32_t* targets,
+                                  const S* dloss, int N, int C, int V);
+  void (*classifier_logits)(S* logits, const F* x, const F* w, int N, int C, int V);
+  void (*rmsnorm_forward)(F* out, S* rstd, const F* inp, const F* w, int N, int C, float eps);
+  void (*rmsnorm_backward)(F* dinp, M* dw, const F* dout, const F* inp, const F* w, const S* rstd, int N, int C);
   // inv_freq (hs/2 doubles) in the backend's memory.
   void (*rope_forward)(F* out, const F* inp, int B, int T, int NH, int hs, const double* inv_freq,
                        bool interleaved, int pos0);
@@ -73,17 +97,21 @@ struct Backend {
                         bool interleaved, int pos0);
   void (*swiglu_forward)(F* out, const F* gate, const F* up, size_t n);
   void (*swiglu_backward)(F* dgate, F* dup, const F* dout, const F* gate, const F* up, size_t n);
-  void (*attention_gqa_forward)(F* out, F* lse, const F* q, const F* k, const F* v, int B, int T, int NH,
+  void (*attention_gqa_forward)(F* out, S* lse, const F* q, const F* k, const F* v, int B, int T, int NH,
                                 int KVH, int hs);
   void (*attention_gqa_backward)(F* dq, F* dk, F* dv, const F* dout, const F* q, const F* k, const F* v,
-                                 const F* out, const F* lse, int B, int T, int NH, int KVH, int hs);
-  void (*attention_decode)(F* y, F* scratch, const F* q, const F* k, const F* v, int T, int NH, int KVH, int hs,
+                                 const F* out, const S* lse, int B, int T, int NH, int KVH, int hs);
+  void (*attention_decode)(F* y, S* scratch, const F* q, const F* k, const F* v, int T, int NH, int KVH, int hs,
                            int ld);
 
   // x[0, n) = value.
   void (*fill)(F* x, F value, size_t n);
+  void (*fill_stat)(S* x, S value, size_t n);
   // dst[0, n) = src[0, n), both in the backend's memory, not overlapping.
   void (*copy)(F* dst, const F* src, size_t n);
+  // dst[0, n) = src[0, n) rounded to F (to nearest even; a plain copy when F is M): the compute
+  // copy of the weights from the master weights.
+  void (*to_compute)(F* dst, const M* src, size_t n);
   // The optimizer's ops (float; the double table has them too, for float buffers).
   void (*adamw_update)(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1,
                        float beta2, float eps, float wd, long t);

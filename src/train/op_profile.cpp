@@ -20,8 +20,8 @@ using Be = ops::Backend<float>;
   X(residual_layernorm_forward) X(residual_rmsnorm_forward) X(attention_forward) X(attention_backward) \
   X(classifier_ce_forward) X(classifier_logits) X(rmsnorm_forward) X(rmsnorm_backward) X(rope_forward) \
   X(rope_backward) X(swiglu_forward) X(swiglu_backward) X(attention_gqa_forward)                       \
-  X(attention_gqa_backward) X(attention_decode) X(fill) X(copy) X(adamw_update) X(adamw_chunks)        \
-  X(sum_squares) X(scale)
+  X(attention_gqa_backward) X(attention_decode) X(fill) X(fill_stat) X(copy) X(to_compute)            \
+  X(adamw_update) X(adamw_chunks) X(sum_squares) X(scale)
 
 enum Account {
 #define LMF_ACCOUNT(name) k_##name,

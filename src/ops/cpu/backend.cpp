@@ -53,7 +53,9 @@ Backend<F> make_cpu_backend() {
       &attention_gqa_backward<F>,
       &attention_decode<F>,
       &fill_host<F>,
+      &fill_host<stat_t<F>>,
       &copy_host<F>,
+      &copy_host<F>,  // to_compute: F is its own master type
       &adamw_update,
       &adamw_chunks,
       &sum_squares,

@@ -102,7 +102,7 @@ struct GemmOnDefaultStream {
 
 // Every member of the table but matmul_precision is a pointer (on_host() is a function): a member
 // added to ops::Backend fails here until it is filled in below.
-static_assert(sizeof(ops::Backend<float>) == 35 * sizeof(void*),
+static_assert(sizeof(ops::Backend<float>) == 37 * sizeof(void*),
               "ops::Backend changed: fill the new member in make_cuda_backend()");
 
 template <ops::MatmulPrecision P>
@@ -138,7 +138,9 @@ ops::Backend<float> make_cuda_backend() {
       .attention_gqa_backward = GemmOnDefaultStream<attention_gqa_backward, P>{},
       .attention_decode = OnDefaultStream<attention_decode>{},
       .fill = OnDefaultStream<fill>{},
+      .fill_stat = OnDefaultStream<fill>{},
       .copy = OnDefaultStream<copy>{},
+      .to_compute = OnDefaultStream<copy>{},  // float is its own master type
       .adamw_update = OnDefaultStream<adamw_update>{},
       .adamw_chunks = OnDefaultStream<adamw_chunks>{},
       .sum_squares = OnDefaultStream<sum_squares>{},  // synchronises
