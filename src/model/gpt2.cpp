@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "core/error.h"
 #include "model/lm_head.h"
@@ -14,8 +15,10 @@ Gpt2<F>::Gpt2(const ModelConfig& cfg, bool allocate, nn::TensorParallel tp, cons
     : cfg_(cfg),
       tp_(tp),
       be_(be ? be : &ops::cpu_backend<F>()),
+      wc_(*be_->memory),
       acts_(*be_->memory),
       scratch_(*be_->memory),
+      stats_(*be_->memory),
       dtokens_(*be_->memory),
       dtargets_(*be_->memory),
       logits_(*be_->memory) {
@@ -23,6 +26,7 @@ Gpt2<F>::Gpt2(const ModelConfig& cfg, bool allocate, nn::TensorParallel tp, cons
   LMF_CHECK(cfg.n_embd % cfg.n_head == 0, "n_embd {} % n_head {}", cfg.n_embd, cfg.n_head);
   LMF_CHECK(tp.size >= 1 && cfg.n_head % tp.size == 0, "n_head {} over {} tensor-parallel ranks", cfg.n_head,
             tp.size);
+  if (!std::is_same_v<F, ops::master_t<F>> && tp.size > 1) throw UserError("tensor parallelism with bf16 storage is not built yet");
   const int64_t C = cfg.n_embd, V = cfg.vocab_size, L = cfg.n_layer;
   const int64_t A = tp.part(cfg.n_embd), M = tp.part(4 * cfg.n_embd);  // this rank's widths
   const Split rows{0, 1}, cols{1, 1}, qkv_rows{0, 3};
@@ -53,13 +57,27 @@ Gpt2<F>::Gpt2(const ModelConfig& cfg, bool allocate, nn::TensorParallel tp, cons
   if (!allocate) return;
   ps_.allocate();
   ps_.place_on(*be_->memory);
+  if constexpr (!std::is_same_v<F, ops::master_t<F>>) wc_.resize(ps_.flat_size());
   bind_layers();
+}
+
+template <class F>
+F* Gpt2<F>::w(size_t i) {
+  if constexpr (std::is_same_v<F, M>)
+    return ps_.dev_param(i);
+  else
+    return wc_.data() + ps_.entry(i).offset;
+}
+
+template <class F>
+nn::P<F> Gpt2<F>::pv(size_t i) {
+  return {w(i), ps_.dev_grad(i)};
 }
 
 template <class F>
 void Gpt2<F>::bind_layers() {
   const int C = cfg_.n_embd, A = tp_.part(C);
-  auto p = [this](size_t i) { return nn::P<F>::of(ps_, i); };
+  auto p = [this](size_t i) { return pv(i); };
   // A row-parallel layer's bias is added once to the sum over the group: by rank 0, before the
   // all-reduce. Every rank still accumulates its gradient (the same on all of them).
   auto row_bias = [this, &p](size_t i) {
@@ -112,21 +130,21 @@ void Gpt2<F>::init(uint64_t seed) {
   const auto& es = ps_.entries();
   for (size_t i = 0; i < es.size(); ++i) {
     const auto& e = es[i];
-    F* w = ps_.param(i);
+    M* w = ps_.param(i);
     bool is_bias = e.name.ends_with(".bias");
     bool is_norm = e.name.find(".ln_") != std::string::npos;
     if (is_norm && !is_bias) {
-      std::fill(w, w + e.size, F(1));
+      std::fill(w, w + e.size, M(1));
     } else if (is_bias) {
-      std::fill(w, w + e.size, F(0));
+      std::fill(w, w + e.size, M(0));
     } else {
       bool resid = e.name.ends_with("attn.c_proj.weight") || e.name.ends_with("mlp.c_proj.weight");
       double sd = resid ? std_resid : cfg_.init_std;
 #pragma omp parallel for schedule(static)
       for (size_t j = 0; j < e.size; j += 2) {
         auto z = philox_normal2(seed, kStreamInit + i, j / 2);
-        w[j] = static_cast<F>(z[0] * sd);
-        if (j + 1 < e.size) w[j + 1] = static_cast<F>(z[1] * sd);
+        w[j] = static_cast<M>(z[0] * sd);
+        if (j + 1 < e.size) w[j + 1] = static_cast<M>(z[1] * sd);
       }
     }
   }
@@ -150,27 +168,32 @@ void Gpt2<F>::ensure_activations(int B, int T) {
   if (B == cur_B_ && T == cur_T_) return;
   // Re-carve for exactly (B, T): the saved layout depends on both.
   const nn::Gpt2Block<F> shape_of = block_shape();
-  size_t per_block = shape_of.saved_size(B, T);
-  size_t total = (L + 1) * N * C + L * per_block + N * C + 2 * N;  // resid, blocks, lnf, lnf stats
-  acts_.resize(total);
+  const nn::Sizes per_block = shape_of.saved_size(B, T);
+  // Activations: the residual stream (L + 1), the blocks', the final norm's output. Statistics:
+  // the blocks', the final norm's mean and rstd, the losses and their gradients.
+  const nn::Sizes total{(L + 1) * N * C + L * per_block.acts + N * C, L * per_block.stats + 4 * N};
+  acts_.resize(total.acts);
+  stats_.resize(total.stats);
   F* p = acts_.data();
+  S* q = stats_.data();
   resid_.assign(L + 1, nullptr);
-  for (size_t l = 0; l <= L; ++l) { resid_[l] = p; p += N * C; }
+  for (size_t l = 0; l <= L; ++l) resid_[l] = nn::take(p, N * C);
   encoded_ = resid_[0];
   saved_.clear();
-  for (size_t l = 0; l < L; ++l) saved_.push_back(shape_of.carve(p, B, T));
-  lnf_out_ = p; p += N * C;
-  lnf_saved_ = {p, p + N}; p += 2 * N;
-  LMF_CHECK(size_t(p - acts_.data()) == total, "activation layout {} != {}", p - acts_.data(), total);
+  for (size_t l = 0; l < L; ++l) saved_.push_back(shape_of.carve(p, q, B, T));
+  lnf_out_ = nn::take(p, N * C);
+  lnf_saved_ = {nn::take(q, N), nn::take(q, N)};
+  losses_ = nn::take(q, N);
+  dloss_ = nn::take(q, N);
+  LMF_CHECK(size_t(p - acts_.data()) == total.acts && size_t(q - stats_.data()) == total.stats,
+            "activation layout");
 
-  size_t stotal = shape_of.scratch_size(B, T) + 2 * N * C + 2 * N;
+  size_t stotal = shape_of.scratch_size(B, T) + 2 * N * C;
   scratch_.resize(stotal);
   F* s = scratch_.data();
   sc_ = shape_of.carve_scratch(s, B, T);
-  dres_ = s; s += N * C;
-  dlnf_ = s; s += N * C;
-  losses_ = s; s += N;
-  dloss_ = s; s += N;
+  dres_ = nn::take(s, N * C);
+  dlnf_ = nn::take(s, N * C);
   LMF_CHECK(size_t(s - scratch_.data()) == stotal, "scratch layout");
   tokens_.resize(N);
   dtokens_.resize(N);
@@ -188,13 +211,14 @@ double Gpt2<F>::forward(const int32_t* tokens, const int32_t* targets, int B, in
   lm_head::check_tokens(tokens, N, V);
   std::memcpy(tokens_.data(), tokens, sizeof(int32_t) * N);
   dtokens_.upload(tokens, N);
-  be_->encoder_forward(encoded_, dtokens_.data(), ps_.dev_param(idx_.wte), ps_.dev_param(idx_.wpe), B, T, C);
+  if constexpr (!std::is_same_v<F, M>) be_->to_compute(wc_.data(), ps_.dev_params(), ps_.flat_size());
+  be_->encoder_forward(encoded_, dtokens_.data(), w(idx_.wte), w(idx_.wpe), B, T, C);
   tape_.forward(blocks_, resid_, saved_, sc_, B, T, on_block_use_);
   lnf_.forward(lnf_out_, lnf_saved_, resid_[blocks_.size()], N);
   have_grad_ = false;
   if (!targets) return 0.0;
   return lm_head::loss<F>(*be_, {dtargets_.data(), losses_, dloss_, dlnf_}, ps_.dev_grad(idx_.lm_head), lnf_out_,
-                          ps_.dev_param(idx_.lm_head), targets, N, C, V, grad_scale, have_grad_);
+                          w(idx_.lm_head), targets, N, C, V, grad_scale, have_grad_);
 }
 
 template <class F>
@@ -209,11 +233,12 @@ void Gpt2<F>::backward() {
 }
 
 template <class F>
-void Gpt2<F>::last_logits(F* out) {
-  lm_head::last_logits(*be_, logits_, out, lnf_out_, ps_.dev_param(idx_.lm_head), cur_B_, cur_T_, cfg_.n_embd, cfg_.vocab_size);
+void Gpt2<F>::last_logits(S* out) {
+  lm_head::last_logits(*be_, logits_, out, lnf_out_, w(idx_.lm_head), cur_B_, cur_T_, cfg_.n_embd, cfg_.vocab_size);
 }
 
 template class Gpt2<float>;
 template class Gpt2<double>;
+template class Gpt2<bf16>;
 
 }  // namespace lmf

@@ -17,6 +17,13 @@ namespace lmf {
 template <class F>
 class Gpt2 {
  public:
+  // Under bf16 storage (F = bf16) the parameters, their gradients and the optimizer's state are
+  // float (M); the ops read a compute copy of the weights rounded to F, refreshed from the float
+  // parameters at the start of every forward. Statistics, losses and logits are S (float).
+  using Number = F;
+  using M = ops::master_t<F>;
+  using S = ops::stat_t<F>;
+
   // Registers and allocates parameters (zeros). allocate = false: the registry only (names,
   // shapes, offsets), for planning; such a model cannot run. With a tensor-parallel group
   // (tp.size > 1) the model holds and runs this rank's part of every block (nn/nn.h); the
@@ -42,21 +49,21 @@ class Gpt2 {
   // Backward of the last forward (which must have had grad_scale > 0). Accumulates into grads.
   void backward();
   // Logits of the last position of each sequence of the last forward: (B, V). Computed on demand.
-  void last_logits(F* out /*(B, V)*/);
+  void last_logits(S* out /*(B, V)*/);
 
   // Named intermediates of the last forward, for layer-by-layer comparison with a reference
   // (in the backend's memory).
   const F* block_output(size_t l) const { return resid_[l + 1]; }  // (B, T, C)
   const F* final_norm_output() const { return lnf_out_; }           // (B, T, C)
 
-  ParamStore<F>& params() { return ps_; }
-  const ParamStore<F>& params() const { return ps_; }
+  ParamStore<M>& params() { return ps_; }
+  const ParamStore<M>& params() const { return ps_; }
   const ops::Backend<F>& backend() const { return *be_; }
   const ModelConfig& config() const { return cfg_; }
   // 6 x (parameters - position table) + 12 L T C, as ../shared/bench/torch_train_bench.py;
   // of the whole model, also under tensor parallelism.
   double flops_per_token(int T) const;
-  size_t activation_bytes() const { return acts_.bytes() + scratch_.bytes(); }
+  size_t activation_bytes() const { return acts_.bytes() + stats_.bytes() + scratch_.bytes(); }
 
   // Indices into the registry, by role (for weight export and the inference path).
   struct Index {
@@ -81,12 +88,15 @@ class Gpt2 {
  private:
   void ensure_activations(int B, int T);
   void bind_layers();
+  F* w(size_t i);         // the weights the ops read: ps_.dev_param(i), or its compute copy
+  nn::P<F> pv(size_t i);  // w(i) and its gradient
   nn::Gpt2Block<F> block_shape() const;  // a block's widths (this rank's), no parameters
 
   ModelConfig cfg_;
   nn::TensorParallel tp_;
   const ops::Backend<F>* be_;
-  ParamStore<F> ps_;
+  ParamStore<M> ps_;
+  Array<F> wc_;  // the compute copy of the parameters (flat, as ps_) when F is not M
   Index idx_;
   std::vector<std::pair<size_t, size_t>> block_ranges_;
   std::function<void(size_t)> on_block_grads_;
@@ -97,9 +107,10 @@ class Gpt2 {
   // Activations for the current (B, T).
   int cur_B_ = 0, cur_T_ = 0;  // shape the activations are carved for
   Array<F> acts_, scratch_;    // in the backend's memory
+  Array<S> stats_;             // the saved statistics, losses and their gradients, likewise
   Buffer<int32_t> tokens_;     // host: the last forward's ids (the encoder's backward groups them)
   Array<int32_t> dtokens_, dtargets_;  // the same ids and the targets, in the backend's memory
-  Array<F> logits_;            // (B, V) last_logits on a device backend
+  Array<S> logits_;            // (B, V) last_logits on a device backend
   F* encoded_ = nullptr;  // (N, C) embedding output = block 0 input
   std::vector<F*> resid_;  // L+1 pointers (N, C): resid_[l] = input of block l, resid_[L] = output
   std::vector<typename nn::Gpt2Block<F>::Saved> saved_;
@@ -108,8 +119,8 @@ class Gpt2 {
   typename nn::LayerNorm<F>::Saved lnf_saved_{};
   F* dres_ = nullptr;      // (N, C)
   F* dlnf_ = nullptr;      // (N, C)
-  F* losses_ = nullptr;    // (N)
-  F* dloss_ = nullptr;     // (N)
+  S* losses_ = nullptr;    // (N)
+  S* dloss_ = nullptr;     // (N)
 
   nn::Tape<F, nn::Gpt2Block<F>> tape_;
   bool have_grad_ = false;
@@ -117,5 +128,6 @@ class Gpt2 {
 
 extern template class Gpt2<float>;
 extern template class Gpt2<double>;
+extern template class Gpt2<bf16>;
 
 }  // namespace lmf

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "core/error.h"
 #include "core/rng.h"
@@ -15,8 +16,10 @@ Llama<F>::Llama(const ModelConfig& cfg, bool allocate, nn::TensorParallel tp, co
     : cfg_(cfg),
       tp_(tp),
       be_(be ? be : &ops::cpu_backend<F>()), dinv_freq_(*be_->memory),
+      wc_(*be_->memory),
       acts_(*be_->memory),
       scratch_(*be_->memory),
+      stats_(*be_->memory),
       dtokens_(*be_->memory),
       dtargets_(*be_->memory),
       logits_(*be_->memory) {
@@ -29,6 +32,7 @@ Llama<F>::Llama(const ModelConfig& cfg, bool allocate, nn::TensorParallel tp, co
   LMF_CHECK(cfg.head_size() % 2 == 0, "RoPE needs an even head size (got {})", cfg.head_size());
   LMF_CHECK(tp.size >= 1 && KVH_ % tp.size == 0 && H_ % tp.size == 0,
             "n_kv_head {} and ffn width {} over {} tensor-parallel ranks", KVH_, H_, tp.size);
+  if (!std::is_same_v<F, ops::master_t<F>> && tp.size > 1) throw UserError("tensor parallelism with bf16 storage is not built yet");
   // This rank's widths: query heads, kv heads and MLP columns are divided among the group.
   const int64_t C = cfg.n_embd, V = cfg.vocab_size, L = cfg.n_layer, H = tp.part(H_);
   const int64_t Q = int64_t(tp.part(cfg.n_head)) * cfg.head_size();
@@ -67,6 +71,7 @@ Llama<F>::Llama(const ModelConfig& cfg, bool allocate, nn::TensorParallel tp, co
   if (!allocate) return;
   ps_.allocate();
   ps_.place_on(*be_->memory);
+  if constexpr (!std::is_same_v<F, ops::master_t<F>>) wc_.resize(ps_.flat_size());
   ops::RopeScaling rs;
   rs.factor = cfg.rope_factor;
   rs.low_freq_factor = cfg.rope_low_freq_factor;
@@ -86,11 +91,24 @@ Llama<F>::Llama(const ModelConfig& cfg, bool allocate, nn::TensorParallel tp, co
 }
 
 template <class F>
+F* Llama<F>::w(size_t i) {
+  if constexpr (std::is_same_v<F, M>)
+    return ps_.dev_param(i);
+  else
+    return wc_.data() + ps_.entry(i).offset;
+}
+
+template <class F>
+nn::P<F> Llama<F>::pv(size_t i) {
+  return {w(i), ps_.dev_grad(i)};
+}
+
+template <class F>
 void Llama<F>::bind_layers() {
   const int C = cfg_.n_embd;
   const float eps = static_cast<float>(cfg_.norm_eps);
-  auto p = [this](size_t i) { return nn::P<F>::of(ps_, i); };
-  auto pb = [this](size_t i) { return i == kNone ? nn::P<F>{} : nn::P<F>::of(ps_, i); };
+  auto p = [this](size_t i) { return pv(i); };
+  auto pb = [this](size_t i) { return i == kNone ? nn::P<F>{} : pv(i); };
   // A row-parallel layer's bias is added once to the sum over the group: by rank 0, before the
   // all-reduce. Every rank still accumulates its gradient (the same on all of them).
   auto row_bias = [this, &pb](size_t i) {
@@ -139,19 +157,19 @@ void Llama<F>::init(uint64_t seed) {
   const auto& es = ps_.entries();
   for (size_t i = 0; i < es.size(); ++i) {
     const auto& e = es[i];
-    F* w = ps_.param(i);
+    M* w = ps_.param(i);
     if (e.name.ends_with("norm.weight")) {
-      std::fill(w, w + e.size, F(1));
+      std::fill(w, w + e.size, M(1));
     } else if (e.name.ends_with(".bias")) {
-      std::fill(w, w + e.size, F(0));
+      std::fill(w, w + e.size, M(0));
     } else {
       bool resid = e.name.ends_with("self_attn.o_proj.weight") || e.name.ends_with("mlp.down_proj.weight");
       double sd = resid ? std_resid : cfg_.init_std;
 #pragma omp parallel for schedule(static)
       for (size_t j = 0; j < e.size; j += 2) {
         auto z = philox_normal2(seed, kStreamInit + i, j / 2);
-        w[j] = static_cast<F>(z[0] * sd);
-        if (j + 1 < e.size) w[j + 1] = static_cast<F>(z[1] * sd);
+        w[j] = static_cast<M>(z[0] * sd);
+        if (j + 1 < e.size) w[j + 1] = static_cast<M>(z[1] * sd);
       }
     }
   }
@@ -172,26 +190,31 @@ void Llama<F>::ensure_activations(int B, int T) {
   if (B == cur_B_ && T == cur_T_) return;
   const size_t N = size_t(B) * T, C = cfg_.n_embd, L = cfg_.n_layer;
   const nn::LlamaBlock<F> shape_of = block_shape();
-  size_t per_block = shape_of.saved_size(B, T);
-  size_t total = (L + 1) * N * C + L * per_block + N * C + N;  // resid, blocks, norm, norm rstd
-  acts_.resize(total);
+  const nn::Sizes per_block = shape_of.saved_size(B, T);
+  // Activations: the residual stream (L + 1), the blocks', the final norm's output. Statistics:
+  // the blocks', the final norm's rstd, the losses and their gradients.
+  const nn::Sizes total{(L + 1) * N * C + L * per_block.acts + N * C, L * per_block.stats + 3 * N};
+  acts_.resize(total.acts);
+  stats_.resize(total.stats);
   F* p = acts_.data();
+  S* q = stats_.data();
   resid_.assign(L + 1, nullptr);
-  for (size_t l = 0; l <= L; ++l) { resid_[l] = p; p += N * C; }
+  for (size_t l = 0; l <= L; ++l) resid_[l] = nn::take(p, N * C);
   saved_.clear();
-  for (size_t l = 0; l < L; ++l) saved_.push_back(shape_of.carve(p, B, T));
-  norm_out_ = p; p += N * C;
-  norm_rstd_ = p; p += N;
-  LMF_CHECK(size_t(p - acts_.data()) == total, "activation layout {} != {}", p - acts_.data(), total);
+  for (size_t l = 0; l < L; ++l) saved_.push_back(shape_of.carve(p, q, B, T));
+  norm_out_ = nn::take(p, N * C);
+  norm_rstd_ = nn::take(q, N);
+  losses_ = nn::take(q, N);
+  dloss_ = nn::take(q, N);
+  LMF_CHECK(size_t(p - acts_.data()) == total.acts && size_t(q - stats_.data()) == total.stats,
+            "activation layout");
 
-  size_t stotal = shape_of.scratch_size(B, T) + 2 * N * C + 2 * N;
+  size_t stotal = shape_of.scratch_size(B, T) + 2 * N * C;
   scratch_.resize(stotal);
   F* s = scratch_.data();
   sc_ = shape_of.carve_scratch(s, B, T);
-  dres_ = s; s += N * C;
-  dnorm_ = s; s += N * C;
-  losses_ = s; s += N;
-  dloss_ = s; s += N;
+  dres_ = nn::take(s, N * C);
+  dnorm_ = nn::take(s, N * C);
   LMF_CHECK(size_t(s - scratch_.data()) == stotal, "scratch layout");
   tokens_.resize(N);
   dtokens_.resize(N);
@@ -209,13 +232,14 @@ double Llama<F>::forward(const int32_t* tokens, const int32_t* targets, int B, i
   lm_head::check_tokens(tokens, N, V);
   std::memcpy(tokens_.data(), tokens, sizeof(int32_t) * N);
   dtokens_.upload(tokens, N);
-  be_->encoder_forward(resid_[0], dtokens_.data(), ps_.dev_param(idx_.embed), nullptr, B, T, C);
+  if constexpr (!std::is_same_v<F, M>) be_->to_compute(wc_.data(), ps_.dev_params(), ps_.flat_size());
+  be_->encoder_forward(resid_[0], dtokens_.data(), w(idx_.embed), nullptr, B, T, C);
   tape_.forward(blocks_, resid_, saved_, sc_, B, T, on_block_use_);
   norm_.forward(norm_out_, norm_rstd_, resid_[blocks_.size()], N);
   have_grad_ = false;
   if (!targets) return 0.0;
   return lm_head::loss<F>(*be_, {dtargets_.data(), losses_, dloss_, dnorm_}, ps_.dev_grad(idx_.lm_head), norm_out_,
-                          ps_.dev_param(idx_.lm_head), targets, N, C, V, grad_scale, have_grad_);
+                          w(idx_.lm_head), targets, N, C, V, grad_scale, have_grad_);
 }
 
 template <class F>
@@ -230,11 +254,12 @@ void Llama<F>::backward() {
 }
 
 template <class F>
-void Llama<F>::last_logits(F* out) {
-  lm_head::last_logits(*be_, logits_, out, norm_out_, ps_.dev_param(idx_.lm_head), cur_B_, cur_T_, cfg_.n_embd, cfg_.vocab_size);
+void Llama<F>::last_logits(S* out) {
+  lm_head::last_logits(*be_, logits_, out, norm_out_, w(idx_.lm_head), cur_B_, cur_T_, cfg_.n_embd, cfg_.vocab_size);
 }
 
 template class Llama<float>;
 template class Llama<double>;
+template class Llama<bf16>;
 
 }  // namespace lmf

@@ -19,6 +19,13 @@ namespace lmf {
 template <class F>
 class Llama {
  public:
+  // Under bf16 storage (F = bf16) the parameters, their gradients and the optimizer's state are
+  // float (M); the ops read a compute copy of the weights rounded to F, refreshed from the float
+  // parameters at the start of every forward. Statistics, losses and logits are S (float).
+  using Number = F;
+  using M = ops::master_t<F>;
+  using S = ops::stat_t<F>;
+
   // arch "llama"; registers and allocates parameters (zeros); allocate = false: the registry
   // only, as Gpt2's; tp: this rank's part of a tensor-parallel group, as Gpt2's.
   // be: the backend that runs it (nullptr: the CPU's); with a device backend, parameters and
@@ -37,13 +44,13 @@ class Llama {
   // the classifier's backward runs fused with its forward and backward() may follow.
   double forward(const int32_t* tokens, const int32_t* targets, int B, int T, double grad_scale = 0);
   void backward();  // accumulates into grads
-  void last_logits(F* out /*(B, V)*/);
+  void last_logits(S* out /*(B, V)*/);
 
   const F* block_output(size_t l) const { return resid_[l + 1]; }  // (B, T, C)
   const F* final_norm_output() const { return norm_out_; }          // (B, T, C)
 
-  ParamStore<F>& params() { return ps_; }
-  const ParamStore<F>& params() const { return ps_; }
+  ParamStore<M>& params() { return ps_; }
+  const ParamStore<M>& params() const { return ps_; }
   const ops::Backend<F>& backend() const { return *be_; }
   const ModelConfig& config() const { return cfg_; }
   int n_kv_head() const { return KVH_; }
@@ -51,7 +58,7 @@ class Llama {
   // 6 x matmul parameters (all but an untied input embedding) + 12 L T C (attention), as
   // ../shared/bench/torch_train_bench.py counts; of the whole model, also under tensor parallelism.
   double flops_per_token(int T) const;
-  size_t activation_bytes() const { return acts_.bytes() + scratch_.bytes(); }
+  size_t activation_bytes() const { return acts_.bytes() + stats_.bytes() + scratch_.bytes(); }
 
   static constexpr size_t kNone = size_t(-1);  // an absent (optional) bias
   struct Index {
@@ -79,6 +86,8 @@ class Llama {
  private:
   void ensure_activations(int B, int T);
   void bind_layers();
+  F* w(size_t i);         // the weights the ops read: ps_.dev_param(i), or its compute copy
+  nn::P<F> pv(size_t i);  // w(i) and its gradient
   nn::LlamaBlock<F> block_shape() const;  // a block's widths (this rank's), no parameters
 
   ModelConfig cfg_;
@@ -87,7 +96,8 @@ class Llama {
   int KVH_ = 0, H_ = 0;  // the whole model's kv heads and MLP width
   std::vector<double> inv_freq_;
   Array<double> dinv_freq_;  // inv_freq_ in the backend's memory, for the blocks
-  ParamStore<F> ps_;
+  ParamStore<M> ps_;
+  Array<F> wc_;  // the compute copy of the parameters (flat, as ps_) when F is not M
   Index idx_;
   std::vector<std::pair<size_t, size_t>> block_ranges_;
   std::function<void(size_t)> on_block_grads_;
@@ -97,18 +107,19 @@ class Llama {
 
   int cur_B_ = 0, cur_T_ = 0;
   Array<F> acts_, scratch_;    // in the backend's memory
+  Array<S> stats_;             // the saved statistics, losses and their gradients, likewise
   Buffer<int32_t> tokens_;     // host: the last forward's ids (the encoder's backward groups them)
   Array<int32_t> dtokens_, dtargets_;  // the same ids and the targets, in the backend's memory
-  Array<F> logits_;            // (B, V) last_logits on a device backend
+  Array<S> logits_;            // (B, V) last_logits on a device backend
   std::vector<F*> resid_;  // L+1 pointers (N, C)
   std::vector<typename nn::LlamaBlock<F>::Saved> saved_;
   typename nn::LlamaBlock<F>::Scratch sc_{};
   F* norm_out_ = nullptr;   // (N, C)
-  F* norm_rstd_ = nullptr;  // (N)
+  S* norm_rstd_ = nullptr;  // (N)
   F* dres_ = nullptr;       // (N, C)
   F* dnorm_ = nullptr;      // (N, C)
-  F* losses_ = nullptr;     // (N)
-  F* dloss_ = nullptr;      // (N)
+  S* losses_ = nullptr;     // (N)
+  S* dloss_ = nullptr;      // (N)
 
   nn::Tape<F, nn::LlamaBlock<F>> tape_;
   bool have_grad_ = false;
@@ -116,5 +127,6 @@ class Llama {
 
 extern template class Llama<float>;
 extern template class Llama<double>;
+extern template class Llama<bf16>;
 
 }  // namespace lmf

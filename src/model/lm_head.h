@@ -22,17 +22,17 @@ inline void check_tokens(const int32_t* tokens, int N, int V) {
 // Buffers of the fused classifier + cross-entropy, in the backend's memory.
 template <class F>
 struct Buffers {
-  int32_t* targets;  // (N) copy of the targets (the op reads them again in backward)
-  F* losses;         // (N)
-  F* dloss;          // (N)
-  F* dx;             // (N, C) gradient into the final norm's output
+  int32_t* targets;        // (N) copy of the targets (the op reads them again in backward)
+  ops::stat_t<F>* losses;  // (N)
+  ops::stat_t<F>* dloss;   // (N)
+  F* dx;                   // (N, C) gradient into the final norm's output
 };
 
 // Mean cross-entropy over targets >= 0 of logits = x w^T; x (N, C), w (V, C) in the backend's
 // memory, targets (N) on the host. With grad_scale > 0 also dx (assigned) and dw += (the fused
 // backward), and returns true in `have_grad`. Targets >= V are a UserError.
 template <class F>
-double loss(const ops::Backend<F>& be, const Buffers<F>& b, F* dw, const F* x, const F* w, const int32_t* targets,
+double loss(const ops::Backend<F>& be, const Buffers<F>& b, ops::master_t<F>* dw, const F* x, const F* w, const int32_t* targets,
             int N, int C, int V, double grad_scale, bool& have_grad) {
   long valid = 0;
   for (int i = 0; i < N; ++i) {
@@ -43,7 +43,7 @@ double loss(const ops::Backend<F>& be, const Buffers<F>& b, F* dw, const F* x, c
   double sum;
   have_grad = grad_scale > 0;
   if (have_grad) {
-    be.fill(b.dloss, static_cast<F>(grad_scale), size_t(N));
+    be.fill_stat(b.dloss, static_cast<ops::stat_t<F>>(grad_scale), size_t(N));
     sum = be.classifier_ce_forward(b.losses, b.dx, dw, x, w, b.targets, b.dloss, N, C, V);
   } else {
     sum = be.classifier_ce_forward(b.losses, nullptr, nullptr, x, w, b.targets, nullptr, N, C, V);
@@ -54,10 +54,10 @@ double loss(const ops::Backend<F>& be, const Buffers<F>& b, F* dw, const F* x, c
 // out (B, V) on the host: logits of position T-1 of each sequence; x (B, T, C) the final norm's
 // output and w (V, C) in the backend's memory. A device backend computes into `dev` (resized to
 // (B, V) in its memory) and copies back.
-template <class F>
-void last_logits(const ops::Backend<F>& be, Array<F>& dev, F* out, const F* x, const F* w, int B, int T, int C,
+template <class F, class S = ops::stat_t<F>>
+void last_logits(const ops::Backend<F>& be, Array<S>& dev, S* out, const F* x, const F* w, int B, int T, int C,
                  int V) {
-  F* into = out;
+  S* into = out;
   if (!be.on_host()) {
     if (dev.size() != size_t(B) * V) dev.resize(size_t(B) * V);
     into = dev.data();

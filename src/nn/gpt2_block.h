@@ -19,6 +19,7 @@ struct Gpt2Block {
   bool recompute_mlp = true;  // GELU's output recomputed in backward (else kept in Saved::act)
   TensorParallel tp;
   const ops::Backend<F>* be = &ops::cpu_backend<F>();  // every buffer in its memory
+  using S = ops::stat_t<F>;
 
   // Binds the block and its layers to a backend.
   void set_backend(const ops::Backend<F>* b) {
@@ -32,7 +33,7 @@ struct Gpt2Block {
     LayerNorm<F>::Saved ln1s;
     F* qkv;                   // (N, 3A)
     F* atty;                  // (N, A) attention output, before proj
-    F* lse;                   // (B, NH, T)
+    S* lse;                   // (B, NH, T)
     F* res;                   // (N, C) x + attention branch
     F* ln2;                   // (N, C)
     LayerNorm<F>::Saved ln2s;
@@ -46,35 +47,34 @@ struct Gpt2Block {
     F* dnarrow;  // (N, C)
     F* dqkv;     // (N, 3A)
   };
-  size_t saved_size(int B, int T) const {
+  Sizes saved_size(int B, int T) const {  // as carve() takes them
     size_t N = size_t(B) * T;
-    return N * C * 3 + N * 4 * A + N * M * (recompute_mlp ? 1 : 2) + N * 4 + size_t(B) * NH * T;  // as carve()
+    return {N * C * 3 + N * 4 * A + N * M * (recompute_mlp ? 1 : 2), N * 4 + size_t(B) * NH * T};
   }
-  Saved carve(F*& p, int B, int T) const {
+  // Activations from p, statistics from q.
+  Saved carve(F*& p, S*& q, int B, int T) const {
     size_t N = size_t(B) * T;
     Saved s;
-    auto take = [&p](size_t n) { F* q = p; p += n; return q; };
-    s.ln1 = take(N * C);
-    s.ln1s = {take(N), take(N)};
-    s.qkv = take(N * 3 * A);
-    s.atty = take(N * A);
-    s.lse = take(size_t(B) * NH * T);
-    s.res = take(N * C);
-    s.ln2 = take(N * C);
-    s.ln2s = {take(N), take(N)};
-    s.fch = take(N * M);
-    s.act = recompute_mlp ? nullptr : take(N * M);
+    s.ln1 = take(p, N * C);
+    s.ln1s = {take(q, N), take(q, N)};
+    s.qkv = take(p, N * 3 * A);
+    s.atty = take(p, N * A);
+    s.lse = take(q, size_t(B) * NH * T);
+    s.res = take(p, N * C);
+    s.ln2 = take(p, N * C);
+    s.ln2s = {take(q, N), take(q, N)};
+    s.fch = take(p, N * M);
+    s.act = recompute_mlp ? nullptr : take(p, N * M);
     return s;
   }
   size_t scratch_size(int B, int T) const { return size_t(B) * T * (2 * size_t(M) + C + 3 * size_t(A)); }
   Scratch carve_scratch(F*& p, int B, int T) const {
     size_t N = size_t(B) * T;
     Scratch s;
-    auto take = [&p](size_t n) { F* q = p; p += n; return q; };
-    s.wide = take(N * M);
-    s.dwide = take(N * M);
-    s.dnarrow = take(N * C);
-    s.dqkv = take(N * 3 * A);
+    s.wide = take(p, N * M);
+    s.dwide = take(p, N * M);
+    s.dnarrow = take(p, N * C);
+    s.dqkv = take(p, N * 3 * A);
     return s;
   }
 

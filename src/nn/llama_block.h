@@ -11,19 +11,20 @@ namespace lmf::nn {
 
 template <class F>
 struct RmsNorm {
+  using S = ops::stat_t<F>;
   P<F> weight;  // (C)
   int C = 0;
   float eps = 1e-5f;
   const ops::Backend<F>* be = &ops::cpu_backend<F>();
-  void forward(F* y /*(N,C)*/, F* rstd /*(N)*/, const F* x /*(N,C)*/, int N) const {
+  void forward(F* y /*(N,C)*/, S* rstd /*(N)*/, const F* x /*(N,C)*/, int N) const {
     be->rmsnorm_forward(y, rstd, x, weight.w, N, C, eps);
   }
   // res = a + b, then y = rmsnorm(res): the residual add fused with this norm (ops.h).
-  void forward_add(F* res /*(N,C)*/, F* y /*(N,C)*/, F* rstd /*(N)*/, const F* a, const F* b, int N) const {
+  void forward_add(F* res /*(N,C)*/, F* y /*(N,C)*/, S* rstd /*(N)*/, const F* a, const F* b, int N) const {
     be->residual_rmsnorm_forward(res, y, rstd, a, b, weight.w, N, C, eps);
   }
   // dx += ...: the residual-stream exception of the gradient rule.
-  void backward(F* dx /*(N,C)*/, const F* dy, const F* x, const F* rstd, int N) const {
+  void backward(F* dx /*(N,C)*/, const F* dy, const F* x, const S* rstd, int N) const {
     be->rmsnorm_backward(dx, weight.dw, dy, x, weight.w, rstd, N, C);
   }
 };
@@ -38,6 +39,7 @@ struct LlamaBlock {
   bool recompute_mlp = true;  // SwiGLU's output recomputed in backward (else kept in Saved::act)
   TensorParallel tp;
   const ops::Backend<F>* be = &ops::cpu_backend<F>();  // inv_freq and every buffer in its memory
+  using S = ops::stat_t<F>;
 
   // Binds the block and its layers to a backend.
   void set_backend(const ops::Backend<F>* b) {
@@ -51,15 +53,15 @@ struct LlamaBlock {
   // Activations saved by forward for backward; one slot per application of the block.
   struct Saved {
     F* h1;     // (N, C) attention-norm output
-    F* rstd1;  // (N)
+    S* rstd1;  // (N)
     F* q;      // (N, Q) after RoPE
     F* k;      // (N, KV) after RoPE
     F* v;      // (N, KV)
     F* atty;   // (N, Q) attention output, before o_proj
-    F* lse;    // (B, NH, T)
+    S* lse;    // (B, NH, T)
     F* res;    // (N, C) x + attention branch
     F* h2;     // (N, C) ffn-norm output
-    F* rstd2;  // (N)
+    S* rstd2;  // (N)
     F* g;      // (N, H) gate_proj output
     F* u;      // (N, H) up_proj output
     F* act;    // (N, H) SwiGLU output; nullptr when recompute_mlp (recomputed in backward)
@@ -75,28 +77,27 @@ struct LlamaBlock {
     F* dk;        // (N, KV)
     F* dv;        // (N, KV)
   };
-  size_t saved_size(int B, int T) const {
+  Sizes saved_size(int B, int T) const {  // as carve() takes them
     size_t N = size_t(B) * T, Q = q_dim(), KV = kv_dim();
-    return N * C * 3 + N * 2 * Q + N * 2 + N * 2 * KV + size_t(B) * NH * T +
-           N * H * (recompute_mlp ? 2 : 3);  // as carve() takes it
+    return {N * C * 3 + N * 2 * Q + N * 2 * KV + N * H * (recompute_mlp ? 2 : 3), N * 2 + size_t(B) * NH * T};
   }
-  Saved carve(F*& p, int B, int T) const {
+  // Activations from p, statistics from q.
+  Saved carve(F*& p, S*& q, int B, int T) const {
     size_t N = size_t(B) * T, Q = q_dim(), KV = kv_dim();
     Saved s;
-    auto take = [&p](size_t n) { F* q = p; p += n; return q; };
-    s.h1 = take(N * C);
-    s.rstd1 = take(N);
-    s.q = take(N * Q);
-    s.k = take(N * KV);
-    s.v = take(N * KV);
-    s.atty = take(N * Q);
-    s.lse = take(size_t(B) * NH * T);
-    s.res = take(N * C);
-    s.h2 = take(N * C);
-    s.rstd2 = take(N);
-    s.g = take(N * H);
-    s.u = take(N * H);
-    s.act = recompute_mlp ? nullptr : take(N * H);
+    s.h1 = take(p, N * C);
+    s.rstd1 = take(q, N);
+    s.q = take(p, N * Q);
+    s.k = take(p, N * KV);
+    s.v = take(p, N * KV);
+    s.atty = take(p, N * Q);
+    s.lse = take(q, size_t(B) * NH * T);
+    s.res = take(p, N * C);
+    s.h2 = take(p, N * C);
+    s.rstd2 = take(q, N);
+    s.g = take(p, N * H);
+    s.u = take(p, N * H);
+    s.act = recompute_mlp ? nullptr : take(p, N * H);
     return s;
   }
   size_t scratch_size(int B, int T) const {
@@ -106,15 +107,14 @@ struct LlamaBlock {
   Scratch carve_scratch(F*& p, int B, int T) const {
     size_t N = size_t(B) * T, KV = kv_dim();
     Scratch s;
-    auto take = [&p](size_t n) { F* q = p; p += n; return q; };
-    s.wide = take(N * H);
-    s.dwide = take(N * H);
-    s.dup = take(N * H);
-    s.dnarrow = take(N * C);
-    s.dnarrow2 = take(N * C);
-    s.dq = take(N * q_dim());
-    s.dk = take(N * KV);
-    s.dv = take(N * KV);
+    s.wide = take(p, N * H);
+    s.dwide = take(p, N * H);
+    s.dup = take(p, N * H);
+    s.dnarrow = take(p, N * C);
+    s.dnarrow2 = take(p, N * C);
+    s.dq = take(p, N * q_dim());
+    s.dk = take(p, N * KV);
+    s.dv = take(p, N * KV);
     return s;
   }
 

@@ -10,6 +10,10 @@
 //   - activation gradients are ASSIGNED (=), except into the residual stream: LayerNorm's
 //     backward adds into `dinp`, because its input is the residual, whose gradient also flows
 //     around the block. So one buffer `dres` carries dL/d(residual) down the whole network.
+#include <type_traits>
+
+#include "core/error.h"
+#include "core/half.h"
 #include "core/param_store.h"
 #include "dist/communicator.h"
 #include "ops/backend.h"
@@ -28,20 +32,43 @@ struct TensorParallel {
   // Sums x (n) over the group (nothing when size == 1).
   template <class F>
   void all_reduce(F* x, size_t n) const {
-    if (size > 1) comm->all_reduce_sum(x, n);
+    if constexpr (std::is_same_v<F, bf16>) {
+      LMF_CHECK(size == 1, "tensor parallelism over bf16 activations is not built");  // models refuse it first
+    } else {
+      if (size > 1) comm->all_reduce_sum(x, n);
+    }
   }
   // The local part of a dimension of `whole` elements, which must divide evenly.
   int part(int whole) const { return whole / size; }
 };
 
 // A view of one registered tensor and its gradient, in the memory of the backend the layer is
-// bound to (ParamStore::dev_param).
+// bound to (ParamStore::dev_param). The gradient is of the master type (float under bf16 storage,
+// whose weights the ops read from a rounded compute copy); otherwise both are F.
 template <class F>
 struct P {
-  F* w = nullptr;   // parameter
-  F* dw = nullptr;  // its gradient
+  F* w = nullptr;                 // parameter (the compute copy)
+  ops::master_t<F>* dw = nullptr;  // its gradient
   static P of(ParamStore<F>& ps, size_t i) { return {ps.dev_param(i), ps.dev_grad(i)}; }
 };
+
+// A layout carved from two buffers: activations (F) and statistics (ops::stat_t<F>: mean, rstd,
+// lse, losses).
+struct Sizes {
+  size_t acts = 0, stats = 0;
+  Sizes& operator+=(Sizes o) {
+    acts += o.acts;
+    stats += o.stats;
+    return *this;
+  }
+};
+// Takes n values from the front of a buffer.
+template <class T>
+T* take(T*& p, size_t n) {
+  T* q = p;
+  p += n;
+  return q;
+}
 
 // y = x W^T + b. W (out, in), b (out) or absent.
 template <class F>
@@ -65,8 +92,8 @@ struct LayerNorm {
   int C = 0;
   const ops::Backend<F>* be = &ops::cpu_backend<F>();
   struct Saved {
-    F* mean;  // (N)
-    F* rstd;  // (N)
+    ops::stat_t<F>* mean;  // (N)
+    ops::stat_t<F>* rstd;  // (N)
   };
   void forward(F* y /*(N,C)*/, Saved s, const F* x /*(N,C)*/, int N) const {
     be->layernorm_forward(y, s.mean, s.rstd, x, weight.w, bias.w, N, C);

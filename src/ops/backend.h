@@ -133,5 +133,10 @@ struct Backend {
 // UserError for double).
 template <class F>
 const Backend<F>& cpu_backend(MatmulPrecision p = MatmulPrecision::fp32);
+// bf16 storage (ops/cpu/bf16.cpp): each op widens its bf16 operands, runs the float op of the bf16
+// table above and rounds what it stores to bf16. Its products are bf16 whatever p says (fp32, the
+// default, or bf16); tf32 is a UserError.
+template <>
+const Backend<bf16>& cpu_backend<bf16>(MatmulPrecision p);
 
 }  // namespace lmf::ops
