@@ -15,7 +15,7 @@ void add_bench(CLI::App& app) {
       "bench", "Time full training steps (forward, backward, AdamW) on random tokens; one JSON line per run");
   struct Opts {
     int L = 12, C = 768, H = 12, vocab = 50257, B = 4, T = 64, steps = 7, warmup = 2, threads = 0, KV = 0, ffn = 0;
-    std::string arch = "gpt2", device = "cpu", precision = "fp32";
+    std::string arch = "gpt2", device = "cpu", precision = "fp32", storage = "fp32";
     double peak_tflops = 0;
     bool profile = false, recompute_mlp = true;
   };
@@ -45,6 +45,10 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--matmul-precision", o->precision,
                   "GEMM products: fp32 | tf32 | bf16 (tensor cores on cuda; emulated, slower, on cpu)")
       ->capture_default_str();
+  cmd->add_option("--precision", o->storage,
+                  "storage of activations and weights: fp32 | bf16 ([train] precision; on cpu, the slow "
+                  "specification of the GPU's bf16)")
+      ->capture_default_str();
   cmd->callback([o]() {
     if (o->C % o->H != 0) throw UserError("--C {} must be a multiple of --H {}", o->C, o->H);
     set_num_threads(o->threads);
@@ -52,8 +56,18 @@ void add_bench(CLI::App& app) {
     if (o->device != "cpu" && o->device != "cuda") throw UserError("--device: expected cpu or cuda (got \"{}\")", o->device);
     const auto precision = ops::parse_matmul_precision(o->precision);
     if (!precision) throw UserError("--matmul-precision: expected fp32, tf32 or bf16 (got \"{}\")", o->precision);
+    if (o->storage != "fp32" && o->storage != "bf16")
+      throw UserError("--precision: expected fp32 or bf16 (got \"{}\")", o->storage);
     const ops::Backend<float>* be =
         o->device == "cuda" ? &cuda::backend(*precision) : &ops::cpu_backend<float>(*precision);
+    const ops::Backend<bf16>* be16 = nullptr;
+    if (o->storage == "bf16") {
+      if (o->device == "cuda") throw UserError("--precision bf16 is not built yet for --device cuda");
+      if (*precision == ops::MatmulPrecision::tf32)
+        throw UserError("--matmul-precision tf32 does not go with --precision bf16, whose products are bf16");
+      o->precision = "bf16";  // what its products are, for the JSON line
+      be16 = &ops::cpu_backend<bf16>();
+    }
     ModelConfig mc;
     mc.arch = o->arch;
     mc.n_kv_head = o->KV;
@@ -70,10 +84,10 @@ void add_bench(CLI::App& app) {
     const bool on_cpu = be->on_host();
     const double sgemm = on_cpu ? measure_sgemm_tflops() : 0.0;
     const double peak = o->peak_tflops > 0 ? o->peak_tflops : sgemm;
-    auto r = bench_train_step(mc, o->B, o->T, o->steps, o->warmup, 0, be, o->profile);
+    auto r = bench_train_step(mc, o->B, o->T, o->steps, o->warmup, 0, be, o->profile, be16);
     nlohmann::json j = {{"impl", "lmforge"}, {"arch", o->arch}, {"KV", mc.kv_heads()}, {"ffn", mc.ffn_size()},
                         {"L", o->L}, {"C", o->C}, {"H", o->H}, {"vocab", o->vocab}, {"B", o->B}, {"T", o->T},
-                        {"device", o->device}, {"matmul_precision", o->precision}, {"recompute_mlp", o->recompute_mlp}, {"threads", num_threads()},
+                        {"device", o->device}, {"matmul_precision", o->precision}, {"precision", o->storage}, {"recompute_mlp", o->recompute_mlp}, {"threads", num_threads()},
                         {"params", r.params},
                         {"ms_per_step", std::round(r.ms_per_step * 100) / 100},
                         {"tokens_per_s", std::round(r.tokens_per_s * 10) / 10},

@@ -14,9 +14,23 @@ template <>
 bool ModelOf<Llama<float>>::hf_transposed(const std::string&) const {
   return false;
 }
+template <>
+bool ModelOf<Gpt2<bf16>>::hf_transposed(const std::string& name) const {
+  return Gpt2<bf16>::hf_transposed(name);
+}
+template <>
+bool ModelOf<Llama<bf16>>::hf_transposed(const std::string&) const {
+  return false;
+}
 
 std::unique_ptr<Model> make_model(const ModelConfig& cfg, bool allocate, nn::TensorParallel tp,
-                                  const ops::Backend<float>* be) {
+                                  const ops::Backend<float>* be, const ops::Backend<bf16>* be16) {
+  if (be16) {
+    LMF_CHECK(be16->memory == (be ? be : &ops::cpu_backend<float>())->memory,
+              "bf16 storage: the bf16 and float tables must share their memory");
+    if (cfg.arch == "gpt2") return std::make_unique<ModelOf<Gpt2<bf16>>>(cfg, allocate, tp, be, be16);
+    if (cfg.arch == "llama") return std::make_unique<ModelOf<Llama<bf16>>>(cfg, allocate, tp, be, be16);
+  }
   if (cfg.arch == "gpt2") return std::make_unique<ModelOf<Gpt2<float>>>(cfg, allocate, tp, be);
   if (cfg.arch == "llama") return std::make_unique<ModelOf<Llama<float>>>(cfg, allocate, tp, be);
   throw UserError("[model] arch: unknown model family \"{}\" (expected gpt2 or llama)", cfg.arch);

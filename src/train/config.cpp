@@ -90,6 +90,9 @@ std::vector<Field> fields(RunConfig& c) {
       {"train", "matmul_precision", &c.train.matmul_precision,
        "products inside the linear layers' and classifier's GEMMs (and with bf16, attention's): fp32 | "
        "tf32 | bf16 (fp32 storage and accumulation; tensor cores on a GPU, emulated by rounding on the CPU)"},
+      {"train", "precision", &c.train.precision,
+       "storage of activations and of the weights the layers read: fp32 | bf16 (bf16: fp32 master weights, "
+       "gradients and optimizer state; every product bf16, as matmul_precision = bf16)"},
       {"train", "init_from", &c.train.init_from,
        "start from these weights: a run directory or a Hugging Face checkpoint directory ([model] is then "
        "taken from it); empty = random init"},
@@ -301,6 +304,15 @@ void validate_config(const RunConfig& c) {
        fmt::format("must be cpu or cuda (got \"{}\")", c.train.device));
   need(ops::parse_matmul_precision(c.train.matmul_precision).has_value(), "[train] matmul_precision",
        fmt::format("must be fp32, tf32 or bf16 (got \"{}\")", c.train.matmul_precision));
+  need(c.train.precision == "fp32" || c.train.precision == "bf16", "[train] precision",
+       fmt::format("must be fp32 or bf16 (got \"{}\")", c.train.precision));
+  if (c.train.precision == "bf16") {
+    need(c.train.matmul_precision != "tf32", "[train] matmul_precision",
+         "tf32 does not go with [train] precision = bf16, whose products are bf16");
+    need(c.dist.zero <= 2, "[dist] zero", "3 is not built yet with [train] precision = bf16 (use 0, 1 or 2)");
+    need(c.dist.tensor_parallel == 1, "[dist] tensor_parallel",
+         "must be 1 with [train] precision = bf16 (not built yet)");
+  }
   need(c.checkpoint.every >= 0, "[checkpoint] every", "must be >= 0");
   need(c.checkpoint.keep_last >= 0, "[checkpoint] keep_last", "must be >= 0");
   need(!c.log.run_dir.empty(), "[log] run_dir", "must not be empty");

@@ -45,6 +45,7 @@ struct TrainConfig {
   int eval_batches = 20;  // validation batches per evaluation
   std::string device = "cpu";  // cpu | cuda
   std::string matmul_precision = "fp32";  // fp32 | tf32 | bf16: the GEMMs' products (ops::MatmulPrecision)
+  std::string precision = "fp32";  // fp32 | bf16: storage of activations and the weights the ops read
   std::string init_from;       // run directory or Hugging Face checkpoint to start from; empty: init
 };
 

@@ -119,6 +119,12 @@ Trainer::Trainer(RunConfig cfg, const ops::Backend<float>* backend) : cfg_(std::
     cuda::select_device(dist::local_rank());  // one GPU per process of a node
   }
   if (!be) be = &ops::cpu_backend<float>(precision);
+  const ops::Backend<bf16>* be16 = nullptr;  // bf16 storage: the table the layers run on
+  if (cfg_.train.precision == "bf16") {
+    if (!be->on_host())
+      throw UserError("[train] precision = bf16 is not built yet for the {} backend (use fp32)", be->name);
+    be16 = &ops::cpu_backend<bf16>();
+  }
   if (!be->on_host() && comm_->world() > 1) {
     // Gradients, parameters and tensor-parallel activations travel between GPUs over NCCL, one
     // communicator per group; the host values (loss, norm parts, stop flag) still over MPI.
@@ -168,7 +174,7 @@ Trainer::Trainer(RunConfig cfg, const ops::Backend<float>* backend) : cfg_(std::
   check_tokenizer_matches_data(cfg_.data.tokenizer, cfg_.data.dir);
   // The blocks' all-reduces act on activations: in the backend's memory, over its communicator.
   dist::Communicator* tp_acts = device_tp_comm_ ? device_tp_comm_.get() : tp_comm_.get();
-  model_ = make_model(cfg_.model, true, nn::TensorParallel{tp_acts, tp_, tp_rank_}, be);
+  model_ = make_model(cfg_.model, true, nn::TensorParallel{tp_acts, tp_, tp_rank_}, be, be16);
   if (tp_ > 1) whole_ = make_model(cfg_.model, /*allocate=*/false);
   dp_ = std::make_unique<DataParallel>(*dp_comm_, model_->params(), cfg_.optim, cfg_.dist.zero, tp_comm_.get(),
                                        be, device_comm_.get());
@@ -334,7 +340,8 @@ TrainSummary Trainer::run(long stop_at) {
     if (progress) progress->message(line);
   };
   const auto& mbe = model_->backend();
-  const std::string gemms = mbe.matmul_precision == ops::MatmulPrecision::fp32
+  const std::string gemms = model_->bf16_storage() ? ", bf16 storage"
+                            : mbe.matmul_precision == ops::MatmulPrecision::fp32
                                 ? ""
                                 : fmt::format(", {} GEMMs", ops::to_string(mbe.matmul_precision));
   say(on_host ? fmt::format("model: {}; {} threads{}", describe(*model_), num_threads(), gemms)

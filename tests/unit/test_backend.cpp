@@ -492,5 +492,50 @@ TEST_F(TrainerOnBackend, RoundedGemmsTrainCloseToFp32AndResumeExactly) {
             test::slurp(stop_run / "checkpoints/step_0000006/model.safetensors"));
 }
 
+// [train] precision = "bf16" on the CPU (ops/cpu/bf16.cpp, the specification of bf16 storage):
+// both families train close to fp32, not equal to it (the model really stores bf16), record the
+// setting, and resume bit for bit: the checkpoints hold the float master weights, from which
+// every forward rounds its compute copy afresh.
+TEST_F(TrainerOnBackend, Bf16StorageTrainsCloseToFp32AndResumesExactly) {
+  for (const std::string arch : {"gpt2", "llama"}) {
+    SCOPED_TRACE(arch);
+    const auto fp32_run = tmp->path() / (arch + "_st32"), bf16_run = tmp->path() / (arch + "_st16"),
+               stop_run = tmp->path() / (arch + "_st16_stop");
+    auto bf16 = [&](const std::filesystem::path& run) {
+      RunConfig c = config(arch, run);
+      apply_override(c, "train.precision=\"bf16\"");
+      return c;
+    };
+    Trainer(config(arch, fp32_run)).run();
+    Trainer(bf16(bf16_run)).run();
+    Trainer(bf16(stop_run)).run(/*stop_at=*/3);
+    EXPECT_EQ(Trainer(bf16(stop_run)).run().start_step, 3);
+    EXPECT_NE(test::slurp(bf16_run / "config.toml").find("precision = 'bf16'"), std::string::npos);
+    auto m32 = metrics(fp32_run), m16 = metrics(bf16_run), ms = metrics(stop_run);
+    ASSERT_EQ(m16.size(), 6u);
+    ASSERT_EQ(ms.size(), 6u);
+    bool differs = false;
+    for (size_t i = 0; i < 6; ++i) {
+      const double a = m32[i]["train_loss"], b = m16[i]["train_loss"];
+      differs |= a != b;
+      EXPECT_NEAR(b, a, 2e-2 * a) << "step " << i + 1;
+      EXPECT_EQ(m16[i]["train_loss"].dump(), ms[i]["train_loss"].dump()) << "step " << i + 1;
+      EXPECT_EQ(m16[i]["grad_norm"].dump(), ms[i]["grad_norm"].dump()) << "step " << i + 1;
+    }
+    EXPECT_TRUE(differs) << "bf16 storage gave the fp32 losses: it did not reach the model";
+    EXPECT_EQ(test::slurp(bf16_run / "checkpoints/step_0000006/model.safetensors"),
+              test::slurp(stop_run / "checkpoints/step_0000006/model.safetensors"));
+  }
+  // Not built yet on a device table: one clear line.
+  RunConfig c = config("gpt2", tmp->path() / "st16_dev");
+  apply_override(c, "train.precision=\"bf16\"");
+  try {
+    Trainer t(c, &guarded_backend());
+    ADD_FAILURE() << "bf16 storage on the guarded device was accepted";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("[train] precision = bf16"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace lmf

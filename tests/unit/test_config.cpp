@@ -72,6 +72,17 @@ TEST(Config, ErrorsNameFileSectionAndKey) {
   EXPECT_NE(e10.find("[train] matmul_precision"), std::string::npos) << e10;
   EXPECT_NE(e10.find("fp32, tf32 or bf16"), std::string::npos) << e10;
   EXPECT_EQ(default_config({"train.matmul_precision=\"bf16\""}).train.matmul_precision, "bf16");
+  EXPECT_EQ(default_config({"train.precision=\"bf16\""}).train.precision, "bf16");
+  for (const auto& [override_, field] : std::vector<std::pair<std::string, std::string>>{
+           {"train.precision=\"fp16\"", "[train] precision"},
+           {"train.matmul_precision=\"tf32\"", "[train] matmul_precision"},
+           {"dist.zero=3", "[dist] zero"},
+           {"dist.tensor_parallel=2", "[dist] tensor_parallel"}}) {
+    std::vector<std::string> o{override_};
+    if (override_.find("train.precision") == std::string::npos) o.push_back("train.precision=\"bf16\"");
+    const std::string e = error_of([&] { default_config(o); });
+    EXPECT_NE(e.find(field), std::string::npos) << override_ << ": " << e;
+  }
 }
 
 TEST(Schedule, CosineWarmupAndEnds) {
