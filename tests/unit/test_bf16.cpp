@@ -378,6 +378,29 @@ TEST(Bf16Model, LlamaTrainsLikeFloat) {
   expect_trains_like_float<Llama>(test::small_config("llama", false, 32, 37, 16));
 }
 
+// What bf16 storage is for: the activations take half the bytes. Only the statistics (mean, rstd,
+// lse, losses: a few values per row against the rows' widths) stay float.
+template <template <class> class Family>
+double activation_bytes_ratio(const ModelConfig& cfg) {
+  const int B = 2, T = 32;
+  const test::Batch b = test::random_batch(B, T, cfg.vocab_size, 3);
+  auto bytes = [&](auto& m) {
+    m.init(1);
+    m.forward(b.x.data(), b.y.data(), B, T, 1.0);
+    return double(m.activation_bytes());
+  };
+  Family<float> f(cfg);
+  Family<bf16> h(cfg);
+  return bytes(h) / bytes(f);
+}
+TEST(Bf16Model, ActivationsTakeHalfTheBytes) {
+  for (double r : {activation_bytes_ratio<Gpt2>(test::small_config("gpt2", true, 64, 37, 32)),
+                   activation_bytes_ratio<Llama>(test::small_config("llama", true, 64, 37, 32))}) {
+    EXPECT_GT(r, 0.5);
+    EXPECT_LT(r, 0.55);
+  }
+}
+
 TEST(Bf16Model, TensorParallelismIsRefused) {
   nn::TensorParallel tp;
   tp.size = 2;
