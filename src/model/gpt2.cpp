@@ -57,16 +57,13 @@ Gpt2<F>::Gpt2(const ModelConfig& cfg, bool allocate, nn::TensorParallel tp, cons
   if (!allocate) return;
   ps_.allocate();
   ps_.place_on(*be_->memory);
-  if constexpr (!std::is_same_v<F, ops::master_t<F>>) wc_.resize(ps_.flat_size());
+  wc_.allocate(ps_);
   bind_layers();
 }
 
 template <class F>
 F* Gpt2<F>::w(size_t i) {
-  if constexpr (std::is_same_v<F, M>)
-    return ps_.dev_param(i);
-  else
-    return wc_.data() + ps_.entry(i).offset;
+  return wc_.at(ps_, i);
 }
 
 template <class F>
@@ -211,9 +208,9 @@ double Gpt2<F>::forward(const int32_t* tokens, const int32_t* targets, int B, in
   lm_head::check_tokens(tokens, N, V);
   std::memcpy(tokens_.data(), tokens, sizeof(int32_t) * N);
   dtokens_.upload(tokens, N);
-  if constexpr (!std::is_same_v<F, M>) be_->to_compute(wc_.data(), ps_.dev_params(), ps_.flat_size());
+  const nn::BlockHook use = wc_.begin_forward(*be_, ps_, block_ranges_, on_block_use_);
   be_->encoder_forward(encoded_, dtokens_.data(), w(idx_.wte), w(idx_.wpe), B, T, C);
-  tape_.forward(blocks_, resid_, saved_, sc_, B, T, on_block_use_);
+  tape_.forward(blocks_, resid_, saved_, sc_, B, T, use);
   lnf_.forward(lnf_out_, lnf_saved_, resid_[blocks_.size()], N);
   have_grad_ = false;
   if (!targets) return 0.0;

@@ -8,6 +8,7 @@
 #include "core/buffer.h"
 #include "core/memory.h"
 #include "core/param_store.h"
+#include "model/compute_copy.h"
 #include "model/model_config.h"
 #include "nn/gpt2_block.h"
 #include "nn/tape.h"
@@ -18,8 +19,8 @@ template <class F>
 class Gpt2 {
  public:
   // Under bf16 storage (F = bf16) the parameters, their gradients and the optimizer's state are
-  // float (M); the ops read a compute copy of the weights rounded to F, refreshed from the float
-  // parameters at the start of every forward. Statistics, losses and logits are S (float).
+  // float (M); the layers read a copy of the weights rounded to F during each forward
+  // (model/compute_copy.h). Statistics, losses and logits are S (float).
   using Number = F;
   using M = ops::master_t<F>;
   using S = ops::stat_t<F>;
@@ -96,7 +97,7 @@ class Gpt2 {
   nn::TensorParallel tp_;
   const ops::Backend<F>* be_;
   ParamStore<M> ps_;
-  Array<F> wc_;  // the compute copy of the parameters (flat, as ps_) when F is not M
+  ComputeCopy<F> wc_;  // the weights the layers read
   Index idx_;
   std::vector<std::pair<size_t, size_t>> block_ranges_;
   std::function<void(size_t)> on_block_grads_;

@@ -309,7 +309,6 @@ void validate_config(const RunConfig& c) {
   if (c.train.precision == "bf16") {
     need(c.train.matmul_precision != "tf32", "[train] matmul_precision",
          "tf32 does not go with [train] precision = bf16, whose products are bf16");
-    need(c.dist.zero <= 2, "[dist] zero", "3 is not built yet with [train] precision = bf16 (use 0, 1 or 2)");
     need(c.dist.tensor_parallel == 1, "[dist] tensor_parallel",
          "must be 1 with [train] precision = bf16 (not built yet)");
   }

@@ -76,7 +76,6 @@ TEST(Config, ErrorsNameFileSectionAndKey) {
   for (const auto& [override_, field] : std::vector<std::pair<std::string, std::string>>{
            {"train.precision=\"fp16\"", "[train] precision"},
            {"train.matmul_precision=\"tf32\"", "[train] matmul_precision"},
-           {"dist.zero=3", "[dist] zero"},
            {"dist.tensor_parallel=2", "[dist] tensor_parallel"}}) {
     std::vector<std::string> o{override_};
     if (override_.find("train.precision") == std::string::npos) o.push_back("train.precision=\"bf16\"");
