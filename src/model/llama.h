@@ -5,6 +5,7 @@
 // SwiGLU MLP, optional projection biases, no position table.
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "core/buffer.h"
@@ -79,6 +80,8 @@ class Llama {
   void on_block_grads(std::function<void(size_t)> hook) { on_block_grads_ = std::move(hook); }
   // Called before each block's forward and backward and after its forward (nn::BlockUse).
   void on_block_use(nn::BlockHook hook) { on_block_use_ = std::move(hook); }
+  // Hugging Face's Llama stores every matrix (out, in), as lmforge does: none is transposed.
+  static bool hf_transposed(const std::string&) { return false; }
   // RoPE frequencies (head_size / 2), after rope_scaling.
   const std::vector<double>& rope_inv_freq() const { return inv_freq_; }
   // The same, in the backend's memory (what rope_forward reads there).

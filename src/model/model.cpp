@@ -6,23 +6,6 @@
 
 namespace lmf {
 
-template <>
-bool ModelOf<Gpt2<float>>::hf_transposed(const std::string& name) const {
-  return Gpt2<float>::hf_transposed(name);
-}
-template <>
-bool ModelOf<Llama<float>>::hf_transposed(const std::string&) const {
-  return false;
-}
-template <>
-bool ModelOf<Gpt2<bf16>>::hf_transposed(const std::string& name) const {
-  return Gpt2<bf16>::hf_transposed(name);
-}
-template <>
-bool ModelOf<Llama<bf16>>::hf_transposed(const std::string&) const {
-  return false;
-}
-
 std::unique_ptr<Model> make_model(const ModelConfig& cfg, bool allocate, nn::TensorParallel tp,
                                   const ops::Backend<float>* be, const ops::Backend<bf16>* be16) {
   if (be16) {

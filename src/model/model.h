@@ -72,7 +72,7 @@ class ModelOf final : public Model {
   bool bf16_storage() const override { return std::is_same_v<A, bf16>; }
   double flops_per_token(int T) const override { return m_.flops_per_token(T); }
   size_t activation_bytes() const override { return m_.activation_bytes(); }
-  bool hf_transposed(const std::string& name) const override;
+  bool hf_transposed(const std::string& name) const override { return M::hf_transposed(name); }
   size_t num_blocks() const override { return m_.num_blocks(); }
   std::pair<size_t, size_t> block_param_range(size_t l) const override { return m_.block_param_range(l); }
   void on_block_grads(std::function<void(size_t)> hook) override { m_.on_block_grads(std::move(hook)); }

@@ -424,6 +424,42 @@ class TrainerOnBackend : public ::testing::Test {
   static std::vector<nlohmann::json> metrics(const std::filesystem::path& run) {
     return read_metrics(run / "metrics.jsonl");
   }
+  // A run of `arch` with `setting` (one override) against the same run in fp32: the run records the
+  // setting (`recorded` in its config.toml), the setting reaches the model (the losses differ from
+  // fp32's), stays close to fp32 (a relative 2^-8 per rounding, averaged over sums), and is as
+  // deterministic across a resume: the same losses, norms and weights, bit for bit.
+  static void expect_close_to_fp32_and_resumes_exactly(const std::string& arch, const std::string& setting,
+                                                       const std::string& recorded) {
+    SCOPED_TRACE(arch + ": " + setting);
+    const auto dir = tmp->path() / (arch + "_" + std::to_string(std::hash<std::string>{}(setting)));
+    const auto fp32_run = dir / "fp32", run = dir / "run", stop_run = dir / "stop";
+    auto with = [&](const std::filesystem::path& r) {
+      RunConfig c = config(arch, r);
+      apply_override(c, setting);
+      return c;
+    };
+    Trainer(config(arch, fp32_run)).run();
+    Trainer(with(run)).run();
+    Trainer(with(stop_run)).run(/*stop_at=*/3);
+    EXPECT_EQ(Trainer(with(stop_run)).run().start_step, 3);
+    EXPECT_NE(test::slurp(run / "config.toml").find(recorded), std::string::npos);
+    auto m32 = metrics(fp32_run), m = metrics(run),
+         ms = metrics(stop_run);
+    ASSERT_EQ(m32.size(), 6u);
+    ASSERT_EQ(m.size(), 6u);
+    ASSERT_EQ(ms.size(), 6u);
+    bool differs = false;
+    for (size_t i = 0; i < 6; ++i) {
+      const double a = m32[i]["train_loss"], b = m[i]["train_loss"];
+      differs |= a != b;
+      EXPECT_NEAR(b, a, 2e-2 * a) << "step " << i + 1;
+      EXPECT_EQ(m[i]["train_loss"].dump(), ms[i]["train_loss"].dump()) << "step " << i + 1;
+      EXPECT_EQ(m[i]["grad_norm"].dump(), ms[i]["grad_norm"].dump()) << "step " << i + 1;
+    }
+    EXPECT_TRUE(differs) << "the fp32 losses: the setting did not reach the model";
+    EXPECT_EQ(test::slurp(run / "checkpoints/step_0000006/model.safetensors"),
+              test::slurp(stop_run / "checkpoints/step_0000006/model.safetensors"));
+  }
 };
 
 TEST_F(TrainerOnBackend, LossesAndCheckpointsMatchTheCpuAcrossAResume) {
@@ -459,73 +495,17 @@ TEST_F(TrainerOnBackend, LossesAndCheckpointsMatchTheCpuAcrossAResume) {
   }
 }
 
-// [train] matmul_precision on the CPU (the emulation of ops/cpu/matmul_precision.cpp): the run
-// records it, reaches the model (losses differ from fp32), stays close to fp32 (bf16 operands: a
-// relative 2^-8 per product, averaged over a sum), and is as deterministic across a resume.
+// [train] matmul_precision on the CPU (the emulation of ops/cpu/matmul_precision.cpp).
 TEST_F(TrainerOnBackend, RoundedGemmsTrainCloseToFp32AndResumeExactly) {
-  const auto fp32_run = tmp->path() / "prec_fp32", bf16_run = tmp->path() / "prec_bf16",
-             stop_run = tmp->path() / "prec_bf16_stop";
-  auto bf16 = [&](const std::filesystem::path& run) {
-    RunConfig c = config("gpt2", run);
-    apply_override(c, "train.matmul_precision=\"bf16\"");
-    return c;
-  };
-  Trainer(config("gpt2", fp32_run)).run();
-  Trainer(bf16(bf16_run)).run();
-  Trainer(bf16(stop_run)).run(/*stop_at=*/3);
-  EXPECT_EQ(Trainer(bf16(stop_run)).run().start_step, 3);
-  EXPECT_NE(test::slurp(bf16_run / "config.toml").find("matmul_precision = 'bf16'"), std::string::npos);
-  auto m32 = metrics(fp32_run), m16 = metrics(bf16_run), ms = metrics(stop_run);
-  ASSERT_EQ(m32.size(), 6u);
-  ASSERT_EQ(m16.size(), 6u);
-  ASSERT_EQ(ms.size(), 6u);
-  bool differs = false;
-  for (size_t i = 0; i < 6; ++i) {
-    const double a = m32[i]["train_loss"], b = m16[i]["train_loss"];
-    differs |= a != b;
-    EXPECT_NEAR(b, a, 2e-2 * a) << "step " << i + 1;
-    EXPECT_EQ(m16[i]["train_loss"].dump(), ms[i]["train_loss"].dump()) << "step " << i + 1;
-    EXPECT_EQ(m16[i]["grad_norm"].dump(), ms[i]["grad_norm"].dump()) << "step " << i + 1;
-  }
-  EXPECT_TRUE(differs) << "bf16 GEMMs gave the fp32 losses: the mode did not reach the model";
-  EXPECT_EQ(test::slurp(bf16_run / "checkpoints/step_0000006/model.safetensors"),
-            test::slurp(stop_run / "checkpoints/step_0000006/model.safetensors"));
+  expect_close_to_fp32_and_resumes_exactly("gpt2", "train.matmul_precision=\"bf16\"", "matmul_precision = 'bf16'");
 }
 
-// [train] precision = "bf16" on the CPU (ops/cpu/bf16.cpp, the specification of bf16 storage):
-// both families train close to fp32, not equal to it (the model really stores bf16), record the
-// setting, and resume bit for bit: the checkpoints hold the float master weights, from which
-// every forward rounds its compute copy afresh.
+// [train] precision = "bf16" on the CPU (ops/cpu/bf16.cpp, the specification of bf16 storage), both
+// families: the checkpoints hold the float master weights, from which every forward rounds its
+// compute copy afresh, so a resumed run is the straight one.
 TEST_F(TrainerOnBackend, Bf16StorageTrainsCloseToFp32AndResumesExactly) {
-  for (const std::string arch : {"gpt2", "llama"}) {
-    SCOPED_TRACE(arch);
-    const auto fp32_run = tmp->path() / (arch + "_st32"), bf16_run = tmp->path() / (arch + "_st16"),
-               stop_run = tmp->path() / (arch + "_st16_stop");
-    auto bf16 = [&](const std::filesystem::path& run) {
-      RunConfig c = config(arch, run);
-      apply_override(c, "train.precision=\"bf16\"");
-      return c;
-    };
-    Trainer(config(arch, fp32_run)).run();
-    Trainer(bf16(bf16_run)).run();
-    Trainer(bf16(stop_run)).run(/*stop_at=*/3);
-    EXPECT_EQ(Trainer(bf16(stop_run)).run().start_step, 3);
-    EXPECT_NE(test::slurp(bf16_run / "config.toml").find("precision = 'bf16'"), std::string::npos);
-    auto m32 = metrics(fp32_run), m16 = metrics(bf16_run), ms = metrics(stop_run);
-    ASSERT_EQ(m16.size(), 6u);
-    ASSERT_EQ(ms.size(), 6u);
-    bool differs = false;
-    for (size_t i = 0; i < 6; ++i) {
-      const double a = m32[i]["train_loss"], b = m16[i]["train_loss"];
-      differs |= a != b;
-      EXPECT_NEAR(b, a, 2e-2 * a) << "step " << i + 1;
-      EXPECT_EQ(m16[i]["train_loss"].dump(), ms[i]["train_loss"].dump()) << "step " << i + 1;
-      EXPECT_EQ(m16[i]["grad_norm"].dump(), ms[i]["grad_norm"].dump()) << "step " << i + 1;
-    }
-    EXPECT_TRUE(differs) << "bf16 storage gave the fp32 losses: it did not reach the model";
-    EXPECT_EQ(test::slurp(bf16_run / "checkpoints/step_0000006/model.safetensors"),
-              test::slurp(stop_run / "checkpoints/step_0000006/model.safetensors"));
-  }
+  for (const std::string arch : {"gpt2", "llama"})
+    expect_close_to_fp32_and_resumes_exactly(arch, "train.precision=\"bf16\"", "precision = 'bf16'");
   // Not built yet on a device table: one clear line.
   RunConfig c = config("gpt2", tmp->path() / "st16_dev");
   apply_override(c, "train.precision=\"bf16\"");
