@@ -57,6 +57,10 @@ void add_plan(CLI::App& app) {
     if (Z == 3 && DP > 1)
       fmt::print("  ZeRO 3: plus, while in use, about two blocks' parameters and one block's gradients, and the "
                  "embeddings, final norm and head\n");
+    if (tc.precision == "bf16")
+      fmt::print("  bf16 storage: plus the weights the layers read, rounded to bf16, {:.1f} MiB (whole, at every "
+                 "stage)\n",
+                 flat * 2 / mib);
     StepShape shape;
     shape.flat = flat;
     shape.dp = DP;

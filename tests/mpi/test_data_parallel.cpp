@@ -331,12 +331,16 @@ TEST_F(MpiTrain, Bf16StorageOverTwoRanksAtEveryZeroStage) {
     ASSERT_EQ(r.code, 0) << r.err << r.out;
     EXPECT_NE((r.out + r.err).find("bf16 storage"), std::string::npos) << r.out << r.err;
     expect_losses_follow(run, one, 0x1p-8);
+    // The collectives move the float gradients and master weights, as a float run's do.
+    expect_comm_bytes_as_planned(run, "-n 2 --zero " + std::to_string(zero), 4, 8, t);
     std::string w = slurp(run / "checkpoints/step_0000008/model.safetensors");
     if (weights0.empty())
       weights0 = w;
     else
       EXPECT_TRUE(w == weights0) << "weights differ from zero 0";
   }
+  auto plan = run_lmforge("plan -n 2 --set model.vocab_size=257 " + model_sets(t / "plan", 4, bf16), t.path());
+  EXPECT_NE(plan.out.find("bf16 storage: plus the weights the layers read"), std::string::npos) << plan.out;
 }
 
 TEST_F(MpiTrain, ResumeAcrossWorldSizes) {
