@@ -651,6 +651,192 @@ TEST(CudaBf16, Classifier) {
   }
 }
 
+// ---- attention ----------------------------------------------------------------------------------
+// op_tolerance.h's attention_tolerance on the widened inputs, with Tol::op = 2u + u^2 per product
+// term (the spec rounds q, k, v, dout, P and dS to bf16 before their products, as the tensor-core
+// kernels do; on the fp32 kernels' head sizes only the inputs are bf16, within the same bound) and
+// the online softmax's chunks of 32 keys (the smallest any kernel steps over: the largest bound).
+// Outputs are stored bf16: plus u (|gpu| + |cpu|). The backward of both sides reads the same
+// inputs: dout, q, k, v, and the GPU forward's out and lse.
+
+Tol bf16_products() {
+  Tol t = tol_f32();
+  const double u = ops::operand_unit_roundoff(ops::MatmulPrecision::bf16);
+  t.op = 2 * u + u * u;  // both operands of each product rounded to nearest (test_cuda_attention.cpp)
+  return t;
+}
+
+struct GqaShape {
+  int B, T, NH, KVH, hs;
+};
+
+void check_attention_gqa(const GqaShape& sh) {
+  const int B = sh.B, T_ = sh.T, NH = sh.NH, KVH = sh.KVH, hs = sh.hs;
+  SCOPED_TRACE("B = " + std::to_string(B) + ", T = " + std::to_string(T_) + ", NH = " + std::to_string(NH) +
+               ", KVH = " + std::to_string(KVH) + ", hs = " + std::to_string(hs));
+  const size_t BT = (size_t)B * T_, Q = (size_t)NH * hs, KV = (size_t)KVH * hs, L = (size_t)B * NH * T_;
+  const Bf q = rand_bf(BT * Q, 30), k = rand_bf(BT * KV, 31), v = rand_bf(BT * KV, 32), dout = rand_bf(BT * Q, 33);
+  const Vec qd = wide_d(q), kd = wide_d(k), vd = wide_d(v), gd = wide_d(dout);
+  Vec out_x(BT * Q), lse_x(L);
+  ops::ref::attention_gqa_forward(out_x.data(), lse_x.data(), qd.data(), kd.data(), vd.data(), B, T_, NH, KVH, hs);
+  AttentionTolerance tol = attention_tolerance(qd, kd, vd, gd, out_x, lse_x, B, T_, NH, KVH, hs, bf16_products(), 32);
+  for (Vec* x : {&tol.out, &tol.lse, &tol.dq, &tol.dk, &tol.dv})
+    for (double& e : *x) e *= kBoth;
+
+  const ops::Backend<bf16>& be = cuda::backend_bf16();
+  DeviceBuffer<bf16> d_q(q), d_k(k), d_v(v), d_dout(dout), d_out(bnans(BT * Q)), d_dq(bnans(BT * Q)),
+      d_dk(bnans(BT * KV)), d_dv(bnans(BT * KV));
+  DeviceBuffer<float> d_lse(nans(L));
+  be.attention_gqa_forward(d_out.data(), d_lse.data(), d_q.data(), d_k.data(), d_v.data(), B, T_, NH, KVH, hs);
+  be.attention_gqa_backward(d_dq.data(), d_dk.data(), d_dv.data(), d_dout.data(), d_q.data(), d_k.data(), d_v.data(),
+                            d_out.data(), d_lse.data(), B, T_, NH, KVH, hs);
+  const Bf out_g = d_out.to_host();
+  const FVec lse_g = d_lse.to_host();
+
+  const FVec qf = widen(q), kf = widen(k), vf = widen(v), gf = widen(dout), out_gf = widen(out_g);
+  FVec out_c(BT * Q), lse_c(L), dq_c(BT * Q), dk_c(BT * KV), dv_c(BT * KV);
+  spec::f32().attention_gqa_forward(out_c.data(), lse_c.data(), qf.data(), kf.data(), vf.data(), B, T_, NH, KVH, hs);
+  spec::f32().attention_gqa_backward(dq_c.data(), dk_c.data(), dv_c.data(), gf.data(), qf.data(), kf.data(),
+                                     vf.data(), out_gf.data(), lse_g.data(), B, T_, NH, KVH, hs);
+  expect_close_bf("out", out_g, narrow(out_c), tol.out);
+  expect_close("lse", lse_g, lse_c, tol.lse);
+  expect_close_bf("dq", d_dq.to_host(), narrow(dq_c), tol.dq);
+  expect_close_bf("dk", d_dk.to_host(), narrow(dk_c), tol.dk);
+  expect_close_bf("dv", d_dv.to_host(), narrow(dv_c), tol.dv);
+
+  // The table's bf16 precision takes the tensor-core kernels where they take the head size: their
+  // products round P, so the output differs from the fp32 kernels' on the same bf16 inputs.
+  if (hs % 16 == 0 && hs <= 128 && T_ > 1) {
+    DeviceBuffer<bf16> d_out32(bnans(BT * Q));
+    DeviceBuffer<float> d_lse32(nans(L));
+    cuda::attention_gqa_forward(d_out32.data(), d_lse32.data(), d_q.data(), d_k.data(), d_v.data(), B, T_, NH, KVH,
+                                hs, 0, ops::MatmulPrecision::fp32);
+    EXPECT_GT(count_differ(d_out32.to_host(), out_g), 0u) << "bf16 attention ran the fp32 kernels";
+  }
+}
+
+// Every launch path: the tensor-core kernels (head sizes 16 to 128 in steps of 16; above 64 the
+// backward's 32-row steps and split dk / dv kernels), the tiled fp32 kernels (other head sizes up
+// to 128) and the row kernels (above 128, or chosen).
+TEST(CudaBf16, AttentionGqa) {
+  SKIP_WITHOUT_DEVICE();
+  for (const GqaShape& sh : {GqaShape{2, 37, 4, 2, 16}, GqaShape{1, 70, 2, 1, 64}, GqaShape{1, 33, 2, 2, 128},
+                             GqaShape{2, 33, 3, 3, 24}, GqaShape{1, 20, 2, 1, 160}, GqaShape{1, 1, 1, 1, 16}})
+    check_attention_gqa(sh);
+  cuda::set_attention_kernel(cuda::AttentionKernel::rowwise);
+  check_attention_gqa(GqaShape{2, 33, 3, 3, 24});
+  cuda::set_attention_kernel(cuda::AttentionKernel::tiled);
+}
+
+// Packed qkv (B, T, 3C): the same kernels through the packed strides.
+TEST(CudaBf16, AttentionPacked) {
+  SKIP_WITHOUT_DEVICE();
+  for (const int hs : {64, 24}) {
+    const int B = 2, T_ = 40, NH = 2, C = NH * hs;
+    SCOPED_TRACE("hs = " + std::to_string(hs));
+    const size_t BT = (size_t)B * T_, L = (size_t)B * NH * T_;
+    const Bf qkv = rand_bf(BT * 3 * C, 34), dout = rand_bf(BT * C, 35);
+    const Qkv sep = split_qkv(wide_d(qkv), BT, C);
+    const Vec gd = wide_d(dout);
+    Vec out_x(BT * C), lse_x(L);
+    ops::ref::attention_gqa_forward(out_x.data(), lse_x.data(), sep.q.data(), sep.k.data(), sep.v.data(), B, T_, NH,
+                                    NH, hs);
+    AttentionTolerance tol =
+        attention_tolerance(sep.q, sep.k, sep.v, gd, out_x, lse_x, B, T_, NH, NH, hs, bf16_products(), 32);
+    for (Vec* x : {&tol.out, &tol.lse, &tol.dq, &tol.dk, &tol.dv})
+      for (double& e : *x) e *= kBoth;
+    const Vec tol_dqkv = join_qkv(tol.dq, tol.dk, tol.dv, BT, C);
+
+    const ops::Backend<bf16>& be = cuda::backend_bf16();
+    DeviceBuffer<bf16> d_qkv(qkv), d_dout(dout), d_out(bnans(BT * C)), d_dqkv(bnans(BT * 3 * C));
+    DeviceBuffer<float> d_lse(nans(L));
+    be.attention_forward(d_out.data(), d_lse.data(), d_qkv.data(), B, T_, C, NH);
+    be.attention_backward(d_dqkv.data(), d_dout.data(), d_qkv.data(), d_out.data(), d_lse.data(), B, T_, C, NH);
+    const Bf out_g = d_out.to_host();
+    const FVec lse_g = d_lse.to_host(), qkv_f = widen(qkv), gf = widen(dout), out_gf = widen(out_g);
+    FVec out_c(BT * C), lse_c(L), dqkv_c(BT * 3 * C);
+    spec::f32().attention_forward(out_c.data(), lse_c.data(), qkv_f.data(), B, T_, C, NH);
+    spec::f32().attention_backward(dqkv_c.data(), gf.data(), qkv_f.data(), out_gf.data(), lse_g.data(), B, T_, C, NH);
+    expect_close_bf("out", out_g, narrow(out_c), tol.out);
+    expect_close("lse", lse_g, lse_c, tol.lse);
+    expect_close_bf("dqkv", d_dqkv.to_host(), narrow(dqkv_c), tol_dqkv);
+  }
+}
+
+// One query against a KV cache (rows of ld > KVH hs). Per head h: the scores' error ds_h =
+// gamma(hs) scale max_t sum_d |q_d k_td|; lse's: ds_h + gamma(T) + gamma(4) |lse_h|; p_t's relative
+// error ds_h + that + gamma(16); y = sum_t p_t v_t: V_h (dp_h + gamma(T)) (test_cuda_ops.cpp's
+// attention bound for one row), times kBoth, plus the rounding of y.
+TEST(CudaBf16, AttentionDecode) {
+  SKIP_WITHOUT_DEVICE();
+  const Tol t = tol_f32();
+  const int T_ = 45, NH = 4, KVH = 2, hs = 24, ld = KVH * hs + 8;
+  const Bf q = rand_bf((size_t)NH * hs, 36), k = rand_bf((size_t)T_ * ld, 37), v = rand_bf((size_t)T_ * ld, 38);
+  const Vec qd = wide_d(q), kd = wide_d(k), vd = wide_d(v);
+  const double scale = 1 / std::sqrt((double)hs);
+  Vec tol_y((size_t)NH * hs);
+  for (int h = 0; h < NH; ++h) {
+    const size_t koff = size_t(h / (NH / KVH)) * hs;
+    double ds = 0, mx = -1e300, V = 0;
+    Vec sc(T_);
+    for (int tt = 0; tt < T_; ++tt) {
+      double sab = 0, dot = 0;
+      for (int d = 0; d < hs; ++d) {
+        sab += std::abs(qd[(size_t)h * hs + d] * kd[(size_t)tt * ld + koff + d]);
+        dot += qd[(size_t)h * hs + d] * kd[(size_t)tt * ld + koff + d];
+        V = std::max(V, std::abs(vd[(size_t)tt * ld + koff + d]));
+      }
+      ds = std::max(ds, t.gamma(hs) * scale * sab);
+      sc[tt] = dot * scale;
+      mx = std::max(mx, sc[tt]);
+    }
+    double z = 0;
+    for (double x : sc) z += std::exp(x - mx);
+    const double lse = mx + std::log(z), dlse = ds + t.gamma(T_) + t.gamma(4) * std::abs(lse);
+    for (int d = 0; d < hs; ++d) tol_y[(size_t)h * hs + d] = kBoth * V * (ds + dlse + t.gamma(16) + t.gamma(T_));
+  }
+  DeviceBuffer<bf16> d_q(q), d_k(k), d_v(v), d_y(bnans((size_t)NH * hs));
+  DeviceBuffer<float> d_scratch(nans((size_t)NH * T_));
+  cuda::backend_bf16().attention_decode(d_y.data(), d_scratch.data(), d_q.data(), d_k.data(), d_v.data(), T_, NH, KVH,
+                                        hs, ld);
+  FVec y_c((size_t)NH * hs), scratch_c((size_t)NH * T_);
+  spec::f32().attention_decode(y_c.data(), scratch_c.data(), widen(q).data(), widen(k).data(), widen(v).data(), T_,
+                               NH, KVH, hs, ld);
+  expect_close_bf("y", d_y.to_host(), narrow(y_c), tol_y);
+}
+
+// ---- the table ----------------------------------------------------------------------------------
+
+TEST(CudaBf16, EveryOpIsSet) {
+  SKIP_WITHOUT_DEVICE();
+  const ops::Backend<bf16>& b = cuda::backend_bf16();
+  EXPECT_STREQ(b.name, "cuda");
+  ASSERT_NE(b.memory, nullptr);
+  EXPECT_STREQ(b.memory->name, "cuda");
+  EXPECT_FALSE(b.on_host());
+  EXPECT_EQ(b.matmul_precision, ops::MatmulPrecision::bf16);
+  // Every member but matmul_precision is a pointer (name, memory, then the ops), so a null one,
+  // such as a member added to ops::Backend and not filled in by ops/cuda/backend.cu, shows as a
+  // zero word (test_cuda_ops.cpp's EveryOpIsSet, for the float tables).
+  constexpr size_t kWords = sizeof(ops::Backend<bf16>) / sizeof(void*);
+  static_assert(sizeof(ops::Backend<bf16>) == kWords * sizeof(void*));
+  constexpr size_t kPrecisionWord = offsetof(ops::Backend<bf16>, matmul_precision) / sizeof(void*);
+  std::array<uintptr_t, kWords> words{};
+  std::memcpy(words.data(), &b, sizeof(b));
+  for (size_t i = 0; i < kWords; ++i) {
+    if (i != kPrecisionWord) {
+      EXPECT_NE(words[i], 0u) << "member " << i << " is null";
+    }
+  }
+  // The optimizer's ops are the float table's own (fp32 master weights and state).
+  const ops::Backend<float>& f = cuda::backend(ops::MatmulPrecision::bf16);
+  EXPECT_EQ(b.adamw_update, f.adamw_update);
+  EXPECT_EQ(b.adamw_chunks, f.adamw_chunks);
+  EXPECT_EQ(b.sum_squares, f.sum_squares);
+  EXPECT_EQ(b.scale, f.scale);
+  EXPECT_EQ(b.memory, f.memory);
+}
+
 }  // namespace
 }  // namespace lmf
 
