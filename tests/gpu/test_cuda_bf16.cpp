@@ -405,6 +405,20 @@ void check_layernorm(int N, int C) {
   expect_close("dw", ddw.to_host(), dw_c, kBoth * (t.gamma(N + 1) * (N * nu * G + max_abs(to_d(dw0))) + N * G * dnorm));
   expect_close("db", ddb.to_host(), db_c, kBoth * t.gamma(N + 1) * (N * G + max_abs(to_d(db0))));
 
+  // The fp32 kernels on the widened values, rounded: the same float arithmetic, so the same bits
+  // (a store that truncated, or a dinp += done in bf16, would show here, below the bounds above).
+  DeviceBuffer<float> fx(widen(x)), fw(widen(w)), fb(widen(b)), fd(widen(dout)), fout(nans(NC)), fmean(nans(N)),
+      frstd(nans(N)), fdinp(widen(dinp0)), fdw(dw0), fdb(db0);
+  cuda::layernorm_forward(fout.data(), fmean.data(), frstd.data(), fx.data(), fw.data(), fb.data(), N, C);
+  cuda::layernorm_backward(fdinp.data(), fdw.data(), fdb.data(), fd.data(), fx.data(), fw.data(), fmean.data(),
+                           frstd.data(), N, C);
+  expect_bits("out vs fp32 kernel rounded", dout_g.to_host(), narrow(fout.to_host()));
+  EXPECT_EQ(dmean.to_host(), fmean.to_host()) << "mean vs fp32 kernel";
+  EXPECT_EQ(drstd.to_host(), frstd.to_host()) << "rstd vs fp32 kernel";
+  expect_bits("dinp vs fp32 kernel rounded", ddinp.to_host(), narrow(fdinp.to_host()));
+  EXPECT_EQ(ddw.to_host(), fdw.to_host()) << "dw vs fp32 kernel";
+  EXPECT_EQ(ddb.to_host(), fdb.to_host()) << "db vs fp32 kernel";
+
   // Fused residual + norm: the GPU's unfused pair's bits (res rounded, then normalised as stored).
   const Bf a = rand_bf(NC, 20, -2.0, 2.0);
   DeviceBuffer<bf16> da(a), res(bnans(NC)), out_u(bnans(NC)), res_f(bnans(NC)), out_f(bnans(NC));
@@ -469,6 +483,16 @@ void check_rmsnorm(int N, int C) {
                   kBoth * (r * (e_bracket + bracket * rel_r) + t.gamma(1) * (max_abs(wide_d(dinp0)) + r * bracket)));
   expect_close("dw", ddw.to_host(), dw_c,
                kBoth * (t.gamma(N + 2) * (N * nu * G + max_abs(to_d(dw0))) + N * G * nu * rel_r));
+
+  // The fp32 kernels on the widened values, rounded: the same bits (as for layernorm).
+  DeviceBuffer<float> fx(widen(x)), fw(widen(w)), fd(widen(dout)), fout(nans(NC)), frstd(nans(N)),
+      fdinp(widen(dinp0)), fdw(dw0);
+  cuda::rmsnorm_forward(fout.data(), frstd.data(), fx.data(), fw.data(), N, C, eps);
+  cuda::rmsnorm_backward(fdinp.data(), fdw.data(), fd.data(), fx.data(), fw.data(), frstd.data(), N, C);
+  expect_bits("out vs fp32 kernel rounded", dout_g.to_host(), narrow(fout.to_host()));
+  EXPECT_EQ(drstd.to_host(), frstd.to_host()) << "rstd vs fp32 kernel";
+  expect_bits("dinp vs fp32 kernel rounded", ddinp.to_host(), narrow(fdinp.to_host()));
+  EXPECT_EQ(ddw.to_host(), fdw.to_host()) << "dw vs fp32 kernel";
 
   const Bf a = rand_bf(NC, 21, -2.0, 2.0);
   DeviceBuffer<bf16> da(a), res(bnans(NC)), out_u(bnans(NC)), res_f(bnans(NC)), out_f(bnans(NC));
@@ -647,6 +671,18 @@ TEST(CudaBf16, Classifier) {
     EXPECT_EQ(d_dw2.to_host(), to_f(dw0)) << "forward only must leave dw alone";
     be.classifier_logits(d_logits.data(), d_x.data(), d_w.data(), N, C, V);
     expect_close("logits vs spec", d_logits.to_host(), logits_c, kBoth * tol_logits);
+    // The fp32-storage op in the bf16 mode on the widened values makes the same cuBLAS calls for
+    // the logits and dw (its rounded copies of x and w are these bf16 values) and the same row
+    // kernel: the same losses and dw, bit for bit. Its dx is an fp32 GEMM output, ours a bf16 one:
+    // rounded, the same bits under the emulation; cuBLAS may order the sums of the two otherwise.
+    DeviceBuffer<float> f_x(widen(x)), f_w(widen(w)), f_losses(nans(N)), f_dx(nans((size_t)N * C)), f_dw(to_f(dw0));
+    cuda::classifier_ce_forward(f_losses.data(), f_dx.data(), f_dw.data(), f_x.data(), f_w.data(), d_t.data(),
+                                d_dl.data(), N, C, V, 0, ops::MatmulPrecision::bf16);
+    EXPECT_EQ(losses_g, f_losses.to_host()) << "losses vs the fp32-storage op";
+    EXPECT_EQ(dw_g, f_dw.to_host()) << "dw vs the fp32-storage op";
+#ifdef LMF_CUDA_EMU
+    expect_bits("dx vs the fp32-storage op rounded", dx_g, narrow(f_dx.to_host()));
+#endif
     cuda::set_classifier_chunk_rows(0);
   }
 }
@@ -703,6 +739,21 @@ void check_attention_gqa(const GqaShape& sh) {
   expect_close_bf("dq", d_dq.to_host(), narrow(dq_c), tol.dq);
   expect_close_bf("dk", d_dk.to_host(), narrow(dk_c), tol.dk);
   expect_close_bf("dv", d_dv.to_host(), narrow(dv_c), tol.dv);
+
+  // The fp32-storage kernels of the same precision on the widened values (the backward on the
+  // bf16 forward's out), rounded: the same bits. The tensor-core kernels round their fp32 tiles to
+  // bf16 as they stage them, which leaves widened bf16 values as they are.
+  DeviceBuffer<float> f_q(qf), f_k(kf), f_v(vf), f_g(gf), f_out(nans(BT * Q)), f_lse(nans(L)), f_outg(out_gf),
+      f_dq(nans(BT * Q)), f_dk(nans(BT * KV)), f_dv(nans(BT * KV));
+  cuda::attention_gqa_forward(f_out.data(), f_lse.data(), f_q.data(), f_k.data(), f_v.data(), B, T_, NH, KVH, hs, 0,
+                              ops::MatmulPrecision::bf16);
+  cuda::attention_gqa_backward(f_dq.data(), f_dk.data(), f_dv.data(), f_g.data(), f_q.data(), f_k.data(), f_v.data(),
+                               f_outg.data(), d_lse.data(), B, T_, NH, KVH, hs, 0, ops::MatmulPrecision::bf16);
+  expect_bits("out vs fp32 kernel rounded", out_g, narrow(f_out.to_host()));
+  EXPECT_EQ(lse_g, f_lse.to_host()) << "lse vs fp32 kernel";
+  expect_bits("dq vs fp32 kernel rounded", d_dq.to_host(), narrow(f_dq.to_host()));
+  expect_bits("dk vs fp32 kernel rounded", d_dk.to_host(), narrow(f_dk.to_host()));
+  expect_bits("dv vs fp32 kernel rounded", d_dv.to_host(), narrow(f_dv.to_host()));
 
   // The table's bf16 precision takes the tensor-core kernels where they take the head size: their
   // products round P, so the output differs from the fp32 kernels' on the same bf16 inputs.
@@ -803,6 +854,9 @@ TEST(CudaBf16, AttentionDecode) {
   spec::f32().attention_decode(y_c.data(), scratch_c.data(), widen(q).data(), widen(k).data(), widen(v).data(), T_,
                                NH, KVH, hs, ld);
   expect_close_bf("y", d_y.to_host(), narrow(y_c), tol_y);
+  DeviceBuffer<float> f_q(widen(q)), f_k(widen(k)), f_v(widen(v)), f_y(nans((size_t)NH * hs));
+  cuda::attention_decode(f_y.data(), d_scratch.data(), f_q.data(), f_k.data(), f_v.data(), T_, NH, KVH, hs, ld);
+  expect_bits("y vs fp32 kernel rounded", d_y.to_host(), narrow(f_y.to_host()));
 }
 
 // ---- the table ----------------------------------------------------------------------------------
