@@ -702,6 +702,20 @@ Tol bf16_products() {
   return t;
 }
 
+// FlashAttention's rule (test_cuda_attention.cpp's expect_within_twice_emulation): against the
+// exact op, the GPU's largest error in a tensor is at most twice the CPU spec's (the same bf16
+// roundings), plus the fp32 bound for the sums' other order. Tighter than the bf16 bound, which
+// covers every rounding at its worst at once.
+void expect_within_twice_spec(const char* what, const Bf& gpu, const Bf& cpu, const Vec& exact, const Vec& f32_bound) {
+  double e_gpu = 0, e_cpu = 0, slack = 0;
+  for (size_t i = 0; i < exact.size(); ++i) {
+    e_gpu = std::max(e_gpu, std::abs((double)float(gpu[i]) - exact[i]));
+    e_cpu = std::max(e_cpu, std::abs((double)float(cpu[i]) - exact[i]));
+    slack = std::max(slack, f32_bound[i]);
+  }
+  EXPECT_LE(e_gpu, 2 * e_cpu + slack) << what << ": the GPU's error " << e_gpu << " against the spec's " << e_cpu;
+}
+
 struct GqaShape {
   int B, T, NH, KVH, hs;
 };
@@ -739,6 +753,16 @@ void check_attention_gqa(const GqaShape& sh) {
   expect_close_bf("dq", d_dq.to_host(), narrow(dq_c), tol.dq);
   expect_close_bf("dk", d_dk.to_host(), narrow(dk_c), tol.dk);
   expect_close_bf("dv", d_dv.to_host(), narrow(dv_c), tol.dv);
+
+  // Against the exact op (the backward on the exact forward), the rule above.
+  Vec dq_x(BT * Q), dk_x(BT * KV), dv_x(BT * KV);
+  ops::ref::attention_gqa_backward(dq_x.data(), dk_x.data(), dv_x.data(), gd.data(), qd.data(), kd.data(), vd.data(),
+                                   out_x.data(), lse_x.data(), B, T_, NH, KVH, hs);
+  const AttentionTolerance f32 = attention_tolerance(qd, kd, vd, gd, out_x, lse_x, B, T_, NH, KVH, hs, tol_f32(), 32);
+  expect_within_twice_spec("out vs exact", out_g, narrow(out_c), out_x, f32.out);
+  expect_within_twice_spec("dq vs exact", d_dq.to_host(), narrow(dq_c), dq_x, f32.dq);
+  expect_within_twice_spec("dk vs exact", d_dk.to_host(), narrow(dk_c), dk_x, f32.dk);
+  expect_within_twice_spec("dv vs exact", d_dv.to_host(), narrow(dv_c), dv_x, f32.dv);
 
   // The fp32-storage kernels of the same precision on the widened values (the backward on the
   // bf16 forward's out), rounded: the same bits. The tensor-core kernels round their fp32 tiles to
@@ -810,7 +834,17 @@ TEST(CudaBf16, AttentionPacked) {
     spec::f32().attention_backward(dqkv_c.data(), gf.data(), qkv_f.data(), out_gf.data(), lse_g.data(), B, T_, C, NH);
     expect_close_bf("out", out_g, narrow(out_c), tol.out);
     expect_close("lse", lse_g, lse_c, tol.lse);
-    expect_close_bf("dqkv", d_dqkv.to_host(), narrow(dqkv_c), tol_dqkv);
+    const Bf dqkv_g = d_dqkv.to_host();
+    expect_close_bf("dqkv", dqkv_g, narrow(dqkv_c), tol_dqkv);
+    // Against the exact op, FlashAttention's rule (expect_within_twice_spec).
+    Vec dq_x(BT * C), dk_x(BT * C), dv_x(BT * C);
+    ops::ref::attention_gqa_backward(dq_x.data(), dk_x.data(), dv_x.data(), gd.data(), sep.q.data(), sep.k.data(),
+                                     sep.v.data(), out_x.data(), lse_x.data(), B, T_, NH, NH, hs);
+    const AttentionTolerance f32 =
+        attention_tolerance(sep.q, sep.k, sep.v, gd, out_x, lse_x, B, T_, NH, NH, hs, tol_f32(), 32);
+    expect_within_twice_spec("out vs exact", out_g, narrow(out_c), out_x, f32.out);
+    expect_within_twice_spec("dqkv vs exact", dqkv_g, narrow(dqkv_c), join_qkv(dq_x, dk_x, dv_x, BT, C),
+                             join_qkv(f32.dq, f32.dk, f32.dv, BT, C));
   }
 }
 
