@@ -1,5 +1,7 @@
 // The CPU emulation of CUDA (tests/cuda_emu/README.md): the fiber scheduler behind emu.h's
 // launches, the runtime API of include/cuda_runtime_api.h and cuBLAS's GEMM.
+#include "emu.h"
+
 #include <cblas.h>
 #include <sys/mman.h>
 #include <ucontext.h>
@@ -7,9 +9,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstring>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -17,11 +19,10 @@
 #include <unordered_map>
 #include <vector>
 
-#include "emu.h"
-#include "include/cublasLt.h"
-#include "include/cuda.h"
-#include "include/cublas_v2.h"
 #include "core/half.h"
+#include "include/cublasLt.h"
+#include "include/cublas_v2.h"
+#include "include/cuda.h"
 #include "ops/backend.h"
 
 // Switching between fibers. glibc's swapcontext saves and restores the signal mask with a system
@@ -619,10 +620,11 @@ const char* cublasGetStatusName(cublasStatus_t s) {
 }
 const char* cublasGetStatusString(cublasStatus_t s) { return s == CUBLAS_STATUS_SUCCESS ? "success" : "invalid value"; }
 
-cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
-                            const void* alpha, const void* A, cudaDataType_t at, int lda, const void* B,
-                            cudaDataType_t bt, int ldb, const void* beta, void* C, cudaDataType_t ct, int ldc,
-                            cublasComputeType_t compute, cublasGemmAlgo_t algo) {
+cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                            int n, int k, const void* alpha, const void* A, cudaDataType_t at,
+                            int lda, const void* B, cudaDataType_t bt, int ldb, const void* beta,
+                            void* C, cudaDataType_t ct, int ldc, cublasComputeType_t compute,
+                            cublasGemmAlgo_t algo) {
   if (h == nullptr || at != bt || (at != CUDA_R_32F && at != CUDA_R_16BF) ||
       (ct != CUDA_R_32F && !(ct == CUDA_R_16BF && at == CUDA_R_16BF)) || m < 0 || n < 0 || k < 0)
     return CUBLAS_STATUS_INVALID_VALUE;
@@ -633,11 +635,12 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
     auto* c16 = static_cast<uint16_t*>(C);
     std::vector<float> wide((size_t)ldc * n);
     for (size_t i = 0; i < wide.size(); ++i) wide[i] = lmf::bf16_to_float(c16[i]);
-    const cublasStatus_t st = cublasGemmEx(h, ta, tb, m, n, k, alpha, A, at, lda, B, bt, ldb, beta, wide.data(),
-                                           CUDA_R_32F, ldc, compute, algo);
+    const cublasStatus_t st = cublasGemmEx(h, ta, tb, m, n, k, alpha, A, at, lda, B, bt, ldb, beta,
+                                           wide.data(), CUDA_R_32F, ldc, compute, algo);
     if (st != CUBLAS_STATUS_SUCCESS) return st;
     for (int j = 0; j < n; ++j)
-      for (int i = 0; i < m; ++i) c16[(size_t)j * ldc + i] = lmf::float_to_bf16(wide[(size_t)j * ldc + i]);
+      for (int i = 0; i < m; ++i)
+        c16[(size_t)j * ldc + i] = lmf::float_to_bf16(wide[(size_t)j * ldc + i]);
     return CUBLAS_STATUS_SUCCESS;
   }
   const float* a = static_cast<const float*>(A);
@@ -732,7 +735,8 @@ cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMa
 }
 cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t* l, cudaDataType type, uint64_t rows,
                                           uint64_t cols, int64_t ld) {
-  if ((type != CUDA_R_32F && type != CUDA_R_16BF) || ld < (int64_t)rows) return CUBLAS_STATUS_INVALID_VALUE;
+  if ((type != CUDA_R_32F && type != CUDA_R_16BF) || ld < (int64_t)rows)
+    return CUBLAS_STATUS_INVALID_VALUE;
   *l = new cublasLtMatrixLayoutOpaque{type, rows, cols, ld};
   return CUBLAS_STATUS_SUCCESS;
 }
@@ -766,10 +770,12 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const 
   const int m = (int)c->rows, n = (int)c->cols;
   const int k = (int)(d->ta == CUBLAS_OP_N ? a->cols : a->rows);
   if ((int)(d->tb == CUBLAS_OP_N ? b->rows : b->cols) != k) return CUBLAS_STATUS_INVALID_VALUE;
-  if (a->type != b->type || (c->type == CUDA_R_16BF && a->type != CUDA_R_16BF)) return CUBLAS_STATUS_NOT_SUPPORTED;
+  if (a->type != b->type || (c->type == CUDA_R_16BF && a->type != CUDA_R_16BF))
+    return CUBLAS_STATUS_NOT_SUPPORTED;
   if (d->epilogue != CUBLASLT_EPILOGUE_BIAS && d->epilogue != CUBLASLT_EPILOGUE_DEFAULT)
     return CUBLAS_STATUS_NOT_SUPPORTED;
-  if (d->epilogue == CUBLASLT_EPILOGUE_BIAS && d->bias == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
+  if (d->epilogue == CUBLASLT_EPILOGUE_BIAS && d->bias == nullptr)
+    return CUBLAS_STATUS_INVALID_VALUE;
   const cudaDataType bias_type = d->bias_type < 0 ? c->type : cudaDataType(d->bias_type);
   // The epilogue works on the fp32 result: with a bf16 D, the GEMM goes to an fp32 copy of D,
   // the bias is added there, and each value is rounded once into D (to nearest even).
@@ -783,9 +789,9 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const 
     out = wide.data();
   }
   static cublasContext gemm_handle;
-  const cublasStatus_t st = cublasGemmEx(&gemm_handle, d->ta, d->tb, m, n, k, alpha, A, a->type, (int)a->ld, B,
-                                         b->type, (int)b->ld, beta, out, CUDA_R_32F, (int)c->ld, d->compute,
-                                         CUBLAS_GEMM_DEFAULT);
+  const cublasStatus_t st =
+      cublasGemmEx(&gemm_handle, d->ta, d->tb, m, n, k, alpha, A, a->type, (int)a->ld, B, b->type,
+                   (int)b->ld, beta, out, CUDA_R_32F, (int)c->ld, d->compute, CUBLAS_GEMM_DEFAULT);
   if (st != CUBLAS_STATUS_SUCCESS) return st;
   if (d->epilogue == CUBLASLT_EPILOGUE_BIAS) {
     auto bias_at = [&](int i) {
@@ -798,7 +804,8 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const 
   if (d16) {
     auto* d_bits = static_cast<uint16_t*>(D);
     for (int j = 0; j < n; ++j)
-      for (int i = 0; i < m; ++i) d_bits[(size_t)j * c->ld + i] = lmf::float_to_bf16(out[(size_t)j * c->ld + i]);
+      for (int i = 0; i < m; ++i)
+        d_bits[(size_t)j * c->ld + i] = lmf::float_to_bf16(out[(size_t)j * c->ld + i]);
   }
   return CUBLAS_STATUS_SUCCESS;
 }

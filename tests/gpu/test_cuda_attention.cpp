@@ -334,10 +334,11 @@ TEST(CudaAttentionTensorCores, Bf16BackendTableRunsThem) {
 // typed: the ops are overloaded over float and bf16 storage.)
 TEST(CudaAttention, RejectsBadHeads) {
   float* none = nullptr;
-  EXPECT_THROW(cuda::attention_gqa_forward(none, nullptr, nullptr, nullptr, nullptr, 1, 4, 2, 1, 257),
-               Error);  // head size above the limit
-  EXPECT_THROW(cuda::attention_gqa_backward(none, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
-                                            nullptr, 1, 4, 3, 2, 16),
+  EXPECT_THROW(
+      cuda::attention_gqa_forward(none, nullptr, nullptr, nullptr, nullptr, 1, 4, 2, 1, 257),
+      Error);  // head size above the limit
+  EXPECT_THROW(cuda::attention_gqa_backward(none, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                            nullptr, nullptr, nullptr, 1, 4, 3, 2, 16),
                Error);  // NH not a multiple of KVH
   EXPECT_THROW(cuda::attention_forward(none, nullptr, nullptr, 1, 4, 30, 4), Error);
 }

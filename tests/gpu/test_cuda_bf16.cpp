@@ -86,7 +86,9 @@ Vec wide_d(const Bf& v) {
 }
 // n values uniform in [lo, hi) rounded to bf16: the inputs of every test, so that the exact
 // references (double) see what the ops see.
-Bf rand_bf(size_t n, uint64_t stream, double lo = -1.0, double hi = 1.0) { return narrow(rand_vec(n, stream, lo, hi)); }
+Bf rand_bf(size_t n, uint64_t stream, double lo = -1.0, double hi = 1.0) {
+  return narrow(rand_vec(n, stream, lo, hi));
+}
 Bf bnans(size_t n) { return Bf(n, bf16(std::numeric_limits<float>::quiet_NaN())); }
 Vec to_d(const FVec& v) { return Vec(v.begin(), v.end()); }
 
@@ -96,9 +98,9 @@ void expect_bits(const char* what, const Bf& a, const Bf& b) {
   size_t differ = 0, first = 0;
   for (size_t i = 0; i < a.size(); ++i)
     if (a[i].bits != b[i].bits && differ++ == 0) first = i;
-  EXPECT_EQ(differ, 0u) << what << ": " << differ << " of " << a.size() << " differ, first at " << first << ": "
-                        << std::hex << a[first].bits << " vs " << b[first].bits << std::dec << " ("
-                        << float(a[first]) << " vs " << float(b[first]) << ")";
+  EXPECT_EQ(differ, 0u) << what << ": " << differ << " of " << a.size() << " differ, first at "
+                        << first << ": " << std::hex << a[first].bits << " vs " << b[first].bits
+                        << std::dec << " (" << float(a[first]) << " vs " << float(b[first]) << ")";
 }
 // How many elements differ in their bits (printed, for the report of how close GPU and CPU are).
 size_t count_differ(const Bf& a, const Bf& b) {
@@ -113,7 +115,8 @@ void expect_close_bf(const char* what, const Bf& gpu, const Bf& cpu, const Vec& 
   ASSERT_EQ(gpu.size(), tol32.size()) << what;
   const FVec g = widen(gpu), c = widen(cpu);
   Vec tol(g.size());
-  for (size_t i = 0; i < g.size(); ++i) tol[i] = tol32[i] + kU * (std::abs((double)g[i]) + std::abs((double)c[i]));
+  for (size_t i = 0; i < g.size(); ++i)
+    tol[i] = tol32[i] + kU * (std::abs((double)g[i]) + std::abs((double)c[i]));
   expect_close(what, g, c, tol);
 }
 void expect_close_bf(const char* what, const Bf& gpu, const Bf& cpu, double tol32) {
@@ -149,22 +152,24 @@ void swiglu_forward(Bf& out, const Bf& g, const Bf& u) {
 }
 void swiglu_backward(Bf& dg, Bf& du, const Bf& dout, const Bf& g, const Bf& u) {
   FVec a(g.size()), b(g.size());
-  f32().swiglu_backward(a.data(), b.data(), widen(dout).data(), widen(g).data(), widen(u).data(), g.size());
+  f32().swiglu_backward(a.data(), b.data(), widen(dout).data(), widen(g).data(), widen(u).data(),
+                        g.size());
   dg = narrow(a);
   du = narrow(b);
 }
 // Accumulating: dinp widened, += in float, rounded.
-void layernorm_backward(Bf& dinp, FVec& dw, FVec& db, const Bf& dout, const Bf& x, const Bf& w, const FVec& mean,
-                        const FVec& rstd, int N, int C) {
+void layernorm_backward(Bf& dinp, FVec& dw, FVec& db, const Bf& dout, const Bf& x, const Bf& w,
+                        const FVec& mean, const FVec& rstd, int N, int C) {
   FVec di = widen(dinp);
-  f32().layernorm_backward(di.data(), dw.data(), db.data(), widen(dout).data(), widen(x).data(), widen(w).data(),
-                           mean.data(), rstd.data(), N, C);
+  f32().layernorm_backward(di.data(), dw.data(), db.data(), widen(dout).data(), widen(x).data(),
+                           widen(w).data(), mean.data(), rstd.data(), N, C);
   dinp = narrow(di);
 }
-void rmsnorm_backward(Bf& dinp, FVec& dw, const Bf& dout, const Bf& x, const Bf& w, const FVec& rstd, int N, int C) {
+void rmsnorm_backward(Bf& dinp, FVec& dw, const Bf& dout, const Bf& x, const Bf& w,
+                      const FVec& rstd, int N, int C) {
   FVec di = widen(dinp);
-  f32().rmsnorm_backward(di.data(), dw.data(), widen(dout).data(), widen(x).data(), widen(w).data(), rstd.data(), N,
-                         C);
+  f32().rmsnorm_backward(di.data(), dw.data(), widen(dout).data(), widen(x).data(), widen(w).data(),
+                         rstd.data(), N, C);
   dinp = narrow(di);
 }
 
@@ -177,7 +182,13 @@ void rmsnorm_backward(Bf& dinp, FVec& dw, const Bf& dout, const Bf& x, const Bf&
 TEST(CudaBf16, StoreRoundsAsFloatToBf16) {
   SKIP_WITHOUT_DEVICE();
   const float inf = std::numeric_limits<float>::infinity();
-  FVec x = {0.0f, -0.0f, 1.0f, -1.0f, inf, -inf, std::numeric_limits<float>::quiet_NaN(),
+  FVec x = {0.0f,
+            -0.0f,
+            1.0f,
+            -1.0f,
+            inf,
+            -inf,
+            std::numeric_limits<float>::quiet_NaN(),
             std::bit_cast<float>(0x7f800001u),  // a signalling NaN: must stay NaN
             std::bit_cast<float>(0xffffffffu),  // NaN with every payload bit: must not carry
             std::bit_cast<float>(0x3f808000u),  // halfway, even below: down
@@ -189,7 +200,8 @@ TEST(CudaBf16, StoreRoundsAsFloatToBf16) {
             std::bit_cast<float>(0x00018000u),  // a subnormal tie, odd below: up
             std::bit_cast<float>(0x80400000u)};
   Rng r(20240611, 70);
-  for (int i = 0; i < 150000; ++i) x.push_back(std::bit_cast<float>((uint32_t)r.below(uint64_t(1) << 32)));
+  for (int i = 0; i < 150000; ++i)
+    x.push_back(std::bit_cast<float>((uint32_t)r.below(uint64_t(1) << 32)));
   DeviceBuffer<float> d_src(x);
   DeviceBuffer<bf16> d_dst(bnans(x.size()));
   cuda::backend_bf16().to_compute(d_dst.data(), d_src.data(), x.size());
@@ -197,8 +209,9 @@ TEST(CudaBf16, StoreRoundsAsFloatToBf16) {
   size_t differ = 0, first = 0;
   for (size_t i = 0; i < x.size(); ++i)
     if (got[i].bits != float_to_bf16(x[i]) && differ++ == 0) first = i;
-  EXPECT_EQ(differ, 0u) << "first at " << first << ": float bits " << std::hex << std::bit_cast<uint32_t>(x[first])
-                        << " gave " << got[first].bits << ", float_to_bf16 " << float_to_bf16(x[first]);
+  EXPECT_EQ(differ, 0u) << "first at " << first << ": float bits " << std::hex
+                        << std::bit_cast<uint32_t>(x[first]) << " gave " << got[first].bits
+                        << ", float_to_bf16 " << float_to_bf16(x[first]);
 }
 
 // ---- elementwise --------------------------------------------------------------------------------
@@ -261,10 +274,13 @@ TEST(CudaBf16, SwigluIsTheFp32KernelRounded) {
   for (size_t n : kSizes) {
     SCOPED_TRACE("n = " + std::to_string(n));
     const Bf gate = rand_bf(n, 47, -8.0, 8.0), up = rand_bf(n, 48), dout = rand_bf(n, 49);
-    DeviceBuffer<bf16> dg(gate), du(up), dd(dout), dout_g(bnans(n)), ddgate(bnans(n)), ddup(bnans(n));
+    DeviceBuffer<bf16> dg(gate), du(up), dd(dout), dout_g(bnans(n)), ddgate(bnans(n)),
+        ddup(bnans(n));
     cuda::backend_bf16().swiglu_forward(dout_g.data(), dg.data(), du.data(), n);
-    cuda::backend_bf16().swiglu_backward(ddgate.data(), ddup.data(), dd.data(), dg.data(), du.data(), n);
-    DeviceBuffer<float> fg(widen(gate)), fu(widen(up)), fd(widen(dout)), fout(nans(n)), fdg(nans(n)), fdu(nans(n));
+    cuda::backend_bf16().swiglu_backward(ddgate.data(), ddup.data(), dd.data(), dg.data(),
+                                         du.data(), n);
+    DeviceBuffer<float> fg(widen(gate)), fu(widen(up)), fd(widen(dout)), fout(nans(n)),
+        fdg(nans(n)), fdu(nans(n));
     cuda::swiglu_forward(fout.data(), fg.data(), fu.data(), n);
     cuda::swiglu_backward(fdg.data(), fdu.data(), fd.data(), fg.data(), fu.data(), n);
     const Bf out_g = dout_g.to_host(), dgate_g = ddgate.to_host(), dup_g = ddup.to_host();
@@ -290,14 +306,17 @@ TEST(CudaBf16, SwigluIsTheFp32KernelRounded) {
     expect_close_bf("out vs spec", out_g, out_c, tol_out);
     expect_close_bf("dgate vs spec", dgate_g, dgate_c, tol_dgate);
     expect_close_bf("dup vs spec", dup_g, dup_c, tol_dup);
-    std::printf("[ info ] swiglu n=%zu: bits differ from the CPU spec in %zu (out), %zu (dgate), %zu (dup)\n", n,
-                count_differ(out_g, out_c), count_differ(dgate_g, dgate_c), count_differ(dup_g, dup_c));
+    std::printf(
+        "[ info ] swiglu n=%zu: bits differ from the CPU spec in %zu (out), %zu (dgate), %zu "
+        "(dup)\n",
+        n, count_differ(out_g, out_c), count_differ(dgate_g, dgate_c), count_differ(dup_g, dup_c));
   }
 }
 
 void check_rope(int B, int T, int NH, int hs, bool interleaved, int pos0) {
-  SCOPED_TRACE("B = " + std::to_string(B) + ", T = " + std::to_string(T) + ", NH = " + std::to_string(NH) +
-               ", hs = " + std::to_string(hs) + (interleaved ? ", interleaved" : ", rotate-half") +
+  SCOPED_TRACE("B = " + std::to_string(B) + ", T = " + std::to_string(T) +
+               ", NH = " + std::to_string(NH) + ", hs = " + std::to_string(hs) +
+               (interleaved ? ", interleaved" : ", rotate-half") +
                ", pos0 = " + std::to_string(pos0));
   const Tol t = tol_f32();
   const std::vector<double> inv_freq = ops::rope_inv_freq(hs, 10000.0);
@@ -305,8 +324,10 @@ void check_rope(int B, int T, int NH, int hs, bool interleaved, int pos0) {
   const Bf x = rand_bf(n, 45), dout = rand_bf(n, 46);
   DeviceBuffer<double> dfreq(inv_freq);
   DeviceBuffer<bf16> dx(x), dd(dout), dout_g(bnans(n)), ddinp(bnans(n));
-  cuda::backend_bf16().rope_forward(dout_g.data(), dx.data(), B, T, NH, hs, dfreq.data(), interleaved, pos0);
-  cuda::backend_bf16().rope_backward(ddinp.data(), dd.data(), B, T, NH, hs, dfreq.data(), interleaved, pos0);
+  cuda::backend_bf16().rope_forward(dout_g.data(), dx.data(), B, T, NH, hs, dfreq.data(),
+                                    interleaved, pos0);
+  cuda::backend_bf16().rope_backward(ddinp.data(), dd.data(), B, T, NH, hs, dfreq.data(),
+                                     interleaved, pos0);
   DeviceBuffer<float> fx(widen(x)), fd(widen(dout)), fout(nans(n)), fdinp(nans(n));
   cuda::rope_forward(fout.data(), fx.data(), B, T, NH, hs, dfreq.data(), interleaved, pos0);
   cuda::rope_backward(fdinp.data(), fd.data(), B, T, NH, hs, dfreq.data(), interleaved, pos0);
@@ -315,14 +336,18 @@ void check_rope(int B, int T, int NH, int hs, bool interleaved, int pos0) {
   expect_bits("dinp vs fp32 kernel rounded", dinp_g, narrow(fdinp.to_host()));
 
   FVec out_c(n), dinp_c(n);  // the spec: float op on the widened inputs, then rounded
-  spec::f32().rope_forward(out_c.data(), widen(x).data(), B, T, NH, hs, inv_freq.data(), interleaved, pos0);
-  spec::f32().rope_backward(dinp_c.data(), widen(dout).data(), B, T, NH, hs, inv_freq.data(), interleaved, pos0);
+  spec::f32().rope_forward(out_c.data(), widen(x).data(), B, T, NH, hs, inv_freq.data(),
+                           interleaved, pos0);
+  spec::f32().rope_backward(dinp_c.data(), widen(dout).data(), B, T, NH, hs, inv_freq.data(),
+                            interleaved, pos0);
   // test_cuda_ops.cpp's Rope bound: gamma(4) (|a| + |b|).
   expect_close_bf("out vs spec", out_g, narrow(out_c), kBoth * t.gamma(4) * 2 * max_abs(wide_d(x)));
-  expect_close_bf("dinp vs spec", dinp_g, narrow(dinp_c), kBoth * t.gamma(4) * 2 * max_abs(wide_d(dout)));
+  expect_close_bf("dinp vs spec", dinp_g, narrow(dinp_c),
+                  kBoth * t.gamma(4) * 2 * max_abs(wide_d(dout)));
   std::printf("[ info ] rope: bits differ from the CPU spec in %zu of %zu (out)\n",
               count_differ(out_g, narrow(out_c)), n);
-  cuda::backend_bf16().rope_forward(dx.data(), dx.data(), B, T, NH, hs, dfreq.data(), interleaved, pos0);
+  cuda::backend_bf16().rope_forward(dx.data(), dx.data(), B, T, NH, hs, dfreq.data(), interleaved,
+                                    pos0);
   expect_bits("out (in place)", dx.to_host(), out_g);
 }
 
@@ -359,24 +384,25 @@ TEST(CudaBf16, FillCopyFillStat) {
 }
 
 // ---- norms --------------------------------------------------------------------------------------
-// Bounds of test_cuda_ops.cpp's check_layernorm / check_rmsnorm (derivations in test_ops.cpp) on the
-// widened inputs, plus the bf16 rounding of out and dinp. Each side's backward reads its own
+// Bounds of test_cuda_ops.cpp's check_layernorm / check_rmsnorm (derivations in test_ops.cpp) on
+// the widened inputs, plus the bf16 rounding of out and dinp. Each side's backward reads its own
 // forward's statistics, as in the float test (the bounds cover their difference).
 
 void check_layernorm(int N, int C) {
   SCOPED_TRACE("N = " + std::to_string(N) + ", C = " + std::to_string(C));
   const Tol t = tol_f32();
   const size_t NC = (size_t)N * C;
-  const Bf x = rand_bf(NC, 13, 1.0, 3.0), w = rand_bf(C, 14), b = rand_bf(C, 15), dout = rand_bf(NC, 16),
-           dinp0 = rand_bf(NC, 17);
+  const Bf x = rand_bf(NC, 13, 1.0, 3.0), w = rand_bf(C, 14), b = rand_bf(C, 15),
+           dout = rand_bf(NC, 16), dinp0 = rand_bf(NC, 17);
   const FVec dw0 = to_f(rand_vec(C, 18)), db0 = to_f(rand_vec(C, 19));
   const Vec xd = wide_d(x), wd = wide_d(w), bd = wide_d(b), gd = wide_d(dout);
 
   Vec out_r(NC), mean_r(N), rstd_r(N);  // exact (double): only for the bounds
-  ops::ref::layernorm_forward(out_r.data(), mean_r.data(), rstd_r.data(), xd.data(), wd.data(), bd.data(), N, C);
+  ops::ref::layernorm_forward(out_r.data(), mean_r.data(), rstd_r.data(), xd.data(), wd.data(),
+                              bd.data(), N, C);
   FVec out_cf(NC), mean_c(N), rstd_c(N);
-  spec::f32().layernorm_forward(out_cf.data(), mean_c.data(), rstd_c.data(), widen(x).data(), widen(w).data(),
-                                widen(b).data(), N, C);
+  spec::f32().layernorm_forward(out_cf.data(), mean_c.data(), rstd_c.data(), widen(x).data(),
+                                widen(w).data(), widen(b).data(), N, C);
   Bf dinp_c = dinp0;
   FVec dw_c = dw0, db_c = db0;
   spec::layernorm_backward(dinp_c, dw_c, db_c, dout, x, w, mean_c, rstd_c, N, C);
@@ -384,34 +410,40 @@ void check_layernorm(int N, int C) {
   const ops::Backend<bf16>& be = cuda::backend_bf16();
   DeviceBuffer<bf16> dx(x), dwt(w), dbias(b), ddout(dout), dout_g(bnans(NC)), ddinp(dinp0);
   DeviceBuffer<float> dmean(nans(N)), drstd(nans(N)), ddw(dw0), ddb(db0);
-  be.layernorm_forward(dout_g.data(), dmean.data(), drstd.data(), dx.data(), dwt.data(), dbias.data(), N, C);
-  be.layernorm_backward(ddinp.data(), ddw.data(), ddb.data(), ddout.data(), dx.data(), dwt.data(), dmean.data(),
-                        drstd.data(), N, C);
+  be.layernorm_forward(dout_g.data(), dmean.data(), drstd.data(), dx.data(), dwt.data(),
+                       dbias.data(), N, C);
+  be.layernorm_backward(ddinp.data(), ddw.data(), ddb.data(), ddout.data(), dx.data(), dwt.data(),
+                        dmean.data(), drstd.data(), N, C);
 
-  const double X = max_abs(xd), W = max_abs(wd), Bm = max_abs(bd), G = max_abs(gd), r = max_abs(rstd_r);
+  const double X = max_abs(xd), W = max_abs(wd), Bm = max_abs(bd), G = max_abs(gd),
+               r = max_abs(rstd_r);
   double nu = 0;
   for (int i = 0; i < N; ++i)
-    for (int c = 0; c < C; ++c) nu = std::max(nu, std::abs(xd[(size_t)i * C + c] - mean_r[i]) * rstd_r[i]);
+    for (int c = 0; c < C; ++c)
+      nu = std::max(nu, std::abs(xd[(size_t)i * C + c] - mean_r[i]) * rstd_r[i]);
   const double tol_mean = t.gamma(C) * X, tol_rstd = r * (0.5 * t.gamma(C) * nu * nu + t.gamma(4));
   const double dnorm = t.gamma(C) * (X * r + 0.5 * nu * nu * nu) + t.gamma(4) * nu;
   expect_close("mean", dmean.to_host(), mean_c, kBoth * tol_mean);
   expect_close("rstd", drstd.to_host(), rstd_c, kBoth * tol_rstd);
-  expect_close_bf("out", dout_g.to_host(), narrow(out_cf), kBoth * (W * dnorm + t.gamma(3) * (nu * W + Bm)));
+  expect_close_bf("out", dout_g.to_host(), narrow(out_cf),
+                  kBoth * (W * dnorm + t.gamma(3) * (nu * W + Bm)));
   const double g = W * G, bracket = g * (2 + nu * nu);
   const double tol_dinp = r * (t.gamma(C) * g * (1 + nu * nu) + 2 * nu * g * dnorm +
                                bracket * (0.5 * t.gamma(C) * nu * nu + t.gamma(4))) +
                           t.gamma(1) * (max_abs(wide_d(dinp0)) + r * bracket);
   expect_close_bf("dinp", ddinp.to_host(), dinp_c, kBoth * tol_dinp);
-  expect_close("dw", ddw.to_host(), dw_c, kBoth * (t.gamma(N + 1) * (N * nu * G + max_abs(to_d(dw0))) + N * G * dnorm));
+  expect_close("dw", ddw.to_host(), dw_c,
+               kBoth * (t.gamma(N + 1) * (N * nu * G + max_abs(to_d(dw0))) + N * G * dnorm));
   expect_close("db", ddb.to_host(), db_c, kBoth * t.gamma(N + 1) * (N * G + max_abs(to_d(db0))));
 
   // The fp32 kernels on the widened values, rounded: the same float arithmetic, so the same bits
   // (a store that truncated, or a dinp += done in bf16, would show here, below the bounds above).
-  DeviceBuffer<float> fx(widen(x)), fw(widen(w)), fb(widen(b)), fd(widen(dout)), fout(nans(NC)), fmean(nans(N)),
-      frstd(nans(N)), fdinp(widen(dinp0)), fdw(dw0), fdb(db0);
-  cuda::layernorm_forward(fout.data(), fmean.data(), frstd.data(), fx.data(), fw.data(), fb.data(), N, C);
-  cuda::layernorm_backward(fdinp.data(), fdw.data(), fdb.data(), fd.data(), fx.data(), fw.data(), fmean.data(),
-                           frstd.data(), N, C);
+  DeviceBuffer<float> fx(widen(x)), fw(widen(w)), fb(widen(b)), fd(widen(dout)), fout(nans(NC)),
+      fmean(nans(N)), frstd(nans(N)), fdinp(widen(dinp0)), fdw(dw0), fdb(db0);
+  cuda::layernorm_forward(fout.data(), fmean.data(), frstd.data(), fx.data(), fw.data(), fb.data(),
+                          N, C);
+  cuda::layernorm_backward(fdinp.data(), fdw.data(), fdb.data(), fd.data(), fx.data(), fw.data(),
+                           fmean.data(), frstd.data(), N, C);
   expect_bits("out vs fp32 kernel rounded", dout_g.to_host(), narrow(fout.to_host()));
   EXPECT_EQ(dmean.to_host(), fmean.to_host()) << "mean vs fp32 kernel";
   EXPECT_EQ(drstd.to_host(), frstd.to_host()) << "rstd vs fp32 kernel";
@@ -424,16 +456,17 @@ void check_layernorm(int N, int C) {
   DeviceBuffer<bf16> da(a), res(bnans(NC)), out_u(bnans(NC)), res_f(bnans(NC)), out_f(bnans(NC));
   DeviceBuffer<float> mean_u(nans(N)), rstd_u(nans(N)), mean_f(nans(N)), rstd_f(nans(N));
   be.residual_forward(res.data(), da.data(), dx.data(), NC);
-  be.layernorm_forward(out_u.data(), mean_u.data(), rstd_u.data(), res.data(), dwt.data(), dbias.data(), N, C);
-  be.residual_layernorm_forward(res_f.data(), out_f.data(), mean_f.data(), rstd_f.data(), da.data(), dx.data(),
-                                dwt.data(), dbias.data(), N, C);
+  be.layernorm_forward(out_u.data(), mean_u.data(), rstd_u.data(), res.data(), dwt.data(),
+                       dbias.data(), N, C);
+  be.residual_layernorm_forward(res_f.data(), out_f.data(), mean_f.data(), rstd_f.data(), da.data(),
+                                dx.data(), dwt.data(), dbias.data(), N, C);
   expect_bits("fused res", res_f.to_host(), res.to_host());
   expect_bits("fused out", out_f.to_host(), out_u.to_host());
   EXPECT_EQ(mean_f.to_host(), mean_u.to_host());
   EXPECT_EQ(rstd_f.to_host(), rstd_u.to_host());
   // In place (res == a), as GPT-2's ln2 calls it.
-  be.residual_layernorm_forward(da.data(), out_f.data(), mean_f.data(), rstd_f.data(), da.data(), dx.data(),
-                                dwt.data(), dbias.data(), N, C);
+  be.residual_layernorm_forward(da.data(), out_f.data(), mean_f.data(), rstd_f.data(), da.data(),
+                                dx.data(), dwt.data(), dbias.data(), N, C);
   expect_bits("fused res (in place)", da.to_host(), res.to_host());
   expect_bits("fused out (in place)", out_f.to_host(), out_u.to_host());
 }
@@ -451,14 +484,16 @@ void check_rmsnorm(int N, int C) {
   const Tol t = tol_f32();
   const float eps = 1e-5f;
   const size_t NC = (size_t)N * C;
-  const Bf x = rand_bf(NC, 40, -1.0, 3.0), w = rand_bf(C, 41), dout = rand_bf(NC, 42), dinp0 = rand_bf(NC, 43);
+  const Bf x = rand_bf(NC, 40, -1.0, 3.0), w = rand_bf(C, 41), dout = rand_bf(NC, 42),
+           dinp0 = rand_bf(NC, 43);
   const FVec dw0 = to_f(rand_vec(C, 44));
   const Vec xd = wide_d(x), wd = wide_d(w), gd = wide_d(dout);
 
   Vec out_r(NC), rstd_r(N);
   ops::ref::rmsnorm_forward(out_r.data(), rstd_r.data(), xd.data(), wd.data(), N, C, eps);
   FVec out_cf(NC), rstd_c(N);
-  spec::f32().rmsnorm_forward(out_cf.data(), rstd_c.data(), widen(x).data(), widen(w).data(), N, C, eps);
+  spec::f32().rmsnorm_forward(out_cf.data(), rstd_c.data(), widen(x).data(), widen(w).data(), N, C,
+                              eps);
   Bf dinp_c = dinp0;
   FVec dw_c = dw0;
   spec::rmsnorm_backward(dinp_c, dw_c, dout, x, w, rstd_c, N, C);
@@ -467,7 +502,8 @@ void check_rmsnorm(int N, int C) {
   DeviceBuffer<bf16> dx(x), dwt(w), ddout(dout), dout_g(bnans(NC)), ddinp(dinp0);
   DeviceBuffer<float> drstd(nans(N)), ddw(dw0);
   be.rmsnorm_forward(dout_g.data(), drstd.data(), dx.data(), dwt.data(), N, C, eps);
-  be.rmsnorm_backward(ddinp.data(), ddw.data(), ddout.data(), dx.data(), dwt.data(), drstd.data(), N, C);
+  be.rmsnorm_backward(ddinp.data(), ddw.data(), ddout.data(), dx.data(), dwt.data(), drstd.data(),
+                      N, C);
 
   const double W = max_abs(wd), G = max_abs(gd), r = max_abs(rstd_r);
   double nu = 0;
@@ -480,7 +516,8 @@ void check_rmsnorm(int N, int C) {
   const double e_m = g * nu * (t.gamma(C + 3) + rel_r);
   const double e_bracket = t.gamma(4) * bracket + nu * e_m + g * nu * nu * rel_r;
   expect_close_bf("dinp", ddinp.to_host(), dinp_c,
-                  kBoth * (r * (e_bracket + bracket * rel_r) + t.gamma(1) * (max_abs(wide_d(dinp0)) + r * bracket)));
+                  kBoth * (r * (e_bracket + bracket * rel_r) +
+                           t.gamma(1) * (max_abs(wide_d(dinp0)) + r * bracket)));
   expect_close("dw", ddw.to_host(), dw_c,
                kBoth * (t.gamma(N + 2) * (N * nu * G + max_abs(to_d(dw0))) + N * G * nu * rel_r));
 
@@ -488,7 +525,8 @@ void check_rmsnorm(int N, int C) {
   DeviceBuffer<float> fx(widen(x)), fw(widen(w)), fd(widen(dout)), fout(nans(NC)), frstd(nans(N)),
       fdinp(widen(dinp0)), fdw(dw0);
   cuda::rmsnorm_forward(fout.data(), frstd.data(), fx.data(), fw.data(), N, C, eps);
-  cuda::rmsnorm_backward(fdinp.data(), fdw.data(), fd.data(), fx.data(), fw.data(), frstd.data(), N, C);
+  cuda::rmsnorm_backward(fdinp.data(), fdw.data(), fd.data(), fx.data(), fw.data(), frstd.data(), N,
+                         C);
   expect_bits("out vs fp32 kernel rounded", dout_g.to_host(), narrow(fout.to_host()));
   EXPECT_EQ(drstd.to_host(), frstd.to_host()) << "rstd vs fp32 kernel";
   expect_bits("dinp vs fp32 kernel rounded", ddinp.to_host(), narrow(fdinp.to_host()));
@@ -499,8 +537,8 @@ void check_rmsnorm(int N, int C) {
   DeviceBuffer<float> rstd_u(nans(N)), rstd_f(nans(N));
   be.residual_forward(res.data(), da.data(), dx.data(), NC);
   be.rmsnorm_forward(out_u.data(), rstd_u.data(), res.data(), dwt.data(), N, C, eps);
-  be.residual_rmsnorm_forward(res_f.data(), out_f.data(), rstd_f.data(), da.data(), dx.data(), dwt.data(), N, C,
-                              eps);
+  be.residual_rmsnorm_forward(res_f.data(), out_f.data(), rstd_f.data(), da.data(), dx.data(),
+                              dwt.data(), N, C, eps);
   expect_bits("fused res", res_f.to_host(), res.to_host());
   expect_bits("fused out", out_f.to_host(), out_u.to_host());
   EXPECT_EQ(rstd_f.to_host(), rstd_u.to_host());
@@ -524,21 +562,26 @@ TEST(CudaBf16, Encoder) {
     SCOPED_TRACE(with_wpe ? "wte + wpe" : "wte only");
     const int B = 3, T_ = 37, C = 70, V = 50;
     const size_t BT = (size_t)B * T_;
-    const std::vector<int32_t> tokens = rand_tokens(BT, V, 80);  // repeats: several positions per token
-    const Bf wte = rand_bf((size_t)V * C, 81), wpe = rand_bf((size_t)T_ * C, 82), dout = rand_bf(BT * C, 83);
-    const FVec dwte0 = to_f(rand_vec((size_t)V * C, 84)), dwpe0 = to_f(rand_vec((size_t)T_ * C, 85));
+    const std::vector<int32_t> tokens =
+        rand_tokens(BT, V, 80);  // repeats: several positions per token
+    const Bf wte = rand_bf((size_t)V * C, 81), wpe = rand_bf((size_t)T_ * C, 82),
+             dout = rand_bf(BT * C, 83);
+    const FVec dwte0 = to_f(rand_vec((size_t)V * C, 84)),
+               dwpe0 = to_f(rand_vec((size_t)T_ * C, 85));
     FVec out_cf(BT * C), dwte_c = dwte0, dwpe_c = dwpe0;
     const FVec wte_f = widen(wte), wpe_f = widen(wpe), dout_f = widen(dout);
-    spec::f32().encoder_forward(out_cf.data(), tokens.data(), wte_f.data(), with_wpe ? wpe_f.data() : nullptr, B, T_,
-                                C);
-    spec::f32().encoder_backward(dwte_c.data(), with_wpe ? dwpe_c.data() : nullptr, dout_f.data(), tokens.data(), B,
-                                 T_, C);
+    spec::f32().encoder_forward(out_cf.data(), tokens.data(), wte_f.data(),
+                                with_wpe ? wpe_f.data() : nullptr, B, T_, C);
+    spec::f32().encoder_backward(dwte_c.data(), with_wpe ? dwpe_c.data() : nullptr, dout_f.data(),
+                                 tokens.data(), B, T_, C);
     DeviceBuffer<int32_t> dtok(tokens);
     DeviceBuffer<bf16> dwte(wte), dwpe(wpe), ddout(dout), dout_g(bnans(BT * C));
     DeviceBuffer<float> ddwte(dwte0), ddwpe(dwpe0);
     const ops::Backend<bf16>& be = cuda::backend_bf16();
-    be.encoder_forward(dout_g.data(), dtok.data(), dwte.data(), with_wpe ? dwpe.data() : nullptr, B, T_, C);
-    be.encoder_backward(ddwte.data(), with_wpe ? ddwpe.data() : nullptr, ddout.data(), tokens.data(), B, T_, C);
+    be.encoder_forward(dout_g.data(), dtok.data(), dwte.data(), with_wpe ? dwpe.data() : nullptr, B,
+                       T_, C);
+    be.encoder_backward(ddwte.data(), with_wpe ? ddwpe.data() : nullptr, ddout.data(),
+                        tokens.data(), B, T_, C);
     expect_bits("out", dout_g.to_host(), narrow(out_cf));
     EXPECT_EQ(ddwte.to_host(), dwte_c) << "dwte";
     EXPECT_EQ(ddwpe.to_host(), dwpe_c) << "dwpe";
@@ -556,46 +599,53 @@ struct MatmulShape {
 
 void check_matmul(const MatmulShape& sh, bool with_bias) {
   const int N = sh.N, C = sh.C, OC = sh.OC;
-  SCOPED_TRACE("N = " + std::to_string(N) + ", C = " + std::to_string(C) + ", OC = " + std::to_string(OC) +
-               (with_bias ? ", bias" : ", no bias"));
+  SCOPED_TRACE("N = " + std::to_string(N) + ", C = " + std::to_string(C) +
+               ", OC = " + std::to_string(OC) + (with_bias ? ", bias" : ", no bias"));
   const Tol t = tol_f32();
-  const Bf inp = rand_bf((size_t)N * C, 41), w = rand_bf((size_t)OC * C, 42), bias = rand_bf(OC, 43),
-           dout = rand_bf((size_t)N * OC, 44);
+  const Bf inp = rand_bf((size_t)N * C, 41), w = rand_bf((size_t)OC * C, 42),
+           bias = rand_bf(OC, 43), dout = rand_bf((size_t)N * OC, 44);
   const FVec dw0 = to_f(rand_vec((size_t)OC * C, 45)), db0 = to_f(rand_vec(OC, 46));
   const double A = max_abs(wide_d(inp)), W = max_abs(wide_d(w)), G = max_abs(wide_d(dout));
   const double Bm = with_bias ? max_abs(wide_d(bias)) : 0.0;
 
   FVec out_cf((size_t)N * OC), dinp_cf((size_t)N * C), dw_c = dw0, db_c = db0;
   const FVec inp_f = widen(inp), w_f = widen(w), bias_f = widen(bias), dout_f = widen(dout);
-  spec::f32().matmul_forward(out_cf.data(), inp_f.data(), w_f.data(), with_bias ? bias_f.data() : nullptr, N, C, OC);
-  spec::f32().matmul_backward(dinp_cf.data(), dw_c.data(), with_bias ? db_c.data() : nullptr, dout_f.data(),
-                              inp_f.data(), w_f.data(), N, C, OC);
+  spec::f32().matmul_forward(out_cf.data(), inp_f.data(), w_f.data(),
+                             with_bias ? bias_f.data() : nullptr, N, C, OC);
+  spec::f32().matmul_backward(dinp_cf.data(), dw_c.data(), with_bias ? db_c.data() : nullptr,
+                              dout_f.data(), inp_f.data(), w_f.data(), N, C, OC);
 
   const ops::Backend<bf16>& be = cuda::backend_bf16();
   DeviceBuffer<bf16> d_inp(inp), d_w(w), d_bias(bias), d_dout(dout), d_out(bnans((size_t)N * OC)),
       d_dinp(bnans((size_t)N * C));
   DeviceBuffer<float> d_dw(dw0), d_db(db0);
-  be.matmul_forward(d_out.data(), d_inp.data(), d_w.data(), with_bias ? d_bias.data() : nullptr, N, C, OC);
-  be.matmul_backward(d_dinp.data(), d_dw.data(), with_bias ? d_db.data() : nullptr, d_dout.data(), d_inp.data(),
-                     d_w.data(), N, C, OC);
-  expect_close_bf("out", d_out.to_host(), narrow(out_cf), kBoth * t.gamma(C + 1) * (C * A * W + Bm));
+  be.matmul_forward(d_out.data(), d_inp.data(), d_w.data(), with_bias ? d_bias.data() : nullptr, N,
+                    C, OC);
+  be.matmul_backward(d_dinp.data(), d_dw.data(), with_bias ? d_db.data() : nullptr, d_dout.data(),
+                     d_inp.data(), d_w.data(), N, C, OC);
+  expect_close_bf("out", d_out.to_host(), narrow(out_cf),
+                  kBoth * t.gamma(C + 1) * (C * A * W + Bm));
   expect_close_bf("dinp", d_dinp.to_host(), narrow(dinp_cf), kBoth * t.gamma(OC) * OC * G * W);
-  expect_close("dw", d_dw.to_host(), dw_c, kBoth * t.gamma(N + 1) * (N * G * A + max_abs(to_d(dw0))));
+  expect_close("dw", d_dw.to_host(), dw_c,
+               kBoth * t.gamma(N + 1) * (N * G * A + max_abs(to_d(dw0))));
   if (with_bias) {
-    expect_close("dbias", d_db.to_host(), db_c, kBoth * t.gamma(N + 1) * (N * G + max_abs(to_d(db0))));
+    expect_close("dbias", d_db.to_host(), db_c,
+                 kBoth * t.gamma(N + 1) * (N * G + max_abs(to_d(db0))));
   } else {
     EXPECT_EQ(d_db.to_host(), db0) << "no dbias asked: left alone";
   }
   // dinp may be skipped (the first layer's input): dw still accumulates, by the same GEMM.
   DeviceBuffer<float> d_dw2(dw0);
-  be.matmul_backward(nullptr, d_dw2.data(), nullptr, d_dout.data(), d_inp.data(), d_w.data(), N, C, OC);
+  be.matmul_backward(nullptr, d_dw2.data(), nullptr, d_dout.data(), d_inp.data(), d_w.data(), N, C,
+                     OC);
   EXPECT_EQ(d_dw2.to_host(), d_dw.to_host()) << "dw without dinp";
 }
 
 TEST(CudaBf16, Matmul) {
   SKIP_WITHOUT_DEVICE();
   EXPECT_EQ(cuda::backend_bf16().matmul_precision, ops::MatmulPrecision::bf16);
-  for (const MatmulShape& sh : {MatmulShape{37, 67, 131}, MatmulShape{256, 768, 512}, MatmulShape{1, 1, 1}})
+  for (const MatmulShape& sh :
+       {MatmulShape{37, 67, 131}, MatmulShape{256, 768, 512}, MatmulShape{1, 1, 1}})
     for (bool with_bias : {true, false}) check_matmul(sh, with_bias);
 }
 
@@ -623,12 +673,13 @@ TEST(CudaBf16, Classifier) {
   targets[4] = -1;  // ignored: loss 0, no gradient
   const Vec xd = wide_d(x), wd = wide_d(w);
   Vec losses_x(N), dx_x((size_t)N * C), dw_x = dw0, logits_x((size_t)N * V);
-  ops::ref::classifier_ce_forward(losses_x.data(), dx_x.data(), dw_x.data(), xd.data(), wd.data(), targets.data(),
-                                  dloss.data(), N, C, V);
+  ops::ref::classifier_ce_forward(losses_x.data(), dx_x.data(), dw_x.data(), xd.data(), wd.data(),
+                                  targets.data(), dloss.data(), N, C, V);
   ops::ref::classifier_logits(logits_x.data(), xd.data(), wd.data(), N, C, V);
   const Tol t = tol_f32();
   const double X = max_abs(xd), W = max_abs(wd), D = max_abs(dloss);
-  const double e = test::product_error(ops::MatmulPrecision::bf16), dl = (e + t.gamma(C)) * C * X * W;
+  const double e = test::product_error(ops::MatmulPrecision::bf16),
+               dl = (e + t.gamma(C)) * C * X * W;
   const double soft = t.gamma(16 * V), sum_ddl = (2 * dl + soft) * D;
   const double tol_loss = 2 * dl + soft * (1 + max_abs(losses_x) + C * X * W);
   const double tol_dx = sum_ddl * W + (e + t.gamma(V)) * 2 * D * W;
@@ -639,8 +690,8 @@ TEST(CudaBf16, Classifier) {
   FVec losses_c(N), dx_cf((size_t)N * C), dw_c = to_f(dw0), logits_c((size_t)N * V);
   const FVec dloss_f = to_f(dloss);
   const double total_c =
-      spec::f32().classifier_ce_forward(losses_c.data(), dx_cf.data(), dw_c.data(), widen(x).data(), widen(w).data(),
-                                        targets.data(), dloss_f.data(), N, C, V);
+      spec::f32().classifier_ce_forward(losses_c.data(), dx_cf.data(), dw_c.data(), widen(x).data(),
+                                        widen(w).data(), targets.data(), dloss_f.data(), N, C, V);
   spec::f32().classifier_logits(logits_c.data(), widen(x).data(), widen(w).data(), N, C, V);
   expect_close("spec losses vs exact", losses_c, to_f(losses_x), tol_loss);
   expect_near_exact_bf("spec dx vs exact", narrow(dx_cf), dx_x, tol_dx);
@@ -651,10 +702,12 @@ TEST(CudaBf16, Classifier) {
     SCOPED_TRACE("chunk rows " + std::to_string(chunk));
     cuda::set_classifier_chunk_rows(chunk);
     DeviceBuffer<bf16> d_x(x), d_w(w), d_dx(bnans((size_t)N * C));
-    DeviceBuffer<float> d_dl(dloss_f), d_losses(nans(N)), d_dw(to_f(dw0)), d_logits(nans((size_t)N * V));
+    DeviceBuffer<float> d_dl(dloss_f), d_losses(nans(N)), d_dw(to_f(dw0)),
+        d_logits(nans((size_t)N * V));
     DeviceBuffer<int32_t> d_t(targets);
-    const double total = be.classifier_ce_forward(d_losses.data(), d_dx.data(), d_dw.data(), d_x.data(), d_w.data(),
-                                                  d_t.data(), d_dl.data(), N, C, V);
+    const double total =
+        be.classifier_ce_forward(d_losses.data(), d_dx.data(), d_dw.data(), d_x.data(), d_w.data(),
+                                 d_t.data(), d_dl.data(), N, C, V);
     const FVec losses_g = d_losses.to_host();
     const Bf dx_g = d_dx.to_host();
     const FVec dw_g = d_dw.to_host();
@@ -666,7 +719,8 @@ TEST(CudaBf16, Classifier) {
     expect_close("dw vs spec", dw_g, dw_c, kBoth * tol_dw);
     // Forward only: the same losses, dw untouched.
     DeviceBuffer<float> d_losses2(nans(N)), d_dw2(to_f(dw0));
-    be.classifier_ce_forward(d_losses2.data(), nullptr, nullptr, d_x.data(), d_w.data(), d_t.data(), nullptr, N, C, V);
+    be.classifier_ce_forward(d_losses2.data(), nullptr, nullptr, d_x.data(), d_w.data(), d_t.data(),
+                             nullptr, N, C, V);
     EXPECT_EQ(d_losses2.to_host(), losses_g) << "forward only: other losses";
     EXPECT_EQ(d_dw2.to_host(), to_f(dw0)) << "forward only must leave dw alone";
     be.classifier_logits(d_logits.data(), d_x.data(), d_w.data(), N, C, V);
@@ -675,9 +729,10 @@ TEST(CudaBf16, Classifier) {
     // the logits and dw (its rounded copies of x and w are these bf16 values) and the same row
     // kernel: the same losses and dw, bit for bit. Its dx is an fp32 GEMM output, ours a bf16 one:
     // rounded, the same bits under the emulation; cuBLAS may order the sums of the two otherwise.
-    DeviceBuffer<float> f_x(widen(x)), f_w(widen(w)), f_losses(nans(N)), f_dx(nans((size_t)N * C)), f_dw(to_f(dw0));
-    cuda::classifier_ce_forward(f_losses.data(), f_dx.data(), f_dw.data(), f_x.data(), f_w.data(), d_t.data(),
-                                d_dl.data(), N, C, V, 0, ops::MatmulPrecision::bf16);
+    DeviceBuffer<float> f_x(widen(x)), f_w(widen(w)), f_losses(nans(N)), f_dx(nans((size_t)N * C)),
+        f_dw(to_f(dw0));
+    cuda::classifier_ce_forward(f_losses.data(), f_dx.data(), f_dw.data(), f_x.data(), f_w.data(),
+                                d_t.data(), d_dl.data(), N, C, V, 0, ops::MatmulPrecision::bf16);
     EXPECT_EQ(losses_g, f_losses.to_host()) << "losses vs the fp32-storage op";
     EXPECT_EQ(dw_g, f_dw.to_host()) << "dw vs the fp32-storage op";
 #ifdef LMF_CUDA_EMU
@@ -698,7 +753,8 @@ TEST(CudaBf16, Classifier) {
 Tol bf16_products() {
   Tol t = tol_f32();
   const double u = ops::operand_unit_roundoff(ops::MatmulPrecision::bf16);
-  t.op = 2 * u + u * u;  // both operands of each product rounded to nearest (test_cuda_attention.cpp)
+  t.op =
+      2 * u + u * u;  // both operands of each product rounded to nearest (test_cuda_attention.cpp)
   return t;
 }
 
@@ -706,14 +762,16 @@ Tol bf16_products() {
 // exact op, the GPU's largest error in a tensor is at most twice the CPU spec's (the same bf16
 // roundings), plus the fp32 bound for the sums' other order. Tighter than the bf16 bound, which
 // covers every rounding at its worst at once.
-void expect_within_twice_spec(const char* what, const Bf& gpu, const Bf& cpu, const Vec& exact, const Vec& f32_bound) {
+void expect_within_twice_spec(const char* what, const Bf& gpu, const Bf& cpu, const Vec& exact,
+                              const Vec& f32_bound) {
   double e_gpu = 0, e_cpu = 0, slack = 0;
   for (size_t i = 0; i < exact.size(); ++i) {
     e_gpu = std::max(e_gpu, std::abs((double)float(gpu[i]) - exact[i]));
     e_cpu = std::max(e_cpu, std::abs((double)float(cpu[i]) - exact[i]));
     slack = std::max(slack, f32_bound[i]);
   }
-  EXPECT_LE(e_gpu, 2 * e_cpu + slack) << what << ": the GPU's error " << e_gpu << " against the spec's " << e_cpu;
+  EXPECT_LE(e_gpu, 2 * e_cpu + slack)
+      << what << ": the GPU's error " << e_gpu << " against the spec's " << e_cpu;
 }
 
 struct GqaShape {
@@ -722,32 +780,40 @@ struct GqaShape {
 
 void check_attention_gqa(const GqaShape& sh) {
   const int B = sh.B, T_ = sh.T, NH = sh.NH, KVH = sh.KVH, hs = sh.hs;
-  SCOPED_TRACE("B = " + std::to_string(B) + ", T = " + std::to_string(T_) + ", NH = " + std::to_string(NH) +
-               ", KVH = " + std::to_string(KVH) + ", hs = " + std::to_string(hs));
-  const size_t BT = (size_t)B * T_, Q = (size_t)NH * hs, KV = (size_t)KVH * hs, L = (size_t)B * NH * T_;
-  const Bf q = rand_bf(BT * Q, 30), k = rand_bf(BT * KV, 31), v = rand_bf(BT * KV, 32), dout = rand_bf(BT * Q, 33);
+  SCOPED_TRACE("B = " + std::to_string(B) + ", T = " + std::to_string(T_) +
+               ", NH = " + std::to_string(NH) + ", KVH = " + std::to_string(KVH) +
+               ", hs = " + std::to_string(hs));
+  const size_t BT = (size_t)B * T_, Q = (size_t)NH * hs, KV = (size_t)KVH * hs,
+               L = (size_t)B * NH * T_;
+  const Bf q = rand_bf(BT * Q, 30), k = rand_bf(BT * KV, 31), v = rand_bf(BT * KV, 32),
+           dout = rand_bf(BT * Q, 33);
   const Vec qd = wide_d(q), kd = wide_d(k), vd = wide_d(v), gd = wide_d(dout);
   Vec out_x(BT * Q), lse_x(L);
-  ops::ref::attention_gqa_forward(out_x.data(), lse_x.data(), qd.data(), kd.data(), vd.data(), B, T_, NH, KVH, hs);
-  AttentionTolerance tol = attention_tolerance(qd, kd, vd, gd, out_x, lse_x, B, T_, NH, KVH, hs, bf16_products(), 32);
+  ops::ref::attention_gqa_forward(out_x.data(), lse_x.data(), qd.data(), kd.data(), vd.data(), B,
+                                  T_, NH, KVH, hs);
+  AttentionTolerance tol =
+      attention_tolerance(qd, kd, vd, gd, out_x, lse_x, B, T_, NH, KVH, hs, bf16_products(), 32);
   for (Vec* x : {&tol.out, &tol.lse, &tol.dq, &tol.dk, &tol.dv})
     for (double& e : *x) e *= kBoth;
 
   const ops::Backend<bf16>& be = cuda::backend_bf16();
-  DeviceBuffer<bf16> d_q(q), d_k(k), d_v(v), d_dout(dout), d_out(bnans(BT * Q)), d_dq(bnans(BT * Q)),
-      d_dk(bnans(BT * KV)), d_dv(bnans(BT * KV));
+  DeviceBuffer<bf16> d_q(q), d_k(k), d_v(v), d_dout(dout), d_out(bnans(BT * Q)),
+      d_dq(bnans(BT * Q)), d_dk(bnans(BT * KV)), d_dv(bnans(BT * KV));
   DeviceBuffer<float> d_lse(nans(L));
-  be.attention_gqa_forward(d_out.data(), d_lse.data(), d_q.data(), d_k.data(), d_v.data(), B, T_, NH, KVH, hs);
-  be.attention_gqa_backward(d_dq.data(), d_dk.data(), d_dv.data(), d_dout.data(), d_q.data(), d_k.data(), d_v.data(),
-                            d_out.data(), d_lse.data(), B, T_, NH, KVH, hs);
+  be.attention_gqa_forward(d_out.data(), d_lse.data(), d_q.data(), d_k.data(), d_v.data(), B, T_,
+                           NH, KVH, hs);
+  be.attention_gqa_backward(d_dq.data(), d_dk.data(), d_dv.data(), d_dout.data(), d_q.data(),
+                            d_k.data(), d_v.data(), d_out.data(), d_lse.data(), B, T_, NH, KVH, hs);
   const Bf out_g = d_out.to_host();
   const FVec lse_g = d_lse.to_host();
 
   const FVec qf = widen(q), kf = widen(k), vf = widen(v), gf = widen(dout), out_gf = widen(out_g);
   FVec out_c(BT * Q), lse_c(L), dq_c(BT * Q), dk_c(BT * KV), dv_c(BT * KV);
-  spec::f32().attention_gqa_forward(out_c.data(), lse_c.data(), qf.data(), kf.data(), vf.data(), B, T_, NH, KVH, hs);
-  spec::f32().attention_gqa_backward(dq_c.data(), dk_c.data(), dv_c.data(), gf.data(), qf.data(), kf.data(),
-                                     vf.data(), out_gf.data(), lse_g.data(), B, T_, NH, KVH, hs);
+  spec::f32().attention_gqa_forward(out_c.data(), lse_c.data(), qf.data(), kf.data(), vf.data(), B,
+                                    T_, NH, KVH, hs);
+  spec::f32().attention_gqa_backward(dq_c.data(), dk_c.data(), dv_c.data(), gf.data(), qf.data(),
+                                     kf.data(), vf.data(), out_gf.data(), lse_g.data(), B, T_, NH,
+                                     KVH, hs);
   expect_close_bf("out", out_g, narrow(out_c), tol.out);
   expect_close("lse", lse_g, lse_c, tol.lse);
   expect_close_bf("dq", d_dq.to_host(), narrow(dq_c), tol.dq);
@@ -756,9 +822,11 @@ void check_attention_gqa(const GqaShape& sh) {
 
   // Against the exact op (the backward on the exact forward), the rule above.
   Vec dq_x(BT * Q), dk_x(BT * KV), dv_x(BT * KV);
-  ops::ref::attention_gqa_backward(dq_x.data(), dk_x.data(), dv_x.data(), gd.data(), qd.data(), kd.data(), vd.data(),
-                                   out_x.data(), lse_x.data(), B, T_, NH, KVH, hs);
-  const AttentionTolerance f32 = attention_tolerance(qd, kd, vd, gd, out_x, lse_x, B, T_, NH, KVH, hs, tol_f32(), 32);
+  ops::ref::attention_gqa_backward(dq_x.data(), dk_x.data(), dv_x.data(), gd.data(), qd.data(),
+                                   kd.data(), vd.data(), out_x.data(), lse_x.data(), B, T_, NH, KVH,
+                                   hs);
+  const AttentionTolerance f32 =
+      attention_tolerance(qd, kd, vd, gd, out_x, lse_x, B, T_, NH, KVH, hs, tol_f32(), 32);
   expect_within_twice_spec("out vs exact", out_g, narrow(out_c), out_x, f32.out);
   expect_within_twice_spec("dq vs exact", d_dq.to_host(), narrow(dq_c), dq_x, f32.dq);
   expect_within_twice_spec("dk vs exact", d_dk.to_host(), narrow(dk_c), dk_x, f32.dk);
@@ -767,12 +835,13 @@ void check_attention_gqa(const GqaShape& sh) {
   // The fp32-storage kernels of the same precision on the widened values (the backward on the
   // bf16 forward's out), rounded: the same bits. The tensor-core kernels round their fp32 tiles to
   // bf16 as they stage them, which leaves widened bf16 values as they are.
-  DeviceBuffer<float> f_q(qf), f_k(kf), f_v(vf), f_g(gf), f_out(nans(BT * Q)), f_lse(nans(L)), f_outg(out_gf),
-      f_dq(nans(BT * Q)), f_dk(nans(BT * KV)), f_dv(nans(BT * KV));
-  cuda::attention_gqa_forward(f_out.data(), f_lse.data(), f_q.data(), f_k.data(), f_v.data(), B, T_, NH, KVH, hs, 0,
-                              ops::MatmulPrecision::bf16);
-  cuda::attention_gqa_backward(f_dq.data(), f_dk.data(), f_dv.data(), f_g.data(), f_q.data(), f_k.data(), f_v.data(),
-                               f_outg.data(), d_lse.data(), B, T_, NH, KVH, hs, 0, ops::MatmulPrecision::bf16);
+  DeviceBuffer<float> f_q(qf), f_k(kf), f_v(vf), f_g(gf), f_out(nans(BT * Q)), f_lse(nans(L)),
+      f_outg(out_gf), f_dq(nans(BT * Q)), f_dk(nans(BT * KV)), f_dv(nans(BT * KV));
+  cuda::attention_gqa_forward(f_out.data(), f_lse.data(), f_q.data(), f_k.data(), f_v.data(), B, T_,
+                              NH, KVH, hs, 0, ops::MatmulPrecision::bf16);
+  cuda::attention_gqa_backward(f_dq.data(), f_dk.data(), f_dv.data(), f_g.data(), f_q.data(),
+                               f_k.data(), f_v.data(), f_outg.data(), d_lse.data(), B, T_, NH, KVH,
+                               hs, 0, ops::MatmulPrecision::bf16);
   expect_bits("out vs fp32 kernel rounded", out_g, narrow(f_out.to_host()));
   EXPECT_EQ(lse_g, f_lse.to_host()) << "lse vs fp32 kernel";
   expect_bits("dq vs fp32 kernel rounded", d_dq.to_host(), narrow(f_dq.to_host()));
@@ -784,8 +853,8 @@ void check_attention_gqa(const GqaShape& sh) {
   if (hs % 16 == 0 && hs <= 128 && T_ > 1) {
     DeviceBuffer<bf16> d_out32(bnans(BT * Q));
     DeviceBuffer<float> d_lse32(nans(L));
-    cuda::attention_gqa_forward(d_out32.data(), d_lse32.data(), d_q.data(), d_k.data(), d_v.data(), B, T_, NH, KVH,
-                                hs, 0, ops::MatmulPrecision::fp32);
+    cuda::attention_gqa_forward(d_out32.data(), d_lse32.data(), d_q.data(), d_k.data(), d_v.data(),
+                                B, T_, NH, KVH, hs, 0, ops::MatmulPrecision::fp32);
     EXPECT_GT(count_differ(d_out32.to_host(), out_g), 0u) << "bf16 attention ran the fp32 kernels";
   }
 }
@@ -795,8 +864,9 @@ void check_attention_gqa(const GqaShape& sh) {
 // to 128) and the row kernels (above 128, or chosen).
 TEST(CudaBf16, AttentionGqa) {
   SKIP_WITHOUT_DEVICE();
-  for (const GqaShape& sh : {GqaShape{2, 37, 4, 2, 16}, GqaShape{1, 70, 2, 1, 64}, GqaShape{1, 33, 2, 2, 128},
-                             GqaShape{2, 33, 3, 3, 24}, GqaShape{1, 20, 2, 1, 160}, GqaShape{1, 1, 1, 1, 16}})
+  for (const GqaShape& sh :
+       {GqaShape{2, 37, 4, 2, 16}, GqaShape{1, 70, 2, 1, 64}, GqaShape{1, 33, 2, 2, 128},
+        GqaShape{2, 33, 3, 3, 24}, GqaShape{1, 20, 2, 1, 160}, GqaShape{1, 1, 1, 1, 16}})
     check_attention_gqa(sh);
   cuda::set_attention_kernel(cuda::AttentionKernel::rowwise);
   check_attention_gqa(GqaShape{2, 33, 3, 3, 24});
@@ -814,10 +884,10 @@ TEST(CudaBf16, AttentionPacked) {
     const Qkv sep = split_qkv(wide_d(qkv), BT, C);
     const Vec gd = wide_d(dout);
     Vec out_x(BT * C), lse_x(L);
-    ops::ref::attention_gqa_forward(out_x.data(), lse_x.data(), sep.q.data(), sep.k.data(), sep.v.data(), B, T_, NH,
-                                    NH, hs);
-    AttentionTolerance tol =
-        attention_tolerance(sep.q, sep.k, sep.v, gd, out_x, lse_x, B, T_, NH, NH, hs, bf16_products(), 32);
+    ops::ref::attention_gqa_forward(out_x.data(), lse_x.data(), sep.q.data(), sep.k.data(),
+                                    sep.v.data(), B, T_, NH, NH, hs);
+    AttentionTolerance tol = attention_tolerance(sep.q, sep.k, sep.v, gd, out_x, lse_x, B, T_, NH,
+                                                 NH, hs, bf16_products(), 32);
     for (Vec* x : {&tol.out, &tol.lse, &tol.dq, &tol.dk, &tol.dv})
       for (double& e : *x) e *= kBoth;
     const Vec tol_dqkv = join_qkv(tol.dq, tol.dk, tol.dv, BT, C);
@@ -826,24 +896,28 @@ TEST(CudaBf16, AttentionPacked) {
     DeviceBuffer<bf16> d_qkv(qkv), d_dout(dout), d_out(bnans(BT * C)), d_dqkv(bnans(BT * 3 * C));
     DeviceBuffer<float> d_lse(nans(L));
     be.attention_forward(d_out.data(), d_lse.data(), d_qkv.data(), B, T_, C, NH);
-    be.attention_backward(d_dqkv.data(), d_dout.data(), d_qkv.data(), d_out.data(), d_lse.data(), B, T_, C, NH);
+    be.attention_backward(d_dqkv.data(), d_dout.data(), d_qkv.data(), d_out.data(), d_lse.data(), B,
+                          T_, C, NH);
     const Bf out_g = d_out.to_host();
     const FVec lse_g = d_lse.to_host(), qkv_f = widen(qkv), gf = widen(dout), out_gf = widen(out_g);
     FVec out_c(BT * C), lse_c(L), dqkv_c(BT * 3 * C);
     spec::f32().attention_forward(out_c.data(), lse_c.data(), qkv_f.data(), B, T_, C, NH);
-    spec::f32().attention_backward(dqkv_c.data(), gf.data(), qkv_f.data(), out_gf.data(), lse_g.data(), B, T_, C, NH);
+    spec::f32().attention_backward(dqkv_c.data(), gf.data(), qkv_f.data(), out_gf.data(),
+                                   lse_g.data(), B, T_, C, NH);
     expect_close_bf("out", out_g, narrow(out_c), tol.out);
     expect_close("lse", lse_g, lse_c, tol.lse);
     const Bf dqkv_g = d_dqkv.to_host();
     expect_close_bf("dqkv", dqkv_g, narrow(dqkv_c), tol_dqkv);
     // Against the exact op, FlashAttention's rule (expect_within_twice_spec).
     Vec dq_x(BT * C), dk_x(BT * C), dv_x(BT * C);
-    ops::ref::attention_gqa_backward(dq_x.data(), dk_x.data(), dv_x.data(), gd.data(), sep.q.data(), sep.k.data(),
-                                     sep.v.data(), out_x.data(), lse_x.data(), B, T_, NH, NH, hs);
-    const AttentionTolerance f32 =
-        attention_tolerance(sep.q, sep.k, sep.v, gd, out_x, lse_x, B, T_, NH, NH, hs, tol_f32(), 32);
+    ops::ref::attention_gqa_backward(dq_x.data(), dk_x.data(), dv_x.data(), gd.data(), sep.q.data(),
+                                     sep.k.data(), sep.v.data(), out_x.data(), lse_x.data(), B, T_,
+                                     NH, NH, hs);
+    const AttentionTolerance f32 = attention_tolerance(sep.q, sep.k, sep.v, gd, out_x, lse_x, B, T_,
+                                                       NH, NH, hs, tol_f32(), 32);
     expect_within_twice_spec("out vs exact", out_g, narrow(out_c), out_x, f32.out);
-    expect_within_twice_spec("dqkv vs exact", dqkv_g, narrow(dqkv_c), join_qkv(dq_x, dk_x, dv_x, BT, C),
+    expect_within_twice_spec("dqkv vs exact", dqkv_g, narrow(dqkv_c),
+                             join_qkv(dq_x, dk_x, dv_x, BT, C),
                              join_qkv(f32.dq, f32.dk, f32.dv, BT, C));
   }
 }
@@ -856,7 +930,8 @@ TEST(CudaBf16, AttentionDecode) {
   SKIP_WITHOUT_DEVICE();
   const Tol t = tol_f32();
   const int T_ = 45, NH = 4, KVH = 2, hs = 24, ld = KVH * hs + 8;
-  const Bf q = rand_bf((size_t)NH * hs, 36), k = rand_bf((size_t)T_ * ld, 37), v = rand_bf((size_t)T_ * ld, 38);
+  const Bf q = rand_bf((size_t)NH * hs, 36), k = rand_bf((size_t)T_ * ld, 37),
+           v = rand_bf((size_t)T_ * ld, 38);
   const Vec qd = wide_d(q), kd = wide_d(k), vd = wide_d(v);
   const double scale = 1 / std::sqrt((double)hs);
   Vec tol_y((size_t)NH * hs);
@@ -878,18 +953,20 @@ TEST(CudaBf16, AttentionDecode) {
     double z = 0;
     for (double x : sc) z += std::exp(x - mx);
     const double lse = mx + std::log(z), dlse = ds + t.gamma(T_) + t.gamma(4) * std::abs(lse);
-    for (int d = 0; d < hs; ++d) tol_y[(size_t)h * hs + d] = kBoth * V * (ds + dlse + t.gamma(16) + t.gamma(T_));
+    for (int d = 0; d < hs; ++d)
+      tol_y[(size_t)h * hs + d] = kBoth * V * (ds + dlse + t.gamma(16) + t.gamma(T_));
   }
   DeviceBuffer<bf16> d_q(q), d_k(k), d_v(v), d_y(bnans((size_t)NH * hs));
   DeviceBuffer<float> d_scratch(nans((size_t)NH * T_));
-  cuda::backend_bf16().attention_decode(d_y.data(), d_scratch.data(), d_q.data(), d_k.data(), d_v.data(), T_, NH, KVH,
-                                        hs, ld);
+  cuda::backend_bf16().attention_decode(d_y.data(), d_scratch.data(), d_q.data(), d_k.data(),
+                                        d_v.data(), T_, NH, KVH, hs, ld);
   FVec y_c((size_t)NH * hs), scratch_c((size_t)NH * T_);
-  spec::f32().attention_decode(y_c.data(), scratch_c.data(), widen(q).data(), widen(k).data(), widen(v).data(), T_,
-                               NH, KVH, hs, ld);
+  spec::f32().attention_decode(y_c.data(), scratch_c.data(), widen(q).data(), widen(k).data(),
+                               widen(v).data(), T_, NH, KVH, hs, ld);
   expect_close_bf("y", d_y.to_host(), narrow(y_c), tol_y);
   DeviceBuffer<float> f_q(widen(q)), f_k(widen(k)), f_v(widen(v)), f_y(nans((size_t)NH * hs));
-  cuda::attention_decode(f_y.data(), d_scratch.data(), f_q.data(), f_k.data(), f_v.data(), T_, NH, KVH, hs, ld);
+  cuda::attention_decode(f_y.data(), d_scratch.data(), f_q.data(), f_k.data(), f_v.data(), T_, NH,
+                         KVH, hs, ld);
   expect_bits("y vs fp32 kernel rounded", d_y.to_host(), narrow(f_y.to_host()));
 }
 

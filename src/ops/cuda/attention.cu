@@ -198,9 +198,9 @@ __global__ void attn_bwd_dkv_kernel(T* __restrict__ dk, T* __restrict__ dv,
 #pragma unroll
   for (int i = 0; i < kPer; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
   for (int h = kh * group; h < (kh + 1) * group; ++h) {
-    const T* qq = q + (size_t)b * g.T * g.ldq + (size_t)h * hs;     // (T, hs), ld ldq
-    const T* oo = out + (size_t)b * g.T * g.ldo + (size_t)h * hs;   // (T, hs), ld ldo
-    const T* dd = dout + (size_t)b * g.T * g.ldo + (size_t)h * hs;  // (T, hs), ld ldo
+    const T* qq = q + (size_t)b * g.T * g.ldq + (size_t)h * hs;         // (T, hs), ld ldq
+    const T* oo = out + (size_t)b * g.T * g.ldo + (size_t)h * hs;       // (T, hs), ld ldo
+    const T* dd = dout + (size_t)b * g.T * g.ldo + (size_t)h * hs;      // (T, hs), ld ldo
     const float* lse_bh = lse + ((size_t)b * g.NH + h) * g.T;           // (T)
     for (int t0 = s; t0 < g.T; t0 += kWarp) {
       const int t = t0 + lane, n = min(kWarp, g.T - t0);
@@ -287,31 +287,36 @@ bool use_mma(const Heads& g, ops::MatmulPrecision p) {
 }
 
 template <class T>
-void forward_impl(T* out, float* lse, const T* q, const T* k, const T* v, const Heads& g, cudaStream_t stream,
-                  ops::MatmulPrecision p) {
+void forward_impl(T* out, float* lse, const T* q, const T* k, const T* v, const Heads& g,
+                  cudaStream_t stream, ops::MatmulPrecision p) {
   const long rows = (long)g.B * g.NH * g.T;
   if (rows == 0) return;
   if (use_mma(g, p)) return detail::mma_forward(out, lse, q, k, v, g, stream);
   if (use_tiled(g)) return detail::tiled_forward(out, lse, q, k, v, g, stream);
   dispatch_per_lane(g.hs, [&](auto per) {
-    LMF_LAUNCH((attn_fwd_kernel<T, decltype(per)::value>), row_blocks(rows), kWarpsPerBlock * kWarp, 0, stream)(out, lse, q, k, v, g);
+    LMF_LAUNCH((attn_fwd_kernel<T, decltype(per)::value>), row_blocks(rows), kWarpsPerBlock * kWarp,
+               0, stream)
+    (out, lse, q, k, v, g);
   });
   LMF_CUDA_CHECK_LAUNCH();
 }
 
 template <class T>
-void backward_impl(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v, const T* out,
-                   const float* lse, const Heads& g, cudaStream_t stream, ops::MatmulPrecision p) {
+void backward_impl(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v,
+                   const T* out, const float* lse, const Heads& g, cudaStream_t stream,
+                   ops::MatmulPrecision p) {
   const long qrows = (long)g.B * g.NH * g.T, kvrows = (long)g.B * g.KVH * g.T;
   if (qrows == 0) return;
   if (use_mma(g, p)) return detail::mma_backward(dq, dk, dv, dout, q, k, v, out, lse, g, stream);
   if (use_tiled(g)) return detail::tiled_backward(dq, dk, dv, dout, q, k, v, out, lse, g, stream);
   dispatch_per_lane(g.hs, [&](auto per) {
     constexpr int kPer = decltype(per)::value;
-    LMF_LAUNCH((attn_bwd_dq_kernel<T, kPer>), row_blocks(qrows), kWarpsPerBlock * kWarp, 0, stream)(dq, dout, q, k, v, out, lse, g);
+    LMF_LAUNCH((attn_bwd_dq_kernel<T, kPer>), row_blocks(qrows), kWarpsPerBlock * kWarp, 0, stream)
+    (dq, dout, q, k, v, out, lse, g);
     LMF_CUDA_CHECK_LAUNCH();
-    LMF_LAUNCH((attn_bwd_dkv_kernel<T, kPer>), row_blocks(kvrows), kWarpsPerBlock * kWarp, 0, stream)(
-        dk, dv, dout, q, k, v, out, lse, g);
+    LMF_LAUNCH((attn_bwd_dkv_kernel<T, kPer>), row_blocks(kvrows), kWarpsPerBlock * kWarp, 0,
+               stream)
+    (dk, dv, dout, q, k, v, out, lse, g);
     LMF_CUDA_CHECK_LAUNCH();
   });
 }
@@ -324,8 +329,8 @@ AttentionKernel attention_kernel() { return kernel_choice().load(); }
 namespace {
 
 template <class F>
-void packed_forward(F* out, float* lse, const F* qkv, int B, int T, int C, int NH, cudaStream_t stream,
-                    ops::MatmulPrecision p) {
+void packed_forward(F* out, float* lse, const F* qkv, int B, int T, int C, int NH,
+                    cudaStream_t stream, ops::MatmulPrecision p) {
   LMF_CHECK(NH > 0 && C % NH == 0, "cuda attention: C={} not divisible by NH={}", C, NH);
   check_heads(NH, NH, C / NH);
   const Heads g = make_heads(B, T, NH, NH, C / NH, 3 * C, 3 * C, C);
@@ -333,8 +338,8 @@ void packed_forward(F* out, float* lse, const F* qkv, int B, int T, int C, int N
 }
 
 template <class F>
-void packed_backward(F* dqkv, const F* dout, const F* qkv, const F* out, const float* lse, int B, int T, int C,
-                     int NH, cudaStream_t stream, ops::MatmulPrecision p) {
+void packed_backward(F* dqkv, const F* dout, const F* qkv, const F* out, const float* lse, int B,
+                     int T, int C, int NH, cudaStream_t stream, ops::MatmulPrecision p) {
   LMF_CHECK(NH > 0 && C % NH == 0, "cuda attention: C={} not divisible by NH={}", C, NH);
   check_heads(NH, NH, C / NH);
   const Heads g = make_heads(B, T, NH, NH, C / NH, 3 * C, 3 * C, C);
@@ -342,17 +347,17 @@ void packed_backward(F* dqkv, const F* dout, const F* qkv, const F* out, const f
 }
 
 template <class F>
-void gqa_forward(F* out, float* lse, const F* q, const F* k, const F* v, int B, int T, int NH, int KVH, int hs,
-                 cudaStream_t stream, ops::MatmulPrecision p) {
+void gqa_forward(F* out, float* lse, const F* q, const F* k, const F* v, int B, int T, int NH,
+                 int KVH, int hs, cudaStream_t stream, ops::MatmulPrecision p) {
   check_heads(NH, KVH, hs);
   const Heads g = make_heads(B, T, NH, KVH, hs, NH * hs, KVH * hs, NH * hs);
   forward_impl(out, lse, q, k, v, g, stream, p);
 }
 
 template <class F>
-void gqa_backward(F* dq, F* dk, F* dv, const F* dout, const F* q, const F* k, const F* v, const F* out,
-                  const float* lse, int B, int T, int NH, int KVH, int hs, cudaStream_t stream,
-                  ops::MatmulPrecision p) {
+void gqa_backward(F* dq, F* dk, F* dv, const F* dout, const F* q, const F* k, const F* v,
+                  const F* out, const float* lse, int B, int T, int NH, int KVH, int hs,
+                  cudaStream_t stream, ops::MatmulPrecision p) {
   check_heads(NH, KVH, hs);
   const Heads g = make_heads(B, T, NH, KVH, hs, NH * hs, KVH * hs, NH * hs);
   backward_impl(dq, dk, dv, dout, q, k, v, out, lse, g, stream, p);
@@ -364,8 +369,8 @@ void attention_forward(float* out, float* lse, const float* qkv, int B, int T, i
                        cudaStream_t stream, ops::MatmulPrecision p) {
   packed_forward(out, lse, qkv, B, T, C, NH, stream, p);
 }
-void attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH, cudaStream_t stream,
-                       ops::MatmulPrecision p) {
+void attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
+                       cudaStream_t stream, ops::MatmulPrecision p) {
   packed_forward(out, lse, qkv, B, T, C, NH, stream, p);
 }
 
@@ -374,8 +379,9 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
                         ops::MatmulPrecision p) {
   packed_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, stream, p);
 }
-void attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B,
-                        int T, int C, int NH, cudaStream_t stream, ops::MatmulPrecision p) {
+void attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
+                        const float* lse, int B, int T, int C, int NH, cudaStream_t stream,
+                        ops::MatmulPrecision p) {
   packed_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, stream, p);
 }
 
@@ -384,8 +390,9 @@ void attention_gqa_forward(float* out, float* lse, const float* q, const float* 
                            ops::MatmulPrecision p) {
   gqa_forward(out, lse, q, k, v, B, T, NH, KVH, hs, stream, p);
 }
-void attention_gqa_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T,
-                           int NH, int KVH, int hs, cudaStream_t stream, ops::MatmulPrecision p) {
+void attention_gqa_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
+                           int B, int T, int NH, int KVH, int hs, cudaStream_t stream,
+                           ops::MatmulPrecision p) {
   gqa_forward(out, lse, q, k, v, B, T, NH, KVH, hs, stream, p);
 }
 
@@ -395,9 +402,10 @@ void attention_gqa_backward(float* dq, float* dk, float* dv, const float* dout, 
                             ops::MatmulPrecision p) {
   gqa_backward(dq, dk, dv, dout, q, k, v, out, lse, B, T, NH, KVH, hs, stream, p);
 }
-void attention_gqa_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k,
-                            const bf16* v, const bf16* out, const float* lse, int B, int T, int NH, int KVH,
-                            int hs, cudaStream_t stream, ops::MatmulPrecision p) {
+void attention_gqa_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* q,
+                            const bf16* k, const bf16* v, const bf16* out, const float* lse, int B,
+                            int T, int NH, int KVH, int hs, cudaStream_t stream,
+                            ops::MatmulPrecision p) {
   gqa_backward(dq, dk, dv, dout, q, k, v, out, lse, B, T, NH, KVH, hs, stream, p);
 }
 

@@ -33,18 +33,20 @@ __device__ __forceinline__ void block_place(int tiles, int heads, int& tile, int
 // but lse: float or bf16 (instantiated for both).
 constexpr int kTiledMaxHs = 128;
 template <class F>
-void tiled_forward(F* out, float* lse, const F* q, const F* k, const F* v, const Heads& g, cudaStream_t stream);
+void tiled_forward(F* out, float* lse, const F* q, const F* k, const F* v, const Heads& g,
+                   cudaStream_t stream);
 template <class F>
-void tiled_backward(F* dq, F* dk, F* dv, const F* dout, const F* q, const F* k, const F* v, const F* out,
-                    const float* lse, const Heads& g, cudaStream_t stream);
+void tiled_backward(F* dq, F* dk, F* dv, const F* dout, const F* q, const F* k, const F* v,
+                    const F* out, const float* lse, const Heads& g, cudaStream_t stream);
 
 // The tensor-core kernels (attention_mma.cu: bf16 products, fp32 softmax and sums), for head
 // sizes that are multiples of 16 up to 128 (mma_supported); same contracts.
 bool mma_supported(const Heads& g);
 template <class F>
-void mma_forward(F* out, float* lse, const F* q, const F* k, const F* v, const Heads& g, cudaStream_t stream);
+void mma_forward(F* out, float* lse, const F* q, const F* k, const F* v, const Heads& g,
+                 cudaStream_t stream);
 template <class F>
-void mma_backward(F* dq, F* dk, F* dv, const F* dout, const F* q, const F* k, const F* v, const F* out,
-                  const float* lse, const Heads& g, cudaStream_t stream);
+void mma_backward(F* dq, F* dk, F* dv, const F* dout, const F* q, const F* k, const F* v,
+                  const F* out, const float* lse, const Heads& g, cudaStream_t stream);
 
 }  // namespace lmf::cuda::detail

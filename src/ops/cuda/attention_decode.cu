@@ -9,8 +9,8 @@
 #include <cmath>
 
 #include "core/error.h"
-#include "ops/cuda/block_reduce.cuh"
 #include "ops/cuda/bf16.cuh"
+#include "ops/cuda/block_reduce.cuh"
 #include "ops/cuda/cuda_util.h"
 #include "ops/cuda/launch.cuh"
 #include "ops/cuda/ops_cuda.h"
@@ -57,23 +57,23 @@ __global__ void __launch_bounds__(kDecodeThreads)
 }
 
 template <class F>
-void decode_launch(F* y, float* scratch, const F* q, const F* k, const F* v, int T, int NH, int KVH, int hs, int ld,
-                   cudaStream_t stream) {
+void decode_launch(F* y, float* scratch, const F* q, const F* k, const F* v, int T, int NH, int KVH,
+                   int hs, int ld, cudaStream_t stream) {
   LMF_CHECK(T > 0 && NH > 0 && KVH > 0 && NH % KVH == 0 && hs > 0 && ld >= KVH * hs,
             "cuda attention_decode: T={} NH={} KVH={} hs={} ld={}", T, NH, KVH, hs, ld);
-  LMF_LAUNCH(decode_kernel<F>, NH, kDecodeThreads, 0, stream)(y, scratch, q, k, v, T, NH, KVH, hs, ld,
-                                                           1.0f / std::sqrt((float)hs));
+  LMF_LAUNCH(decode_kernel<F>, NH, kDecodeThreads, 0, stream)
+  (y, scratch, q, k, v, T, NH, KVH, hs, ld, 1.0f / std::sqrt((float)hs));
   LMF_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
 
-void attention_decode(float* y, float* scratch, const float* q, const float* k, const float* v, int T, int NH,
-                      int KVH, int hs, int ld, cudaStream_t stream) {
+void attention_decode(float* y, float* scratch, const float* q, const float* k, const float* v,
+                      int T, int NH, int KVH, int hs, int ld, cudaStream_t stream) {
   decode_launch(y, scratch, q, k, v, T, NH, KVH, hs, ld, stream);
 }
-void attention_decode(bf16* y, float* scratch, const bf16* q, const bf16* k, const bf16* v, int T, int NH,
-                      int KVH, int hs, int ld, cudaStream_t stream) {
+void attention_decode(bf16* y, float* scratch, const bf16* q, const bf16* k, const bf16* v, int T,
+                      int NH, int KVH, int hs, int ld, cudaStream_t stream) {
   decode_launch(y, scratch, q, k, v, T, NH, KVH, hs, ld, stream);
 }
 

@@ -125,7 +125,6 @@ __device__ __forceinline__ void product_pv(float (&out)[HS / 8][4], const float 
   }
 }
 
-
 template <class F, int HS>
 __global__ void __launch_bounds__(kThreadsM)
     fwd_mma(F* __restrict__ out, float* __restrict__ lse, const F* __restrict__ q,
@@ -386,18 +385,20 @@ void dispatch_hs(int hs, F f) {
 bool mma_supported(const Heads& g) { return g.hs % 16 == 0 && g.hs >= 16 && g.hs <= 128; }
 
 template <class F>
-void mma_forward(F* out, float* lse, const F* q, const F* k, const F* v, const Heads& g, cudaStream_t stream) {
+void mma_forward(F* out, float* lse, const F* q, const F* k, const F* v, const Heads& g,
+                 cudaStream_t stream) {
   if (g.B == 0 || g.T == 0) return;
   const unsigned blocks = (unsigned)((long)g.B * g.NH * ((g.T + kTile - 1) / kTile));
   dispatch_hs(g.hs, [&](auto hs) {
-    LMF_LAUNCH((fwd_mma<F, decltype(hs)::value>), blocks, kThreadsM, 0, stream)(out, lse, q, k, v, g);
+    LMF_LAUNCH((fwd_mma<F, decltype(hs)::value>), blocks, kThreadsM, 0, stream)
+    (out, lse, q, k, v, g);
   });
   LMF_CUDA_CHECK_LAUNCH();
 }
 
 template <class F>
-void mma_backward(F* dq, F* dk, F* dv, const F* dout, const F* q, const F* k, const F* v, const F* out,
-                  const float* lse, const Heads& g, cudaStream_t stream) {
+void mma_backward(F* dq, F* dk, F* dv, const F* dout, const F* q, const F* k, const F* v,
+                  const F* out, const float* lse, const Heads& g, cudaStream_t stream) {
   if (g.B == 0 || g.T == 0) return;
   const long tiles = (g.T + kTile - 1) / kTile;
   dispatch_hs(g.hs, [&](auto hs) {
@@ -406,21 +407,26 @@ void mma_backward(F* dq, F* dk, F* dv, const F* dout, const F* q, const F* k, co
     LMF_LAUNCH((dq_mma<F, HS, S>), q_blocks, kThreadsM, 0, stream)(dq, dout, q, k, v, out, lse, g);
     LMF_CUDA_CHECK_LAUNCH();
     if constexpr (HS > 64) {  // dk and dv in two kernels (dkv_mma)
-      LMF_LAUNCH((dkv_mma<F, HS, S, 1>), kv_blocks, kThreadsM, 0, stream)(dk, dv, dout, q, k, v, out, lse, g);
+      LMF_LAUNCH((dkv_mma<F, HS, S, 1>), kv_blocks, kThreadsM, 0, stream)
+      (dk, dv, dout, q, k, v, out, lse, g);
       LMF_CUDA_CHECK_LAUNCH();
-      LMF_LAUNCH((dkv_mma<F, HS, S, 2>), kv_blocks, kThreadsM, 0, stream)(dk, dv, dout, q, k, v, out, lse, g);
+      LMF_LAUNCH((dkv_mma<F, HS, S, 2>), kv_blocks, kThreadsM, 0, stream)
+      (dk, dv, dout, q, k, v, out, lse, g);
     } else {
-      LMF_LAUNCH((dkv_mma<F, HS, S, 3>), kv_blocks, kThreadsM, 0, stream)(dk, dv, dout, q, k, v, out, lse, g);
+      LMF_LAUNCH((dkv_mma<F, HS, S, 3>), kv_blocks, kThreadsM, 0, stream)
+      (dk, dv, dout, q, k, v, out, lse, g);
     }
     LMF_CUDA_CHECK_LAUNCH();
   });
 }
 
-template void mma_forward(float*, float*, const float*, const float*, const float*, const Heads&, cudaStream_t);
-template void mma_forward(bf16*, float*, const bf16*, const bf16*, const bf16*, const Heads&, cudaStream_t);
-template void mma_backward(float*, float*, float*, const float*, const float*, const float*, const float*,
-                           const float*, const float*, const Heads&, cudaStream_t);
-template void mma_backward(bf16*, bf16*, bf16*, const bf16*, const bf16*, const bf16*, const bf16*, const bf16*,
-                           const float*, const Heads&, cudaStream_t);
+template void mma_forward(float*, float*, const float*, const float*, const float*, const Heads&,
+                          cudaStream_t);
+template void mma_forward(bf16*, float*, const bf16*, const bf16*, const bf16*, const Heads&,
+                          cudaStream_t);
+template void mma_backward(float*, float*, float*, const float*, const float*, const float*,
+                           const float*, const float*, const float*, const Heads&, cudaStream_t);
+template void mma_backward(bf16*, bf16*, bf16*, const bf16*, const bf16*, const bf16*, const bf16*,
+                           const bf16*, const float*, const Heads&, cudaStream_t);
 
 }  // namespace lmf::cuda::detail

@@ -74,7 +74,6 @@ __device__ __forceinline__ void load_tile(float* dst, int ld, const F* src, int 
   }
 }
 
-
 // A query-tile block's place (forward and dq): batch b, query head h reading kv head kh, the
 // tile's first row q0, and this thread's row r (query t, in range if row_ok) and quarter c4.
 struct QueryTilePlace {
@@ -174,8 +173,8 @@ __global__ void __launch_bounds__(kThreadsT)
 template <class F, int kPer>
 __global__ void __launch_bounds__(kThreadsT)
     dq_tiled(F* __restrict__ dq, const F* __restrict__ dout, const F* __restrict__ q,
-             const F* __restrict__ k, const F* __restrict__ v,
-             const F* __restrict__ out, const float* __restrict__ lse, Heads g) {
+             const F* __restrict__ k, const F* __restrict__ v, const F* __restrict__ out,
+             const float* __restrict__ lse, Heads g) {
   LMF_DYNAMIC_SHARED(float, sm);
   const int hs = g.hs, ld = hs + 1;
   float* Qs = sm;               // (kRows, ld)
@@ -331,39 +330,42 @@ void dispatch_per_thread(int hs, F f) {
 }  // namespace
 
 template <class F>
-void tiled_forward(F* out, float* lse, const F* q, const F* k, const F* v, const Heads& g, cudaStream_t stream) {
+void tiled_forward(F* out, float* lse, const F* q, const F* k, const F* v, const Heads& g,
+                   cudaStream_t stream) {
   LMF_CHECK(g.hs <= kTiledMaxHs, "tiled attention: head size {} above {}", g.hs, kTiledMaxHs);
   if (g.B == 0 || g.T == 0) return;
   const unsigned blocks = (unsigned)((long)g.B * g.NH * ((g.T + kRows - 1) / kRows));
   dispatch_per_thread(g.hs, [&](auto per) {
     launch<fwd_tiled<F, decltype(per)::value>>(blocks, fwd_floats(g.hs) * sizeof(float),
-                                            fwd_floats(kTiledMaxHs) * sizeof(float), stream, out,
-                                            lse, q, k, v, g);
+                                               fwd_floats(kTiledMaxHs) * sizeof(float), stream, out,
+                                               lse, q, k, v, g);
   });
 }
 
 template <class F>
-void tiled_backward(F* dq, F* dk, F* dv, const F* dout, const F* q, const F* k, const F* v, const F* out,
-                    const float* lse, const Heads& g, cudaStream_t stream) {
+void tiled_backward(F* dq, F* dk, F* dv, const F* dout, const F* q, const F* k, const F* v,
+                    const F* out, const float* lse, const Heads& g, cudaStream_t stream) {
   LMF_CHECK(g.hs <= kTiledMaxHs, "tiled attention: head size {} above {}", g.hs, kTiledMaxHs);
   if (g.B == 0 || g.T == 0) return;
   const long tiles = (g.T + kRows - 1) / kRows;
   dispatch_per_thread(g.hs, [&](auto per) {
     constexpr int kPer = decltype(per)::value;
     launch<dq_tiled<F, kPer>>((unsigned)((long)g.B * g.NH * tiles), dq_floats(g.hs) * sizeof(float),
-                           dq_floats(kTiledMaxHs) * sizeof(float), stream, dq, dout, q, k, v, out,
-                           lse, g);
-    launch<dkv_tiled<F, kPer>>((unsigned)((long)g.B * g.KVH * tiles), dkv_floats(g.hs) * sizeof(float),
-                            dkv_floats(kTiledMaxHs) * sizeof(float), stream, dk, dv, dout, q, k, v,
-                            out, lse, g);
+                              dq_floats(kTiledMaxHs) * sizeof(float), stream, dq, dout, q, k, v,
+                              out, lse, g);
+    launch<dkv_tiled<F, kPer>>(
+        (unsigned)((long)g.B * g.KVH * tiles), dkv_floats(g.hs) * sizeof(float),
+        dkv_floats(kTiledMaxHs) * sizeof(float), stream, dk, dv, dout, q, k, v, out, lse, g);
   });
 }
 
-template void tiled_forward(float*, float*, const float*, const float*, const float*, const Heads&, cudaStream_t);
-template void tiled_forward(bf16*, float*, const bf16*, const bf16*, const bf16*, const Heads&, cudaStream_t);
-template void tiled_backward(float*, float*, float*, const float*, const float*, const float*, const float*,
-                             const float*, const float*, const Heads&, cudaStream_t);
-template void tiled_backward(bf16*, bf16*, bf16*, const bf16*, const bf16*, const bf16*, const bf16*, const bf16*,
-                             const float*, const Heads&, cudaStream_t);
+template void tiled_forward(float*, float*, const float*, const float*, const float*, const Heads&,
+                            cudaStream_t);
+template void tiled_forward(bf16*, float*, const bf16*, const bf16*, const bf16*, const Heads&,
+                            cudaStream_t);
+template void tiled_backward(float*, float*, float*, const float*, const float*, const float*,
+                             const float*, const float*, const float*, const Heads&, cudaStream_t);
+template void tiled_backward(bf16*, bf16*, bf16*, const bf16*, const bf16*, const bf16*,
+                             const bf16*, const bf16*, const float*, const Heads&, cudaStream_t);
 
 }  // namespace lmf::cuda::detail

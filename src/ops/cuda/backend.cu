@@ -1,7 +1,7 @@
 // The CUDA backend's tables (ops/backend.h), one per MatmulPrecision over fp32 storage and one over
-// bf16 storage (backend_bf16): the kernels of
-// ops/cuda/ops_cuda.h on the default stream, over device memory from cudaMalloc. Host code only; a .cu so that the CUDA build (which
-// globs ops/cuda/*.cu) compiles it.
+// bf16 storage (backend_bf16): the kernels of ops/cuda/ops_cuda.h on the default stream, over
+// device memory from cudaMalloc. Host code only; a .cu so that the CUDA build (which globs
+// ops/cuda/*.cu) compiles it.
 #include <cuda_runtime_api.h>
 
 #include <cstdlib>
@@ -70,12 +70,12 @@ void device_synchronize() { LMF_CUDA_CHECK(cudaDeviceSynchronize()); }
 // The ops as types: LMF_CUDA_OP(fn) defines fn_op, whose run(args...) calls cuda::fn(args...). Most
 // ops are overloaded over the storage type (float and bf16, ops_cuda.h), so the table's argument
 // types pick the kernel by overload resolution, where a function pointer could not.
-#define LMF_CUDA_OP(fn)                  \
-  struct fn##_op {                       \
-    template <class... X>                \
-    static auto run(X... x) {            \
-      return fn(x...);                   \
-    }                                    \
+#define LMF_CUDA_OP(fn)       \
+  struct fn##_op {            \
+    template <class... X>     \
+    static auto run(X... x) { \
+      return fn(x...);        \
+    }                         \
   }
 LMF_CUDA_OP(matmul_forward);
 LMF_CUDA_OP(matmul_backward);
@@ -111,11 +111,15 @@ LMF_CUDA_OP(scale);
 
 // The compute copy of the weights from the master weights: a copy for float, rounding for bf16.
 struct to_compute_op {
-  static void run(float* dst, const float* src, size_t n, cudaStream_t stream) { copy(dst, src, n, stream); }
-  static void run(bf16* dst, const float* src, size_t n, cudaStream_t stream) { to_bf16(dst, src, n, stream); }
+  static void run(float* dst, const float* src, size_t n, cudaStream_t stream) {
+    copy(dst, src, n, stream);
+  }
+  static void run(bf16* dst, const float* src, size_t n, cudaStream_t stream) {
+    to_bf16(dst, src, n, stream);
+  }
 };
 
-// OnDefaultStream<fn_op_op>{} converts to the table's pointer type R (*)(A...) for an op taking
+// OnDefaultStream<fn_op>{} converts to the table's pointer type R (*)(A...) for an op taking
 // (A..., cudaStream_t): a function that calls the op with the same arguments on stream 0. The
 // table's signature drives the deduction, so a mismatch with every overload of the kernel's is a
 // compile error.
@@ -209,7 +213,8 @@ const ops::Backend<float>& backend(ops::MatmulPrecision p) {
   require();
   static const ops::Backend<float> fp32 = make_cuda_backend<float, ops::MatmulPrecision::fp32>();
   static const ops::Backend<float> tf32 = make_cuda_backend<float, ops::MatmulPrecision::tf32>();
-  static const ops::Backend<float> bf16_products = make_cuda_backend<float, ops::MatmulPrecision::bf16>();
+  static const ops::Backend<float> bf16_products =
+      make_cuda_backend<float, ops::MatmulPrecision::bf16>();
   switch (p) {
     case ops::MatmulPrecision::tf32: return tf32;
     case ops::MatmulPrecision::bf16: return bf16_products;

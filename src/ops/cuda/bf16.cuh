@@ -4,8 +4,8 @@
 // rounded to T. For T = float load and store are plain accesses, so a float kernel's code and bits
 // are those it had before the template. For bf16 the rounding is core/half.h's float_to_bf16 bit
 // for bit (to nearest even, a NaN stays a NaN with its payload's top bits), by integer arithmetic
-// on the float's bits, so nvcc and the CPU emulation (tests/cuda_emu) round alike; cvt.rn (mma.cuh's
-// pack_bf16) differs from it only in the NaN it returns.
+// on the float's bits, so nvcc and the CPU emulation (tests/cuda_emu) round alike; cvt.rn
+// (mma.cuh's pack_bf16) differs from it only in the NaN it returns.
 #include <cstdint>
 #include <cstring>
 
@@ -41,7 +41,9 @@ __host__ __device__ __forceinline__ uint16_t round_to_bf16_bits(float f) {
   return (uint16_t)(u >> 16);
 }
 
-__host__ __device__ __forceinline__ float bf16_bits_to_float(uint16_t h) { return bits_float(uint32_t{h} << 16); }
+__host__ __device__ __forceinline__ float bf16_bits_to_float(uint16_t h) {
+  return bits_float(uint32_t{h} << 16);
+}
 
 // One element of storage type T, as float, and back.
 __device__ __forceinline__ float load(const float* p) { return *p; }

@@ -1,8 +1,8 @@
 // Classifier (x @ w^T) fused with softmax cross-entropy on the GPU, in chunks of rows so the
 // (N, V) logits never exist whole; the same formulas and operation order as
-// ops/cpu/classifier.cpp but for the softmax's one-pass sum, fp32, with the GEMMs of ops/cuda/matmul.cu (cuBLAS, fp32 accumulation,
-// products in the call's MatmulPrecision).
-// Per chunk of n rows:
+// ops/cpu/classifier.cpp but for the softmax's one-pass sum, fp32, with the GEMMs of
+// ops/cuda/matmul.cu (cuBLAS, fp32 accumulation, products in the call's MatmulPrecision). Per chunk
+// of n rows:
 //   logits (n, V) = x_chunk @ w^T                                   (matmul_forward, no bias)
 //   per row, one block: mx = max_j l_j and sum = sum_j exp(l_j - mx) in one pass (online, per
 //            thread, then combined); loss = mx + log(sum) - l_t;
@@ -178,8 +178,7 @@ __global__ void __launch_bounds__(kSumThreads)
 // A call's start, its workspace locked: the logits for `need` floats, the result, no bad row yet.
 void begin_call(Workspace& ws, size_t need, cudaStream_t stream) {
   reserve(ws.logits, ws.cap, need);
-  if (ws.result == nullptr)
-    ws.result = static_cast<CeResult*>(device_malloc(sizeof(CeResult)));
+  if (ws.result == nullptr) ws.result = static_cast<CeResult*>(device_malloc(sizeof(CeResult)));
   LMF_CUDA_CHECK(
       cudaMemsetAsync(&ws.result->bad_row, 0xff, sizeof(unsigned), stream));  // kNoBadRow
 }
@@ -268,8 +267,8 @@ double classifier_ce_forward(float* losses, float* dx, float* dw, const float* x
 }
 
 double classifier_ce_forward(float* losses, bf16* dx, float* dw, const bf16* x, const bf16* w,
-                             const int32_t* targets, const float* dloss, int N, int C, int V, cudaStream_t stream,
-                             ops::MatmulPrecision) {
+                             const int32_t* targets, const float* dloss, int N, int C, int V,
+                             cudaStream_t stream, ops::MatmulPrecision) {
   LMF_CHECK(!dx || (dw && dloss), "classifier_ce: the backward needs dw and dloss");
   LMF_CHECK(N >= 0 && C > 0 && V > 0, "classifier_ce: bad shape N={} C={} V={}", N, C, V);
   if (N == 0) return 0.0;
@@ -286,13 +285,14 @@ double classifier_ce_forward(float* losses, bf16* dx, float* dw, const bf16* x, 
     // Column-major, as matmul.cu: logits^T (V, n) = w (op T) x^T, fp32.
     detail::gemm_bf16(stream, true, false, V, n, C, w16, C, x16, C, 0.0f, ws.logits, V);
     if (!grad) {
-      LMF_LAUNCH((ce_rows_kernel<false, float>), n, kCeThreads, 0, stream)(
-          ws.logits, static_cast<float*>(nullptr), losses + r0, targets + r0, nullptr, V, r0, &ws.result->bad_row);
+      LMF_LAUNCH((ce_rows_kernel<false, float>), n, kCeThreads, 0, stream)
+      (ws.logits, static_cast<float*>(nullptr), losses + r0, targets + r0, nullptr, V, r0,
+       &ws.result->bad_row);
       LMF_CUDA_CHECK_LAUNCH();
       continue;
     }
-    LMF_LAUNCH((ce_rows_kernel<true, uint16_t>), n, kCeThreads, 0, stream)(
-        ws.logits, ws.dlogits16.p, losses + r0, targets + r0, dloss + r0, V, r0, &ws.result->bad_row);
+    LMF_LAUNCH((ce_rows_kernel<true, uint16_t>), n, kCeThreads, 0, stream)
+    (ws.logits, ws.dlogits16.p, losses + r0, targets + r0, dloss + r0, V, r0, &ws.result->bad_row);
     LMF_CUDA_CHECK_LAUNCH();
     // dx^T (C, n) = w^T dlogits^T (assigned, bf16); dw^T (C, V) += x^T dlogits (fp32).
     detail::gemm_bf16(stream, false, false, C, n, V, w16, C, ws.dlogits16.p, V, 0.0f,

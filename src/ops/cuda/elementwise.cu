@@ -64,7 +64,8 @@ void gelu_forward_launch(T* out, const T* inp, size_t n, cudaStream_t stream) {
 template <class T>
 void gelu_backward_launch(T* dinp, const T* inp, const T* dout, size_t n, cudaStream_t stream) {
   if (n == 0) return;
-  LMF_LAUNCH(gelu_bwd_kernel<T>, detail::grid_for(n), detail::kThreads, 0, stream)(dinp, inp, dout, n);
+  LMF_LAUNCH(gelu_bwd_kernel<T>, detail::grid_for(n), detail::kThreads, 0, stream)
+  (dinp, inp, dout, n);
   LMF_CUDA_CHECK_LAUNCH();
 }
 
@@ -84,7 +85,8 @@ void gelu_forward(bf16* out, const bf16* inp, size_t n, cudaStream_t stream) {
   gelu_forward_launch(out, inp, n, stream);
 }
 
-void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n, cudaStream_t stream) {
+void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n,
+                   cudaStream_t stream) {
   gelu_backward_launch(dinp, inp, dout, n, stream);
 }
 void gelu_backward(bf16* dinp, const bf16* inp, const bf16* dout, size_t n, cudaStream_t stream) {

@@ -35,8 +35,8 @@ using detail::store;
 // out (B*T, C); tokens (B*T) on the device; wte (V, C); wpe (T, C) or nullptr.
 template <class F>
 __global__ void encoder_fwd_kernel(F* __restrict__ out, const int32_t* __restrict__ tokens,
-                                   const F* __restrict__ wte, const F* __restrict__ wpe,
-                                   int T, int C, size_t n) {
+                                   const F* __restrict__ wte, const F* __restrict__ wpe, int T,
+                                   int C, size_t n) {
   const size_t stride = (size_t)gridDim.x * blockDim.x;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
     const size_t bt = i / C;
@@ -64,8 +64,8 @@ __global__ void encoder_bwd_dwte_kernel(float* __restrict__ dwte, const F* __res
 
 // dwpe[t, c] += dout[b, t, c] for b = 0..B-1 in order. dwpe (T, C); dout (B, T, C).
 template <class F>
-__global__ void encoder_bwd_dwpe_kernel(float* __restrict__ dwpe, const F* __restrict__ dout,
-                                        int B, int T, int C) {
+__global__ void encoder_bwd_dwpe_kernel(float* __restrict__ dwpe, const F* __restrict__ dout, int B,
+                                        int T, int C) {
   const size_t n = (size_t)T * C, stride = (size_t)gridDim.x * blockDim.x;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
     float acc = dwpe[i];
@@ -125,13 +125,14 @@ void forward_launch(F* out, const int32_t* tokens, const F* wte, const F* wpe, i
                     cudaStream_t stream) {
   const size_t n = (size_t)B * T * C;
   if (n == 0) return;
-  LMF_LAUNCH(encoder_fwd_kernel<F>, detail::grid_for(n), kThreads, 0, stream)(out, tokens, wte, wpe, T, C, n);
+  LMF_LAUNCH(encoder_fwd_kernel<F>, detail::grid_for(n), kThreads, 0, stream)
+  (out, tokens, wte, wpe, T, C, n);
   LMF_CUDA_CHECK_LAUNCH();
 }
 
 template <class F>
-void backward_launch(float* dwte, float* dwpe, const F* dout, const int32_t* tokens_host, int B, int T, int C,
-                     cudaStream_t stream) {
+void backward_launch(float* dwte, float* dwpe, const F* dout, const int32_t* tokens_host, int B,
+                     int T, int C, cudaStream_t stream) {
   const long BT = (long)B * T;
   if (BT <= 0 || C <= 0) return;
   LMF_CHECK(BT < (1L << 31), "cuda encoder_backward: B*T={} too large", BT);
@@ -140,7 +141,8 @@ void backward_launch(float* dwte, float* dwpe, const F* dout, const int32_t* tok
               tokens_host[i], i);
   if (dwpe) {
     const size_t n = (size_t)T * C;
-    LMF_LAUNCH(encoder_bwd_dwpe_kernel<F>, detail::grid_for(n), kThreads, 0, stream)(dwpe, dout, B, T, C);
+    LMF_LAUNCH(encoder_bwd_dwpe_kernel<F>, detail::grid_for(n), kThreads, 0, stream)
+    (dwpe, dout, B, T, C);
     LMF_CUDA_CHECK_LAUNCH();
   }
 
@@ -155,7 +157,8 @@ void backward_launch(float* dwte, float* dwpe, const F* dout, const int32_t* tok
   LMF_CUDA_CHECK(cudaMemcpyAsync(ws.dev.data(), ws.host.data(), ws.host.size() * sizeof(int32_t),
                                  cudaMemcpyHostToDevice, stream));
   const dim3 grid((unsigned)U, (unsigned)((C + kThreads - 1) / kThreads));
-  LMF_LAUNCH(encoder_bwd_dwte_kernel<F>, grid, kThreads, 0, stream)(dwte, dout, ws.dev.data(), U, C);
+  LMF_LAUNCH(encoder_bwd_dwte_kernel<F>, grid, kThreads, 0, stream)
+  (dwte, dout, ws.dev.data(), U, C);
   LMF_CUDA_CHECK_LAUNCH();
   LMF_CUDA_CHECK(cudaEventRecord(ws.done, stream));
 }
@@ -166,8 +169,8 @@ void encoder_forward(float* out, const int32_t* tokens, const float* wte, const 
                      int T, int C, cudaStream_t stream) {
   forward_launch(out, tokens, wte, wpe, B, T, C, stream);
 }
-void encoder_forward(bf16* out, const int32_t* tokens, const bf16* wte, const bf16* wpe, int B, int T, int C,
-                     cudaStream_t stream) {
+void encoder_forward(bf16* out, const int32_t* tokens, const bf16* wte, const bf16* wpe, int B,
+                     int T, int C, cudaStream_t stream) {
   forward_launch(out, tokens, wte, wpe, B, T, C, stream);
 }
 
@@ -175,8 +178,8 @@ void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t
                       int B, int T, int C, cudaStream_t stream) {
   backward_launch(dwte, dwpe, dout, tokens_host, B, T, C, stream);
 }
-void encoder_backward(float* dwte, float* dwpe, const bf16* dout, const int32_t* tokens_host, int B, int T,
-                      int C, cudaStream_t stream) {
+void encoder_backward(float* dwte, float* dwpe, const bf16* dout, const int32_t* tokens_host, int B,
+                      int T, int C, cudaStream_t stream) {
   backward_launch(dwte, dwpe, dout, tokens_host, B, T, C, stream);
 }
 

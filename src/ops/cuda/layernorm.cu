@@ -21,10 +21,10 @@ namespace {
 
 using detail::as_stored;
 using detail::kRowsPerBlock;
-using detail::load;
-using detail::store;
 using detail::kWarp;
+using detail::load;
 using detail::row_blocks;
+using detail::store;
 using detail::warp_sum;
 
 constexpr float kEps = 1e-5f;
@@ -33,8 +33,8 @@ constexpr float kEps = 1e-5f;
 // lane reads only the columns c = lane (mod 32), the ones it summed (and, fused, wrote).
 template <class T>
 __device__ void ln_row(T* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd,
-                       const T* x, const T* __restrict__ w, const T* __restrict__ b,
-                       int row, int C, int lane, float s) {
+                       const T* x, const T* __restrict__ w, const T* __restrict__ b, int row, int C,
+                       int lane, float s) {
   const float m = warp_sum(s) / C;
   float v = 0.0f;
   for (int c = lane; c < C; c += kWarp) {
@@ -43,7 +43,8 @@ __device__ void ln_row(T* __restrict__ out, float* __restrict__ mean, float* __r
   }
   const float r = 1.0f / sqrtf(warp_sum(v) / C + kEps);
   T* o = out + (size_t)row * C;
-  for (int c = lane; c < C; c += kWarp) store(o + c, (load(x + c) - m) * r * load(w + c) + load(b + c));
+  for (int c = lane; c < C; c += kWarp)
+    store(o + c, (load(x + c) - m) * r * load(w + c) + load(b + c));
   if (lane == 0) {
     mean[row] = m;
     rstd[row] = r;
@@ -53,8 +54,7 @@ __device__ void ln_row(T* __restrict__ out, float* __restrict__ mean, float* __r
 template <class T>
 __global__ void ln_fwd_kernel(T* __restrict__ out, float* __restrict__ mean,
                               float* __restrict__ rstd, const T* __restrict__ inp,
-                              const T* __restrict__ w, const T* __restrict__ b, int N,
-                              int C) {
+                              const T* __restrict__ w, const T* __restrict__ b, int N, int C) {
   const int lane = threadIdx.x % kWarp;
   const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarp;
   if (row >= N) return;  // uniform across the warp: the shuffles below see all 32 lanes
@@ -70,8 +70,8 @@ __global__ void ln_fwd_kernel(T* __restrict__ out, float* __restrict__ mean,
 template <class T>
 __global__ void residual_ln_fwd_kernel(T* res, T* __restrict__ out, float* __restrict__ mean,
                                        float* __restrict__ rstd, const T* a, const T* b,
-                                       const T* __restrict__ w, const T* __restrict__ bias,
-                                       int N, int C) {
+                                       const T* __restrict__ w, const T* __restrict__ bias, int N,
+                                       int C) {
   const int lane = threadIdx.x % kWarp;
   const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarp;
   if (row >= N) return;
@@ -133,31 +133,32 @@ __global__ void ln_bwd_params_kernel(float* __restrict__ dw, float* __restrict__
 }
 
 template <class T>
-void forward_launch(T* out, float* mean, float* rstd, const T* inp, const T* w, const T* b, int N, int C,
-                    cudaStream_t stream) {
+void forward_launch(T* out, float* mean, float* rstd, const T* inp, const T* w, const T* b, int N,
+                    int C, cudaStream_t stream) {
   if (N <= 0 || C <= 0) return;
-  LMF_LAUNCH(ln_fwd_kernel<T>, row_blocks(N), kRowsPerBlock * kWarp, 0, stream)(out, mean, rstd, inp, w, b, N, C);
+  LMF_LAUNCH(ln_fwd_kernel<T>, row_blocks(N), kRowsPerBlock * kWarp, 0, stream)
+  (out, mean, rstd, inp, w, b, N, C);
   LMF_CUDA_CHECK_LAUNCH();
 }
 
 template <class T>
-void residual_forward_launch(T* res, T* out, float* mean, float* rstd, const T* a, const T* b, const T* w,
-                             const T* bias, int N, int C, cudaStream_t stream) {
+void residual_forward_launch(T* res, T* out, float* mean, float* rstd, const T* a, const T* b,
+                             const T* w, const T* bias, int N, int C, cudaStream_t stream) {
   if (N <= 0 || C <= 0) return;
-  LMF_LAUNCH(residual_ln_fwd_kernel<T>, row_blocks(N), kRowsPerBlock * kWarp, 0, stream)(
-      res, out, mean, rstd, a, b, w, bias, N, C);
+  LMF_LAUNCH(residual_ln_fwd_kernel<T>, row_blocks(N), kRowsPerBlock * kWarp, 0, stream)
+  (res, out, mean, rstd, a, b, w, bias, N, C);
   LMF_CUDA_CHECK_LAUNCH();
 }
 
 template <class T>
-void backward_launch(T* dinp, float* dw, float* db, const T* dout, const T* inp, const T* w, const float* mean,
-                     const float* rstd, int N, int C, cudaStream_t stream) {
+void backward_launch(T* dinp, float* dw, float* db, const T* dout, const T* inp, const T* w,
+                     const float* mean, const float* rstd, int N, int C, cudaStream_t stream) {
   if (N <= 0 || C <= 0) return;
-  LMF_LAUNCH(ln_bwd_dinp_kernel<T>, row_blocks(N), kRowsPerBlock * kWarp, 0, stream)(dinp, dout, inp, w, mean,
-                                                                                    rstd, N, C);
+  LMF_LAUNCH(ln_bwd_dinp_kernel<T>, row_blocks(N), kRowsPerBlock * kWarp, 0, stream)
+  (dinp, dout, inp, w, mean, rstd, N, C);
   LMF_CUDA_CHECK_LAUNCH();
-  LMF_LAUNCH(ln_bwd_params_kernel<T>, detail::col_sum_blocks(C), detail::col_sum_block(), 0, stream)(
-      dw, db, dout, inp, mean, rstd, N, C);
+  LMF_LAUNCH(ln_bwd_params_kernel<T>, detail::col_sum_blocks(C), detail::col_sum_block(), 0, stream)
+  (dw, db, dout, inp, mean, rstd, N, C);
   LMF_CUDA_CHECK_LAUNCH();
 }
 
@@ -167,8 +168,8 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, c
                        const float* b, int N, int C, cudaStream_t stream) {
   forward_launch(out, mean, rstd, inp, w, b, N, C, stream);
 }
-void layernorm_forward(bf16* out, float* mean, float* rstd, const bf16* inp, const bf16* w, const bf16* b, int N,
-                       int C, cudaStream_t stream) {
+void layernorm_forward(bf16* out, float* mean, float* rstd, const bf16* inp, const bf16* w,
+                       const bf16* b, int N, int C, cudaStream_t stream) {
   forward_launch(out, mean, rstd, inp, w, b, N, C, stream);
 }
 
@@ -177,8 +178,9 @@ void residual_layernorm_forward(float* res, float* out, float* mean, float* rstd
                                 cudaStream_t stream) {
   residual_forward_launch(res, out, mean, rstd, a, b, w, bias, N, C, stream);
 }
-void residual_layernorm_forward(bf16* res, bf16* out, float* mean, float* rstd, const bf16* a, const bf16* b,
-                                const bf16* w, const bf16* bias, int N, int C, cudaStream_t stream) {
+void residual_layernorm_forward(bf16* res, bf16* out, float* mean, float* rstd, const bf16* a,
+                                const bf16* b, const bf16* w, const bf16* bias, int N, int C,
+                                cudaStream_t stream) {
   residual_forward_launch(res, out, mean, rstd, a, b, w, bias, N, C, stream);
 }
 
@@ -187,8 +189,9 @@ void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, co
                         cudaStream_t stream) {
   backward_launch(dinp, dw, db, dout, inp, w, mean, rstd, N, C, stream);
 }
-void layernorm_backward(bf16* dinp, float* dw, float* db, const bf16* dout, const bf16* inp, const bf16* w,
-                        const float* mean, const float* rstd, int N, int C, cudaStream_t stream) {
+void layernorm_backward(bf16* dinp, float* dw, float* db, const bf16* dout, const bf16* inp,
+                        const bf16* w, const float* mean, const float* rstd, int N, int C,
+                        cudaStream_t stream) {
   backward_launch(dinp, dw, db, dout, inp, w, mean, rstd, N, C, stream);
 }
 

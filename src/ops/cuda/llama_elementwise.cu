@@ -34,7 +34,8 @@ __global__ void swiglu_fwd_kernel(T* out, const T* gate, const T* up, size_t n) 
 
 // dgate = dout * up * silu'(gate), silu' = s + silu (1 - s); dup = dout * silu. All (n).
 template <class T>
-__global__ void swiglu_bwd_kernel(T* dgate, T* dup, const T* dout, const T* gate, const T* up, size_t n) {
+__global__ void swiglu_bwd_kernel(T* dgate, T* dup, const T* dout, const T* gate, const T* up,
+                                  size_t n) {
   const size_t stride = (size_t)gridDim.x * blockDim.x;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
     const float g = load(gate + i), u = load(up + i), d = load(dout + i);
@@ -75,15 +76,16 @@ void rope_launch(F* out, const F* inp, int B, int T, int NH, int hs, const doubl
   LMF_CHECK(hs > 0 && hs % 2 == 0, "rope: head size {} must be even", hs);
   if (B <= 0 || T <= 0 || NH <= 0) return;
   const size_t n = (size_t)B * T * (hs / 2);
-  LMF_LAUNCH(rope_kernel<F>, detail::grid_for(n), detail::kThreads, 0, stream)(
-      out, inp, T, NH, hs, inv_freq, interleaved ? 2 : 1, interleaved ? 1 : hs / 2, pos0, sign, n);
+  LMF_LAUNCH(rope_kernel<F>, detail::grid_for(n), detail::kThreads, 0, stream)
+  (out, inp, T, NH, hs, inv_freq, interleaved ? 2 : 1, interleaved ? 1 : hs / 2, pos0, sign, n);
   LMF_CUDA_CHECK_LAUNCH();
 }
 
 template <class T>
 void swiglu_forward_launch(T* out, const T* gate, const T* up, size_t n, cudaStream_t stream) {
   if (n == 0) return;
-  LMF_LAUNCH(swiglu_fwd_kernel<T>, detail::grid_for(n), detail::kThreads, 0, stream)(out, gate, up, n);
+  LMF_LAUNCH(swiglu_fwd_kernel<T>, detail::grid_for(n), detail::kThreads, 0, stream)
+  (out, gate, up, n);
   LMF_CUDA_CHECK_LAUNCH();
 }
 
@@ -91,7 +93,8 @@ template <class T>
 void swiglu_backward_launch(T* dgate, T* dup, const T* dout, const T* gate, const T* up, size_t n,
                             cudaStream_t stream) {
   if (n == 0) return;
-  LMF_LAUNCH(swiglu_bwd_kernel<T>, detail::grid_for(n), detail::kThreads, 0, stream)(dgate, dup, dout, gate, up, n);
+  LMF_LAUNCH(swiglu_bwd_kernel<T>, detail::grid_for(n), detail::kThreads, 0, stream)
+  (dgate, dup, dout, gate, up, n);
   LMF_CUDA_CHECK_LAUNCH();
 }
 
@@ -108,8 +111,8 @@ void swiglu_backward(float* dgate, float* dup, const float* dout, const float* g
                      const float* up, size_t n, cudaStream_t stream) {
   swiglu_backward_launch(dgate, dup, dout, gate, up, n, stream);
 }
-void swiglu_backward(bf16* dgate, bf16* dup, const bf16* dout, const bf16* gate, const bf16* up, size_t n,
-                     cudaStream_t stream) {
+void swiglu_backward(bf16* dgate, bf16* dup, const bf16* dout, const bf16* gate, const bf16* up,
+                     size_t n, cudaStream_t stream) {
   swiglu_backward_launch(dgate, dup, dout, gate, up, n, stream);
 }
 
@@ -126,8 +129,8 @@ void rope_backward(float* dinp, const float* dout, int B, int T, int NH, int hs,
                    const double* inv_freq, bool interleaved, int pos0, cudaStream_t stream) {
   rope_launch(dinp, dout, B, T, NH, hs, inv_freq, interleaved, pos0, -1.0f, stream);
 }
-void rope_backward(bf16* dinp, const bf16* dout, int B, int T, int NH, int hs, const double* inv_freq,
-                   bool interleaved, int pos0, cudaStream_t stream) {
+void rope_backward(bf16* dinp, const bf16* dout, int B, int T, int NH, int hs,
+                   const double* inv_freq, bool interleaved, int pos0, cudaStream_t stream) {
   rope_launch(dinp, dout, B, T, NH, hs, inv_freq, interleaved, pos0, -1.0f, stream);
 }
 

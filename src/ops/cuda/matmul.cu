@@ -164,7 +164,9 @@ struct LtKey {
   ops::MatmulPrecision p;
   uint32_t align_a, align_b, align_c;
   bool bf16;
-  auto tie() const { return std::tie(m, n, k, lda, ldb, ldc, ta, tb, p, align_a, align_b, align_c, bf16); }
+  auto tie() const {
+    return std::tie(m, n, k, lda, ldb, ldc, ta, tb, p, align_a, align_b, align_c, bf16);
+  }
   bool operator<(const LtKey& o) const { return tie() < o.tie(); }
 };
 
@@ -206,12 +208,14 @@ LtPlan make_plan(cublasLtHandle_t h, const LtKey& key) {
   LMF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue));
   if (key.bf16) {  // the default (D's type) already; said here so that it does not depend on it
     const int32_t bias_type = CUDA_R_16BF;
-    LMF_CUBLAS_CHECK(
-        cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof bias_type));
+    LMF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                                                    &bias_type, sizeof bias_type));
   }
   const bool at = key.ta == CUBLAS_OP_T, bt = key.tb == CUBLAS_OP_T;
-  LMF_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.a, type, at ? key.k : key.m, at ? key.m : key.k, key.lda));
-  LMF_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.b, type, bt ? key.n : key.k, bt ? key.k : key.n, key.ldb));
+  LMF_CUBLAS_CHECK(
+      cublasLtMatrixLayoutCreate(&plan.a, type, at ? key.k : key.m, at ? key.m : key.k, key.lda));
+  LMF_CUBLAS_CHECK(
+      cublasLtMatrixLayoutCreate(&plan.b, type, bt ? key.n : key.k, bt ? key.k : key.n, key.ldb));
   LMF_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.c, type, key.m, key.n, key.ldc));
   cublasLtMatmulPreference_t pref = nullptr;
   LMF_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
@@ -245,16 +249,17 @@ LtPlan make_plan(cublasLtHandle_t h, const LtKey& key) {
 // Column-major D (m, n) = op(A) op(B) + bias (m, broadcast over columns), products in precision
 // p, every buffer fp32 (bf16 = false) or bf16 (true); false (nothing done) when cuBLASLt has no
 // algorithm for the shape.
-bool gemm_bias_lt(ops::MatmulPrecision p, bool bf16, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
-                  int k, const void* A, int lda, const void* B, int ldb, const void* bias, void* D, int ldc,
-                  cudaStream_t stream) {
+bool gemm_bias_lt(ops::MatmulPrecision p, bool bf16, cublasOperation_t ta, cublasOperation_t tb,
+                  int m, int n, int k, const void* A, int lda, const void* B, int ldb,
+                  const void* bias, void* D, int ldc, cudaStream_t stream) {
   LtSlot& slot = lt_slot();
   std::lock_guard lock(slot.mu);
   if (slot.handle == nullptr) {
     LMF_CUBLAS_CHECK(cublasLtCreate(&slot.handle));
     slot.workspace = device_malloc(kLtWorkspaceBytes);
   }
-  const LtKey key{m, n, k, lda, ldb, ldc, ta, tb, p, alignment_of(A), alignment_of(B), alignment_of(D), bf16};
+  const LtKey key{
+      m, n, k, lda, ldb, ldc, ta, tb, p, alignment_of(A), alignment_of(B), alignment_of(D), bf16};
   auto it = slot.plans.find(key);
   if (it == slot.plans.end()) it = slot.plans.emplace(key, make_plan(slot.handle, key)).first;
   const LtPlan& plan = it->second;
@@ -269,7 +274,8 @@ bool gemm_bias_lt(ops::MatmulPrecision p, bool bf16, cublasOperation_t ta, cubla
 
 // Every row of out (N, OC) = bias (OC): the fallback's seed when cuBLASLt has no algorithm.
 template <class T>
-__global__ void broadcast_rows_kernel(T* __restrict__ out, const T* __restrict__ bias, int N, int OC) {
+__global__ void broadcast_rows_kernel(T* __restrict__ out, const T* __restrict__ bias, int N,
+                                      int OC) {
   const size_t n = (size_t)N * OC, stride = (size_t)gridDim.x * blockDim.x;
   for (size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += stride)
     out[k] = bias[k % OC];
@@ -277,10 +283,12 @@ __global__ void broadcast_rows_kernel(T* __restrict__ out, const T* __restrict__
 
 // dbias (OC) += sum_i dout[i, o], in the fixed order of column_sums_accumulate (no atomics).
 template <class T>
-__global__ void bias_grad_kernel(float* __restrict__ dbias, const T* __restrict__ dout, int N, int OC) {
+__global__ void bias_grad_kernel(float* __restrict__ dbias, const T* __restrict__ dout, int N,
+                                 int OC) {
   float* const dst[1] = {dbias};
-  detail::column_sums_accumulate<1>(
-      dst, N, OC, [=](float(&acc)[1], int i, int o) { acc[0] += detail::load(dout + (size_t)i * OC + o); });
+  detail::column_sums_accumulate<1>(dst, N, OC, [=](float(&acc)[1], int i, int o) {
+    acc[0] += detail::load(dout + (size_t)i * OC + o);
+  });
 }
 
 // bf16 buffers as the raw bits cuBLAS and gemm.cuh read.
@@ -313,12 +321,14 @@ void gemm_bf16(cudaStream_t stream, bool trans_a, bool trans_b, int m, int n, in
                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
-void gemm_bf16(cudaStream_t stream, bool trans_a, bool trans_b, int m, int n, int k, const uint16_t* A, int lda,
-               const uint16_t* B, int ldb, float beta, uint16_t* C, int ldc) {
+void gemm_bf16(cudaStream_t stream, bool trans_a, bool trans_b, int m, int n, int k,
+               const uint16_t* A, int lda, const uint16_t* B, int ldb, float beta, uint16_t* C,
+               int ldc) {
   LockedHandle h(stream);
   const float alpha = 1.0f;
-  LMF_CUBLAS_CHECK(cublasGemmEx(h.get(), trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, m,
-                                n, k, &alpha, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb, &beta, C, CUDA_R_16BF, ldc,
+  LMF_CUBLAS_CHECK(cublasGemmEx(h.get(), trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, &alpha, A,
+                                CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb, &beta, C, CUDA_R_16BF, ldc,
                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
@@ -330,11 +340,14 @@ void matmul_forward(float* out, const float* inp, const float* w, const float* b
   if (N == 0 || OC == 0) return;
   float beta = 0.0f;
   // out^T (OC, N) = w (op T on the (C, OC) buffer) @ inp^T (C, N) + bias (OC) down every column.
-  if (bias && gemm_bias_lt(p, false, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, bias, out, OC, stream)) return;
+  if (bias && gemm_bias_lt(p, false, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, bias, out,
+                           OC, stream))
+    return;
   if (bias) {
     // Seed every row with the bias and let the GEMM accumulate onto it (beta = 1), as on the CPU.
     const size_t n = (size_t)N * OC;
-    LMF_LAUNCH(broadcast_rows_kernel<float>, detail::grid_for(n), detail::kThreads, 0, stream)(out, bias, N, OC);
+    LMF_LAUNCH(broadcast_rows_kernel<float>, detail::grid_for(n), detail::kThreads, 0, stream)
+    (out, bias, N, OC);
     LMF_CUDA_CHECK_LAUNCH();
     beta = 1.0f;
   }
@@ -356,40 +369,48 @@ void matmul_backward(float* dinp, float* dw, float* dbias, const float* dout, co
     sgemm(h.get(), p, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, inp, C, dout, OC, 1.0f, dw, C);
   }
   if (dbias) {
-    LMF_LAUNCH(bias_grad_kernel<float>, detail::col_sum_blocks(OC), detail::col_sum_block(), 0, stream)(
-        dbias, dout, N, OC);
+    LMF_LAUNCH(bias_grad_kernel<float>, detail::col_sum_blocks(OC), detail::col_sum_block(), 0,
+               stream)
+    (dbias, dout, N, OC);
     LMF_CUDA_CHECK_LAUNCH();
   }
 }
 
-void matmul_forward(bf16* out, const bf16* inp, const bf16* w, const bf16* bias, int N, int C, int OC,
-                    cudaStream_t stream, ops::MatmulPrecision p) {
+void matmul_forward(bf16* out, const bf16* inp, const bf16* w, const bf16* bias, int N, int C,
+                    int OC, cudaStream_t stream, ops::MatmulPrecision p) {
   LMF_CHECK(N >= 0 && C > 0 && OC >= 0, "matmul_forward: bad shape N={} C={} OC={}", N, C, OC);
   if (N == 0 || OC == 0) return;
   // out^T (OC, N) = w (op T on the (C, OC) buffer) @ inp^T (C, N) + bias (OC) down every column.
-  if (bias && gemm_bias_lt(p, true, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, bias, out, OC, stream)) return;
+  if (bias && gemm_bias_lt(p, true, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, bias, out, OC,
+                           stream))
+    return;
   float beta = 0.0f;
   if (bias) {
     // The seed is the bias exactly (bf16 into bf16), so out is still rounded once, after the sum.
     const size_t n = (size_t)N * OC;
-    LMF_LAUNCH(broadcast_rows_kernel<bf16>, detail::grid_for(n), detail::kThreads, 0, stream)(out, bias, N, OC);
+    LMF_LAUNCH(broadcast_rows_kernel<bf16>, detail::grid_for(n), detail::kThreads, 0, stream)
+    (out, bias, N, OC);
     LMF_CUDA_CHECK_LAUNCH();
     beta = 1.0f;
   }
   detail::gemm_bf16(stream, true, false, OC, N, C, bits(w), C, bits(inp), C, beta, bits(out), OC);
 }
 
-void matmul_backward(bf16* dinp, float* dw, float* dbias, const bf16* dout, const bf16* inp, const bf16* w, int N,
-                     int C, int OC, cudaStream_t stream, ops::MatmulPrecision) {
+void matmul_backward(bf16* dinp, float* dw, float* dbias, const bf16* dout, const bf16* inp,
+                     const bf16* w, int N, int C, int OC, cudaStream_t stream,
+                     ops::MatmulPrecision) {
   LMF_CHECK(N >= 0 && C > 0 && OC >= 0, "matmul_backward: bad shape N={} C={} OC={}", N, C, OC);
   if (N == 0 || OC == 0) return;
   // dinp^T (C, N) = w^T (C, OC) @ dout^T (OC, N), assigned, rounded to bf16 once.
-  if (dinp) detail::gemm_bf16(stream, false, false, C, N, OC, bits(w), C, bits(dout), OC, 0.0f, bits(dinp), C);
+  if (dinp)
+    detail::gemm_bf16(stream, false, false, C, N, OC, bits(w), C, bits(dout), OC, 0.0f, bits(dinp),
+                      C);
   // dw^T (C, OC) += inp^T (C, N) @ dout (op T on the (OC, N) buffer), into fp32 (beta = 1).
   detail::gemm_bf16(stream, false, true, C, OC, N, bits(inp), C, bits(dout), OC, 1.0f, dw, C);
   if (dbias) {
-    LMF_LAUNCH(bias_grad_kernel<bf16>, detail::col_sum_blocks(OC), detail::col_sum_block(), 0, stream)(
-        dbias, dout, N, OC);
+    LMF_LAUNCH(bias_grad_kernel<bf16>, detail::col_sum_blocks(OC), detail::col_sum_block(), 0,
+               stream)
+    (dbias, dout, N, OC);
     LMF_CUDA_CHECK_LAUNCH();
   }
 }
@@ -400,8 +421,8 @@ void classifier_logits(float* logits, const float* x, const float* w, int N, int
 }
 
 // logits^T (V, N) = w (op T on its (C, V) buffer) x^T, fp32 out of bf16 operands.
-void classifier_logits(float* logits, const bf16* x, const bf16* w, int N, int C, int V, cudaStream_t stream,
-                       ops::MatmulPrecision) {
+void classifier_logits(float* logits, const bf16* x, const bf16* w, int N, int C, int V,
+                       cudaStream_t stream, ops::MatmulPrecision) {
   LMF_CHECK(N >= 0 && C > 0 && V >= 0, "classifier_logits: bad shape N={} C={} V={}", N, C, V);
   if (N == 0 || V == 0) return;
   detail::gemm_bf16(stream, true, false, V, N, C, bits(w), C, bits(x), C, 0.0f, logits, V);

@@ -21,10 +21,10 @@ namespace {
 
 using detail::as_stored;
 using detail::kRowsPerBlock;
-using detail::load;
-using detail::store;
 using detail::kWarp;
+using detail::load;
 using detail::row_blocks;
+using detail::store;
 using detail::warp_sum;
 
 // One row by one warp, given its sum of squares: the output and rstd. Each lane reads only the
@@ -41,8 +41,8 @@ __device__ void rms_row(T* __restrict__ out, float* __restrict__ rstd, const T* 
 // out, inp (N, C); rstd (N); w (C).
 template <class T>
 __global__ void rms_fwd_kernel(T* __restrict__ out, float* __restrict__ rstd,
-                               const T* __restrict__ inp, const T* __restrict__ w, int N,
-                               int C, float eps) {
+                               const T* __restrict__ inp, const T* __restrict__ w, int N, int C,
+                               float eps) {
   const int lane = threadIdx.x % kWarp;
   const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarp;
   if (row >= N) return;  // uniform across the warp: the shuffles below see all 32 lanes
@@ -56,8 +56,8 @@ __global__ void rms_fwd_kernel(T* __restrict__ out, float* __restrict__ rstd,
 // (rounded, for bf16), the value the unfused pair's norm reads.
 template <class T>
 __global__ void residual_rms_fwd_kernel(T* res, T* __restrict__ out, float* __restrict__ rstd,
-                                        const T* a, const T* b, const T* __restrict__ w,
-                                        int N, int C, float eps) {
+                                        const T* a, const T* b, const T* __restrict__ w, int N,
+                                        int C, float eps) {
   const int lane = threadIdx.x % kWarp;
   const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarp;
   if (row >= N) return;
@@ -95,8 +95,8 @@ __global__ void rms_bwd_dinp_kernel(T* __restrict__ dinp, const T* __restrict__ 
 // dw (C) += sum_i x[i, c] * rstd[i] * dout[i, c], in the fixed order of column_sums_accumulate.
 template <class T>
 __global__ void rms_bwd_dw_kernel(float* __restrict__ dw, const T* __restrict__ dout,
-                                  const T* __restrict__ inp, const float* __restrict__ rstd,
-                                  int N, int C) {
+                                  const T* __restrict__ inp, const float* __restrict__ rstd, int N,
+                                  int C) {
   float* const dst[1] = {dw};
   detail::column_sums_accumulate<1>(dst, N, C, [=](float(&acc)[1], int i, int c) {
     const size_t k = (size_t)i * C + c;
@@ -105,30 +105,32 @@ __global__ void rms_bwd_dw_kernel(float* __restrict__ dw, const T* __restrict__ 
 }
 
 template <class T>
-void forward_launch(T* out, float* rstd, const T* inp, const T* w, int N, int C, float eps, cudaStream_t stream) {
+void forward_launch(T* out, float* rstd, const T* inp, const T* w, int N, int C, float eps,
+                    cudaStream_t stream) {
   if (N <= 0 || C <= 0) return;
-  LMF_LAUNCH(rms_fwd_kernel<T>, row_blocks(N), kRowsPerBlock * kWarp, 0, stream)(out, rstd, inp, w, N, C, eps);
+  LMF_LAUNCH(rms_fwd_kernel<T>, row_blocks(N), kRowsPerBlock * kWarp, 0, stream)
+  (out, rstd, inp, w, N, C, eps);
   LMF_CUDA_CHECK_LAUNCH();
 }
 
 template <class T>
-void residual_forward_launch(T* res, T* out, float* rstd, const T* a, const T* b, const T* w, int N, int C,
-                             float eps, cudaStream_t stream) {
+void residual_forward_launch(T* res, T* out, float* rstd, const T* a, const T* b, const T* w, int N,
+                             int C, float eps, cudaStream_t stream) {
   if (N <= 0 || C <= 0) return;
-  LMF_LAUNCH(residual_rms_fwd_kernel<T>, row_blocks(N), kRowsPerBlock * kWarp, 0, stream)(
-      res, out, rstd, a, b, w, N, C, eps);
+  LMF_LAUNCH(residual_rms_fwd_kernel<T>, row_blocks(N), kRowsPerBlock * kWarp, 0, stream)
+  (res, out, rstd, a, b, w, N, C, eps);
   LMF_CUDA_CHECK_LAUNCH();
 }
 
 template <class T>
-void backward_launch(T* dinp, float* dw, const T* dout, const T* inp, const T* w, const float* rstd, int N, int C,
-                     cudaStream_t stream) {
+void backward_launch(T* dinp, float* dw, const T* dout, const T* inp, const T* w, const float* rstd,
+                     int N, int C, cudaStream_t stream) {
   if (N <= 0 || C <= 0) return;
-  LMF_LAUNCH(rms_bwd_dinp_kernel<T>, row_blocks(N), kRowsPerBlock * kWarp, 0, stream)(dinp, dout, inp, w, rstd,
-                                                                                     N, C);
+  LMF_LAUNCH(rms_bwd_dinp_kernel<T>, row_blocks(N), kRowsPerBlock * kWarp, 0, stream)
+  (dinp, dout, inp, w, rstd, N, C);
   LMF_CUDA_CHECK_LAUNCH();
-  LMF_LAUNCH(rms_bwd_dw_kernel<T>, detail::col_sum_blocks(C), detail::col_sum_block(), 0, stream)(
-      dw, dout, inp, rstd, N, C);
+  LMF_LAUNCH(rms_bwd_dw_kernel<T>, detail::col_sum_blocks(C), detail::col_sum_block(), 0, stream)
+  (dw, dout, inp, rstd, N, C);
   LMF_CUDA_CHECK_LAUNCH();
 }
 
@@ -138,8 +140,8 @@ void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, 
                      float eps, cudaStream_t stream) {
   forward_launch(out, rstd, inp, w, N, C, eps, stream);
 }
-void rmsnorm_forward(bf16* out, float* rstd, const bf16* inp, const bf16* w, int N, int C, float eps,
-                     cudaStream_t stream) {
+void rmsnorm_forward(bf16* out, float* rstd, const bf16* inp, const bf16* w, int N, int C,
+                     float eps, cudaStream_t stream) {
   forward_launch(out, rstd, inp, w, N, C, eps, stream);
 }
 
@@ -147,8 +149,8 @@ void residual_rmsnorm_forward(float* res, float* out, float* rstd, const float* 
                               const float* w, int N, int C, float eps, cudaStream_t stream) {
   residual_forward_launch(res, out, rstd, a, b, w, N, C, eps, stream);
 }
-void residual_rmsnorm_forward(bf16* res, bf16* out, float* rstd, const bf16* a, const bf16* b, const bf16* w,
-                              int N, int C, float eps, cudaStream_t stream) {
+void residual_rmsnorm_forward(bf16* res, bf16* out, float* rstd, const bf16* a, const bf16* b,
+                              const bf16* w, int N, int C, float eps, cudaStream_t stream) {
   residual_forward_launch(res, out, rstd, a, b, w, N, C, eps, stream);
 }
 

@@ -35,13 +35,16 @@ __global__ void fill_kernel(float* x, float value, size_t n) {
 // x (n) = value, the bits already rounded by the host (bf16 value is what the table passes).
 __global__ void fill_bf16_kernel(bf16* x, bf16 value, size_t n) {
   const size_t stride = (size_t)gridDim.x * blockDim.x;
-  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) x[i].bits = value.bits;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    x[i].bits = value.bits;
 }
 
 // dst (n) = src (n) rounded to bf16 (core/half.h's float_to_bf16, bit for bit).
-__global__ void to_bf16_storage_kernel(bf16* __restrict__ dst, const float* __restrict__ src, size_t n) {
+__global__ void to_bf16_storage_kernel(bf16* __restrict__ dst, const float* __restrict__ src,
+                                       size_t n) {
   const size_t stride = (size_t)gridDim.x * blockDim.x;
-  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) detail::store(dst + i, src[i]);
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    detail::store(dst + i, src[i]);
 }
 
 // x *= s: one fp32 multiply per element, bitwise equal to the CPU's.
