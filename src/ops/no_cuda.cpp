@@ -12,5 +12,9 @@ const ops::Backend<float>& backend(ops::MatmulPrecision) {
   require();
   throw UserError("unreachable");  // require() always throws here
 }
+const ops::Backend<bf16>& backend_bf16() {
+  require();
+  throw UserError("unreachable");  // require() always throws here
+}
 
 }  // namespace lmf::cuda

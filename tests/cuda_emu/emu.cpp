@@ -1,5 +1,7 @@
 // The CPU emulation of CUDA (tests/cuda_emu/README.md): the fiber scheduler behind emu.h's
 // launches, the runtime API of include/cuda_runtime_api.h and cuBLAS's GEMM.
+#include "emu.h"
+
 #include <cblas.h>
 #include <sys/mman.h>
 #include <ucontext.h>
@@ -7,9 +9,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstring>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -17,10 +19,10 @@
 #include <unordered_map>
 #include <vector>
 
-#include "emu.h"
+#include "core/half.h"
 #include "include/cublasLt.h"
-#include "include/cuda.h"
 #include "include/cublas_v2.h"
+#include "include/cuda.h"
 #include "ops/backend.h"
 
 // Switching between fibers. glibc's swapcontext saves and restores the signal mask with a system
@@ -618,14 +620,29 @@ const char* cublasGetStatusName(cublasStatus_t s) {
 }
 const char* cublasGetStatusString(cublasStatus_t s) { return s == CUBLAS_STATUS_SUCCESS ? "success" : "invalid value"; }
 
-cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
-                            const void* alpha, const void* A, cudaDataType_t at, int lda, const void* B,
-                            cudaDataType_t bt, int ldb, const void* beta, void* C, cudaDataType_t ct, int ldc,
-                            cublasComputeType_t compute, cublasGemmAlgo_t) {
-  if (h == nullptr || at != bt || (at != CUDA_R_32F && at != CUDA_R_16BF) || ct != CUDA_R_32F || m < 0 ||
-      n < 0 || k < 0)
+cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                            int n, int k, const void* alpha, const void* A, cudaDataType_t at,
+                            int lda, const void* B, cudaDataType_t bt, int ldb, const void* beta,
+                            void* C, cudaDataType_t ct, int ldc, cublasComputeType_t compute,
+                            cublasGemmAlgo_t algo) {
+  if (h == nullptr || at != bt || (at != CUDA_R_32F && at != CUDA_R_16BF) ||
+      (ct != CUDA_R_32F && !(ct == CUDA_R_16BF && at == CUDA_R_16BF)) || m < 0 || n < 0 || k < 0)
     return CUBLAS_STATUS_INVALID_VALUE;
   if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+  if (ct == CUDA_R_16BF) {
+    // A bf16 C: the fp32 GEMM on C widened (exactly), then each result rounded once to nearest
+    // even (core/half.h), as cuBLAS rounds its fp32 accumulator into a bf16 D.
+    auto* c16 = static_cast<uint16_t*>(C);
+    std::vector<float> wide((size_t)ldc * n);
+    for (size_t i = 0; i < wide.size(); ++i) wide[i] = lmf::bf16_to_float(c16[i]);
+    const cublasStatus_t st = cublasGemmEx(h, ta, tb, m, n, k, alpha, A, at, lda, B, bt, ldb, beta,
+                                           wide.data(), CUDA_R_32F, ldc, compute, algo);
+    if (st != CUBLAS_STATUS_SUCCESS) return st;
+    for (int j = 0; j < n; ++j)
+      for (int i = 0; i < m; ++i)
+        c16[(size_t)j * ldc + i] = lmf::float_to_bf16(wide[(size_t)j * ldc + i]);
+    return CUBLAS_STATUS_SUCCESS;
+  }
   const float* a = static_cast<const float*>(A);
   const float* b = static_cast<const float*>(B);
   const size_t na = size_t(lda) * size_t(ta == CUBLAS_OP_N ? k : m);
@@ -669,9 +686,11 @@ struct cublasLtMatmulDescOpaque {
   cublasComputeType_t compute;
   cublasOperation_t ta = CUBLAS_OP_N, tb = CUBLAS_OP_N;
   uint32_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
-  const float* bias = nullptr;
+  const void* bias = nullptr;
+  int32_t bias_type = -1;  // -1: D's type (cuBLASLt's default)
 };
 struct cublasLtMatrixLayoutOpaque {
+  cudaDataType type;
   uint64_t rows, cols;
   int64_t ld;
 };
@@ -710,13 +729,15 @@ cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMa
       return st;
     case CUBLASLT_MATMUL_DESC_EPILOGUE: return read_attr(d->epilogue, buf, bytes);
     case CUBLASLT_MATMUL_DESC_BIAS_POINTER: return read_attr(d->bias, buf, bytes);
+    case CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE: return read_attr(d->bias_type, buf, bytes);
   }
   return CUBLAS_STATUS_INVALID_VALUE;
 }
 cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t* l, cudaDataType type, uint64_t rows,
                                           uint64_t cols, int64_t ld) {
-  if (type != CUDA_R_32F || ld < (int64_t)rows) return CUBLAS_STATUS_INVALID_VALUE;
-  *l = new cublasLtMatrixLayoutOpaque{rows, cols, ld};
+  if ((type != CUDA_R_32F && type != CUDA_R_16BF) || ld < (int64_t)rows)
+    return CUBLAS_STATUS_INVALID_VALUE;
+  *l = new cublasLtMatrixLayoutOpaque{type, rows, cols, ld};
   return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t* p) {
@@ -749,18 +770,42 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const 
   const int m = (int)c->rows, n = (int)c->cols;
   const int k = (int)(d->ta == CUBLAS_OP_N ? a->cols : a->rows);
   if ((int)(d->tb == CUBLAS_OP_N ? b->rows : b->cols) != k) return CUBLAS_STATUS_INVALID_VALUE;
+  if (a->type != b->type || (c->type == CUDA_R_16BF && a->type != CUDA_R_16BF))
+    return CUBLAS_STATUS_NOT_SUPPORTED;
+  if (d->epilogue != CUBLASLT_EPILOGUE_BIAS && d->epilogue != CUBLASLT_EPILOGUE_DEFAULT)
+    return CUBLAS_STATUS_NOT_SUPPORTED;
+  if (d->epilogue == CUBLASLT_EPILOGUE_BIAS && d->bias == nullptr)
+    return CUBLAS_STATUS_INVALID_VALUE;
+  const cudaDataType bias_type = d->bias_type < 0 ? c->type : cudaDataType(d->bias_type);
+  // The epilogue works on the fp32 result: with a bf16 D, the GEMM goes to an fp32 copy of D,
+  // the bias is added there, and each value is rounded once into D (to nearest even).
+  const bool d16 = c->type == CUDA_R_16BF;
+  std::vector<float> wide;
+  float* out = static_cast<float*>(D);
+  if (d16) {
+    wide.resize((size_t)c->ld * n);
+    const auto* d_bits = static_cast<const uint16_t*>(D);
+    for (size_t i = 0; i < wide.size(); ++i) wide[i] = lmf::bf16_to_float(d_bits[i]);
+    out = wide.data();
+  }
   static cublasContext gemm_handle;
-  const cublasStatus_t st = cublasGemmEx(&gemm_handle, d->ta, d->tb, m, n, k, alpha, A, CUDA_R_32F, (int)a->ld, B,
-                                         CUDA_R_32F, (int)b->ld, beta, D, CUDA_R_32F, (int)c->ld, d->compute,
-                                         CUBLAS_GEMM_DEFAULT);
+  const cublasStatus_t st =
+      cublasGemmEx(&gemm_handle, d->ta, d->tb, m, n, k, alpha, A, a->type, (int)a->ld, B, b->type,
+                   (int)b->ld, beta, out, CUDA_R_32F, (int)c->ld, d->compute, CUBLAS_GEMM_DEFAULT);
   if (st != CUBLAS_STATUS_SUCCESS) return st;
   if (d->epilogue == CUBLASLT_EPILOGUE_BIAS) {
-    if (d->bias == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
-    float* out = static_cast<float*>(D);
+    auto bias_at = [&](int i) {
+      return bias_type == CUDA_R_16BF ? lmf::bf16_to_float(static_cast<const uint16_t*>(d->bias)[i])
+                                      : static_cast<const float*>(d->bias)[i];
+    };
     for (int j = 0; j < n; ++j)
-      for (int i = 0; i < m; ++i) out[(size_t)j * c->ld + i] += d->bias[i];
-  } else if (d->epilogue != CUBLASLT_EPILOGUE_DEFAULT) {
-    return CUBLAS_STATUS_NOT_SUPPORTED;
+      for (int i = 0; i < m; ++i) out[(size_t)j * c->ld + i] += bias_at(i);
+  }
+  if (d16) {
+    auto* d_bits = static_cast<uint16_t*>(D);
+    for (int j = 0; j < n; ++j)
+      for (int i = 0; i < m; ++i)
+        d_bits[(size_t)j * c->ld + i] = lmf::float_to_bf16(out[(size_t)j * c->ld + i]);
   }
   return CUBLAS_STATUS_SUCCESS;
 }

@@ -330,15 +330,17 @@ TEST(CudaAttentionTensorCores, Bf16BackendTableRunsThem) {
   EXPECT_NE(small_gqa_out(50, 32, 74, cuda::backend(ops::MatmulPrecision::fp32).attention_gqa_forward), direct);
 }
 
-// The shape checks run on the host before any launch: no device needed.
+// The shape checks run on the host before any launch: no device needed. (The first pointer is
+// typed: the ops are overloaded over float and bf16 storage.)
 TEST(CudaAttention, RejectsBadHeads) {
+  float* none = nullptr;
   EXPECT_THROW(
-      cuda::attention_gqa_forward(nullptr, nullptr, nullptr, nullptr, nullptr, 1, 4, 2, 1, 257),
+      cuda::attention_gqa_forward(none, nullptr, nullptr, nullptr, nullptr, 1, 4, 2, 1, 257),
       Error);  // head size above the limit
-  EXPECT_THROW(cuda::attention_gqa_backward(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+  EXPECT_THROW(cuda::attention_gqa_backward(none, nullptr, nullptr, nullptr, nullptr, nullptr,
                                             nullptr, nullptr, nullptr, 1, 4, 3, 2, 16),
                Error);  // NH not a multiple of KVH
-  EXPECT_THROW(cuda::attention_forward(nullptr, nullptr, nullptr, 1, 4, 30, 4), Error);
+  EXPECT_THROW(cuda::attention_forward(none, nullptr, nullptr, 1, 4, 30, 4), Error);
 }
 
 // ---- encoder ------------------------------------------------------------------------------------
@@ -420,7 +422,8 @@ TEST(CudaEncoder, RepeatedTokenSumsInPositionOrder) {
 
 TEST(CudaEncoder, RejectsNegativeToken) {  // checked on the host before any launch
   const std::vector<int32_t> tokens = {0, -1};
-  EXPECT_THROW(cuda::encoder_backward(nullptr, nullptr, nullptr, tokens.data(), 1, 2, 4), Error);
+  const float* none = nullptr;  // typed: the op is overloaded over float and bf16 storage
+  EXPECT_THROW(cuda::encoder_backward(nullptr, nullptr, none, tokens.data(), 1, 2, 4), Error);
 }
 
 }  // namespace

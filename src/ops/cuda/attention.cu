@@ -17,6 +17,8 @@
 // query row held in shared memory), so a chunk of 32 keys costs no shuffles; weighted sums over a
 // chunk are lane-per-dimension (coalesced rows of v, k, q, dout), the chunk's weights broadcast by
 // __shfl_sync. Simple and exact in structure; a tiled tensor-core kernel is to replace it.
+// Every kernel is templated over the storage type T of q, k, v, out, dout and the gradients (float,
+// or bf16: loads widen, stores round once, bf16.cuh); lse and all arithmetic stay fp32.
 #include <cuda_runtime.h>
 
 #include <atomic>
@@ -27,6 +29,7 @@
 
 #include "core/error.h"
 #include "ops/cuda/attention.cuh"
+#include "ops/cuda/bf16.cuh"
 #include "ops/cuda/cuda_util.h"
 #include "ops/cuda/launch.cuh"
 #include "ops/cuda/ops_cuda.h"
@@ -37,6 +40,8 @@ namespace {
 using detail::Heads;
 
 using detail::kWarp;
+using detail::load;
+using detail::store;
 using detail::warp_sum;
 
 constexpr int kMaxHs = 256;        // head size limit: 8 dimensions per lane
@@ -50,31 +55,33 @@ __device__ __forceinline__ float warp_max(float v) {
 }
 
 // a (n) . b (n), serially in d order: the one dot product every score and D_t goes through.
-__device__ __forceinline__ float dot_serial(const float* a, const float* b, int n) {
+template <class A, class B>
+__device__ __forceinline__ float dot_serial(const A* a, const B* b, int n) {
   float s = 0.0f;
-  for (int d = 0; d < n; ++d) s += a[d] * b[d];
+  for (int d = 0; d < n; ++d) s += load(a + d) * load(b + d);
   return s;
 }
 
 // Copies one row (hs) into a warp's shared buffer, then makes it visible to the whole warp.
-__device__ __forceinline__ void load_row(float* dst, const float* src, int hs, int lane) {
-  for (int d = lane; d < hs; d += kWarp) dst[d] = src[d];
+template <class T>
+__device__ __forceinline__ void load_row(float* dst, const T* src, int hs, int lane) {
+  for (int d = lane; d < hs; d += kWarp) dst[d] = load(src + d);
   __syncwarp();
 }
 
 // out (B, T, ldo), lse (B, NH, T). Warp per query row; kPer dimensions per lane (d = lane + 32 i).
-template <int kPer>
-__global__ void attn_fwd_kernel(float* __restrict__ out, float* __restrict__ lse,
-                                const float* __restrict__ q, const float* __restrict__ k,
-                                const float* __restrict__ v, Heads g) {
+template <class T, int kPer>
+__global__ void attn_fwd_kernel(T* __restrict__ out, float* __restrict__ lse,
+                                const T* __restrict__ q, const T* __restrict__ k,
+                                const T* __restrict__ v, Heads g) {
   __shared__ float q_sh[kWarpsPerBlock][kMaxHs];
   const int lane = threadIdx.x % kWarp, w = threadIdx.x / kWarp;
   const long row = (long)blockIdx.x * kWarpsPerBlock + w;  // (b, h, t), t fastest
   if (row >= (long)g.B * g.NH * g.T) return;               // uniform across the warp
   const int t = (int)(row % g.T), h = (int)(row / g.T % g.NH), b = (int)(row / g.T / g.NH);
   const int hs = g.hs, kh = h / (g.NH / g.KVH);
-  const float* kk = k + (size_t)b * g.T * g.ldkv + (size_t)kh * hs;  // (T, hs), ld ldkv
-  const float* vv = v + (size_t)b * g.T * g.ldkv + (size_t)kh * hs;
+  const T* kk = k + (size_t)b * g.T * g.ldkv + (size_t)kh * hs;  // (T, hs), ld ldkv
+  const T* vv = v + (size_t)b * g.T * g.ldkv + (size_t)kh * hs;
   float* qs = q_sh[w];
   load_row(qs, q + ((size_t)b * g.T + t) * g.ldq + (size_t)h * hs, hs, lane);
 
@@ -95,30 +102,30 @@ __global__ void attn_fwd_kernel(float* __restrict__ out, float* __restrict__ lse
     for (int i = 0; i < kPer; ++i) acc[i] *= corr;
     for (int j = 0; j < n; ++j) {
       const float pj = __shfl_sync(kFull, p, j);
-      const float* vrow = vv + (size_t)(s0 + j) * g.ldkv;
+      const T* vrow = vv + (size_t)(s0 + j) * g.ldkv;
 #pragma unroll
       for (int i = 0; i < kPer; ++i) {
         const int d = lane + i * kWarp;
-        if (d < hs) acc[i] += pj * vrow[d];
+        if (d < hs) acc[i] += pj * load(vrow + d);
       }
     }
     m = m_new;
   }
-  float* o = out + ((size_t)b * g.T + t) * g.ldo + (size_t)h * hs;
+  T* o = out + ((size_t)b * g.T + t) * g.ldo + (size_t)h * hs;
   const float inv = 1.0f / l;
 #pragma unroll
   for (int i = 0; i < kPer; ++i) {
     const int d = lane + i * kWarp;
-    if (d < hs) o[d] = acc[i] * inv;
+    if (d < hs) store(o + d, acc[i] * inv);
   }
   if (lane == 0) lse[((size_t)b * g.NH + h) * g.T + t] = m + logf(l);
 }
 
 // (a) dq (B, T, ldq) assigned. Warp per query row (b, h, t).
-template <int kPer>
-__global__ void attn_bwd_dq_kernel(float* __restrict__ dq, const float* __restrict__ dout,
-                                   const float* __restrict__ q, const float* __restrict__ k,
-                                   const float* __restrict__ v, const float* __restrict__ out,
+template <class T, int kPer>
+__global__ void attn_bwd_dq_kernel(T* __restrict__ dq, const T* __restrict__ dout,
+                                   const T* __restrict__ q, const T* __restrict__ k,
+                                   const T* __restrict__ v, const T* __restrict__ out,
                                    const float* __restrict__ lse, Heads g) {
   __shared__ float q_sh[kWarpsPerBlock][kMaxHs];
   __shared__ float do_sh[kWarpsPerBlock][kMaxHs];
@@ -127,8 +134,8 @@ __global__ void attn_bwd_dq_kernel(float* __restrict__ dq, const float* __restri
   if (row >= (long)g.B * g.NH * g.T) return;
   const int t = (int)(row % g.T), h = (int)(row / g.T % g.NH), b = (int)(row / g.T / g.NH);
   const int hs = g.hs, kh = h / (g.NH / g.KVH);
-  const float* kk = k + (size_t)b * g.T * g.ldkv + (size_t)kh * hs;  // (T, hs), ld ldkv
-  const float* vv = v + (size_t)b * g.T * g.ldkv + (size_t)kh * hs;
+  const T* kk = k + (size_t)b * g.T * g.ldkv + (size_t)kh * hs;  // (T, hs), ld ldkv
+  const T* vv = v + (size_t)b * g.T * g.ldkv + (size_t)kh * hs;
   const size_t orow = ((size_t)b * g.T + t) * g.ldo + (size_t)h * hs;
   float* qs = q_sh[w];
   float* dos = do_sh[w];
@@ -150,29 +157,29 @@ __global__ void attn_bwd_dq_kernel(float* __restrict__ dq, const float* __restri
     }
     for (int j = 0; j < n; ++j) {
       const float dsj = __shfl_sync(kFull, ds, j);
-      const float* krow = kk + (size_t)(s0 + j) * g.ldkv;
+      const T* krow = kk + (size_t)(s0 + j) * g.ldkv;
 #pragma unroll
       for (int i = 0; i < kPer; ++i) {
         const int d = lane + i * kWarp;
-        if (d < hs) acc[i] += dsj * krow[d];
+        if (d < hs) acc[i] += dsj * load(krow + d);
       }
     }
   }
-  float* dqr = dq + ((size_t)b * g.T + t) * g.ldq + (size_t)h * hs;
+  T* dqr = dq + ((size_t)b * g.T + t) * g.ldq + (size_t)h * hs;
 #pragma unroll
   for (int i = 0; i < kPer; ++i) {
     const int d = lane + i * kWarp;
-    if (d < hs) dqr[d] = acc[i];
+    if (d < hs) store(dqr + d, acc[i]);
   }
 }
 
 // (b) dk, dv (B, T, ldkv) assigned. Warp per key row (b, kh, s); the group's query heads in
 // ascending order, query rows t = s..T-1 ascending.
-template <int kPer>
-__global__ void attn_bwd_dkv_kernel(float* __restrict__ dk, float* __restrict__ dv,
-                                    const float* __restrict__ dout, const float* __restrict__ q,
-                                    const float* __restrict__ k, const float* __restrict__ v,
-                                    const float* __restrict__ out, const float* __restrict__ lse,
+template <class T, int kPer>
+__global__ void attn_bwd_dkv_kernel(T* __restrict__ dk, T* __restrict__ dv,
+                                    const T* __restrict__ dout, const T* __restrict__ q,
+                                    const T* __restrict__ k, const T* __restrict__ v,
+                                    const T* __restrict__ out, const float* __restrict__ lse,
                                     Heads g) {
   __shared__ float k_sh[kWarpsPerBlock][kMaxHs];
   __shared__ float v_sh[kWarpsPerBlock][kMaxHs];
@@ -191,15 +198,15 @@ __global__ void attn_bwd_dkv_kernel(float* __restrict__ dk, float* __restrict__ 
 #pragma unroll
   for (int i = 0; i < kPer; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
   for (int h = kh * group; h < (kh + 1) * group; ++h) {
-    const float* qq = q + (size_t)b * g.T * g.ldq + (size_t)h * hs;     // (T, hs), ld ldq
-    const float* oo = out + (size_t)b * g.T * g.ldo + (size_t)h * hs;   // (T, hs), ld ldo
-    const float* dd = dout + (size_t)b * g.T * g.ldo + (size_t)h * hs;  // (T, hs), ld ldo
+    const T* qq = q + (size_t)b * g.T * g.ldq + (size_t)h * hs;         // (T, hs), ld ldq
+    const T* oo = out + (size_t)b * g.T * g.ldo + (size_t)h * hs;       // (T, hs), ld ldo
+    const T* dd = dout + (size_t)b * g.T * g.ldo + (size_t)h * hs;      // (T, hs), ld ldo
     const float* lse_bh = lse + ((size_t)b * g.NH + h) * g.T;           // (T)
     for (int t0 = s; t0 < g.T; t0 += kWarp) {
       const int t = t0 + lane, n = min(kWarp, g.T - t0);
       float p = 0.0f, ds = 0.0f;  // p_ts and dS_ts for query row t (0 past the end)
       if (t < g.T) {
-        const float* do_t = dd + (size_t)t * g.ldo;
+        const T* do_t = dd + (size_t)t * g.ldo;
         p = expf(dot_serial(qq + (size_t)t * g.ldq, ks, hs) * g.scale - lse_bh[t]);
         const float D = dot_serial(do_t, oo + (size_t)t * g.ldo, hs);
         const float dp = dot_serial(do_t, vs, hs);
@@ -207,14 +214,14 @@ __global__ void attn_bwd_dkv_kernel(float* __restrict__ dk, float* __restrict__ 
       }
       for (int j = 0; j < n; ++j) {
         const float pj = __shfl_sync(kFull, p, j), dsj = __shfl_sync(kFull, ds, j);
-        const float* qrow = qq + (size_t)(t0 + j) * g.ldq;
-        const float* dorow = dd + (size_t)(t0 + j) * g.ldo;
+        const T* qrow = qq + (size_t)(t0 + j) * g.ldq;
+        const T* dorow = dd + (size_t)(t0 + j) * g.ldo;
 #pragma unroll
         for (int i = 0; i < kPer; ++i) {
           const int d = lane + i * kWarp;
           if (d < hs) {
-            dk_acc[i] += dsj * qrow[d];
-            dv_acc[i] += pj * dorow[d];
+            dk_acc[i] += dsj * load(qrow + d);
+            dv_acc[i] += pj * load(dorow + d);
           }
         }
       }
@@ -224,8 +231,8 @@ __global__ void attn_bwd_dkv_kernel(float* __restrict__ dk, float* __restrict__ 
   for (int i = 0; i < kPer; ++i) {
     const int d = lane + i * kWarp;
     if (d < hs) {
-      dk[kvrow + d] = dk_acc[i];
-      dv[kvrow + d] = dv_acc[i];
+      store(dk + kvrow + d, dk_acc[i]);
+      store(dv + kvrow + d, dv_acc[i]);
     }
   }
 }
@@ -279,31 +286,37 @@ bool use_mma(const Heads& g, ops::MatmulPrecision p) {
   return p == ops::MatmulPrecision::bf16 && detail::mma_supported(g);
 }
 
-void forward_impl(float* out, float* lse, const float* q, const float* k, const float* v,
-                  const Heads& g, cudaStream_t stream, ops::MatmulPrecision p) {
+template <class T>
+void forward_impl(T* out, float* lse, const T* q, const T* k, const T* v, const Heads& g,
+                  cudaStream_t stream, ops::MatmulPrecision p) {
   const long rows = (long)g.B * g.NH * g.T;
   if (rows == 0) return;
   if (use_mma(g, p)) return detail::mma_forward(out, lse, q, k, v, g, stream);
   if (use_tiled(g)) return detail::tiled_forward(out, lse, q, k, v, g, stream);
   dispatch_per_lane(g.hs, [&](auto per) {
-    LMF_LAUNCH(attn_fwd_kernel<decltype(per)::value>, row_blocks(rows), kWarpsPerBlock * kWarp, 0, stream)(out, lse, q, k, v, g);
+    LMF_LAUNCH((attn_fwd_kernel<T, decltype(per)::value>), row_blocks(rows), kWarpsPerBlock * kWarp,
+               0, stream)
+    (out, lse, q, k, v, g);
   });
   LMF_CUDA_CHECK_LAUNCH();
 }
 
-void backward_impl(float* dq, float* dk, float* dv, const float* dout, const float* q,
-                   const float* k, const float* v, const float* out, const float* lse,
-                   const Heads& g, cudaStream_t stream, ops::MatmulPrecision p) {
+template <class T>
+void backward_impl(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v,
+                   const T* out, const float* lse, const Heads& g, cudaStream_t stream,
+                   ops::MatmulPrecision p) {
   const long qrows = (long)g.B * g.NH * g.T, kvrows = (long)g.B * g.KVH * g.T;
   if (qrows == 0) return;
   if (use_mma(g, p)) return detail::mma_backward(dq, dk, dv, dout, q, k, v, out, lse, g, stream);
   if (use_tiled(g)) return detail::tiled_backward(dq, dk, dv, dout, q, k, v, out, lse, g, stream);
   dispatch_per_lane(g.hs, [&](auto per) {
     constexpr int kPer = decltype(per)::value;
-    LMF_LAUNCH(attn_bwd_dq_kernel<kPer>, row_blocks(qrows), kWarpsPerBlock * kWarp, 0, stream)(dq, dout, q, k, v, out, lse, g);
+    LMF_LAUNCH((attn_bwd_dq_kernel<T, kPer>), row_blocks(qrows), kWarpsPerBlock * kWarp, 0, stream)
+    (dq, dout, q, k, v, out, lse, g);
     LMF_CUDA_CHECK_LAUNCH();
-    LMF_LAUNCH(attn_bwd_dkv_kernel<kPer>, row_blocks(kvrows), kWarpsPerBlock * kWarp, 0, stream)(
-        dk, dv, dout, q, k, v, out, lse, g);
+    LMF_LAUNCH((attn_bwd_dkv_kernel<T, kPer>), row_blocks(kvrows), kWarpsPerBlock * kWarp, 0,
+               stream)
+    (dk, dv, dout, q, k, v, out, lse, g);
     LMF_CUDA_CHECK_LAUNCH();
   });
 }
@@ -313,38 +326,87 @@ void backward_impl(float* dq, float* dk, float* dv, const float* dout, const flo
 void set_attention_kernel(AttentionKernel k) { kernel_choice().store(k); }
 AttentionKernel attention_kernel() { return kernel_choice().load(); }
 
-void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C, int NH,
-                       cudaStream_t stream, ops::MatmulPrecision p) {
+namespace {
+
+template <class F>
+void packed_forward(F* out, float* lse, const F* qkv, int B, int T, int C, int NH,
+                    cudaStream_t stream, ops::MatmulPrecision p) {
   LMF_CHECK(NH > 0 && C % NH == 0, "cuda attention: C={} not divisible by NH={}", C, NH);
   check_heads(NH, NH, C / NH);
   const Heads g = make_heads(B, T, NH, NH, C / NH, 3 * C, 3 * C, C);
   forward_impl(out, lse, qkv, qkv + C, qkv + 2 * C, g, stream, p);
 }
 
-void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
-                        const float* lse, int B, int T, int C, int NH, cudaStream_t stream,
-                        ops::MatmulPrecision p) {
+template <class F>
+void packed_backward(F* dqkv, const F* dout, const F* qkv, const F* out, const float* lse, int B,
+                     int T, int C, int NH, cudaStream_t stream, ops::MatmulPrecision p) {
   LMF_CHECK(NH > 0 && C % NH == 0, "cuda attention: C={} not divisible by NH={}", C, NH);
   check_heads(NH, NH, C / NH);
   const Heads g = make_heads(B, T, NH, NH, C / NH, 3 * C, 3 * C, C);
   backward_impl(dqkv, dqkv + C, dqkv + 2 * C, dout, qkv, qkv + C, qkv + 2 * C, out, lse, g, stream, p);
 }
 
-void attention_gqa_forward(float* out, float* lse, const float* q, const float* k, const float* v,
-                           int B, int T, int NH, int KVH, int hs, cudaStream_t stream,
-                           ops::MatmulPrecision p) {
+template <class F>
+void gqa_forward(F* out, float* lse, const F* q, const F* k, const F* v, int B, int T, int NH,
+                 int KVH, int hs, cudaStream_t stream, ops::MatmulPrecision p) {
   check_heads(NH, KVH, hs);
   const Heads g = make_heads(B, T, NH, KVH, hs, NH * hs, KVH * hs, NH * hs);
   forward_impl(out, lse, q, k, v, g, stream, p);
+}
+
+template <class F>
+void gqa_backward(F* dq, F* dk, F* dv, const F* dout, const F* q, const F* k, const F* v,
+                  const F* out, const float* lse, int B, int T, int NH, int KVH, int hs,
+                  cudaStream_t stream, ops::MatmulPrecision p) {
+  check_heads(NH, KVH, hs);
+  const Heads g = make_heads(B, T, NH, KVH, hs, NH * hs, KVH * hs, NH * hs);
+  backward_impl(dq, dk, dv, dout, q, k, v, out, lse, g, stream, p);
+}
+
+}  // namespace
+
+void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C, int NH,
+                       cudaStream_t stream, ops::MatmulPrecision p) {
+  packed_forward(out, lse, qkv, B, T, C, NH, stream, p);
+}
+void attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
+                       cudaStream_t stream, ops::MatmulPrecision p) {
+  packed_forward(out, lse, qkv, B, T, C, NH, stream, p);
+}
+
+void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                        const float* lse, int B, int T, int C, int NH, cudaStream_t stream,
+                        ops::MatmulPrecision p) {
+  packed_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, stream, p);
+}
+void attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
+                        const float* lse, int B, int T, int C, int NH, cudaStream_t stream,
+                        ops::MatmulPrecision p) {
+  packed_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, stream, p);
+}
+
+void attention_gqa_forward(float* out, float* lse, const float* q, const float* k, const float* v,
+                           int B, int T, int NH, int KVH, int hs, cudaStream_t stream,
+                           ops::MatmulPrecision p) {
+  gqa_forward(out, lse, q, k, v, B, T, NH, KVH, hs, stream, p);
+}
+void attention_gqa_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
+                           int B, int T, int NH, int KVH, int hs, cudaStream_t stream,
+                           ops::MatmulPrecision p) {
+  gqa_forward(out, lse, q, k, v, B, T, NH, KVH, hs, stream, p);
 }
 
 void attention_gqa_backward(float* dq, float* dk, float* dv, const float* dout, const float* q,
                             const float* k, const float* v, const float* out, const float* lse,
                             int B, int T, int NH, int KVH, int hs, cudaStream_t stream,
                             ops::MatmulPrecision p) {
-  check_heads(NH, KVH, hs);
-  const Heads g = make_heads(B, T, NH, KVH, hs, NH * hs, KVH * hs, NH * hs);
-  backward_impl(dq, dk, dv, dout, q, k, v, out, lse, g, stream, p);
+  gqa_backward(dq, dk, dv, dout, q, k, v, out, lse, B, T, NH, KVH, hs, stream, p);
+}
+void attention_gqa_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* q,
+                            const bf16* k, const bf16* v, const bf16* out, const float* lse, int B,
+                            int T, int NH, int KVH, int hs, cudaStream_t stream,
+                            ops::MatmulPrecision p) {
+  gqa_backward(dq, dk, dv, dout, q, k, v, out, lse, B, T, NH, KVH, hs, stream, p);
 }
 
 }  // namespace lmf::cuda

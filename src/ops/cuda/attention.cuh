@@ -3,6 +3,7 @@
 // shared memory; attention_mma.cu: tiles on the tensor cores). Include from .cu only.
 #include <cuda_runtime.h>
 
+#include "core/half.h"
 #include "ops/cuda/attention_heads.h"
 
 namespace lmf::cuda::detail {
@@ -28,19 +29,24 @@ __device__ __forceinline__ void block_place(int tiles, int heads, int& tile, int
 }
 
 // The tiled kernels (attention_tiled.cu), for hs <= kTiledMaxHs; same contracts as the row
-// kernels of attention.cu (outputs assigned, lse (B, NH, T)).
+// kernels of attention.cu (outputs assigned, lse (B, NH, T)). F, the storage type of every tensor
+// but lse: float or bf16 (instantiated for both).
 constexpr int kTiledMaxHs = 128;
-void tiled_forward(float* out, float* lse, const float* q, const float* k, const float* v, const Heads& g,
+template <class F>
+void tiled_forward(F* out, float* lse, const F* q, const F* k, const F* v, const Heads& g,
                    cudaStream_t stream);
-void tiled_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
-                    const float* v, const float* out, const float* lse, const Heads& g, cudaStream_t stream);
+template <class F>
+void tiled_backward(F* dq, F* dk, F* dv, const F* dout, const F* q, const F* k, const F* v,
+                    const F* out, const float* lse, const Heads& g, cudaStream_t stream);
 
 // The tensor-core kernels (attention_mma.cu: bf16 products, fp32 softmax and sums), for head
 // sizes that are multiples of 16 up to 128 (mma_supported); same contracts.
 bool mma_supported(const Heads& g);
-void mma_forward(float* out, float* lse, const float* q, const float* k, const float* v, const Heads& g,
+template <class F>
+void mma_forward(F* out, float* lse, const F* q, const F* k, const F* v, const Heads& g,
                  cudaStream_t stream);
-void mma_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
-                  const float* v, const float* out, const float* lse, const Heads& g, cudaStream_t stream);
+template <class F>
+void mma_backward(F* dq, F* dk, F* dv, const F* dout, const F* q, const F* k, const F* v,
+                  const F* out, const float* lse, const Heads& g, cudaStream_t stream);
 
 }  // namespace lmf::cuda::detail

@@ -22,6 +22,9 @@
 // (dimension-major) for those read along the sequence, so that every fragment register is one
 // aligned 32-bit load. Rows are padded by 8 bf16 (16 bytes): a fragment load's 32 lanes then hit
 // 32 different banks.
+// Templated over the storage type F of q, k, v, out, dout and the gradients: fp32 (rounded to bf16
+// as staged) or bf16 storage (read exactly: the same tiles without the rounding), outputs stored
+// through bf16.cuh (for bf16 rounded once).
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -29,6 +32,7 @@
 
 #include "core/error.h"
 #include "ops/cuda/attention.cuh"
+#include "ops/cuda/bf16.cuh"
 #include "ops/cuda/cuda_util.h"
 #include "ops/cuda/launch.cuh"
 #include "ops/cuda/mma.cuh"
@@ -43,16 +47,16 @@ constexpr int kTile = 64;  // rows a block owns (4 warps of 16), and the forward
 
 // Rows [r0, r0 + R) of a (T, HS) fp32 head (row stride ld) as bf16 into shared memory:
 // row-major rm (R, HS + 8) and / or transposed tr (HS, R + 8); rows past T are zero.
-template <int HS, int R>
-__device__ __forceinline__ void stage(uint16_t (*rm)[HS + 8], uint16_t (*tr)[R + 8], const float* src,
+template <int HS, int R, class F>
+__device__ __forceinline__ void stage(uint16_t (*rm)[HS + 8], uint16_t (*tr)[R + 8], const F* src,
                                       int ld, int r0, int T) {
   for (int i = threadIdx.x; i < R * HS / 2; i += kThreadsM) {
     const int r = i / (HS / 2), d = 2 * (i % (HS / 2));
     float x0 = 0.0f, x1 = 0.0f;
     if (r0 + r < T) {
-      const float* p = src + (size_t)(r0 + r) * ld + d;
-      x0 = p[0];
-      x1 = p[1];
+      const F* p = src + (size_t)(r0 + r) * ld + d;
+      x0 = load(p);
+      x1 = load(p + 1);
     }
     const uint32_t w = pack_bf16(x0, x1);
     if (rm) store_pair(rm[r], d, w);
@@ -65,15 +69,15 @@ __device__ __forceinline__ void stage(uint16_t (*rm)[HS + 8], uint16_t (*tr)[R +
 
 // The A fragments (HS / 16 k-slabs) of rows [r0, r0 + 16) of a (T, HS) fp32 head in global
 // memory, rounded to bf16; rows past T are zero.
-template <int HS>
-__device__ __forceinline__ void load_a(uint32_t (&a)[HS / 16][4], const float* src, int ld, int r0,
+template <int HS, class F>
+__device__ __forceinline__ void load_a(uint32_t (&a)[HS / 16][4], const F* src, int ld, int r0,
                                        int T) {
   const int ln = threadIdx.x % 32, g = ln / 4, c = ln % 4;
   const int ra = r0 + g, rb = r0 + g + 8;
 #pragma unroll
   for (int s = 0; s < HS / 16; ++s) {
     const int d0 = 16 * s + 2 * c, d1 = d0 + 8;
-    auto at = [&](int r, int d) { return r < T ? src[(size_t)r * ld + d] : 0.0f; };
+    auto at = [&](int r, int d) { return r < T ? load(src + (size_t)r * ld + d) : 0.0f; };
     a[s][0] = pack_bf16(at(ra, d0), at(ra, d0 + 1));
     a[s][1] = pack_bf16(at(rb, d0), at(rb, d0 + 1));
     a[s][2] = pack_bf16(at(ra, d1), at(ra, d1 + 1));
@@ -121,11 +125,10 @@ __device__ __forceinline__ void product_pv(float (&out)[HS / 8][4], const float 
   }
 }
 
-
-template <int HS>
+template <class F, int HS>
 __global__ void __launch_bounds__(kThreadsM)
-    fwd_mma(float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ q,
-            const float* __restrict__ k, const float* __restrict__ v, Heads g) {
+    fwd_mma(F* __restrict__ out, float* __restrict__ lse, const F* __restrict__ q,
+            const F* __restrict__ k, const F* __restrict__ v, Heads g) {
   alignas(16) __shared__ uint16_t Ks[kTile][HS + 8];
   alignas(16) __shared__ uint16_t Vt[HS][kTile + 8];
   int qt, h, b;
@@ -134,8 +137,8 @@ __global__ void __launch_bounds__(kThreadsM)
   const int w = threadIdx.x / 32, ln = threadIdx.x % 32, gr = ln / 4, c = ln % 4;
   const int q0 = qt * kTile, r0 = q0 + 16 * w;  // the warp's first row
   const int row[2] = {r0 + gr, r0 + gr + 8};     // this lane's rows (fragment halves 0, 1)
-  const float* kb = k + (size_t)b * g.T * g.ldkv + (size_t)kh * HS;
-  const float* vb = v + (size_t)b * g.T * g.ldkv + (size_t)kh * HS;
+  const F* kb = k + (size_t)b * g.T * g.ldkv + (size_t)kh * HS;
+  const F* vb = v + (size_t)b * g.T * g.ldkv + (size_t)kh * HS;
   uint32_t qa[HS / 16][4];
   load_a<HS>(qa, q + (size_t)b * g.T * g.ldq + (size_t)h * HS, g.ldq, r0, g.T);
 
@@ -194,29 +197,29 @@ __global__ void __launch_bounds__(kThreadsM)
     const int t = row[x];
     if (t >= g.T) continue;
     const float inv = 1.0f / l[x];
-    float* dst = out + ((size_t)b * g.T + t) * g.ldo + (size_t)h * HS;
+    F* dst = out + ((size_t)b * g.T + t) * g.ldo + (size_t)h * HS;
 #pragma unroll
     for (int d = 0; d < HS / 8; ++d) {
-      dst[8 * d + 2 * c] = o[d][2 * x] * inv;
-      dst[8 * d + 2 * c + 1] = o[d][2 * x + 1] * inv;
+      store(dst + 8 * d + 2 * c, o[d][2 * x] * inv);
+      store(dst + 8 * d + 2 * c + 1, o[d][2 * x + 1] * inv);
     }
     if (c == 0) lse[((size_t)b * g.NH + h) * g.T + t] = m[x] + logf(l[x]);
   }
 }
 
 // D_t = dout_t . out_t in d order, fp32 (0 past T).
-template <int HS>
-__device__ __forceinline__ float row_dot(const float* a, const float* b) {
+template <int HS, class F>
+__device__ __forceinline__ float row_dot(const F* a, const F* b) {
   float s = 0.0f;
-  for (int d = 0; d < HS; ++d) s += a[d] * b[d];
+  for (int d = 0; d < HS; ++d) s += load(a + d) * load(b + d);
   return s;
 }
 
 // S: keys per step (64; 32 above hs = 64, which keeps the tiles in 48 KB of static shared memory).
-template <int HS, int S>
+template <class F, int HS, int S>
 __global__ void __launch_bounds__(kThreadsM)
-    dq_mma(float* __restrict__ dq, const float* __restrict__ dout, const float* __restrict__ q,
-           const float* __restrict__ k, const float* __restrict__ v, const float* __restrict__ out,
+    dq_mma(F* __restrict__ dq, const F* __restrict__ dout, const F* __restrict__ q,
+           const F* __restrict__ k, const F* __restrict__ v, const F* __restrict__ out,
            const float* __restrict__ lse, Heads g) {
   alignas(16) __shared__ uint16_t Ks[S][HS + 8];
   alignas(16) __shared__ uint16_t Vs[S][HS + 8];
@@ -227,10 +230,10 @@ __global__ void __launch_bounds__(kThreadsM)
   const int w = threadIdx.x / 32, ln = threadIdx.x % 32, gr = ln / 4, c = ln % 4;
   const int q0 = qt * kTile, r0 = q0 + 16 * w;
   const int row[2] = {r0 + gr, r0 + gr + 8};
-  const float* kb = k + (size_t)b * g.T * g.ldkv + (size_t)kh * HS;
-  const float* vb = v + (size_t)b * g.T * g.ldkv + (size_t)kh * HS;
-  const float* ob = out + (size_t)b * g.T * g.ldo + (size_t)h * HS;
-  const float* gb = dout + (size_t)b * g.T * g.ldo + (size_t)h * HS;
+  const F* kb = k + (size_t)b * g.T * g.ldkv + (size_t)kh * HS;
+  const F* vb = v + (size_t)b * g.T * g.ldkv + (size_t)kh * HS;
+  const F* ob = out + (size_t)b * g.T * g.ldo + (size_t)h * HS;
+  const F* gb = dout + (size_t)b * g.T * g.ldo + (size_t)h * HS;
   uint32_t qa[HS / 16][4], ga[HS / 16][4];
   load_a<HS>(qa, q + (size_t)b * g.T * g.ldq + (size_t)h * HS, g.ldq, r0, g.T);
   load_a<HS>(ga, gb, g.ldo, r0, g.T);
@@ -270,11 +273,11 @@ __global__ void __launch_bounds__(kThreadsM)
   for (int x = 0; x < 2; ++x) {
     const int t = row[x];
     if (t >= g.T) continue;
-    float* dst = dq + ((size_t)b * g.T + t) * g.ldq + (size_t)h * HS;
+    F* dst = dq + ((size_t)b * g.T + t) * g.ldq + (size_t)h * HS;
 #pragma unroll
     for (int d = 0; d < HS / 8; ++d) {
-      dst[8 * d + 2 * c] = acc[d][2 * x];
-      dst[8 * d + 2 * c + 1] = acc[d][2 * x + 1];
+      store(dst + 8 * d + 2 * c, acc[d][2 * x]);
+      store(dst + 8 * d + 2 * c + 1, acc[d][2 * x + 1]);
     }
   }
 }
@@ -282,11 +285,11 @@ __global__ void __launch_bounds__(kThreadsM)
 // S: queries per step (as dq_mma). kParts: 3 computes dk and dv; above hs = 64, where both
 // accumulators and the k, v fragments would not fit the registers, 1 (dk only) and 2 (dv only)
 // run as two kernels, each recomputing the scores.
-template <int HS, int S, int kParts>
+template <class F, int HS, int S, int kParts>
 __global__ void __launch_bounds__(kThreadsM)
-    dkv_mma(float* __restrict__ dk, float* __restrict__ dv, const float* __restrict__ dout,
-            const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
-            const float* __restrict__ out, const float* __restrict__ lse, Heads g) {
+    dkv_mma(F* __restrict__ dk, F* __restrict__ dv, const F* __restrict__ dout,
+            const F* __restrict__ q, const F* __restrict__ k, const F* __restrict__ v,
+            const F* __restrict__ out, const float* __restrict__ lse, Heads g) {
   constexpr bool kDk = (kParts & 1) != 0, kDv = (kParts & 2) != 0;
   alignas(16) __shared__ uint16_t Qs[S][HS + 8];
   alignas(16) __shared__ uint16_t Qt[HS][S + 8];
@@ -311,9 +314,9 @@ __global__ void __launch_bounds__(kThreadsM)
 #pragma unroll
     for (int i = 0; i < 4; ++i) dk_acc[d][i] = dv_acc[d][i] = 0.0f;
   for (int h = kh * group; h < (kh + 1) * group; ++h) {
-    const float* qh = q + (size_t)b * g.T * g.ldq + (size_t)h * HS;
-    const float* oh = out + (size_t)b * g.T * g.ldo + (size_t)h * HS;
-    const float* gh = dout + (size_t)b * g.T * g.ldo + (size_t)h * HS;
+    const F* qh = q + (size_t)b * g.T * g.ldq + (size_t)h * HS;
+    const F* oh = out + (size_t)b * g.T * g.ldo + (size_t)h * HS;
+    const F* gh = dout + (size_t)b * g.T * g.ldo + (size_t)h * HS;
     const float* lse_bh = lse + ((size_t)b * g.NH + h) * g.T;
     for (int q0 = k0; q0 < g.T; q0 += S) {  // queries before k0 see none of these keys
       __syncthreads();
@@ -350,12 +353,12 @@ __global__ void __launch_bounds__(kThreadsM)
 #pragma unroll
     for (int d = 0; d < HS / 8; ++d) {
       if constexpr (kDk) {
-        dk[at + 8 * d + 2 * c] = dk_acc[d][2 * x];
-        dk[at + 8 * d + 2 * c + 1] = dk_acc[d][2 * x + 1];
+        store(dk + at + 8 * d + 2 * c, dk_acc[d][2 * x]);
+        store(dk + at + 8 * d + 2 * c + 1, dk_acc[d][2 * x + 1]);
       }
       if constexpr (kDv) {
-        dv[at + 8 * d + 2 * c] = dv_acc[d][2 * x];
-        dv[at + 8 * d + 2 * c + 1] = dv_acc[d][2 * x + 1];
+        store(dv + at + 8 * d + 2 * c, dv_acc[d][2 * x]);
+        store(dv + at + 8 * d + 2 * c + 1, dv_acc[d][2 * x + 1]);
       }
     }
   }
@@ -381,35 +384,49 @@ void dispatch_hs(int hs, F f) {
 
 bool mma_supported(const Heads& g) { return g.hs % 16 == 0 && g.hs >= 16 && g.hs <= 128; }
 
-void mma_forward(float* out, float* lse, const float* q, const float* k, const float* v,
-                 const Heads& g, cudaStream_t stream) {
+template <class F>
+void mma_forward(F* out, float* lse, const F* q, const F* k, const F* v, const Heads& g,
+                 cudaStream_t stream) {
   if (g.B == 0 || g.T == 0) return;
   const unsigned blocks = (unsigned)((long)g.B * g.NH * ((g.T + kTile - 1) / kTile));
   dispatch_hs(g.hs, [&](auto hs) {
-    LMF_LAUNCH(fwd_mma<decltype(hs)::value>, blocks, kThreadsM, 0, stream)(out, lse, q, k, v, g);
+    LMF_LAUNCH((fwd_mma<F, decltype(hs)::value>), blocks, kThreadsM, 0, stream)
+    (out, lse, q, k, v, g);
   });
   LMF_CUDA_CHECK_LAUNCH();
 }
 
-void mma_backward(float* dq, float* dk, float* dv, const float* dout, const float* q,
-                  const float* k, const float* v, const float* out, const float* lse,
-                  const Heads& g, cudaStream_t stream) {
+template <class F>
+void mma_backward(F* dq, F* dk, F* dv, const F* dout, const F* q, const F* k, const F* v,
+                  const F* out, const float* lse, const Heads& g, cudaStream_t stream) {
   if (g.B == 0 || g.T == 0) return;
   const long tiles = (g.T + kTile - 1) / kTile;
   dispatch_hs(g.hs, [&](auto hs) {
     constexpr int HS = decltype(hs)::value, S = HS > 64 ? 32 : 64;
     const auto q_blocks = (unsigned)((long)g.B * g.NH * tiles), kv_blocks = (unsigned)((long)g.B * g.KVH * tiles);
-    LMF_LAUNCH((dq_mma<HS, S>), q_blocks, kThreadsM, 0, stream)(dq, dout, q, k, v, out, lse, g);
+    LMF_LAUNCH((dq_mma<F, HS, S>), q_blocks, kThreadsM, 0, stream)(dq, dout, q, k, v, out, lse, g);
     LMF_CUDA_CHECK_LAUNCH();
     if constexpr (HS > 64) {  // dk and dv in two kernels (dkv_mma)
-      LMF_LAUNCH((dkv_mma<HS, S, 1>), kv_blocks, kThreadsM, 0, stream)(dk, dv, dout, q, k, v, out, lse, g);
+      LMF_LAUNCH((dkv_mma<F, HS, S, 1>), kv_blocks, kThreadsM, 0, stream)
+      (dk, dv, dout, q, k, v, out, lse, g);
       LMF_CUDA_CHECK_LAUNCH();
-      LMF_LAUNCH((dkv_mma<HS, S, 2>), kv_blocks, kThreadsM, 0, stream)(dk, dv, dout, q, k, v, out, lse, g);
+      LMF_LAUNCH((dkv_mma<F, HS, S, 2>), kv_blocks, kThreadsM, 0, stream)
+      (dk, dv, dout, q, k, v, out, lse, g);
     } else {
-      LMF_LAUNCH((dkv_mma<HS, S, 3>), kv_blocks, kThreadsM, 0, stream)(dk, dv, dout, q, k, v, out, lse, g);
+      LMF_LAUNCH((dkv_mma<F, HS, S, 3>), kv_blocks, kThreadsM, 0, stream)
+      (dk, dv, dout, q, k, v, out, lse, g);
     }
     LMF_CUDA_CHECK_LAUNCH();
   });
 }
+
+template void mma_forward(float*, float*, const float*, const float*, const float*, const Heads&,
+                          cudaStream_t);
+template void mma_forward(bf16*, float*, const bf16*, const bf16*, const bf16*, const Heads&,
+                          cudaStream_t);
+template void mma_backward(float*, float*, float*, const float*, const float*, const float*,
+                           const float*, const float*, const float*, const Heads&, cudaStream_t);
+template void mma_backward(bf16*, bf16*, bf16*, const bf16*, const bf16*, const bf16*, const bf16*,
+                           const bf16*, const float*, const Heads&, cudaStream_t);
 
 }  // namespace lmf::cuda::detail

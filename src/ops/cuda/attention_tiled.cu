@@ -18,6 +18,8 @@
 //           dv_s = sum p_ts dout_t, dk_s = sum dS_ts q_t, in (h, t) ascending order.
 // Shared rows are padded to hs + 1 floats, so the threads of a warp, which read 8 rows at the same
 // d, hit 8 different banks.
+// Templated over the storage type T of q, k, v, out, dout and the gradients (float or bf16,
+// bf16.cuh): tiles are widened into fp32 shared memory, outputs rounded once as stored.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -26,6 +28,7 @@
 
 #include "core/error.h"
 #include "ops/cuda/attention.cuh"
+#include "ops/cuda/bf16.cuh"
 #include "ops/cuda/cuda_util.h"
 #include "ops/cuda/launch.cuh"
 
@@ -39,9 +42,10 @@ constexpr int kPad = kStep + 1;  // a (kRows, kStep) score tile's row stride
 
 
 // a (n) . b (n) in d order: the same serial dot as attention.cu's dot_serial.
-__device__ __forceinline__ float dot_in_order(const float* a, const float* b, int n) {
+template <class B>
+__device__ __forceinline__ float dot_in_order(const float* a, const B* b, int n) {
   float s = 0.0f;
-  for (int d = 0; d < n; ++d) s += a[d] * b[d];
+  for (int d = 0; d < n; ++d) s += a[d] * load(b + d);
   return s;
 }
 
@@ -61,14 +65,14 @@ __device__ __forceinline__ void scores(float (&out)[kStep / 4], const float* a, 
 
 // rows [r0, r0 + n) of a (T, hs) head with row stride ld_src into shared dst (n, ld); rows past
 // T are zero.
-__device__ __forceinline__ void load_tile(float* dst, int ld, const float* src, int ld_src, int r0,
+template <class F>
+__device__ __forceinline__ void load_tile(float* dst, int ld, const F* src, int ld_src, int r0,
                                           int n, int T, int hs) {
   for (int i = threadIdx.x; i < n * hs; i += kThreadsT) {
     const int r = i / hs, d = i % hs;
-    dst[r * ld + d] = r0 + r < T ? src[(size_t)(r0 + r) * ld_src + d] : 0.0f;
+    dst[r * ld + d] = r0 + r < T ? load(src + (size_t)(r0 + r) * ld_src + d) : 0.0f;
   }
 }
-
 
 // A query-tile block's place (forward and dq): batch b, query head h reading kv head kh, the
 // tile's first row q0, and this thread's row r (query t, in range if row_ok) and quarter c4.
@@ -99,20 +103,20 @@ __device__ __forceinline__ void accumulate_rows(float (&acc)[kPer], const float*
 }
 
 // dst[c4 + 4 i] = acc[i] * s: a thread's dimensions of its row.
-template <int kPer>
-__device__ __forceinline__ void store_row(float* dst, const float (&acc)[kPer], float s, int c4,
+template <int kPer, class F>
+__device__ __forceinline__ void store_row(F* dst, const float (&acc)[kPer], float s, int c4,
                                           int hs) {
 #pragma unroll
   for (int i = 0; i < kPer; ++i) {
     const int d = c4 + 4 * i;
-    if (d < hs) dst[d] = acc[i] * s;
+    if (d < hs) store(dst + d, acc[i] * s);
   }
 }
 
-template <int kPer>  // dimensions per thread: ceil(hs / 4) rounded up to 8, 16 or 32
+template <class F, int kPer>  // dimensions per thread: ceil(hs / 4) rounded up to 8, 16 or 32
 __global__ void __launch_bounds__(kThreadsT)
-    fwd_tiled(float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ q,
-              const float* __restrict__ k, const float* __restrict__ v, Heads g) {
+    fwd_tiled(F* __restrict__ out, float* __restrict__ lse, const F* __restrict__ q,
+              const F* __restrict__ k, const F* __restrict__ v, Heads g) {
   LMF_DYNAMIC_SHARED(float, sm);
   const int hs = g.hs, ld = hs + 1;
   float* Qs = sm;               // (kRows, ld)
@@ -120,9 +124,9 @@ __global__ void __launch_bounds__(kThreadsT)
   float* Vs = Ks + kStep * ld;  // (kStep, ld)
   float* Ps = Vs + kStep * ld;  // (kRows, kPad)
   const auto [b, h, kh, r, c4, q0, t, row_ok] = query_tile_place(g);
-  const float* qh = q + (size_t)b * g.T * g.ldq + (size_t)h * hs;
-  const float* kb = k + (size_t)b * g.T * g.ldkv + (size_t)kh * hs;
-  const float* vb = v + (size_t)b * g.T * g.ldkv + (size_t)kh * hs;
+  const F* qh = q + (size_t)b * g.T * g.ldq + (size_t)h * hs;
+  const F* kb = k + (size_t)b * g.T * g.ldkv + (size_t)kh * hs;
+  const F* vb = v + (size_t)b * g.T * g.ldkv + (size_t)kh * hs;
   load_tile(Qs, ld, qh, g.ldq, q0, kRows, g.T, hs);
 
   // Invariant after each step, for row t: m = max score so far, l = sum exp(score - m), acc =
@@ -166,11 +170,11 @@ __global__ void __launch_bounds__(kThreadsT)
   if (c4 == 0) lse[((size_t)b * g.NH + h) * g.T + t] = m + logf(l);
 }
 
-template <int kPer>
+template <class F, int kPer>
 __global__ void __launch_bounds__(kThreadsT)
-    dq_tiled(float* __restrict__ dq, const float* __restrict__ dout, const float* __restrict__ q,
-             const float* __restrict__ k, const float* __restrict__ v,
-             const float* __restrict__ out, const float* __restrict__ lse, Heads g) {
+    dq_tiled(F* __restrict__ dq, const F* __restrict__ dout, const F* __restrict__ q,
+             const F* __restrict__ k, const F* __restrict__ v, const F* __restrict__ out,
+             const float* __restrict__ lse, Heads g) {
   LMF_DYNAMIC_SHARED(float, sm);
   const int hs = g.hs, ld = hs + 1;
   float* Qs = sm;               // (kRows, ld)
@@ -179,8 +183,8 @@ __global__ void __launch_bounds__(kThreadsT)
   float* Vs = Ks + kStep * ld;  // (kStep, ld)
   float* Ss = Vs + kStep * ld;  // dS (kRows, kPad)
   const auto [b, h, kh, r, c4, q0, t, row_ok] = query_tile_place(g);
-  const float* kb = k + (size_t)b * g.T * g.ldkv + (size_t)kh * hs;
-  const float* vb = v + (size_t)b * g.T * g.ldkv + (size_t)kh * hs;
+  const F* kb = k + (size_t)b * g.T * g.ldkv + (size_t)kh * hs;
+  const F* vb = v + (size_t)b * g.T * g.ldkv + (size_t)kh * hs;
   load_tile(Qs, ld, q + (size_t)b * g.T * g.ldq + (size_t)h * hs, g.ldq, q0, kRows, g.T, hs);
   load_tile(Ds, ld, dout + (size_t)b * g.T * g.ldo + (size_t)h * hs, g.ldo, q0, kRows, g.T, hs);
   __syncthreads();
@@ -215,11 +219,11 @@ __global__ void __launch_bounds__(kThreadsT)
   store_row(dq + ((size_t)b * g.T + t) * g.ldq + (size_t)h * hs, acc, 1.0f, c4, hs);
 }
 
-template <int kPer>
+template <class F, int kPer>
 __global__ void __launch_bounds__(kThreadsT)
-    dkv_tiled(float* __restrict__ dk, float* __restrict__ dv, const float* __restrict__ dout,
-              const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
-              const float* __restrict__ out, const float* __restrict__ lse, Heads g) {
+    dkv_tiled(F* __restrict__ dk, F* __restrict__ dv, const F* __restrict__ dout,
+              const F* __restrict__ q, const F* __restrict__ k, const F* __restrict__ v,
+              const F* __restrict__ out, const float* __restrict__ lse, Heads g) {
   LMF_DYNAMIC_SHARED(float, sm);
   const int hs = g.hs, ld = hs + 1;
   float* Ks = sm;                 // (kRows, ld)
@@ -245,9 +249,9 @@ __global__ void __launch_bounds__(kThreadsT)
 #pragma unroll
   for (int i = 0; i < kPer; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
   for (int h = kh * group; h < (kh + 1) * group; ++h) {
-    const float* qh = q + (size_t)b * g.T * g.ldq + (size_t)h * hs;
-    const float* oh = out + (size_t)b * g.T * g.ldo + (size_t)h * hs;
-    const float* dh = dout + (size_t)b * g.T * g.ldo + (size_t)h * hs;
+    const F* qh = q + (size_t)b * g.T * g.ldq + (size_t)h * hs;
+    const F* oh = out + (size_t)b * g.T * g.ldo + (size_t)h * hs;
+    const F* dh = dout + (size_t)b * g.T * g.ldo + (size_t)h * hs;
     const float* lse_bh = lse + ((size_t)b * g.NH + h) * g.T;
     for (int q0 = k0; q0 < g.T; q0 += kStep) {  // queries before k0 see none of these keys
       __syncthreads();
@@ -325,33 +329,43 @@ void dispatch_per_thread(int hs, F f) {
 
 }  // namespace
 
-void tiled_forward(float* out, float* lse, const float* q, const float* k, const float* v,
-                   const Heads& g, cudaStream_t stream) {
+template <class F>
+void tiled_forward(F* out, float* lse, const F* q, const F* k, const F* v, const Heads& g,
+                   cudaStream_t stream) {
   LMF_CHECK(g.hs <= kTiledMaxHs, "tiled attention: head size {} above {}", g.hs, kTiledMaxHs);
   if (g.B == 0 || g.T == 0) return;
   const unsigned blocks = (unsigned)((long)g.B * g.NH * ((g.T + kRows - 1) / kRows));
   dispatch_per_thread(g.hs, [&](auto per) {
-    launch<fwd_tiled<decltype(per)::value>>(blocks, fwd_floats(g.hs) * sizeof(float),
-                                            fwd_floats(kTiledMaxHs) * sizeof(float), stream, out,
-                                            lse, q, k, v, g);
+    launch<fwd_tiled<F, decltype(per)::value>>(blocks, fwd_floats(g.hs) * sizeof(float),
+                                               fwd_floats(kTiledMaxHs) * sizeof(float), stream, out,
+                                               lse, q, k, v, g);
   });
 }
 
-void tiled_backward(float* dq, float* dk, float* dv, const float* dout, const float* q,
-                    const float* k, const float* v, const float* out, const float* lse,
-                    const Heads& g, cudaStream_t stream) {
+template <class F>
+void tiled_backward(F* dq, F* dk, F* dv, const F* dout, const F* q, const F* k, const F* v,
+                    const F* out, const float* lse, const Heads& g, cudaStream_t stream) {
   LMF_CHECK(g.hs <= kTiledMaxHs, "tiled attention: head size {} above {}", g.hs, kTiledMaxHs);
   if (g.B == 0 || g.T == 0) return;
   const long tiles = (g.T + kRows - 1) / kRows;
   dispatch_per_thread(g.hs, [&](auto per) {
     constexpr int kPer = decltype(per)::value;
-    launch<dq_tiled<kPer>>((unsigned)((long)g.B * g.NH * tiles), dq_floats(g.hs) * sizeof(float),
-                           dq_floats(kTiledMaxHs) * sizeof(float), stream, dq, dout, q, k, v, out,
-                           lse, g);
-    launch<dkv_tiled<kPer>>((unsigned)((long)g.B * g.KVH * tiles), dkv_floats(g.hs) * sizeof(float),
-                            dkv_floats(kTiledMaxHs) * sizeof(float), stream, dk, dv, dout, q, k, v,
-                            out, lse, g);
+    launch<dq_tiled<F, kPer>>((unsigned)((long)g.B * g.NH * tiles), dq_floats(g.hs) * sizeof(float),
+                              dq_floats(kTiledMaxHs) * sizeof(float), stream, dq, dout, q, k, v,
+                              out, lse, g);
+    launch<dkv_tiled<F, kPer>>(
+        (unsigned)((long)g.B * g.KVH * tiles), dkv_floats(g.hs) * sizeof(float),
+        dkv_floats(kTiledMaxHs) * sizeof(float), stream, dk, dv, dout, q, k, v, out, lse, g);
   });
 }
+
+template void tiled_forward(float*, float*, const float*, const float*, const float*, const Heads&,
+                            cudaStream_t);
+template void tiled_forward(bf16*, float*, const bf16*, const bf16*, const bf16*, const Heads&,
+                            cudaStream_t);
+template void tiled_backward(float*, float*, float*, const float*, const float*, const float*,
+                             const float*, const float*, const float*, const Heads&, cudaStream_t);
+template void tiled_backward(bf16*, bf16*, bf16*, const bf16*, const bf16*, const bf16*,
+                             const bf16*, const bf16*, const float*, const Heads&, cudaStream_t);
 
 }  // namespace lmf::cuda::detail

@@ -1,6 +1,7 @@
-// The CUDA backend's tables (ops/backend.h), one per MatmulPrecision: the kernels of
-// ops/cuda/ops_cuda.h on the default stream, over device memory from cudaMalloc. Host code only; a .cu so that the CUDA build (which
-// globs ops/cuda/*.cu) compiles it.
+// The CUDA backend's tables (ops/backend.h), one per MatmulPrecision over fp32 storage and one over
+// bf16 storage (backend_bf16): the kernels of ops/cuda/ops_cuda.h on the default stream, over
+// device memory from cudaMalloc. Host code only; a .cu so that the CUDA build (which globs
+// ops/cuda/*.cu) compiles it.
 #include <cuda_runtime_api.h>
 
 #include <cstdlib>
@@ -66,17 +67,70 @@ const MemorySpace kDeviceMemory{
 // The whole device, not just the default stream: "every op issued so far" (ops/backend.h).
 void device_synchronize() { LMF_CUDA_CHECK(cudaDeviceSynchronize()); }
 
-// OnDefaultStream<cuda::op>{} converts to the table's pointer type R (*)(A...) for an op taking
+// The ops as types: LMF_CUDA_OP(fn) defines fn_op, whose run(args...) calls cuda::fn(args...). Most
+// ops are overloaded over the storage type (float and bf16, ops_cuda.h), so the table's argument
+// types pick the kernel by overload resolution, where a function pointer could not.
+#define LMF_CUDA_OP(fn)       \
+  struct fn##_op {            \
+    template <class... X>     \
+    static auto run(X... x) { \
+      return fn(x...);        \
+    }                         \
+  }
+LMF_CUDA_OP(matmul_forward);
+LMF_CUDA_OP(matmul_backward);
+LMF_CUDA_OP(encoder_forward);
+LMF_CUDA_OP(encoder_backward);
+LMF_CUDA_OP(layernorm_forward);
+LMF_CUDA_OP(layernorm_backward);
+LMF_CUDA_OP(gelu_forward);
+LMF_CUDA_OP(gelu_backward);
+LMF_CUDA_OP(residual_forward);
+LMF_CUDA_OP(residual_layernorm_forward);
+LMF_CUDA_OP(residual_rmsnorm_forward);
+LMF_CUDA_OP(attention_forward);
+LMF_CUDA_OP(attention_backward);
+LMF_CUDA_OP(classifier_ce_forward);
+LMF_CUDA_OP(classifier_logits);
+LMF_CUDA_OP(rmsnorm_forward);
+LMF_CUDA_OP(rmsnorm_backward);
+LMF_CUDA_OP(rope_forward);
+LMF_CUDA_OP(rope_backward);
+LMF_CUDA_OP(swiglu_forward);
+LMF_CUDA_OP(swiglu_backward);
+LMF_CUDA_OP(attention_gqa_forward);
+LMF_CUDA_OP(attention_gqa_backward);
+LMF_CUDA_OP(attention_decode);
+LMF_CUDA_OP(fill);
+LMF_CUDA_OP(copy);
+LMF_CUDA_OP(adamw_update);
+LMF_CUDA_OP(adamw_chunks);
+LMF_CUDA_OP(sum_squares);
+LMF_CUDA_OP(scale);
+#undef LMF_CUDA_OP
+
+// The compute copy of the weights from the master weights: a copy for float, rounding for bf16.
+struct to_compute_op {
+  static void run(float* dst, const float* src, size_t n, cudaStream_t stream) {
+    copy(dst, src, n, stream);
+  }
+  static void run(bf16* dst, const float* src, size_t n, cudaStream_t stream) {
+    to_bf16(dst, src, n, stream);
+  }
+};
+
+// OnDefaultStream<fn_op>{} converts to the table's pointer type R (*)(A...) for an op taking
 // (A..., cudaStream_t): a function that calls the op with the same arguments on stream 0. The
-// table's signature drives the deduction, so a mismatch with the kernel's is a compile error.
-template <auto Fn>
+// table's signature drives the deduction, so a mismatch with every overload of the kernel's is a
+// compile error.
+template <class Op>
 struct OnDefaultStream {
   template <class R, class... A>
   using Ptr = R (*)(A...);
 
   template <class R, class... A>
   static R call(A... a) {
-    return Fn(a..., cudaStream_t{0});
+    return Op::run(a..., cudaStream_t{0});
   }
   template <class R, class... A>
   operator Ptr<R, A...>() const {
@@ -85,14 +139,14 @@ struct OnDefaultStream {
 };
 
 // The same for a GEMM or attention op, which takes the precision after the stream.
-template <auto Fn, ops::MatmulPrecision P>
+template <class Op, ops::MatmulPrecision P>
 struct GemmOnDefaultStream {
   template <class R, class... A>
   using Ptr = R (*)(A...);
 
   template <class R, class... A>
   static R call(A... a) {
-    return Fn(a..., cudaStream_t{0}, P);
+    return Op::run(a..., cudaStream_t{0}, P);
   }
   template <class R, class... A>
   operator Ptr<R, A...>() const {
@@ -104,47 +158,50 @@ struct GemmOnDefaultStream {
 // added to ops::Backend fails here until it is filled in below.
 static_assert(sizeof(ops::Backend<float>) == 37 * sizeof(void*),
               "ops::Backend changed: fill the new member in make_cuda_backend()");
+static_assert(sizeof(ops::Backend<bf16>) == sizeof(ops::Backend<float>));
 
-template <ops::MatmulPrecision P>
-ops::Backend<float> make_cuda_backend() {
+// F: the storage type (float, or bf16 with float gradients and statistics); each op's overload
+// for F's argument types is the one taken.
+template <class F, ops::MatmulPrecision P>
+ops::Backend<F> make_cuda_backend() {
   // Designated initialisers: the struct's member order, checked by the compiler. A member left
-  // out would be null; tests/gpu/test_cuda_ops.cpp checks that none is.
-  return ops::Backend<float>{
+  // out would be null; tests/gpu/test_cuda_ops.cpp and test_cuda_bf16.cpp check that none is.
+  return ops::Backend<F>{
       .name = "cuda",
       .memory = &kDeviceMemory,
       .matmul_precision = P,
-      .matmul_forward = GemmOnDefaultStream<matmul_forward, P>{},
-      .matmul_backward = GemmOnDefaultStream<matmul_backward, P>{},
-      .encoder_forward = OnDefaultStream<encoder_forward>{},    // tokens on the device
-      .encoder_backward = OnDefaultStream<encoder_backward>{},  // tokens_host on the host
-      .layernorm_forward = OnDefaultStream<layernorm_forward>{},
-      .layernorm_backward = OnDefaultStream<layernorm_backward>{},
-      .gelu_forward = OnDefaultStream<gelu_forward>{},
-      .gelu_backward = OnDefaultStream<gelu_backward>{},
-      .residual_forward = OnDefaultStream<residual_forward>{},
-      .residual_layernorm_forward = OnDefaultStream<residual_layernorm_forward>{},
-      .residual_rmsnorm_forward = OnDefaultStream<residual_rmsnorm_forward>{},
-      .attention_forward = GemmOnDefaultStream<attention_forward, P>{},
-      .attention_backward = GemmOnDefaultStream<attention_backward, P>{},
-      .classifier_ce_forward = GemmOnDefaultStream<classifier_ce_forward, P>{},  // synchronises
-      .classifier_logits = GemmOnDefaultStream<classifier_logits, P>{},
-      .rmsnorm_forward = OnDefaultStream<rmsnorm_forward>{},
-      .rmsnorm_backward = OnDefaultStream<rmsnorm_backward>{},
-      .rope_forward = OnDefaultStream<rope_forward>{},  // inv_freq on the device
-      .rope_backward = OnDefaultStream<rope_backward>{},
-      .swiglu_forward = OnDefaultStream<swiglu_forward>{},
-      .swiglu_backward = OnDefaultStream<swiglu_backward>{},
-      .attention_gqa_forward = GemmOnDefaultStream<attention_gqa_forward, P>{},
-      .attention_gqa_backward = GemmOnDefaultStream<attention_gqa_backward, P>{},
-      .attention_decode = OnDefaultStream<attention_decode>{},
-      .fill = OnDefaultStream<fill>{},
-      .fill_stat = OnDefaultStream<fill>{},
-      .copy = OnDefaultStream<copy>{},
-      .to_compute = OnDefaultStream<copy>{},  // float is its own master type
-      .adamw_update = OnDefaultStream<adamw_update>{},
-      .adamw_chunks = OnDefaultStream<adamw_chunks>{},
-      .sum_squares = OnDefaultStream<sum_squares>{},  // synchronises
-      .scale = OnDefaultStream<scale>{},
+      .matmul_forward = GemmOnDefaultStream<matmul_forward_op, P>{},
+      .matmul_backward = GemmOnDefaultStream<matmul_backward_op, P>{},
+      .encoder_forward = OnDefaultStream<encoder_forward_op>{},    // tokens on the device
+      .encoder_backward = OnDefaultStream<encoder_backward_op>{},  // tokens_host on the host
+      .layernorm_forward = OnDefaultStream<layernorm_forward_op>{},
+      .layernorm_backward = OnDefaultStream<layernorm_backward_op>{},
+      .gelu_forward = OnDefaultStream<gelu_forward_op>{},
+      .gelu_backward = OnDefaultStream<gelu_backward_op>{},
+      .residual_forward = OnDefaultStream<residual_forward_op>{},
+      .residual_layernorm_forward = OnDefaultStream<residual_layernorm_forward_op>{},
+      .residual_rmsnorm_forward = OnDefaultStream<residual_rmsnorm_forward_op>{},
+      .attention_forward = GemmOnDefaultStream<attention_forward_op, P>{},
+      .attention_backward = GemmOnDefaultStream<attention_backward_op, P>{},
+      .classifier_ce_forward = GemmOnDefaultStream<classifier_ce_forward_op, P>{},  // synchronises
+      .classifier_logits = GemmOnDefaultStream<classifier_logits_op, P>{},
+      .rmsnorm_forward = OnDefaultStream<rmsnorm_forward_op>{},
+      .rmsnorm_backward = OnDefaultStream<rmsnorm_backward_op>{},
+      .rope_forward = OnDefaultStream<rope_forward_op>{},  // inv_freq on the device
+      .rope_backward = OnDefaultStream<rope_backward_op>{},
+      .swiglu_forward = OnDefaultStream<swiglu_forward_op>{},
+      .swiglu_backward = OnDefaultStream<swiglu_backward_op>{},
+      .attention_gqa_forward = GemmOnDefaultStream<attention_gqa_forward_op, P>{},
+      .attention_gqa_backward = GemmOnDefaultStream<attention_gqa_backward_op, P>{},
+      .attention_decode = OnDefaultStream<attention_decode_op>{},
+      .fill = OnDefaultStream<fill_op>{},
+      .fill_stat = OnDefaultStream<fill_op>{},  // float statistics
+      .copy = OnDefaultStream<copy_op>{},
+      .to_compute = OnDefaultStream<to_compute_op>{},
+      .adamw_update = OnDefaultStream<adamw_update_op>{},
+      .adamw_chunks = OnDefaultStream<adamw_chunks_op>{},
+      .sum_squares = OnDefaultStream<sum_squares_op>{},  // synchronises
+      .scale = OnDefaultStream<scale_op>{},
       .synchronize = device_synchronize,
       .peak_memory_bytes = peak_allocated_bytes,
   };
@@ -154,15 +211,22 @@ ops::Backend<float> make_cuda_backend() {
 
 const ops::Backend<float>& backend(ops::MatmulPrecision p) {
   require();
-  static const ops::Backend<float> fp32 = make_cuda_backend<ops::MatmulPrecision::fp32>();
-  static const ops::Backend<float> tf32 = make_cuda_backend<ops::MatmulPrecision::tf32>();
-  static const ops::Backend<float> bf16 = make_cuda_backend<ops::MatmulPrecision::bf16>();
+  static const ops::Backend<float> fp32 = make_cuda_backend<float, ops::MatmulPrecision::fp32>();
+  static const ops::Backend<float> tf32 = make_cuda_backend<float, ops::MatmulPrecision::tf32>();
+  static const ops::Backend<float> bf16_products =
+      make_cuda_backend<float, ops::MatmulPrecision::bf16>();
   switch (p) {
     case ops::MatmulPrecision::tf32: return tf32;
-    case ops::MatmulPrecision::bf16: return bf16;
+    case ops::MatmulPrecision::bf16: return bf16_products;
     case ops::MatmulPrecision::fp32: break;
   }
   return fp32;
+}
+
+const ops::Backend<bf16>& backend_bf16() {
+  require();
+  static const ops::Backend<bf16> table = make_cuda_backend<bf16, ops::MatmulPrecision::bf16>();
+  return table;
 }
 
 }  // namespace lmf::cuda

@@ -1,8 +1,8 @@
 // Classifier (x @ w^T) fused with softmax cross-entropy on the GPU, in chunks of rows so the
 // (N, V) logits never exist whole; the same formulas and operation order as
-// ops/cpu/classifier.cpp but for the softmax's one-pass sum, fp32, with the GEMMs of ops/cuda/matmul.cu (cuBLAS, fp32 accumulation,
-// products in the call's MatmulPrecision).
-// Per chunk of n rows:
+// ops/cpu/classifier.cpp but for the softmax's one-pass sum, fp32, with the GEMMs of
+// ops/cuda/matmul.cu (cuBLAS, fp32 accumulation, products in the call's MatmulPrecision). Per chunk
+// of n rows:
 //   logits (n, V) = x_chunk @ w^T                                   (matmul_forward, no bias)
 //   per row, one block: mx = max_j l_j and sum = sum_j exp(l_j - mx) in one pass (online, per
 //            thread, then combined); loss = mx + log(sum) - l_t;
@@ -18,6 +18,11 @@
 // on the tensor cores. The numbers are the mode's: every GEMM operand rounded to bf16 (the CPU's
 // emulation, cpu/classifier.cpp, rounds the same three), products exact, fp32 accumulation; the
 // logits and the softmax stay fp32.
+//
+// bf16 storage (the overload on bf16 x, w, dx): x and w are bf16 already, so the GEMMs read them
+// as they are (no rounded copies); everything else is the bf16 mode's backward above: fp32 logits
+// in the workspace, dlogits written as bf16, dx (bf16, rounded once) and dw (fp32, beta = 1) from
+// bf16 x bf16 products. Without the backward, the same forward GEMM and row kernel.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -170,6 +175,31 @@ __global__ void __launch_bounds__(kSumThreads)
   if (threadIdx.x == 0) result->total = part[0];
 }
 
+// A call's start, its workspace locked: the logits for `need` floats, the result, no bad row yet.
+void begin_call(Workspace& ws, size_t need, cudaStream_t stream) {
+  reserve(ws.logits, ws.cap, need);
+  if (ws.result == nullptr) ws.result = static_cast<CeResult*>(device_malloc(sizeof(CeResult)));
+  LMF_CUDA_CHECK(
+      cudaMemsetAsync(&ws.result->bad_row, 0xff, sizeof(unsigned), stream));  // kNoBadRow
+}
+
+// A call's end: the losses' sum on the host (synchronising the stream), or the bad target's error.
+double sum_and_check(Workspace& ws, const float* losses, const int32_t* targets, int N, int V,
+                     cudaStream_t stream) {
+  LMF_LAUNCH(sum_losses_kernel, 1, kSumThreads, 0, stream)(losses, N, ws.result);
+  LMF_CUDA_CHECK_LAUNCH();
+  CeResult host{};
+  LMF_CUDA_CHECK(
+      cudaMemcpyAsync(&host, ws.result, sizeof(CeResult), cudaMemcpyDeviceToHost, stream));
+  LMF_CUDA_CHECK(cudaStreamSynchronize(stream));
+  if (host.bad_row != kNoBadRow) {
+    int32_t t = 0;
+    LMF_CUDA_CHECK(cudaMemcpy(&t, targets + host.bad_row, sizeof(t), cudaMemcpyDeviceToHost));
+    LMF_CHECK(false, "classifier_ce: target {} at row {} out of range V={}", t, host.bad_row, V);
+  }
+  return host.total;
+}
+
 }  // namespace
 
 void set_classifier_chunk_rows(int rows) {
@@ -197,11 +227,7 @@ double classifier_ce_forward(float* losses, float* dx, float* dw, const float* x
   Workspace& ws = workspace_for_current_device();
   std::lock_guard<std::mutex> lock(ws.mu);
   const size_t need = (size_t)chunk * V;
-  reserve(ws.logits, ws.cap, need);
-  if (ws.result == nullptr)
-    ws.result = static_cast<CeResult*>(device_malloc(sizeof(CeResult)));
-  LMF_CUDA_CHECK(
-      cudaMemsetAsync(&ws.result->bad_row, 0xff, sizeof(unsigned), stream));  // kNoBadRow
+  begin_call(ws, need, stream);
 
   const bool bf16 = grad && p == ops::MatmulPrecision::bf16;
   if (bf16) {
@@ -237,18 +263,43 @@ double classifier_ce_forward(float* losses, float* dx, float* dw, const float* x
       LMF_CUDA_CHECK_LAUNCH();
     }
   }
-  LMF_LAUNCH(sum_losses_kernel, 1, kSumThreads, 0, stream)(losses, N, ws.result);
-  LMF_CUDA_CHECK_LAUNCH();
-  CeResult host{};
-  LMF_CUDA_CHECK(
-      cudaMemcpyAsync(&host, ws.result, sizeof(CeResult), cudaMemcpyDeviceToHost, stream));
-  LMF_CUDA_CHECK(cudaStreamSynchronize(stream));
-  if (host.bad_row != kNoBadRow) {
-    int32_t t = 0;
-    LMF_CUDA_CHECK(cudaMemcpy(&t, targets + host.bad_row, sizeof(t), cudaMemcpyDeviceToHost));
-    LMF_CHECK(false, "classifier_ce: target {} at row {} out of range V={}", t, host.bad_row, V);
+  return sum_and_check(ws, losses, targets, N, V, stream);
+}
+
+double classifier_ce_forward(float* losses, bf16* dx, float* dw, const bf16* x, const bf16* w,
+                             const int32_t* targets, const float* dloss, int N, int C, int V,
+                             cudaStream_t stream, ops::MatmulPrecision) {
+  LMF_CHECK(!dx || (dw && dloss), "classifier_ce: the backward needs dw and dloss");
+  LMF_CHECK(N >= 0 && C > 0 && V > 0, "classifier_ce: bad shape N={} C={} V={}", N, C, V);
+  if (N == 0) return 0.0;
+  const bool grad = dx != nullptr;
+  const int chunk = classifier_chunk_rows(N, V);
+  Workspace& ws = workspace_for_current_device();
+  std::lock_guard<std::mutex> lock(ws.mu);
+  begin_call(ws, (size_t)chunk * V, stream);
+  if (grad) reserve(ws.dlogits16, (size_t)chunk * V);
+  const auto* w16 = reinterpret_cast<const uint16_t*>(w);  // (V, C)
+  for (int r0 = 0; r0 < N; r0 += chunk) {
+    const int n = std::min(chunk, N - r0);
+    const auto* x16 = reinterpret_cast<const uint16_t*>(x + (size_t)r0 * C);  // (n, C)
+    // Column-major, as matmul.cu: logits^T (V, n) = w (op T) x^T, fp32.
+    detail::gemm_bf16(stream, true, false, V, n, C, w16, C, x16, C, 0.0f, ws.logits, V);
+    if (!grad) {
+      LMF_LAUNCH((ce_rows_kernel<false, float>), n, kCeThreads, 0, stream)
+      (ws.logits, static_cast<float*>(nullptr), losses + r0, targets + r0, nullptr, V, r0,
+       &ws.result->bad_row);
+      LMF_CUDA_CHECK_LAUNCH();
+      continue;
+    }
+    LMF_LAUNCH((ce_rows_kernel<true, uint16_t>), n, kCeThreads, 0, stream)
+    (ws.logits, ws.dlogits16.p, losses + r0, targets + r0, dloss + r0, V, r0, &ws.result->bad_row);
+    LMF_CUDA_CHECK_LAUNCH();
+    // dx^T (C, n) = w^T dlogits^T (assigned, bf16); dw^T (C, V) += x^T dlogits (fp32).
+    detail::gemm_bf16(stream, false, false, C, n, V, w16, C, ws.dlogits16.p, V, 0.0f,
+                      reinterpret_cast<uint16_t*>(dx + (size_t)r0 * C), C);
+    detail::gemm_bf16(stream, false, true, C, V, n, x16, C, ws.dlogits16.p, V, 1.0f, dw, C);
   }
-  return host.total;
+  return sum_and_check(ws, losses, targets, N, V, stream);
 }
 
 }  // namespace lmf::cuda

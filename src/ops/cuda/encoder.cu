@@ -8,6 +8,8 @@
 //            positions' gradients in that order. Every dwte and dwpe element thus sees the same
 //            sequence of fp32 additions as on the CPU (which walks (b, t) in order per element):
 //            the results are bitwise equal to the CPU op's.
+// Templated over the storage type T of out, wte, wpe and dout (float or bf16, bf16.cuh); dwte and
+// dwpe are float (parameter gradients) for both, so a bf16 dout is widened and summed in float.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -18,6 +20,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "ops/cuda/bf16.cuh"
 #include "ops/cuda/cuda_util.h"
 #include "ops/cuda/launch.cuh"
 #include "ops/cuda/ops_cuda.h"
@@ -26,24 +29,28 @@ namespace lmf::cuda {
 namespace {
 
 using detail::kThreads;
+using detail::load;
+using detail::store;
 
 // out (B*T, C); tokens (B*T) on the device; wte (V, C); wpe (T, C) or nullptr.
-__global__ void encoder_fwd_kernel(float* __restrict__ out, const int32_t* __restrict__ tokens,
-                                   const float* __restrict__ wte, const float* __restrict__ wpe,
-                                   int T, int C, size_t n) {
+template <class F>
+__global__ void encoder_fwd_kernel(F* __restrict__ out, const int32_t* __restrict__ tokens,
+                                   const F* __restrict__ wte, const F* __restrict__ wpe, int T,
+                                   int C, size_t n) {
   const size_t stride = (size_t)gridDim.x * blockDim.x;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
     const size_t bt = i / C;
     const int c = (int)(i % C), t = (int)(bt % T);
-    const float e = wte[(size_t)tokens[bt] * C + c];
-    out[i] = wpe ? e + wpe[(size_t)t * C + c] : e;
+    const float e = load(wte + (size_t)tokens[bt] * C + c);
+    store(out + i, wpe ? e + load(wpe + (size_t)t * C + c) : e);
   }
 }
 
 // dwte[tok[u], c] += dout[pos[j], c] for j in [off[u], off[u+1]) in order. Grid (U, channel
 // tiles): block x is one unique token, threads run over channels (coalesced rows of dout).
 // csr = [tok (U) | off (U + 1) | pos (B*T)].
-__global__ void encoder_bwd_dwte_kernel(float* __restrict__ dwte, const float* __restrict__ dout,
+template <class F>
+__global__ void encoder_bwd_dwte_kernel(float* __restrict__ dwte, const F* __restrict__ dout,
                                         const int32_t* __restrict__ csr, int U, int C) {
   const int u = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x;
   if (c >= C) return;
@@ -51,17 +58,18 @@ __global__ void encoder_bwd_dwte_kernel(float* __restrict__ dwte, const float* _
   const int32_t* pos = off + U + 1;
   float* dst = dwte + (size_t)csr[u] * C + c;
   float acc = *dst;
-  for (int j = off[u]; j < off[u + 1]; ++j) acc += dout[(size_t)pos[j] * C + c];
+  for (int j = off[u]; j < off[u + 1]; ++j) acc += load(dout + (size_t)pos[j] * C + c);
   *dst = acc;
 }
 
 // dwpe[t, c] += dout[b, t, c] for b = 0..B-1 in order. dwpe (T, C); dout (B, T, C).
-__global__ void encoder_bwd_dwpe_kernel(float* __restrict__ dwpe, const float* __restrict__ dout,
-                                        int B, int T, int C) {
+template <class F>
+__global__ void encoder_bwd_dwpe_kernel(float* __restrict__ dwpe, const F* __restrict__ dout, int B,
+                                        int T, int C) {
   const size_t n = (size_t)T * C, stride = (size_t)gridDim.x * blockDim.x;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
     float acc = dwpe[i];
-    for (int b = 0; b < B; ++b) acc += dout[(size_t)b * n + i];
+    for (int b = 0; b < B; ++b) acc += load(dout + (size_t)b * n + i);
     dwpe[i] = acc;
   }
 }
@@ -112,18 +120,19 @@ int build_csr(std::vector<int32_t>& host, const int32_t* tokens, long BT) {
   return (int)tok.size();
 }
 
-}  // namespace
-
-void encoder_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B,
-                     int T, int C, cudaStream_t stream) {
+template <class F>
+void forward_launch(F* out, const int32_t* tokens, const F* wte, const F* wpe, int B, int T, int C,
+                    cudaStream_t stream) {
   const size_t n = (size_t)B * T * C;
   if (n == 0) return;
-  LMF_LAUNCH(encoder_fwd_kernel, detail::grid_for(n), kThreads, 0, stream)(out, tokens, wte, wpe, T, C, n);
+  LMF_LAUNCH(encoder_fwd_kernel<F>, detail::grid_for(n), kThreads, 0, stream)
+  (out, tokens, wte, wpe, T, C, n);
   LMF_CUDA_CHECK_LAUNCH();
 }
 
-void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens_host,
-                      int B, int T, int C, cudaStream_t stream) {
+template <class F>
+void backward_launch(float* dwte, float* dwpe, const F* dout, const int32_t* tokens_host, int B,
+                     int T, int C, cudaStream_t stream) {
   const long BT = (long)B * T;
   if (BT <= 0 || C <= 0) return;
   LMF_CHECK(BT < (1L << 31), "cuda encoder_backward: B*T={} too large", BT);
@@ -132,7 +141,8 @@ void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t
               tokens_host[i], i);
   if (dwpe) {
     const size_t n = (size_t)T * C;
-    LMF_LAUNCH(encoder_bwd_dwpe_kernel, detail::grid_for(n), kThreads, 0, stream)(dwpe, dout, B, T, C);
+    LMF_LAUNCH(encoder_bwd_dwpe_kernel<F>, detail::grid_for(n), kThreads, 0, stream)
+    (dwpe, dout, B, T, C);
     LMF_CUDA_CHECK_LAUNCH();
   }
 
@@ -147,9 +157,30 @@ void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t
   LMF_CUDA_CHECK(cudaMemcpyAsync(ws.dev.data(), ws.host.data(), ws.host.size() * sizeof(int32_t),
                                  cudaMemcpyHostToDevice, stream));
   const dim3 grid((unsigned)U, (unsigned)((C + kThreads - 1) / kThreads));
-  LMF_LAUNCH(encoder_bwd_dwte_kernel, grid, kThreads, 0, stream)(dwte, dout, ws.dev.data(), U, C);
+  LMF_LAUNCH(encoder_bwd_dwte_kernel<F>, grid, kThreads, 0, stream)
+  (dwte, dout, ws.dev.data(), U, C);
   LMF_CUDA_CHECK_LAUNCH();
   LMF_CUDA_CHECK(cudaEventRecord(ws.done, stream));
+}
+
+}  // namespace
+
+void encoder_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B,
+                     int T, int C, cudaStream_t stream) {
+  forward_launch(out, tokens, wte, wpe, B, T, C, stream);
+}
+void encoder_forward(bf16* out, const int32_t* tokens, const bf16* wte, const bf16* wpe, int B,
+                     int T, int C, cudaStream_t stream) {
+  forward_launch(out, tokens, wte, wpe, B, T, C, stream);
+}
+
+void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens_host,
+                      int B, int T, int C, cudaStream_t stream) {
+  backward_launch(dwte, dwpe, dout, tokens_host, B, T, C, stream);
+}
+void encoder_backward(float* dwte, float* dwpe, const bf16* dout, const int32_t* tokens_host, int B,
+                      int T, int C, cudaStream_t stream) {
+  backward_launch(dwte, dwpe, dout, tokens_host, B, T, C, stream);
 }
 
 }  // namespace lmf::cuda

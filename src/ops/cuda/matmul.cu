@@ -34,6 +34,14 @@
 // may pick per-stream workspaces and so different kernels: set CUBLAS_WORKSPACE_CONFIG=:4096:8
 // (or :16:8) before the first CUDA call to keep bitwise reproducibility there (cuBLAS docs,
 // "Results reproducibility"). dbias is a column sum in a fixed order (ops/cuda/reduce.cuh).
+//
+// bf16 storage (the overloads on bf16 buffers): the operands are bf16 in memory, so every GEMM is
+// cublasGemmEx / cublasLtMatmul with CUDA_R_16BF A and B and CUBLAS_COMPUTE_32F (products of two
+// bf16 are exact, fp32 accumulation; the tensor cores run them). out and dinp are CUDA_R_16BF (D
+// rounded once, to nearest even, from the fp32 result); the forward's bias is bf16 too, added in
+// the epilogue before that rounding (cuBLASLt's bias type defaults to D's; it is set explicitly).
+// dw is an fp32 C with beta = 1 (bf16 A, B with fp32 C is a supported combination), dbias an fp32
+// column sum of the widened dout.
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -45,6 +53,7 @@
 #include <tuple>
 
 #include "core/error.h"
+#include "ops/cuda/bf16.cuh"
 #include "ops/cuda/cuda_util.h"
 #include "ops/cuda/gemm.cuh"
 #include "ops/cuda/launch.cuh"
@@ -148,12 +157,16 @@ uint32_t alignment_of(const void* p) {
 }
 
 // One column-major GEMM shape: D (m, n) = op(A) op(B) + bias (m), A stored (m, k) or (k, m).
+// bf16: A, B, D and the bias are bf16 (bf16 storage), fp32 otherwise.
 struct LtKey {
   int m, n, k, lda, ldb, ldc;
   cublasOperation_t ta, tb;
   ops::MatmulPrecision p;
   uint32_t align_a, align_b, align_c;
-  auto tie() const { return std::tie(m, n, k, lda, ldb, ldc, ta, tb, p, align_a, align_b, align_c); }
+  bool bf16;
+  auto tie() const {
+    return std::tie(m, n, k, lda, ldb, ldc, ta, tb, p, align_a, align_b, align_c, bf16);
+  }
   bool operator<(const LtKey& o) const { return tie() < o.tie(); }
 };
 
@@ -184,16 +197,26 @@ LtSlot& lt_slot() {
 
 LtPlan make_plan(cublasLtHandle_t h, const LtKey& key) {
   LtPlan plan;
-  LMF_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.desc, compute_type(key.p), CUDA_R_32F));
+  // bf16 storage: the operands are bf16 already, so the plain fp32 compute type (no conversion).
+  const cublasComputeType_t compute = key.bf16 ? CUBLAS_COMPUTE_32F : compute_type(key.p);
+  const cudaDataType type = key.bf16 ? CUDA_R_16BF : CUDA_R_32F;
+  LMF_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.desc, compute, CUDA_R_32F));
   const int32_t ta = key.ta, tb = key.tb;
   const uint32_t epilogue = CUBLASLT_EPILOGUE_BIAS;
   LMF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
   LMF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
   LMF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue));
+  if (key.bf16) {  // the default (D's type) already; said here so that it does not depend on it
+    const int32_t bias_type = CUDA_R_16BF;
+    LMF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                                                    &bias_type, sizeof bias_type));
+  }
   const bool at = key.ta == CUBLAS_OP_T, bt = key.tb == CUBLAS_OP_T;
-  LMF_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.a, CUDA_R_32F, at ? key.k : key.m, at ? key.m : key.k, key.lda));
-  LMF_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.b, CUDA_R_32F, bt ? key.n : key.k, bt ? key.k : key.n, key.ldb));
-  LMF_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.c, CUDA_R_32F, key.m, key.n, key.ldc));
+  LMF_CUBLAS_CHECK(
+      cublasLtMatrixLayoutCreate(&plan.a, type, at ? key.k : key.m, at ? key.m : key.k, key.lda));
+  LMF_CUBLAS_CHECK(
+      cublasLtMatrixLayoutCreate(&plan.b, type, bt ? key.n : key.k, bt ? key.k : key.n, key.ldb));
+  LMF_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.c, type, key.m, key.n, key.ldc));
   cublasLtMatmulPreference_t pref = nullptr;
   LMF_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   const uint64_t ws = kLtWorkspaceBytes;
@@ -224,17 +247,19 @@ LtPlan make_plan(cublasLtHandle_t h, const LtKey& key) {
 }
 
 // Column-major D (m, n) = op(A) op(B) + bias (m, broadcast over columns), products in precision
-// p; false (nothing done) when cuBLASLt has no algorithm for the shape.
-bool gemm_bias_lt(ops::MatmulPrecision p, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
-                  const float* A, int lda, const float* B, int ldb, const float* bias, float* D, int ldc,
-                  cudaStream_t stream) {
+// p, every buffer fp32 (bf16 = false) or bf16 (true); false (nothing done) when cuBLASLt has no
+// algorithm for the shape.
+bool gemm_bias_lt(ops::MatmulPrecision p, bool bf16, cublasOperation_t ta, cublasOperation_t tb,
+                  int m, int n, int k, const void* A, int lda, const void* B, int ldb,
+                  const void* bias, void* D, int ldc, cudaStream_t stream) {
   LtSlot& slot = lt_slot();
   std::lock_guard lock(slot.mu);
   if (slot.handle == nullptr) {
     LMF_CUBLAS_CHECK(cublasLtCreate(&slot.handle));
     slot.workspace = device_malloc(kLtWorkspaceBytes);
   }
-  const LtKey key{m, n, k, lda, ldb, ldc, ta, tb, p, alignment_of(A), alignment_of(B), alignment_of(D)};
+  const LtKey key{
+      m, n, k, lda, ldb, ldc, ta, tb, p, alignment_of(A), alignment_of(B), alignment_of(D), bf16};
   auto it = slot.plans.find(key);
   if (it == slot.plans.end()) it = slot.plans.emplace(key, make_plan(slot.handle, key)).first;
   const LtPlan& plan = it->second;
@@ -248,20 +273,27 @@ bool gemm_bias_lt(ops::MatmulPrecision p, cublasOperation_t ta, cublasOperation_
 }
 
 // Every row of out (N, OC) = bias (OC): the fallback's seed when cuBLASLt has no algorithm.
-__global__ void broadcast_rows_kernel(float* __restrict__ out, const float* __restrict__ bias,
-                                      int N, int OC) {
+template <class T>
+__global__ void broadcast_rows_kernel(T* __restrict__ out, const T* __restrict__ bias, int N,
+                                      int OC) {
   const size_t n = (size_t)N * OC, stride = (size_t)gridDim.x * blockDim.x;
   for (size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += stride)
     out[k] = bias[k % OC];
 }
 
 // dbias (OC) += sum_i dout[i, o], in the fixed order of column_sums_accumulate (no atomics).
-__global__ void bias_grad_kernel(float* __restrict__ dbias, const float* __restrict__ dout, int N,
+template <class T>
+__global__ void bias_grad_kernel(float* __restrict__ dbias, const T* __restrict__ dout, int N,
                                  int OC) {
   float* const dst[1] = {dbias};
-  detail::column_sums_accumulate<1>(
-      dst, N, OC, [=](float(&acc)[1], int i, int o) { acc[0] += dout[(size_t)i * OC + o]; });
+  detail::column_sums_accumulate<1>(dst, N, OC, [=](float(&acc)[1], int i, int o) {
+    acc[0] += detail::load(dout + (size_t)i * OC + o);
+  });
 }
+
+// bf16 buffers as the raw bits cuBLAS and gemm.cuh read.
+const uint16_t* bits(const bf16* p) { return reinterpret_cast<const uint16_t*>(p); }
+uint16_t* bits(bf16* p) { return reinterpret_cast<uint16_t*>(p); }
 
 }  // namespace
 
@@ -289,6 +321,17 @@ void gemm_bf16(cudaStream_t stream, bool trans_a, bool trans_b, int m, int n, in
                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
+void gemm_bf16(cudaStream_t stream, bool trans_a, bool trans_b, int m, int n, int k,
+               const uint16_t* A, int lda, const uint16_t* B, int ldb, float beta, uint16_t* C,
+               int ldc) {
+  LockedHandle h(stream);
+  const float alpha = 1.0f;
+  LMF_CUBLAS_CHECK(cublasGemmEx(h.get(), trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, &alpha, A,
+                                CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb, &beta, C, CUDA_R_16BF, ldc,
+                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
 }  // namespace detail
 
 void matmul_forward(float* out, const float* inp, const float* w, const float* bias, int N, int C,
@@ -297,11 +340,14 @@ void matmul_forward(float* out, const float* inp, const float* w, const float* b
   if (N == 0 || OC == 0) return;
   float beta = 0.0f;
   // out^T (OC, N) = w (op T on the (C, OC) buffer) @ inp^T (C, N) + bias (OC) down every column.
-  if (bias && gemm_bias_lt(p, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, bias, out, OC, stream)) return;
+  if (bias && gemm_bias_lt(p, false, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, bias, out,
+                           OC, stream))
+    return;
   if (bias) {
     // Seed every row with the bias and let the GEMM accumulate onto it (beta = 1), as on the CPU.
     const size_t n = (size_t)N * OC;
-    LMF_LAUNCH(broadcast_rows_kernel, detail::grid_for(n), detail::kThreads, 0, stream)(out, bias, N, OC);
+    LMF_LAUNCH(broadcast_rows_kernel<float>, detail::grid_for(n), detail::kThreads, 0, stream)
+    (out, bias, N, OC);
     LMF_CUDA_CHECK_LAUNCH();
     beta = 1.0f;
   }
@@ -323,8 +369,48 @@ void matmul_backward(float* dinp, float* dw, float* dbias, const float* dout, co
     sgemm(h.get(), p, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, inp, C, dout, OC, 1.0f, dw, C);
   }
   if (dbias) {
-    LMF_LAUNCH(bias_grad_kernel, detail::col_sum_blocks(OC), detail::col_sum_block(), 0, stream)(
-        dbias, dout, N, OC);
+    LMF_LAUNCH(bias_grad_kernel<float>, detail::col_sum_blocks(OC), detail::col_sum_block(), 0,
+               stream)
+    (dbias, dout, N, OC);
+    LMF_CUDA_CHECK_LAUNCH();
+  }
+}
+
+void matmul_forward(bf16* out, const bf16* inp, const bf16* w, const bf16* bias, int N, int C,
+                    int OC, cudaStream_t stream, ops::MatmulPrecision p) {
+  LMF_CHECK(N >= 0 && C > 0 && OC >= 0, "matmul_forward: bad shape N={} C={} OC={}", N, C, OC);
+  if (N == 0 || OC == 0) return;
+  // out^T (OC, N) = w (op T on the (C, OC) buffer) @ inp^T (C, N) + bias (OC) down every column.
+  if (bias && gemm_bias_lt(p, true, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, bias, out, OC,
+                           stream))
+    return;
+  float beta = 0.0f;
+  if (bias) {
+    // The seed is the bias exactly (bf16 into bf16), so out is still rounded once, after the sum.
+    const size_t n = (size_t)N * OC;
+    LMF_LAUNCH(broadcast_rows_kernel<bf16>, detail::grid_for(n), detail::kThreads, 0, stream)
+    (out, bias, N, OC);
+    LMF_CUDA_CHECK_LAUNCH();
+    beta = 1.0f;
+  }
+  detail::gemm_bf16(stream, true, false, OC, N, C, bits(w), C, bits(inp), C, beta, bits(out), OC);
+}
+
+void matmul_backward(bf16* dinp, float* dw, float* dbias, const bf16* dout, const bf16* inp,
+                     const bf16* w, int N, int C, int OC, cudaStream_t stream,
+                     ops::MatmulPrecision) {
+  LMF_CHECK(N >= 0 && C > 0 && OC >= 0, "matmul_backward: bad shape N={} C={} OC={}", N, C, OC);
+  if (N == 0 || OC == 0) return;
+  // dinp^T (C, N) = w^T (C, OC) @ dout^T (OC, N), assigned, rounded to bf16 once.
+  if (dinp)
+    detail::gemm_bf16(stream, false, false, C, N, OC, bits(w), C, bits(dout), OC, 0.0f, bits(dinp),
+                      C);
+  // dw^T (C, OC) += inp^T (C, N) @ dout (op T on the (OC, N) buffer), into fp32 (beta = 1).
+  detail::gemm_bf16(stream, false, true, C, OC, N, bits(inp), C, bits(dout), OC, 1.0f, dw, C);
+  if (dbias) {
+    LMF_LAUNCH(bias_grad_kernel<bf16>, detail::col_sum_blocks(OC), detail::col_sum_block(), 0,
+               stream)
+    (dbias, dout, N, OC);
     LMF_CUDA_CHECK_LAUNCH();
   }
 }
@@ -332,6 +418,14 @@ void matmul_backward(float* dinp, float* dw, float* dbias, const float* dout, co
 void classifier_logits(float* logits, const float* x, const float* w, int N, int C, int V,
                        cudaStream_t stream, ops::MatmulPrecision p) {
   matmul_forward(logits, x, w, nullptr, N, C, V, stream, p);
+}
+
+// logits^T (V, N) = w (op T on its (C, V) buffer) x^T, fp32 out of bf16 operands.
+void classifier_logits(float* logits, const bf16* x, const bf16* w, int N, int C, int V,
+                       cudaStream_t stream, ops::MatmulPrecision) {
+  LMF_CHECK(N >= 0 && C > 0 && V >= 0, "classifier_logits: bad shape N={} C={} V={}", N, C, V);
+  if (N == 0 || V == 0) return;
+  detail::gemm_bf16(stream, true, false, V, N, C, bits(w), C, bits(x), C, 0.0f, logits, V);
 }
 
 }  // namespace lmf::cuda

@@ -2,6 +2,8 @@
 // CUDA ops: fp32, every pointer a DEVICE pointer, same semantics (and the same gradient rule) as
 // the CPU op of the same name in ops/ops.h, which is the specification. Each call is
 // asynchronous on `stream`; launch errors throw lmf::Error (LMF_CUDA_CHECK).
+// Most ops also have a bf16-storage overload (the section at the end): activations and weights
+// bf16, parameter gradients and statistics float, arithmetic in float.
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
@@ -192,5 +194,99 @@ void encoder_forward(float* out, const int32_t* tokens, const float* wte, const 
 // before reusing the workspace, so calls on different streams are safe; not graph-capturable.
 void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens_host,
                       int B, int T, int C, cudaStream_t stream = 0);
+
+// ---- bf16 storage (ops::Backend<bf16>, cuda::backend_bf16()) -----------------------------------
+// The same ops over bf16 activations and weights: every kernel loads bf16 (exactly, as float),
+// computes in float with the fp32 kernel's formulas, and stores bf16 rounded to nearest even
+// (core/half.h's float_to_bf16, bit for bit: ops/cuda/bf16.cuh). Parameter gradients (dw, db,
+// dbias, dwte, dwpe) are float and accumulate in float; statistics (mean, rstd, lse), losses,
+// dloss, logits and decode scratch are float. An accumulating bf16 output (the norms' dinp)
+// widens, adds in float and rounds once. The GEMMs (matmul, classifier) read bf16 operands on
+// the tensor cores with fp32 accumulation; attention uses the bf16 tensor-core kernels where they
+// take the head size, else the fp32 kernels on the widened values. The CPU specification is
+// ops::cpu_backend<bf16>(): the float op of the bf16 matmul-precision table on widened inputs,
+// outputs rounded to bf16.
+
+void residual_forward(bf16* out, const bf16* a, const bf16* b, size_t n, cudaStream_t stream = 0);
+void gelu_forward(bf16* out, const bf16* inp, size_t n, cudaStream_t stream = 0);
+void gelu_backward(bf16* dinp, const bf16* inp, const bf16* dout, size_t n,
+                   cudaStream_t stream = 0);
+void swiglu_forward(bf16* out, const bf16* gate, const bf16* up, size_t n, cudaStream_t stream = 0);
+void swiglu_backward(bf16* dgate, bf16* dup, const bf16* dout, const bf16* gate, const bf16* up,
+                     size_t n, cudaStream_t stream = 0);
+void rope_forward(bf16* out, const bf16* inp, int B, int T, int NH, int hs, const double* inv_freq,
+                  bool interleaved, int pos0 = 0, cudaStream_t stream = 0);
+void rope_backward(bf16* dinp, const bf16* dout, int B, int T, int NH, int hs,
+                   const double* inv_freq, bool interleaved, int pos0 = 0, cudaStream_t stream = 0);
+
+// x (n) = value; dst (n) = src (n) (not overlapping); dst (n) = src (n) rounded to bf16 (the
+// compute copy of the fp32 master weights: the table's to_compute).
+void fill(bf16* x, bf16 value, size_t n, cudaStream_t stream = 0);
+void copy(bf16* dst, const bf16* src, size_t n, cudaStream_t stream = 0);
+void to_bf16(bf16* dst, const float* src, size_t n, cudaStream_t stream = 0);
+
+// out, inp (N, C) bf16; mean, rstd (N) float; w, b (C) bf16. Backward: dinp (N, C) bf16 +=
+// (widened, summed in float, rounded); dw, db (C) float +=.
+void layernorm_forward(bf16* out, float* mean, float* rstd, const bf16* inp, const bf16* w,
+                       const bf16* b, int N, int C, cudaStream_t stream = 0);
+// res (N, C) = a + b rounded to bf16, out = layernorm(res as stored): the unfused pair's bits.
+void residual_layernorm_forward(bf16* res, bf16* out, float* mean, float* rstd, const bf16* a,
+                                const bf16* b, const bf16* w, const bf16* bias, int N, int C,
+                                cudaStream_t stream = 0);
+void layernorm_backward(bf16* dinp, float* dw, float* db, const bf16* dout, const bf16* inp,
+                        const bf16* w, const float* mean, const float* rstd, int N, int C,
+                        cudaStream_t stream = 0);
+void rmsnorm_forward(bf16* out, float* rstd, const bf16* inp, const bf16* w, int N, int C,
+                     float eps, cudaStream_t stream = 0);
+void residual_rmsnorm_forward(bf16* res, bf16* out, float* rstd, const bf16* a, const bf16* b,
+                              const bf16* w, int N, int C, float eps, cudaStream_t stream = 0);
+void rmsnorm_backward(bf16* dinp, float* dw, const bf16* dout, const bf16* inp, const bf16* w,
+                      const float* rstd, int N, int C, cudaStream_t stream = 0);
+
+// out (B, T, C) bf16 = wte[tokens] + wpe[t] (float sum, rounded); dwte (V, C), dwpe (T, C) float
+// +=.
+void encoder_forward(bf16* out, const int32_t* tokens, const bf16* wte, const bf16* wpe, int B,
+                     int T, int C, cudaStream_t stream = 0);
+void encoder_backward(float* dwte, float* dwpe, const bf16* dout, const int32_t* tokens_host, int B,
+                      int T, int C, cudaStream_t stream = 0);
+
+// out (N, OC) bf16 = inp @ w^T + bias (bf16, in the epilogue), fp32 accumulation, rounded once.
+// dinp (N, C) bf16 assigned; dw (OC, C) float += (bf16 x bf16 products, fp32 C, beta = 1); dbias
+// (OC) float += column sums of dout. p is the table's (bf16); the operands are bf16 whatever it is.
+void matmul_forward(bf16* out, const bf16* inp, const bf16* w, const bf16* bias, int N, int C,
+                    int OC, cudaStream_t stream = 0,
+                    ops::MatmulPrecision p = ops::MatmulPrecision::bf16);
+void matmul_backward(bf16* dinp, float* dw, float* dbias, const bf16* dout, const bf16* inp,
+                     const bf16* w, int N, int C, int OC, cudaStream_t stream = 0,
+                     ops::MatmulPrecision p = ops::MatmulPrecision::bf16);
+
+// x (N, C), w (V, C) bf16; logits (N, V), losses, dloss (N) float (the logits stay fp32 in the
+// workspace); dlogits rounded to bf16 before the dx and dw GEMMs; dx (N, C) bf16 assigned, dw
+// (V, C) float +=.
+void classifier_logits(float* logits, const bf16* x, const bf16* w, int N, int C, int V,
+                       cudaStream_t stream = 0,
+                       ops::MatmulPrecision p = ops::MatmulPrecision::bf16);
+double classifier_ce_forward(float* losses, bf16* dx, float* dw, const bf16* x, const bf16* w,
+                             const int32_t* targets, const float* dloss, int N, int C, int V,
+                             cudaStream_t stream = 0,
+                             ops::MatmulPrecision p = ops::MatmulPrecision::bf16);
+
+// Attention over bf16 q, k, v, out, dout and their gradients; lse float.
+void attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
+                       cudaStream_t stream = 0,
+                       ops::MatmulPrecision p = ops::MatmulPrecision::bf16);
+void attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
+                        const float* lse, int B, int T, int C, int NH, cudaStream_t stream = 0,
+                        ops::MatmulPrecision p = ops::MatmulPrecision::bf16);
+void attention_gqa_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
+                           int B, int T, int NH, int KVH, int hs, cudaStream_t stream = 0,
+                           ops::MatmulPrecision p = ops::MatmulPrecision::bf16);
+void attention_gqa_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* q,
+                            const bf16* k, const bf16* v, const bf16* out, const float* lse, int B,
+                            int T, int NH, int KVH, int hs, cudaStream_t stream = 0,
+                            ops::MatmulPrecision p = ops::MatmulPrecision::bf16);
+// y (NH, hs) bf16; scratch (NH, T) float; q (NH, hs), k, v (T, ld) bf16.
+void attention_decode(bf16* y, float* scratch, const bf16* q, const bf16* k, const bf16* v, int T,
+                      int NH, int KVH, int hs, int ld, cudaStream_t stream = 0);
 
 }  // namespace lmf::cuda

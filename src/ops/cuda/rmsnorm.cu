@@ -6,8 +6,11 @@
 //            dw += sum_i norm * dout, column sums in a fixed order (reduce.cuh). No atomics:
 //            deterministic for a given (N, C).
 // The gradient rule (ops/ops.h, nn/nn.h): dinp and dw ACCUMULATE (+=).
+// Templated over the storage type T of out, inp, w, dout, dinp (float or bf16, bf16.cuh); rstd and
+// dw are float for both. A bf16 dinp += widens, adds in float and rounds once.
 #include <cuda_runtime.h>
 
+#include "ops/cuda/bf16.cuh"
 #include "ops/cuda/cuda_util.h"
 #include "ops/cuda/launch.cuh"
 #include "ops/cuda/ops_cuda.h"
@@ -16,107 +19,148 @@
 namespace lmf::cuda {
 namespace {
 
+using detail::as_stored;
 using detail::kRowsPerBlock;
 using detail::kWarp;
+using detail::load;
 using detail::row_blocks;
+using detail::store;
 using detail::warp_sum;
 
 // One row by one warp, given its sum of squares: the output and rstd. Each lane reads only the
 // columns c = lane (mod 32), the ones it summed (and, fused, wrote).
-__device__ void rms_row(float* __restrict__ out, float* __restrict__ rstd, const float* x,
-                        const float* __restrict__ w, int row, int C, int lane, float ss, float eps) {
+template <class T>
+__device__ void rms_row(T* __restrict__ out, float* __restrict__ rstd, const T* x,
+                        const T* __restrict__ w, int row, int C, int lane, float ss, float eps) {
   const float r = 1.0f / sqrtf(warp_sum(ss) / C + eps);
-  float* o = out + (size_t)row * C;
-  for (int c = lane; c < C; c += kWarp) o[c] = x[c] * r * w[c];
+  T* o = out + (size_t)row * C;
+  for (int c = lane; c < C; c += kWarp) store(o + c, load(x + c) * r * load(w + c));
   if (lane == 0) rstd[row] = r;
 }
 
 // out, inp (N, C); rstd (N); w (C).
-__global__ void rms_fwd_kernel(float* __restrict__ out, float* __restrict__ rstd,
-                               const float* __restrict__ inp, const float* __restrict__ w, int N,
-                               int C, float eps) {
+template <class T>
+__global__ void rms_fwd_kernel(T* __restrict__ out, float* __restrict__ rstd,
+                               const T* __restrict__ inp, const T* __restrict__ w, int N, int C,
+                               float eps) {
   const int lane = threadIdx.x % kWarp;
   const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarp;
   if (row >= N) return;  // uniform across the warp: the shuffles below see all 32 lanes
-  const float* x = inp + (size_t)row * C;
+  const T* x = inp + (size_t)row * C;
   float ss = 0.0f;
-  for (int c = lane; c < C; c += kWarp) ss += x[c] * x[c];
+  for (int c = lane; c < C; c += kWarp) ss += load(x + c) * load(x + c);
   rms_row(out, rstd, x, w, row, C, lane, ss, eps);
 }
 
-// res = a + b while summing its squares (res may be a: no __restrict__ on them).
-__global__ void residual_rms_fwd_kernel(float* res, float* __restrict__ out, float* __restrict__ rstd,
-                                        const float* a, const float* b, const float* __restrict__ w,
-                                        int N, int C, float eps) {
+// res = a + b while summing its squares (res may be a: no __restrict__ on them), of res as stored
+// (rounded, for bf16), the value the unfused pair's norm reads.
+template <class T>
+__global__ void residual_rms_fwd_kernel(T* res, T* __restrict__ out, float* __restrict__ rstd,
+                                        const T* a, const T* b, const T* __restrict__ w, int N,
+                                        int C, float eps) {
   const int lane = threadIdx.x % kWarp;
   const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarp;
   if (row >= N) return;
   const size_t off = (size_t)row * C;
-  float* x = res + off;
+  T* x = res + off;
   float ss = 0.0f;
   for (int c = lane; c < C; c += kWarp) {
-    const float v = a[off + c] + b[off + c];
-    x[c] = v;
+    const float v = as_stored<T>(load(a + off + c) + load(b + off + c));
+    store(x + c, v);
     ss += v * v;
   }
   rms_row(out, rstd, x, w, row, C, lane, ss, eps);
 }
 
 // dinp row += (dnorm - norm * mean(dnorm * norm)) * rstd. dinp, dout, inp (N, C); w (C).
-__global__ void rms_bwd_dinp_kernel(float* __restrict__ dinp, const float* __restrict__ dout,
-                                    const float* __restrict__ inp, const float* __restrict__ w,
+template <class T>
+__global__ void rms_bwd_dinp_kernel(T* __restrict__ dinp, const T* __restrict__ dout,
+                                    const T* __restrict__ inp, const T* __restrict__ w,
                                     const float* __restrict__ rstd, int N, int C) {
   const int lane = threadIdx.x % kWarp;
   const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarp;
   if (row >= N) return;
   const size_t off = (size_t)row * C;
-  const float* x = inp + off;
-  const float* d = dout + off;
+  const T* x = inp + off;
+  const T* d = dout + off;
   const float r = rstd[row];
   float m = 0.0f;
-  for (int c = lane; c < C; c += kWarp) m += w[c] * d[c] * (x[c] * r);
+  for (int c = lane; c < C; c += kWarp) m += load(w + c) * load(d + c) * (load(x + c) * r);
   m = warp_sum(m) / C;
-  float* di = dinp + off;
-  for (int c = lane; c < C; c += kWarp) di[c] += (w[c] * d[c] - x[c] * r * m) * r;
+  T* di = dinp + off;
+  for (int c = lane; c < C; c += kWarp)
+    store(di + c, load(di + c) + (load(w + c) * load(d + c) - load(x + c) * r * m) * r);
 }
 
 // dw (C) += sum_i x[i, c] * rstd[i] * dout[i, c], in the fixed order of column_sums_accumulate.
-__global__ void rms_bwd_dw_kernel(float* __restrict__ dw, const float* __restrict__ dout,
-                                  const float* __restrict__ inp, const float* __restrict__ rstd,
-                                  int N, int C) {
+template <class T>
+__global__ void rms_bwd_dw_kernel(float* __restrict__ dw, const T* __restrict__ dout,
+                                  const T* __restrict__ inp, const float* __restrict__ rstd, int N,
+                                  int C) {
   float* const dst[1] = {dw};
   detail::column_sums_accumulate<1>(dst, N, C, [=](float(&acc)[1], int i, int c) {
     const size_t k = (size_t)i * C + c;
-    acc[0] += inp[k] * rstd[i] * dout[k];
+    acc[0] += load(inp + k) * rstd[i] * load(dout + k);
   });
+}
+
+template <class T>
+void forward_launch(T* out, float* rstd, const T* inp, const T* w, int N, int C, float eps,
+                    cudaStream_t stream) {
+  if (N <= 0 || C <= 0) return;
+  LMF_LAUNCH(rms_fwd_kernel<T>, row_blocks(N), kRowsPerBlock * kWarp, 0, stream)
+  (out, rstd, inp, w, N, C, eps);
+  LMF_CUDA_CHECK_LAUNCH();
+}
+
+template <class T>
+void residual_forward_launch(T* res, T* out, float* rstd, const T* a, const T* b, const T* w, int N,
+                             int C, float eps, cudaStream_t stream) {
+  if (N <= 0 || C <= 0) return;
+  LMF_LAUNCH(residual_rms_fwd_kernel<T>, row_blocks(N), kRowsPerBlock * kWarp, 0, stream)
+  (res, out, rstd, a, b, w, N, C, eps);
+  LMF_CUDA_CHECK_LAUNCH();
+}
+
+template <class T>
+void backward_launch(T* dinp, float* dw, const T* dout, const T* inp, const T* w, const float* rstd,
+                     int N, int C, cudaStream_t stream) {
+  if (N <= 0 || C <= 0) return;
+  LMF_LAUNCH(rms_bwd_dinp_kernel<T>, row_blocks(N), kRowsPerBlock * kWarp, 0, stream)
+  (dinp, dout, inp, w, rstd, N, C);
+  LMF_CUDA_CHECK_LAUNCH();
+  LMF_LAUNCH(rms_bwd_dw_kernel<T>, detail::col_sum_blocks(C), detail::col_sum_block(), 0, stream)
+  (dw, dout, inp, rstd, N, C);
+  LMF_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
 
 void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int N, int C,
                      float eps, cudaStream_t stream) {
-  if (N <= 0 || C <= 0) return;
-  LMF_LAUNCH(rms_fwd_kernel, row_blocks(N), kRowsPerBlock * kWarp, 0, stream)(out, rstd, inp, w, N, C, eps);
-  LMF_CUDA_CHECK_LAUNCH();
+  forward_launch(out, rstd, inp, w, N, C, eps, stream);
+}
+void rmsnorm_forward(bf16* out, float* rstd, const bf16* inp, const bf16* w, int N, int C,
+                     float eps, cudaStream_t stream) {
+  forward_launch(out, rstd, inp, w, N, C, eps, stream);
 }
 
 void residual_rmsnorm_forward(float* res, float* out, float* rstd, const float* a, const float* b,
                               const float* w, int N, int C, float eps, cudaStream_t stream) {
-  if (N <= 0 || C <= 0) return;
-  LMF_LAUNCH(residual_rms_fwd_kernel, row_blocks(N), kRowsPerBlock * kWarp, 0, stream)(
-      res, out, rstd, a, b, w, N, C, eps);
-  LMF_CUDA_CHECK_LAUNCH();
+  residual_forward_launch(res, out, rstd, a, b, w, N, C, eps, stream);
+}
+void residual_rmsnorm_forward(bf16* res, bf16* out, float* rstd, const bf16* a, const bf16* b,
+                              const bf16* w, int N, int C, float eps, cudaStream_t stream) {
+  residual_forward_launch(res, out, rstd, a, b, w, N, C, eps, stream);
 }
 
 void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w,
                       const float* rstd, int N, int C, cudaStream_t stream) {
-  if (N <= 0 || C <= 0) return;
-  LMF_LAUNCH(rms_bwd_dinp_kernel, row_blocks(N), kRowsPerBlock * kWarp, 0, stream)(dinp, dout, inp, w, rstd,
-                                                                           N, C);
-  LMF_CUDA_CHECK_LAUNCH();
-  LMF_LAUNCH(rms_bwd_dw_kernel, detail::col_sum_blocks(C), detail::col_sum_block(), 0, stream)(
-      dw, dout, inp, rstd, N, C);
-  LMF_CUDA_CHECK_LAUNCH();
+  backward_launch(dinp, dw, dout, inp, w, rstd, N, C, stream);
+}
+void rmsnorm_backward(bf16* dinp, float* dw, const bf16* dout, const bf16* inp, const bf16* w,
+                      const float* rstd, int N, int C, cudaStream_t stream) {
+  backward_launch(dinp, dw, dout, inp, w, rstd, N, C, stream);
 }
 
 }  // namespace lmf::cuda

@@ -1,5 +1,6 @@
 // Flat-vector CUDA ops: fill, sum of squares (for gradient clipping) and scale, as the backend
-// table's fill and ops/cpu/adamw.cpp's sum_squares and scale, fp32.
+// table's fill and ops/cpu/adamw.cpp's sum_squares and scale, fp32; fill, copy and the rounding
+// copy to_bf16 also over bf16 storage (bf16.cuh).
 //  sum_squares is deterministic without atomics: a grid of kSumBlocks blocks at most (a function of
 //  n alone), each thread adding x^2 in double over a grid-stride loop in order, a fixed tree per
 //  block to one double partial in a per-device workspace, then one block that sums the partials
@@ -11,6 +12,7 @@
 #include <mutex>
 
 #include "core/error.h"
+#include "ops/cuda/bf16.cuh"
 #include "ops/cuda/cuda_util.h"
 #include "ops/cuda/launch.cuh"
 #include "ops/cuda/ops_cuda.h"
@@ -28,6 +30,21 @@ constexpr int kMaxDevices = 64;
 __global__ void fill_kernel(float* x, float value, size_t n) {
   const size_t stride = (size_t)gridDim.x * blockDim.x;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) x[i] = value;
+}
+
+// x (n) = value, the bits already rounded by the host (bf16 value is what the table passes).
+__global__ void fill_bf16_kernel(bf16* x, bf16 value, size_t n) {
+  const size_t stride = (size_t)gridDim.x * blockDim.x;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    x[i].bits = value.bits;
+}
+
+// dst (n) = src (n) rounded to bf16 (core/half.h's float_to_bf16, bit for bit).
+__global__ void to_bf16_storage_kernel(bf16* __restrict__ dst, const float* __restrict__ src,
+                                       size_t n) {
+  const size_t stride = (size_t)gridDim.x * blockDim.x;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    detail::store(dst + i, src[i]);
 }
 
 // x *= s: one fp32 multiply per element, bitwise equal to the CPU's.
@@ -100,9 +117,26 @@ void fill(float* x, float value, size_t n, cudaStream_t stream) {
   LMF_CUDA_CHECK_LAUNCH();
 }
 
+void fill(bf16* x, bf16 value, size_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  LMF_LAUNCH(fill_bf16_kernel, detail::grid_for(n), kThreads, 0, stream)(x, value, n);
+  LMF_CUDA_CHECK_LAUNCH();
+}
+
 void copy(float* dst, const float* src, size_t n, cudaStream_t stream) {
   if (n == 0) return;
   LMF_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+}
+
+void copy(bf16* dst, const bf16* src, size_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  LMF_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(bf16), cudaMemcpyDeviceToDevice, stream));
+}
+
+void to_bf16(bf16* dst, const float* src, size_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  LMF_LAUNCH(to_bf16_storage_kernel, detail::grid_for(n), kThreads, 0, stream)(dst, src, n);
+  LMF_CUDA_CHECK_LAUNCH();
 }
 
 void scale(float* x, float s, size_t n, cudaStream_t stream) {

@@ -2,7 +2,9 @@
 // cuBLASLt as src/ops/cuda/matmul.cu uses it, for the CPU emulation of CUDA: descriptors that
 // keep their attributes, a heuristic that always offers one algorithm, and cublasLtMatmul as
 // this emulation's cublasGemmEx (OpenBLAS sgemm, operands rounded for the fast compute types)
-// followed by the BIAS epilogue: + bias[row] on every column of D, in fp32.
+// followed by the BIAS epilogue: + bias[row] on every column of D, in fp32. Layouts are fp32 or
+// bf16 (CUDA_R_16BF A and B, and D: the epilogue on the fp32 result, then D rounded once, to
+// nearest even); the bias is D's type unless CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE says otherwise.
 #include <cstddef>
 #include <cstdint>
 
@@ -34,6 +36,7 @@ enum cublasLtMatmulDescAttributes_t {
   CUBLASLT_MATMUL_DESC_TRANSB = 4,
   CUBLASLT_MATMUL_DESC_EPILOGUE = 7,
   CUBLASLT_MATMUL_DESC_BIAS_POINTER = 8,
+  CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE = 26,
 };
 enum cublasLtEpilogue_t { CUBLASLT_EPILOGUE_DEFAULT = 1, CUBLASLT_EPILOGUE_BIAS = 4 };
 enum cublasLtReductionScheme_t {

@@ -2,7 +2,8 @@
 // cuBLAS as src/ops/cuda/matmul.cu uses it, for the CPU emulation of CUDA: cublasGemmEx on fp32
 // column-major buffers through OpenBLAS's sgemm; the FAST_TF32 / FAST_16BF compute types round
 // the operands first (ops::round_operand), as the CPU backend's emulation of those modes does.
-// bf16 operands (CUDA_R_16BF, with an fp32 C) are widened to fp32 exactly first.
+// bf16 operands (CUDA_R_16BF) are widened to fp32 exactly first; with them C may be fp32 or bf16
+// (computed on C widened, each result rounded once to nearest even).
 #include "cuda_runtime_api.h"
 
 enum cublasStatus_t { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_STATUS_INVALID_VALUE = 7, CUBLAS_STATUS_NOT_SUPPORTED = 15 };
