@@ -30,7 +30,7 @@ note() { echo "$*" | tee -a "$summary"; }
 
 for step in "${steps[@]}"; do case $step in
 tests)
-  for t in test_cuda_ops test_cuda_matmul test_cuda_attention test_cuda_model test_nccl; do
+  for t in test_cuda_ops test_cuda_bf16 test_cuda_matmul test_cuda_attention test_cuda_model test_nccl; do
     timeout 240 /tmp/lmf/bin/$t > /tmp/$t.log 2>&1; rc=$?
     { echo "######## $t rc=$rc"; cat /tmp/$t.log; } >> "$out/tests.log"
     note "$t rc=$rc $(grep -E '^\[  (PASSED|FAILED|SKIPPED) *\] [0-9]+ tests?' /tmp/$t.log | tr '\n' ' ')"
@@ -65,15 +65,17 @@ bench)
       echo "== lmforge $a fp32"; timeout 120 /tmp/lmf/bin/lmforge bench --device cuda --arch $a $shape
       echo "== lmforge $a bf16 GEMMs"
       timeout 120 /tmp/lmf/bin/lmforge bench --device cuda --arch $a --matmul-precision bf16 $shape
+      echo "== lmforge $a bf16 storage"
+      timeout 120 /tmp/lmf/bin/lmforge bench --device cuda --arch $a --precision bf16 $shape
       echo "== torch $a fp32"; timeout 120 $py .dev/torch_train_bench.py --device cuda --arch $a $shape
+      echo "== torch $a bf16 compile"
+      timeout 150 $py .dev/torch_train_bench.py --device cuda --arch $a --dtype bf16 --compile $shape
     done
-    echo "== torch gpt2 bf16 compile"
-    timeout 150 $py .dev/torch_train_bench.py --device cuda --arch gpt2 --dtype bf16 --compile $shape
   } > "$out/bench.log" 2>&1
   grep -E '^==|^\{|rror' "$out/bench.log" >> "$summary"
   # Where the bf16 step's time goes, op by op (each op waits for its end: docs/performance.md).
-  echo "== lmforge gpt2 bf16 --profile" >> "$summary"
-  timeout 120 /tmp/lmf/bin/lmforge bench --device cuda --arch gpt2 --matmul-precision bf16 $shape --profile \
+  echo "== lmforge gpt2 bf16 storage --profile" >> "$summary"
+  timeout 120 /tmp/lmf/bin/lmforge bench --device cuda --arch gpt2 --precision bf16 $shape --profile \
     > "$out/profile.json" 2>> "$summary" ;;
 *) echo "unknown step $step"; exit 2 ;;
 esac; done

@@ -62,11 +62,10 @@ void add_bench(CLI::App& app) {
         o->device == "cuda" ? &cuda::backend(*precision) : &ops::cpu_backend<float>(*precision);
     const ops::Backend<bf16>* be16 = nullptr;
     if (o->storage == "bf16") {
-      if (o->device == "cuda") throw UserError("--precision bf16 is not built yet for --device cuda");
       if (*precision == ops::MatmulPrecision::tf32)
         throw UserError("--matmul-precision tf32 does not go with --precision bf16, whose products are bf16");
       o->precision = "bf16";  // what its products are, for the JSON line
-      be16 = &ops::cpu_backend<bf16>();
+      be16 = o->device == "cuda" ? &cuda::backend_bf16() : &ops::cpu_backend<bf16>();
     }
     ModelConfig mc;
     mc.arch = o->arch;

@@ -7,7 +7,6 @@
 #include <vector>
 
 #include "core/buffer.h"
-#include "core/error.h"
 #include "core/rng.h"
 #include "core/timer.h"
 #include "model/model.h"
@@ -17,8 +16,10 @@ namespace lmf {
 
 BenchResult bench_train_step(const ModelConfig& cfg, int B, int T, int steps, int warmup, uint64_t seed,
                              const ops::Backend<float>* be, bool profile, const ops::Backend<bf16>* be16) {
-  if (profile && be16) throw UserError("--profile is not built yet for bf16 storage");
-  if (profile) be = &profiled_backend(be ? *be : ops::cpu_backend<float>());
+  if (profile) {
+    be = &profiled_backend(be ? *be : ops::cpu_backend<float>());
+    if (be16) be16 = &profiled_backend(*be16);
+  }
   auto owned = make_model(cfg, true, {}, be, be16);
   Model& model = *owned;
   const ops::Backend<float>& backend = model.backend();

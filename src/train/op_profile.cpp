@@ -10,7 +10,8 @@
 namespace lmf {
 namespace {
 
-using Be = ops::Backend<float>;
+template <class F>
+using Be = ops::Backend<F>;
 
 // Every op of the table, once: the enum of accounts, the names and the wrapping below all expand
 // this list, and the static_assert checks it against the struct's size.
@@ -36,11 +37,11 @@ constexpr const char* kNames[kAccounts] = {
 };
 // The ops, plus name, memory, matmul_precision (padded to a pointer), synchronize and
 // peak_memory_bytes: an op added to ops::Backend and not to the list fails here.
-static_assert(sizeof(Be) == (kAccounts + 5) * sizeof(void*), "ops::Backend changed: add the op to LMF_BACKEND_OPS");
+static_assert(sizeof(Be<float>) == (kAccounts + 5) * sizeof(void*),
+              "ops::Backend changed: add the op to LMF_BACKEND_OPS");
 
 struct Accounts {
   std::mutex mu;
-  const Be* inner = nullptr;
   std::array<long, kAccounts> calls{};
   std::array<double, kAccounts> seconds{};
 };
@@ -57,12 +58,20 @@ void add(int account, double s) {
 }
 
 // The trampoline for op Member (account I): call the bound backend's op, wait for it, account.
-template <int I, auto Member, class T = decltype(Member)>
+// The table the trampolines of number type F call (bf16 storage profiles two: the layers' bf16
+// table and the optimizer's float one, into the same accounts).
+template <class F>
+const Be<F>*& inner_of() {
+  static const Be<F>* inner = nullptr;
+  return inner;
+}
+
+template <class F, int I, auto Member, class T = decltype(Member)>
 struct Timed;
-template <int I, auto Member, class R, class... A>
-struct Timed<I, Member, R (*Be::*)(A...)> {
+template <class F, int I, auto Member, class R, class... A>
+struct Timed<F, I, Member, R (*Be<F>::*)(A...)> {
   static R call(A... a) {
-    const Be& inner = *accounts().inner;
+    const Be<F>& inner = *inner_of<F>();
     Timer t;
     if constexpr (std::is_void_v<R>) {
       (inner.*Member)(a...);
@@ -79,19 +88,22 @@ struct Timed<I, Member, R (*Be::*)(A...)> {
 
 }  // namespace
 
-const ops::Backend<float>& profiled_backend(const ops::Backend<float>& inner) {
-  static Be table;
+template <class F>
+const ops::Backend<F>& profiled_backend(const ops::Backend<F>& inner) {
+  static Be<F> table;
   {
     Accounts& a = accounts();
     std::lock_guard lock(a.mu);
-    a.inner = &inner;
+    inner_of<F>() = &inner;
   }
   table = inner;  // name, memory, precision, synchronize, peak_memory_bytes
-#define LMF_WRAP(name) table.name = &Timed<k_##name, &Be::name>::call;
+#define LMF_WRAP(name) table.name = &Timed<F, k_##name, &Be<F>::name>::call;
   LMF_BACKEND_OPS(LMF_WRAP)
 #undef LMF_WRAP
   return table;
 }
+template const ops::Backend<float>& profiled_backend(const ops::Backend<float>&);
+template const ops::Backend<bf16>& profiled_backend(const ops::Backend<bf16>&);
 
 std::vector<OpTime> op_profile() {
   Accounts& a = accounts();

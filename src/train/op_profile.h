@@ -18,9 +18,11 @@ struct OpTime {
 };
 
 // The profiling table around `inner`. Its ops are static trampolines over one process-wide
-// binding: a later call rebinds them to its `inner` (profile one backend at a time). The returned
-// table has inner's name, memory and precision.
-const ops::Backend<float>& profiled_backend(const ops::Backend<float>& inner);
+// binding per number type: a later call rebinds them to its `inner` (profile one backend at a
+// time; bf16 storage profiles its bf16 table and the float one beside it). The returned table has
+// inner's name, memory and precision.
+template <class F>
+const ops::Backend<F>& profiled_backend(const ops::Backend<F>& inner);
 // The ops called since the last reset, the most time first.
 std::vector<OpTime> op_profile();
 void reset_op_profile();

@@ -121,9 +121,12 @@ Trainer::Trainer(RunConfig cfg, const ops::Backend<float>* backend) : cfg_(std::
   if (!be) be = &ops::cpu_backend<float>(precision);
   const ops::Backend<bf16>* be16 = nullptr;  // bf16 storage: the table the layers run on
   if (cfg_.train.precision == "bf16") {
-    if (!be->on_host())
-      throw UserError("[train] precision = bf16 is not built yet for the {} backend (use fp32)", be->name);
-    be16 = &ops::cpu_backend<bf16>();
+    if (be->on_host())
+      be16 = &ops::cpu_backend<bf16>();
+    else if (!backend && cfg_.train.device == "cuda")
+      be16 = &cuda::backend_bf16();
+    else
+      throw UserError("[train] precision = bf16 is not built for the {} backend (use fp32)", be->name);
   }
   if (!be->on_host() && comm_->world() > 1) {
     // Gradients, parameters and tensor-parallel activations travel between GPUs over NCCL, one

@@ -292,22 +292,31 @@ TEST_F(Cli, BadConfigInput) {
 
 // bench --profile: the JSON line gains each op's calls and time per step, and stderr a table.
 TEST_F(Cli, BenchProfileCountsTheOps) {
-  TempDir t;
-  auto r = run_lmforge("bench --L 2 --C 32 --H 2 --vocab 64 --B 2 --T 16 --steps 2 --warmup 1 --profile", t.path());
-  ASSERT_EQ(r.code, 0) << r.err;
-  const auto j = nlohmann::json::parse(r.out);
-  ASSERT_TRUE(j.contains("ops")) << r.out;
-  double share = 0;
-  std::map<std::string, double> calls;
-  for (const auto& op : j["ops"]) {
-    calls[op["op"].get<std::string>()] = op["calls_per_step"].get<double>();
-    share += op["share"].get<double>();
+  // fp32, and bf16 storage: its layers' bf16 table and the optimizer's float one both counted.
+  for (const std::string precision : {"fp32", "bf16"}) {
+    SCOPED_TRACE(precision);
+    TempDir t;
+    auto r = run_lmforge(
+        "bench --L 2 --C 32 --H 2 --vocab 64 --B 2 --T 16 --steps 2 --warmup 1 --profile --precision " + precision,
+        t.path());
+    ASSERT_EQ(r.code, 0) << r.err;
+    const auto j = nlohmann::json::parse(r.out);
+    ASSERT_TRUE(j.contains("ops")) << r.out;
+    EXPECT_EQ(j["precision"], precision);
+    double share = 0;
+    std::map<std::string, double> calls;
+    for (const auto& op : j["ops"]) {
+      calls[op["op"].get<std::string>()] = op["calls_per_step"].get<double>();
+      share += op["share"].get<double>();
+    }
+    EXPECT_EQ(calls["matmul_forward"], 8.0);  // 4 per layer
+    EXPECT_EQ(calls["adamw_chunks"], 1.0);    // the multi-tensor AdamW: one op per step
+    EXPECT_EQ(calls["classifier_ce_forward"], 1.0);
+    // bf16: the weights before and after the blocks at the start, then each block's: 2 + 2 per step.
+    EXPECT_EQ(calls["to_compute"], precision == "bf16" ? 4.0 : 0.0);
+    EXPECT_NEAR(share, 1.0, 1e-2);
+    EXPECT_NE(r.err.find("matmul_backward"), std::string::npos) << r.err;
   }
-  EXPECT_EQ(calls["matmul_forward"], 8.0);  // 4 per layer
-  EXPECT_EQ(calls["adamw_chunks"], 1.0);    // the multi-tensor AdamW: one op per step
-  EXPECT_EQ(calls["classifier_ce_forward"], 1.0);
-  EXPECT_NEAR(share, 1.0, 1e-2);
-  EXPECT_NE(r.err.find("matmul_backward"), std::string::npos) << r.err;
 }
 
 // Without a GPU (or a CUDA build), asking for one is one clear line, before anything is written.
