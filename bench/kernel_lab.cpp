@@ -6,7 +6,8 @@
 //   ./kernel_lab --benchmark_filter=layernorm
 // Counters: GB/s (bytes each launch must read and write, once), max_err (max |GPU - CPU| over
 // max |CPU|, fp32: expect ~1e-6; the tests in tests/gpu bound it properly). Without a device
-// every benchmark reports the skip.
+// every benchmark reports the skip. The BM_bf16_* cases run the bf16-storage kernels against
+// the CPU specification of bf16 storage.
 #include <benchmark/benchmark.h>
 #include <cuda_runtime_api.h>
 
@@ -523,6 +524,219 @@ void BM_classifier_ce(benchmark::State& st) {
   set_tflops(st, 6.0 * N * C * V);
 }
 
+// ---- bf16 storage (cuda::backend_bf16; the CPU specification is ops::cpu_backend<bf16>) --------
+// The same shapes with bf16 activations and weights (float gradients of the weights and
+// statistics): half the bytes of the memory-bound kernels. max_err is against the CPU
+// specification, relative to its largest value: about one bf16 step (2^-8) where a value rounds
+// the other way, more for long sums.
+
+using BVec = std::vector<bf16>;
+
+BVec rand_bf16(size_t n, uint64_t stream, float lo = -1.0f, float hi = 1.0f) {
+  BVec v;
+  v.reserve(n);
+  for (float x : rand_vec(n, stream, lo, hi)) v.push_back(bf16(x));
+  return v;
+}
+FVec widen(const BVec& v) {
+  FVec w(v.size());
+  for (size_t i = 0; i < v.size(); ++i) w[i] = float(v[i]);
+  return w;
+}
+double max_err(const BVec& got, const BVec& ref) { return max_err(widen(got), widen(ref)); }
+const ops::Backend<bf16>& spec() { return ops::cpu_backend<bf16>(); }
+
+void BM_bf16_residual(benchmark::State& st) {
+  if (!need_device(st)) return;
+  const size_t n = size_t(kN) * kC;
+  auto a = rand_bf16(n, 1), b = rand_bf16(n, 2);
+  BVec ref(n);
+  spec().residual_forward(ref.data(), a.data(), b.data(), n);
+  DeviceBuffer<bf16> da(a), db(b), out(n);
+  auto launch = [&] { cuda::residual_forward(out.data(), da.data(), db.data(), n); };
+  launch();
+  run(st, launch, 6.0 * n, max_err(out.to_host(), ref));
+}
+
+void BM_bf16_gelu(benchmark::State& st) {  // range(0): 0 forward, 1 backward
+  if (!need_device(st)) return;
+  const size_t n = size_t(kN) * 4 * kC;
+  const bool backward = st.range(0) != 0;
+  auto x = rand_bf16(n, 3, -4, 4), g = rand_bf16(n, 4);
+  BVec ref(n);
+  if (backward)
+    spec().gelu_backward(ref.data(), x.data(), g.data(), n);
+  else
+    spec().gelu_forward(ref.data(), x.data(), n);
+  DeviceBuffer<bf16> dx(x), dg(g), out(n);
+  auto launch = [&] {
+    if (backward)
+      cuda::gelu_backward(out.data(), dx.data(), dg.data(), n);
+    else
+      cuda::gelu_forward(out.data(), dx.data(), n);
+  };
+  launch();
+  run(st, launch, (backward ? 6.0 : 4.0) * n, max_err(out.to_host(), ref));
+}
+
+void BM_bf16_swiglu_forward(benchmark::State& st) {
+  if (!need_device(st)) return;
+  const size_t n = size_t(kLlamaB) * kLlamaT * kLlamaH;
+  auto g = rand_bf16(n, 5, -4, 4), u = rand_bf16(n, 6);
+  BVec ref(n);
+  spec().swiglu_forward(ref.data(), g.data(), u.data(), n);
+  DeviceBuffer<bf16> dg(g), du(u), out(n);
+  auto launch = [&] { cuda::swiglu_forward(out.data(), dg.data(), du.data(), n); };
+  launch();
+  run(st, launch, 6.0 * n, max_err(out.to_host(), ref));
+}
+
+// range(0): 0 layernorm (GPT-2 124M), 1 rmsnorm (Llama 1B); range(1): 0 forward, 1 backward.
+void BM_bf16_norm(benchmark::State& st) {
+  if (!need_device(st)) return;
+  const bool rms = st.range(0) == 1, backward = st.range(1) == 1;
+  const int N = rms ? kLlamaB * kLlamaT : kN, C = rms ? kLlamaC : kC;
+  auto x = rand_bf16(size_t(N) * C, 12, 1, 3), w = rand_bf16(C, 13), b = rand_bf16(C, 14),
+       g = rand_bf16(size_t(N) * C, 15);
+  BVec y(size_t(N) * C), ref(size_t(N) * C, bf16(0.0f));
+  FVec mean(N), rstd(N), rw(C, 0.0f), rb(C, 0.0f);
+  if (rms)
+    spec().rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), N, C, 1e-5f);
+  else
+    spec().layernorm_forward(y.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C);
+  DeviceBuffer<bf16> dx(x), dw(w), db(b), dg(g), out(size_t(N) * C), dinp(ref);
+  DeviceBuffer<float> dm(mean), dr(rstd), gw(rw), gb(rb);
+  auto launch = [&] {
+    if (rms && backward)
+      cuda::rmsnorm_backward(dinp.data(), gw.data(), dg.data(), dx.data(), dw.data(), dr.data(), N, C);
+    else if (rms)
+      cuda::rmsnorm_forward(out.data(), dr.data(), dx.data(), dw.data(), N, C, 1e-5f);
+    else if (backward)
+      cuda::layernorm_backward(dinp.data(), gw.data(), gb.data(), dg.data(), dx.data(), dw.data(), dm.data(), dr.data(),
+                               N, C);
+    else
+      cuda::layernorm_forward(out.data(), dm.data(), dr.data(), dx.data(), dw.data(), db.data(), N, C);
+  };
+  double err = 0;
+  if (backward) {
+    if (rms)
+      spec().rmsnorm_backward(ref.data(), rw.data(), g.data(), x.data(), w.data(), rstd.data(), N, C);
+    else
+      spec().layernorm_backward(ref.data(), rw.data(), rb.data(), g.data(), x.data(), w.data(), mean.data(),
+                                rstd.data(), N, C);
+    launch();  // once from zero gradients, for the check
+    err = std::max(max_err(dinp.to_host(), ref), max_err(gw.to_host(), rw));
+  } else {
+    launch();
+    err = max_err(out.to_host(), y);
+  }
+  // Timed backward launches keep accumulating: the time, not the values, matters there.
+  run(st, launch, backward ? 8.0 * N * C : 4.0 * N * C, err);
+}
+
+// GPT-2's linear layers in bf16: range(0) = OC, range(1) = C, range(2): 0 forward, 1 backward.
+void BM_bf16_matmul(benchmark::State& st) {
+  if (!need_device(st)) return;
+  const int N = kN, OC = int(st.range(0)), C = int(st.range(1));
+  const bool backward = st.range(2) != 0;
+  auto x = rand_bf16(size_t(N) * C, 30), w = rand_bf16(size_t(OC) * C, 31, -0.05f, 0.05f), b = rand_bf16(OC, 32),
+       g = rand_bf16(size_t(N) * OC, 35);
+  DeviceBuffer<bf16> dx(x), dw(w), db(b), dg(g), out(size_t(N) * OC), ddx(size_t(N) * C);
+  DeviceBuffer<float> ddw(FVec(size_t(OC) * C, 0.0f)), ddb(FVec(OC, 0.0f));
+  auto launch = [&] {
+    if (backward)
+      cuda::matmul_backward(ddx.data(), ddw.data(), ddb.data(), dg.data(), dx.data(), dw.data(), N, C, OC);
+    else
+      cuda::matmul_forward(out.data(), dx.data(), dw.data(), db.data(), N, C, OC);
+  };
+  launch();
+  double err = 0;
+  if (backward) {
+    BVec rdx(size_t(N) * C);
+    FVec rdw(size_t(OC) * C, 0.0f), rdb(OC, 0.0f);
+    spec().matmul_backward(rdx.data(), rdw.data(), rdb.data(), g.data(), x.data(), w.data(), N, C, OC);
+    err = std::max({max_err(ddx.to_host(), rdx), max_err(ddw.to_host(), rdw), max_err(ddb.to_host(), rdb)});
+  } else {
+    BVec ref(size_t(N) * OC);
+    spec().matmul_forward(ref.data(), x.data(), w.data(), b.data(), N, C, OC);
+    err = max_err(out.to_host(), ref);
+  }
+  run(st, launch,
+      backward ? 2.0 * (2.0 * N * C + OC * C + double(N) * OC) + 8.0 * OC * C
+               : 2.0 * (double(N) * C + double(OC) * C + double(N) * OC),
+      err);
+  set_tflops(st, (backward ? 4.0 : 2.0) * N * C * OC);
+}
+
+// Causal attention in bf16 (the tensor-core kernels), GPT-2 124M; range(0): 0 forward, 1 backward.
+void BM_bf16_attention(benchmark::State& st) {
+  if (!need_device(st)) return;
+  const int B = kB, T = kT, C = kC, NH = kNH;
+  const bool backward = st.range(0) != 0;
+  auto qkv = rand_bf16(size_t(B) * T * 3 * C, 36), g = rand_bf16(size_t(B) * T * C, 37);
+  BVec out(size_t(B) * T * C);
+  FVec lse(size_t(B) * NH * T);
+  spec().attention_forward(out.data(), lse.data(), qkv.data(), B, T, C, NH);
+  DeviceBuffer<bf16> dqkv(qkv), dout(size_t(B) * T * C), dg(g), dd(size_t(B) * T * 3 * C);
+  DeviceBuffer<float> dlse(size_t(B) * NH * T);
+  cuda::attention_forward(dout.data(), dlse.data(), dqkv.data(), B, T, C, NH);
+  double err = max_err(dout.to_host(), out);
+  const double fwd_flops = 2.0 * 2.0 * B * NH * (double(T) * T / 2) * (C / NH);
+  if (!backward) {
+    run(st, [&] { cuda::attention_forward(dout.data(), dlse.data(), dqkv.data(), B, T, C, NH); },
+        2.0 * (4.0 * B * T * C), err);
+    set_tflops(st, fwd_flops);
+    return;
+  }
+  BVec rd(size_t(B) * T * 3 * C);
+  spec().attention_backward(rd.data(), g.data(), qkv.data(), out.data(), lse.data(), B, T, C, NH);
+  auto launch = [&] {
+    cuda::attention_backward(dd.data(), dg.data(), dqkv.data(), dout.data(), dlse.data(), B, T, C, NH);
+  };
+  launch();
+  run(st, launch, 2.0 * (8.0 * B * T * C), max_err(dd.to_host(), rd));
+  set_tflops(st, 2.0 * fwd_flops);
+}
+
+// The classifier with cross-entropy and its backward in bf16, GPT-2's head (N = T rows).
+void BM_bf16_classifier_ce(benchmark::State& st) {
+  if (!need_device(st)) return;
+  const int N = kT, C = kC, V = 50257;
+  auto x = rand_bf16(size_t(N) * C, 42), w = rand_bf16(size_t(V) * C, 43, -0.05f, 0.05f);
+  std::vector<int32_t> tg(N);
+  Rng r(7, 44);
+  for (auto& t : tg) t = int32_t(r.below(V));
+  FVec dloss(N, 1.0f / N), rl(N), rdw(size_t(V) * C, 0.0f);
+  BVec rdx(size_t(N) * C);
+  spec().classifier_ce_forward(rl.data(), rdx.data(), rdw.data(), x.data(), w.data(), tg.data(), dloss.data(), N, C,
+                               V);
+  DeviceBuffer<bf16> dx(x), dw(w), ddx(size_t(N) * C);
+  DeviceBuffer<float> ddl(dloss), dl(N), ddw(FVec(size_t(V) * C, 0.0f));
+  DeviceBuffer<int32_t> dtg(tg);
+  auto launch = [&] {
+    cuda::classifier_ce_forward(dl.data(), ddx.data(), ddw.data(), dx.data(), dw.data(), dtg.data(), ddl.data(), N, C,
+                                V);
+  };
+  launch();
+  double err = std::max({max_err(dl.to_host(), rl), max_err(ddx.to_host(), rdx), max_err(ddw.to_host(), rdw)});
+  run(st, launch, 2.0 * (V * C + 2.0 * N * C) + 8.0 * V * C, err);
+  set_tflops(st, 6.0 * N * C * V);
+}
+
+// The master weights rounded into the compute copy (once per step's forward), GPT-2 124M's 124M.
+void BM_bf16_to_compute(benchmark::State& st) {
+  if (!need_device(st)) return;
+  const size_t n = 124439808;
+  auto m = rand_vec(n, 45);
+  DeviceBuffer<float> dm(m);
+  DeviceBuffer<bf16> out(n);
+  BVec ref(n);
+  spec().to_compute(ref.data(), m.data(), n);
+  auto launch = [&] { cuda::to_bf16(out.data(), dm.data(), n); };
+  launch();
+  run(st, launch, 6.0 * n, max_err(out.to_host(), ref));
+}
+
 #define LAB(fn) BENCHMARK(fn)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.2)
 LAB(BM_residual);
 LAB(BM_gelu_forward);
@@ -546,6 +760,14 @@ LAB(BM_attention_decode)->Arg(64)->Arg(1024)->Arg(8192);
 LAB(BM_attention)->ArgsProduct({{0, 1}, {0, 1, 2}});
 LAB(BM_encoder)->Arg(0)->Arg(1);
 LAB(BM_classifier_ce);
+LAB(BM_bf16_residual);
+LAB(BM_bf16_gelu)->Arg(0)->Arg(1);
+LAB(BM_bf16_swiglu_forward);
+LAB(BM_bf16_norm)->ArgsProduct({{0, 1}, {0, 1}});
+LAB(BM_bf16_matmul)->ArgsProduct({{3 * kC, 4 * kC}, {kC}, {0, 1}})->ArgsProduct({{kC}, {4 * kC}, {0, 1}});
+LAB(BM_bf16_attention)->Arg(0)->Arg(1);
+LAB(BM_bf16_classifier_ce);
+LAB(BM_bf16_to_compute);
 
 }  // namespace
 }  // namespace lmf
