@@ -15,7 +15,7 @@ namespace lmf::cli {
 void add_eval(CLI::App& app) {
   auto* cmd = app.add_subcommand("eval", "Print a trained run's validation loss and perplexity");
   struct Opts {
-    std::string run, data, device = "cpu", precision;
+    std::string run, data, device = "cpu", precision, storage;
     int batches = 0, threads = 0, batch_size = 0, seq_len = 0;
   };
   auto o = std::make_shared<Opts>();
@@ -31,6 +31,8 @@ void add_eval(CLI::App& app) {
   cmd->add_option("--device", o->device, "cpu | cuda")->capture_default_str();
   cmd->add_option("--matmul-precision", o->precision,
                   "GEMM products: fp32 | tf32 | bf16 (default: the run's [train] matmul_precision)");
+  cmd->add_option("--precision", o->storage,
+                  "storage of activations and weights: fp32 | bf16 (default: the run's [train] precision)");
   cmd->callback([o]() {
     set_num_threads(o->threads);
     if (o->device != "cpu" && o->device != "cuda") throw UserError("--device: expected cpu or cuda (got \"{}\")", o->device);
@@ -41,9 +43,18 @@ void add_eval(CLI::App& app) {
     } else {
       precision = ops::parse_matmul_precision(open_run_config(o->run).train.matmul_precision);
     }
+    const std::string storage = o->storage.empty() ? open_run_config(o->run).train.precision : o->storage;
+    if (storage != "fp32" && storage != "bf16")
+      throw UserError("--precision: expected fp32 or bf16 (got \"{}\")", storage);
     const ops::Backend<float>* be =
         o->device == "cuda" ? &cuda::backend(*precision) : &ops::cpu_backend<float>(*precision);
-    auto run = open_run(o->run, be);
+    const ops::Backend<bf16>* be16 = nullptr;
+    if (storage == "bf16") {
+      if (*precision == ops::MatmulPrecision::tf32)
+        throw UserError("--matmul-precision tf32 does not go with bf16 storage, whose products are bf16");
+      be16 = o->device == "cuda" ? &cuda::backend_bf16() : &ops::cpu_backend<bf16>();
+    }
+    auto run = open_run(o->run, be, be16);
     auto& t = run.cfg.train;
     if (o->batch_size > 0) t.batch_size = o->batch_size;
     if (o->seq_len > 0) t.seq_len = o->seq_len;
@@ -57,9 +68,9 @@ void add_eval(CLI::App& app) {
                       run.cfg.model.vocab_size);
     int batches = o->batches > 0 ? o->batches : t.eval_batches;
     double loss = evaluate_model(*run.model, val, batches, t.batch_size, t.seq_len);
-    fmt::print("step {}: val loss {:.4f}, perplexity {:.3f} ({} batches of {}x{} from {}; {}, {} GEMMs)\n", run.step,
-               loss, std::exp(loss), batches, t.batch_size, t.seq_len, dir, be->name,
-               ops::to_string(be->matmul_precision));
+    fmt::print("step {}: val loss {:.4f}, perplexity {:.3f} ({} batches of {}x{} from {}; {}, {})\n", run.step, loss,
+               std::exp(loss), batches, t.batch_size, t.seq_len, dir, be->name,
+               be16 ? std::string("bf16 storage") : fmt::format("{} GEMMs", ops::to_string(be->matmul_precision)));
     fmt::print("unigram baseline (val tokens under train frequencies): {:.4f}\n",
                data::unigram_cross_entropy(dir));
   });

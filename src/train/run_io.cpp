@@ -116,12 +116,13 @@ std::pair<CheckpointRef, RunConfig> latest_with_config(const std::filesystem::pa
 
 RunConfig open_run_config(const std::filesystem::path& run_dir) { return latest_with_config(run_dir).second; }
 
-OpenedRun open_run(const std::filesystem::path& run_dir, const ops::Backend<float>* be) {
+OpenedRun open_run(const std::filesystem::path& run_dir, const ops::Backend<float>* be,
+                   const ops::Backend<bf16>* be16) {
   auto [ck0, cfg] = latest_with_config(run_dir);
   const CheckpointRef* ck = &ck0;
   OpenedRun r;
   r.cfg = std::move(cfg);
-  r.model = make_model(r.cfg.model, true, {}, be);
+  r.model = make_model(r.cfg.model, true, {}, be, be16);
   load_model(*r.model, ck->dir / "model.safetensors");
   r.model->params().upload_params();  // into a device backend's copy (nothing on the CPU)
   r.step = ck->step;

@@ -29,8 +29,10 @@ struct OpenedRun {
   long step = 0;
   std::filesystem::path checkpoint;
 };
-// The model is bound to `be` (nullptr: the CPU's) and its weights are in the backend's memory.
-OpenedRun open_run(const std::filesystem::path& run_dir, const ops::Backend<float>* be = nullptr);
+// The model is bound to `be` (nullptr: the CPU's) and its weights are in the backend's memory;
+// with be16, it stores its activations in bf16 on that table (make_model).
+OpenedRun open_run(const std::filesystem::path& run_dir, const ops::Backend<float>* be = nullptr,
+                   const ops::Backend<bf16>* be16 = nullptr);
 // The config saved with the run's latest checkpoint (open_run's, without the weights).
 RunConfig open_run_config(const std::filesystem::path& run_dir);
 

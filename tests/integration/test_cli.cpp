@@ -154,8 +154,21 @@ TEST_F(Cli, Bf16StorageTrainsOnRealTextAndItsRunSamples) {
   const double first_val = m[149]["val_loss"], last_val = m.back()["val_loss"], base = unigram_baseline();
   EXPECT_LT(last_val, first_val);
   EXPECT_LT(last_val, base - 0.3) << "val loss " << last_val << " vs unigram " << base;
+  // eval takes the run's storage by default; --precision fp32 evaluates the same weights in fp32,
+  // close to it and not equal.
+  auto val_loss = [](const std::string& out) {
+    auto v = out.find("val loss ");
+    return v == std::string::npos ? -1.0 : std::stod(out.substr(v + 9));
+  };
   auto e = run_lmforge("eval --run " + run.string() + " --batches 4", t.path());
   ASSERT_EQ(e.code, 0) << e.err;
+  EXPECT_NE(e.out.find("bf16 storage"), std::string::npos) << e.out;
+  auto e32 = run_lmforge("eval --run " + run.string() + " --batches 4 --precision fp32", t.path());
+  ASSERT_EQ(e32.code, 0) << e32.err;
+  EXPECT_NE(e32.out.find("fp32 GEMMs"), std::string::npos) << e32.out;
+  EXPECT_NEAR(val_loss(e.out), val_loss(e32.out), 0.02 * val_loss(e32.out));
+  EXPECT_NE(val_loss(e.out), val_loss(e32.out));
+  expect_user_error(run_lmforge("eval --run " + run.string() + " --precision fp8", t.path()), "--precision");
   auto s = run_lmforge("sample --run " + run.string() + " --prompt 'The Congress ' --max-new-tokens 20 --seed 2", t.path());
   ASSERT_EQ(s.code, 0) << s.err;
   EXPECT_GE(s.out.size(), std::string("The Congress ").size() + 10);
