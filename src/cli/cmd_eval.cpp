@@ -43,11 +43,11 @@ void add_eval(CLI::App& app) {
     } else {
       precision = ops::parse_matmul_precision(open_run_config(o->run).train.matmul_precision);
     }
+    const ops::Backend<float>* be =
+        o->device == "cuda" ? &cuda::backend(*precision) : &ops::cpu_backend<float>(*precision);
     const std::string storage = o->storage.empty() ? open_run_config(o->run).train.precision : o->storage;
     if (storage != "fp32" && storage != "bf16")
       throw UserError("--precision: expected fp32 or bf16 (got \"{}\")", storage);
-    const ops::Backend<float>* be =
-        o->device == "cuda" ? &cuda::backend(*precision) : &ops::cpu_backend<float>(*precision);
     const ops::Backend<bf16>* be16 = nullptr;
     if (storage == "bf16") {
       if (*precision == ops::MatmulPrecision::tf32)

@@ -15,7 +15,7 @@ namespace lmf::cli {
 void add_sample(CLI::App& app) {
   auto* cmd = app.add_subcommand("sample", "Generate text from a trained run (KV-cache decoding)");
   struct Opts {
-    std::string run, prompt, device = "cpu", precision = "fp32";
+    std::string run, prompt, device = "cpu", precision = "fp32", storage = "fp32";
     SampleOptions s;
     int threads = 1;
   };
@@ -40,14 +40,25 @@ void add_sample(CLI::App& app) {
   cmd->add_option("--device", o->device, "cpu | cuda (the KV cache and every op on the GPU)")->capture_default_str();
   cmd->add_option("--matmul-precision", o->precision, "GEMM and attention products: fp32 | tf32 | bf16")
       ->capture_default_str();
+  cmd->add_option("--precision", o->storage,
+                  "storage of the KV cache, activations and weights: fp32 | bf16 (bf16: every product bf16)")
+      ->capture_default_str();
   cmd->callback([o]() {
     set_num_threads(o->threads);
     if (o->device != "cpu" && o->device != "cuda") throw UserError("--device: expected cpu or cuda (got \"{}\")", o->device);
     const auto precision = ops::parse_matmul_precision(o->precision);
     if (!precision) throw UserError("--matmul-precision: expected fp32, tf32 or bf16 (got \"{}\")", o->precision);
+    if (o->storage != "fp32" && o->storage != "bf16")
+      throw UserError("--precision: expected fp32 or bf16 (got \"{}\")", o->storage);
     const ops::Backend<float>* be =
         o->device == "cuda" ? &cuda::backend(*precision) : &ops::cpu_backend<float>(*precision);
-    auto run = open_run(o->run, be);
+    const ops::Backend<bf16>* be16 = nullptr;
+    if (o->storage == "bf16") {
+      if (*precision == ops::MatmulPrecision::tf32)
+        throw UserError("--matmul-precision tf32 does not go with --precision bf16, whose products are bf16");
+      be16 = o->device == "cuda" ? &cuda::backend_bf16() : &ops::cpu_backend<bf16>();
+    }
+    auto run = open_run(o->run, be, be16);
     auto tok = data::make_tokenizer(run_tokenizer_spec(run.cfg.data.tokenizer, o->run));
     if (tok->vocab_size() > run.cfg.model.vocab_size)
       throw UserError("{}: tokenizer '{}' has {} tokens, the model only {}", o->run, tok->name(), tok->vocab_size(),

@@ -20,15 +20,18 @@ void check_token(int32_t token, int V) {
   if (token < 0 || token >= V) throw UserError("token id {} is outside the model's vocabulary of {}", token, V);
 }
 
-// The decoders run on the model's backend (Model::backend): the KV cache and every activation
-// live in its memory, the weights are the compute copy (dev_param), and only the token goes in
-// and the logits come out (to host memory) per step. On the CPU backend the ops are the CPU
-// ops, called as before: the same numbers bit for bit.
+// The decoders run on the model's backend (the family's own table: over bf16 storage the bf16
+// one): the KV cache and every activation live in its memory and its number type, the weights
+// are the ones the layers read (dev_param, or their bf16 compute copy, rounded when the decoder
+// is made), and only the token goes in and the logits (float) come out (to host memory) per step.
+// On the CPU backend in fp32 the ops are the CPU ops, called as before: the same numbers bit for
+// bit.
 
 // Host logits of a step: the backend's buffer itself on the host, else a downloaded copy.
 class Logits {
  public:
-  Logits(const ops::Backend<float>& be, int V) : host_(be.on_host()), dev_(*be.memory) {
+  template <class A>
+  Logits(const ops::Backend<A>& be, int V) : host_(be.on_host()), dev_(*be.memory) {
     dev_.resize(size_t(V));
     if (!host_) copy_.resize(size_t(V));
   }
@@ -45,9 +48,12 @@ class Logits {
   Buffer<float> copy_;
 };
 
+template <class A>
 class Gpt2Decoder final : public Decoder {
+  using S = ops::stat_t<A>;
+
  public:
-  Gpt2Decoder(const Gpt2<float>& m, int max_context)
+  Gpt2Decoder(const Gpt2<A>& m, int max_context)
       : Decoder(context_of(m.config(), max_context)),
         m_(m),
         be_(m.backend()),
@@ -56,7 +62,7 @@ class Gpt2Decoder final : public Decoder {
         V_(m.config().vocab_size),
         L_(m.config().n_layer),
         k_(*be_.memory), v_(*be_.memory), x_(*be_.memory), h_(*be_.memory), qkv_(*be_.memory),
-        y_(*be_.memory), a_(*be_.memory), wide_(*be_.memory), stats_(*be_.memory), tok_(*be_.memory),
+        y_(*be_.memory), wide_(*be_.memory), a_(*be_.memory), stats_(*be_.memory), tok_(*be_.memory),
         logits_(be_, V_) {
     k_.resize(size_t(L_) * max_t_ * C_);
     v_.resize(size_t(L_) * max_t_ * C_);
@@ -68,57 +74,62 @@ class Gpt2Decoder final : public Decoder {
     wide_.resize(8 * C_);
     stats_.resize(2);
     tok_.resize(1);
+    m.round_weights();
   }
 
   const float* feed(int32_t token) override {
     LMF_CHECK(pos_ < max_t_, "KV cache full ({} positions)", max_t_);
     check_token(token, V_);
-    const auto& ps = m_.params();
     const auto& ix = m_.index();
     const auto& be = be_;
+    auto w = [this](size_t i) { return m_.weight(i); };
     const int C = C_;
-    float *x = x_.data(), *h = h_.data(), *qkv = qkv_.data(), *y = y_.data();
-    float *mean = stats_.data(), *rstd = stats_.data() + 1;
+    A *x = x_.data(), *h = h_.data(), *qkv = qkv_.data(), *y = y_.data();
+    S *mean = stats_.data(), *rstd = stats_.data() + 1;
     tok_.upload(&token, 1);
-    be.encoder_forward(x, tok_.data(), ps.dev_param(ix.wte), ps.dev_param(ix.wpe) + size_t(pos_) * C, 1, 1, C);
+    be.encoder_forward(x, tok_.data(), w(ix.wte), w(ix.wpe) + size_t(pos_) * C, 1, 1, C);
     for (int l = 0; l < L_; ++l) {
       const auto& li = ix.layers[l];
-      float* kc = k_.data() + size_t(l) * max_t_ * C;  // (maxT, C)
-      float* vc = v_.data() + size_t(l) * max_t_ * C;
-      be.layernorm_forward(h, mean, rstd, x, ps.dev_param(li.ln1_w), ps.dev_param(li.ln1_b), 1, C);
-      be.matmul_forward(qkv, h, ps.dev_param(li.qkv_w), ps.dev_param(li.qkv_b), 1, C, 3 * C);
+      A* kc = k_.data() + size_t(l) * max_t_ * C;  // (maxT, C)
+      A* vc = v_.data() + size_t(l) * max_t_ * C;
+      be.layernorm_forward(h, mean, rstd, x, w(li.ln1_w), w(li.ln1_b), 1, C);
+      be.matmul_forward(qkv, h, w(li.qkv_w), w(li.qkv_b), 1, C, 3 * C);
       be.copy(kc + size_t(pos_) * C, qkv + C, C);
       be.copy(vc + size_t(pos_) * C, qkv + 2 * C, C);
       be.attention_decode(y, a_.data(), qkv, kc, vc, pos_ + 1, NH_, NH_, C / NH_, C);
-      be.matmul_forward(h, y, ps.dev_param(li.proj_w), ps.dev_param(li.proj_b), 1, C, C);
+      be.matmul_forward(h, y, w(li.proj_w), w(li.proj_b), 1, C, C);
       be.residual_forward(x, x, h, C);
-      be.layernorm_forward(h, mean, rstd, x, ps.dev_param(li.ln2_w), ps.dev_param(li.ln2_b), 1, C);
-      float* fch = wide_.data();
-      float* act = wide_.data() + 4 * C;
-      be.matmul_forward(fch, h, ps.dev_param(li.fc_w), ps.dev_param(li.fc_b), 1, C, 4 * C);
+      be.layernorm_forward(h, mean, rstd, x, w(li.ln2_w), w(li.ln2_b), 1, C);
+      A* fch = wide_.data();
+      A* act = wide_.data() + 4 * C;
+      be.matmul_forward(fch, h, w(li.fc_w), w(li.fc_b), 1, C, 4 * C);
       be.gelu_forward(act, fch, size_t(4) * C);
-      be.matmul_forward(h, act, ps.dev_param(li.fcproj_w), ps.dev_param(li.fcproj_b), 1, 4 * C, C);
+      be.matmul_forward(h, act, w(li.fcproj_w), w(li.fcproj_b), 1, 4 * C, C);
       be.residual_forward(x, x, h, C);
     }
-    be.layernorm_forward(h, mean, rstd, x, ps.dev_param(ix.lnf_w), ps.dev_param(ix.lnf_b), 1, C);
-    be.classifier_logits(logits_.dev(), h, ps.dev_param(ix.lm_head), 1, C, V_);
+    be.layernorm_forward(h, mean, rstd, x, w(ix.lnf_w), w(ix.lnf_b), 1, C);
+    be.classifier_logits(logits_.dev(), h, w(ix.lm_head), 1, C, V_);
     ++pos_;
     return logits_.to_host();
   }
 
  private:
-  const Gpt2<float>& m_;
-  const ops::Backend<float>& be_;
+  const Gpt2<A>& m_;
+  const ops::Backend<A>& be_;
   int C_, NH_, V_, L_;
-  Array<float> k_, v_;  // (L, maxT, C) each: head h in columns [h*hs, (h+1)*hs)
-  Array<float> x_, h_, qkv_, y_, a_, wide_, stats_;
+  Array<A> k_, v_;  // (L, maxT, C) each: head h in columns [h*hs, (h+1)*hs)
+  Array<A> x_, h_, qkv_, y_, wide_;
+  Array<S> a_, stats_;
   Array<int32_t> tok_;
   Logits logits_;
 };
 
+template <class A>
 class LlamaDecoder final : public Decoder {
+  using S = ops::stat_t<A>;
+
  public:
-  LlamaDecoder(const Llama<float>& m, int max_context)
+  LlamaDecoder(const Llama<A>& m, int max_context)
       : Decoder(context_of(m.config(), max_context)),
         m_(m),
         be_(m.backend()),
@@ -130,7 +141,7 @@ class LlamaDecoder final : public Decoder {
         V_(m.config().vocab_size),
         L_(m.config().n_layer),
         k_(*be_.memory), v_(*be_.memory), x_(*be_.memory), h_(*be_.memory), q_(*be_.memory),
-        y_(*be_.memory), a_(*be_.memory), g_(*be_.memory), u_(*be_.memory), stats_(*be_.memory),
+        y_(*be_.memory), g_(*be_.memory), u_(*be_.memory), a_(*be_.memory), stats_(*be_.memory),
         tok_(*be_.memory), logits_(be_, V_) {
     const size_t kv = size_t(KVH_) * hs_;
     k_.resize(size_t(L_) * max_t_ * kv);
@@ -144,57 +155,59 @@ class LlamaDecoder final : public Decoder {
     u_.resize(H_);
     stats_.resize(1);
     tok_.resize(1);
+    m.round_weights();
   }
 
   const float* feed(int32_t token) override {
     LMF_CHECK(pos_ < max_t_, "KV cache full ({} positions)", max_t_);
     check_token(token, V_);
-    const auto& ps = m_.params();
     const auto& ix = m_.index();
     const auto& cfg = m_.config();
     const auto& be = be_;
     const int C = C_, KV = KVH_ * hs_, H = H_;
     const float eps = static_cast<float>(cfg.norm_eps);
     const double* inv_freq = m_.rope_inv_freq_device();
-    auto bias = [&](size_t i) { return i == Llama<float>::kNone ? nullptr : ps.dev_param(i); };
-    float *x = x_.data(), *h = h_.data(), *q = q_.data(), *y = y_.data(), *g = g_.data(), *u = u_.data();
-    float* rstd = stats_.data();
+    auto w = [this](size_t i) { return m_.weight(i); };
+    auto bias = [&](size_t i) { return i == Llama<A>::kNone ? nullptr : w(i); };
+    A *x = x_.data(), *h = h_.data(), *q = q_.data(), *y = y_.data(), *g = g_.data(), *u = u_.data();
+    S* rstd = stats_.data();
     tok_.upload(&token, 1);
-    be.encoder_forward(x, tok_.data(), ps.dev_param(ix.embed), nullptr, 1, 1, C);
+    be.encoder_forward(x, tok_.data(), w(ix.embed), nullptr, 1, 1, C);
     for (int l = 0; l < L_; ++l) {
       const auto& li = ix.layers[l];
-      float* kc = k_.data() + size_t(l) * max_t_ * KV;  // (maxT, KV)
-      float* vc = v_.data() + size_t(l) * max_t_ * KV;
-      float* kt = kc + size_t(pos_) * KV;
-      float* vt = vc + size_t(pos_) * KV;
-      be.rmsnorm_forward(h, rstd, x, ps.dev_param(li.attn_norm), 1, C, eps);
-      be.matmul_forward(q, h, ps.dev_param(li.wq), bias(li.bq), 1, C, C);
-      be.matmul_forward(kt, h, ps.dev_param(li.wk), bias(li.bk), 1, C, KV);
-      be.matmul_forward(vt, h, ps.dev_param(li.wv), bias(li.bv), 1, C, KV);
+      A* kc = k_.data() + size_t(l) * max_t_ * KV;  // (maxT, KV)
+      A* vc = v_.data() + size_t(l) * max_t_ * KV;
+      A* kt = kc + size_t(pos_) * KV;
+      A* vt = vc + size_t(pos_) * KV;
+      be.rmsnorm_forward(h, rstd, x, w(li.attn_norm), 1, C, eps);
+      be.matmul_forward(q, h, w(li.wq), bias(li.bq), 1, C, C);
+      be.matmul_forward(kt, h, w(li.wk), bias(li.bk), 1, C, KV);
+      be.matmul_forward(vt, h, w(li.wv), bias(li.bv), 1, C, KV);
       be.rope_forward(q, q, 1, 1, NH_, hs_, inv_freq, cfg.rope_interleaved, pos_);
       be.rope_forward(kt, kt, 1, 1, KVH_, hs_, inv_freq, cfg.rope_interleaved, pos_);
       be.attention_decode(y, a_.data(), q, kc, vc, pos_ + 1, NH_, KVH_, hs_, KV);
-      be.matmul_forward(h, y, ps.dev_param(li.wo), bias(li.bo), 1, C, C);
+      be.matmul_forward(h, y, w(li.wo), bias(li.bo), 1, C, C);
       be.residual_forward(x, x, h, C);
-      be.rmsnorm_forward(h, rstd, x, ps.dev_param(li.ffn_norm), 1, C, eps);
-      be.matmul_forward(g, h, ps.dev_param(li.gate), bias(li.bgate), 1, C, H);
-      be.matmul_forward(u, h, ps.dev_param(li.up), bias(li.bup), 1, C, H);
+      be.rmsnorm_forward(h, rstd, x, w(li.ffn_norm), 1, C, eps);
+      be.matmul_forward(g, h, w(li.gate), bias(li.bgate), 1, C, H);
+      be.matmul_forward(u, h, w(li.up), bias(li.bup), 1, C, H);
       be.swiglu_forward(g, g, u, size_t(H));
-      be.matmul_forward(h, g, ps.dev_param(li.down), bias(li.bdown), 1, H, C);
+      be.matmul_forward(h, g, w(li.down), bias(li.bdown), 1, H, C);
       be.residual_forward(x, x, h, C);
     }
-    be.rmsnorm_forward(h, rstd, x, ps.dev_param(ix.norm), 1, C, eps);
-    be.classifier_logits(logits_.dev(), h, ps.dev_param(ix.lm_head), 1, C, V_);
+    be.rmsnorm_forward(h, rstd, x, w(ix.norm), 1, C, eps);
+    be.classifier_logits(logits_.dev(), h, w(ix.lm_head), 1, C, V_);
     ++pos_;
     return logits_.to_host();
   }
 
  private:
-  const Llama<float>& m_;
-  const ops::Backend<float>& be_;
+  const Llama<A>& m_;
+  const ops::Backend<A>& be_;
   int C_, NH_, KVH_, hs_, H_, V_, L_;
-  Array<float> k_, v_;  // (L, maxT, KVH*hs) each, after RoPE
-  Array<float> x_, h_, q_, y_, a_, g_, u_, stats_;
+  Array<A> k_, v_;  // (L, maxT, KVH*hs) each, after RoPE
+  Array<A> x_, h_, q_, y_, g_, u_;
+  Array<S> a_, stats_;
   Array<int32_t> tok_;
   Logits logits_;
 };
@@ -202,8 +215,10 @@ class LlamaDecoder final : public Decoder {
 }  // namespace
 
 std::unique_ptr<Decoder> make_decoder(const Model& model, int max_context) {
-  if (auto* g = family<Gpt2<float>>(model)) return std::make_unique<Gpt2Decoder>(*g, max_context);
-  if (auto* l = family<Llama<float>>(model)) return std::make_unique<LlamaDecoder>(*l, max_context);
+  if (auto* g = family<Gpt2<float>>(model)) return std::make_unique<Gpt2Decoder<float>>(*g, max_context);
+  if (auto* l = family<Llama<float>>(model)) return std::make_unique<LlamaDecoder<float>>(*l, max_context);
+  if (auto* g = family<Gpt2<bf16>>(model)) return std::make_unique<Gpt2Decoder<bf16>>(*g, max_context);
+  if (auto* l = family<Llama<bf16>>(model)) return std::make_unique<LlamaDecoder<bf16>>(*l, max_context);
   throw UserError("no KV-cache decoder for model family \"{}\"", model.config().arch);
 }
 

@@ -38,6 +38,15 @@ class ComputeCopy {
     else
       return ps.dev_param(i);
   }
+  const F* at(const ParamStore<M>& ps, size_t i) const {
+    if constexpr (kSeparate)
+      return wc_.data() + ps.entry(i).offset;
+    else
+      return ps.dev_param(i);
+  }
+  // Rounds every weight (for a decoder, which reads them outside any forward). The copy is a
+  // cache of the master weights, so refreshing it leaves the model as it was: const.
+  void round_all(const ops::Backend<F>& be, const ParamStore<M>& ps) const { round(be, ps, 0, ps.flat_size()); }
   // At the start of a forward: rounds the weights outside the blocks (blocks: each one's
   // [first, second) of the flat buffer, in order). Returns the hook to run the blocks with: `use`,
   // then, before a block's forward, the rounding of its weights.
@@ -58,10 +67,11 @@ class ComputeCopy {
   }
 
  private:
-  void round(const ops::Backend<F>& be, ParamStore<M>& ps, size_t lo, size_t hi) {
-    if (hi > lo) be.to_compute(wc_.data() + lo, ps.dev_params() + lo, hi - lo);
+  void round(const ops::Backend<F>& be, const ParamStore<M>& ps, size_t lo, size_t hi) const {
+    if constexpr (kSeparate)
+      if (hi > lo) be.to_compute(wc_.data() + lo, ps.dev_params() + lo, hi - lo);
   }
-  Array<F> wc_;  // (flat_size) when kSeparate
+  mutable Array<F> wc_;  // (flat_size) when kSeparate
 };
 
 }  // namespace lmf

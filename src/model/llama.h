@@ -72,6 +72,10 @@ class Llama {
     std::vector<Layer> layers;
   };
   const Index& index() const { return idx_; }
+  // Tensor i as the layers read it (the compute copy under bf16 storage), in the backend's memory,
+  // after round_weights() (a forward rounds them too): for the decoders.
+  const F* weight(size_t i) const { return wc_.at(ps_, i); }
+  void round_weights() const { wc_.round_all(*be_, ps_); }
   // Block l's parameters occupy [first, second) of the flat buffer (padding included), and
   // their gradients are final once backward() calls the hook with l (data parallelism starts
   // reducing them then, while earlier blocks still run backward).

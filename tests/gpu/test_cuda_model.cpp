@@ -287,6 +287,36 @@ TEST(CudaDecoder, MatchesTheFullForwardAndTheCpu) {
   }
 }
 
+// Decoding over bf16 storage on the GPU (cuda::backend_bf16) follows the CPU specification's
+// decoder (ops::cpu_backend<bf16>) on the same weights, position by position: their sums differ in
+// the last fp32 bits, so a stored value may round to the neighbouring bf16 value (test_bf16's
+// DecodingFollowsTheFullForward derives the 48 u bound, u = 2^-8, relative to the largest logit).
+TEST(CudaDecoder, Bf16FollowsTheCpuSpecification) {
+  SKIP_WITHOUT_DEVICE();
+  for (const ModelConfig& c : {gpt2_cfg(true), llama_cfg(false)}) {
+    SCOPED_TRACE(c.arch);
+    auto gpu = make_model(c, true, {}, &cuda::backend(ops::MatmulPrecision::bf16), &cuda::backend_bf16());
+    auto cpu = make_model(c, true, {}, nullptr, &ops::cpu_backend<bf16>());
+    test::randomise(*gpu, 12);
+    test::randomise(*cpu, 12);
+    gpu->params().upload_params();
+    auto dg = make_decoder(*gpu), dc = make_decoder(*cpu);
+    const test::Batch b = test::random_batch(1, 20, c.vocab_size, 13);
+    double worst = 0;
+    for (int t = 0; t < 20; ++t) {
+      const float* g = dg->feed(b.x[t]);
+      const float* p = dc->feed(b.x[t]);
+      double d = 0, mx = 0;
+      for (int v = 0; v < c.vocab_size; ++v) {
+        d = std::max(d, std::abs(double(g[v]) - p[v]));
+        mx = std::max(mx, std::abs(double(p[v])));
+      }
+      worst = std::max(worst, d / mx);
+    }
+    EXPECT_LE(worst, 48 * 0x1p-8);
+  }
+}
+
 // llama2.c's stories260K decoded greedily on the GPU prints llama2.c's published text
 // (../shared/data/tinyllamas/README.md), as the CPU decoder does (test_convert.cpp).
 TEST(CudaDecoder, Stories260KGivesThePublishedText) {

@@ -172,6 +172,13 @@ TEST_F(Cli, Bf16StorageTrainsOnRealTextAndItsRunSamples) {
   auto s = run_lmforge("sample --run " + run.string() + " --prompt 'The Congress ' --max-new-tokens 20 --seed 2", t.path());
   ASSERT_EQ(s.code, 0) << s.err;
   EXPECT_GE(s.out.size(), std::string("The Congress ").size() + 10);
+  // Decoding in bf16 too (the KV cache, activations and weights).
+  auto s16 = run_lmforge(
+      "sample --run " + run.string() + " --prompt 'The Congress ' --max-new-tokens 20 --seed 2 --precision bf16", t.path());
+  ASSERT_EQ(s16.code, 0) << s16.err;
+  EXPECT_GE(s16.out.size(), std::string("The Congress ").size() + 10);
+  expect_user_error(run_lmforge("sample --run " + run.string() + " --prompt x --precision fp8", t.path()),
+                    "--precision");
   expect_user_error(run_lmforge(train_args(t.path() / "bad", "--set train.precision=fp16"), t.path()),
                     "[train] precision");
 }

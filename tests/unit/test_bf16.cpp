@@ -19,7 +19,9 @@
 
 #include "core/half.h"
 #include "model/gpt2.h"
+#include "infer/decoder.h"
 #include "model/llama.h"
+#include "model/model.h"
 #include "model_test_util.h"
 #include "op_tolerance.h"
 #include "ops/backend.h"
@@ -398,6 +400,42 @@ TEST(Bf16Model, ActivationsTakeHalfTheBytes) {
                    activation_bytes_ratio<Llama>(test::small_config("llama", true, 64, 37, 32))}) {
     EXPECT_GT(r, 0.5);
     EXPECT_LT(r, 0.55);
+  }
+}
+
+// KV-cache decoding over bf16 storage (infer/decoder.cpp on the bf16 table): the decoder rounds
+// the weights itself (none of this model's forwards has run), and at every position its logits
+// follow the bf16 model's full forward over the prefix. The two run the same ops on one row and
+// on t rows: their float sums differ in the last bits, and a stored value can then round to the
+// neighbouring bf16 value, 2^-8 relative; through the 2 layers' 22 stored values per row and the
+// final norm that is the 48 u of the bound above, relative to the largest logit.
+template <template <class> class Family>
+double decoder_error(const ModelConfig& cfg) {
+  ModelOf<Family<bf16>> owner(cfg);
+  Model& m = owner;
+  test::randomise(m, 3);
+  auto dec = make_decoder(m);
+  const test::Batch b = test::random_batch(1, 12, cfg.vocab_size, 4);
+  std::vector<float> full(cfg.vocab_size);
+  double worst = 0;
+  for (int t = 1; t <= 12; ++t) {
+    const float* step = dec->feed(b.x[t - 1]);
+    m.forward(b.x.data(), nullptr, 1, t);
+    m.last_logits(full.data());
+    double d = 0, mx = 0;
+    for (int v = 0; v < cfg.vocab_size; ++v) {
+      d = std::max(d, std::abs(double(step[v]) - full[v]));
+      mx = std::max(mx, std::abs(double(full[v])));
+    }
+    worst = std::max(worst, d / mx);
+  }
+  return worst;
+}
+TEST(Bf16Model, DecodingFollowsTheFullForward) {
+  for (double e : {decoder_error<Gpt2>(test::small_config("gpt2", true, 32, 37, 16)),
+                   decoder_error<Llama>(test::small_config("llama", false, 32, 37, 16))}) {
+    std::printf("decoder against the full forward: %.3g of the largest logit\n", e);
+    EXPECT_LE(e, 48 * 0x1p-8);
   }
 }
 
