@@ -219,6 +219,7 @@ class GuardedComm final : public dist::Communicator {
   std::string kind() const override { return "guarded " + in_->kind(); }
   void all_reduce_sum(float* d, size_t n) override { go(d, [&] { in_->all_reduce_sum(d, n); }); }
   void all_reduce_sum(double* d, size_t n) override { go(d, [&] { in_->all_reduce_sum(d, n); }); }
+  void all_reduce_sum(bf16* d, size_t n) override { go(d, [&] { in_->all_reduce_sum(d, n); }); }
   void all_reduce_max(int* d, size_t n) override { go(d, [&] { in_->all_reduce_max(d, n); }); }
   void reduce_scatter_sum(const float* i, float* o, const std::vector<int>& c) override {
     Guarded::get().check(o, "reduce_scatter_sum", 1);

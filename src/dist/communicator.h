@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "core/half.h"
+
 namespace lmf::dist {
 
 // Payload bytes this rank handed to each kind of collective (its input size per call).
@@ -36,6 +38,10 @@ class Communicator {
   // data (n) = sum over ranks, on every rank.
   virtual void all_reduce_sum(float* data, size_t n) = 0;
   virtual void all_reduce_sum(double* data, size_t n) = 0;
+  // bf16 values (tensor parallelism's activations under bf16 storage): each rank's widened
+  // exactly, summed in float, the sum rounded once to bf16. This one is for host memory: a float
+  // copy through all_reduce_sum(float). A device communicator overrides it (NCCL: its bf16 sum).
+  virtual void all_reduce_sum(bf16* data, size_t n);
   virtual void all_reduce_max(int* data, size_t n) = 0;
   // Rank r's block of the sum: out (counts[r]) = sum over ranks of in[offset_r, offset_r +
   // counts[r]), offsets the prefix sums of counts; in holds sum(counts) values.

@@ -26,7 +26,6 @@ Gpt2<F>::Gpt2(const ModelConfig& cfg, bool allocate, nn::TensorParallel tp, cons
   LMF_CHECK(cfg.n_embd % cfg.n_head == 0, "n_embd {} % n_head {}", cfg.n_embd, cfg.n_head);
   LMF_CHECK(tp.size >= 1 && cfg.n_head % tp.size == 0, "n_head {} over {} tensor-parallel ranks", cfg.n_head,
             tp.size);
-  if (!std::is_same_v<F, ops::master_t<F>> && tp.size > 1) throw UserError("tensor parallelism with bf16 storage is not built yet");
   const int64_t C = cfg.n_embd, V = cfg.vocab_size, L = cfg.n_layer;
   const int64_t A = tp.part(cfg.n_embd), M = tp.part(4 * cfg.n_embd);  // this rank's widths
   const Split rows{0, 1}, cols{1, 1}, qkv_rows{0, 3};

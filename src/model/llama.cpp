@@ -32,7 +32,6 @@ Llama<F>::Llama(const ModelConfig& cfg, bool allocate, nn::TensorParallel tp, co
   LMF_CHECK(cfg.head_size() % 2 == 0, "RoPE needs an even head size (got {})", cfg.head_size());
   LMF_CHECK(tp.size >= 1 && KVH_ % tp.size == 0 && H_ % tp.size == 0,
             "n_kv_head {} and ffn width {} over {} tensor-parallel ranks", KVH_, H_, tp.size);
-  if (!std::is_same_v<F, ops::master_t<F>> && tp.size > 1) throw UserError("tensor parallelism with bf16 storage is not built yet");
   // This rank's widths: query heads, kv heads and MLP columns are divided among the group.
   const int64_t C = cfg.n_embd, V = cfg.vocab_size, L = cfg.n_layer, H = tp.part(H_);
   const int64_t Q = int64_t(tp.part(cfg.n_head)) * cfg.head_size();

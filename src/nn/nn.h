@@ -10,10 +10,6 @@
 //   - activation gradients are ASSIGNED (=), except into the residual stream: LayerNorm's
 //     backward adds into `dinp`, because its input is the residual, whose gradient also flows
 //     around the block. So one buffer `dres` carries dL/d(residual) down the whole network.
-#include <type_traits>
-
-#include "core/error.h"
-#include "core/half.h"
 #include "core/param_store.h"
 #include "dist/communicator.h"
 #include "ops/backend.h"
@@ -30,13 +26,10 @@ struct TensorParallel {
   dist::Communicator* comm = nullptr;  // the group; may be null when size == 1 (or to plan)
   int size = 1, rank = 0;
   // Sums x (n) over the group (nothing when size == 1).
+  // (bf16 activations: summed in float, rounded once; Communicator::all_reduce_sum(bf16*).)
   template <class F>
   void all_reduce(F* x, size_t n) const {
-    if constexpr (std::is_same_v<F, bf16>) {
-      LMF_CHECK(size == 1, "tensor parallelism over bf16 activations is not built");  // models refuse it first
-    } else {
-      if (size > 1) comm->all_reduce_sum(x, n);
-    }
+    if (size > 1) comm->all_reduce_sum(x, n);
   }
   // The local part of a dimension of `whole` elements, which must divide evenly.
   int part(int whole) const { return whole / size; }

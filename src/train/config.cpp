@@ -309,8 +309,6 @@ void validate_config(const RunConfig& c) {
   if (c.train.precision == "bf16") {
     need(c.train.matmul_precision != "tf32", "[train] matmul_precision",
          "tf32 does not go with [train] precision = bf16, whose products are bf16");
-    need(c.dist.tensor_parallel == 1, "[dist] tensor_parallel",
-         "must be 1 with [train] precision = bf16 (not built yet)");
   }
   need(c.checkpoint.every >= 0, "[checkpoint] every", "must be >= 0");
   need(c.checkpoint.keep_last >= 0, "[checkpoint] keep_last", "must be >= 0");

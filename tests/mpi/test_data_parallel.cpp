@@ -317,7 +317,8 @@ TEST_F(MpiTrain, TwoRanksEqualOneRankWithDoubleBatchForEveryZeroStage) {
 // [train] precision = bf16 over two ranks, at every ZeRO stage: the ranks reduce the float
 // gradients of the master weights as a float run does, and at stage 3 each block's weights are
 // rounded to bf16 once gathered (model/compute_copy.h), so every stage ends with the same weights,
-// bit for bit, and the run follows one rank with the double batch within bf16's drift.
+// bit for bit, and the run follows one rank with the double batch within bf16's drift. So does a
+// tensor-parallel run.
 TEST_F(MpiTrain, Bf16StorageOverTwoRanksAtEveryZeroStage) {
   TempDir t;
   const std::string bf16 = " --set train.precision=bf16";
@@ -339,6 +340,13 @@ TEST_F(MpiTrain, Bf16StorageOverTwoRanksAtEveryZeroStage) {
     else
       EXPECT_TRUE(w == weights0) << "weights differ from zero 0";
   }
+  // Tensor parallelism over the two ranks: the bf16 activations are all-reduced in float and
+  // rounded once (Communicator::all_reduce_sum(bf16*)); the run follows one rank within the drift.
+  auto tp = t / "tp2";
+  auto r = run_ranks(2, train_args(tp, 8, bf16 + " --set dist.tensor_parallel=2"), t.path());
+  ASSERT_EQ(r.code, 0) << r.err << r.out;
+  EXPECT_NE((r.out + r.err).find("tensor parallel: 2 ranks per group"), std::string::npos) << r.out << r.err;
+  expect_losses_follow(tp, one, 0x1p-8);
   auto plan = run_lmforge("plan -n 2 --set model.vocab_size=257 " + model_sets(t / "plan", 4, bf16), t.path());
   EXPECT_NE(plan.out.find("bf16 storage: plus the weights the layers read"), std::string::npos) << plan.out;
 }

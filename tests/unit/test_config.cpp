@@ -75,8 +75,7 @@ TEST(Config, ErrorsNameFileSectionAndKey) {
   EXPECT_EQ(default_config({"train.precision=\"bf16\""}).train.precision, "bf16");
   for (const auto& [override_, field] : std::vector<std::pair<std::string, std::string>>{
            {"train.precision=\"fp16\"", "[train] precision"},
-           {"train.matmul_precision=\"tf32\"", "[train] matmul_precision"},
-           {"dist.tensor_parallel=2", "[dist] tensor_parallel"}}) {
+           {"train.matmul_precision=\"tf32\"", "[train] matmul_precision"}}) {
     std::vector<std::string> o{override_};
     if (override_.find("train.precision") == std::string::npos) o.push_back("train.precision=\"bf16\"");
     const std::string e = error_of([&] { default_config(o); });
