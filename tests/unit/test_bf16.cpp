@@ -18,7 +18,6 @@
 #include <vector>
 
 #include "core/half.h"
-#include "dist/tensor_parallel.h"
 #include "model/gpt2.h"
 #include "infer/decoder.h"
 #include "model/llama.h"
@@ -27,7 +26,7 @@
 #include "op_tolerance.h"
 #include "ops/backend.h"
 #include "optim/adamw.h"
-#include "thread_comm.h"
+#include "tp_test_util.h"
 
 namespace lmf {
 namespace {
@@ -446,8 +445,7 @@ TEST(Bf16Model, DecodingFollowsTheFullForward) {
 // before the all-reduce sums the parts in float and rounds once more, where the whole model rounds
 // once: each all-reduced value may differ by that rounding, one u = 2^-8. Those are two of a
 // block's stored values forward and two backward, among the 48 u of the bound above: the loss
-// (relative) and every gradient (relative to the largest) within it; the float model split the
-// same way agrees far more closely, so the difference is bf16's.
+// (relative) and every gradient (relative to the largest) within it, and not exactly equal.
 template <template <class> class Family>
 std::pair<double, double> tensor_parallel_errors(const ModelConfig& cfg, int size) {
   const int B = 2, T = 7;
@@ -459,23 +457,10 @@ std::pair<double, double> tensor_parallel_errors(const ModelConfig& cfg, int siz
   const double loss = whole.forward(batch.x.data(), batch.y.data(), B, T, scale);
   whole.backward();
   const auto& wps = whole.params();
-  std::vector<double> losses(static_cast<size_t>(size));
-  std::vector<std::vector<float>> part_grads(static_cast<size_t>(size));
-  test::ThreadGroup::run(size, [&](dist::Communicator& comm) {
-    const int r = comm.rank();
-    Family<bf16> part(cfg, true, nn::TensorParallel{&comm, size, r});
-    auto& ps = part.params();
-    dist::tp_slice(wps, wps.params(), ps, ps.params(), size, r);
-    ps.zero_grad();
-    losses[size_t(r)] = part.forward(batch.x.data(), batch.y.data(), B, T, scale);
-    part.backward();
-    part_grads[size_t(r)].assign(ps.grads(), ps.grads() + ps.flat_size());
-  });
+  const auto run = test::run_split<Family<bf16>>(cfg, size, wps, batch, B, T, scale);
   std::vector<float> grads(wps.flat_size(), 0.0f);
-  for (int r = 0; r < size; ++r) {
-    const Family<bf16> shape(cfg, false, nn::TensorParallel{nullptr, size, r});
-    dist::tp_place(wps, grads.data(), shape.params(), part_grads[size_t(r)].data(), size, r);
-  }
+  for (int r = 0; r < size; ++r) test::place_split<Family<bf16>>(cfg, size, r, wps, run.grads[size_t(r)], grads.data());
+  const auto& losses = run.losses;
   double gmax = 0, e = 0;
   for (size_t i = 0; i < grads.size(); ++i) {
     gmax = std::max(gmax, std::abs(double(wps.grads()[i])));

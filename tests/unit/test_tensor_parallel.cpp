@@ -10,7 +10,7 @@
 #include "model/gpt2.h"
 #include "model/llama.h"
 #include "model_test_util.h"
-#include "thread_comm.h"
+#include "tp_test_util.h"
 
 namespace lmf {
 namespace {
@@ -91,32 +91,22 @@ void expect_split_matches_whole(const ModelConfig& cfg, int size) {
   whole.backward();
   const auto& wps = whole.params();
 
-  std::vector<double> losses(static_cast<size_t>(size), 0.0);
-  std::vector<std::vector<double>> part_grads(static_cast<size_t>(size), std::vector<double>{});
-  test::ThreadGroup::run(size, [&](dist::Communicator& comm) {
-    const int r = comm.rank();
-    M part(cfg, true, nn::TensorParallel{&comm, size, r});
-    auto& ps = part.params();
-    dist::tp_slice(wps, wps.params(), ps, ps.params(), size, r);
-    ps.zero_grad();
-    losses[size_t(r)] = part.forward(batch.x.data(), batch.y.data(), B, T, scale);
-    part.backward();
-    part_grads[size_t(r)].assign(ps.grads(), ps.grads() + ps.flat_size());
-  });
+  const auto run = test::run_split<M>(cfg, size, wps, batch, B, T, scale);
+  const auto& losses = run.losses;
+  const auto& part_grads = run.grads;
 
   std::vector<double> grads(wps.flat_size(), 0.0);
   for (int r = size - 1; r >= 0; --r) {
     SCOPED_TRACE(r);
     EXPECT_NEAR(losses[size_t(r)], loss, 1e-12 * loss);
     M shape(cfg, false, nn::TensorParallel{nullptr, size, r});
-    const auto& sps = shape.params();
     // Replicated tensors see the same numbers on every rank: the same gradient, bit for bit.
-    for (const auto& e : sps.entries()) {
+    for (const auto& e : shape.params().entries()) {
       if (e.split_dim >= 0) continue;
       for (size_t j = 0; j < e.size; ++j)
         ASSERT_EQ(part_grads[size_t(r)][e.offset + j], part_grads[0][e.offset + j]) << e.name << " " << j;
     }
-    dist::tp_place(wps, grads.data(), sps, part_grads[size_t(r)].data(), size, r);
+    test::place_split<M>(cfg, size, r, wps, part_grads[size_t(r)], grads.data());
   }
   double worst = 0;
   size_t split_values = 0;
