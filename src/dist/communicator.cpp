@@ -8,13 +8,6 @@
 
 namespace lmf::dist {
 
-void Communicator::all_reduce_sum(bf16* data, size_t n) {
-  std::vector<float> wide(n);
-  for (size_t i = 0; i < n; ++i) wide[i] = float(data[i]);
-  all_reduce_sum(wide.data(), n);
-  for (size_t i = 0; i < n; ++i) data[i] = bf16(wide[i]);
-}
-
 void LocalCommunicator::reduce_scatter_sum(const float* in, float* out, const std::vector<int>& counts) {
   LMF_CHECK(counts.size() == 1, "local reduce_scatter over {} ranks", counts.size());
   if (out != in) std::memmove(out, in, sizeof(float) * size_t(counts[0]));

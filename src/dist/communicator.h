@@ -41,7 +41,13 @@ class Communicator {
   // bf16 values (tensor parallelism's activations under bf16 storage): each rank's widened
   // exactly, summed in float, the sum rounded once to bf16. This one is for host memory: a float
   // copy through all_reduce_sum(float). A device communicator overrides it (NCCL: its bf16 sum).
-  virtual void all_reduce_sum(bf16* data, size_t n);
+  // Inline, as every other member here is pure: no translation unit owns the class's vtable.
+  virtual void all_reduce_sum(bf16* data, size_t n) {
+    std::vector<float> wide(n);
+    for (size_t i = 0; i < n; ++i) wide[i] = float(data[i]);
+    all_reduce_sum(wide.data(), n);
+    for (size_t i = 0; i < n; ++i) data[i] = bf16(wide[i]);
+  }
   virtual void all_reduce_max(int* data, size_t n) = 0;
   // Rank r's block of the sum: out (counts[r]) = sum over ranks of in[offset_r, offset_r +
   // counts[r]), offsets the prefix sums of counts; in holds sum(counts) values.
