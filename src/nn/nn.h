@@ -42,18 +42,12 @@ template <class F>
 struct P {
   F* w = nullptr;                 // parameter (the compute copy)
   ops::master_t<F>* dw = nullptr;  // its gradient
-  static P of(ParamStore<F>& ps, size_t i) { return {ps.dev_param(i), ps.dev_grad(i)}; }
 };
 
 // A layout carved from two buffers: activations (F) and statistics (ops::stat_t<F>: mean, rstd,
 // lse, losses).
 struct Sizes {
   size_t acts = 0, stats = 0;
-  Sizes& operator+=(Sizes o) {
-    acts += o.acts;
-    stats += o.stats;
-    return *this;
-  }
 };
 // Takes n values from the front of a buffer.
 template <class T>

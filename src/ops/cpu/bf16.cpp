@@ -121,8 +121,6 @@ void residual_layernorm_forward(bf16* res, bf16* out, float* mean, float* rstd, 
   residual_forward(res, a, b, size_t(N) * C);
   layernorm_forward(out, mean, rstd, res, w, bias, N, C);
 }
-void residual_rmsnorm_forward(bf16* res, bf16* out, float* rstd, const bf16* a, const bf16* b, const bf16* w, int N,
-                              int C, float eps);
 void attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH) {
   Wide q = widen(qkv, size_t(B) * T * 3 * C);
   Out o(out, size_t(B) * T * C);
