@@ -3,8 +3,8 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/tables.h"
 #include "core/threading.h"
-#include "ops/cuda_backend.h"
 #include "train/bench.h"
 #include "train/trainer.h"
 
@@ -56,17 +56,9 @@ void add_bench(CLI::App& app) {
     if (o->device != "cpu" && o->device != "cuda") throw UserError("--device: expected cpu or cuda (got \"{}\")", o->device);
     const auto precision = ops::parse_matmul_precision(o->precision);
     if (!precision) throw UserError("--matmul-precision: expected fp32, tf32 or bf16 (got \"{}\")", o->precision);
-    if (o->storage != "fp32" && o->storage != "bf16")
-      throw UserError("--precision: expected fp32 or bf16 (got \"{}\")", o->storage);
-    const ops::Backend<float>* be =
-        o->device == "cuda" ? &cuda::backend(*precision) : &ops::cpu_backend<float>(*precision);
-    const ops::Backend<bf16>* be16 = nullptr;
-    if (o->storage == "bf16") {
-      if (*precision == ops::MatmulPrecision::tf32)
-        throw UserError("--matmul-precision tf32 does not go with --precision bf16, whose products are bf16");
-      o->precision = "bf16";  // what its products are, for the JSON line
-      be16 = o->device == "cuda" ? &cuda::backend_bf16() : &ops::cpu_backend<bf16>();
-    }
+    const ops::Backend<bf16>* be16 = bf16_table(o->device, *precision, o->storage);
+    if (be16) o->precision = "bf16";  // what its products are, for the JSON line
+    const ops::Backend<float>* be = &float_table(o->device, *precision);
     ModelConfig mc;
     mc.arch = o->arch;
     mc.n_kv_head = o->KV;

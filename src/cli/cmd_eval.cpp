@@ -3,10 +3,10 @@
 #include <cmath>
 
 #include "cli/commands.h"
+#include "cli/tables.h"
 #include "core/threading.h"
 #include "data/loader.h"
 #include "data/stats.h"
-#include "ops/cuda_backend.h"
 #include "train/run_io.h"
 #include "train/trainer.h"
 
@@ -43,17 +43,9 @@ void add_eval(CLI::App& app) {
     } else {
       precision = ops::parse_matmul_precision(open_run_config(o->run).train.matmul_precision);
     }
-    const ops::Backend<float>* be =
-        o->device == "cuda" ? &cuda::backend(*precision) : &ops::cpu_backend<float>(*precision);
-    const std::string storage = o->storage.empty() ? open_run_config(o->run).train.precision : o->storage;
-    if (storage != "fp32" && storage != "bf16")
-      throw UserError("--precision: expected fp32 or bf16 (got \"{}\")", storage);
-    const ops::Backend<bf16>* be16 = nullptr;
-    if (storage == "bf16") {
-      if (*precision == ops::MatmulPrecision::tf32)
-        throw UserError("--matmul-precision tf32 does not go with bf16 storage, whose products are bf16");
-      be16 = o->device == "cuda" ? &cuda::backend_bf16() : &ops::cpu_backend<bf16>();
-    }
+    const ops::Backend<float>* be = &float_table(o->device, *precision);
+    const ops::Backend<bf16>* be16 = bf16_table(
+        o->device, *precision, o->storage.empty() ? open_run_config(o->run).train.precision : o->storage);
     auto run = open_run(o->run, be, be16);
     auto& t = run.cfg.train;
     if (o->batch_size > 0) t.batch_size = o->batch_size;

@@ -3,11 +3,11 @@
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "cli/tables.h"
 #include "core/error.h"
 #include "core/threading.h"
 #include "data/tokenizer.h"
 #include "infer/generate.h"
-#include "ops/cuda_backend.h"
 #include "train/run_io.h"
 
 namespace lmf::cli {
@@ -48,17 +48,8 @@ void add_sample(CLI::App& app) {
     if (o->device != "cpu" && o->device != "cuda") throw UserError("--device: expected cpu or cuda (got \"{}\")", o->device);
     const auto precision = ops::parse_matmul_precision(o->precision);
     if (!precision) throw UserError("--matmul-precision: expected fp32, tf32 or bf16 (got \"{}\")", o->precision);
-    if (o->storage != "fp32" && o->storage != "bf16")
-      throw UserError("--precision: expected fp32 or bf16 (got \"{}\")", o->storage);
-    const ops::Backend<float>* be =
-        o->device == "cuda" ? &cuda::backend(*precision) : &ops::cpu_backend<float>(*precision);
-    const ops::Backend<bf16>* be16 = nullptr;
-    if (o->storage == "bf16") {
-      if (*precision == ops::MatmulPrecision::tf32)
-        throw UserError("--matmul-precision tf32 does not go with --precision bf16, whose products are bf16");
-      be16 = o->device == "cuda" ? &cuda::backend_bf16() : &ops::cpu_backend<bf16>();
-    }
-    auto run = open_run(o->run, be, be16);
+    const ops::Backend<bf16>* be16 = bf16_table(o->device, *precision, o->storage);
+    auto run = open_run(o->run, &float_table(o->device, *precision), be16);
     auto tok = data::make_tokenizer(run_tokenizer_spec(run.cfg.data.tokenizer, o->run));
     if (tok->vocab_size() > run.cfg.model.vocab_size)
       throw UserError("{}: tokenizer '{}' has {} tokens, the model only {}", o->run, tok->name(), tok->vocab_size(),

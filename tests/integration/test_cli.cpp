@@ -53,6 +53,12 @@ class Cli : public ::testing::Test {
            "--set data.dir=" + data.string() + " --set log.run_dir=" + run.string() + " " + extra;
   }
 
+  // The val loss `eval` printed, or -1 when it printed none.
+  static double val_loss(const std::string& eval_out) {
+    auto v = eval_out.find("val loss ");
+    return v == std::string::npos ? -1.0 : std::stod(eval_out.substr(v + 9));
+  }
+
   static std::vector<nlohmann::json> metrics(const fs::path& run) {
     std::vector<nlohmann::json> v;
     std::istringstream in(slurp(run / "metrics.jsonl"));
@@ -121,10 +127,6 @@ TEST_F(Cli, TrainingBeatsTheUnigramBaselineOnRealText) {
   EXPECT_NEAR(std::stod(e.out.substr(e.out.find(": ", at) + 2)), base, 1e-3);
   // eval with bf16 GEMM products (the CPU's emulation; its effect is shown in test_backend):
   // the mode is taken and the loss stays close to fp32's.
-  auto val_loss = [](const std::string& out) {
-    auto v = out.find("val loss ");
-    return v == std::string::npos ? -1.0 : std::stod(out.substr(v + 9));
-  };
   auto e16 = run_lmforge("eval --run " + run.string() + " --batches 4 --matmul-precision bf16", t.path());
   ASSERT_EQ(e16.code, 0) << e16.err;
   EXPECT_NE(e16.out.find("bf16 GEMMs"), std::string::npos) << e16.out;
@@ -156,10 +158,6 @@ TEST_F(Cli, Bf16StorageTrainsOnRealTextAndItsRunSamples) {
   EXPECT_LT(last_val, base - 0.3) << "val loss " << last_val << " vs unigram " << base;
   // eval takes the run's storage by default; --precision fp32 evaluates the same weights in fp32,
   // close to it and not equal.
-  auto val_loss = [](const std::string& out) {
-    auto v = out.find("val loss ");
-    return v == std::string::npos ? -1.0 : std::stod(out.substr(v + 9));
-  };
   auto e = run_lmforge("eval --run " + run.string() + " --batches 4", t.path());
   ASSERT_EQ(e.code, 0) << e.err;
   EXPECT_NE(e.out.find("bf16 storage"), std::string::npos) << e.out;
