@@ -40,6 +40,14 @@ FVec rand_vec(size_t n, uint64_t stream, float lo = -1.0f, float hi = 1.0f) {
   return v;
 }
 
+// n token ids uniform in [0, V).
+std::vector<int32_t> rand_tokens(size_t n, int V, uint64_t stream) {
+  std::vector<int32_t> t(n);
+  Rng r(7, stream);
+  for (auto& x : t) x = int32_t(r.below(V));
+  return t;
+}
+
 // max |got - ref| / max |ref|.
 double max_err(const FVec& got, const FVec& ref) {
   double d = 0, m = 0;
@@ -476,9 +484,7 @@ void BM_encoder(benchmark::State& st) {
   if (!need_device(st)) return;
   const int B = kB, T = kT, C = kC, V = 50257;
   const bool backward = st.range(0) != 0;
-  std::vector<int32_t> tok(size_t(B) * T);
-  Rng r(7, 38);
-  for (auto& t : tok) t = int32_t(r.below(V));
+  const std::vector<int32_t> tok = rand_tokens(size_t(B) * T, V, 38);
   auto wte = rand_vec(size_t(V) * C, 39), wpe = rand_vec(size_t(T) * C, 40);
   DeviceBuffer<int32_t> dtok(tok);
   DeviceBuffer<float> dwte(wte), dwpe(wpe);
@@ -507,9 +513,7 @@ void BM_classifier_ce(benchmark::State& st) {
   if (!need_device(st)) return;
   const int N = kT, C = kC, V = 50257;
   auto x = rand_vec(size_t(N) * C, 42), w = rand_vec(size_t(V) * C, 43, -0.05f, 0.05f);
-  std::vector<int32_t> tg(N);
-  Rng r(7, 44);
-  for (auto& t : tg) t = int32_t(r.below(V));
+  const std::vector<int32_t> tg = rand_tokens(N, V, 44);
   FVec dloss(N, 1.0f / N), rl(N), rdx(size_t(N) * C), rdw(size_t(V) * C, 0.0f);
   ops::classifier_ce_forward(rl.data(), rdx.data(), rdw.data(), x.data(), w.data(), tg.data(), dloss.data(), N, C, V);
   DeviceBuffer<float> dx(x), dw(w), ddl(dloss), dl(N), ddx(size_t(N) * C), ddw(FVec(size_t(V) * C, 0.0f));
@@ -703,9 +707,7 @@ void BM_bf16_classifier_ce(benchmark::State& st) {
   if (!need_device(st)) return;
   const int N = kT, C = kC, V = 50257;
   auto x = rand_bf16(size_t(N) * C, 42), w = rand_bf16(size_t(V) * C, 43, -0.05f, 0.05f);
-  std::vector<int32_t> tg(N);
-  Rng r(7, 44);
-  for (auto& t : tg) t = int32_t(r.below(V));
+  const std::vector<int32_t> tg = rand_tokens(N, V, 44);
   FVec dloss(N, 1.0f / N), rl(N), rdw(size_t(V) * C, 0.0f);
   BVec rdx(size_t(N) * C);
   spec().classifier_ce_forward(rl.data(), rdx.data(), rdw.data(), x.data(), w.data(), tg.data(), dloss.data(), N, C,
