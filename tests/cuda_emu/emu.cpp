@@ -3,6 +3,7 @@
 #include "emu.h"
 
 #include <cblas.h>
+#include <fmt/format.h>
 #include <sys/mman.h>
 #include <ucontext.h>
 
@@ -189,14 +190,81 @@ bool release(Block& b) {
   return any;
 }
 
+// The order in which a launch runs its blocks, and each round of a block its runnable threads:
+// LMF_EMU_SCHEDULE = forward (the default: index order), reverse, or shuffle[:SEED] (a fresh
+// permutation each time, from a generator seeded once per host thread). A GPU promises no
+// order, so a kernel must give the same result under all three. Index order alone hides one
+// direction of each race: a thread that reads, without a barrier, what a lower-indexed thread
+// (or block) writes sees the new value, since that thread ran first. Reverse order hides the
+// other direction, and shuffles mix them (README.md, "What it checks").
+enum class Order { forward, reverse, shuffle };
+
+struct Schedule {
+  Order order = Order::forward;
+  uint64_t seed = 0x9e3779b97f4a7c15ull;
+};
+
+Schedule parse_schedule(const std::string& v) {
+  Schedule s;
+  if (v.empty() || v == "forward") return s;
+  if (v == "reverse") {
+    s.order = Order::reverse;
+    return s;
+  }
+  if (v.rfind("shuffle", 0) == 0) {
+    s.order = Order::shuffle;
+    if (v.size() == 7) return s;
+    char* end = nullptr;
+    if (v[7] == ':' && v.size() > 8 && v[8] >= '0' && v[8] <= '9') {
+      s.seed = std::strtoull(v.c_str() + 8, &end, 10);
+      if (end != nullptr && *end == '\0') return s;
+    }
+  }
+  die(fmt::format("LMF_EMU_SCHEDULE: expected forward, reverse, shuffle or shuffle:SEED (a decimal seed), "
+                  "got '{}'", v));
+}
+
+Schedule& schedule() {
+  static Schedule s = [] {
+    const char* env = std::getenv("LMF_EMU_SCHEDULE");
+    return parse_schedule(env == nullptr ? "" : env);
+  }();
+  return s;
+}
+
+// splitmix64 for the shuffles: one stream per host thread, from the schedule's seed.
+thread_local uint64_t t_random = schedule().seed;
+
+uint64_t next_random() {
+  uint64_t z = (t_random += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// order = 0, 1, ..., n - 1 arranged as the schedule says.
+void arrange(std::vector<unsigned>& order, unsigned n) {
+  order.resize(n);
+  for (unsigned i = 0; i < n; ++i) order[i] = i;
+  switch (schedule().order) {
+    case Order::forward: break;
+    case Order::reverse: std::reverse(order.begin(), order.end()); break;
+    case Order::shuffle:
+      for (unsigned i = n; i > 1; --i) std::swap(order[i - 1], order[next_random() % i]);
+      break;
+  }
+}
+
 void run_block(Block& b) {
   for (unsigned t = 0; t < b.threads; ++t) {
     b.fibers[t].state = State::runnable;
     start_fiber(b.fibers[t], t_stacks[t].get());
   }
+  std::vector<unsigned> order;
   for (;;) {
     bool ran = false, all_done = true;
-    for (unsigned t = 0; t < b.threads; ++t) {
+    arrange(order, b.threads);
+    for (const unsigned t : order) {
       if (b.fibers[t].state != State::runnable) continue;
       ran = true;
       b.current = int(t);
@@ -210,19 +278,66 @@ void run_block(Block& b) {
       std::string states;
       for (unsigned t = 0; t < b.threads; ++t)
         if (b.fibers[t].state != State::done)
-          states += " " + std::to_string(t) + (b.fibers[t].state == State::at_block_barrier ? ":block" : ":warp");
-      die("deadlock in block (" + std::to_string(t_block.x) + ", " + std::to_string(t_block.y) +
-          "): threads waiting at barriers that cannot open:" + states);
+          states += fmt::format(" {}:{}", t, b.fibers[t].state == State::at_block_barrier ? "block" : "warp");
+      die(fmt::format("deadlock in block ({}, {}): threads waiting at barriers that cannot open:{}", t_block.x,
+                      t_block.y, states));
     }
   }
 }
 
 }  // namespace
 
-void run_grid(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& body) {
+namespace {
+
+// The dynamic shared memory each kernel may ask for, as cudaFuncSetAttribute raised it.
+std::mutex g_shared_mu;
+std::map<const void*, size_t>& shared_limits() {
+  static auto* m = new std::map<const void*, size_t>();
+  return *m;
+}
+
+// What a launch on an H100 or H200 (sm_90) refuses with an error: a block of more than 1024
+// threads or outside its per-dimension limits, a grid outside its limits, and dynamic shared
+// memory above 48 KiB that the kernel was not granted with cudaFuncSetAttribute, or above the
+// 227 KiB opt-in maximum.
+void check_launch(const void* kernel, dim3 grid, dim3 block, size_t shared_bytes) {
+  const size_t threads = size_t(block.x) * block.y * block.z;
+  if (threads == 0 || threads > 1024 || block.z > 64)
+    die(fmt::format("launch of a block ({}, {}, {}): at most 1024 threads, and z at most 64", block.x,
+                    block.y, block.z));
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535)
+    die(fmt::format("launch of a grid ({}, {}, {}): x in 1..2^31-1, y and z in 1..65535", grid.x, grid.y,
+                    grid.z));
+  constexpr size_t kDefault = 48 << 10, kOptInMax = 227 << 10;
+  if (shared_bytes > kOptInMax)
+    die(fmt::format("launch with {} bytes of dynamic shared memory: sm_90 allows {}", shared_bytes, kOptInMax));
+  if (shared_bytes > kDefault) {
+    std::lock_guard lk(g_shared_mu);
+    const auto it = shared_limits().find(kernel);
+    const size_t granted = it == shared_limits().end() ? kDefault : it->second;
+    if (shared_bytes > granted)
+      die(fmt::format("launch with {} bytes of dynamic shared memory, above the {} the kernel may use: raise "
+                      "it with cudaFuncSetAttribute(cudaFuncAttributeMaxDynamicSharedMemorySize) first",
+                      shared_bytes, granted));
+  }
+}
+
+}  // namespace
+
+void set_schedule(const std::string& spec) {
+  schedule() = parse_schedule(spec);
+  t_random = schedule().seed;
+}
+
+void set_max_dynamic_shared(const void* kernel, int bytes) {
+  std::lock_guard lk(g_shared_mu);
+  shared_limits()[kernel] = size_t(bytes);
+}
+
+void run_grid(const void* kernel, dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& body) {
   if (t_run != nullptr) die("a kernel launched from a kernel");
+  check_launch(kernel, grid, block, shared_bytes);
   const unsigned threads = block.x * block.y * block.z;
-  if (threads == 0 || threads > 1024) die("block of " + std::to_string(threads) + " threads");
   while (t_stacks.size() < threads) t_stacks.push_back(std::make_unique<char[]>(kStackBytes));
   Block b;
   b.threads = threads;
@@ -232,15 +347,16 @@ void run_grid(dim3 grid, dim3 block, size_t shared_bytes, const std::function<vo
   t_block_dim = block;
   t_grid_dim = grid;
   t_run = &b;
-  for (unsigned z = 0; z < grid.z; ++z)
-    for (unsigned y = 0; y < grid.y; ++y)
-      for (unsigned x = 0; x < grid.x; ++x) {
-        t_block.x = x;
-        t_block.y = y;
-        t_block.z = z;
-        b.dynamic_shared.assign(shared_bytes, char(0xff));  // NaN-filled, as uninitialised memory might be
-        run_block(b);
-      }
+  const size_t blocks = size_t(grid.x) * grid.y * grid.z;
+  std::vector<unsigned> order;
+  arrange(order, unsigned(blocks));
+  for (const unsigned i : order) {
+    t_block.x = i % grid.x;
+    t_block.y = i / grid.x % grid.y;
+    t_block.z = i / (grid.x * grid.y);
+    b.dynamic_shared.assign(shared_bytes, char(0xff));  // NaN-filled, as uninitialised memory might be
+    run_block(b);
+  }
   t_run = nullptr;
 }
 

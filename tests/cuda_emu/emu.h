@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -36,8 +37,15 @@ struct Index {
 extern thread_local Index t_thread, t_block;
 extern thread_local dim3 t_block_dim, t_grid_dim;
 
-// Runs body() as every thread of every block of the grid.
-void run_grid(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& body);
+// Runs body() as every thread of every block of the grid, after checking the launch against the
+// limits of an sm_90 GPU (a failing check aborts with a message, as the launch would fail there).
+void run_grid(const void* kernel, dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& body);
+// The order of blocks and threads from now on, as LMF_EMU_SCHEDULE gives it at start-up (emu.cpp):
+// "forward", "reverse", "shuffle" or "shuffle:SEED"; restarts this host thread's shuffles. Aborts
+// on anything else. For tests, before any other host thread launches.
+void set_schedule(const std::string& spec);
+// cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes).
+void set_max_dynamic_shared(const void* kernel, int bytes);
 void sync_threads();
 void sync_warp();
 // The calling thread posts v; returns what lane src of its warp posted at the same point.
@@ -67,7 +75,7 @@ struct Launcher {
     // as CUDA copies them to each thread.
     const std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);
     auto k = kernel;
-    run_grid(grid, block, shared_bytes, [&] { std::apply(k, params); });
+    run_grid(reinterpret_cast<const void*>(k), grid, block, shared_bytes, [&] { std::apply(k, params); });
   }
 };
 

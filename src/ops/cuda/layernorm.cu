@@ -119,10 +119,10 @@ __global__ void ln_bwd_dinp_kernel(T* __restrict__ dinp, const T* __restrict__ d
 // dw += sum_i norm * dout, db += sum_i dout over the rows, in the fixed order of
 // column_sums_accumulate.
 template <class T>
-__global__ void ln_bwd_params_kernel(float* __restrict__ dw, float* __restrict__ db,
-                                     const T* __restrict__ dout, const T* __restrict__ inp,
-                                     const float* __restrict__ mean, const float* __restrict__ rstd,
-                                     int N, int C) {
+__global__ void __launch_bounds__(detail::kColSumThreads)
+    ln_bwd_params_kernel(float* __restrict__ dw, float* __restrict__ db, const T* __restrict__ dout,
+                         const T* __restrict__ inp, const float* __restrict__ mean,
+                         const float* __restrict__ rstd, int N, int C) {
   float* const dst[2] = {dw, db};
   detail::column_sums_accumulate<2>(dst, N, C, [=](float(&acc)[2], int i, int c) {
     const size_t k = (size_t)i * C + c;

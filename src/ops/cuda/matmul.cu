@@ -283,8 +283,8 @@ __global__ void broadcast_rows_kernel(T* __restrict__ out, const T* __restrict__
 
 // dbias (OC) += sum_i dout[i, o], in the fixed order of column_sums_accumulate (no atomics).
 template <class T>
-__global__ void bias_grad_kernel(float* __restrict__ dbias, const T* __restrict__ dout, int N,
-                                 int OC) {
+__global__ void __launch_bounds__(detail::kColSumThreads)
+    bias_grad_kernel(float* __restrict__ dbias, const T* __restrict__ dout, int N, int OC) {
   float* const dst[1] = {dbias};
   detail::column_sums_accumulate<1>(dst, N, OC, [=](float(&acc)[1], int i, int o) {
     acc[0] += detail::load(dout + (size_t)i * OC + o);

@@ -14,6 +14,10 @@ namespace lmf::cuda::detail {
 constexpr int kRowsPerBlock = 8;  // warps (rows) per block: 256 threads
 constexpr int kColTile = 32;      // column sums: columns per block
 constexpr int kRowLanes = 32;     // column sums: row lanes per block
+// Threads of a column-sum block: 1024, the only blocks above 256 threads. Their kernels declare
+// __launch_bounds__(kColSumThreads), so ptxas holds them to the 64 registers a thread that such
+// a launch can have, and no launch fails for want of registers.
+constexpr int kColSumThreads = kColTile * kRowLanes;
 
 // Blocks of kRowsPerBlock warps for N rows.
 inline unsigned row_blocks(int N) { return (unsigned)((N + kRowsPerBlock - 1) / kRowsPerBlock); }

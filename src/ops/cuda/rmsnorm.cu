@@ -94,9 +94,9 @@ __global__ void rms_bwd_dinp_kernel(T* __restrict__ dinp, const T* __restrict__ 
 
 // dw (C) += sum_i x[i, c] * rstd[i] * dout[i, c], in the fixed order of column_sums_accumulate.
 template <class T>
-__global__ void rms_bwd_dw_kernel(float* __restrict__ dw, const T* __restrict__ dout,
-                                  const T* __restrict__ inp, const float* __restrict__ rstd, int N,
-                                  int C) {
+__global__ void __launch_bounds__(detail::kColSumThreads)
+    rms_bwd_dw_kernel(float* __restrict__ dw, const T* __restrict__ dout, const T* __restrict__ inp,
+                      const float* __restrict__ rstd, int N, int C) {
   float* const dst[1] = {dw};
   detail::column_sums_accumulate<1>(dst, N, C, [=](float(&acc)[1], int i, int c) {
     const size_t k = (size_t)i * C + c;

@@ -79,8 +79,14 @@ enum cudaDriverEntryPointQueryResult { cudaDriverEntryPointSuccess = 0, cudaDriv
 cudaError_t cudaGetDriverEntryPointByVersion(const char* symbol, void** fn, unsigned cuda_version,
                                              unsigned long long flags, cudaDriverEntryPointQueryResult* status);
 
-// Kernel attributes: accepted and ignored (the emulation has no shared-memory limit).
+// Kernel attributes: the dynamic shared memory a kernel may ask for, which launches check (emu.h).
+namespace lmf::emu {
+void set_max_dynamic_shared(const void* kernel, int bytes);
+}
 template <class F>
-cudaError_t cudaFuncSetAttribute(F*, cudaFuncAttribute, int) {
+cudaError_t cudaFuncSetAttribute(F* kernel, cudaFuncAttribute attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 || value > (227 << 10))
+    return cudaErrorInvalidValue;
+  ::lmf::emu::set_max_dynamic_shared(reinterpret_cast<const void*>(kernel), value);
   return cudaSuccess;
 }

@@ -1,0 +1,160 @@
+// The emulation's own checks (README.md): the schedules that expose races in either direction,
+// and the launch limits of an sm_90 GPU. Each kernel here is deliberately small; the racy ones
+// are the bugs the schedules exist to catch.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "emu.h"
+#include "ops/cuda/launch.cuh"
+
+namespace {
+
+constexpr int kN = 64;  // threads per block
+
+// out[t] = in[clamp(t + shift)] of the block's row, through shared memory. Without the barrier,
+// a thread reads a neighbour's slot that the neighbour may not have written yet.
+template <bool Barrier>
+__global__ void neighbour_kernel(float* out, const float* in, int shift) {
+  __shared__ float tile[kN];
+  const int t = int(threadIdx.x), row = int(blockIdx.x) * kN;
+  tile[t] = in[row + t];
+  if (Barrier) __syncthreads();
+  out[row + t] = tile[std::clamp(t + shift, 0, kN - 1)];
+}
+
+// out[b] = b + 1 as a chain through the previous block's output: a dependence between blocks of
+// one launch, which CUDA does not order.
+__global__ void chain_kernel(float* out) {
+  const int b = int(blockIdx.x);
+  out[b] = b == 0 ? 1.0f : out[b - 1] + 1.0f;
+}
+
+__global__ void dynamic_kernel(float* out) {
+  LMF_DYNAMIC_SHARED(float, sm);
+  sm[threadIdx.x] = float(threadIdx.x);
+  __syncthreads();
+  out[threadIdx.x] = sm[(threadIdx.x + 1) % blockDim.x];
+}
+
+__global__ void noop_kernel() {}
+
+struct Buffers {
+  std::vector<float> in, out, want;
+};
+
+// Runs neighbour_kernel over `blocks` rows of fresh random values; true if every output is right.
+template <bool Barrier>
+bool neighbour_is_right(int shift, int blocks, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1, 1);
+  Buffers b;
+  b.in.resize(size_t(blocks) * kN);
+  for (float& v : b.in) v = u(rng);
+  b.out.assign(b.in.size(), 0.0f);
+  LMF_LAUNCH(neighbour_kernel<Barrier>, blocks, kN, 0, nullptr)(b.out.data(), b.in.data(), shift);
+  for (int r = 0; r < blocks; ++r)
+    for (int t = 0; t < kN; ++t)
+      if (b.out[size_t(r * kN + t)] != b.in[size_t(r * kN + std::clamp(t + shift, 0, kN - 1))]) return false;
+  return true;
+}
+
+bool chain_is_right(int blocks) {
+  std::vector<float> out(size_t(blocks), -1.0f);
+  LMF_LAUNCH(chain_kernel, blocks, 1, 0, nullptr)(out.data());
+  for (int b = 0; b < blocks; ++b)
+    if (out[size_t(b)] != float(b + 1)) return false;
+  return true;
+}
+
+class EmuSchedule : public ::testing::Test {
+ protected:
+  void TearDown() override { lmf::emu::set_schedule("forward"); }
+};
+
+// Index order runs a thread before the higher ones, so reading a higher thread's slot without a
+// barrier reads the old contents: the race shows. Reverse order hides it; shuffles show it.
+TEST_F(EmuSchedule, ReadingAHigherThreadWithoutBarrierFailsInIndexOrder) {
+  lmf::emu::set_schedule("forward");
+  EXPECT_FALSE(neighbour_is_right<false>(+1, 4, 1));
+  lmf::emu::set_schedule("reverse");
+  EXPECT_TRUE(neighbour_is_right<false>(+1, 4, 2));
+  lmf::emu::set_schedule("shuffle:3");
+  EXPECT_FALSE(neighbour_is_right<false>(+1, 4, 3));
+}
+
+// The other direction: index order hides it (the lower thread has written), reverse order and
+// shuffles show it.
+TEST_F(EmuSchedule, ReadingALowerThreadWithoutBarrierFailsInReverseAndShuffled) {
+  lmf::emu::set_schedule("forward");
+  EXPECT_TRUE(neighbour_is_right<false>(-1, 4, 4));
+  lmf::emu::set_schedule("reverse");
+  EXPECT_FALSE(neighbour_is_right<false>(-1, 4, 5));
+  lmf::emu::set_schedule("shuffle:6");
+  EXPECT_FALSE(neighbour_is_right<false>(-1, 4, 6));
+}
+
+TEST_F(EmuSchedule, WithTheBarrierEveryOrderIsRight) {
+  for (const char* s : {"forward", "reverse", "shuffle", "shuffle:12345"}) {
+    lmf::emu::set_schedule(s);
+    EXPECT_TRUE(neighbour_is_right<true>(+1, 5, 7)) << s;
+    EXPECT_TRUE(neighbour_is_right<true>(-1, 5, 8)) << s;
+  }
+}
+
+// Blocks too: a launch whose blocks read each other's output is right only in index order.
+TEST_F(EmuSchedule, BlocksThatDependOnEachOtherFailOutOfIndexOrder) {
+  lmf::emu::set_schedule("forward");
+  EXPECT_TRUE(chain_is_right(50));
+  lmf::emu::set_schedule("reverse");
+  EXPECT_FALSE(chain_is_right(50));
+  lmf::emu::set_schedule("shuffle:9");
+  EXPECT_FALSE(chain_is_right(50));
+}
+
+// A seed gives the same orders each time it is set; another seed gives others.
+TEST_F(EmuSchedule, ShufflesRepeatForASeed) {
+  const auto orders = [](const char* spec) {
+    lmf::emu::set_schedule(spec);
+    std::vector<float> out(200, -1.0f);
+    LMF_LAUNCH(chain_kernel, 200, 1, 0, nullptr)(out.data());
+    return out;  // how far each block's chain got: a trace of the block order
+  };
+  EXPECT_EQ(orders("shuffle:21"), orders("shuffle:21"));
+  EXPECT_NE(orders("shuffle:21"), orders("shuffle:22"));
+}
+
+TEST(EmuScheduleDeathTest, RejectsAnUnknownSchedule) {
+  EXPECT_DEATH(lmf::emu::set_schedule("backwards"), "LMF_EMU_SCHEDULE: expected forward, reverse, shuffle");
+  EXPECT_DEATH(lmf::emu::set_schedule("shuffle:x1"), "got 'shuffle:x1'");
+}
+
+TEST(EmuLaunchDeathTest, RejectsBlocksAndGridsOutsideTheLimits) {
+  EXPECT_DEATH(LMF_LAUNCH(noop_kernel, 1, 1025, 0, nullptr)(), "at most 1024 threads");
+  EXPECT_DEATH(LMF_LAUNCH(noop_kernel, 1, dim3(1, 1, 65), 0, nullptr)(), "z at most 64");
+  EXPECT_DEATH(LMF_LAUNCH(noop_kernel, dim3(1, 65536), 32, 0, nullptr)(), "y and z in 1..65535");
+  EXPECT_DEATH(LMF_LAUNCH(noop_kernel, 0, 32, 0, nullptr)(), "launch of a grid");
+}
+
+// Above 48 KiB a kernel must be granted its dynamic shared memory first, and 227 KiB is the most.
+TEST(EmuLaunchDeathTest, DynamicSharedMemoryAbove48KiBNeedsTheKernelsOptIn) {
+  std::vector<float> out(256);
+  constexpr size_t kBytes = 64 << 10;
+  LMF_LAUNCH(dynamic_kernel, 1, 256, 48 << 10, nullptr)(out.data());  // the default limit: fine
+  EXPECT_EQ(out[0], 1.0f);
+  EXPECT_DEATH(LMF_LAUNCH(dynamic_kernel, 1, 256, kBytes, nullptr)(out.data()),
+               "above the 49152 the kernel may use: raise it with cudaFuncSetAttribute");
+  ASSERT_EQ(cudaFuncSetAttribute(dynamic_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kBytes)),
+            cudaSuccess);
+  LMF_LAUNCH(dynamic_kernel, 1, 256, kBytes, nullptr)(out.data());
+  EXPECT_EQ(out[255], 0.0f);
+  EXPECT_DEATH(LMF_LAUNCH(dynamic_kernel, 1, 256, kBytes + 4, nullptr)(out.data()), "above the 65536");
+  EXPECT_EQ(cudaFuncSetAttribute(dynamic_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 228 << 10),
+            cudaErrorInvalidValue);
+  EXPECT_DEATH(LMF_LAUNCH(dynamic_kernel, 1, 256, 228 << 10, nullptr)(out.data()), "sm_90 allows 232448");
+}
+
+}  // namespace
