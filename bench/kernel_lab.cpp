@@ -550,8 +550,20 @@ FVec widen(const BVec& v) {
 double max_err(const BVec& got, const BVec& ref) { return max_err(widen(got), widen(ref)); }
 const ops::Backend<bf16>& spec() { return ops::cpu_backend<bf16>(); }
 
-void BM_bf16_residual(benchmark::State& st) {
+// range(i) of the memory-bound bf16 cases: 1 with 16-byte accesses (the default), 0 with one
+// element per access (ops_cuda.h vectorised_access): the two paths side by side. Restored after.
+struct AccessArg {
+  bool was = cuda::vectorised_access();
+  AccessArg(benchmark::State& st, int i) {
+    cuda::set_vectorised_access(st.range(i) != 0);
+    st.SetLabel(st.range(i) != 0 ? "16-byte" : "plain");
+  }
+  ~AccessArg() { cuda::set_vectorised_access(was); }
+};
+
+void BM_bf16_residual(benchmark::State& st) {  // range(0): AccessArg
   if (!need_device(st)) return;
+  const AccessArg access(st, 0);
   const size_t n = size_t(kN) * kC;
   auto a = rand_bf16(n, 1), b = rand_bf16(n, 2);
   BVec ref(n);
@@ -562,8 +574,9 @@ void BM_bf16_residual(benchmark::State& st) {
   run(st, launch, 6.0 * n, max_err(out.to_host(), ref));
 }
 
-void BM_bf16_gelu(benchmark::State& st) {  // range(0): 0 forward, 1 backward
+void BM_bf16_gelu(benchmark::State& st) {  // range(0): 0 forward, 1 backward; range(1): AccessArg
   if (!need_device(st)) return;
+  const AccessArg access(st, 1);
   const size_t n = size_t(kN) * 4 * kC;
   const bool backward = st.range(0) != 0;
   auto x = rand_bf16(n, 3, -4, 4), g = rand_bf16(n, 4);
@@ -583,8 +596,9 @@ void BM_bf16_gelu(benchmark::State& st) {  // range(0): 0 forward, 1 backward
   run(st, launch, (backward ? 6.0 : 4.0) * n, max_err(out.to_host(), ref));
 }
 
-void BM_bf16_swiglu_forward(benchmark::State& st) {
+void BM_bf16_swiglu_forward(benchmark::State& st) {  // range(0): AccessArg
   if (!need_device(st)) return;
+  const AccessArg access(st, 0);
   const size_t n = size_t(kLlamaB) * kLlamaT * kLlamaH;
   auto g = rand_bf16(n, 5, -4, 4), u = rand_bf16(n, 6);
   BVec ref(n);
@@ -595,9 +609,11 @@ void BM_bf16_swiglu_forward(benchmark::State& st) {
   run(st, launch, 6.0 * n, max_err(out.to_host(), ref));
 }
 
-// range(0): 0 layernorm (GPT-2 124M), 1 rmsnorm (Llama 1B); range(1): 0 forward, 1 backward.
+// range(0): 0 layernorm (GPT-2 124M), 1 rmsnorm (Llama 1B); range(1): 0 forward, 1 backward;
+// range(2): AccessArg.
 void BM_bf16_norm(benchmark::State& st) {
   if (!need_device(st)) return;
+  const AccessArg access(st, 2);
   const bool rms = st.range(0) == 1, backward = st.range(1) == 1;
   const int N = rms ? kLlamaB * kLlamaT : kN, C = rms ? kLlamaC : kC;
   auto x = rand_bf16(size_t(N) * C, 12, 1, 3), w = rand_bf16(C, 13), b = rand_bf16(C, 14),
@@ -726,8 +742,9 @@ void BM_bf16_classifier_ce(benchmark::State& st) {
 }
 
 // The master weights rounded into the compute copy (once per step's forward), GPT-2 124M's 124M.
-void BM_bf16_to_compute(benchmark::State& st) {
+void BM_bf16_to_compute(benchmark::State& st) {  // range(0): AccessArg
   if (!need_device(st)) return;
+  const AccessArg access(st, 0);
   const size_t n = 124439808;
   auto m = rand_vec(n, 45);
   DeviceBuffer<float> dm(m);
@@ -762,14 +779,14 @@ LAB(BM_attention_decode)->Arg(64)->Arg(1024)->Arg(8192);
 LAB(BM_attention)->ArgsProduct({{0, 1}, {0, 1, 2}});
 LAB(BM_encoder)->Arg(0)->Arg(1);
 LAB(BM_classifier_ce);
-LAB(BM_bf16_residual);
-LAB(BM_bf16_gelu)->Arg(0)->Arg(1);
-LAB(BM_bf16_swiglu_forward);
-LAB(BM_bf16_norm)->ArgsProduct({{0, 1}, {0, 1}});
+LAB(BM_bf16_residual)->Arg(1)->Arg(0);
+LAB(BM_bf16_gelu)->ArgsProduct({{0, 1}, {1, 0}});
+LAB(BM_bf16_swiglu_forward)->Arg(1)->Arg(0);
+LAB(BM_bf16_norm)->ArgsProduct({{0, 1}, {0, 1}, {1, 0}});
 LAB(BM_bf16_matmul)->ArgsProduct({{3 * kC, 4 * kC}, {kC}, {0, 1}})->ArgsProduct({{kC}, {4 * kC}, {0, 1}});
 LAB(BM_bf16_attention)->Arg(0)->Arg(1);
 LAB(BM_bf16_classifier_ce);
-LAB(BM_bf16_to_compute);
+LAB(BM_bf16_to_compute)->Arg(1)->Arg(0);
 
 }  // namespace
 }  // namespace lmf

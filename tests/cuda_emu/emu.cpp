@@ -329,6 +329,11 @@ void set_schedule(const std::string& spec) {
   t_random = schedule().seed;
 }
 
+void check_aligned(const void* p, size_t bytes) {
+  if (reinterpret_cast<uintptr_t>(p) % bytes != 0)
+    die(fmt::format("misaligned address: a {}-byte access at {}", bytes, p));
+}
+
 void set_max_dynamic_shared(const void* kernel, int bytes) {
   std::lock_guard lk(g_shared_mu);
   shared_limits()[kernel] = size_t(bytes);

@@ -44,6 +44,9 @@ void run_grid(const void* kernel, dim3 grid, dim3 block, size_t shared_bytes, co
 // "forward", "reverse", "shuffle" or "shuffle:SEED"; restarts this host thread's shuffles. Aborts
 // on anything else. For tests, before any other host thread launches.
 void set_schedule(const std::string& spec);
+// Aborts unless p is a multiple of `bytes`: a vector access (pack.cuh) at a misaligned address
+// faults on a GPU.
+void check_aligned(const void* p, size_t bytes);
 // cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes).
 void set_max_dynamic_shared(const void* kernel, int bytes);
 void sync_threads();

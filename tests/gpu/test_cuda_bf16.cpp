@@ -39,9 +39,11 @@ TEST(CudaBf16, Skipped) { GTEST_SKIP() << "built without CUDA"; }
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/half.h"
@@ -123,10 +125,11 @@ void expect_close_bf(const char* what, const Bf& gpu, const Bf& cpu, double tol3
   expect_close_bf(what, gpu, cpu, Vec(gpu.size(), tol32));
 }
 
-// ---- the CPU specification: ops::cpu_backend<bf16>() ----------------------------------------------
-// Widen, run the float op of the bf16 matmul-precision table, round each bf16 output once
-// (ops/cpu/bf16.cpp; test_bf16 holds it to exactly that). Where a test needs the spec's float
-// results before rounding, it calls f32() on the widened inputs itself.
+// ---- the CPU specification: ops::cpu_backend<bf16>()
+// ---------------------------------------------- Widen, run the float op of the bf16
+// matmul-precision table, round each bf16 output once (ops/cpu/bf16.cpp; test_bf16 holds it to
+// exactly that). Where a test needs the spec's float results before rounding, it calls f32() on the
+// widened inputs itself.
 
 namespace spec {
 
@@ -157,12 +160,13 @@ void swiglu_backward(Bf& dg, Bf& du, const Bf& dout, const Bf& g, const Bf& u) {
 // Accumulating into dinp.
 void layernorm_backward(Bf& dinp, FVec& dw, FVec& db, const Bf& dout, const Bf& x, const Bf& w,
                         const FVec& mean, const FVec& rstd, int N, int C) {
-  cpu().layernorm_backward(dinp.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(), mean.data(),
-                           rstd.data(), N, C);
+  cpu().layernorm_backward(dinp.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(),
+                           mean.data(), rstd.data(), N, C);
 }
-void rmsnorm_backward(Bf& dinp, FVec& dw, const Bf& dout, const Bf& x, const Bf& w, const FVec& rstd,
-                      int N, int C) {
-  cpu().rmsnorm_backward(dinp.data(), dw.data(), dout.data(), x.data(), w.data(), rstd.data(), N, C);
+void rmsnorm_backward(Bf& dinp, FVec& dw, const Bf& dout, const Bf& x, const Bf& w,
+                      const FVec& rstd, int N, int C) {
+  cpu().rmsnorm_backward(dinp.data(), dw.data(), dout.data(), x.data(), w.data(), rstd.data(), N,
+                         C);
 }
 
 }  // namespace spec
@@ -963,6 +967,161 @@ TEST(CudaBf16, AttentionDecode) {
 }
 
 // ---- the table ----------------------------------------------------------------------------------
+
+// ---- 16-byte accesses (ops/cuda/pack.cuh) ------------------------------------------------------
+
+// Inputs for one run of every kernel with 16-byte accesses, in storage type T. N C is a multiple of
+// 8 (so aligned rows can take groups of 8), n is not (a tail of plain accesses).
+constexpr int kVN = 5, kVC = 64;
+constexpr size_t kVn = 1003;
+
+template <class T>
+std::vector<T> as_storage(const Vec& v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return to_f(v);
+  } else {
+    return narrow(v);
+  }
+}
+
+// A device copy of host values starting `offset` elements into its allocation, so that offset 1
+// misaligns every pointer the kernels get.
+template <class T>
+struct Shifted {
+  DeviceBuffer<T> buf;
+  size_t offset, n;
+  Shifted(const std::vector<T>& host, size_t off)
+      : buf(host.size() + off), offset(off), n(host.size()) {
+    LMF_CUDA_CHECK(
+        cudaMemcpy(buf.data() + off, host.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  T* data() { return buf.data() + offset; }
+  std::vector<T> to_host() const {
+    std::vector<T> h(n);
+    LMF_CUDA_CHECK(
+        cudaMemcpy(h.data(), buf.data() + offset, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return h;
+  }
+};
+
+// What every vectorised kernel wrote: the storage outputs, then the float ones (statistics, dw).
+template <class T>
+struct VecOutputs {
+  std::vector<std::vector<T> > stored;
+  std::vector<FVec> floats;
+};
+
+template <class T>
+VecOutputs<T> run_vectorised_kernels(size_t offset) {
+  const size_t NC = size_t(kVN) * kVC;
+  const auto in = [&](size_t n, uint64_t stream, double lo = -1.0, double hi = 1.0) {
+    return Shifted<T>(as_storage<T>(rand_vec(n, stream, lo, hi)), offset);
+  };
+  const auto out = [&](size_t n) { return Shifted<T>(as_storage<T>(Vec(n, 0.25)), offset); };
+  const auto fout = [&](size_t n, uint64_t stream) {
+    return Shifted<float>(to_f(rand_vec(n, stream)), offset);
+  };
+  VecOutputs<T> r;
+  {  // elementwise, n values
+    Shifted<T> a = in(kVn, 1, -3.0, 3.0), b = in(kVn, 2), g = in(kVn, 3, -6.0, 6.0), d = in(kVn, 4);
+    Shifted<T> res = out(kVn), gf = out(kVn), gb = out(kVn), sf = out(kVn), sdg = out(kVn),
+               sdu = out(kVn);
+    cuda::residual_forward(res.data(), a.data(), b.data(), kVn);
+    cuda::gelu_forward(gf.data(), g.data(), kVn);
+    cuda::gelu_backward(gb.data(), g.data(), d.data(), kVn);
+    cuda::swiglu_forward(sf.data(), g.data(), b.data(), kVn);
+    cuda::swiglu_backward(sdg.data(), sdu.data(), d.data(), g.data(), b.data(), kVn);
+    for (Shifted<T>* o : {&res, &gf, &gb, &sf, &sdg, &sdu}) r.stored.push_back(o->to_host());
+    Shifted<float> master = fout(kVn, 5);
+    Shifted<bf16> copy(Bf(kVn, bf16(0.0f)), offset);
+    cuda::to_bf16(copy.data(), master.data(), kVn);
+    const Bf c = copy.to_host();
+    r.floats.push_back(widen(c));
+  }
+  {  // the norms' rows, N x C; gradients accumulate onto non-zero values
+    Shifted<T> x = in(NC, 6, 1.0, 3.0), a = in(NC, 7), w = in(kVC, 8), bias = in(kVC, 9),
+               dout = in(NC, 10);
+    Shifted<T> ln = out(NC), lres = out(NC), lfused = out(NC), rms = out(NC), rres = out(NC),
+               rfused = out(NC);
+    Shifted<T> ldinp = in(NC, 11), rdinp = in(NC, 12);
+    Shifted<float> mean = fout(kVN, 13), rstd = fout(kVN, 14), fmean = fout(kVN, 15),
+                   frstd = fout(kVN, 16), rr = fout(kVN, 17), frr = fout(kVN, 18),
+                   dw = fout(kVC, 19), db = fout(kVC, 20), rdw = fout(kVC, 21);
+    cuda::layernorm_forward(ln.data(), mean.data(), rstd.data(), x.data(), w.data(), bias.data(),
+                            kVN, kVC);
+    cuda::layernorm_backward(ldinp.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(),
+                             mean.data(), rstd.data(), kVN, kVC);
+    cuda::residual_layernorm_forward(lres.data(), lfused.data(), fmean.data(), frstd.data(),
+                                     x.data(), a.data(), w.data(), bias.data(), kVN, kVC);
+    cuda::rmsnorm_forward(rms.data(), rr.data(), x.data(), w.data(), kVN, kVC, 1e-5f);
+    cuda::rmsnorm_backward(rdinp.data(), rdw.data(), dout.data(), x.data(), w.data(), rr.data(),
+                           kVN, kVC);
+    cuda::residual_rmsnorm_forward(rres.data(), rfused.data(), frr.data(), x.data(), a.data(),
+                                   w.data(), kVN, kVC, 1e-5f);
+    for (Shifted<T>* o : {&ln, &lres, &lfused, &rms, &rres, &rfused, &ldinp, &rdinp})
+      r.stored.push_back(o->to_host());
+    for (Shifted<float>* o : {&mean, &rstd, &fmean, &frstd, &rr, &frr, &dw, &db, &rdw})
+      r.floats.push_back(o->to_host());
+  }
+  return r;
+}
+
+// Restores vectorised_access() as it was when the test began.
+struct VectorisedAccessScope {
+  bool was = cuda::vectorised_access();
+  ~VectorisedAccessScope() { cuda::set_vectorised_access(was); }
+};
+
+template <class T>
+void check_unaligned_pointers_take_the_plain_path() {
+  VectorisedAccessScope scope;
+  cuda::set_vectorised_access(true);
+  const VecOutputs<T> vec = run_vectorised_kernels<T>(0), shifted = run_vectorised_kernels<T>(1);
+  cuda::set_vectorised_access(false);
+  const VecOutputs<T> plain = run_vectorised_kernels<T>(0);
+  // Misaligned pointers (on a GPU a 16-byte access there would fault) run one element per
+  // access: the plain path's bits, reductions included.
+  ASSERT_EQ(shifted.stored.size(), plain.stored.size());
+  for (size_t i = 0; i < plain.stored.size(); ++i) {
+    SCOPED_TRACE("stored output " + std::to_string(i));
+    if constexpr (std::is_same_v<T, float>) {
+      EXPECT_EQ(shifted.stored[i], plain.stored[i]);
+    } else {
+      expect_bits("shifted vs plain", shifted.stored[i], plain.stored[i]);
+    }
+  }
+  for (size_t i = 0; i < plain.floats.size(); ++i)
+    EXPECT_EQ(shifted.floats[i], plain.floats[i]) << "float output " << i;
+  // The elementwise kernels and the rounding copy give the same bits with 16-byte accesses
+  // (the first 6 stored outputs and the first float one); the norms' sums run in another order.
+  for (size_t i = 0; i < 6; ++i) {
+    SCOPED_TRACE("elementwise output " + std::to_string(i));
+    if constexpr (std::is_same_v<T, float>) {
+      EXPECT_EQ(vec.stored[i], plain.stored[i]);
+    } else {
+      expect_bits("16-byte vs plain", vec.stored[i], plain.stored[i]);
+    }
+  }
+  EXPECT_EQ(vec.floats[0], plain.floats[0]) << "to_bf16";
+}
+
+TEST(CudaBf16, UnalignedPointersTakeThePlainPath) {
+  SKIP_WITHOUT_DEVICE();
+  {
+    SCOPED_TRACE("bf16");
+    check_unaligned_pointers_take_the_plain_path<bf16>();
+  }
+  {
+    SCOPED_TRACE("float");
+    check_unaligned_pointers_take_the_plain_path<float>();
+  }
+}
+
+TEST(CudaBf16, VectorisedAccessFollowsTheEnvironment) {
+  // Set by the CTest entry emu.CudaBf16WithoutVectorisedAccess (LMF_CUDA_VEC=0), else unset.
+  const char* e = std::getenv("LMF_CUDA_VEC");
+  EXPECT_EQ(cuda::vectorised_access(), e == nullptr || std::string(e) != "0");
+}
 
 TEST(CudaBf16, EveryOpIsSet) {
   SKIP_WITHOUT_DEVICE();

@@ -1,6 +1,7 @@
 // Elementwise CUDA ops: residual add, GELU (tanh approximation) forward and backward.
 // Same formulas as ops/cpu/residual.cpp and ops/cpu/gelu.cpp, in fp32 (tanhf, no fast math).
-// Templated over the storage type T (float or bf16, bf16.cuh): loads widen, stores round.
+// Templated over the storage type T (float or bf16, bf16.cuh): loads widen, stores round; 16-byte
+// accesses where the pointers allow (pack.cuh), with the same arithmetic and bits.
 // No __restrict__: callers run these in place (out == a, dinp == dout; see nn/gpt2_block.h).
 #include <cuda_runtime.h>
 
@@ -8,6 +9,7 @@
 #include "ops/cuda/cuda_util.h"
 #include "ops/cuda/launch.cuh"
 #include "ops/cuda/ops_cuda.h"
+#include "ops/cuda/pack.cuh"
 
 namespace lmf::cuda {
 namespace {
@@ -15,58 +17,98 @@ namespace {
 constexpr float kSqrt2OverPi = 0.7978845608028654f;
 constexpr float kCubic = 0.044715f;
 
-using detail::load;
-using detail::store;
+using detail::load_n;
+using detail::store_n;
 
-template <class T>
+// Each kernel runs over n groups of K elements (pack.cuh): K = kVec in 16-byte accesses, or K = 1.
+// A thread reads all of a group's inputs before it writes any output, so in-place calls work.
+template <class T, int K>
 __global__ void residual_kernel(T* out, const T* a, const T* b, size_t n) {
   const size_t stride = (size_t)gridDim.x * blockDim.x;
-  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
-    store(out + i, load(a + i) + load(b + i));
-}
-
-template <class T>
-__global__ void gelu_fwd_kernel(T* out, const T* x, size_t n) {
-  const size_t stride = (size_t)gridDim.x * blockDim.x;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const float xi = load(x + i);
-    const float u = kSqrt2OverPi * (xi + kCubic * xi * xi * xi);
-    store(out + i, 0.5f * xi * (1.0f + tanhf(u)));
+    float x[K], y[K];
+    load_n(x, a + i * K);
+    load_n(y, b + i * K);
+#pragma unroll
+    for (int k = 0; k < K; ++k) x[k] += y[k];
+    store_n(out + i * K, x);
   }
 }
 
-// gelu'(x) = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) du/dx, du/dx = s (1 + 3 a x^2).
-template <class T>
+__device__ __forceinline__ float gelu(float x) {
+  const float u = kSqrt2OverPi * (x + kCubic * x * x * x);
+  return 0.5f * x * (1.0f + tanhf(u));
+}
+
+template <class T, int K>
+__global__ void gelu_fwd_kernel(T* out, const T* x, size_t n) {
+  const size_t stride = (size_t)gridDim.x * blockDim.x;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    float v[K];
+    load_n(v, x + i * K);
+#pragma unroll
+    for (int k = 0; k < K; ++k) v[k] = gelu(v[k]);
+    store_n(out + i * K, v);
+  }
+}
+
+// gelu'(x) dout, gelu'(x) = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) du/dx, du/dx = s (1 + 3 a x^2).
+__device__ __forceinline__ float gelu_grad(float x, float dout) {
+  const float th = tanhf(kSqrt2OverPi * (x + kCubic * x * x * x));
+  const float dudx = kSqrt2OverPi * (1.0f + 3.0f * kCubic * x * x);
+  return (0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * dudx) * dout;
+}
+
+template <class T, int K>
 __global__ void gelu_bwd_kernel(T* dinp, const T* x, const T* dout, size_t n) {
   const size_t stride = (size_t)gridDim.x * blockDim.x;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const float xi = load(x + i);
-    const float th = tanhf(kSqrt2OverPi * (xi + kCubic * xi * xi * xi));
-    const float dudx = kSqrt2OverPi * (1.0f + 3.0f * kCubic * xi * xi);
-    store(dinp + i, (0.5f * (1.0f + th) + 0.5f * xi * (1.0f - th * th) * dudx) * load(dout + i));
+    float v[K], d[K];
+    load_n(v, x + i * K);
+    load_n(d, dout + i * K);
+#pragma unroll
+    for (int k = 0; k < K; ++k) d[k] = gelu_grad(v[k], d[k]);
+    store_n(dinp + i * K, d);
   }
 }
 
 template <class T>
 void residual_launch(T* out, const T* a, const T* b, size_t n, cudaStream_t stream) {
-  if (n == 0) return;
-  LMF_LAUNCH(residual_kernel<T>, detail::grid_for(n), detail::kThreads, 0, stream)(out, a, b, n);
-  LMF_CUDA_CHECK_LAUNCH();
+  detail::vec_split(
+      n,
+      [&](auto k, size_t at, size_t groups) {
+        constexpr int K = decltype(k)::value;
+        LMF_LAUNCH((residual_kernel<T, K>), detail::grid_for(groups), detail::kThreads, 0, stream)
+        (out + at, a + at, b + at, groups);
+        LMF_CUDA_CHECK_LAUNCH();
+      },
+      out, a, b);
 }
 
 template <class T>
 void gelu_forward_launch(T* out, const T* inp, size_t n, cudaStream_t stream) {
-  if (n == 0) return;
-  LMF_LAUNCH(gelu_fwd_kernel<T>, detail::grid_for(n), detail::kThreads, 0, stream)(out, inp, n);
-  LMF_CUDA_CHECK_LAUNCH();
+  detail::vec_split(
+      n,
+      [&](auto k, size_t at, size_t groups) {
+        constexpr int K = decltype(k)::value;
+        LMF_LAUNCH((gelu_fwd_kernel<T, K>), detail::grid_for(groups), detail::kThreads, 0, stream)
+        (out + at, inp + at, groups);
+        LMF_CUDA_CHECK_LAUNCH();
+      },
+      out, inp);
 }
 
 template <class T>
 void gelu_backward_launch(T* dinp, const T* inp, const T* dout, size_t n, cudaStream_t stream) {
-  if (n == 0) return;
-  LMF_LAUNCH(gelu_bwd_kernel<T>, detail::grid_for(n), detail::kThreads, 0, stream)
-  (dinp, inp, dout, n);
-  LMF_CUDA_CHECK_LAUNCH();
+  detail::vec_split(
+      n,
+      [&](auto k, size_t at, size_t groups) {
+        constexpr int K = decltype(k)::value;
+        LMF_LAUNCH((gelu_bwd_kernel<T, K>), detail::grid_for(groups), detail::kThreads, 0, stream)
+        (dinp + at, inp + at, dout + at, groups);
+        LMF_CUDA_CHECK_LAUNCH();
+      },
+      dinp, inp, dout);
 }
 
 }  // namespace

@@ -2,9 +2,11 @@
 // embedding (Su et al. 2021, RoFormer eq. 34), forward and backward. Same formulas and operation
 // order as ops/cpu/swiglu.cpp and ops/cpu/rope.cpp, fp32 (expf, no fast math); RoPE's angles, cos
 // and sin in double, rounded once to float, as the CPU's tables are. Templated over the storage
-// type T (float or bf16, bf16.cuh): loads widen, stores round.
-// No __restrict__: every output element is written after all the inputs it reads, by the same
-// thread, so in-place calls work (rope out == inp, dinp == dout; swiglu dgate == dout, ...).
+// type T (float or bf16, bf16.cuh): loads widen, stores round. SwiGLU uses 16-byte accesses where
+// the pointers allow (pack.cuh), with the same arithmetic and bits.
+// No __restrict__: every output element is written after all the inputs it reads (for SwiGLU, all
+// of its group's), by the same thread, so in-place calls work (rope out == inp, dinp == dout;
+// swiglu dgate == dout, ...).
 #include <cuda_runtime.h>
 
 #include "core/error.h"
@@ -12,6 +14,7 @@
 #include "ops/cuda/cuda_util.h"
 #include "ops/cuda/launch.cuh"
 #include "ops/cuda/ops_cuda.h"
+#include "ops/cuda/pack.cuh"
 
 namespace lmf::cuda {
 namespace {
@@ -20,28 +23,43 @@ namespace {
 __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 using detail::load;
+using detail::load_n;
 using detail::store;
+using detail::store_n;
 
-// out (n) = gate * sigmoid(gate) * up.
-template <class T>
+// out (n) = gate * sigmoid(gate) * up. Over n groups of K elements (pack.cuh).
+template <class T, int K>
 __global__ void swiglu_fwd_kernel(T* out, const T* gate, const T* up, size_t n) {
   const size_t stride = (size_t)gridDim.x * blockDim.x;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const float g = load(gate + i);
-    store(out + i, g * sigmoid(g) * load(up + i));
+    float g[K], u[K];
+    load_n(g, gate + i * K);
+    load_n(u, up + i * K);
+#pragma unroll
+    for (int k = 0; k < K; ++k) u[k] = g[k] * sigmoid(g[k]) * u[k];
+    store_n(out + i * K, u);
   }
 }
 
-// dgate = dout * up * silu'(gate), silu' = s + silu (1 - s); dup = dout * silu. All (n).
-template <class T>
+// dgate = dout * up * silu'(gate), silu' = s + silu (1 - s); dup = dout * silu. All (n groups of
+// K).
+template <class T, int K>
 __global__ void swiglu_bwd_kernel(T* dgate, T* dup, const T* dout, const T* gate, const T* up,
                                   size_t n) {
   const size_t stride = (size_t)gridDim.x * blockDim.x;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const float g = load(gate + i), u = load(up + i), d = load(dout + i);
-    const float s = sigmoid(g), silu = g * s;
-    store(dgate + i, d * u * (s + silu * (1.0f - s)));
-    store(dup + i, d * silu);
+    float g[K], u[K], d[K];
+    load_n(g, gate + i * K);
+    load_n(u, up + i * K);
+    load_n(d, dout + i * K);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const float s = sigmoid(g[k]), silu = g[k] * s;
+      g[k] = d[k] * u[k] * (s + silu * (1.0f - s));
+      u[k] = d[k] * silu;
+    }
+    store_n(dgate + i * K, g);
+    store_n(dup + i * K, u);
   }
 }
 
@@ -83,19 +101,29 @@ void rope_launch(F* out, const F* inp, int B, int T, int NH, int hs, const doubl
 
 template <class T>
 void swiglu_forward_launch(T* out, const T* gate, const T* up, size_t n, cudaStream_t stream) {
-  if (n == 0) return;
-  LMF_LAUNCH(swiglu_fwd_kernel<T>, detail::grid_for(n), detail::kThreads, 0, stream)
-  (out, gate, up, n);
-  LMF_CUDA_CHECK_LAUNCH();
+  detail::vec_split(
+      n,
+      [&](auto k, size_t at, size_t groups) {
+        constexpr int K = decltype(k)::value;
+        LMF_LAUNCH((swiglu_fwd_kernel<T, K>), detail::grid_for(groups), detail::kThreads, 0, stream)
+        (out + at, gate + at, up + at, groups);
+        LMF_CUDA_CHECK_LAUNCH();
+      },
+      out, gate, up);
 }
 
 template <class T>
 void swiglu_backward_launch(T* dgate, T* dup, const T* dout, const T* gate, const T* up, size_t n,
                             cudaStream_t stream) {
-  if (n == 0) return;
-  LMF_LAUNCH(swiglu_bwd_kernel<T>, detail::grid_for(n), detail::kThreads, 0, stream)
-  (dgate, dup, dout, gate, up, n);
-  LMF_CUDA_CHECK_LAUNCH();
+  detail::vec_split(
+      n,
+      [&](auto k, size_t at, size_t groups) {
+        constexpr int K = decltype(k)::value;
+        LMF_LAUNCH((swiglu_bwd_kernel<T, K>), detail::grid_for(groups), detail::kThreads, 0, stream)
+        (dgate + at, dup + at, dout + at, gate + at, up + at, groups);
+        LMF_CUDA_CHECK_LAUNCH();
+      },
+      dgate, dup, dout, gate, up);
 }
 
 }  // namespace

@@ -136,6 +136,14 @@ int classifier_chunk_rows(int N, int V);
 // 0 restores the automatic choice. Process-wide.
 void set_classifier_chunk_rows(int rows);
 
+// Whether the memory-bound kernels (residual, GELU, SwiGLU, the norms' rows, to_bf16) may use
+// 16-byte accesses where the pointers are aligned (pack.cuh): the default, unless the environment's
+// LMF_CUDA_VEC is 0. Off, they run one element per access, as the kernels did before; elementwise
+// results are the same bits either way, the norms' row sums run in another order. Process-wide;
+// for tests and the kernel lab (which times both).
+void set_vectorised_access(bool on);
+bool vectorised_access();
+
 // ---- attention and encoder (ops/cuda/attention.cu, attention_tiled.cu, encoder.cu) ----------
 
 // Precision p: as the GEMMs' (ops::MatmulPrecision). bf16 runs the products of q k^T, P v and

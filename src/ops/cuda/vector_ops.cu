@@ -9,13 +9,17 @@
 #include <cuda_runtime.h>
 
 #include <array>
+#include <atomic>
+#include <cstdlib>
 #include <mutex>
+#include <string_view>
 
 #include "core/error.h"
 #include "ops/cuda/bf16.cuh"
 #include "ops/cuda/cuda_util.h"
 #include "ops/cuda/launch.cuh"
 #include "ops/cuda/ops_cuda.h"
+#include "ops/cuda/pack.cuh"
 
 namespace lmf::cuda {
 namespace {
@@ -40,11 +44,15 @@ __global__ void fill_bf16_kernel(bf16* x, bf16 value, size_t n) {
 }
 
 // dst (n) = src (n) rounded to bf16 (core/half.h's float_to_bf16, bit for bit).
+template <int K>
 __global__ void to_bf16_storage_kernel(bf16* __restrict__ dst, const float* __restrict__ src,
-                                       size_t n) {
+                                       size_t n) {  // n groups of K (pack.cuh)
   const size_t stride = (size_t)gridDim.x * blockDim.x;
-  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
-    detail::store(dst + i, src[i]);
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    float v[K];
+    detail::load_n(v, src + i * K);
+    detail::store_n(dst + i * K, v);
+  }
 }
 
 // x *= s: one fp32 multiply per element, bitwise equal to the CPU's.
@@ -111,6 +119,25 @@ SumWorkspace& workspace_for_current_device() {
 
 }  // namespace
 
+namespace {
+
+bool initial_vectorised_access() {
+  const char* e = std::getenv("LMF_CUDA_VEC");
+  if (e == nullptr || std::string_view(e).empty() || std::string_view(e) == "1") return true;
+  if (std::string_view(e) == "0") return false;
+  throw UserError("LMF_CUDA_VEC: expected 0 or 1 (got \"{}\")", e);
+}
+
+std::atomic<bool>& vectorised_choice() {
+  static std::atomic<bool> on{initial_vectorised_access()};
+  return on;
+}
+
+}  // namespace
+
+void set_vectorised_access(bool on) { vectorised_choice().store(on); }
+bool vectorised_access() { return vectorised_choice().load(); }
+
 void fill(float* x, float value, size_t n, cudaStream_t stream) {
   if (n == 0) return;
   LMF_LAUNCH(fill_kernel, detail::grid_for(n), kThreads, 0, stream)(x, value, n);
@@ -134,9 +161,15 @@ void copy(bf16* dst, const bf16* src, size_t n, cudaStream_t stream) {
 }
 
 void to_bf16(bf16* dst, const float* src, size_t n, cudaStream_t stream) {
-  if (n == 0) return;
-  LMF_LAUNCH(to_bf16_storage_kernel, detail::grid_for(n), kThreads, 0, stream)(dst, src, n);
-  LMF_CUDA_CHECK_LAUNCH();
+  detail::vec_split(
+      n,
+      [&](auto k, size_t at, size_t groups) {
+        constexpr int K = decltype(k)::value;
+        LMF_LAUNCH(to_bf16_storage_kernel<K>, detail::grid_for(groups), kThreads, 0, stream)
+        (dst + at, src + at, groups);
+        LMF_CUDA_CHECK_LAUNCH();
+      },
+      dst, src);
 }
 
 void scale(float* x, float s, size_t n, cudaStream_t stream) {
