@@ -4,11 +4,12 @@
 #   .dev/bundle.tgz          scripts/device_bundle.sh build-lead .dev/bundle.tgz
 #   .dev/hfx_{gpt2,llama,llama_bias}   lmforge's HF exports of tests/fixtures/hf_tiny/* (convert --to hf)
 #   .dev/torch_train_bench.py          ../shared/bench/torch_train_bench.py
-# Usage: scripts/device_check.sh [STEP...]   steps: tests lab hf bench (default: all). Logs go to $OUT.
+# Usage: scripts/device_check.sh [STEP...]   steps: tests lab hf bench more (default: all). Logs go
+# to $OUT. bench: issue 5's target shapes against PyTorch; more: the other modes, smaller shapes.
 # PYTHON: the interpreter with PyTorch (and transformers, for hf); default python3.
 set -uo pipefail
 out=${OUT:-/tmp/out}; mkdir -p "$out"
-steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(tests lab hf bench)
+steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(tests lab hf bench more)
 root=$PWD
 py=${PYTHON:-python3}
 mkdir -p /tmp/lmf && tar -xzf .dev/bundle.tgz -C /tmp/lmf || exit 1
@@ -57,6 +58,32 @@ hf)
   } > "$out/hf.log" 2>&1
   grep -E 'rc=|transformers|max|rror' "$out/hf.log" >> "$summary" ;;
 bench)
+  # Issue 5's targets, most important first, so that a run cut short by the device's time still
+  # has the headline: each shape in bf16 storage beside PyTorch bf16 compiled, MFU against the
+  # H100/H200 bf16 dense peak (989 TFLOP/s), tokens/s and peak memory in each JSON line.
+  peak="--peak-tflops 989"
+  {
+    while read -r name args; do
+      echo "== lmforge $name bf16 storage"
+      timeout 150 /tmp/lmf/bin/lmforge bench --device cuda --precision bf16 $peak $args
+      echo "== torch $name bf16 compile"
+      timeout 200 $py .dev/torch_train_bench.py --device cuda --dtype bf16 --compile $peak $args
+      if [ "$name" = gpt2-124M ]; then
+        # Where the bf16 step's time goes, op by op (each op waits for its end: docs/performance.md).
+        timeout 150 /tmp/lmf/bin/lmforge bench --device cuda --precision bf16 $args --profile \
+          > "$out/profile.json" 2> "$out/profile.txt"
+        echo "profile rc=$?"
+      fi
+    done <<'SHAPES'
+gpt2-124M --arch gpt2 --B 16 --T 1024 --steps 8 --warmup 3
+llama-1B --arch llama --L 16 --C 2048 --H 32 --KV 8 --vocab 128256 --B 8 --T 1024 --steps 5 --warmup 2
+gpt2-1.5B --arch gpt2 --L 48 --C 1600 --H 25 --B 8 --T 1024 --steps 5 --warmup 2
+SHAPES
+  } > "$out/bench.log" 2>&1
+  grep -E '^==|^\{|rc=|rror' "$out/bench.log" >> "$summary" ;;
+more)
+  # The other modes at GPT-2 124M's and a small Llama's shapes: fp32 (row and tiled attention),
+  # bf16 GEMMs over fp32 storage, 16-byte accesses off, and PyTorch fp32.
   shape=${BENCH_SHAPE:---B 8 --T 1024 --steps 6 --warmup 2}
   {
     for a in gpt2 llama; do
@@ -67,16 +94,12 @@ bench)
       timeout 120 /tmp/lmf/bin/lmforge bench --device cuda --arch $a --matmul-precision bf16 $shape
       echo "== lmforge $a bf16 storage"
       timeout 120 /tmp/lmf/bin/lmforge bench --device cuda --arch $a --precision bf16 $shape
+      echo "== lmforge $a bf16 storage, LMF_CUDA_VEC=0"
+      LMF_CUDA_VEC=0 timeout 120 /tmp/lmf/bin/lmforge bench --device cuda --arch $a --precision bf16 $shape
       echo "== torch $a fp32"; timeout 120 $py .dev/torch_train_bench.py --device cuda --arch $a $shape
-      echo "== torch $a bf16 compile"
-      timeout 150 $py .dev/torch_train_bench.py --device cuda --arch $a --dtype bf16 --compile $shape
     done
-  } > "$out/bench.log" 2>&1
-  grep -E '^==|^\{|rror' "$out/bench.log" >> "$summary"
-  # Where the bf16 step's time goes, op by op (each op waits for its end: docs/performance.md).
-  echo "== lmforge gpt2 bf16 storage --profile" >> "$summary"
-  timeout 120 /tmp/lmf/bin/lmforge bench --device cuda --arch gpt2 --precision bf16 $shape --profile \
-    > "$out/profile.json" 2>> "$summary" ;;
+  } > "$out/more.log" 2>&1
+  grep -E '^==|^\{|rror' "$out/more.log" >> "$summary" ;;
 *) echo "unknown step $step"; exit 2 ;;
 esac; done
 echo "======== summary"; cat "$summary"
