@@ -741,6 +741,45 @@ void BM_bf16_classifier_ce(benchmark::State& st) {
   set_tflops(st, 6.0 * N * C * V);
 }
 
+// GPT-2 124M's MLP GEMMs with GELU: forward fc (C -> 4C) and GELU, backward of the fc proj
+// (4C -> C) through GELU. range(0): 0 forward, 1 backward; range(1): 1 cuBLASLt's GELU epilogues,
+// 0 the GEMM and the GELU kernel in turn (set_gelu_epilogues). TFLOP/s of the GEMM (the backward's
+// dinp GEMM only; dw's is timed too and adds as much again).
+void BM_bf16_mlp_gelu(benchmark::State& st) {
+  if (!need_device(st)) return;
+  const bool backward = st.range(0) != 0, fused = st.range(1) != 0;
+  const bool was = cuda::gelu_epilogues();
+  cuda::set_gelu_epilogues(fused);
+  st.SetLabel(fused ? "epilogue" : "two ops");
+  const int N = kN, C = backward ? 4 * kC : kC, OC = backward ? kC : 4 * kC;
+  auto x = rand_bf16(size_t(N) * C, 50), w = rand_bf16(size_t(OC) * C, 51), b = rand_bf16(OC, 52),
+       g = rand_bf16(size_t(N) * OC, 53), pre_in = rand_bf16(size_t(N) * C, 54, -4, 4);
+  BVec out(backward ? size_t(N) * C : size_t(N) * OC), pre(size_t(N) * OC);
+  FVec dw(size_t(OC) * C, 0.0f), db(OC, 0.0f);
+  if (backward)
+    spec().matmul_dgelu_backward(out.data(), dw.data(), db.data(), g.data(), x.data(), w.data(), pre_in.data(), N, C,
+                                 OC);
+  else
+    spec().matmul_gelu_forward(out.data(), pre.data(), x.data(), w.data(), b.data(), N, C, OC);
+  DeviceBuffer<bf16> dx(x), dwt(w), dbias(b), dg(g), dpre_in(pre_in), dout(out.size()), dpre(pre.size());
+  DeviceBuffer<float> ddw(dw.size()), ddb(db.size());
+  const ops::Backend<bf16>& be = cuda::backend_bf16();
+  auto launch = [&] {
+    if (backward)
+      be.matmul_dgelu_backward(dout.data(), ddw.data(), ddb.data(), dg.data(), dx.data(), dwt.data(), dpre_in.data(),
+                               N, C, OC);
+    else
+      be.matmul_gelu_forward(dout.data(), dpre.data(), dx.data(), dwt.data(), dbias.data(), N, C, OC);
+  };
+  ddw.copy_from_host(FVec(dw.size(), 0.0f).data(), dw.size());
+  ddb.copy_from_host(FVec(db.size(), 0.0f).data(), db.size());
+  launch();
+  const double err = max_err(dout.to_host(), out);
+  run(st, launch, 2.0 * (backward ? double(N) * C * 3 + double(N) * OC : double(N) * OC * 2 + double(N) * C), err);
+  set_tflops(st, 2.0 * N * C * OC);
+  cuda::set_gelu_epilogues(was);
+}
+
 // The master weights rounded into the compute copy (once per step's forward), GPT-2 124M's 124M.
 void BM_bf16_to_compute(benchmark::State& st) {  // range(0): AccessArg
   if (!need_device(st)) return;
@@ -787,6 +826,7 @@ LAB(BM_bf16_matmul)->ArgsProduct({{3 * kC, 4 * kC}, {kC}, {0, 1}})->ArgsProduct(
 LAB(BM_bf16_attention)->Arg(0)->Arg(1);
 LAB(BM_bf16_classifier_ce);
 LAB(BM_bf16_to_compute)->Arg(1)->Arg(0);
+LAB(BM_bf16_mlp_gelu)->ArgsProduct({{0, 1}, {1, 0}});
 
 }  // namespace
 }  // namespace lmf

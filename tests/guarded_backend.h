@@ -24,6 +24,7 @@
 #include "core/error.h"
 #include "dist/communicator.h"
 #include "ops/backend.h"
+#include "ops/cpu/matmul_gelu.h"
 
 namespace lmf::test {
 
@@ -272,6 +273,8 @@ inline const ops::Backend<float>& guarded_backend() {
       &GuardedOp<&layernorm_backward<F>>::call,
       &GuardedOp<&gelu_forward<F>>::call,
       &GuardedOp<&gelu_backward<F>>::call,
+      &GuardedOp<&cpu::matmul_gelu_forward<F, &matmul_forward<F>>>::call,
+      &GuardedOp<&cpu::matmul_dgelu_backward<F, &matmul_backward<F>>>::call,
       &GuardedOp<&residual_forward<F>>::call,
       &GuardedOp<&residual_layernorm_forward<F>>::call,
       &GuardedOp<&residual_rmsnorm_forward<F>>::call,

@@ -86,9 +86,8 @@ struct Gpt2Block {
     proj.forward(sc.dnarrow, s.atty, N);  // dnarrow is free in forward: use it for proj's output
     tp.all_reduce(sc.dnarrow, size_t(N) * C);
     ln2.forward_add(s.res, s.ln2, s.ln2s, x, sc.dnarrow, N);  // res = x + attention branch
-    fc.forward(s.fch, s.ln2, N);
     F* act = recompute_mlp ? sc.wide : s.act;
-    be->gelu_forward(act, s.fch, size_t(N) * M);
+    fc.forward_gelu(act, s.fch, s.ln2, N);  // fch = fc(ln2), act = gelu(fch): one fused op
     fcproj.forward(out, act, N);
     tp.all_reduce(out, size_t(N) * C);
     be->residual_forward(out, out, s.res, size_t(N) * C);
@@ -103,9 +102,8 @@ struct Gpt2Block {
       be->gelu_forward(sc.wide, s.fch, nm);  // recompute instead of storing (N, M)
       act = sc.wide;
     }
-    fcproj.backward(sc.dwide, dres, act, N);            // dgelu
-    be->gelu_backward(sc.dwide, s.fch, sc.dwide, nm);  // dfch (in place)
-    fc.backward(sc.dnarrow, sc.dwide, s.ln2, N);        // dln2 (this rank's columns' part)
+    fcproj.backward_dgelu(sc.dwide, dres, act, s.fch, N);  // dfch = gelu'(fch) d(act): one fused op
+    fc.backward(sc.dnarrow, sc.dwide, s.ln2, N);           // dln2 (this rank's columns' part)
     tp.all_reduce(sc.dnarrow, size_t(N) * C);
     ln2.backward(dres, sc.dnarrow, s.res, s.ln2s, N);  // dres = dL/d(res)
     proj.backward(sc.dnarrow, dres, s.atty, N);        // datty (N, A)

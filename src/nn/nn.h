@@ -71,6 +71,16 @@ struct Linear {
   void backward(F* dx /*(N,in)*/, const F* dy /*(N,out)*/, const F* x /*(N,in)*/, int N) const {
     be->matmul_backward(dx, weight.dw, bias.dw, dy, x, weight.w, N, in, out);
   }
+  // forward, then GELU: pre = x W^T + b, y = gelu(pre), fused (ops::Backend::matmul_gelu_forward).
+  void forward_gelu(F* y /*(N,out)*/, F* pre /*(N,out)*/, const F* x /*(N,in)*/, int N) const {
+    be->matmul_gelu_forward(y, pre, x, weight.w, bias.w, N, in, out);
+  }
+  // backward whose input was gelu(pre): dpre = gelu'(pre) (dy W) (assigned), dW, db as backward
+  // (ops::Backend::matmul_dgelu_backward).
+  void backward_dgelu(F* dpre /*(N,in)*/, const F* dy /*(N,out)*/, const F* x /*(N,in)*/, const F* pre /*(N,in)*/,
+                      int N) const {
+    be->matmul_dgelu_backward(dpre, weight.dw, bias.dw, dy, x, weight.w, pre, N, in, out);
+  }
 };
 
 template <class F>

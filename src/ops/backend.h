@@ -76,6 +76,14 @@ struct Backend {
                              const S* rstd, int N, int C);
   void (*gelu_forward)(F* out, const F* inp, size_t n);
   void (*gelu_backward)(F* dinp, const F* inp, const F* dout, size_t n);
+  // GPT-2's MLP, fused around its GELU (cpu/matmul_gelu.h): pre = inp w^T + bias (matmul_forward's
+  // shapes, pre and out (N, OC)), out = gelu(pre); and matmul_backward whose dinp then goes
+  // through GELU's backward at pre: dinp = gelu'(pre) (dout w), pre and dinp (N, C). On the CPU,
+  // exactly the two ops in turn; under bf16 storage the GELU acts on the GEMM's float result
+  // before the one rounding (a GPU's cuBLASLt GELU_AUX_BIAS and DGELU epilogues).
+  void (*matmul_gelu_forward)(F* out, F* pre, const F* inp, const F* w, const F* bias, int N, int C, int OC);
+  void (*matmul_dgelu_backward)(F* dinp, M* dw, M* dbias, const F* dout, const F* inp, const F* w, const F* pre,
+                                int N, int C, int OC);
   void (*residual_forward)(F* out, const F* a, const F* b, size_t n);
   void (*residual_layernorm_forward)(F* res, F* out, S* mean, S* rstd, const F* a, const F* b, const F* w,
                                      const F* bias, int N, int C);

@@ -17,7 +17,8 @@ using Be = ops::Backend<F>;
 // this list, and the static_assert checks it against the struct's size.
 #define LMF_BACKEND_OPS(X)                                                                               \
   X(matmul_forward) X(matmul_backward) X(encoder_forward) X(encoder_backward) X(layernorm_forward)     \
-  X(layernorm_backward) X(gelu_forward) X(gelu_backward) X(residual_forward)                           \
+  X(layernorm_backward) X(gelu_forward) X(gelu_backward) X(matmul_gelu_forward) X(matmul_dgelu_backward)  \
+  X(residual_forward)                                                                                  \
   X(residual_layernorm_forward) X(residual_rmsnorm_forward) X(attention_forward) X(attention_backward) \
   X(classifier_ce_forward) X(classifier_logits) X(rmsnorm_forward) X(rmsnorm_backward) X(rope_forward) \
   X(rope_backward) X(swiglu_forward) X(swiglu_backward) X(attention_gqa_forward)                       \

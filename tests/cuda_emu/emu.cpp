@@ -809,6 +809,8 @@ struct cublasLtMatmulDescOpaque {
   uint32_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
   const void* bias = nullptr;
   int32_t bias_type = -1;  // -1: D's type (cuBLASLt's default)
+  const void* aux = nullptr;  // GELU's input: written by GELU_AUX(_BIAS), read by DGELU; D's type
+  int64_t aux_ld = 0;
 };
 struct cublasLtMatrixLayoutOpaque {
   cudaDataType type;
@@ -851,6 +853,8 @@ cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMa
     case CUBLASLT_MATMUL_DESC_EPILOGUE: return read_attr(d->epilogue, buf, bytes);
     case CUBLASLT_MATMUL_DESC_BIAS_POINTER: return read_attr(d->bias, buf, bytes);
     case CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE: return read_attr(d->bias_type, buf, bytes);
+    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER: return read_attr(d->aux, buf, bytes);
+    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD: return read_attr(d->aux_ld, buf, bytes);
   }
   return CUBLAS_STATUS_INVALID_VALUE;
 }
@@ -893,9 +897,15 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const 
   if ((int)(d->tb == CUBLAS_OP_N ? b->rows : b->cols) != k) return CUBLAS_STATUS_INVALID_VALUE;
   if (a->type != b->type || (c->type == CUDA_R_16BF && a->type != CUDA_R_16BF))
     return CUBLAS_STATUS_NOT_SUPPORTED;
-  if (d->epilogue != CUBLASLT_EPILOGUE_BIAS && d->epilogue != CUBLASLT_EPILOGUE_DEFAULT)
-    return CUBLAS_STATUS_NOT_SUPPORTED;
-  if (d->epilogue == CUBLASLT_EPILOGUE_BIAS && d->bias == nullptr)
+  const uint32_t epi = d->epilogue;
+  const bool biased = epi == CUBLASLT_EPILOGUE_BIAS || epi == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+  const bool gelu = epi == CUBLASLT_EPILOGUE_GELU_AUX || epi == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+  const bool dgelu = epi == CUBLASLT_EPILOGUE_DGELU;
+  if (!biased && !gelu && !dgelu && epi != CUBLASLT_EPILOGUE_DEFAULT) return CUBLAS_STATUS_NOT_SUPPORTED;
+  if (biased && d->bias == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
+  // The aux matrix: D's layout and type, its leading dimension a multiple of 8 and >= m, as the
+  // library requires.
+  if ((gelu || dgelu) && (d->aux == nullptr || d->aux_ld < (int64_t)c->rows || d->aux_ld % 8 != 0))
     return CUBLAS_STATUS_INVALID_VALUE;
   const cudaDataType bias_type = d->bias_type < 0 ? c->type : cudaDataType(d->bias_type);
   // The epilogue works on the fp32 result: with a bf16 D, the GEMM goes to an fp32 copy of D,
@@ -914,13 +924,36 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const 
       cublasGemmEx(&gemm_handle, d->ta, d->tb, m, n, k, alpha, A, a->type, (int)a->ld, B, b->type,
                    (int)b->ld, beta, out, CUDA_R_32F, (int)c->ld, d->compute, CUBLAS_GEMM_DEFAULT);
   if (st != CUBLAS_STATUS_SUCCESS) return st;
-  if (d->epilogue == CUBLASLT_EPILOGUE_BIAS) {
+  if (biased) {
     auto bias_at = [&](int i) {
       return bias_type == CUDA_R_16BF ? lmf::bf16_to_float(static_cast<const uint16_t*>(d->bias)[i])
                                       : static_cast<const float*>(d->bias)[i];
     };
     for (int j = 0; j < n; ++j)
       for (int i = 0; i < m; ++i) out[(size_t)j * c->ld + i] += bias_at(i);
+  }
+  if (gelu || dgelu) {
+    // GELU's tanh form, as src/ops/cuda/elementwise.cu computes it.
+    constexpr float kS = 0.7978845608028654f, kA = 0.044715f;
+    const auto aux_at = [&](size_t k) {
+      return d16 ? lmf::bf16_to_float(static_cast<const uint16_t*>(d->aux)[k]) : static_cast<const float*>(d->aux)[k];
+    };
+    for (int j = 0; j < n; ++j)
+      for (int i = 0; i < m; ++i) {
+        float& v = out[(size_t)j * c->ld + i];
+        const size_t k = (size_t)j * d->aux_ld + i;
+        if (gelu) {
+          if (d16)
+            static_cast<uint16_t*>(const_cast<void*>(d->aux))[k] = lmf::float_to_bf16(v);
+          else
+            static_cast<float*>(const_cast<void*>(d->aux))[k] = v;
+          v = 0.5f * v * (1.0f + tanhf(kS * (v + kA * v * v * v)));
+        } else {
+          const float x = aux_at(k), th = tanhf(kS * (x + kA * x * x * x));
+          const float dudx = kS * (1.0f + 3.0f * kA * x * x);
+          v = (0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * dudx) * v;
+        }
+      }
   }
   if (d16) {
     auto* d_bits = static_cast<uint16_t*>(D);

@@ -645,6 +645,108 @@ TEST(CudaBf16, Matmul) {
     for (bool with_bias : {true, false}) check_matmul(sh, with_bias);
 }
 
+// ---- the MLP's GEMMs fused with GELU (matmul_gelu_forward, matmul_dgelu_backward) ---------------
+// The spec: the float GEMM, GELU on its float result, each bf16 output rounded once. The GPU:
+// cuBLASLt's GELU_AUX_BIAS and DGELU epilogues on the fp32 result (the emulation computes GELU as
+// elementwise.cu does), or, where the epilogue does not apply (OC or C not a multiple of 8, or the
+// epilogues turned off), the two ops in turn, whose GELU reads pre rounded. Bounds: the GEMM's
+// (check_matmul above) through GELU, whose slope is at most kGeluSlope; GELU's own fp32 bound
+// (op_tolerance.h); one bf16 rounding on each side; and, for the two-op path, the rounding of its
+// intermediate (u |pre| through GELU forward, u |dout w| backward).
+constexpr double kGeluSlope = 1.13;  // max |gelu'(x)| of the tanh form, at x near 1.5
+
+struct MlpResult {
+  Bf out, pre, dinp;
+  FVec dw, db;
+};
+
+MlpResult run_mlp_fused(const ops::Backend<bf16>& be, const Bf& inp, const Bf& w, const Bf& bias, const Bf& dout,
+                        const Bf& pre_in, const FVec& dw0, const FVec& db0, int N, int C, int OC) {
+  DeviceBuffer<bf16> d_inp(inp), d_w(w), d_bias(bias), d_out(bnans((size_t)N * OC)), d_pre(bnans((size_t)N * OC));
+  be.matmul_gelu_forward(d_out.data(), d_pre.data(), d_inp.data(), d_w.data(), d_bias.data(), N, C, OC);
+  // The backward of a layer with the same shapes (inp (N, C), w (OC, C)) whose input was
+  // gelu(pre_in), pre_in (N, C).
+  DeviceBuffer<bf16> d_dout(dout), d_pre_in(pre_in), d_x(inp), d_dinp(bnans((size_t)N * C));
+  DeviceBuffer<float> d_dw(dw0), d_db(db0);
+  be.matmul_dgelu_backward(d_dinp.data(), d_dw.data(), d_db.data(), d_dout.data(), d_x.data(), d_w.data(),
+                           d_pre_in.data(), N, C, OC);
+  return {d_out.to_host(), d_pre.to_host(), d_dinp.to_host(), d_dw.to_host(), d_db.to_host()};
+}
+
+void check_mlp_fused(int N, int C, int OC) {
+  SCOPED_TRACE("N = " + std::to_string(N) + ", C = " + std::to_string(C) + ", OC = " + std::to_string(OC));
+  const Tol t = tol_f32();
+  const Bf inp = rand_bf((size_t)N * C, 61), w = rand_bf((size_t)OC * C, 62), bias = rand_bf(OC, 63),
+           dout = rand_bf((size_t)N * OC, 64), pre_in = rand_bf((size_t)N * C, 65, -4.0, 4.0);
+  const FVec dw0 = to_f(rand_vec((size_t)OC * C, 66)), db0 = to_f(rand_vec(OC, 67));
+  const double A = max_abs(wide_d(inp)), W = max_abs(wide_d(w)), Bm = max_abs(wide_d(bias)),
+               G = max_abs(wide_d(dout));
+  // The spec, and its float results before rounding (for the bounds).
+  const ops::Backend<bf16>& cpu = spec::cpu();
+  Bf out_c((size_t)N * OC), pre_c((size_t)N * OC), dinp_c((size_t)N * C);
+  FVec dw_c = dw0, db_c = db0;
+  cpu.matmul_gelu_forward(out_c.data(), pre_c.data(), inp.data(), w.data(), bias.data(), N, C, OC);
+  cpu.matmul_dgelu_backward(dinp_c.data(), dw_c.data(), db_c.data(), dout.data(), inp.data(), w.data(), pre_in.data(),
+                            N, C, OC);
+  const FVec inp_f = widen(inp), w_f = widen(w), bias_f = widen(bias), dout_f = widen(dout);
+  FVec pre_f((size_t)N * OC), g_f((size_t)N * C), scratch_dw((size_t)OC * C, 0.0f);
+  spec::f32().matmul_forward(pre_f.data(), inp_f.data(), w_f.data(), bias_f.data(), N, C, OC);
+  spec::f32().matmul_backward(g_f.data(), scratch_dw.data(), nullptr, dout_f.data(), inp_f.data(), w_f.data(), N, C,
+                              OC);
+  Vec out_r((size_t)N * OC);
+  ops::ref::gelu_forward(out_r.data(), to_d(pre_f).data(), out_r.size());
+  const GeluTolerance gf = gelu_tolerance(to_d(pre_f), Vec(pre_f.size(), 0.0), out_r, t);
+  Vec out_r2((size_t)N * C);
+  ops::ref::gelu_forward(out_r2.data(), wide_d(pre_in).data(), out_r2.size());
+  const GeluTolerance gb = gelu_tolerance(wide_d(pre_in), to_d(g_f), out_r2, t);
+  const double e_fwd = kBoth * t.gamma(C + 1) * (C * A * W + Bm), e_bwd = kBoth * t.gamma(OC) * OC * G * W;
+  Vec tol_out(out_r.size()), tol_dinp(out_r2.size());
+  for (size_t i = 0; i < tol_out.size(); ++i)
+    tol_out[i] = kGeluSlope * (e_fwd + kU * std::abs((double)pre_f[i])) + kBoth * gf.out[i];
+  for (size_t i = 0; i < tol_dinp.size(); ++i)
+    tol_dinp[i] = kGeluSlope * (e_bwd + kU * std::abs((double)g_f[i])) + kBoth * gb.dinp[i];
+
+  for (bool epilogues : {true, false}) {
+    SCOPED_TRACE(epilogues ? "epilogues on" : "epilogues off");
+    cuda::set_gelu_epilogues(epilogues);
+    const MlpResult g = run_mlp_fused(cuda::backend_bf16(), inp, w, bias, dout, pre_in, dw0, db0, N, C, OC);
+    expect_close_bf("pre", g.pre, pre_c, e_fwd);
+    expect_close_bf("out", g.out, out_c, tol_out);
+    expect_close_bf("dinp", g.dinp, dinp_c, tol_dinp);
+    expect_close("dw", g.dw, dw_c, kBoth * t.gamma(N + 1) * (N * G * A + max_abs(to_d(dw0))));
+    expect_close("db", g.db, db_c, kBoth * t.gamma(N + 1) * (N * G + max_abs(to_d(db0))));
+  }
+  cuda::set_gelu_epilogues(true);
+}
+
+TEST(CudaBf16, MatmulGeluFusedFollowsTheSpec) {
+  SKIP_WITHOUT_DEVICE();
+  check_mlp_fused(64, 96, 256);   // OC and C multiples of 8: the epilogues
+  check_mlp_fused(37, 67, 131);   // not: the two ops in turn
+  check_mlp_fused(1, 8, 8);
+}
+
+// With the epilogues, GELU reads the GEMM's unrounded result, so some outputs differ from the
+// two-op path's (which rounds pre first): the epilogue really runs. On a GPU a failure here
+// means cuBLASLt offered no algorithm for it (the fallback ran).
+TEST(CudaBf16, MatmulGeluEpiloguesSkipTheIntermediateRounding) {
+  SKIP_WITHOUT_DEVICE();
+  const int N = 64, C = 96, OC = 256;
+  const Bf inp = rand_bf((size_t)N * C, 71), w = rand_bf((size_t)OC * C, 72), bias = rand_bf(OC, 73),
+           dout = rand_bf((size_t)N * OC, 74), pre_in = rand_bf((size_t)N * C, 75, -4.0, 4.0);
+  const FVec dw0((size_t)OC * C, 0.0f), db0(OC, 0.0f);
+  cuda::set_gelu_epilogues(true);
+  const MlpResult fused = run_mlp_fused(cuda::backend_bf16(), inp, w, bias, dout, pre_in, dw0, db0, N, C, OC);
+  cuda::set_gelu_epilogues(false);
+  const MlpResult plain = run_mlp_fused(cuda::backend_bf16(), inp, w, bias, dout, pre_in, dw0, db0, N, C, OC);
+  cuda::set_gelu_epilogues(true);
+  EXPECT_GT(count_differ(fused.out, plain.out), 0u) << "forward: GELU_AUX_BIAS not used";
+  EXPECT_GT(count_differ(fused.dinp, plain.dinp), 0u) << "backward: DGELU not used";
+  std::printf("[ info ] GELU epilogues: %zu of %zu outputs and %zu of %zu input gradients differ from the two-op path\n",
+              count_differ(fused.out, plain.out), fused.out.size(), count_differ(fused.dinp, plain.dinp),
+              fused.dinp.size());
+}
+
 // ---- classifier ---------------------------------------------------------------------------------
 // Against the exact (double) classifier on the same bf16 inputs, GPU and spec alike. The bounds are
 // test_cuda_matmul.cpp's Tf32AndBf16WithinTheirBound (derivation there) with the operand error e

@@ -145,6 +145,35 @@ TEST(CudaOps, Gelu) {
   }
 }
 
+// ---- the MLP's GEMMs fused with GELU -------------------------------------------------------------
+
+// fp32 storage: the GEMM then our GELU kernel, so the same bits as the two ops in turn on the GPU
+// (which the matmul and GELU tests hold to the CPU).
+TEST(CudaOps, MatmulGeluIsTheTwoOpsInTurn) {
+  SKIP_WITHOUT_DEVICE();
+  const int N = 37, C = 67, OC = 131;
+  const FVec inp = to_f(rand_vec((size_t)N * C, 90)), w = to_f(rand_vec((size_t)OC * C, 91)),
+             bias = to_f(rand_vec(OC, 92)), dout = to_f(rand_vec((size_t)N * OC, 93)),
+             pre_in = to_f(rand_vec((size_t)N * C, 94, -4.0, 4.0)), dw0 = to_f(rand_vec((size_t)OC * C, 95)),
+             db0 = to_f(rand_vec(OC, 96));
+  DeviceBuffer<float> d_inp(inp), d_w(w), d_bias(bias), d_dout(dout), d_pre_in(pre_in);
+  DeviceBuffer<float> out(nans((size_t)N * OC)), pre(nans((size_t)N * OC)), out2(nans((size_t)N * OC)),
+      pre2(nans((size_t)N * OC));
+  cuda::matmul_gelu_forward(out.data(), pre.data(), d_inp.data(), d_w.data(), d_bias.data(), N, C, OC);
+  cuda::matmul_forward(pre2.data(), d_inp.data(), d_w.data(), d_bias.data(), N, C, OC);
+  cuda::gelu_forward(out2.data(), pre2.data(), (size_t)N * OC);
+  EXPECT_EQ(pre.to_host(), pre2.to_host());
+  EXPECT_EQ(out.to_host(), out2.to_host());
+  DeviceBuffer<float> dinp(nans((size_t)N * C)), dinp2(nans((size_t)N * C)), dw(dw0), db(db0), dw2(dw0), db2(db0);
+  cuda::matmul_dgelu_backward(dinp.data(), dw.data(), db.data(), d_dout.data(), d_inp.data(), d_w.data(),
+                              d_pre_in.data(), N, C, OC);
+  cuda::matmul_backward(dinp2.data(), dw2.data(), db2.data(), d_dout.data(), d_inp.data(), d_w.data(), N, C, OC);
+  cuda::gelu_backward(dinp2.data(), d_pre_in.data(), dinp2.data(), (size_t)N * C);
+  EXPECT_EQ(dinp.to_host(), dinp2.to_host());
+  EXPECT_EQ(dw.to_host(), dw2.to_host());
+  EXPECT_EQ(db.to_host(), db2.to_host());
+}
+
 // ---- residual + norm, fused ---------------------------------------------------------------------
 
 // The fused kernels do the unfused pair's arithmetic in the same order (the sums of the values they

@@ -327,7 +327,8 @@ TEST_F(Cli, BenchProfileCountsTheOps) {
       calls[op["op"].get<std::string>()] = op["calls_per_step"].get<double>();
       share += op["share"].get<double>();
     }
-    EXPECT_EQ(calls["matmul_forward"], 8.0);  // 4 per layer
+    EXPECT_EQ(calls["matmul_forward"], 6.0);       // qkv, proj, fc proj per layer
+    EXPECT_EQ(calls["matmul_gelu_forward"], 2.0);  // fc with its GELU
     EXPECT_EQ(calls["adamw_chunks"], 1.0);    // the multi-tensor AdamW: one op per step
     EXPECT_EQ(calls["classifier_ce_forward"], 1.0);
     // bf16: the weights before and after the blocks at the start, then each block's: 2 + 2 per step.

@@ -106,6 +106,42 @@ TEST(Bf16Ops, MatmulAndClassifier) {
   expect_same("classifier logits", logits, logits_want);
 }
 
+// GPT-2's MLP GEMMs fused with GELU: the float composition, each bf16 output rounded once, so GELU
+// reads the GEMM's float result (a GPU epilogue's semantics), not pre as stored; the unfused bf16
+// pair, which rounds pre first, differs somewhere.
+TEST(Bf16Ops, MatmulGeluRoundsOnlyItsOutputs) {
+  const int N = 33, C = 31, OC = 40;
+  const B16 x = rand_b16(N * C, 31), w = rand_b16(OC * C, 32), bias = rand_b16(OC, 33), dout = rand_b16(N * OC, 34),
+            pre_in = rand_b16(N * C, 35, -4.0, 4.0);
+  const Floats xf = widen(x), wf = widen(w), bf = widen(bias), df = widen(dout), pf = widen(pre_in);
+  B16 out = nan16(N * OC), pre = nan16(N * OC);
+  Floats out_want(N * OC), pre_want(N * OC);
+  be16().matmul_gelu_forward(out.data(), pre.data(), x.data(), w.data(), bias.data(), N, C, OC);
+  be32().matmul_gelu_forward(out_want.data(), pre_want.data(), xf.data(), wf.data(), bf.data(), N, C, OC);
+  expect_rounded("matmul_gelu out", out, out_want);
+  expect_rounded("matmul_gelu pre", pre, pre_want);
+  B16 out_pair = nan16(N * OC), pre_pair = nan16(N * OC);
+  be16().matmul_forward(pre_pair.data(), x.data(), w.data(), bias.data(), N, C, OC);
+  be16().gelu_forward(out_pair.data(), pre_pair.data(), out_pair.size());
+  EXPECT_EQ(pre_pair, pre);
+  EXPECT_NE(out_pair, out) << "GELU read pre rounded";
+
+  B16 dinp = nan16(N * C), dinp_pair = nan16(N * C);
+  Floats dinp_want(N * C), dw = widen(rand_b16(OC * C, 36)), db = widen(rand_b16(OC, 37)), dw_want = dw,
+                           db_want = db;
+  be16().matmul_dgelu_backward(dinp.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(), pre_in.data(), N,
+                               C, OC);
+  be32().matmul_dgelu_backward(dinp_want.data(), dw_want.data(), db_want.data(), df.data(), xf.data(), wf.data(),
+                               pf.data(), N, C, OC);
+  expect_rounded("matmul_dgelu dinp", dinp, dinp_want);
+  expect_same("matmul_dgelu dw", dw, dw_want);
+  expect_same("matmul_dgelu db", db, db_want);
+  Floats dw2 = dw, db2 = db;
+  be16().matmul_backward(dinp_pair.data(), dw2.data(), db2.data(), dout.data(), x.data(), w.data(), N, C, OC);
+  be16().gelu_backward(dinp_pair.data(), pre_in.data(), dinp_pair.data(), dinp_pair.size());
+  EXPECT_NE(dinp_pair, dinp) << "GELU's backward read dout w rounded";
+}
+
 TEST(Bf16Ops, NormsAccumulateIntoTheResidualGradient) {
   const int N = 33, C = 31;
   const B16 x = rand_b16(N * C, 11, 1.0, 3.0), w = rand_b16(C, 12), b = rand_b16(C, 13), dout = rand_b16(N * C, 14),

@@ -58,7 +58,11 @@ TEST(OpProfile, PassesThroughAndCountsEveryOp) {
     EXPECT_EQ(n["encoder_forward"].calls, 1);
     EXPECT_EQ(n["encoder_backward"].calls, 1);
     if (arch == "gpt2") {
-      EXPECT_EQ(n["matmul_forward"].calls, 4 * L);  // qkv, proj, fc, fc proj
+      EXPECT_EQ(n["matmul_forward"].calls, 3 * L);        // qkv, proj, fc proj
+      EXPECT_EQ(n["matmul_gelu_forward"].calls, L);       // fc and its GELU, fused
+      EXPECT_EQ(n["matmul_dgelu_backward"].calls, L);     // fc proj's backward and GELU's
+      EXPECT_EQ(n["gelu_forward"].calls, L);              // recompute_mlp: GELU again in backward
+      EXPECT_EQ(n.count("gelu_backward"), 0u);            // inside matmul_dgelu_backward
       EXPECT_EQ(n["attention_forward"].calls, L);
       EXPECT_EQ(n["attention_backward"].calls, L);
       EXPECT_EQ(n["layernorm_forward"].calls, L + 1);           // ln1 of each block, the final norm
@@ -87,7 +91,8 @@ TEST(OpProfile, WrapsADeviceBackend) {
   EXPECT_EQ(prof.loss, plain.loss);
   EXPECT_EQ(std::memcmp(prof.grads.data(), plain.grads.data(), plain.grads.size() * sizeof(float)), 0);
   EXPECT_EQ(test::Guarded::get().violations(), 0);
-  EXPECT_EQ(by_name()["matmul_backward"].calls, 8);
+  EXPECT_EQ(by_name()["matmul_backward"].calls, 6);  // qkv, proj, fc of 2 blocks; fc proj's is fused
+  EXPECT_EQ(by_name()["matmul_dgelu_backward"].calls, 2);
   EXPECT_STREQ(profiled_backend(test::guarded_backend()).name, "guarded");
 }
 

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "core/rng.h"
+#include "ops/backend.h"
 #include "ops/ops.h"
 #include "ops/reference.h"
 #include "op_tolerance.h"
@@ -284,6 +285,45 @@ void check_residual_rmsnorm(const Shape& s) {
     expect_same_bits("res", f_res, res);
     expect_same_bits("out", f_out, out);
     expect_same_bits("rstd", f_rstd, rstd);
+  }
+}
+
+// ---- the MLP's GEMMs fused with GELU (ops::Backend::matmul_gelu_forward, matmul_dgelu_backward)
+// On the CPU each is its table's GEMM then GELU: the same bits as the two ops in turn, for every
+// matmul-precision table, the accumulating dw and dbias included.
+template <class T>
+void check_matmul_gelu_table(const Backend<T>& be, const Shape& s) {
+  const int N = s[0], C = s[1], OC = s[2];
+  const auto inp = cast<T>(rand_vec(size_t(N) * C, 80)), w = cast<T>(rand_vec(size_t(OC) * C, 81)),
+             bias = cast<T>(rand_vec(size_t(OC), 82)), dout = cast<T>(rand_vec(size_t(N) * OC, 83)),
+             pre_in = cast<T>(rand_vec(size_t(N) * C, 84, -4.0, 4.0)), dw0 = cast<T>(rand_vec(size_t(OC) * C, 85)),
+             db0 = cast<T>(rand_vec(size_t(OC), 86));
+  auto out = nans<T>(size_t(N) * OC), pre = nans<T>(size_t(N) * OC), want_out = out, want_pre = pre;
+  be.matmul_forward(want_pre.data(), inp.data(), w.data(), bias.data(), N, C, OC);
+  be.gelu_forward(want_out.data(), want_pre.data(), want_out.size());
+  be.matmul_gelu_forward(out.data(), pre.data(), inp.data(), w.data(), bias.data(), N, C, OC);
+  expect_same_bits("pre", pre, want_pre);
+  expect_same_bits("out", out, want_out);
+
+  auto dinp = nans<T>(size_t(N) * C), want_dinp = dinp;
+  auto dw = dw0, db = db0, want_dw = dw0, want_db = db0;
+  be.matmul_backward(want_dinp.data(), want_dw.data(), want_db.data(), dout.data(), inp.data(), w.data(), N, C, OC);
+  be.gelu_backward(want_dinp.data(), pre_in.data(), want_dinp.data(), want_dinp.size());
+  be.matmul_dgelu_backward(dinp.data(), dw.data(), db.data(), dout.data(), inp.data(), w.data(), pre_in.data(), N, C,
+                           OC);
+  expect_same_bits("dinp", dinp, want_dinp);
+  expect_same_bits("dw", dw, want_dw);
+  expect_same_bits("db", db, want_db);
+}
+
+template <class T>
+void check_matmul_gelu(const Shape& s) {
+  check_matmul_gelu_table<T>(cpu_backend<T>(), s);
+  if constexpr (std::is_same_v<T, float>) {
+    for (MatmulPrecision p : {MatmulPrecision::tf32, MatmulPrecision::bf16}) {
+      SCOPED_TRACE(to_string(p));
+      check_matmul_gelu_table<float>(cpu_backend<float>(p), s);
+    }
   }
 }
 
@@ -588,6 +628,7 @@ struct OpEntry {
 const std::map<std::string, OpEntry>& op_table() {
   static const std::map<std::string, OpEntry> t = {
       {"matmul", {check_matmul<float>, check_matmul<double>}},
+      {"matmul_gelu", {check_matmul_gelu<float>, check_matmul_gelu<double>}},
       {"encoder", {check_encoder<float>, check_encoder<double>}},
       {"layernorm", {check_layernorm<float>, check_layernorm<double>}},
       {"gelu", {check_gelu<float>, check_gelu<double>}},
@@ -702,6 +743,9 @@ const std::vector<OpCase> kCases = {
     {"attention_decode", {37, 4, 2, 16}},
     {"attention_decode", {65, 3, 3, 5}},
     {"attention_decode", {300, 8, 1, 64}},
+    {"matmul_gelu", {1, 1, 1}},
+    {"matmul_gelu", {37, 67, 131}},
+    {"matmul_gelu", {64, 96, 256}},
     {"adamw", {1, 1}},
     {"adamw", {33, 1}},
     {"adamw", {16385, 10}},

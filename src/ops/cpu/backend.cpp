@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "core/error.h"
+#include "ops/cpu/matmul_gelu.h"
 #include "ops/cpu/rounded.h"
 
 namespace lmf::ops {
@@ -36,6 +37,8 @@ Backend<F> make_cpu_backend() {
       &layernorm_backward<F>,
       &gelu_forward<F>,
       &gelu_backward<F>,
+      &cpu::matmul_gelu_forward<F, &matmul_forward<F>>,
+      &cpu::matmul_dgelu_backward<F, &matmul_backward<F>>,
       &residual_forward<F>,
       &residual_layernorm_forward<F>,
       &residual_rmsnorm_forward<F>,
@@ -73,6 +76,8 @@ Backend<float> make_rounded_backend() {
   b.matmul_precision = P;
   b.matmul_forward = &cpu::matmul_forward_rounded<P>;
   b.matmul_backward = &cpu::matmul_backward_rounded<P>;
+  b.matmul_gelu_forward = &cpu::matmul_gelu_forward<float, &cpu::matmul_forward_rounded<P>>;
+  b.matmul_dgelu_backward = &cpu::matmul_dgelu_backward<float, &cpu::matmul_backward_rounded<P>>;
   b.classifier_ce_forward = &cpu::classifier_ce_forward_rounded<P>;
   b.classifier_logits = &cpu::classifier_logits_rounded<P>;
   if constexpr (P == MatmulPrecision::bf16) {  // the GPU's tensor-core attention (rounded.h)

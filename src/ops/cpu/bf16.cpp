@@ -109,6 +109,22 @@ void gelu_backward(bf16* dinp, const bf16* inp, const bf16* dout, size_t n) {
   Out di(dinp, n);
   f32().gelu_backward(di.get(), i.data(), d.data(), n);
 }
+// The float composition (cpu/matmul_gelu.h), rounded once: GELU acts on the GEMM's float result,
+// as in a GPU epilogue; pre is the same float result rounded.
+void matmul_gelu_forward(bf16* out, bf16* pre, const bf16* inp, const bf16* w, const bf16* bias, int N, int C,
+                         int OC) {
+  Wide i = widen(inp, size_t(N) * C), ww = widen(w, size_t(OC) * C), b = widen(bias, size_t(OC));
+  Out o(out, size_t(N) * OC), p(pre, size_t(N) * OC);
+  f32().matmul_gelu_forward(o.get(), p.get(), i.data(), ww.data(), data_or_null(b), N, C, OC);
+}
+// dout w in float, times gelu'(pre) (pre as stored), rounded once.
+void matmul_dgelu_backward(bf16* dinp, float* dw, float* dbias, const bf16* dout, const bf16* inp, const bf16* w,
+                           const bf16* pre, int N, int C, int OC) {
+  Wide d = widen(dout, size_t(N) * OC), i = widen(inp, size_t(N) * C), ww = widen(w, size_t(OC) * C),
+       p = widen(pre, size_t(N) * C);
+  Out di(dinp, size_t(N) * C);
+  f32().matmul_dgelu_backward(di.get(), dw, dbias, d.data(), i.data(), ww.data(), p.data(), N, C, OC);
+}
 void residual_forward(bf16* out, const bf16* a, const bf16* b, size_t n) {
   Wide aa = widen(a, n), bb = widen(b, n);
   Out o(out, n);
@@ -231,6 +247,8 @@ Backend<bf16> make() {
       .layernorm_backward = &layernorm_backward,
       .gelu_forward = &gelu_forward,
       .gelu_backward = &gelu_backward,
+      .matmul_gelu_forward = &matmul_gelu_forward,
+      .matmul_dgelu_backward = &matmul_dgelu_backward,
       .residual_forward = &residual_forward,
       .residual_layernorm_forward = &residual_layernorm_forward,
       .residual_rmsnorm_forward = &residual_rmsnorm_forward,

@@ -85,6 +85,8 @@ LMF_CUDA_OP(layernorm_forward);
 LMF_CUDA_OP(layernorm_backward);
 LMF_CUDA_OP(gelu_forward);
 LMF_CUDA_OP(gelu_backward);
+LMF_CUDA_OP(matmul_gelu_forward);
+LMF_CUDA_OP(matmul_dgelu_backward);
 LMF_CUDA_OP(residual_forward);
 LMF_CUDA_OP(residual_layernorm_forward);
 LMF_CUDA_OP(residual_rmsnorm_forward);
@@ -156,7 +158,7 @@ struct GemmOnDefaultStream {
 
 // Every member of the table but matmul_precision is a pointer (on_host() is a function): a member
 // added to ops::Backend fails here until it is filled in below.
-static_assert(sizeof(ops::Backend<float>) == 37 * sizeof(void*),
+static_assert(sizeof(ops::Backend<float>) == 39 * sizeof(void*),
               "ops::Backend changed: fill the new member in make_cuda_backend()");
 static_assert(sizeof(ops::Backend<bf16>) == sizeof(ops::Backend<float>));
 
@@ -178,6 +180,8 @@ ops::Backend<F> make_cuda_backend() {
       .layernorm_backward = OnDefaultStream<layernorm_backward_op>{},
       .gelu_forward = OnDefaultStream<gelu_forward_op>{},
       .gelu_backward = OnDefaultStream<gelu_backward_op>{},
+      .matmul_gelu_forward = GemmOnDefaultStream<matmul_gelu_forward_op, P>{},
+      .matmul_dgelu_backward = GemmOnDefaultStream<matmul_dgelu_backward_op, P>{},
       .residual_forward = OnDefaultStream<residual_forward_op>{},
       .residual_layernorm_forward = OnDefaultStream<residual_layernorm_forward_op>{},
       .residual_rmsnorm_forward = OnDefaultStream<residual_rmsnorm_forward_op>{},

@@ -38,6 +38,9 @@ void count_freed(size_t bytes) noexcept;
 const VirtualMemory& device_virtual_memory();
 // Physical granules created so far (cuMemCreate): a step that reuses the pool adds none.
 size_t virtual_memory_creates();
+// The environment's on/off switch `name` (LMF_CUDA_VEC, LMF_CUDA_GELU_EPILOGUE): on when unset,
+// empty or "1", off for "0"; anything else is a UserError naming the variable.
+bool env_switch(const char* name);
 
 }  // namespace lmf::cuda
 

@@ -74,41 +74,20 @@ __global__ void gelu_bwd_kernel(T* dinp, const T* x, const T* dout, size_t n) {
 
 template <class T>
 void residual_launch(T* out, const T* a, const T* b, size_t n, cudaStream_t stream) {
-  detail::vec_split(
-      n,
-      [&](auto k, size_t at, size_t groups) {
-        constexpr int K = decltype(k)::value;
-        LMF_LAUNCH((residual_kernel<T, K>), detail::grid_for(groups), detail::kThreads, 0, stream)
-        (out + at, a + at, b + at, groups);
-        LMF_CUDA_CHECK_LAUNCH();
-      },
-      out, a, b);
+  detail::launch_groups(
+      n, stream, [](auto k) { return &residual_kernel<T, decltype(k)::value>; }, out, a, b);
 }
 
 template <class T>
 void gelu_forward_launch(T* out, const T* inp, size_t n, cudaStream_t stream) {
-  detail::vec_split(
-      n,
-      [&](auto k, size_t at, size_t groups) {
-        constexpr int K = decltype(k)::value;
-        LMF_LAUNCH((gelu_fwd_kernel<T, K>), detail::grid_for(groups), detail::kThreads, 0, stream)
-        (out + at, inp + at, groups);
-        LMF_CUDA_CHECK_LAUNCH();
-      },
-      out, inp);
+  detail::launch_groups(
+      n, stream, [](auto k) { return &gelu_fwd_kernel<T, decltype(k)::value>; }, out, inp);
 }
 
 template <class T>
 void gelu_backward_launch(T* dinp, const T* inp, const T* dout, size_t n, cudaStream_t stream) {
-  detail::vec_split(
-      n,
-      [&](auto k, size_t at, size_t groups) {
-        constexpr int K = decltype(k)::value;
-        LMF_LAUNCH((gelu_bwd_kernel<T, K>), detail::grid_for(groups), detail::kThreads, 0, stream)
-        (dinp + at, inp + at, dout + at, groups);
-        LMF_CUDA_CHECK_LAUNCH();
-      },
-      dinp, inp, dout);
+  detail::launch_groups(
+      n, stream, [](auto k) { return &gelu_bwd_kernel<T, decltype(k)::value>; }, dinp, inp, dout);
 }
 
 }  // namespace

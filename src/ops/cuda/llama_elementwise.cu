@@ -101,29 +101,16 @@ void rope_launch(F* out, const F* inp, int B, int T, int NH, int hs, const doubl
 
 template <class T>
 void swiglu_forward_launch(T* out, const T* gate, const T* up, size_t n, cudaStream_t stream) {
-  detail::vec_split(
-      n,
-      [&](auto k, size_t at, size_t groups) {
-        constexpr int K = decltype(k)::value;
-        LMF_LAUNCH((swiglu_fwd_kernel<T, K>), detail::grid_for(groups), detail::kThreads, 0, stream)
-        (out + at, gate + at, up + at, groups);
-        LMF_CUDA_CHECK_LAUNCH();
-      },
-      out, gate, up);
+  detail::launch_groups(
+      n, stream, [](auto k) { return &swiglu_fwd_kernel<T, decltype(k)::value>; }, out, gate, up);
 }
 
 template <class T>
 void swiglu_backward_launch(T* dgate, T* dup, const T* dout, const T* gate, const T* up, size_t n,
                             cudaStream_t stream) {
-  detail::vec_split(
-      n,
-      [&](auto k, size_t at, size_t groups) {
-        constexpr int K = decltype(k)::value;
-        LMF_LAUNCH((swiglu_bwd_kernel<T, K>), detail::grid_for(groups), detail::kThreads, 0, stream)
-        (dgate + at, dup + at, dout + at, gate + at, up + at, groups);
-        LMF_CUDA_CHECK_LAUNCH();
-      },
-      dgate, dup, dout, gate, up);
+  detail::launch_groups(
+      n, stream, [](auto k) { return &swiglu_bwd_kernel<T, decltype(k)::value>; }, dgate, dup, dout,
+      gate, up);
 }
 
 }  // namespace

@@ -47,6 +47,7 @@
 #include <cuda_runtime.h>
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -158,14 +159,20 @@ uint32_t alignment_of(const void* p) {
 
 // One column-major GEMM shape: D (m, n) = op(A) op(B) + bias (m), A stored (m, k) or (k, m).
 // bf16: A, B, D and the bias are bf16 (bf16 storage), fp32 otherwise.
+// epilogue: CUBLASLT_EPILOGUE_BIAS, or GELU_AUX(_BIAS) / DGELU with an aux matrix (GELU's input,
+// D's type and layout, leading dimension ldaux).
 struct LtKey {
   int m, n, k, lda, ldb, ldc;
   cublasOperation_t ta, tb;
   ops::MatmulPrecision p;
   uint32_t align_a, align_b, align_c;
   bool bf16;
+  uint32_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+  int ldaux = 0;
+  uint32_t align_aux = 0;
   auto tie() const {
-    return std::tie(m, n, k, lda, ldb, ldc, ta, tb, p, align_a, align_b, align_c, bf16);
+    return std::tie(m, n, k, lda, ldb, ldc, ta, tb, p, align_a, align_b, align_c, bf16, epilogue, ldaux,
+                    align_aux);
   }
   bool operator<(const LtKey& o) const { return tie() < o.tie(); }
 };
@@ -195,17 +202,23 @@ LtSlot& lt_slot() {
   return (*slots)[dev];
 }
 
-LtPlan make_plan(cublasLtHandle_t h, const LtKey& key) {
+LtPlan make_plan(cublasLtHandle_t h, const LtKey& key, const void* aux) {
   LtPlan plan;
   // bf16 storage: the operands are bf16 already, so the plain fp32 compute type (no conversion).
   const cublasComputeType_t compute = key.bf16 ? CUBLAS_COMPUTE_32F : compute_type(key.p);
   const cudaDataType type = key.bf16 ? CUDA_R_16BF : CUDA_R_32F;
   LMF_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.desc, compute, CUDA_R_32F));
   const int32_t ta = key.ta, tb = key.tb;
-  const uint32_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+  const uint32_t epilogue = key.epilogue;
   LMF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
   LMF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
   LMF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue));
+  if (aux != nullptr) {  // the heuristic reads the aux pointer's alignment (cublasLt.h); each call sets it again
+    const int64_t ld = key.ldaux;
+    LMF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof ld));
+    LMF_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof aux));
+  }
   if (key.bf16) {  // the default (D's type) already; said here so that it does not depend on it
     const int32_t bias_type = CUDA_R_16BF;
     LMF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
@@ -246,30 +259,50 @@ LtPlan make_plan(cublasLtHandle_t h, const LtKey& key) {
   return plan;
 }
 
-// Column-major D (m, n) = op(A) op(B) + bias (m, broadcast over columns), products in precision
-// p, every buffer fp32 (bf16 = false) or bf16 (true); false (nothing done) when cuBLASLt has no
-// algorithm for the shape.
-bool gemm_bias_lt(ops::MatmulPrecision p, bool bf16, cublasOperation_t ta, cublasOperation_t tb,
-                  int m, int n, int k, const void* A, int lda, const void* B, int ldb,
-                  const void* bias, void* D, int ldc, cudaStream_t stream) {
+// Column-major D (m, n) = epilogue(op(A) op(B)), products in precision p, every buffer fp32
+// (bf16 = false) or bf16 (true): + bias (m, broadcast over columns) for the BIAS epilogues, GELU's
+// input stored to aux (ldaux) by GELU_AUX(_BIAS), read from it by DGELU. False (nothing done) when
+// cuBLASLt has no algorithm for the shape, or the aux matrix breaks its rules (ldaux a multiple of
+// 8, at least m).
+bool gemm_lt(ops::MatmulPrecision p, bool bf16, uint32_t epilogue, cublasOperation_t ta, cublasOperation_t tb,
+             int m, int n, int k, const void* A, int lda, const void* B, int ldb, const void* bias, const void* aux,
+             int ldaux, void* D, int ldc, cudaStream_t stream) {
+  if (aux != nullptr && (ldaux % 8 != 0 || ldaux < m)) return false;
   LtSlot& slot = lt_slot();
   std::lock_guard lock(slot.mu);
   if (slot.handle == nullptr) {
     LMF_CUBLAS_CHECK(cublasLtCreate(&slot.handle));
     slot.workspace = device_malloc(kLtWorkspaceBytes);
   }
-  const LtKey key{
-      m, n, k, lda, ldb, ldc, ta, tb, p, alignment_of(A), alignment_of(B), alignment_of(D), bf16};
+  const LtKey key{m,        n,  k, lda, ldb, ldc, ta, tb, p, alignment_of(A), alignment_of(B), alignment_of(D), bf16,
+                  epilogue, aux ? ldaux : 0, aux ? alignment_of(aux) : 0};
   auto it = slot.plans.find(key);
-  if (it == slot.plans.end()) it = slot.plans.emplace(key, make_plan(slot.handle, key)).first;
+  if (it == slot.plans.end()) it = slot.plans.emplace(key, make_plan(slot.handle, key, aux)).first;
   const LtPlan& plan = it->second;
   if (!plan.usable) return false;
-  LMF_CUBLAS_CHECK(
-      cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+  if (bias != nullptr)
+    LMF_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+  if (aux != nullptr)
+    LMF_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof aux));
   const float alpha = 1.0f, beta = 0.0f;
   LMF_CUBLAS_CHECK(cublasLtMatmul(slot.handle, plan.desc, &alpha, A, plan.a, B, plan.b, &beta, D, plan.c, D,
                                   plan.c, &plan.algo, slot.workspace, kLtWorkspaceBytes, stream));
   return true;
+}
+
+bool gemm_bias_lt(ops::MatmulPrecision p, bool bf16, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                  const void* A, int lda, const void* B, int ldb, const void* bias, void* D, int ldc,
+                  cudaStream_t stream) {
+  return gemm_lt(p, bf16, CUBLASLT_EPILOGUE_BIAS, ta, tb, m, n, k, A, lda, B, ldb, bias, nullptr, 0, D, ldc,
+                 stream);
+}
+
+// Whether the bf16 MLP GEMMs use cuBLASLt's GELU epilogues (set_gelu_epilogues, ops_cuda.h).
+std::atomic<bool>& gelu_epilogue_choice() {
+  static std::atomic<bool> on{env_switch("LMF_CUDA_GELU_EPILOGUE")};
+  return on;
 }
 
 // Every row of out (N, OC) = bias (OC): the fallback's seed when cuBLASLt has no algorithm.
@@ -413,6 +446,54 @@ void matmul_backward(bf16* dinp, float* dw, float* dbias, const bf16* dout, cons
     (dbias, dout, N, OC);
     LMF_CUDA_CHECK_LAUNCH();
   }
+}
+
+// ---- GPT-2's MLP GEMMs fused with GELU (ops::Backend matmul_gelu_forward, matmul_dgelu_backward)
+
+void set_gelu_epilogues(bool on) { gelu_epilogue_choice().store(on); }
+bool gelu_epilogues() { return gelu_epilogue_choice().load(); }
+
+// fp32 storage: the two ops in turn (our GELU kernels, whose bounds the fp32 tests hold).
+void matmul_gelu_forward(float* out, float* pre, const float* inp, const float* w, const float* bias, int N, int C,
+                         int OC, cudaStream_t stream, ops::MatmulPrecision p) {
+  matmul_forward(pre, inp, w, bias, N, C, OC, stream, p);
+  gelu_forward(out, pre, (size_t)N * OC, stream);
+}
+void matmul_dgelu_backward(float* dinp, float* dw, float* dbias, const float* dout, const float* inp, const float* w,
+                           const float* pre, int N, int C, int OC, cudaStream_t stream, ops::MatmulPrecision p) {
+  matmul_backward(dinp, dw, dbias, dout, inp, w, N, C, OC, stream, p);
+  gelu_backward(dinp, pre, dinp, (size_t)N * C, stream);
+}
+
+// bf16 storage: GELU in the GEMM's epilogue, on the fp32 result before D's one rounding:
+// pre^T (OC, N) = w (op T) @ inp^T + bias is the aux output, out^T = gelu of it the D output
+// (GELU_AUX_BIAS). Without cuBLASLt's algorithm for the shape, or with the epilogues off, the two
+// ops in turn (pre rounded before GELU reads it).
+void matmul_gelu_forward(bf16* out, bf16* pre, const bf16* inp, const bf16* w, const bf16* bias, int N, int C,
+                         int OC, cudaStream_t stream, ops::MatmulPrecision p) {
+  LMF_CHECK(N >= 0 && C > 0 && OC >= 0, "matmul_gelu_forward: bad shape N={} C={} OC={}", N, C, OC);
+  if (N == 0 || OC == 0) return;
+  const uint32_t epi = bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
+  if (gelu_epilogues() &&
+      gemm_lt(p, true, epi, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, bias, pre, OC, out, OC, stream))
+    return;
+  matmul_forward(pre, inp, w, bias, N, C, OC, stream, p);
+  gelu_forward(out, pre, (size_t)N * OC, stream);
+}
+
+// dinp^T (C, N) = gelu'(pre^T) * (w^T @ dout^T): the DGELU epilogue, pre the aux input; then dw and
+// dbias as matmul_backward. The fallback: dinp rounded, then GELU's backward in place.
+void matmul_dgelu_backward(bf16* dinp, float* dw, float* dbias, const bf16* dout, const bf16* inp, const bf16* w,
+                           const bf16* pre, int N, int C, int OC, cudaStream_t stream, ops::MatmulPrecision p) {
+  LMF_CHECK(N >= 0 && C > 0 && OC >= 0, "matmul_dgelu_backward: bad shape N={} C={} OC={}", N, C, OC);
+  LMF_CHECK(dinp != nullptr, "matmul_dgelu_backward: dinp is required");
+  if (N == 0 || OC == 0) return;
+  if (!(gelu_epilogues() && gemm_lt(p, true, CUBLASLT_EPILOGUE_DGELU, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, dout,
+                                    OC, nullptr, pre, C, dinp, C, stream))) {
+    detail::gemm_bf16(stream, false, false, C, N, OC, bits(w), C, bits(dout), OC, 0.0f, bits(dinp), C);
+    gelu_backward(dinp, pre, dinp, (size_t)N * C, stream);
+  }
+  matmul_backward(static_cast<bf16*>(nullptr), dw, dbias, dout, inp, w, N, C, OC, stream, p);  // dw, dbias
 }
 
 void classifier_logits(float* logits, const float* x, const float* w, int N, int C, int V,

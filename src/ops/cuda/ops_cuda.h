@@ -112,6 +112,19 @@ void matmul_backward(float* dinp, float* dw, float* dbias, const float* dout, co
                      const float* w, int N, int C, int OC, cudaStream_t stream = 0,
                      ops::MatmulPrecision p = ops::MatmulPrecision::fp32);
 
+// GPT-2's MLP (ops::Backend): pre (N, OC) = inp @ w^T + bias, out = gelu(pre); and
+// matmul_backward with dinp (required) = gelu'(pre) * (dout @ w), pre (N, C). fp32: the two ops in
+// turn. bf16 (below): cuBLASLt's GELU_AUX_BIAS and DGELU epilogues, GELU on the fp32 result.
+void matmul_gelu_forward(float* out, float* pre, const float* inp, const float* w, const float* bias, int N, int C,
+                         int OC, cudaStream_t stream = 0, ops::MatmulPrecision p = ops::MatmulPrecision::fp32);
+void matmul_dgelu_backward(float* dinp, float* dw, float* dbias, const float* dout, const float* inp, const float* w,
+                           const float* pre, int N, int C, int OC, cudaStream_t stream = 0,
+                           ops::MatmulPrecision p = ops::MatmulPrecision::fp32);
+// Whether the bf16 overloads use the GELU epilogues (else the two ops in turn, pre rounded in
+// between): on unless the environment's LMF_CUDA_GELU_EPILOGUE is 0. Process-wide.
+void set_gelu_epilogues(bool on);
+bool gelu_epilogues();
+
 // logits (N, V) = x (N, C) @ w^T (V, C), no bias.
 void classifier_logits(float* logits, const float* x, const float* w, int N, int C, int V,
                        cudaStream_t stream = 0,
@@ -267,6 +280,14 @@ void matmul_forward(bf16* out, const bf16* inp, const bf16* w, const bf16* bias,
 void matmul_backward(bf16* dinp, float* dw, float* dbias, const bf16* dout, const bf16* inp,
                      const bf16* w, int N, int C, int OC, cudaStream_t stream = 0,
                      ops::MatmulPrecision p = ops::MatmulPrecision::bf16);
+// The fused MLP ops over bf16 (above): GELU acts on the GEMM's fp32 result and each output is
+// rounded once, as ops::cpu_backend<bf16>() specifies; pre and out (N, OC) must have OC a multiple of
+// 8 (cuBLASLt's aux rule), dinp's C too, else the two ops run in turn.
+void matmul_gelu_forward(bf16* out, bf16* pre, const bf16* inp, const bf16* w, const bf16* bias, int N, int C,
+                         int OC, cudaStream_t stream = 0, ops::MatmulPrecision p = ops::MatmulPrecision::bf16);
+void matmul_dgelu_backward(bf16* dinp, float* dw, float* dbias, const bf16* dout, const bf16* inp, const bf16* w,
+                           const bf16* pre, int N, int C, int OC, cudaStream_t stream = 0,
+                           ops::MatmulPrecision p = ops::MatmulPrecision::bf16);
 
 // x (N, C), w (V, C) bf16; logits (N, V), losses, dloss (N) float (the logits stay fp32 in the
 // workspace); dlogits rounded to bf16 before the dx and dw GEMMs; dx (N, C) bf16 assigned, dw

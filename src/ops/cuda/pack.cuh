@@ -16,6 +16,8 @@
 #include <type_traits>
 
 #include "ops/cuda/bf16.cuh"
+#include "ops/cuda/cuda_util.h"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/ops_cuda.h"
 
 namespace lmf::cuda::detail {
@@ -105,6 +107,21 @@ void vec_split(size_t n, Launch launch, const P*... ptrs) {
   if (groups > 0) launch(std::integral_constant<int, kVec>{}, size_t(0), groups);
   const size_t done = groups * kVec;
   if (done < n) launch(std::integral_constant<int, 1>{}, done, n - done);
+}
+
+// An elementwise kernel over n elements, split as vec_split says: kernel_of(K) is the kernel for
+// groups of K, taking (ptrs + offset..., groups); one launch of grid_for(groups) blocks of
+// kThreads per path.
+template <class KernelOf, class... P>
+void launch_groups(size_t n, cudaStream_t stream, KernelOf kernel_of, P*... ptrs) {
+  vec_split(
+      n,
+      [&](auto k, size_t at, size_t groups) {
+        const auto kernel = kernel_of(k);
+        LMF_LAUNCH(kernel, grid_for(groups), kThreads, 0, stream)((ptrs + at)..., groups);
+        LMF_CUDA_CHECK_LAUNCH();
+      },
+      static_cast<const P*>(ptrs)...);
 }
 
 // Rows of C elements, for the kernels that give each row to one warp: f(K) with K =

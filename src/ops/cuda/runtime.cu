@@ -3,7 +3,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <string>
+#include <string_view>
 
 #include "core/error.h"
 #include "ops/cuda/cuda_util.h"
@@ -81,6 +83,13 @@ size_t allocation_count() { return g_count.load(); }
 void cuda_failed(cudaError_t err, const char* call, const char* file, int line) {
   throw Error(fmt::format("CUDA error {} ({}) in {} at {}:{}", cudaGetErrorName(err),
                           cudaGetErrorString(err), call, file, line));
+}
+
+bool env_switch(const char* name) {
+  const char* e = std::getenv(name);
+  if (e == nullptr || std::string_view(e).empty() || std::string_view(e) == "1") return true;
+  if (std::string_view(e) == "0") return false;
+  throw UserError("{}: expected 0 or 1 (got \"{}\")", name, e);
 }
 
 bool available() { return probe().devices > 0; }

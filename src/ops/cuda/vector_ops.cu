@@ -10,9 +10,7 @@
 
 #include <array>
 #include <atomic>
-#include <cstdlib>
 #include <mutex>
-#include <string_view>
 
 #include "core/error.h"
 #include "ops/cuda/bf16.cuh"
@@ -121,15 +119,8 @@ SumWorkspace& workspace_for_current_device() {
 
 namespace {
 
-bool initial_vectorised_access() {
-  const char* e = std::getenv("LMF_CUDA_VEC");
-  if (e == nullptr || std::string_view(e).empty() || std::string_view(e) == "1") return true;
-  if (std::string_view(e) == "0") return false;
-  throw UserError("LMF_CUDA_VEC: expected 0 or 1 (got \"{}\")", e);
-}
-
 std::atomic<bool>& vectorised_choice() {
-  static std::atomic<bool> on{initial_vectorised_access()};
+  static std::atomic<bool> on{env_switch("LMF_CUDA_VEC")};
   return on;
 }
 
@@ -161,15 +152,7 @@ void copy(bf16* dst, const bf16* src, size_t n, cudaStream_t stream) {
 }
 
 void to_bf16(bf16* dst, const float* src, size_t n, cudaStream_t stream) {
-  detail::vec_split(
-      n,
-      [&](auto k, size_t at, size_t groups) {
-        constexpr int K = decltype(k)::value;
-        LMF_LAUNCH(to_bf16_storage_kernel<K>, detail::grid_for(groups), kThreads, 0, stream)
-        (dst + at, src + at, groups);
-        LMF_CUDA_CHECK_LAUNCH();
-      },
-      dst, src);
+  detail::launch_groups(n, stream, [](auto k) { return &to_bf16_storage_kernel<decltype(k)::value>; }, dst, src);
 }
 
 void scale(float* x, float s, size_t n, cudaStream_t stream) {

@@ -2,7 +2,10 @@
 // cuBLASLt as src/ops/cuda/matmul.cu uses it, for the CPU emulation of CUDA: descriptors that
 // keep their attributes, a heuristic that always offers one algorithm, and cublasLtMatmul as
 // this emulation's cublasGemmEx (OpenBLAS sgemm, operands rounded for the fast compute types)
-// followed by the BIAS epilogue: + bias[row] on every column of D, in fp32. Layouts are fp32 or
+// followed by the epilogue on the fp32 result: BIAS (+ bias[row] on every column of D), GELU_AUX
+// and GELU_AUX_BIAS (the value, biased, stored to the aux matrix, D = its GELU) and DGELU (D = the
+// result times GELU's derivative at the aux matrix), GELU being the tanh form of
+// src/ops/cuda/elementwise.cu. Layouts are fp32 or
 // bf16 (CUDA_R_16BF A and B, and D: the epilogue on the fp32 result, then D rounded once, to
 // nearest even); the bias is D's type unless CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE says otherwise.
 #include <cstddef>
@@ -36,9 +39,17 @@ enum cublasLtMatmulDescAttributes_t {
   CUBLASLT_MATMUL_DESC_TRANSB = 4,
   CUBLASLT_MATMUL_DESC_EPILOGUE = 7,
   CUBLASLT_MATMUL_DESC_BIAS_POINTER = 8,
+  CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER = 11,
+  CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD = 12,
   CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE = 26,
 };
-enum cublasLtEpilogue_t { CUBLASLT_EPILOGUE_DEFAULT = 1, CUBLASLT_EPILOGUE_BIAS = 4 };
+enum cublasLtEpilogue_t {
+  CUBLASLT_EPILOGUE_DEFAULT = 1,
+  CUBLASLT_EPILOGUE_BIAS = 4,
+  CUBLASLT_EPILOGUE_GELU_AUX = 32 | 128,
+  CUBLASLT_EPILOGUE_GELU_AUX_BIAS = 32 | 128 | 4,
+  CUBLASLT_EPILOGUE_DGELU = 64 | 128,
+};
 enum cublasLtReductionScheme_t {
   CUBLASLT_REDUCTION_SCHEME_NONE = 0,
   CUBLASLT_REDUCTION_SCHEME_INPLACE = 1,
