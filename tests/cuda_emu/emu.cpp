@@ -161,33 +161,40 @@ void set_thread_index(unsigned linear) {
 }
 
 // Opens the barriers every live thread of their scope has reached; false if none could open.
-bool release(Block& b) {
-  bool any = false;
-  const unsigned warps = (b.threads + 31) / 32;
-  for (unsigned w = 0; w < warps; ++w) {
-    unsigned live = 0, waiting = 0;
-    for (unsigned t = w * 32; t < std::min(b.threads, (w + 1) * 32); ++t) {
-      if (b.fibers[t].state == State::done) continue;
-      ++live;
-      waiting += b.fibers[t].state == State::at_warp_barrier;
-    }
-    if (live > 0 && waiting == live) {
-      for (unsigned t = w * 32; t < std::min(b.threads, (w + 1) * 32); ++t)
-        if (b.fibers[t].state == State::at_warp_barrier) b.fibers[t].state = State::runnable;
-      any = true;
-    }
+// Opens warp w's barrier if every live thread of it has reached it.
+bool release_warp(Block& b, unsigned w) {
+  unsigned live = 0, waiting = 0;
+  for (unsigned t = w * 32; t < std::min(b.threads, (w + 1) * 32); ++t) {
+    if (b.fibers[t].state == State::done) continue;
+    ++live;
+    waiting += b.fibers[t].state == State::at_warp_barrier;
   }
+  if (live == 0 || waiting != live) return false;
+  for (unsigned t = w * 32; t < std::min(b.threads, (w + 1) * 32); ++t)
+    if (b.fibers[t].state == State::at_warp_barrier) b.fibers[t].state = State::runnable;
+  return true;
+}
+
+// Opens the block barrier if every live thread has reached it.
+bool release_block(Block& b) {
   unsigned live = 0, waiting = 0;
   for (const Fiber& f : b.fibers) {
     if (f.state == State::done) continue;
     ++live;
     waiting += f.state == State::at_block_barrier;
   }
-  if (live > 0 && waiting == live) {
-    for (Fiber& f : b.fibers) f.state = State::runnable;
-    any = true;
-  }
-  return any;
+  if (live == 0 || waiting != live) return false;
+  for (Fiber& f : b.fibers) f.state = State::runnable;
+  return true;
+}
+
+unsigned warps_of(const Block& b) { return (b.threads + 31) / 32; }
+
+// Opens the barriers every live thread of their scope has reached; false if none could open.
+bool release(Block& b) {
+  bool any = false;
+  for (unsigned w = 0; w < warps_of(b); ++w) any = release_warp(b, w) || any;
+  return release_block(b) || any;
 }
 
 // The order in which a launch runs its blocks, and each round of a block its runnable threads:
@@ -196,8 +203,12 @@ bool release(Block& b) {
 // order, so a kernel must give the same result under all three. Index order alone hides one
 // direction of each race: a thread that reads, without a barrier, what a lower-indexed thread
 // (or block) writes sees the new value, since that thread ran first. Reverse order hides the
-// other direction, and shuffles mix them (README.md, "What it checks").
-enum class Order { forward, reverse, shuffle };
+// other direction, and shuffles mix them (README.md, "What it checks"). In all three the warps of
+// a block move in step: a warp barrier (each shuffle and mma too) opens only when a round ends.
+// `warps` breaks that step: each warp in turn runs on alone, through its warp barriers, until it
+// waits at a block barrier or returns, so a warp that overwrites shared memory another warp has
+// yet to read, with no __syncthreads between, is seen.
+enum class Order { forward, reverse, shuffle, warps };
 
 struct Schedule {
   Order order = Order::forward;
@@ -211,6 +222,10 @@ Schedule parse_schedule(const std::string& v) {
     s.order = Order::reverse;
     return s;
   }
+  if (v == "warps") {
+    s.order = Order::warps;
+    return s;
+  }
   if (v.rfind("shuffle", 0) == 0) {
     s.order = Order::shuffle;
     if (v.size() == 7) return s;
@@ -220,8 +235,8 @@ Schedule parse_schedule(const std::string& v) {
       if (end != nullptr && *end == '\0') return s;
     }
   }
-  die(fmt::format("LMF_EMU_SCHEDULE: expected forward, reverse, shuffle or shuffle:SEED (a decimal seed), "
-                  "got '{}'", v));
+  die(fmt::format("LMF_EMU_SCHEDULE: expected forward, reverse, shuffle, shuffle:SEED (a decimal seed) or "
+                  "warps, got '{}'", v));
 }
 
 Schedule& schedule() {
@@ -247,7 +262,8 @@ void arrange(std::vector<unsigned>& order, unsigned n) {
   order.resize(n);
   for (unsigned i = 0; i < n; ++i) order[i] = i;
   switch (schedule().order) {
-    case Order::forward: break;
+    case Order::forward:
+    case Order::warps: break;
     case Order::reverse: std::reverse(order.begin(), order.end()); break;
     case Order::shuffle:
       for (unsigned i = n; i > 1; --i) std::swap(order[i - 1], order[next_random() % i]);
@@ -260,18 +276,37 @@ void run_block(Block& b) {
     b.fibers[t].state = State::runnable;
     start_fiber(b.fibers[t], t_stacks[t].get());
   }
+  const auto run_fiber = [&b](unsigned t) {
+    b.current = int(t);
+    set_thread_index(t);
+    switch_to(b.scheduler, b.fibers[t].ctx);
+    b.current = -1;
+  };
+  const bool warps_ahead = schedule().order == Order::warps;
   std::vector<unsigned> order;
   for (;;) {
     bool ran = false, all_done = true;
-    arrange(order, b.threads);
-    for (const unsigned t : order) {
-      if (b.fibers[t].state != State::runnable) continue;
-      ran = true;
-      b.current = int(t);
-      set_thread_index(t);
-      switch_to(b.scheduler, b.fibers[t].ctx);
+    if (warps_ahead) {
+      // Each warp alone, round after round, until none of its threads can run.
+      for (unsigned w = 0; w < warps_of(b); ++w)
+        for (bool more = true; more;) {
+          bool ran_w = false;
+          for (unsigned t = w * 32; t < std::min(b.threads, (w + 1) * 32); ++t) {
+            if (b.fibers[t].state != State::runnable) continue;
+            ran_w = true;
+            run_fiber(t);
+          }
+          ran = ran || ran_w;
+          more = release_warp(b, w) || ran_w;
+        }
+    } else {
+      arrange(order, b.threads);
+      for (const unsigned t : order) {
+        if (b.fibers[t].state != State::runnable) continue;
+        ran = true;
+        run_fiber(t);
+      }
     }
-    b.current = -1;
     for (const Fiber& f : b.fibers) all_done = all_done && f.state == State::done;
     if (all_done) return;
     if (!release(b) && !ran) {

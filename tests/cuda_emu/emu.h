@@ -41,7 +41,7 @@ extern thread_local dim3 t_block_dim, t_grid_dim;
 // limits of an sm_90 GPU (a failing check aborts with a message, as the launch would fail there).
 void run_grid(const void* kernel, dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& body);
 // The order of blocks and threads from now on, as LMF_EMU_SCHEDULE gives it at start-up (emu.cpp):
-// "forward", "reverse", "shuffle" or "shuffle:SEED"; restarts this host thread's shuffles. Aborts
+// "forward", "reverse", "shuffle", "shuffle:SEED" or "warps"; restarts this host thread's shuffles. Aborts
 // on anything else. For tests, before any other host thread launches.
 void set_schedule(const std::string& spec);
 // Aborts unless p is a multiple of `bytes`: a vector access (pack.cuh) at a misaligned address

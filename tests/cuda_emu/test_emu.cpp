@@ -33,6 +33,41 @@ __global__ void chain_kernel(float* out) {
   out[b] = b == 0 ? 1.0f : out[b - 1] + 1.0f;
 }
 
+// Two warps exchange values through a shared tile, one step after another: each thread stores
+// its step's value, then (after a barrier) reads the other warp's slot. Without the barrier at
+// the top of the loop, a warp that runs ahead overwrites the tile while the other warp has yet to
+// read it. The __syncwarp after the read is what keeps warps in step in the other orders, as an
+// mma or a shuffle does in the tensor-core kernels.
+template <bool Barrier>
+__global__ void warp_steps_kernel(float* out, const float* in, int steps) {
+  __shared__ float tile[2 * 32];
+  const int t = int(threadIdx.x);
+  float acc = 0.0f;
+  for (int s = 0; s < steps; ++s) {
+    if (Barrier) __syncthreads();  // every read of the last step is done
+    tile[t] = in[s * 64 + t];
+    __syncthreads();
+    acc += tile[(t + 32) % 64];
+    __syncwarp();
+  }
+  out[t] = acc;
+}
+
+bool warp_steps_are_right(bool barrier, int steps) {
+  std::vector<float> in(size_t(steps) * 64), out(64, 0.0f);
+  for (size_t i = 0; i < in.size(); ++i) in[i] = float(i % 97) + 0.5f;
+  if (barrier)
+    LMF_LAUNCH(warp_steps_kernel<true>, 1, 64, 0, nullptr)(out.data(), in.data(), steps);
+  else
+    LMF_LAUNCH(warp_steps_kernel<false>, 1, 64, 0, nullptr)(out.data(), in.data(), steps);
+  for (int t = 0; t < 64; ++t) {
+    float want = 0.0f;
+    for (int s = 0; s < steps; ++s) want += in[size_t(s) * 64 + (t + 32) % 64];
+    if (out[size_t(t)] != want) return false;
+  }
+  return true;
+}
+
 __global__ void dynamic_kernel(float* out) {
   LMF_DYNAMIC_SHARED(float, sm);
   sm[threadIdx.x] = float(threadIdx.x);
@@ -98,7 +133,7 @@ TEST_F(EmuSchedule, ReadingALowerThreadWithoutBarrierFailsInReverseAndShuffled) 
 }
 
 TEST_F(EmuSchedule, WithTheBarrierEveryOrderIsRight) {
-  for (const char* s : {"forward", "reverse", "shuffle", "shuffle:12345"}) {
+  for (const char* s : {"forward", "reverse", "shuffle", "shuffle:12345", "warps"}) {
     lmf::emu::set_schedule(s);
     EXPECT_TRUE(neighbour_is_right<true>(+1, 5, 7)) << s;
     EXPECT_TRUE(neighbour_is_right<true>(-1, 5, 8)) << s;
@@ -113,6 +148,21 @@ TEST_F(EmuSchedule, BlocksThatDependOnEachOtherFailOutOfIndexOrder) {
   EXPECT_FALSE(chain_is_right(50));
   lmf::emu::set_schedule("shuffle:9");
   EXPECT_FALSE(chain_is_right(50));
+}
+
+// Warps move in step through their warp barriers in the other orders, which hides a missing
+// __syncthreads between one step's reads and the next step's writes; `warps` lets each run ahead.
+TEST_F(EmuSchedule, AWarpRunningAheadOverwritesWhatAnotherHasYetToRead) {
+  for (const char* s : {"forward", "reverse", "shuffle:5"}) {
+    lmf::emu::set_schedule(s);
+    EXPECT_TRUE(warp_steps_are_right(false, 4)) << s << " hides it";
+  }
+  lmf::emu::set_schedule("warps");
+  EXPECT_FALSE(warp_steps_are_right(false, 4));
+  for (const char* s : {"forward", "reverse", "shuffle:5", "warps"}) {
+    lmf::emu::set_schedule(s);
+    EXPECT_TRUE(warp_steps_are_right(true, 4)) << s;
+  }
 }
 
 // A seed gives the same orders each time it is set; another seed gives others.
