@@ -25,6 +25,7 @@
 #include "include/cublas_v2.h"
 #include "include/cuda.h"
 #include "ops/backend.h"
+#include "ops/cuda/gelu.cuh"
 
 // Switching between fibers. glibc's swapcontext saves and restores the signal mask with a system
 // call each time, which made a launch of a million threads take seconds; on x86-64 the switch is
@@ -968,8 +969,6 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const 
       for (int i = 0; i < m; ++i) out[(size_t)j * c->ld + i] += bias_at(i);
   }
   if (gelu || dgelu) {
-    // GELU's tanh form, as src/ops/cuda/elementwise.cu computes it.
-    constexpr float kS = 0.7978845608028654f, kA = 0.044715f;
     const auto aux_at = [&](size_t k) {
       return d16 ? lmf::bf16_to_float(static_cast<const uint16_t*>(d->aux)[k]) : static_cast<const float*>(d->aux)[k];
     };
@@ -982,11 +981,9 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const 
             static_cast<uint16_t*>(const_cast<void*>(d->aux))[k] = lmf::float_to_bf16(v);
           else
             static_cast<float*>(const_cast<void*>(d->aux))[k] = v;
-          v = 0.5f * v * (1.0f + tanhf(kS * (v + kA * v * v * v)));
+          v = lmf::cuda::detail::gelu(v);  // the kernels' GELU (gelu.cuh)
         } else {
-          const float x = aux_at(k), th = tanhf(kS * (x + kA * x * x * x));
-          const float dudx = kS * (1.0f + 3.0f * kA * x * x);
-          v = (0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * dudx) * v;
+          v = lmf::cuda::detail::gelu_grad(aux_at(k), v);
         }
       }
   }

@@ -1,5 +1,6 @@
 // Elementwise CUDA ops: residual add, GELU (tanh approximation) forward and backward.
-// Same formulas as ops/cpu/residual.cpp and ops/cpu/gelu.cpp, in fp32 (tanhf, no fast math).
+// Same formulas as ops/cpu/residual.cpp and ops/cpu/gelu.cpp, in fp32 (tanhf, no fast math;
+// GELU's in gelu.cuh).
 // Templated over the storage type T (float or bf16, bf16.cuh): loads widen, stores round; 16-byte
 // accesses where the pointers allow (pack.cuh), with the same arithmetic and bits.
 // No __restrict__: callers run these in place (out == a, dinp == dout; see nn/gpt2_block.h).
@@ -7,6 +8,7 @@
 
 #include "ops/cuda/bf16.cuh"
 #include "ops/cuda/cuda_util.h"
+#include "ops/cuda/gelu.cuh"
 #include "ops/cuda/launch.cuh"
 #include "ops/cuda/ops_cuda.h"
 #include "ops/cuda/pack.cuh"
@@ -14,9 +16,8 @@
 namespace lmf::cuda {
 namespace {
 
-constexpr float kSqrt2OverPi = 0.7978845608028654f;
-constexpr float kCubic = 0.044715f;
-
+using detail::gelu;
+using detail::gelu_grad;
 using detail::load_n;
 using detail::store_n;
 
@@ -35,11 +36,6 @@ __global__ void residual_kernel(T* out, const T* a, const T* b, size_t n) {
   }
 }
 
-__device__ __forceinline__ float gelu(float x) {
-  const float u = kSqrt2OverPi * (x + kCubic * x * x * x);
-  return 0.5f * x * (1.0f + tanhf(u));
-}
-
 template <class T, int K>
 __global__ void gelu_fwd_kernel(T* out, const T* x, size_t n) {
   const size_t stride = (size_t)gridDim.x * blockDim.x;
@@ -50,13 +46,6 @@ __global__ void gelu_fwd_kernel(T* out, const T* x, size_t n) {
     for (int k = 0; k < K; ++k) v[k] = gelu(v[k]);
     store_n(out + i * K, v);
   }
-}
-
-// gelu'(x) dout, gelu'(x) = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) du/dx, du/dx = s (1 + 3 a x^2).
-__device__ __forceinline__ float gelu_grad(float x, float dout) {
-  const float th = tanhf(kSqrt2OverPi * (x + kCubic * x * x * x));
-  const float dudx = kSqrt2OverPi * (1.0f + 3.0f * kCubic * x * x);
-  return (0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * dudx) * dout;
 }
 
 template <class T, int K>

@@ -482,18 +482,20 @@ void matmul_gelu_forward(bf16* out, bf16* pre, const bf16* inp, const bf16* w, c
 }
 
 // dinp^T (C, N) = gelu'(pre^T) * (w^T @ dout^T): the DGELU epilogue, pre the aux input; then dw and
-// dbias as matmul_backward. The fallback: dinp rounded, then GELU's backward in place.
+// dbias as matmul_backward. The fallback: matmul_backward (dinp rounded), then GELU's backward in
+// place.
 void matmul_dgelu_backward(bf16* dinp, float* dw, float* dbias, const bf16* dout, const bf16* inp, const bf16* w,
                            const bf16* pre, int N, int C, int OC, cudaStream_t stream, ops::MatmulPrecision p) {
   LMF_CHECK(N >= 0 && C > 0 && OC >= 0, "matmul_dgelu_backward: bad shape N={} C={} OC={}", N, C, OC);
   LMF_CHECK(dinp != nullptr, "matmul_dgelu_backward: dinp is required");
   if (N == 0 || OC == 0) return;
-  if (!(gelu_epilogues() && gemm_lt(p, true, CUBLASLT_EPILOGUE_DGELU, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, dout,
-                                    OC, nullptr, pre, C, dinp, C, stream))) {
-    detail::gemm_bf16(stream, false, false, C, N, OC, bits(w), C, bits(dout), OC, 0.0f, bits(dinp), C);
-    gelu_backward(dinp, pre, dinp, (size_t)N * C, stream);
+  if (gelu_epilogues() && gemm_lt(p, true, CUBLASLT_EPILOGUE_DGELU, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, dout,
+                                  OC, nullptr, pre, C, dinp, C, stream)) {
+    matmul_backward(static_cast<bf16*>(nullptr), dw, dbias, dout, inp, w, N, C, OC, stream, p);  // dw, dbias
+    return;
   }
-  matmul_backward(static_cast<bf16*>(nullptr), dw, dbias, dout, inp, w, N, C, OC, stream, p);  // dw, dbias
+  matmul_backward(dinp, dw, dbias, dout, inp, w, N, C, OC, stream, p);
+  gelu_backward(dinp, pre, dinp, (size_t)N * C, stream);
 }
 
 void classifier_logits(float* logits, const float* x, const float* w, int N, int C, int V,

@@ -115,10 +115,6 @@ SumWorkspace& workspace_for_current_device() {
   return (*slots)[dev];
 }
 
-}  // namespace
-
-namespace {
-
 std::atomic<bool>& vectorised_choice() {
   static std::atomic<bool> on{env_switch("LMF_CUDA_VEC")};
   return on;

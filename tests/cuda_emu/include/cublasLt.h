@@ -4,8 +4,8 @@
 // this emulation's cublasGemmEx (OpenBLAS sgemm, operands rounded for the fast compute types)
 // followed by the epilogue on the fp32 result: BIAS (+ bias[row] on every column of D), GELU_AUX
 // and GELU_AUX_BIAS (the value, biased, stored to the aux matrix, D = its GELU) and DGELU (D = the
-// result times GELU's derivative at the aux matrix), GELU being the tanh form of
-// src/ops/cuda/elementwise.cu. Layouts are fp32 or
+// result times GELU's derivative at the aux matrix), GELU being the kernels' own
+// (src/ops/cuda/gelu.cuh). Layouts are fp32 or
 // bf16 (CUDA_R_16BF A and B, and D: the epilogue on the fp32 result, then D rounded once, to
 // nearest even); the bias is D's type unless CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE says otherwise.
 #include <cstddef>
