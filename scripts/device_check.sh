@@ -69,6 +69,8 @@ bench)
       echo "== torch $name bf16 compile"
       timeout 200 $py .dev/torch_train_bench.py --device cuda --dtype bf16 --compile $peak $args
       if [ "$name" = gpt2-124M ]; then
+        echo "== lmforge $name bf16 storage, CUDA graphs"
+        timeout 150 /tmp/lmf/bin/lmforge bench --device cuda --precision bf16 $peak $args --cuda-graphs
         # Where the bf16 step's time goes, op by op (each op waits for its end: docs/performance.md).
         timeout 150 /tmp/lmf/bin/lmforge bench --device cuda --precision bf16 $args --profile \
           > "$out/profile.json" 2> "$out/profile.txt"

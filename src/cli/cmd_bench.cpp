@@ -17,7 +17,7 @@ void add_bench(CLI::App& app) {
     int L = 12, C = 768, H = 12, vocab = 50257, B = 4, T = 64, steps = 7, warmup = 2, threads = 0, KV = 0, ffn = 0;
     std::string arch = "gpt2", device = "cpu", precision = "fp32", storage = "fp32";
     double peak_tflops = 0;
-    bool profile = false, recompute_mlp = true;
+    bool profile = false, recompute_mlp = true, graphs = false;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("--arch", o->arch, "model family: gpt2 | llama")->capture_default_str();
@@ -42,6 +42,8 @@ void add_bench(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--profile", o->profile,
                 "time every op (each waits for its end): adds \"ops\" to the JSON line and prints a table to stderr");
+  cmd->add_flag("--cuda-graphs", o->graphs,
+                "device cuda: each step's forward and backward as one CUDA graph, launched ([train] cuda_graphs)");
   cmd->add_option("--matmul-precision", o->precision,
                   "GEMM products: fp32 | tf32 | bf16 (tensor cores on cuda; emulated, slower, on cpu)")
       ->capture_default_str();
@@ -56,6 +58,9 @@ void add_bench(CLI::App& app) {
     if (o->device != "cpu" && o->device != "cuda") throw UserError("--device: expected cpu or cuda (got \"{}\")", o->device);
     const auto precision = ops::parse_matmul_precision(o->precision);
     if (!precision) throw UserError("--matmul-precision: expected fp32, tf32 or bf16 (got \"{}\")", o->precision);
+    if (o->graphs && o->device != "cuda") throw UserError("--cuda-graphs needs --device cuda (got \"{}\")", o->device);
+    if (o->graphs && o->profile)
+      throw UserError("--cuda-graphs and --profile: profiling waits for each op's end, which a graph cannot");
     const ops::Backend<bf16>* be16 = bf16_table(o->device, *precision, o->storage);
     if (be16) o->precision = "bf16";  // what its products are, for the JSON line
     const ops::Backend<float>* be = &float_table(o->device, *precision);
@@ -75,10 +80,10 @@ void add_bench(CLI::App& app) {
     const bool on_cpu = be->on_host();
     const double sgemm = on_cpu ? measure_sgemm_tflops() : 0.0;
     const double peak = o->peak_tflops > 0 ? o->peak_tflops : sgemm;
-    auto r = bench_train_step(mc, o->B, o->T, o->steps, o->warmup, 0, be, o->profile, be16);
+    auto r = bench_train_step(mc, o->B, o->T, o->steps, o->warmup, 0, be, o->profile, be16, o->graphs);
     nlohmann::json j = {{"impl", "lmforge"}, {"arch", o->arch}, {"KV", mc.kv_heads()}, {"ffn", mc.ffn_size()},
                         {"L", o->L}, {"C", o->C}, {"H", o->H}, {"vocab", o->vocab}, {"B", o->B}, {"T", o->T},
-                        {"device", o->device}, {"matmul_precision", o->precision}, {"precision", o->storage}, {"recompute_mlp", o->recompute_mlp}, {"threads", num_threads()},
+                        {"device", o->device}, {"matmul_precision", o->precision}, {"precision", o->storage}, {"recompute_mlp", o->recompute_mlp}, {"cuda_graphs", o->graphs}, {"threads", num_threads()},
                         {"params", r.params},
                         {"ms_per_step", std::round(r.ms_per_step * 100) / 100},
                         {"tokens_per_s", std::round(r.tokens_per_s * 10) / 10},

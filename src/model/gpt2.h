@@ -9,6 +9,8 @@
 #include "core/memory.h"
 #include "core/param_store.h"
 #include "model/compute_copy.h"
+#include "model/lm_head.h"
+#include "model/lm_steps.h"
 #include "model/model_config.h"
 #include "nn/gpt2_block.h"
 #include "nn/tape.h"
@@ -16,7 +18,7 @@
 namespace lmf {
 
 template <class F>
-class Gpt2 {
+class Gpt2 : public LmSteps<Gpt2<F>, F> {
  public:
   // Under bf16 storage (F = bf16) the parameters, their gradients and the optimizer's state are
   // float (M); the layers read a copy of the weights rounded to F during each forward
@@ -42,13 +44,7 @@ class Gpt2 {
   // Drawn from Philox by (seed, parameter index, element), so independent of thread count.
   void init(uint64_t seed);
 
-  // Forward over tokens (B, T). With targets (B, T) returns the mean loss over targets >= 0
-  // (else returns 0 and leaves logits for `logits()` when want_logits).
-  // If `grad_scale` > 0, the classifier's backward runs fused with its forward, with
-  // dL/dloss_i = grad_scale for every row, and backward() may follow.
-  double forward(const int32_t* tokens, const int32_t* targets, int B, int T, double grad_scale = 0);
-  // Backward of the last forward (which must have had grad_scale > 0). Accumulates into grads.
-  void backward();
+  // forward, backward, forward_backward and set_graphs: LmSteps (model/lm_steps.h).
   // Logits of the last position of each sequence of the last forward: (B, V). Computed on demand.
   void last_logits(S* out /*(B, V)*/);
 
@@ -92,6 +88,15 @@ class Gpt2 {
 
  private:
   void ensure_activations(int B, int T);
+  // The parts of a step, as LmSteps (model/lm_steps.h) describes them.
+  long stage(const int32_t* tokens, const int32_t* targets, int B, int T);
+  double run_forward(bool targets, double grad_scale);
+  void run_backward();
+  void finish_backward();
+  bool has_block_hooks() const { return on_block_grads_ || on_block_use_; }
+  uint64_t layout() const { return layout_; }
+  friend class LmSteps<Gpt2<F>, F>;
+  lm_head::Buffers<F> buffers() { return {dtargets_.data(), losses_, dloss_, dlnf_}; }
   void bind_layers();
   F* w(size_t i);         // the weights the ops read: ps_.dev_param(i), or its compute copy
   nn::P<F> pv(size_t i);  // w(i) and its gradient
@@ -129,6 +134,7 @@ class Gpt2 {
 
   nn::Tape<F, nn::Gpt2Block<F>> tape_;
   bool have_grad_ = false;
+  uint64_t layout_ = 0;  // counts the activations' re-carves (a graph's key)
 };
 
 extern template class Gpt2<float>;

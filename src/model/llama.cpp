@@ -217,34 +217,46 @@ void Llama<F>::ensure_activations(int B, int T) {
   dtargets_.resize(N);
   cur_B_ = B;
   cur_T_ = T;
+  ++layout_;
 }
 
 template <class F>
-double Llama<F>::forward(const int32_t* tokens, const int32_t* targets, int B, int T, double grad_scale) {
+long Llama<F>::stage(const int32_t* tokens, const int32_t* targets, int B, int T) {
   if (T > cfg_.block_size)
     throw UserError("sequence length {} exceeds the model's block_size {}", T, cfg_.block_size);
   ensure_activations(B, T);
-  const int C = cfg_.n_embd, V = cfg_.vocab_size, N = B * T;
+  const int V = cfg_.vocab_size, N = B * T;
   lm_head::check_tokens(tokens, N, V);
   std::memcpy(tokens_.data(), tokens, sizeof(int32_t) * N);
   dtokens_.upload(tokens, N);
-  const nn::BlockHook use = wc_.begin_forward(*be_, ps_, block_ranges_, on_block_use_);
-  be_->encoder_forward(resid_[0], dtokens_.data(), w(idx_.embed), nullptr, B, T, C);
-  tape_.forward(blocks_, resid_, saved_, sc_, B, T, use);
-  norm_.forward(norm_out_, norm_rstd_, resid_[blocks_.size()], N);
-  have_grad_ = false;
-  if (!targets) return 0.0;
-  return lm_head::loss<F>(*be_, {dtargets_.data(), losses_, dloss_, dnorm_}, ps_.dev_grad(idx_.lm_head), norm_out_,
-                          w(idx_.lm_head), targets, N, C, V, grad_scale, have_grad_);
+  return targets ? lm_head::stage_targets<F>(*be_, buffers(), targets, N, V) : 0;
 }
 
 template <class F>
-void Llama<F>::backward() {
+double Llama<F>::run_forward(bool targets, double grad_scale) {
+  const int C = cfg_.n_embd, V = cfg_.vocab_size, N = cur_B_ * cur_T_;
+  const nn::BlockHook use = wc_.begin_forward(*be_, ps_, block_ranges_, on_block_use_);
+  be_->encoder_forward(resid_[0], dtokens_.data(), w(idx_.embed), nullptr, cur_B_, cur_T_, C);
+  tape_.forward(blocks_, resid_, saved_, sc_, cur_B_, cur_T_, use);
+  norm_.forward(norm_out_, norm_rstd_, resid_[blocks_.size()], N);
+  have_grad_ = false;
+  if (!targets) return 0.0;
+  return lm_head::classify<F>(*be_, buffers(), ps_.dev_grad(idx_.lm_head), norm_out_, w(idx_.lm_head), N, C, V,
+                              grad_scale, have_grad_);
+}
+
+template <class F>
+void Llama<F>::run_backward() {
   LMF_CHECK(have_grad_, "backward() without a forward(grad_scale > 0)");
   const int C = cfg_.n_embd, N = cur_B_ * cur_T_;
   be_->fill(dres_, F(0), size_t(N) * C);
   norm_.backward(dres_, dnorm_, resid_[blocks_.size()], norm_rstd_, N);
   tape_.backward(dres_, sc_, cur_B_, cur_T_, on_block_grads_, on_block_use_);
+}
+
+template <class F>
+void Llama<F>::finish_backward() {
+  const int C = cfg_.n_embd;
   be_->encoder_backward(ps_.dev_grad(idx_.embed), nullptr, dres_, tokens_.data(), cur_B_, cur_T_, C);
   have_grad_ = false;
 }

@@ -12,6 +12,8 @@
 #include "core/memory.h"
 #include "core/param_store.h"
 #include "model/compute_copy.h"
+#include "model/lm_head.h"
+#include "model/lm_steps.h"
 #include "model/model_config.h"
 #include "nn/llama_block.h"
 #include "nn/tape.h"
@@ -19,7 +21,7 @@
 namespace lmf {
 
 template <class F>
-class Llama {
+class Llama : public LmSteps<Llama<F>, F> {
  public:
   // Under bf16 storage (F = bf16) the parameters, their gradients and the optimizer's state are
   // float (M); the layers read a copy of the weights rounded to F during each forward
@@ -42,10 +44,7 @@ class Llama {
   // (o_proj, down_proj), ones for norm gains. Philox by (seed, parameter index, element).
   void init(uint64_t seed);
 
-  // As Gpt2::forward: with targets returns the mean loss over targets >= 0; with grad_scale > 0
-  // the classifier's backward runs fused with its forward and backward() may follow.
-  double forward(const int32_t* tokens, const int32_t* targets, int B, int T, double grad_scale = 0);
-  void backward();  // accumulates into grads
+  // forward, backward, forward_backward and set_graphs: LmSteps (model/lm_steps.h).
   void last_logits(S* out /*(B, V)*/);
 
   const F* block_output(size_t l) const { return resid_[l + 1]; }  // (B, T, C)
@@ -93,6 +92,15 @@ class Llama {
 
  private:
   void ensure_activations(int B, int T);
+  // The parts of a step, as LmSteps (model/lm_steps.h) describes them.
+  long stage(const int32_t* tokens, const int32_t* targets, int B, int T);
+  double run_forward(bool targets, double grad_scale);
+  void run_backward();
+  void finish_backward();
+  bool has_block_hooks() const { return on_block_grads_ || on_block_use_; }
+  uint64_t layout() const { return layout_; }
+  friend class LmSteps<Llama<F>, F>;
+  lm_head::Buffers<F> buffers() { return {dtargets_.data(), losses_, dloss_, dnorm_}; }
   void bind_layers();
   F* w(size_t i);         // the weights the ops read: ps_.dev_param(i), or its compute copy
   nn::P<F> pv(size_t i);  // w(i) and its gradient
@@ -131,6 +139,7 @@ class Llama {
 
   nn::Tape<F, nn::LlamaBlock<F>> tape_;
   bool have_grad_ = false;
+  uint64_t layout_ = 0;  // counts the activations' re-carves (a graph's key)
 };
 
 extern template class Llama<float>;

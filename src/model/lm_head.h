@@ -28,28 +28,34 @@ struct Buffers {
   F* dx;                   // (N, C) gradient into the final norm's output
 };
 
-// Mean cross-entropy over targets >= 0 of logits = x w^T; x (N, C), w (V, C) in the backend's
-// memory, targets (N) on the host. With grad_scale > 0 also dx (assigned) and dw += (the fused
-// backward), and returns true in `have_grad`. Targets >= V are a UserError.
+// The targets (N, on the host) into b.targets (the backend's memory), for classify. Returns how
+// many count (>= 0); a target >= V is a UserError.
 template <class F>
-double loss(const ops::Backend<F>& be, const Buffers<F>& b, ops::master_t<F>* dw, const F* x, const F* w, const int32_t* targets,
-            int N, int C, int V, double grad_scale, bool& have_grad) {
+long stage_targets(const ops::Backend<F>& be, const Buffers<F>& b, const int32_t* targets, int N, int V) {
   long valid = 0;
   for (int i = 0; i < N; ++i) {
     if (targets[i] >= V) throw UserError("target id {} is outside the model's vocabulary of {}", targets[i], V);
     valid += targets[i] >= 0;
   }
   be.memory->copy_from_host(b.targets, targets, sizeof(int32_t) * size_t(N));
-  double sum;
-  have_grad = grad_scale > 0;
-  if (have_grad) {
-    be.fill_stat(b.dloss, static_cast<ops::stat_t<F>>(grad_scale), size_t(N));
-    sum = be.classifier_ce_forward(b.losses, b.dx, dw, x, w, b.targets, b.dloss, N, C, V);
-  } else {
-    sum = be.classifier_ce_forward(b.losses, nullptr, nullptr, x, w, b.targets, nullptr, N, C, V);
-  }
-  return valid > 0 ? sum / valid : 0.0;
+  return valid;
 }
+
+// The sum of the cross-entropy over targets >= 0 of logits = x w^T (x (N, C), w (V, C) in the
+// backend's memory; the targets staged). With grad_scale > 0 also dx (assigned) and dw += (the
+// fused backward), and `have_grad` becomes true. Only ops on the backend: a graph may record it
+// (then the sum is NaN, and the backend's classifier_ce_last_sum gives it after the launch).
+template <class F>
+double classify(const ops::Backend<F>& be, const Buffers<F>& b, ops::master_t<F>* dw, const F* x, const F* w, int N,
+                int C, int V, double grad_scale, bool& have_grad) {
+  have_grad = grad_scale > 0;
+  if (!have_grad) return be.classifier_ce_forward(b.losses, nullptr, nullptr, x, w, b.targets, nullptr, N, C, V);
+  be.fill_stat(b.dloss, static_cast<ops::stat_t<F>>(grad_scale), size_t(N));
+  return be.classifier_ce_forward(b.losses, b.dx, dw, x, w, b.targets, b.dloss, N, C, V);
+}
+
+// The mean of a loss sum over `valid` targets (0 when none counts).
+inline double mean_loss(double sum, long valid) { return valid > 0 ? sum / double(valid) : 0.0; }
 
 // out (B, V) on the host: logits of position T-1 of each sequence; x (B, T, C) the final norm's
 // output and w (V, C) in the backend's memory. A device backend computes into `dev` (resized to

@@ -23,6 +23,12 @@ class Model {
   // See Gpt2::forward: tokens, targets (B, T); returns the mean loss over targets >= 0.
   virtual double forward(const int32_t* tokens, const int32_t* targets, int B, int T, double grad_scale = 0) = 0;
   virtual void backward() = 0;
+  // One training micro-batch, forward then backward, returning the loss; with graphs on (a GPU's
+  // CUDA graphs, Gpt2::forward_backward) its device work is recorded once and launched after.
+  virtual double forward_backward(const int32_t* tokens, const int32_t* targets, int B, int T,
+                                  double grad_scale) = 0;
+  // UserError on a backend without graphs (the CPU's).
+  virtual void set_graphs(bool on) = 0;
   virtual void last_logits(float* out /*(B, V)*/) = 0;
   virtual ParamStore<float>& params() = 0;
   virtual const ParamStore<float>& params() const = 0;
@@ -64,6 +70,10 @@ class ModelOf final : public Model {
     return m_.forward(tokens, targets, B, T, grad_scale);
   }
   void backward() override { m_.backward(); }
+  double forward_backward(const int32_t* tokens, const int32_t* targets, int B, int T, double grad_scale) override {
+    return m_.forward_backward(tokens, targets, B, T, grad_scale);
+  }
+  void set_graphs(bool on) override { m_.set_graphs(on); }
   void last_logits(float* out) override { m_.last_logits(out); }
   ParamStore<float>& params() override { return m_.params(); }
   const ParamStore<float>& params() const override { return m_.params(); }

@@ -53,6 +53,9 @@ using master_t = typename Numbers<A>::M;
 template <class A>
 using stat_t = typename Numbers<A>::S;
 
+// A recorded sequence of a device backend's ops (a CUDA graph), opaque: Backend::capture_end.
+struct Graph;
+
 // F: the activations' type, which the weights the ops read share; M, S as Numbers above.
 template <class F>
 struct Backend {
@@ -133,6 +136,23 @@ struct Backend {
   // The most bytes of the backend's memory in use at once so far (0 on the CPU, whose peak is the
   // process's resident set).
   size_t (*peak_memory_bytes)();
+
+  // Graphs (a GPU's CUDA graphs; null on a backend without them, as the CPU's). After
+  // capture_begin(), the ops this host thread issues are recorded instead of run, until
+  // capture_end() returns them as a graph; graph_launch(g) then runs them, as often as asked: the
+  // same kernels with the same arguments and pointers, over the memory as it is at the launch.
+  // So what is recorded must not depend on the host: no op in it may synchronise with the host,
+  // copy from or to it, or allocate (a capture the runtime refuses makes capture_end throw, naming
+  // the call), and a later launch sees new inputs only through the same buffers. While capturing,
+  // classifier_ce_forward returns NaN; classifier_ce_last_sum() returns, once the work has run (it
+  // synchronises), the sum of the losses of the last classifier_ce_forward that ran, a launch's
+  // included. graph_free(g) releases a graph (null: nothing).
+  void (*capture_begin)() = nullptr;
+  Graph* (*capture_end)() = nullptr;
+  void (*graph_launch)(Graph* g) = nullptr;
+  void (*graph_free)(Graph* g) = nullptr;
+  double (*classifier_ce_last_sum)() = nullptr;
+  bool has_graphs() const { return capture_begin != nullptr; }
 
   bool on_host() const { return memory->host_accessible; }
 };

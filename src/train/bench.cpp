@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/buffer.h"
+#include "core/error.h"
 #include "core/rng.h"
 #include "core/timer.h"
 #include "model/model.h"
@@ -15,7 +16,9 @@
 namespace lmf {
 
 BenchResult bench_train_step(const ModelConfig& cfg, int B, int T, int steps, int warmup, uint64_t seed,
-                             const ops::Backend<float>* be, bool profile, const ops::Backend<bf16>* be16) {
+                             const ops::Backend<float>* be, bool profile, const ops::Backend<bf16>* be16,
+                             bool graphs) {
+  if (profile && graphs) throw UserError("profiling waits for each op's end, which a CUDA graph cannot: not both");
   if (profile) {
     be = &profiled_backend(be ? *be : ops::cpu_backend<float>());
     if (be16) be16 = &profiled_backend(*be16);
@@ -24,6 +27,7 @@ BenchResult bench_train_step(const ModelConfig& cfg, int B, int T, int steps, in
   Model& model = *owned;
   const ops::Backend<float>& backend = model.backend();
   model.init(seed);
+  if (graphs) model.set_graphs(true);
   OptimConfig oc;
   AdamW opt(model.params(), oc, &backend);
   Buffer<int32_t> x(size_t(B) * T), y(size_t(B) * T);
@@ -38,8 +42,7 @@ BenchResult bench_train_step(const ModelConfig& cfg, int B, int T, int steps, in
     if (s == warmup) reset_op_profile();
     Timer t;
     model.params().zero_grad();
-    r.loss = model.forward(x.data(), y.data(), B, T, 1.0 / (double(B) * T));
-    model.backward();
+    r.loss = model.forward_backward(x.data(), y.data(), B, T, 1.0 / (double(B) * T));
     // As the trainer: the norm, then the clipping factor folded into the update.
     opt.step(model.params(), 1e-4, clip_scale(grad_norm(model.params(), backend), 1.0));
     backend.synchronize();

@@ -22,9 +22,10 @@ struct BenchResult {
 
 // be: the backend (nullptr: the CPU's); a step is timed to the end of its last op. profile: run on
 // profiled_backend(be) (train/op_profile.h) and fill `ops`; every op then waits for its end.
-// be16: bf16 storage on this table (over be's memory).
+// be16: bf16 storage on this table (over be's memory). graphs: each forward and backward through
+// Model::forward_backward with graphs on (a GPU's CUDA graphs; not with profile).
 BenchResult bench_train_step(const ModelConfig& cfg, int B, int T, int steps, int warmup, uint64_t seed = 0,
                              const ops::Backend<float>* be = nullptr, bool profile = false,
-                             const ops::Backend<bf16>* be16 = nullptr);
+                             const ops::Backend<bf16>* be16 = nullptr, bool graphs = false);
 
 }  // namespace lmf

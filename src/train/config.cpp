@@ -93,6 +93,9 @@ std::vector<Field> fields(RunConfig& c) {
       {"train", "precision", &c.train.precision,
        "storage of activations and of the weights the layers read: fp32 | bf16 (bf16: fp32 master weights, "
        "gradients and optimizer state; every product bf16, as matmul_precision = bf16)"},
+      {"train", "cuda_graphs", &c.train.cuda_graphs,
+       "device = cuda, one process: record each micro-batch's forward and backward once as a CUDA graph and "
+       "launch it from then on (one launch instead of one per kernel; the same numbers)"},
       {"train", "init_from", &c.train.init_from,
        "start from these weights: a run directory or a Hugging Face checkpoint directory ([model] is then "
        "taken from it); empty = random init"},
@@ -306,6 +309,8 @@ void validate_config(const RunConfig& c) {
        fmt::format("must be fp32, tf32 or bf16 (got \"{}\")", c.train.matmul_precision));
   need(c.train.precision == "fp32" || c.train.precision == "bf16", "[train] precision",
        fmt::format("must be fp32 or bf16 (got \"{}\")", c.train.precision));
+  need(!c.train.cuda_graphs || c.train.device == "cuda", "[train] cuda_graphs",
+       fmt::format("needs [train] device = \"cuda\" (got \"{}\")", c.train.device));
   if (c.train.precision == "bf16") {
     need(c.train.matmul_precision != "tf32", "[train] matmul_precision",
          "tf32 does not go with [train] precision = bf16, whose products are bf16");

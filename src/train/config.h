@@ -46,6 +46,7 @@ struct TrainConfig {
   std::string device = "cpu";  // cpu | cuda
   std::string matmul_precision = "fp32";  // fp32 | tf32 | bf16: the GEMMs' products (ops::MatmulPrecision)
   std::string precision = "fp32";  // fp32 | bf16: storage of activations and the weights the ops read
+  bool cuda_graphs = false;  // device cuda, one process: each micro-batch's device work as one CUDA graph
   std::string init_from;       // run directory or Hugging Face checkpoint to start from; empty: init
 };
 

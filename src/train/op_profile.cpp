@@ -36,9 +36,10 @@ constexpr const char* kNames[kAccounts] = {
     LMF_BACKEND_OPS(LMF_NAME)
 #undef LMF_NAME
 };
-// The ops, plus name, memory, matmul_precision (padded to a pointer), synchronize and
-// peak_memory_bytes: an op added to ops::Backend and not to the list fails here.
-static_assert(sizeof(Be<float>) == (kAccounts + 5) * sizeof(void*),
+// The ops, plus name, memory, matmul_precision (padded to a pointer), synchronize,
+// peak_memory_bytes and the five of graphs: an op added to ops::Backend and not to the list fails
+// here.
+static_assert(sizeof(Be<float>) == (kAccounts + 10) * sizeof(void*),
               "ops::Backend changed: add the op to LMF_BACKEND_OPS");
 
 struct Accounts {
@@ -101,6 +102,12 @@ const ops::Backend<F>& profiled_backend(const ops::Backend<F>& inner) {
 #define LMF_WRAP(name) table.name = &Timed<F, k_##name, &Be<F>::name>::call;
   LMF_BACKEND_OPS(LMF_WRAP)
 #undef LMF_WRAP
+  // Each op waits for its work to time it, which a graph's capture forbids: no graphs here.
+  table.capture_begin = nullptr;
+  table.capture_end = nullptr;
+  table.graph_launch = nullptr;
+  table.graph_free = nullptr;
+  table.classifier_ce_last_sum = nullptr;
   return table;
 }
 template const ops::Backend<float>& profiled_backend(const ops::Backend<float>&);

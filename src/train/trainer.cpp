@@ -183,6 +183,13 @@ Trainer::Trainer(RunConfig cfg, const ops::Backend<float>* backend) : cfg_(std::
                                        be, device_comm_.get());
   if (cfg_.dist.overlap) dp_->overlap_with(*model_);
   dp_->attach(*model_);  // ZeRO 3: gather each block's parameters when it runs
+  if (cfg_.train.cuda_graphs) {
+    // A graph records the device work only: the collectives and ZeRO's hooks around the blocks
+    // are host work, so graphs are for one process.
+    if (comm_->world() > 1)
+      throw UserError("[train] cuda_graphs: one process only (this run has {} ranks)", comm_->world());
+    model_->set_graphs(true);  // UserError on a backend without graphs
+  }
 
   if (auto ck = latest_checkpoint(run_dir_)) {
     // Resume: weights, optimizer moments, step, data position. Loaded fully before training.
@@ -348,7 +355,8 @@ TrainSummary Trainer::run(long stop_at) {
                                 ? ""
                                 : fmt::format(", {} GEMMs", ops::to_string(mbe.matmul_precision));
   say(on_host ? fmt::format("model: {}; {} threads{}", describe(*model_), num_threads(), gemms)
-              : fmt::format("model: {}; on {}{}", describe(*model_), mbe.name, gemms));
+              : fmt::format("model: {}; on {}{}{}", describe(*model_), mbe.name, gemms,
+                            tc.cuda_graphs ? ", CUDA graphs" : ""));
   if (comm_->world() > 1)
     say(fmt::format("data parallel: {} ranks ({}), ZeRO stage {}, global batch {} x {}{}", world, comm_->kind(),
                     cfg_.dist.zero, tc.batch_size * tc.grad_accum * world, tc.seq_len,
@@ -381,9 +389,13 @@ TrainSummary Trainer::run(long stop_at) {
       else
         train_->next(x.data(), y.data());
       dp_->begin_micro_batch();
-      loss += model_->forward(x.data(), y.data(), B, T, grad_scale) / tc.grad_accum;
-      dp_->arm(micro == tc.grad_accum - 1);
-      model_->backward();
+      if (tc.cuda_graphs) {  // one process: no overlap to arm
+        loss += model_->forward_backward(x.data(), y.data(), B, T, grad_scale) / tc.grad_accum;
+      } else {
+        loss += model_->forward(x.data(), y.data(), B, T, grad_scale) / tc.grad_accum;
+        dp_->arm(micro == tc.grad_accum - 1);
+        model_->backward();
+      }
       dp_->end_micro_batch(/*backward=*/true);
     }
     dp_comm_->all_reduce_sum(&loss, 1);

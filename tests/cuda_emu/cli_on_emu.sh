@@ -26,13 +26,24 @@ paste <(field val_loss "$tmp/cpu/metrics.jsonl" | tail -1) <(field val_loss "$tm
   awk '{ d = $1 - $2; if (d < 0) d = -d; exit !(d <= 1e-3 * $1) }' || fail "val losses differ"
 [ "$(grep -c '"peak_device_mb"' "$tmp/gpu/metrics.jsonl")" -eq 12 ] || fail "peak_device_mb missing"
 echo "cli_on_emu: 12 steps on device cuda (resumed at 6) follow the CPU's losses"
+# [train] cuda_graphs: each micro-batch one graph's launch, the eager run's losses and norms bit for bit.
+out=$("$exe" train "${common[@]}" --set train.device=cuda --set train.cuda_graphs=true --set log.run_dir="$tmp/graphs" \
+  --set log.progress=plain 2>&1)
+grep -q "on cuda, CUDA graphs" <<< "$out" || fail "train with cuda_graphs printed: $out"
+for k in train_loss grad_norm val_loss; do
+  cmp -s <(field $k "$tmp/gpu/metrics.jsonl") <(field $k "$tmp/graphs/metrics.jsonl") ||
+    fail "$k with cuda_graphs differs from the run without"
+done
+echo "cli_on_emu: cuda_graphs gives the same 12 steps bit for bit"
 out=$("$exe" eval --run "$tmp/gpu" --device cuda --batches 2)
 grep -q "cuda, fp32 GEMMs" <<< "$out" || fail "eval --device cuda printed: $out"
 out=$("$exe" bench --device cuda --L 1 --C 32 --H 2 --vocab 64 --B 2 --T 16 --steps 1 --warmup 1 --matmul-precision bf16)
 grep -q '"device":"cuda"' <<< "$out" && grep -q '"peak_device_mb"' <<< "$out" || fail "bench printed: $out"
+out=$("$exe" bench --device cuda --L 1 --C 32 --H 2 --vocab 64 --B 2 --T 16 --steps 2 --warmup 1 --cuda-graphs)
+grep -q '"cuda_graphs":true' <<< "$out" || fail "bench --cuda-graphs printed: $out"
 out=$("$exe" bench --device cuda --L 1 --C 32 --H 2 --vocab 64 --B 2 --T 16 --steps 1 --warmup 1 --profile 2>/dev/null)
 grep -q '"op":"attention_backward"' <<< "$out" && grep -q '"op":"adamw_chunks"' <<< "$out" || fail "bench --profile printed: $out"
-echo "cli_on_emu: eval, bench and bench --profile on device cuda ok"
+echo "cli_on_emu: eval, bench, bench --cuda-graphs and bench --profile on device cuda ok"
 # KV-cache decoding on the device: the trained run samples, and llama2.c's stories260K, greedy,
 # prints its published text (../shared/data/tinyllamas/README.md), as on the CPU (test_convert).
 "$exe" sample --run "$tmp/gpu" --device cuda --prompt "The Congress" -n 20 --seed 3 > "$tmp/s.txt" ||

@@ -505,6 +505,57 @@ cudaError_t fail(cudaError_t e) {
 
 }  // namespace
 
+// ---- streams and their capture -----------------------------------------------------------------
+// Work runs when it is enqueued (every call completes before it returns), except on a capturing
+// stream, which records it. The captures under way are global (cudaStreamCaptureModeGlobal): while
+// there is one, a call from any thread that would synchronise or allocate invalidates them all.
+
+struct CUstream_st {
+  bool capturing = false;
+  bool invalidated = false;
+  std::vector<std::function<void()>> recorded;
+};
+struct CUgraph_st {
+  std::vector<std::function<void()>> work;
+};
+struct CUgraphExec_st {
+  std::vector<std::function<void()>> work;
+};
+
+namespace {
+
+std::mutex g_capture_mu;
+std::vector<cudaStream_t>& capturing_streams() {
+  static auto* v = new std::vector<cudaStream_t>();
+  return *v;
+}
+
+// A call that a capture forbids: invalidates every capture under way and returns `e`, or returns
+// cudaSuccess when there is none.
+cudaError_t forbidden_in_capture(cudaError_t e) {
+  std::lock_guard lk(g_capture_mu);
+  if (capturing_streams().empty()) return cudaSuccess;
+  for (cudaStream_t s : capturing_streams()) s->invalidated = true;
+  return fail(e);
+}
+
+}  // namespace
+
+namespace lmf::emu {
+
+cudaError_t enqueue(cudaStream_t s, std::function<void()> work) {
+  if (s == nullptr) {
+    if (const cudaError_t e = forbidden_in_capture(cudaErrorStreamCaptureImplicit)) return e;
+  } else if (s->capturing) {
+    s->recorded.push_back(std::move(work));
+    return cudaSuccess;
+  }
+  work();
+  return cudaSuccess;
+}
+
+}  // namespace lmf::emu
+
 cudaError_t cudaGetDeviceCount(int* n) {
   *n = 1;
   return cudaSuccess;
@@ -518,7 +569,7 @@ cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr, int) {
   *v = 1 << 20;
   return cudaSuccess;
 }
-cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize() { return forbidden_in_capture(cudaErrorStreamCaptureUnsupported); }
 cudaError_t cudaGetLastError() {
   const cudaError_t e = t_last_error;
   t_last_error = cudaSuccess;
@@ -531,6 +582,10 @@ const char* cudaGetErrorName(cudaError_t e) {
     case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
     case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
     case cudaErrorNotReady: return "cudaErrorNotReady";
+    case cudaErrorIllegalState: return "cudaErrorIllegalState";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    case cudaErrorStreamCaptureImplicit: return "cudaErrorStreamCaptureImplicit";
   }
   return "cudaErrorUnknown";
 }
@@ -540,6 +595,11 @@ const char* cudaGetErrorString(cudaError_t e) {
     case cudaErrorInvalidValue: return "invalid argument";
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorNotReady: return "device not ready";
+    case cudaErrorIllegalState: return "the resource is not in a valid state for this operation";
+    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureImplicit:
+      return "operation would make the legacy stream depend on a capturing blocking stream";
   }
   return "unknown error";
 }
@@ -550,6 +610,7 @@ constexpr size_t kDeviceBytes = size_t(64) << 30;
 
 cudaError_t cudaMalloc(void** p, size_t bytes) {
   *p = nullptr;
+  if (const cudaError_t e = forbidden_in_capture(cudaErrorStreamCaptureUnsupported)) return e;
   if (bytes > kDeviceBytes) return fail(cudaErrorMemoryAllocation);
   const size_t rounded = (bytes + 255) / 256 * 256;
   void* q = std::aligned_alloc(256, rounded == 0 ? 256 : rounded);
@@ -562,6 +623,7 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
 }
 cudaError_t cudaFree(void* p) {
   if (p == nullptr) return cudaSuccess;
+  if (const cudaError_t e = forbidden_in_capture(cudaErrorStreamCaptureUnsupported)) return e;
   std::lock_guard lk(g_mu);
   if (allocations().erase(p) == 0) return fail(cudaErrorInvalidValue);
   std::free(p);
@@ -572,17 +634,30 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
   return cudaSuccess;
 }
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
+  if (const cudaError_t e = forbidden_in_capture(cudaErrorStreamCaptureUnsupported)) return e;
   if (bytes) std::memmove(dst, src, bytes);
   return cudaSuccess;
 }
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
-  return cudaMemcpy(dst, src, bytes, kind);
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s) {
+  // Host memory is pageable here: a capture cannot take the copy.
+  if (s != nullptr && s->capturing && kind != cudaMemcpyDeviceToDevice) {
+    s->invalidated = true;
+    return fail(cudaErrorStreamCaptureUnsupported);
+  }
+  return lmf::emu::enqueue(s, [=] {
+    if (bytes) std::memmove(dst, src, bytes);
+  });
 }
 cudaError_t cudaMemset(void* p, int value, size_t bytes) {
+  if (const cudaError_t e = forbidden_in_capture(cudaErrorStreamCaptureUnsupported)) return e;
   if (bytes) std::memset(p, value, bytes);
   return cudaSuccess;
 }
-cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) { return cudaMemset(p, value, bytes); }
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t s) {
+  return lmf::emu::enqueue(s, [=] {
+    if (bytes) std::memset(p, value, bytes);
+  });
+}
 
 // ---- the driver's virtual memory (include/cuda.h) ----------------------------------------------
 // Reserved addresses have no access until a granule of host memory is mapped there; unmapping
@@ -726,17 +801,66 @@ cudaError_t cudaGetDriverEntryPointByVersion(const char* symbol, void** fn, unsi
   return cudaSuccess;
 }
 
-struct CUstream_st {};
 cudaError_t cudaStreamCreate(cudaStream_t* s) {
   *s = new CUstream_st;
   return cudaSuccess;
 }
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  if (s != nullptr && s->capturing) return fail(cudaErrorIllegalState);
   delete s;
   return cudaSuccess;
 }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return forbidden_in_capture(cudaErrorStreamCaptureUnsupported); }
+cudaError_t cudaStreamQuery(cudaStream_t) { return forbidden_in_capture(cudaErrorStreamCaptureUnsupported); }
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode) {
+  if (s == nullptr) return fail(cudaErrorStreamCaptureUnsupported);  // the legacy stream cannot capture
+  std::lock_guard lk(g_capture_mu);
+  if (s->capturing) return fail(cudaErrorIllegalState);
+  s->capturing = true;
+  s->invalidated = false;
+  s->recorded.clear();
+  capturing_streams().push_back(s);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* graph) {
+  *graph = nullptr;
+  std::lock_guard lk(g_capture_mu);
+  if (s == nullptr || !s->capturing) return fail(cudaErrorIllegalState);
+  auto& v = capturing_streams();
+  v.erase(std::find(v.begin(), v.end(), s));
+  s->capturing = false;
+  std::vector<std::function<void()>> work = std::move(s->recorded);
+  s->recorded.clear();
+  if (s->invalidated) return fail(cudaErrorStreamCaptureInvalidated);
+  *graph = new CUgraph_st{std::move(work)};
+  return cudaSuccess;
+}
+cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus* status) {
+  *status = s == nullptr || !s->capturing ? cudaStreamCaptureStatusNone
+            : s->invalidated              ? cudaStreamCaptureStatusInvalidated
+                                          : cudaStreamCaptureStatusActive;
+  return cudaSuccess;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long) {
+  if (graph == nullptr) return fail(cudaErrorInvalidValue);
+  *exec = new CUgraphExec_st{graph->work};
+  return cudaSuccess;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
+  if (exec == nullptr) return fail(cudaErrorInvalidValue);
+  return lmf::emu::enqueue(s, [exec] {
+    for (const auto& w : exec->work) w();
+  });
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+  delete exec;
+  return cudaSuccess;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+  delete graph;
+  return cudaSuccess;
+}
 
 struct CUevent_st {
   std::chrono::steady_clock::time_point at;
@@ -750,11 +874,10 @@ cudaError_t cudaEventDestroy(cudaEvent_t e) {
   delete e;
   return cudaSuccess;
 }
-cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
-  e->at = std::chrono::steady_clock::now();
-  return cudaSuccess;
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+  return lmf::emu::enqueue(s, [e] { e->at = std::chrono::steady_clock::now(); });
 }
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return forbidden_in_capture(cudaErrorStreamCaptureUnsupported); }
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop) {
   *ms = std::chrono::duration<float, std::milli>(stop->at - start->at).count();
   return cudaSuccess;
@@ -762,7 +885,9 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop)
 
 // ---- cuBLAS ------------------------------------------------------------------------------------
 
-struct cublasContext {};
+struct cublasContext {
+  cudaStream_t stream = nullptr;
+};
 
 cublasStatus_t cublasCreate(cublasHandle_t* h) {
   *h = new cublasContext;
@@ -771,34 +896,56 @@ cublasStatus_t cublasCreate(cublasHandle_t* h) {
 cublasStatus_t cublasSetMathMode(cublasHandle_t, cublasMath_t) { return CUBLAS_STATUS_SUCCESS; }
 cublasStatus_t cublasSetAtomicsMode(cublasHandle_t, cublasAtomicsMode_t) { return CUBLAS_STATUS_SUCCESS; }
 cublasStatus_t cublasSetPointerMode(cublasHandle_t, cublasPointerMode_t) { return CUBLAS_STATUS_SUCCESS; }
-cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return CUBLAS_STATUS_SUCCESS; }
-const char* cublasGetStatusName(cublasStatus_t s) {
-  return s == CUBLAS_STATUS_SUCCESS ? "CUBLAS_STATUS_SUCCESS" : "CUBLAS_STATUS_INVALID_VALUE";
+cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t s) {
+  if (h == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
+  h->stream = s;
+  return CUBLAS_STATUS_SUCCESS;
 }
-const char* cublasGetStatusString(cublasStatus_t s) { return s == CUBLAS_STATUS_SUCCESS ? "success" : "invalid value"; }
+cublasStatus_t cublasSetWorkspace(cublasHandle_t h, void*, size_t) {
+  return h == nullptr ? CUBLAS_STATUS_INVALID_VALUE : CUBLAS_STATUS_SUCCESS;
+}
+const char* cublasGetStatusName(cublasStatus_t s) {
+  switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    case CUBLAS_STATUS_INVALID_VALUE: break;
+  }
+  return "CUBLAS_STATUS_INVALID_VALUE";
+}
+const char* cublasGetStatusString(cublasStatus_t s) {
+  switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return "success";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "the GPU program failed to execute";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "the functionality requested is not supported";
+    case CUBLAS_STATUS_INVALID_VALUE: break;
+  }
+  return "invalid value";
+}
 
-cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
-                            int n, int k, const void* alpha, const void* A, cudaDataType_t at,
-                            int lda, const void* B, cudaDataType_t bt, int ldb, const void* beta,
-                            void* C, cudaDataType_t ct, int ldc, cublasComputeType_t compute,
-                            cublasGemmAlgo_t algo) {
-  if (h == nullptr || at != bt || (at != CUDA_R_32F && at != CUDA_R_16BF) ||
-      (ct != CUDA_R_32F && !(ct == CUDA_R_16BF && at == CUDA_R_16BF)) || m < 0 || n < 0 || k < 0)
-    return CUBLAS_STATUS_INVALID_VALUE;
-  if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+namespace {
+
+bool gemm_args_valid(cudaDataType_t at, cudaDataType_t bt, cudaDataType_t ct, int m, int n, int k) {
+  return at == bt && (at == CUDA_R_32F || at == CUDA_R_16BF) &&
+         (ct == CUDA_R_32F || (ct == CUDA_R_16BF && at == CUDA_R_16BF)) && m >= 0 && n >= 0 && k >= 0;
+}
+
+// The GEMM itself, at once (cublasGemmEx enqueues it; cublasLtMatmul's work calls it).
+void gemm_now(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha, const void* A,
+              cudaDataType_t at, int lda, const void* B, int ldb, float beta, void* C, cudaDataType_t ct,
+              int ldc, cublasComputeType_t compute) {
+  if (m == 0 || n == 0) return;
   if (ct == CUDA_R_16BF) {
     // A bf16 C: the fp32 GEMM on C widened (exactly), then each result rounded once to nearest
     // even (core/half.h), as cuBLAS rounds its fp32 accumulator into a bf16 D.
     auto* c16 = static_cast<uint16_t*>(C);
     std::vector<float> wide((size_t)ldc * n);
     for (size_t i = 0; i < wide.size(); ++i) wide[i] = lmf::bf16_to_float(c16[i]);
-    const cublasStatus_t st = cublasGemmEx(h, ta, tb, m, n, k, alpha, A, at, lda, B, bt, ldb, beta,
-                                           wide.data(), CUDA_R_32F, ldc, compute, algo);
-    if (st != CUBLAS_STATUS_SUCCESS) return st;
+    gemm_now(ta, tb, m, n, k, alpha, A, at, lda, B, ldb, beta, wide.data(), CUDA_R_32F, ldc, compute);
     for (int j = 0; j < n; ++j)
       for (int i = 0; i < m; ++i)
         c16[(size_t)j * ldc + i] = lmf::float_to_bf16(wide[(size_t)j * ldc + i]);
-    return CUBLAS_STATUS_SUCCESS;
+    return;
   }
   const float* a = static_cast<const float*>(A);
   const float* b = static_cast<const float*>(B);
@@ -831,9 +978,28 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
     b = rb.data();
   }
   cblas_sgemm(CblasColMajor, ta == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
-              tb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, *static_cast<const float*>(alpha), a, lda, b,
-              ldb, *static_cast<const float*>(beta), static_cast<float*>(C), ldc);
-  return CUBLAS_STATUS_SUCCESS;
+              tb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, alpha, a, lda, b, ldb, beta,
+              static_cast<float*>(C), ldc);
+}
+
+// Enqueues a GEMM's work on its stream; a refusal (the legacy stream during a capture) is an
+// execution failure, as cuBLAS reports a launch that failed.
+cublasStatus_t enqueue_gemm(cudaStream_t s, std::function<void()> work) {
+  return lmf::emu::enqueue(s, std::move(work)) == cudaSuccess ? CUBLAS_STATUS_SUCCESS
+                                                              : CUBLAS_STATUS_EXECUTION_FAILED;
+}
+
+}  // namespace
+
+cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                            const void* alpha, const void* A, cudaDataType_t at, int lda, const void* B,
+                            cudaDataType_t bt, int ldb, const void* beta, void* C, cudaDataType_t ct, int ldc,
+                            cublasComputeType_t compute, cublasGemmAlgo_t) {
+  if (h == nullptr || !gemm_args_valid(at, bt, ct, m, n, k)) return CUBLAS_STATUS_INVALID_VALUE;
+  // alpha and beta are host values (CUBLAS_POINTER_MODE_HOST), read at the call as cuBLAS reads them.
+  const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
+  return enqueue_gemm(h->stream,
+                      [=] { gemm_now(ta, tb, m, n, k, al, A, at, lda, B, ldb, be, C, ct, ldc, compute); });
 }
 
 // ---- cuBLASLt ----------------------------------------------------------------------------------
@@ -926,7 +1092,7 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t h, cublasLtMatmul
 cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const void* alpha, const void* A,
                               cublasLtMatrixLayout_t a, const void* B, cublasLtMatrixLayout_t b, const void* beta,
                               const void* C, cublasLtMatrixLayout_t c, void* D, cublasLtMatrixLayout_t dl,
-                              const cublasLtMatmulAlgo_t* algo, void*, size_t, cudaStream_t) {
+                              const cublasLtMatmulAlgo_t* algo, void*, size_t, cudaStream_t stream) {
   if (h == nullptr || algo == nullptr || C != D || c != dl) return CUBLAS_STATUS_NOT_SUPPORTED;  // as matmul.cu calls it
   const int m = (int)c->rows, n = (int)c->cols;
   const int k = (int)(d->ta == CUBLAS_OP_N ? a->cols : a->rows);
@@ -943,55 +1109,62 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const 
   // library requires.
   if ((gelu || dgelu) && (d->aux == nullptr || d->aux_ld < (int64_t)c->rows || d->aux_ld % 8 != 0))
     return CUBLAS_STATUS_INVALID_VALUE;
+  if (!gemm_args_valid(a->type, b->type, CUDA_R_32F, m, n, k)) return CUBLAS_STATUS_INVALID_VALUE;
   const cudaDataType bias_type = d->bias_type < 0 ? c->type : cudaDataType(d->bias_type);
-  // The epilogue works on the fp32 result: with a bf16 D, the GEMM goes to an fp32 copy of D,
-  // the bias is added there, and each value is rounded once into D (to nearest even).
-  const bool d16 = c->type == CUDA_R_16BF;
-  std::vector<float> wide;
-  float* out = static_cast<float*>(D);
-  if (d16) {
-    wide.resize((size_t)c->ld * n);
-    const auto* d_bits = static_cast<const uint16_t*>(D);
-    for (size_t i = 0; i < wide.size(); ++i) wide[i] = lmf::bf16_to_float(d_bits[i]);
-    out = wide.data();
-  }
-  static cublasContext gemm_handle;
-  const cublasStatus_t st =
-      cublasGemmEx(&gemm_handle, d->ta, d->tb, m, n, k, alpha, A, a->type, (int)a->ld, B, b->type,
-                   (int)b->ld, beta, out, CUDA_R_32F, (int)c->ld, d->compute, CUBLAS_GEMM_DEFAULT);
-  if (st != CUBLAS_STATUS_SUCCESS) return st;
-  if (biased) {
-    auto bias_at = [&](int i) {
-      return bias_type == CUDA_R_16BF ? lmf::bf16_to_float(static_cast<const uint16_t*>(d->bias)[i])
-                                      : static_cast<const float*>(d->bias)[i];
-    };
-    for (int j = 0; j < n; ++j)
-      for (int i = 0; i < m; ++i) out[(size_t)j * c->ld + i] += bias_at(i);
-  }
-  if (gelu || dgelu) {
-    const auto aux_at = [&](size_t k) {
-      return d16 ? lmf::bf16_to_float(static_cast<const uint16_t*>(d->aux)[k]) : static_cast<const float*>(d->aux)[k];
-    };
-    for (int j = 0; j < n; ++j)
-      for (int i = 0; i < m; ++i) {
-        float& v = out[(size_t)j * c->ld + i];
-        const size_t k = (size_t)j * d->aux_ld + i;
-        if (gelu) {
-          if (d16)
-            static_cast<uint16_t*>(const_cast<void*>(d->aux))[k] = lmf::float_to_bf16(v);
-          else
-            static_cast<float*>(const_cast<void*>(d->aux))[k] = v;
-          v = lmf::cuda::detail::gelu(v);  // the kernels' GELU (gelu.cuh)
-        } else {
-          v = lmf::cuda::detail::gelu_grad(aux_at(k), v);
+  // The call as it is now, copied: a graph's launch runs the GEMM that was enqueued, whatever the
+  // descriptors say by then; alpha and beta are host values.
+  const cublasLtMatmulDescOpaque desc = *d;
+  const cublasLtMatrixLayoutOpaque lc = *c;
+  const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
+  const cudaDataType a_type = a->type;
+  const int lda = (int)a->ld, ldb = (int)b->ld;
+  return enqueue_gemm(stream, [=] {
+    const auto* d = &desc;
+    const auto* c = &lc;
+    // The epilogue works on the fp32 result: with a bf16 D, the GEMM goes to an fp32 copy of D,
+    // the bias is added there, and each value is rounded once into D (to nearest even).
+    const bool d16 = c->type == CUDA_R_16BF;
+    std::vector<float> wide;
+    float* out = static_cast<float*>(D);
+    if (d16) {
+      wide.resize((size_t)c->ld * n);
+      const auto* d_bits = static_cast<const uint16_t*>(D);
+      for (size_t i = 0; i < wide.size(); ++i) wide[i] = lmf::bf16_to_float(d_bits[i]);
+      out = wide.data();
+    }
+    gemm_now(d->ta, d->tb, m, n, k, al, A, a_type, lda, B, ldb, be, out, CUDA_R_32F, (int)c->ld, d->compute);
+    if (biased) {
+      auto bias_at = [&](int i) {
+        return bias_type == CUDA_R_16BF ? lmf::bf16_to_float(static_cast<const uint16_t*>(d->bias)[i])
+                                        : static_cast<const float*>(d->bias)[i];
+      };
+      for (int j = 0; j < n; ++j)
+        for (int i = 0; i < m; ++i) out[(size_t)j * c->ld + i] += bias_at(i);
+    }
+    if (gelu || dgelu) {
+      const auto aux_at = [&](size_t k) {
+        return d16 ? lmf::bf16_to_float(static_cast<const uint16_t*>(d->aux)[k]) : static_cast<const float*>(d->aux)[k];
+      };
+      for (int j = 0; j < n; ++j)
+        for (int i = 0; i < m; ++i) {
+          float& v = out[(size_t)j * c->ld + i];
+          const size_t k = (size_t)j * d->aux_ld + i;
+          if (gelu) {
+            if (d16)
+              static_cast<uint16_t*>(const_cast<void*>(d->aux))[k] = lmf::float_to_bf16(v);
+            else
+              static_cast<float*>(const_cast<void*>(d->aux))[k] = v;
+            v = lmf::cuda::detail::gelu(v);  // the kernels' GELU (gelu.cuh)
+          } else {
+            v = lmf::cuda::detail::gelu_grad(aux_at(k), v);
+          }
         }
-      }
-  }
-  if (d16) {
-    auto* d_bits = static_cast<uint16_t*>(D);
-    for (int j = 0; j < n; ++j)
-      for (int i = 0; i < m; ++i)
-        d_bits[(size_t)j * c->ld + i] = lmf::float_to_bf16(out[(size_t)j * c->ld + i]);
-  }
-  return CUBLAS_STATUS_SUCCESS;
+    }
+    if (d16) {
+      auto* d_bits = static_cast<uint16_t*>(D);
+      for (int j = 0; j < n; ++j)
+        for (int i = 0; i < m; ++i)
+          d_bits[(size_t)j * c->ld + i] = lmf::float_to_bf16(out[(size_t)j * c->ld + i]);
+    }
+  });
 }

@@ -67,24 +67,35 @@ T* dynamic_shared() {
   return static_cast<T*>(dynamic_shared_ptr());
 }
 
+// Runs `work` now, or, on a stream that is capturing (cudaStreamBeginCapture), records it for the
+// graph's launches. Work on the legacy stream while a capture is under way is refused, as the
+// runtime refuses it: the capture is invalidated, and the error is returned and left for
+// cudaGetLastError.
+cudaError_t enqueue(cudaStream_t s, std::function<void()> work);
+
 template <class... P>
 struct Launcher {
   void (*kernel)(P...);
   dim3 grid, block;
   size_t shared_bytes;
+  cudaStream_t stream;
   template <class... A>
   void operator()(A&&... args) const {
-    // The arguments converted once to the kernel's parameter types; every thread gets copies,
-    // as CUDA copies them to each thread.
+    // The arguments converted once to the kernel's parameter types, at the launch (a graph keeps
+    // them as they were then); every thread gets copies, as CUDA copies them to each thread.
     const std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);
     auto k = kernel;
-    run_grid(reinterpret_cast<const void*>(k), grid, block, shared_bytes, [&] { std::apply(k, params); });
+    const dim3 g = grid, b = block;
+    const size_t sh = shared_bytes;
+    enqueue(stream, [k, g, b, sh, params] {
+      run_grid(reinterpret_cast<const void*>(k), g, b, sh, [&] { std::apply(k, params); });
+    });
   }
 };
 
 template <class... P>
-Launcher<P...> launcher(void (*kernel)(P...), dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t) {
-  return {kernel, grid, block, shared_bytes};
+Launcher<P...> launcher(void (*kernel)(P...), dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream) {
+  return {kernel, grid, block, shared_bytes, stream};
 }
 
 template <class T>

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <vector>
 
@@ -205,6 +206,98 @@ TEST(EmuLaunchDeathTest, DynamicSharedMemoryAbove48KiBNeedsTheKernelsOptIn) {
   EXPECT_EQ(cudaFuncSetAttribute(dynamic_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 228 << 10),
             cudaErrorInvalidValue);
   EXPECT_DEATH(LMF_LAUNCH(dynamic_kernel, 1, 256, 228 << 10, nullptr)(out.data()), "sm_90 allows 232448");
+}
+
+// ---- stream capture and graphs ------------------------------------------------------------------
+
+// x[i] = x[i] * a + b[i], one thread per element.
+__global__ void axpy_kernel(float* x, const float* b, float a, int n) {
+  const int i = int(blockIdx.x * blockDim.x + threadIdx.x);
+  if (i < n) x[i] = x[i] * a + b[i];
+}
+
+class EmuGraph : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_EQ(cudaStreamCreate(&s), cudaSuccess); }
+  void TearDown() override { cudaStreamDestroy(s); }
+  cudaStream_t s = nullptr;
+};
+
+// A capturing stream records: nothing runs until the graph launches, each launch runs the kernels
+// again with the arguments of their capture, over the memory as it is at the launch, in order.
+TEST_F(EmuGraph, CaptureRecordsAndEachLaunchRunsOnTheMemoryOfThatMoment) {
+  std::vector<float> x{1, 2, 3, 4, 5}, b{10, 20, 30, 40, 50};
+  float a = 2.0f;
+  ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal), cudaSuccess);
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  ASSERT_EQ(cudaStreamIsCapturing(s, &st), cudaSuccess);
+  EXPECT_EQ(st, cudaStreamCaptureStatusActive);
+  LMF_LAUNCH(axpy_kernel, 1, 32, 0, s)(x.data(), b.data(), a, 5);
+  EXPECT_EQ(cudaMemsetAsync(b.data(), 0, sizeof(float), s), cudaSuccess);  // b[0] = 0, after the axpy
+  a = 3.0f;  // a launch keeps the value it was captured with
+  LMF_LAUNCH(axpy_kernel, 1, 32, 0, s)(x.data(), b.data(), 1.0f, 5);
+  cudaGraph_t graph = nullptr;
+  ASSERT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
+  ASSERT_EQ(cudaStreamIsCapturing(s, &st), cudaSuccess);
+  EXPECT_EQ(st, cudaStreamCaptureStatusNone);
+  EXPECT_EQ(x, (std::vector<float>{1, 2, 3, 4, 5}));  // recorded, not run
+  EXPECT_EQ(b[0], 10.0f);
+  cudaGraphExec_t exec = nullptr;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  ASSERT_EQ(cudaGraphDestroy(graph), cudaSuccess);
+  ASSERT_EQ(cudaGraphLaunch(exec, s), cudaSuccess);
+  // x * 2 + b (b[0] = 10), then b[0] = 0, then x + b.
+  EXPECT_EQ(x, (std::vector<float>{12, 44, 66, 88, 110}));
+  b[1] = 1.0f;  // the next launch reads b as it is then
+  ASSERT_EQ(cudaGraphLaunch(exec, s), cudaSuccess);
+  EXPECT_EQ(x, (std::vector<float>{24, 90, 192, 256, 320}));
+  EXPECT_EQ(cudaGraphExecDestroy(exec), cudaSuccess);
+}
+
+// What a capture cannot take fails it, as the runtime does: the call returns its error, and the
+// capture's end then reports it invalidated. Outside a capture the same calls work.
+TEST_F(EmuGraph, HostWorkInACaptureInvalidatesIt) {
+  std::vector<float> x(4, 1.0f), b(4, 1.0f);
+  void* p = nullptr;
+  double host = 0;
+  const std::vector<std::pair<const char*, std::function<cudaError_t()>>> refused = {
+      {"cudaMalloc", [&] { return cudaMalloc(&p, 64); }},
+      {"cudaMemcpy", [&] { return cudaMemcpy(&host, x.data(), sizeof(float), cudaMemcpyDeviceToHost); }},
+      {"cudaMemset", [&] { return cudaMemset(x.data(), 0, 4); }},
+      {"cudaStreamSynchronize", [&] { return cudaStreamSynchronize(s); }},
+      {"cudaDeviceSynchronize", [&] { return cudaDeviceSynchronize(); }},
+      {"async copy to the host",
+       [&] { return cudaMemcpyAsync(&host, x.data(), sizeof(float), cudaMemcpyDeviceToHost, s); }},
+      {"launch on the legacy stream", [&] {
+         LMF_LAUNCH(axpy_kernel, 1, 32, 0, nullptr)(x.data(), b.data(), 2.0f, 4);
+         return cudaGetLastError();
+       }},
+  };
+  for (const auto& [what, call] : refused) {
+    SCOPED_TRACE(what);
+    ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal), cudaSuccess);
+    LMF_LAUNCH(axpy_kernel, 1, 32, 0, s)(x.data(), b.data(), 2.0f, 4);
+    const cudaError_t e = call();
+    EXPECT_TRUE(e == cudaErrorStreamCaptureUnsupported || e == cudaErrorStreamCaptureImplicit) << cudaGetErrorName(e);
+    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+    ASSERT_EQ(cudaStreamIsCapturing(s, &st), cudaSuccess);
+    EXPECT_EQ(st, cudaStreamCaptureStatusInvalidated);
+    cudaGraph_t graph = nullptr;
+    EXPECT_EQ(cudaStreamEndCapture(s, &graph), cudaErrorStreamCaptureInvalidated);
+    EXPECT_EQ(graph, nullptr);
+    (void)cudaGetLastError();
+    EXPECT_EQ(x, std::vector<float>(4, 1.0f)) << "nothing ran";
+  }
+  ASSERT_EQ(cudaMalloc(&p, 64), cudaSuccess);  // no capture: fine again
+  EXPECT_EQ(cudaFree(p), cudaSuccess);
+  LMF_LAUNCH(axpy_kernel, 1, 32, 0, nullptr)(x.data(), b.data(), 2.0f, 4);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  EXPECT_EQ(x, std::vector<float>(4, 3.0f));
+  cudaGraph_t graph = nullptr;
+  EXPECT_EQ(cudaStreamBeginCapture(nullptr, cudaStreamCaptureModeGlobal), cudaErrorStreamCaptureUnsupported)
+      << "the legacy stream cannot capture";
+  EXPECT_EQ(cudaStreamEndCapture(s, &graph), cudaErrorIllegalState) << "no capture under way";
+  (void)cudaGetLastError();
 }
 
 }  // namespace

@@ -146,6 +146,68 @@ TEST(CudaModel, StepsAfterTheFirstAllocateNoDeviceMemory) {
     }
 }
 
+// Graph counts of a model (model/step_graph.h): recordings made and launches run.
+std::pair<int, long> graph_counts(const Model& m) {
+  if (const auto* g = family<Gpt2<float>>(m)) return {g->step_graph().captures(), g->step_graph().launches()};
+  if (const auto* g = family<Gpt2<bf16>>(m)) return {g->step_graph().captures(), g->step_graph().launches()};
+  if (const auto* g = family<Llama<float>>(m)) return {g->step_graph().captures(), g->step_graph().launches()};
+  const auto* g = family<Llama<bf16>>(m);
+  return {g->step_graph().captures(), g->step_graph().launches()};
+}
+
+// [train] cuda_graphs: forward_backward as a CUDA graph gives the eager steps' numbers bit for
+// bit, the loss and every gradient, step after step while AdamW changes the weights and the
+// batches change (a launch reads its inputs and weights from the buffers of its capture), for both
+// families in fp32 and in bf16 storage. The first call of a shape runs eagerly, the second records
+// and launches, later ones launch; a new shape starts over; a launch allocates nothing.
+TEST(CudaModel, GraphedStepsAreTheEagerStepsBitForBit) {
+  SKIP_WITHOUT_DEVICE();
+  for (const ModelConfig& cfg : {gpt2_cfg(false), llama_cfg(false)})
+    for (const bool bf16 : {false, true}) {
+      SCOPED_TRACE(cfg.arch + (bf16 ? " bf16 storage" : " fp32"));
+      const ops::Backend<float>& be = cuda::backend(bf16 ? ops::MatmulPrecision::bf16 : ops::MatmulPrecision::fp32);
+      auto make = [&] {
+        auto m = make_model(cfg, true, {}, &be, bf16 ? &cuda::backend_bf16() : nullptr);
+        test::randomise(*m, 5);
+        m->params().upload_params();
+        return m;
+      };
+      auto eager = make(), graphed = make();
+      graphed->set_graphs(true);
+      dist::LocalCommunicator comm;
+      OptimConfig oc;
+      DataParallel de(comm, eager->params(), oc, 0, nullptr, &be), dg(comm, graphed->params(), oc, 0, nullptr, &be);
+      const size_t n = eager->params().flat_size();
+      const int T = 32;
+      size_t allocs = 0;
+      for (int step = 0; step < 6; ++step) {
+        const int B = step < 4 ? 4 : 2;  // from step 4 on, a new shape
+        if (step == 2) allocs = cuda::allocation_count();
+        test::Batch b = test::random_batch(B, T, cfg.vocab_size, 40 + step);
+        b.y[size_t(step)] = -1;  // an ignored target, somewhere else each step
+        de.zero_grad();
+        dg.zero_grad();
+        const double gs = 1.0 / (B * T);
+        const double le = eager->forward_backward(b.x.data(), b.y.data(), B, T, gs);
+        const double lg = graphed->forward_backward(b.x.data(), b.y.data(), B, T, gs);
+        EXPECT_EQ(lg, le) << "step " << step;
+        eager->params().download_grads();
+        graphed->params().download_grads();
+        const float *ge = eager->params().grads(), *gg = graphed->params().grads();
+        EXPECT_EQ(std::vector<float>(gg, gg + n), std::vector<float>(ge, ge + n)) << "step " << step;
+        if (step == 3) {
+          EXPECT_EQ(cuda::allocation_count(), allocs) << "launches allocate nothing";
+        }
+        de.sync_and_clip(1.0);
+        dg.sync_and_clip(1.0);
+        de.update(1e-2);
+        dg.update(1e-2);
+      }
+      // Shape 1: eager, record + launch, launch, launch; shape 2: eager, record + launch.
+      EXPECT_EQ(graph_counts(*graphed), (std::pair<int, long>{2, 4}));
+    }
+}
+
 // `[train] device = "cuda"` end to end on real text: the losses follow the CPU run's, the GPU run
 // is deterministic (a stop and resume gives the same losses and checkpoint bytes), and the
 // checkpoint it writes loads on the CPU.
@@ -207,6 +269,35 @@ TEST_F(CudaTrainer, FollowsTheCpuAndResumesBitExact) {
   SKIP_WITHOUT_DEVICE();
   // fp32 on two machines, ten Adam steps: the runs drift apart by rounding only.
   for (const std::string arch : {"gpt2", "llama"}) expect_gpu_follows_cpu_and_resumes(arch, "", 1e-3);
+}
+
+// [train] cuda_graphs = true: the same losses, norms and checkpoint as the run without, bit for
+// bit, in fp32 and bf16 storage, with gradient accumulation (the graph launched per micro-batch)
+// and evaluations between steps (eager forwards on the same buffers).
+TEST_F(CudaTrainer, CudaGraphsChangeNothingButTheLaunches) {
+  SKIP_WITHOUT_DEVICE();
+  for (const std::string storage : {"fp32", "bf16"}) {
+    SCOPED_TRACE(storage);
+    auto with = [&](const std::filesystem::path& run, bool graphs) {
+      RunConfig c = config("gpt2", "cuda", run);
+      apply_override(c, "train.precision=\"" + storage + "\"");
+      apply_override(c, "train.grad_accum=2");
+      c.train.cuda_graphs = graphs;
+      return c;
+    };
+    const auto eager = tmp->path() / ("eager_" + storage), graphed = tmp->path() / ("graphed_" + storage);
+    Trainer(with(eager, false)).run();
+    Trainer(with(graphed, true)).run();
+    auto me = metrics(eager), mg = metrics(graphed);
+    ASSERT_EQ(me.size(), 10u);
+    ASSERT_EQ(mg.size(), 10u);
+    for (size_t i = 0; i < 10; ++i)
+      for (const char* k : {"train_loss", "grad_norm"})
+        EXPECT_EQ(mg[i][k].dump(), me[i][k].dump()) << k << " at step " << i + 1;
+    EXPECT_EQ(mg[9]["val_loss"].dump(), me[9]["val_loss"].dump());
+    EXPECT_EQ(test::slurp(graphed / "checkpoints/step_0000010/model.safetensors"),
+              test::slurp(eager / "checkpoints/step_0000010/model.safetensors"));
+  }
 }
 
 // [train] matmul_precision on the GPU (tensor-core GEMMs) follows the CPU's emulation of the

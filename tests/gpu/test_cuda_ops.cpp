@@ -46,6 +46,7 @@ TEST(CudaOps, Skipped) { GTEST_SKIP() << "built without CUDA"; }
 
 #include "core/memory.h"
 #include "core/rng.h"
+#include "model/step_graph.h"
 #include "ops/backend.h"
 #include "ops/cuda/cuda_util.h"
 #include "ops/cuda/ops_cuda.h"
@@ -663,6 +664,61 @@ TEST(CudaBackend, MemoryRoundTripsAndOpsRun) {
   b.synchronize();
   c.download(back.data(), n);
   EXPECT_EQ(back, h);
+}
+
+// Graphs (ops/backend.h): the table's ops between capture_begin and capture_end are recorded, not
+// run; each launch runs them over the memory as it is then. An op that waits for the host inside a
+// capture (sum_squares returns its sum there) throws, capture_end then throws, and the backend
+// works on afterwards; so does a capture abandoned that way by StepGraph.
+TEST(CudaBackend, GraphsRecordTheOpsAndRefuseHostWork) {
+  SKIP_WITHOUT_DEVICE();
+  const ops::Backend<float>& b = cuda::backend();
+  ASSERT_TRUE(b.has_graphs());
+  const size_t n = 1001;
+  const FVec x = to_f(rand_vec(n, 61)), y = to_f(rand_vec(n, 62));
+  Array<float> a(*b.memory), c(*b.memory), out(*b.memory);
+  a.resize(n);
+  c.resize(n);
+  out.resize(n);
+  a.upload(x.data(), n);
+  c.upload(y.data(), n);
+  b.capture_begin();
+  b.residual_forward(out.data(), a.data(), c.data(), n);
+  b.scale(out.data(), 2.0f, n);
+  ops::Graph* g = b.capture_end();
+  FVec back(n, 1.0f);
+  out.download(back.data(), n);
+  EXPECT_EQ(back, FVec(n, 0.0f)) << "a capture ran its ops";
+  FVec want(n);
+  for (size_t i = 0; i < n; ++i) want[i] = (x[i] + y[i]) * 2.0f;  // both steps exact in fp32 order
+  b.graph_launch(g);
+  out.download(back.data(), n);
+  EXPECT_EQ(back, want);
+  a.upload(y.data(), n);  // new input in the same buffer
+  b.graph_launch(g);
+  out.download(back.data(), n);
+  for (size_t i = 0; i < n; ++i) want[i] = (y[i] + y[i]) * 2.0f;
+  EXPECT_EQ(back, want);
+  b.graph_free(g);
+
+  b.capture_begin();
+  EXPECT_THROW(b.sum_squares(a.data(), n), Error);
+  try {
+    b.capture_end();
+    ADD_FAILURE() << "a capture with host work ended";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("CUDA graph capture failed"), std::string::npos) << e.what();
+  }
+  double ss = 0;
+  for (size_t i = 0; i < n; ++i) ss += double(y[i]) * y[i];
+  EXPECT_NEAR(b.sum_squares(a.data(), n), ss, 1e-5 * ss) << "the backend after a failed capture";
+
+  StepGraph<float> sg;
+  const auto bad = [&] { b.sum_squares(a.data(), n); };
+  sg.run(b, {1, 1, 1.0, 0}, bad);  // eager: fine
+  EXPECT_THROW(sg.run(b, {1, 1, 1.0, 0}, bad), Error);  // its capture: refused, abandoned
+  EXPECT_EQ(sg.captures(), 0);
+  EXPECT_NEAR(b.sum_squares(a.data(), n), ss, 1e-5 * ss);
 }
 
 bool vmm_turned_off() {

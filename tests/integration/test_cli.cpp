@@ -347,6 +347,9 @@ TEST_F(Cli, CudaWithoutADeviceIsOneLine) {
   EXPECT_FALSE(fs::exists(run));
   expect_user_error(run_lmforge("bench --device cuda --L 1 --C 32 --H 2 --vocab 50 --T 16", t.path()), "cuda");
   expect_user_error(run_lmforge("bench --device tpu", t.path()), "--device");
+  expect_user_error(run_lmforge("bench --cuda-graphs --L 1 --C 32 --H 2 --vocab 50 --T 16", t.path()),
+                    "--cuda-graphs needs --device cuda");
+  expect_user_error(run_lmforge("bench --device cuda --cuda-graphs --profile", t.path()), "--cuda-graphs and --profile");
   expect_user_error(run_lmforge("eval --run " + run.string() + " --device cuda --matmul-precision fp32", t.path()),
                     "cuda");
   expect_user_error(run_lmforge("eval --run " + run.string() + " --device tpu", t.path()), "--device");

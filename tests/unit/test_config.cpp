@@ -68,6 +68,11 @@ TEST(Config, ErrorsNameFileSectionAndKey) {
   EXPECT_NE(e8.find("/nonexistent/x.toml"), std::string::npos) << e8;
   auto e9 = error_of([] { RunConfig c; apply_override(c, "model.n_layer=99999999999"); });
   EXPECT_NE(e9.find("out of range"), std::string::npos) << e9;
+  EXPECT_TRUE(default_config({"train.cuda_graphs=true", "train.device=\"cuda\""}).train.cuda_graphs);
+  auto e11 = error_of([] { default_config({"train.cuda_graphs=true"}); });  // device cpu
+  EXPECT_NE(e11.find("[train] cuda_graphs needs [train] device = \"cuda\""), std::string::npos) << e11;
+  auto e12 = error_of([] { default_config({"train.cuda_graphs=1"}); });
+  EXPECT_NE(e12.find("train.cuda_graphs"), std::string::npos) << e12;
   auto e10 = error_of([] { default_config({"train.matmul_precision=\"fp16\""}); });
   EXPECT_NE(e10.find("[train] matmul_precision"), std::string::npos) << e10;
   EXPECT_NE(e10.find("fp32, tf32 or bf16"), std::string::npos) << e10;
@@ -75,7 +80,8 @@ TEST(Config, ErrorsNameFileSectionAndKey) {
   EXPECT_EQ(default_config({"train.precision=\"bf16\""}).train.precision, "bf16");
   for (const auto& [override_, field] : std::vector<std::pair<std::string, std::string>>{
            {"train.precision=\"fp16\"", "[train] precision"},
-           {"train.matmul_precision=\"tf32\"", "[train] matmul_precision"}}) {
+           {"train.matmul_precision=\"tf32\"", "[train] matmul_precision"},
+           {"train.cuda_graphs=true", "[train] cuda_graphs"}}) {
     std::vector<std::string> o{override_};
     if (override_.find("train.precision") == std::string::npos) o.push_back("train.precision=\"bf16\"");
     const std::string e = error_of([&] { default_config(o); });

@@ -124,6 +124,46 @@ TEST(Decoder, LlamaKvCacheMatchesFullForward) {
   }
 }
 
+// Model::forward_backward is forward then backward (the same loss and gradients bit for bit, also
+// for a batch with ignored targets); graphs (model/step_graph.h) are a GPU's, so the CPU model
+// refuses them in one line (tests/gpu/test_cuda_model.cpp checks them on a GPU or its emulation).
+TEST(Model, ForwardBackwardIsOneStepAndGraphsNeedAGpu) {
+  for (const std::string arch : {"gpt2", "llama"}) {
+    SCOPED_TRACE(arch);
+    const ModelConfig c = test::small_config(arch, /*tied=*/false, 16, 13, 8);
+    const int B = 2, T = 8;
+    test::Batch b = test::random_batch(B, T, c.vocab_size, 5);
+    b.y[3] = -1;
+    auto run = [&](bool one_call) {
+      auto m = make_model(c);
+      test::randomise(*m, 4);
+      double loss = 0;
+      if (one_call) {
+        loss = m->forward_backward(b.x.data(), b.y.data(), B, T, 1.0 / (B * T));
+      } else {
+        loss = m->forward(b.x.data(), b.y.data(), B, T, 1.0 / (B * T));
+        m->backward();
+      }
+      const float* g = m->params().grads();
+      return std::pair{loss, std::vector<float>(g, g + m->params().flat_size())};
+    };
+    const auto [l1, g1] = run(true);
+    const auto [l0, g0] = run(false);
+    EXPECT_EQ(l1, l0);
+    EXPECT_EQ(g1, g0);
+    auto m = make_model(c);
+    try {
+      m->set_graphs(true);
+      ADD_FAILURE() << "graphs on the CPU";
+    } catch (const UserError& e) {
+      EXPECT_NE(std::string(e.what()).find("CUDA graphs need a GPU backend; this model runs on cpu"),
+                std::string::npos)
+          << e.what();
+    }
+    m->set_graphs(false);  // always possible
+  }
+}
+
 // [model] recompute_mlp = false keeps the MLP's activation (GELU / SwiGLU output) instead of
 // recomputing it in backward: the same loss and gradients bit for bit, and exactly one
 // (B T, ffn) buffer more per block.

@@ -1,5 +1,6 @@
 // The CUDA backend's tables (ops/backend.h), one per MatmulPrecision over fp32 storage and one over
-// bf16 storage (backend_bf16): the kernels of ops/cuda/ops_cuda.h on the default stream, over
+// bf16 storage (backend_bf16): the kernels of ops/cuda/ops_cuda.h on the thread's current stream
+// (the legacy default stream, or the capture stream while a graph is captured: graph.cu), over
 // device memory from cudaMalloc. Host code only; a .cu so that the CUDA build (which globs
 // ops/cuda/*.cu) compiles it.
 #include <cuda_runtime_api.h>
@@ -121,18 +122,18 @@ struct to_compute_op {
   }
 };
 
-// OnDefaultStream<fn_op>{} converts to the table's pointer type R (*)(A...) for an op taking
-// (A..., cudaStream_t): a function that calls the op with the same arguments on stream 0. The
-// table's signature drives the deduction, so a mismatch with every overload of the kernel's is a
-// compile error.
+// OnStream<fn_op>{} converts to the table's pointer type R (*)(A...) for an op taking
+// (A..., cudaStream_t): a function that calls the op with the same arguments on the current
+// stream (current_stream(): 0 but while capturing). The table's signature drives the deduction, so
+// a mismatch with every overload of the kernel's is a compile error.
 template <class Op>
-struct OnDefaultStream {
+struct OnStream {
   template <class R, class... A>
   using Ptr = R (*)(A...);
 
   template <class R, class... A>
   static R call(A... a) {
-    return Op::run(a..., cudaStream_t{0});
+    return Op::run(a..., current_stream());
   }
   template <class R, class... A>
   operator Ptr<R, A...>() const {
@@ -142,13 +143,13 @@ struct OnDefaultStream {
 
 // The same for a GEMM or attention op, which takes the precision after the stream.
 template <class Op, ops::MatmulPrecision P>
-struct GemmOnDefaultStream {
+struct GemmOnStream {
   template <class R, class... A>
   using Ptr = R (*)(A...);
 
   template <class R, class... A>
   static R call(A... a) {
-    return Op::run(a..., cudaStream_t{0}, P);
+    return Op::run(a..., current_stream(), P);
   }
   template <class R, class... A>
   operator Ptr<R, A...>() const {
@@ -158,7 +159,7 @@ struct GemmOnDefaultStream {
 
 // Every member of the table but matmul_precision is a pointer (on_host() is a function): a member
 // added to ops::Backend fails here until it is filled in below.
-static_assert(sizeof(ops::Backend<float>) == 39 * sizeof(void*),
+static_assert(sizeof(ops::Backend<float>) == 44 * sizeof(void*),
               "ops::Backend changed: fill the new member in make_cuda_backend()");
 static_assert(sizeof(ops::Backend<bf16>) == sizeof(ops::Backend<float>));
 
@@ -172,42 +173,47 @@ ops::Backend<F> make_cuda_backend() {
       .name = "cuda",
       .memory = &kDeviceMemory,
       .matmul_precision = P,
-      .matmul_forward = GemmOnDefaultStream<matmul_forward_op, P>{},
-      .matmul_backward = GemmOnDefaultStream<matmul_backward_op, P>{},
-      .encoder_forward = OnDefaultStream<encoder_forward_op>{},    // tokens on the device
-      .encoder_backward = OnDefaultStream<encoder_backward_op>{},  // tokens_host on the host
-      .layernorm_forward = OnDefaultStream<layernorm_forward_op>{},
-      .layernorm_backward = OnDefaultStream<layernorm_backward_op>{},
-      .gelu_forward = OnDefaultStream<gelu_forward_op>{},
-      .gelu_backward = OnDefaultStream<gelu_backward_op>{},
-      .matmul_gelu_forward = GemmOnDefaultStream<matmul_gelu_forward_op, P>{},
-      .matmul_dgelu_backward = GemmOnDefaultStream<matmul_dgelu_backward_op, P>{},
-      .residual_forward = OnDefaultStream<residual_forward_op>{},
-      .residual_layernorm_forward = OnDefaultStream<residual_layernorm_forward_op>{},
-      .residual_rmsnorm_forward = OnDefaultStream<residual_rmsnorm_forward_op>{},
-      .attention_forward = GemmOnDefaultStream<attention_forward_op, P>{},
-      .attention_backward = GemmOnDefaultStream<attention_backward_op, P>{},
-      .classifier_ce_forward = GemmOnDefaultStream<classifier_ce_forward_op, P>{},  // synchronises
-      .classifier_logits = GemmOnDefaultStream<classifier_logits_op, P>{},
-      .rmsnorm_forward = OnDefaultStream<rmsnorm_forward_op>{},
-      .rmsnorm_backward = OnDefaultStream<rmsnorm_backward_op>{},
-      .rope_forward = OnDefaultStream<rope_forward_op>{},  // inv_freq on the device
-      .rope_backward = OnDefaultStream<rope_backward_op>{},
-      .swiglu_forward = OnDefaultStream<swiglu_forward_op>{},
-      .swiglu_backward = OnDefaultStream<swiglu_backward_op>{},
-      .attention_gqa_forward = GemmOnDefaultStream<attention_gqa_forward_op, P>{},
-      .attention_gqa_backward = GemmOnDefaultStream<attention_gqa_backward_op, P>{},
-      .attention_decode = OnDefaultStream<attention_decode_op>{},
-      .fill = OnDefaultStream<fill_op>{},
-      .fill_stat = OnDefaultStream<fill_op>{},  // float statistics
-      .copy = OnDefaultStream<copy_op>{},
-      .to_compute = OnDefaultStream<to_compute_op>{},
-      .adamw_update = OnDefaultStream<adamw_update_op>{},
-      .adamw_chunks = OnDefaultStream<adamw_chunks_op>{},
-      .sum_squares = OnDefaultStream<sum_squares_op>{},  // synchronises
-      .scale = OnDefaultStream<scale_op>{},
+      .matmul_forward = GemmOnStream<matmul_forward_op, P>{},
+      .matmul_backward = GemmOnStream<matmul_backward_op, P>{},
+      .encoder_forward = OnStream<encoder_forward_op>{},    // tokens on the device
+      .encoder_backward = OnStream<encoder_backward_op>{},  // tokens_host on the host
+      .layernorm_forward = OnStream<layernorm_forward_op>{},
+      .layernorm_backward = OnStream<layernorm_backward_op>{},
+      .gelu_forward = OnStream<gelu_forward_op>{},
+      .gelu_backward = OnStream<gelu_backward_op>{},
+      .matmul_gelu_forward = GemmOnStream<matmul_gelu_forward_op, P>{},
+      .matmul_dgelu_backward = GemmOnStream<matmul_dgelu_backward_op, P>{},
+      .residual_forward = OnStream<residual_forward_op>{},
+      .residual_layernorm_forward = OnStream<residual_layernorm_forward_op>{},
+      .residual_rmsnorm_forward = OnStream<residual_rmsnorm_forward_op>{},
+      .attention_forward = GemmOnStream<attention_forward_op, P>{},
+      .attention_backward = GemmOnStream<attention_backward_op, P>{},
+      .classifier_ce_forward = GemmOnStream<classifier_ce_forward_op, P>{},  // synchronises
+      .classifier_logits = GemmOnStream<classifier_logits_op, P>{},
+      .rmsnorm_forward = OnStream<rmsnorm_forward_op>{},
+      .rmsnorm_backward = OnStream<rmsnorm_backward_op>{},
+      .rope_forward = OnStream<rope_forward_op>{},  // inv_freq on the device
+      .rope_backward = OnStream<rope_backward_op>{},
+      .swiglu_forward = OnStream<swiglu_forward_op>{},
+      .swiglu_backward = OnStream<swiglu_backward_op>{},
+      .attention_gqa_forward = GemmOnStream<attention_gqa_forward_op, P>{},
+      .attention_gqa_backward = GemmOnStream<attention_gqa_backward_op, P>{},
+      .attention_decode = OnStream<attention_decode_op>{},
+      .fill = OnStream<fill_op>{},
+      .fill_stat = OnStream<fill_op>{},  // float statistics
+      .copy = OnStream<copy_op>{},
+      .to_compute = OnStream<to_compute_op>{},
+      .adamw_update = OnStream<adamw_update_op>{},
+      .adamw_chunks = OnStream<adamw_chunks_op>{},
+      .sum_squares = OnStream<sum_squares_op>{},  // synchronises
+      .scale = OnStream<scale_op>{},
       .synchronize = device_synchronize,
       .peak_memory_bytes = peak_allocated_bytes,
+      .capture_begin = capture_begin,
+      .capture_end = capture_end,
+      .graph_launch = graph_launch,
+      .graph_free = graph_free,
+      .classifier_ce_last_sum = classifier_ce_last_sum,
   };
 }
 

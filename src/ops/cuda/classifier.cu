@@ -29,6 +29,7 @@
 #include <array>
 #include <atomic>
 #include <climits>
+#include <limits>
 #include <cstdint>
 #include <mutex>
 
@@ -72,6 +73,8 @@ struct Workspace {
   float* logits = nullptr;  // (chunk, V)
   size_t cap = 0;           // floats in logits
   CeResult* result = nullptr;
+  const int32_t* targets = nullptr;  // the last call's, for the bad target's error
+  int V = 0;
   // The bf16 backward's operands (raw bits): dlogits (chunk, V), w (V, C), an x chunk (chunk, C).
   struct Bits {
     uint16_t* p = nullptr;
@@ -80,14 +83,12 @@ struct Workspace {
 };
 
 // p holds at least n values of T (grown, contents not kept); cap is its size. The caller holds
-// the workspace's mutex, and the previous call ended with a stream synchronise, so the old
-// buffer is idle.
+// the workspace's mutex. A grown buffer's old one is kept, not freed: a CUDA graph captured
+// before (ops/backend.h) still reads and writes it at each launch. It grows once per larger
+// shape, so this keeps little.
 template <class T>
 T* reserve(T*& p, size_t& cap, size_t n) {
   if (cap < n) {
-    device_free(p, cap * sizeof(T));
-    p = nullptr;
-    cap = 0;
     p = static_cast<T*>(device_malloc(n * sizeof(T)));
     cap = n;
   }
@@ -176,28 +177,38 @@ __global__ void __launch_bounds__(kSumThreads)
 }
 
 // A call's start, its workspace locked: the logits for `need` floats, the result, no bad row yet.
-void begin_call(Workspace& ws, size_t need, cudaStream_t stream) {
+void begin_call(Workspace& ws, size_t need, const int32_t* targets, int V, cudaStream_t stream) {
+  ws.targets = targets;
+  ws.V = V;
   reserve(ws.logits, ws.cap, need);
   if (ws.result == nullptr) ws.result = static_cast<CeResult*>(device_malloc(sizeof(CeResult)));
   LMF_CUDA_CHECK(
       cudaMemsetAsync(&ws.result->bad_row, 0xff, sizeof(unsigned), stream));  // kNoBadRow
 }
 
-// A call's end: the losses' sum on the host (synchronising the stream), or the bad target's error.
-double sum_and_check(Workspace& ws, const float* losses, const int32_t* targets, int N, int V,
-                     cudaStream_t stream) {
-  LMF_LAUNCH(sum_losses_kernel, 1, kSumThreads, 0, stream)(losses, N, ws.result);
-  LMF_CUDA_CHECK_LAUNCH();
+// The result of the last call's work, once it has run (synchronous copies wait for every
+// blocking stream), or the bad target's error. The workspace is locked.
+double read_result(const Workspace& ws) {
+  LMF_CHECK(ws.result != nullptr, "classifier_ce_last_sum: no classifier_ce_forward has run on this device");
   CeResult host{};
-  LMF_CUDA_CHECK(
-      cudaMemcpyAsync(&host, ws.result, sizeof(CeResult), cudaMemcpyDeviceToHost, stream));
-  LMF_CUDA_CHECK(cudaStreamSynchronize(stream));
+  LMF_CUDA_CHECK(cudaMemcpy(&host, ws.result, sizeof(CeResult), cudaMemcpyDeviceToHost));
   if (host.bad_row != kNoBadRow) {
     int32_t t = 0;
-    LMF_CUDA_CHECK(cudaMemcpy(&t, targets + host.bad_row, sizeof(t), cudaMemcpyDeviceToHost));
-    LMF_CHECK(false, "classifier_ce: target {} at row {} out of range V={}", t, host.bad_row, V);
+    LMF_CUDA_CHECK(cudaMemcpy(&t, ws.targets + host.bad_row, sizeof(t), cudaMemcpyDeviceToHost));
+    LMF_CHECK(false, "classifier_ce: target {} at row {} out of range V={}", t, host.bad_row, ws.V);
   }
   return host.total;
+}
+
+// A call's end: the losses' sum on the host (synchronising the stream), or the bad target's error;
+// NaN on a capturing stream, whose work runs only when its graph is launched.
+double sum_and_check(Workspace& ws, const float* losses, int N, cudaStream_t stream) {
+  LMF_LAUNCH(sum_losses_kernel, 1, kSumThreads, 0, stream)(losses, N, ws.result);
+  LMF_CUDA_CHECK_LAUNCH();
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  LMF_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  if (capture != cudaStreamCaptureStatusNone) return std::numeric_limits<double>::quiet_NaN();
+  return read_result(ws);
 }
 
 }  // namespace
@@ -205,6 +216,12 @@ double sum_and_check(Workspace& ws, const float* losses, const int32_t* targets,
 void set_classifier_chunk_rows(int rows) {
   LMF_CHECK(rows >= 0, "set_classifier_chunk_rows: rows {} < 0", rows);
   g_chunk_rows_override.store(rows);
+}
+
+double classifier_ce_last_sum() {
+  Workspace& ws = workspace_for_current_device();
+  std::lock_guard<std::mutex> lock(ws.mu);
+  return read_result(ws);
 }
 
 int classifier_chunk_rows(int N, int V) {
@@ -227,7 +244,7 @@ double classifier_ce_forward(float* losses, float* dx, float* dw, const float* x
   Workspace& ws = workspace_for_current_device();
   std::lock_guard<std::mutex> lock(ws.mu);
   const size_t need = (size_t)chunk * V;
-  begin_call(ws, need, stream);
+  begin_call(ws, need, targets, V, stream);
 
   const bool bf16 = grad && p == ops::MatmulPrecision::bf16;
   if (bf16) {
@@ -263,7 +280,7 @@ double classifier_ce_forward(float* losses, float* dx, float* dw, const float* x
       LMF_CUDA_CHECK_LAUNCH();
     }
   }
-  return sum_and_check(ws, losses, targets, N, V, stream);
+  return sum_and_check(ws, losses, N, stream);
 }
 
 double classifier_ce_forward(float* losses, bf16* dx, float* dw, const bf16* x, const bf16* w,
@@ -276,7 +293,7 @@ double classifier_ce_forward(float* losses, bf16* dx, float* dw, const bf16* x, 
   const int chunk = classifier_chunk_rows(N, V);
   Workspace& ws = workspace_for_current_device();
   std::lock_guard<std::mutex> lock(ws.mu);
-  begin_call(ws, (size_t)chunk * V, stream);
+  begin_call(ws, (size_t)chunk * V, targets, V, stream);
   if (grad) reserve(ws.dlogits16, (size_t)chunk * V);
   const auto* w16 = reinterpret_cast<const uint16_t*>(w);  // (V, C)
   for (int r0 = 0; r0 < N; r0 += chunk) {
@@ -299,7 +316,7 @@ double classifier_ce_forward(float* losses, bf16* dx, float* dw, const bf16* x, 
                       reinterpret_cast<uint16_t*>(dx + (size_t)r0 * C), C);
     detail::gemm_bf16(stream, false, true, C, V, n, x16, C, ws.dlogits16.p, V, 1.0f, dw, C);
   }
-  return sum_and_check(ws, losses, targets, N, V, stream);
+  return sum_and_check(ws, losses, N, stream);
 }
 
 }  // namespace lmf::cuda

@@ -20,7 +20,7 @@ namespace lmf::cuda {
 
 // Device memory of this backend, counted: every allocation of ops/cuda goes through these, so
 // peak_allocated_bytes() is the most the process held at once (as PyTorch's
-// torch.cuda.max_memory_allocated; cuBLAS's own small workspace is not counted).
+// torch.cuda.max_memory_allocated; cuBLAS's workspace is ours, so counted too).
 // device_malloc(0) is nullptr; a failure throws lmf::Error ("out of GPU memory allocating N
 // bytes (F of T bytes free)") and leaves no sticky CUDA error.
 void* device_malloc(size_t bytes);

@@ -94,7 +94,14 @@ constexpr int kMaxDevices = 64;
 struct HandleSlot {
   std::mutex mu;
   cublasHandle_t handle = nullptr;
+  void* workspace = nullptr;  // kCublasWorkspaceBytes, the handle's on every stream
 };
+
+// cuBLAS's workspace, ours rather than the library's pool: cublasSetStream puts a handle back on
+// the pool, which allocates per stream, and an allocation inside a CUDA graph's capture fails it
+// (ops/backend.h). 32 MiB is what cuBLAS advises for Hopper. One buffer serves both streams (the
+// legacy one and the capture stream), whose work never overlaps: the capture stream is blocking.
+constexpr size_t kCublasWorkspaceBytes = size_t(32) << 20;
 
 // The current device's slot, locked, its handle created and bound to `stream`.
 class LockedHandle {
@@ -113,9 +120,11 @@ class LockedHandle {
       LMF_CUBLAS_CHECK(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));  // no TF32 (see the top)
       LMF_CUBLAS_CHECK(cublasSetAtomicsMode(h, CUBLAS_ATOMICS_NOT_ALLOWED));
       LMF_CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST));  // alpha, beta on host
+      s.workspace = device_malloc(kCublasWorkspaceBytes);
       s.handle = h;
     }
     LMF_CUBLAS_CHECK(cublasSetStream(s.handle, stream));
+    LMF_CUBLAS_CHECK(cublasSetWorkspace(s.handle, s.workspace, kCublasWorkspaceBytes));
     handle_ = s.handle;
   }
   cublasHandle_t get() const { return handle_; }

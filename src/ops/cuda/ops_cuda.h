@@ -136,12 +136,16 @@ void classifier_logits(float* logits, const float* x, const float* w, int N, int
 // If dx != nullptr the backward runs in the same pass with dlogits = (softmax - onehot) * dloss:
 // dx (N, C) ASSIGNED, dw (V, C) ACCUMULATES (dw and dloss (N) must be non-null then).
 // Returns the sum of the losses in double: this call SYNCHRONISES `stream` (it copies the sum to
-// the host), and a target >= V throws lmf::Error after that synchronise. Calls on one device are
-// serialised (they share the workspace).
+// the host), and a target >= V throws lmf::Error after that synchronise. On a capturing stream it
+// leaves the sum in the workspace and returns NaN (classifier_ce_last_sum reads it). Calls on one
+// device are serialised (they share the workspace).
 double classifier_ce_forward(float* losses, float* dx, float* dw, const float* x, const float* w,
                              const int32_t* targets, const float* dloss, int N, int C, int V,
                              cudaStream_t stream = 0,
                              ops::MatmulPrecision p = ops::MatmulPrecision::fp32);
+// The sum the last classifier_ce_forward on this device computed, once every op issued before has
+// run (a graph's launch included): synchronises, and throws as that call would for a bad target.
+double classifier_ce_last_sum();
 // Rows per chunk for (N, V): the workspace's capacity (128 MiB of fp32 logits) / V, clamped to
 // [1, N]; 0 for N = 0.
 int classifier_chunk_rows(int N, int V);
@@ -156,6 +160,20 @@ void set_classifier_chunk_rows(int rows);
 // for tests and the kernel lab (which times both).
 void set_vectorised_access(bool on);
 bool vectorised_access();
+
+// ---- graphs (ops/cuda/graph.cu) -------------------------------------------------------------------
+// The stream the backend's table issues this host thread's ops on: the legacy default stream (0),
+// except between capture_begin and capture_end, when it is the device's capture stream, a blocking
+// stream (so ordered with the legacy stream's work both ways, as every op must be). The legacy
+// stream cannot capture.
+cudaStream_t current_stream();
+// ops::Backend's capture_begin, capture_end, graph_launch and graph_free: a CUDA graph captured in
+// the global mode, so a call that would synchronise or allocate, from any thread, fails the
+// capture; capture_end throws lmf::Error then. A graph launches on the capture stream.
+void capture_begin();
+ops::Graph* capture_end();
+void graph_launch(ops::Graph* g);
+void graph_free(ops::Graph* g);
 
 // ---- attention and encoder (ops/cuda/attention.cu, attention_tiled.cu, encoder.cu) ----------
 
