@@ -20,6 +20,12 @@
 #include <unordered_map>
 #include <vector>
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define LMF_EMU_ASAN 1
+#endif
+
 #include "core/half.h"
 #include "include/cublasLt.h"
 #include "include/cublas_v2.h"
@@ -77,20 +83,38 @@ constexpr size_t kStackBytes = 256 * 1024;  // per fiber; kernels' frames are sm
 
 enum class State { runnable, at_block_barrier, at_warp_barrier, done };
 
-// A saved execution context: a stack pointer (the asm switch) or a ucontext.
+// A saved execution context: a stack pointer (the asm switch) or a ucontext. Under
+// AddressSanitizer also the bounds of the context's stack, which ASan must be told of at every
+// switch (a fiber's are its allocation; the scheduler's, the thread's own stack, ASan reports to
+// the first fiber that starts).
 struct Context {
 #ifdef LMF_EMU_ASM_SWITCH
   void* sp = nullptr;
 #else
   ucontext_t uc;
 #endif
+#ifdef LMF_EMU_ASAN
+  const void* stack_bottom = nullptr;
+  size_t stack_size = 0;
+#endif
 };
 
-void switch_to(Context& save, Context& load) {
+// Switches from `save` (the running context) to `load`; returns when something switches back.
+// finishing: the running context never resumes (a fiber at its end).
+void switch_to(Context& save, Context& load, bool finishing = false) {
+#ifdef LMF_EMU_ASAN
+  void* fake_stack = nullptr;
+  __sanitizer_start_switch_fiber(finishing ? nullptr : &fake_stack, load.stack_bottom, load.stack_size);
+#else
+  (void)finishing;
+#endif
 #ifdef LMF_EMU_ASM_SWITCH
   lmf_emu_switch(&save.sp, load.sp);
 #else
   swapcontext(&save.uc, &load.uc);
+#endif
+#ifdef LMF_EMU_ASAN
+  __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
 #endif
 }
 
@@ -119,14 +143,24 @@ thread_local std::vector<std::unique_ptr<char[]>> t_stacks;  // kept between lau
 
 extern "C" void lmf_emu_fiber_main() {
   Block& b = *t_run;
+#ifdef LMF_EMU_ASAN
+  // The first switch onto this stack: ASan says where the scheduler's stack is.
+  __sanitizer_finish_switch_fiber(nullptr, &b.scheduler.stack_bottom, &b.scheduler.stack_size);
+#endif
   (*b.body)();
   b.fibers[size_t(b.current)].state = State::done;
-  switch_to(b.fibers[size_t(b.current)].ctx, b.scheduler);
+  switch_to(b.fibers[size_t(b.current)].ctx, b.scheduler, /*finishing=*/true);
   die("a finished fiber was resumed");
 }
 
 // A fresh fiber on `stack` that starts in lmf_emu_fiber_main.
 void start_fiber(Fiber& f, char* stack) {
+#ifdef LMF_EMU_ASAN
+  // A stack's last fiber ended without returning from its frames, whose redzones are still marked.
+  __asan_unpoison_memory_region(stack, kStackBytes);
+  f.ctx.stack_bottom = stack;
+  f.ctx.stack_size = kStackBytes;
+#endif
 #ifdef LMF_EMU_ASM_SWITCH
   // The frame lmf_emu_switch pops, from the top: a dummy return address (so that the entry sees
   // the stack aligned as after a call), the entry as the return address, six registers, and the
@@ -612,10 +646,12 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
   *p = nullptr;
   if (const cudaError_t e = forbidden_in_capture(cudaErrorStreamCaptureUnsupported)) return e;
   if (bytes > kDeviceBytes) return fail(cudaErrorMemoryAllocation);
-  const size_t rounded = (bytes + 255) / 256 * 256;
-  void* q = std::aligned_alloc(256, rounded == 0 ? 256 : rounded);
-  if (q == nullptr) return fail(cudaErrorMemoryAllocation);
-  std::memset(q, 0xff, rounded);
+  // 256-byte aligned, as the runtime's. Exactly `bytes` long: under AddressSanitizer a kernel's
+  // access one element past the end of a buffer is reported (the runtime's rounding would hide
+  // it on a GPU, where it reads or writes a neighbour's memory).
+  void* q = nullptr;
+  if (posix_memalign(&q, 256, bytes == 0 ? 1 : bytes) != 0) return fail(cudaErrorMemoryAllocation);
+  std::memset(q, 0xff, bytes);
   std::lock_guard lk(g_mu);
   allocations()[q] = bytes;
   *p = q;

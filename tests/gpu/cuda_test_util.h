@@ -8,7 +8,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "op_tolerance.h"
@@ -23,6 +25,15 @@ using cuda::DeviceBuffer;
 constexpr double kBoth = 2.0;  // GPU and CPU each within the bound of exact
 
 inline Tol tol_f32() { return Tol{std::numeric_limits<float>::epsilon()}; }
+
+// Whether to run the production-size cases (GPT-2 124M's heads at T = 1024): yes, unless the
+// environment's LMF_TEST_SMALL_SHAPES is 1, as in the emulation under AddressSanitizer
+// (tests/cuda_emu, emu.asan.*), where they take minutes and reach no boundary that the small odd
+// shapes do not.
+inline bool production_shapes() {
+  const char* e = std::getenv("LMF_TEST_SMALL_SHAPES");
+  return e == nullptr || std::string(e) != "1";
+}
 
 inline FVec to_f(const Vec& v) { return FVec(v.begin(), v.end()); }
 inline FVec nans(size_t n) { return FVec(n, std::numeric_limits<float>::quiet_NaN()); }
