@@ -163,15 +163,15 @@ __global__ void ln_bwd_dinp_kernel(T* __restrict__ dinp, const T* __restrict__ d
 // column_sums_accumulate.
 template <class T>
 __global__ void __launch_bounds__(detail::kColSumThreads)
-    ln_bwd_params_kernel(float* __restrict__ dw, float* __restrict__ db, const T* __restrict__ dout,
+    ln_bwd_params_kernel(float* dw, float* db, float* part, const T* __restrict__ dout,
                          const T* __restrict__ inp, const float* __restrict__ mean,
                          const float* __restrict__ rstd, int N, int C) {
   float* const dst[2] = {dw, db};
-  detail::column_sums_accumulate<2>(dst, N, C, [=](float(&acc)[2], int i, int c) {
+  detail::column_sums_accumulate<2>(dst, part, N, C, [=](float(&t)[2], int i, int c) {
     const size_t k = (size_t)i * C + c;
     const float d = load(dout + k);
-    acc[0] += (load(inp + k) - mean[i]) * rstd[i] * d;
-    acc[1] += d;
+    t[0] = (load(inp + k) - mean[i]) * rstd[i] * d;
+    t[1] = d;
   });
 }
 
@@ -218,9 +218,10 @@ void backward_launch(T* dinp, float* dw, float* db, const T* dout, const T* inp,
       },
       dinp, dout, inp, w);
   LMF_CUDA_CHECK_LAUNCH();
-  LMF_LAUNCH(ln_bwd_params_kernel<T>, detail::col_sum_blocks(C), detail::col_sum_block(), 0, stream)
-  (dw, db, dout, inp, mean, rstd, N, C);
-  LMF_CUDA_CHECK_LAUNCH();
+  detail::column_sums<2>({{dw, db}}, N, C, stream, [&](dim3 grid, float* part) {
+    LMF_LAUNCH(ln_bwd_params_kernel<T>, grid, detail::col_sum_block(), 0, stream)
+    (dw, db, part, dout, inp, mean, rstd, N, C);
+  });
 }
 
 }  // namespace

@@ -326,10 +326,17 @@ __global__ void broadcast_rows_kernel(T* __restrict__ out, const T* __restrict__
 // dbias (OC) += sum_i dout[i, o], in the fixed order of column_sums_accumulate (no atomics).
 template <class T>
 __global__ void __launch_bounds__(detail::kColSumThreads)
-    bias_grad_kernel(float* __restrict__ dbias, const T* __restrict__ dout, int N, int OC) {
+    bias_grad_kernel(float* dbias, float* part, const T* __restrict__ dout, int N, int OC) {
   float* const dst[1] = {dbias};
-  detail::column_sums_accumulate<1>(dst, N, OC, [=](float(&acc)[1], int i, int o) {
-    acc[0] += detail::load(dout + (size_t)i * OC + o);
+  detail::column_sums_accumulate<1>(dst, part, N, OC, [=](float(&t)[1], int i, int o) {
+    t[0] = detail::load(dout + (size_t)i * OC + o);
+  });
+}
+
+template <class T>
+void bias_grad(float* dbias, const T* dout, int N, int OC, cudaStream_t stream) {
+  detail::column_sums<1>({{dbias}}, N, OC, stream, [&](dim3 grid, float* part) {
+    LMF_LAUNCH(bias_grad_kernel<T>, grid, detail::col_sum_block(), 0, stream)(dbias, part, dout, N, OC);
   });
 }
 
@@ -410,12 +417,7 @@ void matmul_backward(float* dinp, float* dw, float* dbias, const float* dout, co
     // dw^T (C, OC) += inp^T (C, N) @ dout (op T on the (OC, N) buffer), accumulated (beta = 1).
     sgemm(h.get(), p, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, inp, C, dout, OC, 1.0f, dw, C);
   }
-  if (dbias) {
-    LMF_LAUNCH(bias_grad_kernel<float>, detail::col_sum_blocks(OC), detail::col_sum_block(), 0,
-               stream)
-    (dbias, dout, N, OC);
-    LMF_CUDA_CHECK_LAUNCH();
-  }
+  if (dbias) bias_grad(dbias, dout, N, OC, stream);
 }
 
 void matmul_forward(bf16* out, const bf16* inp, const bf16* w, const bf16* bias, int N, int C,
@@ -449,12 +451,7 @@ void matmul_backward(bf16* dinp, float* dw, float* dbias, const bf16* dout, cons
                       C);
   // dw^T (C, OC) += inp^T (C, N) @ dout (op T on the (OC, N) buffer), into fp32 (beta = 1).
   detail::gemm_bf16(stream, false, true, C, OC, N, bits(inp), C, bits(dout), OC, 1.0f, dw, C);
-  if (dbias) {
-    LMF_LAUNCH(bias_grad_kernel<bf16>, detail::col_sum_blocks(OC), detail::col_sum_block(), 0,
-               stream)
-    (dbias, dout, N, OC);
-    LMF_CUDA_CHECK_LAUNCH();
-  }
+  if (dbias) bias_grad(dbias, dout, N, OC, stream);
 }
 
 // ---- GPT-2's MLP GEMMs fused with GELU (ops::Backend matmul_gelu_forward, matmul_dgelu_backward)

@@ -131,12 +131,12 @@ __global__ void rms_bwd_dinp_kernel(T* __restrict__ dinp, const T* __restrict__ 
 // dw (C) += sum_i x[i, c] * rstd[i] * dout[i, c], in the fixed order of column_sums_accumulate.
 template <class T>
 __global__ void __launch_bounds__(detail::kColSumThreads)
-    rms_bwd_dw_kernel(float* __restrict__ dw, const T* __restrict__ dout, const T* __restrict__ inp,
+    rms_bwd_dw_kernel(float* dw, float* part, const T* __restrict__ dout, const T* __restrict__ inp,
                       const float* __restrict__ rstd, int N, int C) {
   float* const dst[1] = {dw};
-  detail::column_sums_accumulate<1>(dst, N, C, [=](float(&acc)[1], int i, int c) {
+  detail::column_sums_accumulate<1>(dst, part, N, C, [=](float(&t)[1], int i, int c) {
     const size_t k = (size_t)i * C + c;
-    acc[0] += load(inp + k) * rstd[i] * load(dout + k);
+    t[0] = load(inp + k) * rstd[i] * load(dout + k);
   });
 }
 
@@ -183,9 +183,9 @@ void backward_launch(T* dinp, float* dw, const T* dout, const T* inp, const T* w
       },
       dinp, dout, inp, w);
   LMF_CUDA_CHECK_LAUNCH();
-  LMF_LAUNCH(rms_bwd_dw_kernel<T>, detail::col_sum_blocks(C), detail::col_sum_block(), 0, stream)
-  (dw, dout, inp, rstd, N, C);
-  LMF_CUDA_CHECK_LAUNCH();
+  detail::column_sums<1>({{dw}}, N, C, stream, [&](dim3 grid, float* part) {
+    LMF_LAUNCH(rms_bwd_dw_kernel<T>, grid, detail::col_sum_block(), 0, stream)(dw, part, dout, inp, rstd, N, C);
+  });
 }
 
 }  // namespace
