@@ -43,6 +43,7 @@ TEST(CudaBf16, Skipped) { GTEST_SKIP() << "built without CUDA"; }
 #include <cstring>
 #include <limits>
 #include <string>
+#include <utility>
 #include <type_traits>
 #include <vector>
 
@@ -796,9 +797,12 @@ TEST(CudaBf16, Classifier) {
   expect_close("spec dw vs exact", dw_c, to_f(dw_x), tol_dw);
 
   const ops::Backend<bf16>& be = cuda::backend_bf16();
-  for (const int chunk : {0, 16}) {  // one chunk, and chunks of 16 rows (the workspace reused)
-    SCOPED_TRACE("chunk rows " + std::to_string(chunk));
+  // One chunk; chunks of 16 rows in one group (the logits workspace reused); and in groups of
+  // two chunks (the dlogits buffer reused, dx and dw per group; the last group of 6 rows).
+  for (const auto& [chunk, group] : {std::pair{0, 0}, std::pair{16, 0}, std::pair{16, 2}}) {
+    SCOPED_TRACE("chunk rows " + std::to_string(chunk) + ", chunks per group " + std::to_string(group));
     cuda::set_classifier_chunk_rows(chunk);
+    cuda::set_classifier_group_chunks(group);
     DeviceBuffer<bf16> d_x(x), d_w(w), d_dx(bnans((size_t)N * C));
     DeviceBuffer<float> d_dl(dloss_f), d_losses(nans(N)), d_dw(to_f(dw0)),
         d_logits(nans((size_t)N * V));
@@ -837,6 +841,7 @@ TEST(CudaBf16, Classifier) {
     expect_bits("dx vs the fp32-storage op rounded", dx_g, narrow(f_dx.to_host()));
 #endif
     cuda::set_classifier_chunk_rows(0);
+    cuda::set_classifier_group_chunks(0);
   }
 }
 

@@ -29,6 +29,7 @@ TEST(CudaMatmul, Skipped) { GTEST_SKIP() << "built without CUDA"; }
 #include <cstdio>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/rng.h"
@@ -207,17 +208,19 @@ TEST(CudaClassifier, Tf32AndBf16WithinTheirBound) {
     const double tol_loss = 2 * dl + soft * (1 + max_abs(losses_x) + C * X * W);
     const double tol_dx = sum_ddl * W + (e + t.gamma(V)) * 2 * D * W;
     const double tol_dw = sum_ddl * X + (e + t.gamma(N + 1)) * (2 * D * X * N + max_abs(dw0));
-    // One chunk, and chunks of 16 rows (bf16's backward keeps dlogits and the operands in bf16
-    // buffers, reused chunk after chunk).
-    for (const int chunk : {0, 16}) {
-      SCOPED_TRACE("chunk rows " + std::to_string(chunk));
+    // One chunk, chunks of 16 rows, and groups of two such chunks (bf16's backward keeps dlogits
+    // and the operands of a group in bf16 buffers, reused group after group).
+    for (const auto& [chunk, group] : {std::pair{0, 0}, std::pair{16, 0}, std::pair{16, 2}}) {
+      SCOPED_TRACE("chunk rows " + std::to_string(chunk) + ", chunks per group " + std::to_string(group));
       cuda::set_classifier_chunk_rows(chunk);
+      cuda::set_classifier_group_chunks(group);
       DeviceBuffer<float> d_x(to_f(x)), d_w(to_f(w)), d_dl(to_f(dloss)), d_losses(nans(N)),
           d_dx(nans((size_t)N * C)), d_dw(to_f(dw0));
       DeviceBuffer<int32_t> d_t(targets);
       cuda::classifier_ce_forward(d_losses.data(), d_dx.data(), d_dw.data(), d_x.data(), d_w.data(), d_t.data(),
                                   d_dl.data(), N, C, V, 0, p);
       cuda::set_classifier_chunk_rows(0);
+      cuda::set_classifier_group_chunks(0);
       expect_close("losses", d_losses.to_host(), to_f(losses_x), tol_loss);
       expect_close("dx", d_dx.to_host(), to_f(dx_x), tol_dx);
       expect_close("dw", d_dw.to_host(), to_f(dw_x), tol_dw);

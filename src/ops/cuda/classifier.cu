@@ -47,9 +47,9 @@ namespace {
 using detail::kWarp;
 using detail::warp_sum;
 
-// The logits workspace per device: 32 Mi floats (128 MiB), 667 rows of V = 50257. The dw GEMM
-// reduces over the chunk's rows while reading and writing all of dw (V, C), so longer chunks
-// amortise that traffic; 128 MiB is small next to an H100's 80 GB.
+// The logits workspace per device: 32 Mi floats (128 MiB), 667 rows of V = 50257. The bf16
+// backward's dw GEMM, which reads and writes all of dw (V, C), runs per group of chunks
+// (kDlogitsBytes below).
 constexpr size_t kWorkspaceFloats = size_t(32) << 20;
 constexpr int kMaxDevices = 64;
 constexpr int kCeThreads = 256;  // one block per row
@@ -58,6 +58,23 @@ constexpr int kSumThreads = 256;  // the single block that sums the losses
 constexpr unsigned kNoBadRow = UINT_MAX;
 
 std::atomic<int> g_chunk_rows_override{0};  // set_classifier_chunk_rows; 0: automatic
+std::atomic<int> g_group_chunks_override{0};  // set_classifier_group_chunks; 0: automatic
+
+// The bf16 backward's dlogits (bf16) of a group of chunks are kept, at most this many bytes, and
+// its dx and dw GEMMs run once per group: the dw GEMM reads and writes all of dw (V, C) in fp32,
+// so per chunk it would pass over dw 25 times a step at GPT-2 124M, B 16 (N 16384 in chunks of
+// 667 rows of V 50257: some 7.7 GB), and 32 times at the Llama 1B shape, B 8 (V 128256, dw 1 GB
+// in fp32: some 62 GB, tens of milliseconds). With 1 GiB groups both take two passes.
+constexpr size_t kDlogitsBytes = size_t(1) << 30;
+
+// Rows per group for (N, V) in chunks of `chunk` rows: whole chunks within kDlogitsBytes of bf16
+// (at least one), at most N.
+int group_rows(int N, int V, int chunk) {
+  const int forced = g_group_chunks_override.load();
+  const size_t fit = kDlogitsBytes / (sizeof(uint16_t) * (size_t)std::max(V, 1)) / (size_t)chunk;
+  const size_t chunks = forced > 0 ? (size_t)forced : std::max(fit, size_t(1));
+  return (int)std::min(chunks * (size_t)chunk, (size_t)N);
+}
 
 struct CeResult {
   double total;      // sum of the losses (ignored rows are 0)
@@ -213,6 +230,11 @@ double sum_and_check(Workspace& ws, const float* losses, int N, cudaStream_t str
 
 }  // namespace
 
+void set_classifier_group_chunks(int chunks) {
+  LMF_CHECK(chunks >= 0, "set_classifier_group_chunks: chunks {} < 0", chunks);
+  g_group_chunks_override.store(chunks);
+}
+
 void set_classifier_chunk_rows(int rows) {
   LMF_CHECK(rows >= 0, "set_classifier_chunk_rows: rows {} < 0", rows);
   g_chunk_rows_override.store(rows);
@@ -246,27 +268,36 @@ double classifier_ce_forward(float* losses, float* dx, float* dw, const float* x
   const size_t need = (size_t)chunk * V;
   begin_call(ws, need, targets, V, stream);
 
-  const bool bf16 = grad && p == ops::MatmulPrecision::bf16;
-  if (bf16) {
-    reserve(ws.dlogits16, need);
-    reserve(ws.x16, (size_t)chunk * C);
+  if (grad && p == ops::MatmulPrecision::bf16) {
+    // Groups of chunks (group_rows): per chunk the logits (fp32) and the rows' dlogits (bf16, kept
+    // for the group), then per group dx and dw. Column-major, as matmul.cu: logits^T (V, n) = w16
+    // (op T) x16^T; dx^T (C, gn) = w16^T dlogits^T (assigned); dw^T (C, V) += x16^T dlogits (op T
+    // on its (V, gn) buffer).
+    const int group = group_rows(N, V, chunk);
+    reserve(ws.dlogits16, (size_t)group * V);
+    reserve(ws.x16, (size_t)group * C);
     detail::round_to_bf16(reserve(ws.w16, (size_t)V * C), w, (size_t)V * C, stream);
+    for (int g0 = 0; g0 < N; g0 += group) {
+      const int gn = std::min(group, N - g0);
+      for (int r0 = g0; r0 < g0 + gn; r0 += chunk) {
+        const int n = std::min(chunk, g0 + gn - r0);
+        uint16_t* x16 = ws.x16.p + (size_t)(r0 - g0) * C;
+        detail::round_to_bf16(x16, x + (size_t)r0 * C, (size_t)n * C, stream);
+        detail::gemm_bf16(stream, true, false, V, n, C, ws.w16.p, C, x16, C, 0.0f, ws.logits, V);
+        LMF_LAUNCH((ce_rows_kernel<true, uint16_t>), n, kCeThreads, 0, stream)(
+            ws.logits, ws.dlogits16.p + (size_t)(r0 - g0) * V, losses + r0, targets + r0, dloss + r0, V, r0,
+            &ws.result->bad_row);
+        LMF_CUDA_CHECK_LAUNCH();
+      }
+      detail::gemm_bf16(stream, false, false, C, gn, V, ws.w16.p, C, ws.dlogits16.p, V, 0.0f, dx + (size_t)g0 * C,
+                        C);
+      detail::gemm_bf16(stream, false, true, C, V, gn, ws.x16.p, C, ws.dlogits16.p, V, 1.0f, dw, C);
+    }
+    return sum_and_check(ws, losses, N, stream);
   }
   for (int r0 = 0; r0 < N; r0 += chunk) {
     const int n = std::min(chunk, N - r0);
     const float* xc = x + (size_t)r0 * C;  // (n, C)
-    if (bf16) {
-      // Column-major, as matmul.cu: logits^T (V, n) = w16 (op T) x16^T; dx^T (C, n) = w16^T
-      // dlogits^T (assigned); dw^T (C, V) += x16^T dlogits (op T on its (V, n) buffer).
-      detail::round_to_bf16(ws.x16.p, xc, (size_t)n * C, stream);
-      detail::gemm_bf16(stream, true, false, V, n, C, ws.w16.p, C, ws.x16.p, C, 0.0f, ws.logits, V);
-      LMF_LAUNCH((ce_rows_kernel<true, uint16_t>), n, kCeThreads, 0, stream)(
-          ws.logits, ws.dlogits16.p, losses + r0, targets + r0, dloss + r0, V, r0, &ws.result->bad_row);
-      LMF_CUDA_CHECK_LAUNCH();
-      detail::gemm_bf16(stream, false, false, C, n, V, ws.w16.p, C, ws.dlogits16.p, V, 0.0f, dx + (size_t)r0 * C, C);
-      detail::gemm_bf16(stream, false, true, C, V, n, ws.x16.p, C, ws.dlogits16.p, V, 1.0f, dw, C);
-      continue;
-    }
     matmul_forward(ws.logits, xc, w, nullptr, n, C, V, stream, p);
     if (grad) {
       LMF_LAUNCH((ce_rows_kernel<true, float>), n, kCeThreads, 0, stream)(
@@ -294,27 +325,33 @@ double classifier_ce_forward(float* losses, bf16* dx, float* dw, const bf16* x, 
   Workspace& ws = workspace_for_current_device();
   std::lock_guard<std::mutex> lock(ws.mu);
   begin_call(ws, (size_t)chunk * V, targets, V, stream);
-  if (grad) reserve(ws.dlogits16, (size_t)chunk * V);
+  // The backward in groups of chunks, as the fp32-storage overload's bf16 mode (the same cuBLAS
+  // calls); the forward alone in chunks (one group of N rows).
+  const int group = grad ? group_rows(N, V, chunk) : N;
+  if (grad) reserve(ws.dlogits16, (size_t)group * V);
   const auto* w16 = reinterpret_cast<const uint16_t*>(w);  // (V, C)
-  for (int r0 = 0; r0 < N; r0 += chunk) {
-    const int n = std::min(chunk, N - r0);
-    const auto* x16 = reinterpret_cast<const uint16_t*>(x + (size_t)r0 * C);  // (n, C)
-    // Column-major, as matmul.cu: logits^T (V, n) = w (op T) x^T, fp32.
-    detail::gemm_bf16(stream, true, false, V, n, C, w16, C, x16, C, 0.0f, ws.logits, V);
-    if (!grad) {
-      LMF_LAUNCH((ce_rows_kernel<false, float>), n, kCeThreads, 0, stream)
-      (ws.logits, static_cast<float*>(nullptr), losses + r0, targets + r0, nullptr, V, r0,
-       &ws.result->bad_row);
+  const auto* x16 = reinterpret_cast<const uint16_t*>(x);  // (N, C)
+  for (int g0 = 0; g0 < N; g0 += group) {
+    const int gn = std::min(group, N - g0);
+    for (int r0 = g0; r0 < g0 + gn; r0 += chunk) {
+      const int n = std::min(chunk, g0 + gn - r0);
+      // Column-major, as matmul.cu: logits^T (V, n) = w (op T) x^T, fp32.
+      detail::gemm_bf16(stream, true, false, V, n, C, w16, C, x16 + (size_t)r0 * C, C, 0.0f, ws.logits, V);
+      if (!grad) {
+        LMF_LAUNCH((ce_rows_kernel<false, float>), n, kCeThreads, 0, stream)
+        (ws.logits, static_cast<float*>(nullptr), losses + r0, targets + r0, nullptr, V, r0, &ws.result->bad_row);
+      } else {
+        LMF_LAUNCH((ce_rows_kernel<true, uint16_t>), n, kCeThreads, 0, stream)
+        (ws.logits, ws.dlogits16.p + (size_t)(r0 - g0) * V, losses + r0, targets + r0, dloss + r0, V, r0,
+         &ws.result->bad_row);
+      }
       LMF_CUDA_CHECK_LAUNCH();
-      continue;
     }
-    LMF_LAUNCH((ce_rows_kernel<true, uint16_t>), n, kCeThreads, 0, stream)
-    (ws.logits, ws.dlogits16.p, losses + r0, targets + r0, dloss + r0, V, r0, &ws.result->bad_row);
-    LMF_CUDA_CHECK_LAUNCH();
-    // dx^T (C, n) = w^T dlogits^T (assigned, bf16); dw^T (C, V) += x^T dlogits (fp32).
-    detail::gemm_bf16(stream, false, false, C, n, V, w16, C, ws.dlogits16.p, V, 0.0f,
-                      reinterpret_cast<uint16_t*>(dx + (size_t)r0 * C), C);
-    detail::gemm_bf16(stream, false, true, C, V, n, x16, C, ws.dlogits16.p, V, 1.0f, dw, C);
+    if (!grad) continue;
+    // dx^T (C, gn) = w^T dlogits^T (assigned, bf16); dw^T (C, V) += x^T dlogits (fp32).
+    detail::gemm_bf16(stream, false, false, C, gn, V, w16, C, ws.dlogits16.p, V, 0.0f,
+                      reinterpret_cast<uint16_t*>(dx + (size_t)g0 * C), C);
+    detail::gemm_bf16(stream, false, true, C, V, gn, x16 + (size_t)g0 * C, C, ws.dlogits16.p, V, 1.0f, dw, C);
   }
   return sum_and_check(ws, losses, N, stream);
 }

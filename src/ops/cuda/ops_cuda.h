@@ -152,6 +152,10 @@ int classifier_chunk_rows(int N, int V);
 // For tests: force `rows` rows per chunk (clamped to N), so several chunks run on small inputs;
 // 0 restores the automatic choice. Process-wide.
 void set_classifier_chunk_rows(int rows);
+// The bf16 backward keeps the dlogits of a group of chunks (1 GiB of bf16 at most) and runs its dx
+// and dw GEMMs once per group, so dw passes once per group, not per chunk. For tests: force
+// `chunks` chunks per group; 0 restores the automatic choice. Process-wide.
+void set_classifier_group_chunks(int chunks);
 
 // Whether the memory-bound kernels (residual, GELU, SwiGLU, the norms' rows, to_bf16) may use
 // 16-byte accesses where the pointers are aligned (pack.cuh): the default, unless the environment's
