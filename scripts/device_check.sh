@@ -85,7 +85,8 @@ SHAPES
   grep -E '^==|^\{|rc=|rror' "$out/bench.log" >> "$summary" ;;
 more)
   # The other modes at GPT-2 124M's and a small Llama's shapes: fp32 (row and tiled attention),
-  # bf16 GEMMs over fp32 storage, 16-byte accesses off, and PyTorch fp32.
+  # bf16 GEMMs over fp32 storage, 16-byte accesses off, L2-sized classifier chunks, and PyTorch
+  # fp32.
   shape=${BENCH_SHAPE:---B 8 --T 1024 --steps 6 --warmup 2}
   {
     for a in gpt2 llama; do
@@ -98,6 +99,11 @@ more)
       timeout 120 /tmp/lmf/bin/lmforge bench --device cuda --arch $a --precision bf16 $shape
       echo "== lmforge $a bf16 storage, LMF_CUDA_VEC=0"
       LMF_CUDA_VEC=0 timeout 120 /tmp/lmf/bin/lmforge bench --device cuda --arch $a --precision bf16 $shape
+      # Classifier chunks that fit in L2 (about 32 MB of fp32 logits at V 50257) against the
+      # default 128 MiB: the logits read back from L2, the logits GEMM on fewer rows.
+      echo "== lmforge $a bf16 storage, LMF_CLASSIFIER_CHUNK_ROWS=160"
+      LMF_CLASSIFIER_CHUNK_ROWS=160 timeout 120 /tmp/lmf/bin/lmforge bench --device cuda --arch $a --precision bf16 \
+        $shape
       echo "== torch $a fp32"; timeout 120 $py .dev/torch_train_bench.py --device cuda --arch $a $shape
     done
   } > "$out/more.log" 2>&1

@@ -41,6 +41,15 @@ out=$("$exe" bench --device cuda --L 1 --C 32 --H 2 --vocab 64 --B 2 --T 16 --st
 grep -q '"device":"cuda"' <<< "$out" && grep -q '"peak_device_mb"' <<< "$out" || fail "bench printed: $out"
 out=$("$exe" bench --device cuda --L 1 --C 32 --H 2 --vocab 64 --B 2 --T 16 --steps 2 --warmup 1 --cuda-graphs)
 grep -q '"cuda_graphs":true' <<< "$out" || fail "bench --cuda-graphs printed: $out"
+# LMF_CLASSIFIER_CHUNK_ROWS: another chunk size without a rebuild; junk is one line and exit 2.
+LMF_CLASSIFIER_CHUNK_ROWS=5 "$exe" bench --device cuda --L 1 --C 32 --H 2 --vocab 64 --B 2 --T 16 --steps 1 \
+  --warmup 0 > /dev/null || fail "bench with LMF_CLASSIFIER_CHUNK_ROWS=5 failed"
+set +e
+out=$(LMF_CLASSIFIER_CHUNK_ROWS=lots "$exe" bench --device cuda --L 1 --C 32 --H 2 --vocab 64 --B 2 --T 16 \
+  --steps 1 --warmup 0 2>&1); rc=$?
+set -e
+[ $rc -eq 2 ] && grep -q "LMF_CLASSIFIER_CHUNK_ROWS: expected a whole number" <<< "$out" ||
+  fail "LMF_CLASSIFIER_CHUNK_ROWS=lots gave rc $rc: $out"
 out=$("$exe" bench --device cuda --L 1 --C 32 --H 2 --vocab 64 --B 2 --T 16 --steps 1 --warmup 1 --profile 2>/dev/null)
 grep -q '"op":"attention_backward"' <<< "$out" && grep -q '"op":"adamw_chunks"' <<< "$out" || fail "bench --profile printed: $out"
 echo "cli_on_emu: eval, bench, bench --cuda-graphs and bench --profile on device cuda ok"

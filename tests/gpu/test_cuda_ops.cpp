@@ -721,6 +721,29 @@ TEST(CudaBackend, GraphsRecordTheOpsAndRefuseHostWork) {
   EXPECT_NEAR(b.sum_squares(a.data(), n), ss, 1e-5 * ss);
 }
 
+// The environment's counts (LMF_CLASSIFIER_CHUNK_ROWS): unset or empty is 0, a whole number is
+// itself, anything else one line naming the variable. Host code: no device needed.
+TEST(CudaRuntime, EnvironmentCountsAreWholeNumbers) {
+  const char* name = "LMF_TEST_ENV_COUNT";
+  unsetenv(name);
+  EXPECT_EQ(cuda::env_count(name), 0);
+  for (const auto& [value, want] : {std::pair{"", 0}, std::pair{"0", 0}, std::pair{"160", 160}}) {
+    setenv(name, value, 1);
+    EXPECT_EQ(cuda::env_count(name), want) << value;
+  }
+  for (const char* bad : {"x", "-1", "16x", " 4", "99999999999"}) {
+    setenv(name, bad, 1);
+    try {
+      cuda::env_count(name);
+      ADD_FAILURE() << bad << " accepted";
+    } catch (const UserError& e) {
+      EXPECT_NE(std::string(e.what()).find("LMF_TEST_ENV_COUNT: expected a whole number >= 0"), std::string::npos)
+          << e.what();
+    }
+  }
+  unsetenv(name);
+}
+
 bool vmm_turned_off() {
   const char* v = std::getenv("LMF_CUDA_VMM");
   return v != nullptr && std::string(v) == "0";

@@ -57,7 +57,9 @@ constexpr int kCeWarps = kCeThreads / kWarp;
 constexpr int kSumThreads = 256;  // the single block that sums the losses
 constexpr unsigned kNoBadRow = UINT_MAX;
 
-std::atomic<int> g_chunk_rows_override{0};  // set_classifier_chunk_rows; 0: automatic
+// set_classifier_chunk_rows; 0: automatic; -1: the environment's LMF_CLASSIFIER_CHUNK_ROWS, read
+// at the first call.
+std::atomic<int> g_chunk_rows_override{-1};
 std::atomic<int> g_group_chunks_override{0};  // set_classifier_group_chunks; 0: automatic
 
 // The bf16 backward's dlogits (bf16) of a group of chunks are kept, at most this many bytes, and
@@ -248,7 +250,11 @@ double classifier_ce_last_sum() {
 
 int classifier_chunk_rows(int N, int V) {
   if (N <= 0) return 0;
-  const int forced = g_chunk_rows_override.load();
+  int forced = g_chunk_rows_override.load();
+  if (forced < 0) {
+    forced = env_count("LMF_CLASSIFIER_CHUNK_ROWS");
+    g_chunk_rows_override.store(forced);
+  }
   if (forced > 0) return std::min(N, forced);
   const size_t rows = kWorkspaceFloats / (size_t)std::max(V, 1);
   return (int)std::clamp(rows, size_t(1), (size_t)N);

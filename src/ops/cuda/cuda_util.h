@@ -41,6 +41,9 @@ size_t virtual_memory_creates();
 // The environment's on/off switch `name` (LMF_CUDA_VEC, LMF_CUDA_GELU_EPILOGUE): on when unset,
 // empty or "1", off for "0"; anything else is a UserError naming the variable.
 bool env_switch(const char* name);
+// The environment's count `name` (LMF_CLASSIFIER_CHUNK_ROWS): 0 when unset or empty, else a
+// whole number >= 0; anything else is a UserError naming the variable.
+int env_count(const char* name);
 
 }  // namespace lmf::cuda
 

@@ -150,7 +150,9 @@ double classifier_ce_last_sum();
 // [1, N]; 0 for N = 0.
 int classifier_chunk_rows(int N, int V);
 // For tests: force `rows` rows per chunk (clamped to N), so several chunks run on small inputs;
-// 0 restores the automatic choice. Process-wide.
+// 0 restores the automatic choice. Process-wide. The environment's LMF_CLASSIFIER_CHUNK_ROWS sets
+// it at start-up, for trying other sizes on a GPU without a rebuild (a chunk that fits in L2 is
+// read back from there; the logits GEMM is less efficient on few rows).
 void set_classifier_chunk_rows(int rows);
 // The bf16 backward keeps the dlogits of a group of chunks (1 GiB of bf16 at most) and runs its dx
 // and dw GEMMs once per group, so dw passes once per group, not per chunk. For tests: force

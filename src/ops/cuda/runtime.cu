@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <charconv>
 #include <cstdlib>
 #include <string>
 #include <string_view>
@@ -90,6 +91,17 @@ bool env_switch(const char* name) {
   if (e == nullptr || std::string_view(e).empty() || std::string_view(e) == "1") return true;
   if (std::string_view(e) == "0") return false;
   throw UserError("{}: expected 0 or 1 (got \"{}\")", name, e);
+}
+
+int env_count(const char* name) {
+  const char* e = std::getenv(name);
+  if (e == nullptr || *e == '\0') return 0;
+  int v = 0;
+  const std::string_view s(e);
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || end != s.data() + s.size() || v < 0)
+    throw UserError("{}: expected a whole number >= 0 (got \"{}\")", name, e);
+  return v;
 }
 
 bool available() { return probe().devices > 0; }
