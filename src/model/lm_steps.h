@@ -54,8 +54,10 @@ class LmSteps {
       self().run_forward(true, grad_scale);
       self().run_backward();
     });
-    const double sum = be.classifier_ce_last_sum();
+    // The embedding's backward first: its host work (grouping the ids) overlaps the graph's run,
+    // which reading the loss waits for.
     self().finish_backward();
+    const double sum = be.classifier_ce_last_sum();
     return lm_head::mean_loss(sum, valid);
   }
   // Graphs for forward_backward; on a backend without them (the CPU's) a UserError.
