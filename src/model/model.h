@@ -20,11 +20,12 @@ class Model {
  public:
   virtual ~Model() = default;
   virtual void init(uint64_t seed) = 0;
-  // See Gpt2::forward: tokens, targets (B, T); returns the mean loss over targets >= 0.
+  // See LmSteps::forward (model/lm_steps.h): tokens, targets (B, T); returns the mean loss over
+  // targets >= 0.
   virtual double forward(const int32_t* tokens, const int32_t* targets, int B, int T, double grad_scale = 0) = 0;
   virtual void backward() = 0;
   // One training micro-batch, forward then backward, returning the loss; with graphs on (a GPU's
-  // CUDA graphs, Gpt2::forward_backward) its device work is recorded once and launched after.
+  // CUDA graphs, LmSteps::forward_backward) its device work is recorded once and launched after.
   virtual double forward_backward(const int32_t* tokens, const int32_t* targets, int B, int T,
                                   double grad_scale) = 0;
   // UserError on a backend without graphs (the CPU's).

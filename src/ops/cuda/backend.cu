@@ -123,33 +123,18 @@ struct to_compute_op {
 };
 
 // OnStream<fn_op>{} converts to the table's pointer type R (*)(A...) for an op taking
-// (A..., cudaStream_t): a function that calls the op with the same arguments on the current
-// stream (current_stream(): 0 but while capturing). The table's signature drives the deduction, so
-// a mismatch with every overload of the kernel's is a compile error.
-template <class Op>
+// (A..., cudaStream_t, After...): a function that calls the op with the same arguments on the
+// current stream (current_stream(): 0 but while capturing), then After (a GEMM's or attention's
+// MatmulPrecision). The table's signature drives the deduction, so a mismatch with every overload
+// of the kernel's is a compile error.
+template <class Op, auto... After>
 struct OnStream {
   template <class R, class... A>
   using Ptr = R (*)(A...);
 
   template <class R, class... A>
   static R call(A... a) {
-    return Op::run(a..., current_stream());
-  }
-  template <class R, class... A>
-  operator Ptr<R, A...>() const {
-    return &call<R, A...>;
-  }
-};
-
-// The same for a GEMM or attention op, which takes the precision after the stream.
-template <class Op, ops::MatmulPrecision P>
-struct GemmOnStream {
-  template <class R, class... A>
-  using Ptr = R (*)(A...);
-
-  template <class R, class... A>
-  static R call(A... a) {
-    return Op::run(a..., current_stream(), P);
+    return Op::run(a..., current_stream(), After...);
   }
   template <class R, class... A>
   operator Ptr<R, A...>() const {
@@ -173,31 +158,31 @@ ops::Backend<F> make_cuda_backend() {
       .name = "cuda",
       .memory = &kDeviceMemory,
       .matmul_precision = P,
-      .matmul_forward = GemmOnStream<matmul_forward_op, P>{},
-      .matmul_backward = GemmOnStream<matmul_backward_op, P>{},
+      .matmul_forward = OnStream<matmul_forward_op, P>{},
+      .matmul_backward = OnStream<matmul_backward_op, P>{},
       .encoder_forward = OnStream<encoder_forward_op>{},    // tokens on the device
       .encoder_backward = OnStream<encoder_backward_op>{},  // tokens_host on the host
       .layernorm_forward = OnStream<layernorm_forward_op>{},
       .layernorm_backward = OnStream<layernorm_backward_op>{},
       .gelu_forward = OnStream<gelu_forward_op>{},
       .gelu_backward = OnStream<gelu_backward_op>{},
-      .matmul_gelu_forward = GemmOnStream<matmul_gelu_forward_op, P>{},
-      .matmul_dgelu_backward = GemmOnStream<matmul_dgelu_backward_op, P>{},
+      .matmul_gelu_forward = OnStream<matmul_gelu_forward_op, P>{},
+      .matmul_dgelu_backward = OnStream<matmul_dgelu_backward_op, P>{},
       .residual_forward = OnStream<residual_forward_op>{},
       .residual_layernorm_forward = OnStream<residual_layernorm_forward_op>{},
       .residual_rmsnorm_forward = OnStream<residual_rmsnorm_forward_op>{},
-      .attention_forward = GemmOnStream<attention_forward_op, P>{},
-      .attention_backward = GemmOnStream<attention_backward_op, P>{},
-      .classifier_ce_forward = GemmOnStream<classifier_ce_forward_op, P>{},  // synchronises
-      .classifier_logits = GemmOnStream<classifier_logits_op, P>{},
+      .attention_forward = OnStream<attention_forward_op, P>{},
+      .attention_backward = OnStream<attention_backward_op, P>{},
+      .classifier_ce_forward = OnStream<classifier_ce_forward_op, P>{},  // synchronises, but in a capture
+      .classifier_logits = OnStream<classifier_logits_op, P>{},
       .rmsnorm_forward = OnStream<rmsnorm_forward_op>{},
       .rmsnorm_backward = OnStream<rmsnorm_backward_op>{},
       .rope_forward = OnStream<rope_forward_op>{},  // inv_freq on the device
       .rope_backward = OnStream<rope_backward_op>{},
       .swiglu_forward = OnStream<swiglu_forward_op>{},
       .swiglu_backward = OnStream<swiglu_backward_op>{},
-      .attention_gqa_forward = GemmOnStream<attention_gqa_forward_op, P>{},
-      .attention_gqa_backward = GemmOnStream<attention_gqa_backward_op, P>{},
+      .attention_gqa_forward = OnStream<attention_gqa_forward_op, P>{},
+      .attention_gqa_backward = OnStream<attention_gqa_backward_op, P>{},
       .attention_decode = OnStream<attention_decode_op>{},
       .fill = OnStream<fill_op>{},
       .fill_stat = OnStream<fill_op>{},  // float statistics
