@@ -463,10 +463,25 @@ def hf_logits(d, ids, want_hidden=False):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     AutoConfig.from_pretrained(d)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float64, attn_implementation="sdpa")
-    except (ValueError, TypeError, ImportError):
-        model = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float64)
+    # `dtype` since 4.56 (`torch_dtype` before, deprecated since). transformers 5 loads a checkpoint in
+    # its stored dtype when none is named, so whatever was accepted, the model is made float64 below:
+    # widening bf16, f16 or f32 weights is exact.
+    model = None
+    for dt_arg in ("dtype", "torch_dtype"):
+        for extra in ({"attn_implementation": "sdpa"}, {}):
+            try:
+                model = AutoModelForCausalLM.from_pretrained(d, **{dt_arg: torch.float64}, **extra)
+                break
+            except (ValueError, TypeError, ImportError):
+                continue
+        if model is not None:
+            break
+    if model is None:
+        raise RuntimeError(f"{d}: AutoModelForCausalLM.from_pretrained failed with both dtype arguments")
+    got = {p.dtype for p in model.parameters()}
+    if got != {torch.float64}:
+        print(f"  note: transformers loaded {sorted(map(str, got))}; converted to float64")
+        model = model.to(torch.float64)
     model.eval()
     with torch.no_grad():
         out = model(input_ids=ids, output_hidden_states=want_hidden)
