@@ -232,6 +232,51 @@ double sum_and_check(Workspace& ws, const float* losses, int N, cudaStream_t str
 
 }  // namespace
 
+namespace {
+
+// The classifier on bf16 operands (w16 (V, C) and x's rows as bf16 bits), in chunks of `chunk` rows;
+// with the backward (dx non-null) in groups of chunks (group_rows): per chunk the logits (fp32) and
+// the rows' dlogits (bf16, kept for the group), then per group dx (assigned, fp32 or bf16 as DX)
+// and dw (+=, fp32). Without it the logits and losses alone, one group of all N rows.
+// x_rows(r0, n, g0) returns x's rows r0 .. r0 + n - 1 as bf16 bits, (n, C), contiguous with the
+// rows of the group from g0 returned before: the fp32-storage overload rounds them into the
+// group's buffer, the bf16-storage one points at the stored ones. Both make the same cuBLAS calls,
+// so their dw is the same bits (CudaBf16.Classifier). Column-major, as matmul.cu: logits^T (V, n)
+// = w16 (op T) x^T; dx^T (C, gn) = w16^T dlogits^T; dw^T (C, V) += x^T dlogits (op T on the
+// (V, gn) buffer). The caller holds ws.mu and began the call (begin_call).
+template <class DX, class XRows>
+void classifier_bf16_groups(Workspace& ws, float* losses, DX* dx, float* dw, const uint16_t* w16, XRows x_rows,
+                            const int32_t* targets, const float* dloss, int N, int C, int V, int chunk,
+                            cudaStream_t stream) {
+  const bool grad = dx != nullptr;
+  const int group = grad ? group_rows(N, V, chunk) : N;
+  if (grad) reserve(ws.dlogits16, (size_t)group * V);
+  for (int g0 = 0; g0 < N; g0 += group) {
+    const int gn = std::min(group, N - g0);
+    const uint16_t* xg = nullptr;  // (gn, C): the group's rows
+    for (int r0 = g0; r0 < g0 + gn; r0 += chunk) {
+      const int n = std::min(chunk, g0 + gn - r0);
+      const uint16_t* xc = x_rows(r0, n, g0);
+      if (r0 == g0) xg = xc;
+      detail::gemm_bf16(stream, true, false, V, n, C, w16, C, xc, C, 0.0f, ws.logits, V);
+      if (grad) {
+        LMF_LAUNCH((ce_rows_kernel<true, uint16_t>), n, kCeThreads, 0, stream)(
+            ws.logits, ws.dlogits16.p + (size_t)(r0 - g0) * V, losses + r0, targets + r0, dloss + r0, V, r0,
+            &ws.result->bad_row);
+      } else {
+        LMF_LAUNCH((ce_rows_kernel<false, float>), n, kCeThreads, 0, stream)(
+            ws.logits, static_cast<float*>(nullptr), losses + r0, targets + r0, nullptr, V, r0, &ws.result->bad_row);
+      }
+      LMF_CUDA_CHECK_LAUNCH();
+    }
+    if (!grad) continue;
+    detail::gemm_bf16(stream, false, false, C, gn, V, w16, C, ws.dlogits16.p, V, 0.0f, dx + (size_t)g0 * C, C);
+    detail::gemm_bf16(stream, false, true, C, V, gn, xg, C, ws.dlogits16.p, V, 1.0f, dw, C);
+  }
+}
+
+}  // namespace
+
 void set_classifier_group_chunks(int chunks) {
   LMF_CHECK(chunks >= 0, "set_classifier_group_chunks: chunks {} < 0", chunks);
   g_group_chunks_override.store(chunks);
@@ -275,30 +320,15 @@ double classifier_ce_forward(float* losses, float* dx, float* dw, const float* x
   begin_call(ws, need, targets, V, stream);
 
   if (grad && p == ops::MatmulPrecision::bf16) {
-    // Groups of chunks (group_rows): per chunk the logits (fp32) and the rows' dlogits (bf16, kept
-    // for the group), then per group dx and dw. Column-major, as matmul.cu: logits^T (V, n) = w16
-    // (op T) x16^T; dx^T (C, gn) = w16^T dlogits^T (assigned); dw^T (C, V) += x16^T dlogits (op T
-    // on its (V, gn) buffer).
-    const int group = group_rows(N, V, chunk);
-    reserve(ws.dlogits16, (size_t)group * V);
-    reserve(ws.x16, (size_t)group * C);
+    // The mode's rounding: bf16 copies of w and of each chunk of x's rows (in the group's buffer).
+    reserve(ws.x16, (size_t)group_rows(N, V, chunk) * C);
     detail::round_to_bf16(reserve(ws.w16, (size_t)V * C), w, (size_t)V * C, stream);
-    for (int g0 = 0; g0 < N; g0 += group) {
-      const int gn = std::min(group, N - g0);
-      for (int r0 = g0; r0 < g0 + gn; r0 += chunk) {
-        const int n = std::min(chunk, g0 + gn - r0);
-        uint16_t* x16 = ws.x16.p + (size_t)(r0 - g0) * C;
-        detail::round_to_bf16(x16, x + (size_t)r0 * C, (size_t)n * C, stream);
-        detail::gemm_bf16(stream, true, false, V, n, C, ws.w16.p, C, x16, C, 0.0f, ws.logits, V);
-        LMF_LAUNCH((ce_rows_kernel<true, uint16_t>), n, kCeThreads, 0, stream)(
-            ws.logits, ws.dlogits16.p + (size_t)(r0 - g0) * V, losses + r0, targets + r0, dloss + r0, V, r0,
-            &ws.result->bad_row);
-        LMF_CUDA_CHECK_LAUNCH();
-      }
-      detail::gemm_bf16(stream, false, false, C, gn, V, ws.w16.p, C, ws.dlogits16.p, V, 0.0f, dx + (size_t)g0 * C,
-                        C);
-      detail::gemm_bf16(stream, false, true, C, V, gn, ws.x16.p, C, ws.dlogits16.p, V, 1.0f, dw, C);
-    }
+    auto x_rows = [&](int r0, int n, int g0) {
+      uint16_t* x16 = ws.x16.p + (size_t)(r0 - g0) * C;
+      detail::round_to_bf16(x16, x + (size_t)r0 * C, (size_t)n * C, stream);
+      return static_cast<const uint16_t*>(x16);
+    };
+    classifier_bf16_groups(ws, losses, dx, dw, ws.w16.p, x_rows, targets, dloss, N, C, V, chunk, stream);
     return sum_and_check(ws, losses, N, stream);
   }
   for (int r0 = 0; r0 < N; r0 += chunk) {
@@ -326,39 +356,16 @@ double classifier_ce_forward(float* losses, bf16* dx, float* dw, const bf16* x, 
   LMF_CHECK(!dx || (dw && dloss), "classifier_ce: the backward needs dw and dloss");
   LMF_CHECK(N >= 0 && C > 0 && V > 0, "classifier_ce: bad shape N={} C={} V={}", N, C, V);
   if (N == 0) return 0.0;
-  const bool grad = dx != nullptr;
   const int chunk = classifier_chunk_rows(N, V);
   Workspace& ws = workspace_for_current_device();
   std::lock_guard<std::mutex> lock(ws.mu);
   begin_call(ws, (size_t)chunk * V, targets, V, stream);
-  // The backward in groups of chunks, as the fp32-storage overload's bf16 mode (the same cuBLAS
-  // calls); the forward alone in chunks (one group of N rows).
-  const int group = grad ? group_rows(N, V, chunk) : N;
-  if (grad) reserve(ws.dlogits16, (size_t)group * V);
-  const auto* w16 = reinterpret_cast<const uint16_t*>(w);  // (V, C)
+  // The stored bf16 rows and weights are the operands as they are (the fp32-storage overload's bf16
+  // mode rounds copies first: the same cuBLAS calls).
   const auto* x16 = reinterpret_cast<const uint16_t*>(x);  // (N, C)
-  for (int g0 = 0; g0 < N; g0 += group) {
-    const int gn = std::min(group, N - g0);
-    for (int r0 = g0; r0 < g0 + gn; r0 += chunk) {
-      const int n = std::min(chunk, g0 + gn - r0);
-      // Column-major, as matmul.cu: logits^T (V, n) = w (op T) x^T, fp32.
-      detail::gemm_bf16(stream, true, false, V, n, C, w16, C, x16 + (size_t)r0 * C, C, 0.0f, ws.logits, V);
-      if (!grad) {
-        LMF_LAUNCH((ce_rows_kernel<false, float>), n, kCeThreads, 0, stream)
-        (ws.logits, static_cast<float*>(nullptr), losses + r0, targets + r0, nullptr, V, r0, &ws.result->bad_row);
-      } else {
-        LMF_LAUNCH((ce_rows_kernel<true, uint16_t>), n, kCeThreads, 0, stream)
-        (ws.logits, ws.dlogits16.p + (size_t)(r0 - g0) * V, losses + r0, targets + r0, dloss + r0, V, r0,
-         &ws.result->bad_row);
-      }
-      LMF_CUDA_CHECK_LAUNCH();
-    }
-    if (!grad) continue;
-    // dx^T (C, gn) = w^T dlogits^T (assigned, bf16); dw^T (C, V) += x^T dlogits (fp32).
-    detail::gemm_bf16(stream, false, false, C, gn, V, w16, C, ws.dlogits16.p, V, 0.0f,
-                      reinterpret_cast<uint16_t*>(dx + (size_t)g0 * C), C);
-    detail::gemm_bf16(stream, false, true, C, V, gn, x16 + (size_t)g0 * C, C, ws.dlogits16.p, V, 1.0f, dw, C);
-  }
+  auto x_rows = [x16, C](int r0, int, int) { return x16 + (size_t)r0 * C; };
+  classifier_bf16_groups(ws, losses, reinterpret_cast<uint16_t*>(dx), dw, reinterpret_cast<const uint16_t*>(w), x_rows,
+                         targets, dloss, N, C, V, chunk, stream);
   return sum_and_check(ws, losses, N, stream);
 }
 
