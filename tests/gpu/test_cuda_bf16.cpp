@@ -1224,6 +1224,83 @@ TEST(CudaBf16, UnalignedPointersTakeThePlainPath) {
   }
 }
 
+// The tensor-core attention (attention_mma.cu) stages its tiles with 16-byte loads when every row
+// is 16-byte aligned, else one element at a time; its dout . out row sums likewise. The staged
+// values and the sums' order are the same, so all three runs give the same bits: 16-byte loads,
+// the switch off, and pointers one element off alignment (on a GPU, and in the emulation, a
+// 16-byte access there would fault).
+template <class T>
+std::vector<std::vector<T> > mma_attention_outputs(const GqaShape& sh, size_t offset, FVec* lse) {
+  const int B = sh.B, T_ = sh.T, NH = sh.NH, KVH = sh.KVH, hs = sh.hs;
+  const size_t BT = (size_t)B * T_, Q = (size_t)NH * hs, KV = (size_t)KVH * hs, L = (size_t)B * NH * T_;
+  auto input = [](size_t n, uint64_t stream) {
+    const Bf b = rand_bf(n, stream);
+    if constexpr (std::is_same_v<T, float>) {
+      return widen(b);
+    } else {
+      return b;
+    }
+  };
+  auto nan_vec = [](size_t n) {
+    if constexpr (std::is_same_v<T, float>) {
+      return nans(n);
+    } else {
+      return bnans(n);
+    }
+  };
+  Shifted<T> q(input(BT * Q, 40), offset), k(input(BT * KV, 41), offset), v(input(BT * KV, 42), offset),
+      dout(input(BT * Q, 43), offset), out(nan_vec(BT * Q), offset), dq(nan_vec(BT * Q), offset),
+      dk(nan_vec(BT * KV), offset), dv(nan_vec(BT * KV), offset);
+  DeviceBuffer<float> d_lse(nans(L));
+  constexpr auto bf16p = ops::MatmulPrecision::bf16;
+  cuda::attention_gqa_forward(out.data(), d_lse.data(), q.data(), k.data(), v.data(), B, T_, NH, KVH, hs, 0, bf16p);
+  cuda::attention_gqa_backward(dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(), v.data(), out.data(),
+                               d_lse.data(), B, T_, NH, KVH, hs, 0, bf16p);
+  *lse = d_lse.to_host();
+  return {out.to_host(), dq.to_host(), dk.to_host(), dv.to_host()};
+}
+
+template <class T>
+void check_mma_attention_staging(const GqaShape& sh) {
+  SCOPED_TRACE("T = " + std::to_string(sh.T) + ", hs = " + std::to_string(sh.hs));
+  VectorisedAccessScope scope;
+  FVec lse_vec, lse_plain, lse_shifted;
+  cuda::set_vectorised_access(true);
+  const auto vec = mma_attention_outputs<T>(sh, 0, &lse_vec);
+  const auto shifted = mma_attention_outputs<T>(sh, 1, &lse_shifted);
+  cuda::set_vectorised_access(false);
+  const auto plain = mma_attention_outputs<T>(sh, 0, &lse_plain);
+  EXPECT_EQ(lse_vec, lse_plain);
+  EXPECT_EQ(lse_shifted, lse_plain);
+  const char* names[] = {"out", "dq", "dk", "dv"};
+  for (size_t i = 0; i < plain.size(); ++i) {
+    SCOPED_TRACE(names[i]);
+    if constexpr (std::is_same_v<T, float>) {
+      EXPECT_EQ(vec[i], plain[i]);
+      EXPECT_EQ(shifted[i], plain[i]);
+    } else {
+      expect_bits("16-byte vs plain", vec[i], plain[i]);
+      expect_bits("shifted vs plain", shifted[i], plain[i]);
+    }
+  }
+}
+
+// Shapes: rows past T in the last tile (37), the 64-row steps (hs 64, GQA) and the 32-row steps
+// with dk and dv in two kernels (hs 128, multi-query).
+TEST(CudaBf16, AttentionStagingPathsAgreeBitForBit) {
+  SKIP_WITHOUT_DEVICE();
+  for (const GqaShape& sh : {GqaShape{2, 37, 4, 2, 16}, GqaShape{1, 70, 4, 2, 64}, GqaShape{1, 45, 2, 1, 128}}) {
+    {
+      SCOPED_TRACE("bf16 storage");
+      check_mma_attention_staging<bf16>(sh);
+    }
+    {
+      SCOPED_TRACE("fp32 storage");
+      check_mma_attention_staging<float>(sh);
+    }
+  }
+}
+
 TEST(CudaBf16, VectorisedAccessFollowsTheEnvironment) {
   // Set by the CTest entry emu.CudaBf16WithoutVectorisedAccess (LMF_CUDA_VEC=0), else unset.
   const char* e = std::getenv("LMF_CUDA_VEC");

@@ -29,6 +29,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <utility>
 
 #include "core/error.h"
 #include "ops/cuda/attention.cuh"
@@ -36,6 +39,7 @@
 #include "ops/cuda/cuda_util.h"
 #include "ops/cuda/launch.cuh"
 #include "ops/cuda/mma.cuh"
+#include "ops/cuda/pack.cuh"
 
 namespace lmf::cuda::detail {
 namespace {
@@ -43,26 +47,69 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kThreadsM = kWarps * 32;
 constexpr int kTile = 64;  // rows a block owns (4 warps of 16), and the forward's keys per step
+constexpr int kBatch = 4;  // stage(): groups whose loads a thread issues before their stores
 
 
-// Rows [r0, r0 + R) of a (T, HS) fp32 head (row stride ld) as bf16 into shared memory:
-// row-major rm (R, HS + 8) and / or transposed tr (HS, R + 8); rows past T are zero.
-template <int HS, int R, class F>
+// 8 consecutive elements of a head row as 4 bf16 pairs (element 2e in the low half of w[e]), the
+// values pack_bf16 makes of them: for bf16 storage the stored bits, for fp32 rounded. With vec
+// (the row 16-byte aligned) one 16-byte load of bf16 or two of fp32, else 8 single loads.
+__device__ __forceinline__ void load_group(uint32_t (&w)[4], const bf16* p, bool vec) {
+  if (vec) {
+    bf16 v[8];
+    load16(v, p);
+    memcpy(w, v, 16);  // little-endian: element 2e is the low half, as pack_bf16 puts it
+  } else {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) w[e] = (uint32_t)p[2 * e].bits | ((uint32_t)p[2 * e + 1].bits << 16);
+  }
+}
+__device__ __forceinline__ void load_group(uint32_t (&w)[4], const float* p, bool vec) {
+  float x[8];
+  if (vec) {
+    load16(x, p);
+    load16(x + 4, p + 4);
+  } else {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) x[e] = p[e];
+  }
+#pragma unroll
+  for (int e = 0; e < 4; ++e) w[e] = pack_bf16(x[2 * e], x[2 * e + 1]);
+}
+
+// Rows [r0, r0 + R) of a (T, HS) head (row stride ld) as bf16 into shared memory: row-major rm
+// (R, HS + 8) if kRm, transposed tr (HS, R + 8) if kTr; rows past T are zero. A thread takes
+// groups of 8 consecutive elements of a row (load_group; vec: every row 16-byte aligned), a warp
+// consecutive groups of consecutive rows (coalesced loads, and row-major stores of 16 bytes that
+// fill the banks), and issues the loads of kBatch groups before their stores, so that they are in
+// flight together. (The transposed stores, 2 bytes each, still meet on a few banks, as before;
+// taking rows fastest instead would spread them, but it cost dq_mma 206 registers at hs = 64, two
+// blocks an SM instead of three.)
+template <int HS, int R, bool kRm, bool kTr, class F>
 __device__ __forceinline__ void stage(uint16_t (*rm)[HS + 8], uint16_t (*tr)[R + 8], const F* src,
-                                      int ld, int r0, int T) {
-  for (int i = threadIdx.x; i < R * HS / 2; i += kThreadsM) {
-    const int r = i / (HS / 2), d = 2 * (i % (HS / 2));
-    float x0 = 0.0f, x1 = 0.0f;
-    if (r0 + r < T) {
-      const F* p = src + (size_t)(r0 + r) * ld + d;
-      x0 = load(p);
-      x1 = load(p + 1);
+                                      int ld, int r0, int T, bool vec) {
+  constexpr int kCols = HS / 8, kGroups = R * kCols;
+  constexpr int kPer = (kGroups + kThreadsM - 1) / kThreadsM;  // groups per thread
+#pragma unroll
+  for (int j0 = 0; j0 < kPer; j0 += kBatch) {
+    uint32_t w[kBatch][4];
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      const int i = threadIdx.x + (j0 + j) * kThreadsM, r = i / kCols, cg = i % kCols;
+      w[j][0] = w[j][1] = w[j][2] = w[j][3] = 0u;
+      if (j0 + j < kPer && i < kGroups && r0 + r < T) load_group(w[j], src + (size_t)(r0 + r) * ld + 8 * cg, vec);
     }
-    const uint32_t w = pack_bf16(x0, x1);
-    if (rm) store_pair(rm[r], d, w);
-    if (tr) {
-      tr[d][r] = (uint16_t)(w & 0xffffu);
-      tr[d + 1][r] = (uint16_t)(w >> 16);
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      const int i = threadIdx.x + (j0 + j) * kThreadsM, r = i / kCols, cg = i % kCols;
+      if (j0 + j >= kPer || i >= kGroups) continue;
+      if constexpr (kRm) store16(&rm[r][8 * cg], reinterpret_cast<const uint16_t*>(w[j]));
+      if constexpr (kTr) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          tr[8 * cg + 2 * e][r] = (uint16_t)(w[j][e] & 0xffffu);
+          tr[8 * cg + 2 * e + 1][r] = (uint16_t)(w[j][e] >> 16);
+        }
+      }
     }
   }
 }
@@ -128,7 +175,7 @@ __device__ __forceinline__ void product_pv(float (&out)[HS / 8][4], const float 
 template <class F, int HS>
 __global__ void __launch_bounds__(kThreadsM)
     fwd_mma(F* __restrict__ out, float* __restrict__ lse, const F* __restrict__ q,
-            const F* __restrict__ k, const F* __restrict__ v, Heads g) {
+            const F* __restrict__ k, const F* __restrict__ v, Heads g, bool vec) {
   alignas(16) __shared__ uint16_t Ks[kTile][HS + 8];
   alignas(16) __shared__ uint16_t Vt[HS][kTile + 8];
   int qt, h, b;
@@ -151,8 +198,8 @@ __global__ void __launch_bounds__(kThreadsM)
   const int last_key = min(g.T, q0 + kTile) - 1;
   for (int k0 = 0; k0 <= last_key; k0 += kTile) {
     __syncthreads();  // the previous step's tiles are no longer read
-    stage<HS, kTile>(Ks, nullptr, kb, g.ldkv, k0, g.T);
-    stage<HS, kTile>(nullptr, Vt, vb, g.ldkv, k0, g.T);
+    stage<HS, kTile, true, false>(Ks, nullptr, kb, g.ldkv, k0, g.T, vec);
+    stage<HS, kTile, false, true>(nullptr, Vt, vb, g.ldkv, k0, g.T, vec);
     __syncthreads();
     const int j_last = min(kTile / 8 - 1, (r0 + 15 - k0) / 8);  // n-tiles with a visible key
     float s[kTile / 8][4];
@@ -207,20 +254,50 @@ __global__ void __launch_bounds__(kThreadsM)
   }
 }
 
-// D_t = dout_t . out_t in d order, fp32 (0 past T).
+// D_t = dout_t . out_t, summed in d order in fp32; with vec (both rows 16-byte aligned) read 8
+// elements per access (the same sum).
 template <int HS, class F>
-__device__ __forceinline__ float row_dot(const F* a, const F* b) {
+__device__ __forceinline__ float row_dot(const F* a, const F* b, bool vec) {
   float s = 0.0f;
-  for (int d = 0; d < HS; ++d) s += load(a + d) * load(b + d);
+  for (int d = 0; d < HS; d += 8) {
+    float x[8], y[8];
+    if (vec) {
+      load_n<8>(x, a + d);
+      load_n<8>(y, b + d);
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        x[e] = load(a + d + e);
+        y[e] = load(b + d + e);
+      }
+    }
+#pragma unroll
+    for (int e = 0; e < 8; ++e) s += x[e] * y[e];
+  }
   return s;
+}
+
+// drow (B, NH, T) = D_t of every query row, once per backward for both kernels: dkv_mma used to
+// recompute it for every key tile (T / 64 times a row at the most), two of its four warps each
+// walking a row while the other two waited at the barrier. One thread per row.
+constexpr int kRowThreads = 256;
+template <class F, int HS>
+__global__ void __launch_bounds__(kRowThreads)
+    row_dots_kernel(float* __restrict__ drow, const F* __restrict__ dout, const F* __restrict__ out,
+                    Heads g, bool vec) {
+  const long x = (long)blockIdx.x * kRowThreads + threadIdx.x;
+  if (x >= (long)g.B * g.NH * g.T) return;
+  const int t = (int)(x % g.T), h = (int)(x / g.T % g.NH), b = (int)(x / g.T / g.NH);
+  const size_t at = ((size_t)b * g.T + t) * g.ldo + (size_t)h * HS;
+  drow[x] = row_dot<HS>(dout + at, out + at, vec);
 }
 
 // S: keys per step (64; 32 above hs = 64, which keeps the tiles in 48 KB of static shared memory).
 template <class F, int HS, int S>
 __global__ void __launch_bounds__(kThreadsM)
     dq_mma(F* __restrict__ dq, const F* __restrict__ dout, const F* __restrict__ q,
-           const F* __restrict__ k, const F* __restrict__ v, const F* __restrict__ out,
-           const float* __restrict__ lse, Heads g) {
+           const F* __restrict__ k, const F* __restrict__ v, const float* __restrict__ lse,
+           const float* __restrict__ drow, Heads g, bool vec) {
   alignas(16) __shared__ uint16_t Ks[S][HS + 8];
   alignas(16) __shared__ uint16_t Vs[S][HS + 8];
   alignas(16) __shared__ uint16_t Kt[HS][S + 8];
@@ -232,7 +309,6 @@ __global__ void __launch_bounds__(kThreadsM)
   const int row[2] = {r0 + gr, r0 + gr + 8};
   const F* kb = k + (size_t)b * g.T * g.ldkv + (size_t)kh * HS;
   const F* vb = v + (size_t)b * g.T * g.ldkv + (size_t)kh * HS;
-  const F* ob = out + (size_t)b * g.T * g.ldo + (size_t)h * HS;
   const F* gb = dout + (size_t)b * g.T * g.ldo + (size_t)h * HS;
   uint32_t qa[HS / 16][4], ga[HS / 16][4];
   load_a<HS>(qa, q + (size_t)b * g.T * g.ldq + (size_t)h * HS, g.ldq, r0, g.T);
@@ -241,7 +317,7 @@ __global__ void __launch_bounds__(kThreadsM)
 #pragma unroll
   for (int x = 0; x < 2; ++x)
     if (row[x] < g.T) {
-      D[x] = row_dot<HS>(gb + (size_t)row[x] * g.ldo, ob + (size_t)row[x] * g.ldo);
+      D[x] = drow[((size_t)b * g.NH + h) * g.T + row[x]];
       L[x] = lse[((size_t)b * g.NH + h) * g.T + row[x]];
     }
   float acc[HS / 8][4];
@@ -250,8 +326,8 @@ __global__ void __launch_bounds__(kThreadsM)
   const int last_key = min(g.T, q0 + kTile) - 1;
   for (int k0 = 0; k0 <= last_key; k0 += S) {
     __syncthreads();
-    stage<HS, S>(Ks, Kt, kb, g.ldkv, k0, g.T);
-    stage<HS, S>(Vs, nullptr, vb, g.ldkv, k0, g.T);
+    stage<HS, S, true, true>(Ks, Kt, kb, g.ldkv, k0, g.T, vec);
+    stage<HS, S, true, false>(Vs, nullptr, vb, g.ldkv, k0, g.T, vec);
     __syncthreads();
     // N-tiles with a visible key (negative: none, on a step past the warp's last row).
     const int j_last = min(S / 8 - 1, (r0 + 15 - k0) / 8);
@@ -289,7 +365,7 @@ template <class F, int HS, int S, int kParts>
 __global__ void __launch_bounds__(kThreadsM)
     dkv_mma(F* __restrict__ dk, F* __restrict__ dv, const F* __restrict__ dout,
             const F* __restrict__ q, const F* __restrict__ k, const F* __restrict__ v,
-            const F* __restrict__ out, const float* __restrict__ lse, Heads g) {
+            const float* __restrict__ lse, const float* __restrict__ drow, Heads g, bool vec) {
   constexpr bool kDk = (kParts & 1) != 0, kDv = (kParts & 2) != 0;
   alignas(16) __shared__ uint16_t Qs[S][HS + 8];
   alignas(16) __shared__ uint16_t Qt[HS][S + 8];
@@ -315,16 +391,16 @@ __global__ void __launch_bounds__(kThreadsM)
     for (int i = 0; i < 4; ++i) dk_acc[d][i] = dv_acc[d][i] = 0.0f;
   for (int h = kh * group; h < (kh + 1) * group; ++h) {
     const F* qh = q + (size_t)b * g.T * g.ldq + (size_t)h * HS;
-    const F* oh = out + (size_t)b * g.T * g.ldo + (size_t)h * HS;
     const F* gh = dout + (size_t)b * g.T * g.ldo + (size_t)h * HS;
     const float* lse_bh = lse + ((size_t)b * g.NH + h) * g.T;
+    const float* d_bh = drow + ((size_t)b * g.NH + h) * g.T;
     for (int q0 = k0; q0 < g.T; q0 += S) {  // queries before k0 see none of these keys
       __syncthreads();
-      stage<HS, S>(Qs, kDk ? Qt : nullptr, qh, g.ldq, q0, g.T);
-      stage<HS, S>(kDk ? Gs : nullptr, kDv ? Gt : nullptr, gh, g.ldo, q0, g.T);
+      stage<HS, S, true, kDk>(Qs, Qt, qh, g.ldq, q0, g.T, vec);
+      stage<HS, S, kDk, kDv>(Gs, Gt, gh, g.ldo, q0, g.T, vec);
       if (threadIdx.x < S) {
         const int t = q0 + threadIdx.x;
-        Dq[threadIdx.x] = kDk && t < g.T ? row_dot<HS>(gh + (size_t)t * g.ldo, oh + (size_t)t * g.ldo) : 0.0f;
+        Dq[threadIdx.x] = kDk && t < g.T ? d_bh[t] : 0.0f;
         Lq[threadIdx.x] = t < g.T ? lse_bh[t] : 0.0f;
       }
       __syncthreads();
@@ -380,6 +456,30 @@ void dispatch_hs(int hs, F f) {
   }
 }
 
+// Elements of F per 16-byte access: a row stride that is a multiple of it keeps every row as
+// aligned as the first.
+template <class F>
+constexpr int kPerAccess = 16 / (int)sizeof(F);
+
+// drow's buffer on the current device, at least n floats. Grown, never shrunk or freed (as the
+// classifier's workspaces): a CUDA graph captured before a growth still uses the old buffer, which
+// is kept. One per device, not per stream: a step's ops are ordered on the device's one stream at
+// a time (stream 0, or the capture stream, which is ordered with it both ways; graph.cu), and a
+// graph's capture finds the buffer its eager first step made.
+float* row_dots_buffer(size_t n) {
+  static std::mutex mu;
+  static auto* buffers = new std::map<int, std::pair<float*, size_t>>();  // never freed, see above
+  int dev = 0;
+  LMF_CUDA_CHECK(cudaGetDevice(&dev));
+  std::lock_guard<std::mutex> lock(mu);
+  auto& [p, cap] = (*buffers)[dev];
+  if (cap < n) {
+    p = static_cast<float*>(device_malloc(n * sizeof(float)));
+    cap = n;
+  }
+  return p;
+}
+
 }  // namespace
 
 bool mma_supported(const Heads& g) { return g.hs % 16 == 0 && g.hs >= 16 && g.hs <= 128; }
@@ -389,9 +489,10 @@ void mma_forward(F* out, float* lse, const F* q, const F* k, const F* v, const H
                  cudaStream_t stream) {
   if (g.B == 0 || g.T == 0) return;
   const unsigned blocks = (unsigned)((long)g.B * g.NH * ((g.T + kTile - 1) / kTile));
+  const bool vec = g.ldkv % kPerAccess<F> == 0 && all_aligned16(k, v);
   dispatch_hs(g.hs, [&](auto hs) {
     LMF_LAUNCH((fwd_mma<F, decltype(hs)::value>), blocks, kThreadsM, 0, stream)
-    (out, lse, q, k, v, g);
+    (out, lse, q, k, v, g, vec);
   });
   LMF_CUDA_CHECK_LAUNCH();
 }
@@ -400,21 +501,28 @@ template <class F>
 void mma_backward(F* dq, F* dk, F* dv, const F* dout, const F* q, const F* k, const F* v,
                   const F* out, const float* lse, const Heads& g, cudaStream_t stream) {
   if (g.B == 0 || g.T == 0) return;
-  const long tiles = (g.T + kTile - 1) / kTile;
+  const long tiles = (g.T + kTile - 1) / kTile, rows = (long)g.B * g.NH * g.T;
+  constexpr int kPer = kPerAccess<F>;
+  const bool vec = g.ldq % kPer == 0 && g.ldkv % kPer == 0 && g.ldo % kPer == 0 &&
+                   all_aligned16(q, k, v, out, dout);
+  float* drow = row_dots_buffer((size_t)rows);
   dispatch_hs(g.hs, [&](auto hs) {
     constexpr int HS = decltype(hs)::value, S = HS > 64 ? 32 : 64;
     const auto q_blocks = (unsigned)((long)g.B * g.NH * tiles), kv_blocks = (unsigned)((long)g.B * g.KVH * tiles);
-    LMF_LAUNCH((dq_mma<F, HS, S>), q_blocks, kThreadsM, 0, stream)(dq, dout, q, k, v, out, lse, g);
+    LMF_LAUNCH((row_dots_kernel<F, HS>), (unsigned)((rows + kRowThreads - 1) / kRowThreads), kRowThreads, 0,
+               stream)(drow, dout, out, g, vec);
+    LMF_CUDA_CHECK_LAUNCH();
+    LMF_LAUNCH((dq_mma<F, HS, S>), q_blocks, kThreadsM, 0, stream)(dq, dout, q, k, v, lse, drow, g, vec);
     LMF_CUDA_CHECK_LAUNCH();
     if constexpr (HS > 64) {  // dk and dv in two kernels (dkv_mma)
       LMF_LAUNCH((dkv_mma<F, HS, S, 1>), kv_blocks, kThreadsM, 0, stream)
-      (dk, dv, dout, q, k, v, out, lse, g);
+      (dk, dv, dout, q, k, v, lse, drow, g, vec);
       LMF_CUDA_CHECK_LAUNCH();
       LMF_LAUNCH((dkv_mma<F, HS, S, 2>), kv_blocks, kThreadsM, 0, stream)
-      (dk, dv, dout, q, k, v, out, lse, g);
+      (dk, dv, dout, q, k, v, lse, drow, g, vec);
     } else {
       LMF_LAUNCH((dkv_mma<F, HS, S, 3>), kv_blocks, kThreadsM, 0, stream)
-      (dk, dv, dout, q, k, v, out, lse, g);
+      (dk, dv, dout, q, k, v, lse, drow, g, vec);
     }
     LMF_CUDA_CHECK_LAUNCH();
   });
