@@ -69,11 +69,12 @@ void add_bench(CLI::App& app) {
     mc.n_kv_head = o->KV;
     mc.ffn_hidden = o->ffn;
     mc.tied_embeddings = o->arch == "gpt2";  // as ../shared/bench/torch_train_bench.py
-    if (o->arch == "llama" && (o->H % mc.kv_heads() != 0 || (o->C / o->H) % 2 != 0))
-      throw UserError("--KV {} must divide --H {}, and C / H must be even", o->KV, o->H);
     mc.n_layer = o->L;
     mc.n_embd = o->C;
     mc.n_head = o->H;
+    // After n_head: kv_heads() is H when --KV is 0.
+    if (o->arch == "llama" && (o->H % mc.kv_heads() != 0 || (o->C / o->H) % 2 != 0))
+      throw UserError("--KV {} must divide --H {}, and C / H must be even", o->KV, o->H);
     mc.vocab_size = o->vocab;
     mc.block_size = o->T;
     mc.recompute_mlp = o->recompute_mlp;

@@ -338,6 +338,22 @@ TEST_F(Cli, BenchProfileCountsTheOps) {
   }
 }
 
+// bench --arch llama: --KV 0 (the default) means as many key/value heads as --H, whatever --H is;
+// a --KV that does not divide --H is one line.
+TEST_F(Cli, BenchLlamaKvHeadsDefaultToH) {
+  TempDir t;
+  const std::string shape = "bench --arch llama --L 1 --C 32 --vocab 50 --B 1 --T 8 --steps 1 --warmup 0";
+  for (const int H : {2, 4}) {
+    auto r = run_lmforge(shape + " --H " + std::to_string(H), t.path());
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(nlohmann::json::parse(r.out)["KV"], H) << r.out;
+  }
+  auto r = run_lmforge(shape + " --H 4 --KV 1", t.path());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["KV"], 1) << r.out;
+  expect_user_error(run_lmforge(shape + " --H 4 --KV 3", t.path()), "--KV 3 must divide --H 4");
+}
+
 // Without a GPU (or a CUDA build), asking for one is one clear line, before anything is written.
 TEST_F(Cli, CudaWithoutADeviceIsOneLine) {
   if (cuda::available()) GTEST_SKIP() << "a CUDA device is present (tests/gpu covers the GPU path)";
