@@ -1,8 +1,9 @@
 // Causal (grouped-query) attention on the tensor cores: FlashAttention-2's schedule (Dao 2023)
 // with every product a bf16 mma.sync (m16n8k16, fp32 accumulate; mma.cuh), for matmul_precision
-// = bf16. q, k, v, dout and the outputs stay fp32 in global memory; a tile is rounded to bf16 as
-// it is staged in shared memory, the probabilities P and the score gradients dS as they become
-// operands. The softmax, lse, D_t = dout_t . out_t and every sum stay fp32.
+// = bf16. q, k, v, dout and the outputs stay in global memory in their storage type; a tile is
+// rounded to bf16 (fp32 storage) as it is staged in shared memory, the probabilities P and the
+// score gradients dS as they become operands. The softmax, lse, D_t = dout_t . out_t and every sum
+// stay fp32.
 //
 //  forward  (block: b, h, 64 query rows, 4 warps of 16; 64 keys per step): a warp keeps its q
 //           fragments, scores S (16 x 64) and output (16 x hs) in registers; the online softmax
@@ -13,6 +14,8 @@
 //  dk, dv   (block: b, kv head, 64 key rows; the group's query heads in order, 64 query rows
 //           per step from the diagonal on): S^T = k q^T, dP^T = v dout^T, dv += P^T dout,
 //           dk += dS^T q.
+//  D        (before both backward kernels: one thread per query row) D_t for every (b, h, t),
+//           in a per-device buffer, so neither kernel recomputes it.
 // Above hs = 64 both backward kernels step over 32 rows of the other side, and dk and dv are two
 // kernels, each recomputing S^T (the accumulators and fragments would not fit the registers).
 // Each output element has one owner and a fixed summation order: no atomics, deterministic. The
@@ -461,7 +464,9 @@ void dispatch_hs(int hs, F f) {
 template <class F>
 constexpr int kPerAccess = 16 / (int)sizeof(F);
 
-// drow's buffer on the current device, at least n floats. Grown, never shrunk or freed (as the
+}  // namespace
+
+// row_dots_buffer (attention.cuh): on the current device, at least n floats. Grown, never shrunk or freed (as the
 // classifier's workspaces): a CUDA graph captured before a growth still uses the old buffer, which
 // is kept. One per device, not per stream: a step's ops are ordered on the device's one stream at
 // a time (stream 0, or the capture stream, which is ordered with it both ways; graph.cu), and a
@@ -479,8 +484,6 @@ float* row_dots_buffer(size_t n) {
   }
   return p;
 }
-
-}  // namespace
 
 bool mma_supported(const Heads& g) { return g.hs % 16 == 0 && g.hs >= 16 && g.hs <= 128; }
 

@@ -15,7 +15,9 @@
 //           p_tc (dout_t . v_c - D_t) scale through a shared tile, dq_t = sum_c dS_tc k_c.
 //  dk, dv   (block: b, kv head, 64 key rows; the group's query heads in order, 32 query rows per
 //           step from the diagonal on): thread (s, c4) owns key row s, queries c4, c4 + 4, ...;
-//           dv_s = sum p_ts dout_t, dk_s = sum dS_ts q_t, in (h, t) ascending order.
+//           dv_s = sum p_ts dout_t, dk_s = sum dS_ts q_t, in (h, t) ascending order. D_t is
+//           dq's, which it leaves in a per-device buffer (row_dots_buffer), not recomputed for
+//           every key tile.
 // Shared rows are padded to hs + 1 floats, so the threads of a warp, which read 8 rows at the same
 // d, hit 8 different banks.
 // Templated over the storage type T of q, k, v, out, dout and the gradients (float or bf16,
@@ -174,7 +176,7 @@ template <class F, int kPer>
 __global__ void __launch_bounds__(kThreadsT)
     dq_tiled(F* __restrict__ dq, const F* __restrict__ dout, const F* __restrict__ q,
              const F* __restrict__ k, const F* __restrict__ v, const F* __restrict__ out,
-             const float* __restrict__ lse, Heads g) {
+             const float* __restrict__ lse, float* __restrict__ drow, Heads g) {
   LMF_DYNAMIC_SHARED(float, sm);
   const int hs = g.hs, ld = hs + 1;
   float* Qs = sm;               // (kRows, ld)
@@ -192,6 +194,7 @@ __global__ void __launch_bounds__(kThreadsT)
   if (row_ok) {
     D = dot_in_order(Ds + r * ld, out + ((size_t)b * g.T + t) * g.ldo + (size_t)h * hs, hs);
     lse_t = lse[((size_t)b * g.NH + h) * g.T + t];
+    if (c4 == 0) drow[((size_t)b * g.NH + h) * g.T + t] = D;  // for dkv_tiled
   }
   float acc[kPer];
 #pragma unroll
@@ -223,7 +226,7 @@ template <class F, int kPer>
 __global__ void __launch_bounds__(kThreadsT)
     dkv_tiled(F* __restrict__ dk, F* __restrict__ dv, const F* __restrict__ dout,
               const F* __restrict__ q, const F* __restrict__ k, const F* __restrict__ v,
-              const F* __restrict__ out, const float* __restrict__ lse, Heads g) {
+              const float* __restrict__ lse, const float* __restrict__ drow, Heads g) {
   LMF_DYNAMIC_SHARED(float, sm);
   const int hs = g.hs, ld = hs + 1;
   float* Ks = sm;                 // (kRows, ld)
@@ -250,18 +253,16 @@ __global__ void __launch_bounds__(kThreadsT)
   for (int i = 0; i < kPer; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
   for (int h = kh * group; h < (kh + 1) * group; ++h) {
     const F* qh = q + (size_t)b * g.T * g.ldq + (size_t)h * hs;
-    const F* oh = out + (size_t)b * g.T * g.ldo + (size_t)h * hs;
     const F* dh = dout + (size_t)b * g.T * g.ldo + (size_t)h * hs;
     const float* lse_bh = lse + ((size_t)b * g.NH + h) * g.T;
+    const float* d_bh = drow + ((size_t)b * g.NH + h) * g.T;  // dq_tiled's D_t
     for (int q0 = k0; q0 < g.T; q0 += kStep) {  // queries before k0 see none of these keys
       __syncthreads();
       load_tile(Qs, ld, qh, g.ldq, q0, kStep, g.T, hs);
       load_tile(Os, ld, dh, g.ldo, q0, kStep, g.T, hs);
-      __syncthreads();
       if (threadIdx.x < kStep) {
         const int t = q0 + threadIdx.x;
-        Dq[threadIdx.x] =
-            t < g.T ? dot_in_order(Os + threadIdx.x * ld, oh + (size_t)t * g.ldo, hs) : 0.0f;
+        Dq[threadIdx.x] = t < g.T ? d_bh[t] : 0.0f;
         Lq[threadIdx.x] = t < g.T ? lse_bh[t] : 0.0f;
       }
       __syncthreads();
@@ -348,14 +349,15 @@ void tiled_backward(F* dq, F* dk, F* dv, const F* dout, const F* q, const F* k, 
   LMF_CHECK(g.hs <= kTiledMaxHs, "tiled attention: head size {} above {}", g.hs, kTiledMaxHs);
   if (g.B == 0 || g.T == 0) return;
   const long tiles = (g.T + kRows - 1) / kRows;
+  float* drow = row_dots_buffer((size_t)g.B * g.NH * g.T);  // D_t: dq_tiled writes, dkv_tiled reads
   dispatch_per_thread(g.hs, [&](auto per) {
     constexpr int kPer = decltype(per)::value;
     launch<dq_tiled<F, kPer>>((unsigned)((long)g.B * g.NH * tiles), dq_floats(g.hs) * sizeof(float),
                               dq_floats(kTiledMaxHs) * sizeof(float), stream, dq, dout, q, k, v,
-                              out, lse, g);
+                              out, lse, drow, g);
     launch<dkv_tiled<F, kPer>>(
         (unsigned)((long)g.B * g.KVH * tiles), dkv_floats(g.hs) * sizeof(float),
-        dkv_floats(kTiledMaxHs) * sizeof(float), stream, dk, dv, dout, q, k, v, out, lse, g);
+        dkv_floats(kTiledMaxHs) * sizeof(float), stream, dk, dv, dout, q, k, v, lse, drow, g);
   });
 }
 
