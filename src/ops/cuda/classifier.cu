@@ -54,6 +54,10 @@ constexpr size_t kWorkspaceFloats = size_t(32) << 20;
 constexpr int kMaxDevices = 64;
 constexpr int kCeThreads = 256;  // one block per row
 constexpr int kCeWarps = kCeThreads / kWarp;
+// Logits a thread loads at a time in each pass. A 128 MiB chunk at V 50257 is 667 rows, one block
+// each: about 5 blocks of 256 threads an SM, so 8 loads of 4 bytes a thread keep some 40 KB in flight
+// per SM, about what the DRAM's bandwidth times its latency asks (Little's law).
+constexpr int kCeLoads = 8;
 constexpr int kSumThreads = 256;  // the single block that sums the losses
 constexpr unsigned kNoBadRow = UINT_MAX;
 
@@ -128,6 +132,21 @@ Workspace& workspace_for_current_device() {
 __device__ __forceinline__ void store_grad(float* p, float g) { *p = g; }
 __device__ __forceinline__ void store_grad(uint16_t* p, float g) { *p = detail::to_bf16(g); }
 
+// x[u] = l[j0 + u kCeThreads], -inf past V. whole: all kCeLoads are in the row, and are loaded with
+// no branch between them, so that they are in flight together.
+__device__ __forceinline__ void load_logits(float (&x)[kCeLoads], const float* l, int j0, int V, bool whole) {
+  if (whole) {
+#pragma unroll
+    for (int u = 0; u < kCeLoads; ++u) x[u] = l[j0 + u * kCeThreads];
+  } else {
+#pragma unroll
+    for (int u = 0; u < kCeLoads; ++u) {
+      const int j = j0 + u * kCeThreads;
+      x[u] = j < V ? l[j] : -INFINITY;
+    }
+  }
+}
+
 // One block per row r of the chunk: losses[r] and, if kGrad, dlogits: G = float in place of the
 // logits (dlogits == logits), G = uint16_t (bf16) into its own (n, V) buffer.
 // logits (n, V); losses, targets, dloss (n), offset to the chunk; row0: the chunk's first row.
@@ -153,16 +172,25 @@ __global__ void __launch_bounds__(kCeThreads)
   const float lt = l[target];  // read before the gradient pass overwrites the row
   // The max and the sum in one read of the row (online softmax, Milakov & Gimelshein 2018): each
   // thread keeps the running max m of its logits and s = sum exp(l - m), rescaled when m grows;
-  // the block then combines its (m, s) pairs onto the row's max.
+  // the block then combines its (m, s) pairs onto the row's max. A thread takes kCeLoads logits
+  // at a time (j, j + 256, ...: each load still one coalesced row segment per warp), all loaded
+  // before any is used: one load after a data-dependent branch at a time, as per logit, leaves
+  // too few reads in flight for the DRAM's bandwidth (the row is read from DRAM: 128 MiB chunks).
+  // Past V a logit counts as -inf, whose exp is 0.
   float m = -INFINITY, s = 0.0f;
-  for (int j = threadIdx.x; j < V; j += kCeThreads) {
-    const float x = l[j];
-    if (x > m) {
-      s = s * expf(m - x) + 1.0f;  // m = -inf at first: 0 * 0 + 1
-      m = x;
-    } else {
-      s += expf(x - m);
+  for (int j0 = threadIdx.x; j0 < V; j0 += kCeLoads * kCeThreads) {
+    float x[kCeLoads];
+    load_logits(x, l, j0, V, j0 + (kCeLoads - 1) * kCeThreads < V);
+    float gm = x[0];
+#pragma unroll
+    for (int u = 1; u < kCeLoads; ++u) gm = fmaxf(gm, x[u]);
+    if (gm == -INFINITY) continue;  // nothing here adds to s (and m - gm would be NaN)
+    if (gm > m) {
+      s = m == -INFINITY ? 0.0f : s * expf(m - gm);
+      m = gm;
     }
+#pragma unroll
+    for (int u = 0; u < kCeLoads; ++u) s += expf(x[u] - m);
   }
   const float mx = detail::block_max<kCeThreads>(m, shared);
   const float sum = detail::block_sum<kCeThreads>(m == -INFINITY ? 0.0f : s * expf(m - mx), shared);
@@ -170,10 +198,18 @@ __global__ void __launch_bounds__(kCeThreads)
     // As the CPU: e * (dloss / sum), then minus dloss at the target. exp is recomputed rather
     // than stored by the sum pass: the same inputs give the same bits.
     const float dl = dloss[r], f = dl / sum;
-    for (int j = threadIdx.x; j < V; j += kCeThreads) {
-      float g = expf(l[j] - mx) * f;
-      if (j == target) g -= dl;
-      store_grad(dl_row + j, g);
+    for (int j0 = threadIdx.x; j0 < V; j0 += kCeLoads * kCeThreads) {
+      float x[kCeLoads];
+      const bool whole = j0 + (kCeLoads - 1) * kCeThreads < V;
+      load_logits(x, l, j0, V, whole);
+#pragma unroll
+      for (int u = 0; u < kCeLoads; ++u) {
+        const int j = j0 + u * kCeThreads;
+        if (!whole && j >= V) continue;
+        float g = expf(x[u] - mx) * f;
+        if (j == target) g -= dl;
+        store_grad(dl_row + j, g);
+      }
     }
   }
   if (threadIdx.x == 0) losses[r] = mx + logf(sum) - lt;
