@@ -78,7 +78,21 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ double part[kThreads];
   const size_t stride = (size_t)gridDim.x * blockDim.x;
   double acc = 0.0;
-  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+  size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  // Four of the thread's elements loaded before the first is added, so four loads are in flight
+  // (one loop iteration each left one: the add waits for its load, and the next load comes after
+  // it); added in the same order as one at a time, so the same bits.
+  for (; i + 3 * stride < n; i += 4 * stride) {
+    float v[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) v[u] = x[i + u * stride];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const double xi = (double)v[u];
+      acc += xi * xi;
+    }
+  }
+  for (; i < n; i += stride) {
     const double xi = (double)x[i];
     acc += xi * xi;
   }
