@@ -176,7 +176,7 @@ __device__ __forceinline__ void product_pv(float (&out)[HS / 8][4], const float 
 }
 
 template <class F, int HS>
-__global__ void __launch_bounds__(kThreadsM)
+__global__ void __launch_bounds__(kThreadsM, HS <= 64 ? 3 : 1)
     fwd_mma(F* __restrict__ out, float* __restrict__ lse, const F* __restrict__ q,
             const F* __restrict__ k, const F* __restrict__ v, Heads g, bool vec) {
   alignas(16) __shared__ uint16_t Ks[kTile][HS + 8];
@@ -208,14 +208,24 @@ __global__ void __launch_bounds__(kThreadsM)
     float s[kTile / 8][4];
     product_nt<HS, kTile>(s, qa, Ks, j_last);
     float mx[2] = {-INFINITY, -INFINITY};
+    if (k0 + kTile - 1 <= r0 && k0 + kTile <= g.T) {  // every key visible to the warp's rows: no mask
 #pragma unroll
-    for (int j = 0; j < kTile / 8; ++j)
+      for (int j = 0; j < kTile / 8; ++j)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int key = k0 + 8 * j + 2 * c + (i & 1), r = row[i / 2];
-        s[j][i] = key <= r && key < g.T ? s[j][i] * g.scale : -INFINITY;
-        mx[i / 2] = fmaxf(mx[i / 2], s[j][i]);
-      }
+        for (int i = 0; i < 4; ++i) {
+          s[j][i] *= g.scale;
+          mx[i / 2] = fmaxf(mx[i / 2], s[j][i]);
+        }
+    } else {
+#pragma unroll
+      for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int key = k0 + 8 * j + 2 * c + (i & 1), r = row[i / 2];
+          s[j][i] = key <= r && key < g.T ? s[j][i] * g.scale : -INFINITY;
+          mx[i / 2] = fmaxf(mx[i / 2], s[j][i]);
+        }
+    }
     float corr[2], psum[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int x = 0; x < 2; ++x) {
@@ -337,15 +347,23 @@ __global__ void __launch_bounds__(kThreadsM)
     float s[S / 8][4], dp[S / 8][4];
     product_nt<HS, S>(s, qa, Ks, j_last);
     product_nt<HS, S>(dp, ga, Vs, j_last);
+    if (k0 + S - 1 <= r0 && r0 + 15 < g.T) {  // every key visible to the warp's rows, all in T: no mask
 #pragma unroll
-    for (int j = 0; j < S / 8; ++j)
+      for (int j = 0; j < S / 8; ++j)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int key = k0 + 8 * j + 2 * c + (i & 1), r = row[i / 2];
-        float ds = 0.0f;  // dS = P (dP - D) scale, 0 for masked keys
-        if (key <= r && r < g.T) ds = expf(s[j][i] * g.scale - L[i / 2]) * (dp[j][i] - D[i / 2]) * g.scale;
-        s[j][i] = ds;
-      }
+        for (int i = 0; i < 4; ++i)
+          s[j][i] = expf(s[j][i] * g.scale - L[i / 2]) * (dp[j][i] - D[i / 2]) * g.scale;
+    } else {
+#pragma unroll
+      for (int j = 0; j < S / 8; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int key = k0 + 8 * j + 2 * c + (i & 1), r = row[i / 2];
+          float ds = 0.0f;  // dS = P (dP - D) scale, 0 for masked keys
+          if (key <= r && r < g.T) ds = expf(s[j][i] * g.scale - L[i / 2]) * (dp[j][i] - D[i / 2]) * g.scale;
+          s[j][i] = ds;
+        }
+    }
     product_pv<HS, S>(acc, s, Kt, j_last < 0 ? -1 : j_last / 2);
   }
 #pragma unroll
