@@ -60,6 +60,7 @@
 #include "ops/cuda/launch.cuh"
 #include "ops/cuda/mma.cuh"
 #include "ops/cuda/ops_cuda.h"
+#include "ops/cuda/pack.cuh"
 #include "ops/cuda/reduce.cuh"
 
 namespace lmf::cuda {
@@ -349,16 +350,33 @@ uint16_t* bits(bf16* p) { return reinterpret_cast<uint16_t*>(p); }
 namespace detail {
 
 namespace {
+// dst = src rounded to bf16 (mma.cuh's cvt.rn), n groups of K elements (pack.cuh): for K = kVec
+// two 16-byte loads and one 16-byte store a group, each pair rounded by one cvt as to_bf16 rounds
+// an element (the same bits, NaNs included); for K = 1 an element at a time (misaligned pointers,
+// the tail, LMF_CUDA_VEC=0).
+template <int K>
 __global__ void to_bf16_kernel(uint16_t* __restrict__ dst, const float* __restrict__ src, size_t n) {
   const size_t stride = (size_t)gridDim.x * blockDim.x;
-  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) dst[i] = to_bf16(src[i]);
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    if constexpr (K == 1) {
+      dst[i] = to_bf16(src[i]);
+    } else {
+      static_assert(K == 8, "a group is 8 floats: two 16-byte loads, one 16-byte store");
+      float v[8];
+      load16(v, src + i * 8);
+      load16(v + 4, src + i * 8 + 4);
+      uint32_t w[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) w[e] = pack_bf16(v[2 * e], v[2 * e + 1]);
+      store16(dst + i * 8, reinterpret_cast<const uint16_t*>(w));
+    }
+  }
 }
 }  // namespace
 
 void round_to_bf16(uint16_t* dst, const float* src, size_t n, cudaStream_t stream) {
   if (n == 0) return;
-  LMF_LAUNCH(to_bf16_kernel, grid_for(n), kThreads, 0, stream)(dst, src, n);
-  LMF_CUDA_CHECK_LAUNCH();
+  launch_groups(n, stream, [](auto k) { return &to_bf16_kernel<decltype(k)::value>; }, dst, src);
 }
 
 void gemm_bf16(cudaStream_t stream, bool trans_a, bool trans_b, int m, int n, int k, const uint16_t* A, int lda,
