@@ -30,11 +30,6 @@ __device__ __forceinline__ void block_place(int tiles, int heads, int& tile, int
   b = x / tiles / heads;
 }
 
-// A (B, NH, T) float buffer for the backward's D_t = dout_t . out_t of every query row, which the
-// dq kernels (or a kernel before them) write and the dk/dv kernels read, instead of recomputing
-// D for every key tile. One per device, grown when n is larger, never freed (attention_mma.cu).
-float* row_dots_buffer(size_t n);
-
 // The tiled kernels (attention_tiled.cu), for hs <= kTiledMaxHs; same contracts as the row
 // kernels of attention.cu (outputs assigned, lse (B, NH, T)). F, the storage type of every tensor
 // but lse: float or bf16 (instantiated for both).

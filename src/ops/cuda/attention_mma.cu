@@ -32,9 +32,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <map>
-#include <mutex>
-#include <utility>
 
 #include "core/error.h"
 #include "ops/cuda/attention.cuh"
@@ -484,25 +481,6 @@ constexpr int kPerAccess = 16 / (int)sizeof(F);
 
 }  // namespace
 
-// row_dots_buffer (attention.cuh): on the current device, at least n floats. Grown, never shrunk or freed (as the
-// classifier's workspaces): a CUDA graph captured before a growth still uses the old buffer, which
-// is kept. One per device, not per stream: a step's ops are ordered on the device's one stream at
-// a time (stream 0, or the capture stream, which is ordered with it both ways; graph.cu), and a
-// graph's capture finds the buffer its eager first step made.
-float* row_dots_buffer(size_t n) {
-  static std::mutex mu;
-  static auto* buffers = new std::map<int, std::pair<float*, size_t>>();  // never freed, see above
-  int dev = 0;
-  LMF_CUDA_CHECK(cudaGetDevice(&dev));
-  std::lock_guard<std::mutex> lock(mu);
-  auto& [p, cap] = (*buffers)[dev];
-  if (cap < n) {
-    p = static_cast<float*>(device_malloc(n * sizeof(float)));
-    cap = n;
-  }
-  return p;
-}
-
 bool mma_supported(const Heads& g) { return g.hs % 16 == 0 && g.hs >= 16 && g.hs <= 128; }
 
 template <class F>
@@ -526,7 +504,7 @@ void mma_backward(F* dq, F* dk, F* dv, const F* dout, const F* q, const F* k, co
   constexpr int kPer = kPerAccess<F>;
   const bool vec = g.ldq % kPer == 0 && g.ldkv % kPer == 0 && g.ldo % kPer == 0 &&
                    all_aligned16(q, k, v, out, dout);
-  float* drow = row_dots_buffer((size_t)rows);
+  float* drow = device_scratch(Scratch::attention_rows, (size_t)rows);  // D_t (B, NH, T)
   dispatch_hs(g.hs, [&](auto hs) {
     constexpr int HS = decltype(hs)::value, S = HS > 64 ? 32 : 64;
     const auto q_blocks = (unsigned)((long)g.B * g.NH * tiles), kv_blocks = (unsigned)((long)g.B * g.KVH * tiles);

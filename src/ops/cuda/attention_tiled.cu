@@ -16,7 +16,7 @@
 //  dk, dv   (block: b, kv head, 64 key rows; the group's query heads in order, 32 query rows per
 //           step from the diagonal on): thread (s, c4) owns key row s, queries c4, c4 + 4, ...;
 //           dv_s = sum p_ts dout_t, dk_s = sum dS_ts q_t, in (h, t) ascending order. D_t is
-//           dq's, which it leaves in a per-device buffer (row_dots_buffer), not recomputed for
+//           dq's, which it leaves in a per-device buffer (device_scratch), not recomputed for
 //           every key tile.
 // Shared rows are padded to hs + 1 floats, so the threads of a warp, which read 8 rows at the same
 // d, hit 8 different banks.
@@ -349,7 +349,7 @@ void tiled_backward(F* dq, F* dk, F* dv, const F* dout, const F* q, const F* k, 
   LMF_CHECK(g.hs <= kTiledMaxHs, "tiled attention: head size {} above {}", g.hs, kTiledMaxHs);
   if (g.B == 0 || g.T == 0) return;
   const long tiles = (g.T + kRows - 1) / kRows;
-  float* drow = row_dots_buffer((size_t)g.B * g.NH * g.T);  // D_t: dq_tiled writes, dkv_tiled reads
+  float* drow = device_scratch(Scratch::attention_rows, (size_t)g.B * g.NH * g.T);  // D_t: dq writes, dkv reads
   dispatch_per_thread(g.hs, [&](auto per) {
     constexpr int kPer = decltype(per)::value;
     launch<dq_tiled<F, kPer>>((unsigned)((long)g.B * g.NH * tiles), dq_floats(g.hs) * sizeof(float),

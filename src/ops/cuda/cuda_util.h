@@ -25,6 +25,17 @@ namespace lmf::cuda {
 // bytes (F of T bytes free)") and leaves no sticky CUDA error.
 void* device_malloc(size_t bytes);
 void device_free(void* p, size_t bytes) noexcept;
+// A per-device float buffer for one purpose, at least `floats` long: grown on demand, never shrunk
+// or freed. A grown buffer's old one is kept, not freed: a CUDA graph captured before
+// (ops/backend.h) still reads and writes it at each launch; it grows once per larger shape, so
+// this keeps little. One buffer per purpose and device, not per stream: a device's ops run in
+// order on one stream at a time (stream 0, or the capture stream, ordered with it both ways:
+// graph.cu), and a graph's capture finds the buffer its eager first step made.
+enum class Scratch {
+  column_sums,     // the column sums' partials (reduce.cuh)
+  attention_rows,  // the attention backward's D_t = dout_t . out_t per query row (attention.cuh)
+};
+float* device_scratch(Scratch purpose, size_t floats);
 size_t allocated_bytes();
 size_t peak_allocated_bytes();
 size_t allocation_count();  // device_malloc calls that allocated, so far (a step should add none)

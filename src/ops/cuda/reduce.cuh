@@ -115,17 +115,13 @@ __global__ void column_sums_finish_kernel(ColumnSums<K> dst, const float* __rest
   }
 }
 
-// The device's scratch for column sums' partials, at least `floats` long (reduce.cu). It grows
-// and keeps its old buffers (a CUDA graph may hold them); work on one stream uses it in turn.
-float* column_sums_scratch(size_t floats);
-
 // Host: column sums over (N, C) into dst. launch(grid, part) launches the caller's kernel, which
 // calls column_sums_accumulate(dst, part, ...), with block col_sum_block(); then the chunks' sums
 // are added into dst when there are several.
 template <int K, class Launch>
 void column_sums(const ColumnSums<K>& dst, int N, int C, cudaStream_t stream, Launch launch) {
   const int R = col_sum_chunks(N, C);
-  float* part = R > 1 ? column_sums_scratch((size_t)R * K * C) : nullptr;
+  float* part = R > 1 ? device_scratch(Scratch::column_sums, (size_t)R * K * C) : nullptr;
   launch(dim3(col_sum_blocks(C), (unsigned)R), part);
   LMF_CUDA_CHECK_LAUNCH();
   if (R == 1) return;

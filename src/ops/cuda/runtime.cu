@@ -5,8 +5,11 @@
 #include <atomic>
 #include <charconv>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "core/error.h"
 #include "ops/cuda/cuda_util.h"
@@ -55,6 +58,24 @@ void* device_malloc(size_t bytes) {
   g_count.fetch_add(1);
   count_allocated(bytes);
   return p;
+}
+
+float* device_scratch(Scratch purpose, size_t floats) {
+  struct Buffer {
+    float* p = nullptr;
+    size_t cap = 0;
+  };
+  static std::mutex mu;
+  static auto* buffers = new std::map<std::pair<int, Scratch>, Buffer>();  // never freed, see cuda_util.h
+  int dev = 0;
+  LMF_CUDA_CHECK(cudaGetDevice(&dev));
+  std::lock_guard lock(mu);
+  Buffer& b = (*buffers)[{dev, purpose}];
+  if (b.cap < floats) {
+    b.p = static_cast<float*>(device_malloc(floats * sizeof(float)));
+    b.cap = floats;
+  }
+  return b.p;
 }
 
 void count_allocated(size_t bytes) {
