@@ -66,14 +66,12 @@ __device__ __forceinline__ void load_group(uint32_t (&w)[4], const bf16* p, bool
 __device__ __forceinline__ void load_group(uint32_t (&w)[4], const float* p, bool vec) {
   float x[8];
   if (vec) {
-    load16(x, p);
-    load16(x + 4, p + 4);
+    load_n<8>(x, p);
   } else {
 #pragma unroll
     for (int e = 0; e < 8; ++e) x[e] = p[e];
   }
-#pragma unroll
-  for (int e = 0; e < 4; ++e) w[e] = pack_bf16(x[2 * e], x[2 * e + 1]);
+  pack_bf16x8(w, x);
 }
 
 // Rows [r0, r0 + R) of a (T, HS) head (row stride ld) as bf16 into shared memory: row-major rm

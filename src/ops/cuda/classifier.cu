@@ -266,10 +266,6 @@ double sum_and_check(Workspace& ws, const float* losses, int N, cudaStream_t str
   return read_result(ws);
 }
 
-}  // namespace
-
-namespace {
-
 // The classifier on bf16 operands (w16 (V, C) and x's rows as bf16 bits), in chunks of `chunk` rows;
 // with the backward (dx non-null) in groups of chunks (group_rows): per chunk the logits (fp32) and
 // the rows' dlogits (bf16, kept for the group), then per group dx (assigned, fp32 or bf16 as DX)

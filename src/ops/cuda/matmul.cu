@@ -363,11 +363,9 @@ __global__ void to_bf16_kernel(uint16_t* __restrict__ dst, const float* __restri
     } else {
       static_assert(K == 8, "a group is 8 floats: two 16-byte loads, one 16-byte store");
       float v[8];
-      load16(v, src + i * 8);
-      load16(v + 4, src + i * 8 + 4);
+      load_n<8>(v, src + i * 8);
       uint32_t w[4];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) w[e] = pack_bf16(v[2 * e], v[2 * e + 1]);
+      pack_bf16x8(w, v);
       store16(dst + i * 8, reinterpret_cast<const uint16_t*>(w));
     }
   }

@@ -35,6 +35,12 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 #endif
 }
 
+// 8 floats rounded to bf16 and packed in pairs, element 2e in the low half of w[e] (pack_bf16).
+__device__ __forceinline__ void pack_bf16x8(uint32_t (&w)[4], const float (&x)[8]) {
+#pragma unroll
+  for (int e = 0; e < 4; ++e) w[e] = pack_bf16(x[2 * e], x[2 * e + 1]);
+}
+
 // d = A b + d for one warp (all 32 lanes must call it together), layouts above.
 __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4],
                                                const uint32_t (&b)[2]) {
