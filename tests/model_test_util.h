@@ -144,4 +144,34 @@ inline std::unique_ptr<Decoder> expect_decoder_follows_forward(Model& m, const s
   return dec;
 }
 
+// A prefill of the first n tokens (one pass over n rows from an empty cache) gives the logits of
+// a full forward over them, and leaves a cache from which feeding the rest follows the forward,
+// within the tolerance above: for n = 1, a middle split and all of them. A prefill into a cache
+// that holds tokens already (fed one at a time) does too; one past the cache's room is refused.
+inline void expect_prefill_follows_forward(Model& m, const std::vector<int32_t>& tokens, int V) {
+  auto dec = make_decoder(m);
+  std::vector<float> full(V);
+  const int T = int(tokens.size());
+  auto expect_forward = [&](const float* got, int t, const char* what) {
+    m.forward(tokens.data(), nullptr, 1, t);
+    m.last_logits(full.data());
+    for (int v = 0; v < V; ++v)
+      ASSERT_NEAR(got[v], full[v], 1e-4 * (1 + std::abs(full[v]))) << what << " at position " << t << " token " << v;
+  };
+  for (int n : {1, T / 2 + 1, T}) {
+    SCOPED_TRACE(::testing::Message() << "prefill of " << n << " tokens");
+    dec->reset();
+    expect_forward(dec->prefill(tokens.data(), n), n, "prefill");
+    ASSERT_EQ(dec->position(), n);
+    for (int t = n + 1; t <= T; ++t) expect_forward(dec->feed(tokens[t - 1]), t, "feed after the prefill");
+  }
+  dec->reset();
+  dec->feed(tokens[0]);
+  expect_forward(dec->prefill(tokens.data() + 1, T - 1), T, "prefill after a feed");
+  const std::vector<int32_t> too_many(size_t(dec->capacity() - dec->position() + 1), tokens[0]);
+  EXPECT_THROW(dec->prefill(too_many.data(), int(too_many.size())), UserError) << "one more than the cache holds";
+  dec->reset();
+  EXPECT_THROW(dec->prefill(tokens.data(), 0), UserError);
+}
+
 }  // namespace lmf::test

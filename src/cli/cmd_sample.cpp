@@ -18,6 +18,7 @@ void add_sample(CLI::App& app) {
     std::string run, prompt, device = "cpu", precision = "fp32", storage = "fp32";
     SampleOptions s;
     int threads = 1;
+    bool stats = false;
   };
   auto o = std::make_shared<Opts>();
   o->s.temperature = 0.8;
@@ -43,6 +44,8 @@ void add_sample(CLI::App& app) {
   cmd->add_option("--precision", o->storage,
                   "storage of the KV cache, activations and weights: fp32 | bf16 (bf16: every product bf16)")
       ->capture_default_str();
+  cmd->add_flag("--stats", o->stats,
+                "print the prompt's prefill and the generation's speed (tokens/s) to stderr at the end");
   cmd->callback([o]() {
     set_num_threads(o->threads);
     if (o->device != "cpu" && o->device != "cuda") throw UserError("--device: expected cpu or cuda (got \"{}\")", o->device);
@@ -59,14 +62,26 @@ void add_sample(CLI::App& app) {
     if (ids.empty()) ids.push_back(tok->eot_id());
     o->s.stop_token = tok->eot_id();
     o->s.max_context = run.cfg.train.seq_len;
+    // A model whose vocabulary is padded past the tokenizer's never emits the padding's ids.
+    o->s.vocab_limit = tok->vocab_size();
     std::fputs(o->prompt.c_str(), stdout);
-    generate(*run.model, ids, o->s, [&](int32_t id) {
-      int32_t one[1] = {id};
-      std::string piece = tok->decode(one);
-      std::fputs(piece.c_str(), stdout);
-      std::fflush(stdout);
-    });
+    GenerateStats st;
+    generate(
+        *run.model, ids, o->s,
+        [&](int32_t id) {
+          int32_t one[1] = {id};
+          std::string piece = tok->decode(one);
+          std::fputs(piece.c_str(), stdout);
+          std::fflush(stdout);
+        },
+        &st);
     std::fputs("\n", stdout);
+    if (o->stats) {
+      auto rate = [](int n, double s) { return s > 0 ? n / s : 0.0; };
+      fmt::print(stderr, "prompt: {} tokens in {:.3f} s ({:.1f} tokens/s); generated: {} tokens in {:.3f} s ({:.1f} tokens/s)\n",
+                 st.prompt_tokens, st.prefill_s, rate(st.prompt_tokens, st.prefill_s), st.new_tokens, st.decode_s,
+                 rate(st.new_tokens, st.decode_s));
+    }
   });
 }
 

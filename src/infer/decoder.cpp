@@ -20,6 +20,24 @@ void check_token(int32_t token, int V) {
   if (token < 0 || token >= V) throw UserError("token id {} is outside the model's vocabulary of {}", token, V);
 }
 
+// Checks a prefill's tokens; true when they go in one pass (the cache is empty), false when they
+// must be fed one at a time.
+bool check_prefill(const int32_t* tokens, int n, int V, int pos, int max_t) {
+  if (n < 1) throw UserError("a prefill needs at least one token");
+  if (n > max_t - pos)
+    throw UserError("{} tokens do not fit the KV cache: {} of its {} positions are free", n, max_t - pos, max_t);
+  for (int i = 0; i < n; ++i) check_token(tokens[i], V);
+  return pos == 0;
+}
+
+// A prefill's activations: (n, width) buffers in the backend's memory, for one call.
+template <class T>
+Array<T> rows_of(const MemorySpace& space, int n, size_t width) {
+  Array<T> a(space);
+  a.resize(size_t(n) * width);
+  return a;
+}
+
 // The decoders run on the model's backend (the family's own table: over bf16 storage the bf16
 // one): the KV cache and every activation live in its memory and its number type, the weights
 // are the ones the layers read (dev_param, or their bf16 compute copy, rounded when the decoder
@@ -113,6 +131,52 @@ class Gpt2Decoder final : public Decoder {
     return logits_.to_host();
   }
 
+  // The forward over n rows: qkv's weight rows [C, 2C) and [2C, 3C) give k and v straight into
+  // the cache's first n rows, and the causal attention is the GQA op with NH groups (multi-head).
+  const float* prefill(const int32_t* tokens, int n) override {
+    if (!check_prefill(tokens, n, V_, pos_, max_t_)) {
+      const float* logits = nullptr;
+      for (int i = 0; i < n; ++i) logits = feed(tokens[i]);
+      return logits;
+    }
+    const auto& ix = m_.index();
+    const auto& be = be_;
+    const MemorySpace& mem = *be.memory;
+    auto w = [this](size_t i) { return m_.weight(i); };
+    const int C = C_, hs = C_ / NH_;
+    Array<A> x = rows_of<A>(mem, n, C), h = rows_of<A>(mem, n, C), q = rows_of<A>(mem, n, C),
+             y = rows_of<A>(mem, n, C), fch = rows_of<A>(mem, n, 4 * size_t(C)), act = rows_of<A>(mem, n, 4 * size_t(C));
+    Array<S> mean = rows_of<S>(mem, n, 1), rstd = rows_of<S>(mem, n, 1), lse = rows_of<S>(mem, n, NH_);
+    Array<int32_t> tok = rows_of<int32_t>(mem, n, 1);
+    tok.upload(tokens, size_t(n));
+    be.encoder_forward(x.data(), tok.data(), w(ix.wte), w(ix.wpe), 1, n, C);
+    const size_t CC = size_t(C) * C;
+    for (int l = 0; l < L_; ++l) {
+      const auto& li = ix.layers[l];
+      A* kc = k_.data() + size_t(l) * max_t_ * C;  // (maxT, C): rows [0, n) written here
+      A* vc = v_.data() + size_t(l) * max_t_ * C;
+      auto part = [&](int i) { return w(li.qkv_b) + size_t(i) * C; };
+      be.layernorm_forward(h.data(), mean.data(), rstd.data(), x.data(), w(li.ln1_w), w(li.ln1_b), n, C);
+      be.matmul_forward(q.data(), h.data(), w(li.qkv_w), part(0), n, C, C);
+      be.matmul_forward(kc, h.data(), w(li.qkv_w) + CC, part(1), n, C, C);
+      be.matmul_forward(vc, h.data(), w(li.qkv_w) + 2 * CC, part(2), n, C, C);
+      be.attention_gqa_forward(y.data(), lse.data(), q.data(), kc, vc, 1, n, NH_, NH_, hs);
+      be.matmul_forward(h.data(), y.data(), w(li.proj_w), w(li.proj_b), n, C, C);
+      be.residual_forward(x.data(), x.data(), h.data(), size_t(n) * C);
+      be.layernorm_forward(h.data(), mean.data(), rstd.data(), x.data(), w(li.ln2_w), w(li.ln2_b), n, C);
+      be.matmul_forward(fch.data(), h.data(), w(li.fc_w), w(li.fc_b), n, C, 4 * C);
+      be.gelu_forward(act.data(), fch.data(), size_t(n) * 4 * C);
+      be.matmul_forward(h.data(), act.data(), w(li.fcproj_w), w(li.fcproj_b), n, 4 * C, C);
+      be.residual_forward(x.data(), x.data(), h.data(), size_t(n) * C);
+    }
+    // Only the last row's logits are wanted.
+    const A* last = x.data() + size_t(n - 1) * C;
+    be.layernorm_forward(h.data(), mean.data(), rstd.data(), last, w(ix.lnf_w), w(ix.lnf_b), 1, C);
+    be.classifier_logits(logits_.dev(), h.data(), w(ix.lm_head), 1, C, V_);
+    pos_ = n;
+    return logits_.to_host();
+  }
+
  private:
   const Gpt2<A>& m_;
   const ops::Backend<A>& be_;
@@ -198,6 +262,55 @@ class LlamaDecoder final : public Decoder {
     be.rmsnorm_forward(h, rstd, x, w(ix.norm), 1, C, eps);
     be.classifier_logits(logits_.dev(), h, w(ix.lm_head), 1, C, V_);
     ++pos_;
+    return logits_.to_host();
+  }
+
+  // The forward over n rows, k and v straight into the cache's first n rows (rotated there).
+  const float* prefill(const int32_t* tokens, int n) override {
+    if (!check_prefill(tokens, n, V_, pos_, max_t_)) {
+      const float* logits = nullptr;
+      for (int i = 0; i < n; ++i) logits = feed(tokens[i]);
+      return logits;
+    }
+    const auto& ix = m_.index();
+    const auto& cfg = m_.config();
+    const auto& be = be_;
+    const MemorySpace& mem = *be.memory;
+    const int C = C_, KV = KVH_ * hs_, H = H_;
+    const float eps = static_cast<float>(cfg.norm_eps);
+    const double* inv_freq = m_.rope_inv_freq_device();
+    auto w = [this](size_t i) { return m_.weight(i); };
+    auto bias = [&](size_t i) { return i == Llama<A>::kNone ? nullptr : w(i); };
+    Array<A> x = rows_of<A>(mem, n, C), h = rows_of<A>(mem, n, C), q = rows_of<A>(mem, n, C),
+             y = rows_of<A>(mem, n, C), g = rows_of<A>(mem, n, H), u = rows_of<A>(mem, n, H);
+    Array<S> rstd = rows_of<S>(mem, n, 1), lse = rows_of<S>(mem, n, NH_);
+    Array<int32_t> tok = rows_of<int32_t>(mem, n, 1);
+    tok.upload(tokens, size_t(n));
+    be.encoder_forward(x.data(), tok.data(), w(ix.embed), nullptr, 1, n, C);
+    for (int l = 0; l < L_; ++l) {
+      const auto& li = ix.layers[l];
+      A* kc = k_.data() + size_t(l) * max_t_ * KV;  // (maxT, KV): rows [0, n) written here
+      A* vc = v_.data() + size_t(l) * max_t_ * KV;
+      be.rmsnorm_forward(h.data(), rstd.data(), x.data(), w(li.attn_norm), n, C, eps);
+      be.matmul_forward(q.data(), h.data(), w(li.wq), bias(li.bq), n, C, C);
+      be.matmul_forward(kc, h.data(), w(li.wk), bias(li.bk), n, C, KV);
+      be.matmul_forward(vc, h.data(), w(li.wv), bias(li.bv), n, C, KV);
+      be.rope_forward(q.data(), q.data(), 1, n, NH_, hs_, inv_freq, cfg.rope_interleaved, 0);
+      be.rope_forward(kc, kc, 1, n, KVH_, hs_, inv_freq, cfg.rope_interleaved, 0);
+      be.attention_gqa_forward(y.data(), lse.data(), q.data(), kc, vc, 1, n, NH_, KVH_, hs_);
+      be.matmul_forward(h.data(), y.data(), w(li.wo), bias(li.bo), n, C, C);
+      be.residual_forward(x.data(), x.data(), h.data(), size_t(n) * C);
+      be.rmsnorm_forward(h.data(), rstd.data(), x.data(), w(li.ffn_norm), n, C, eps);
+      be.matmul_forward(g.data(), h.data(), w(li.gate), bias(li.bgate), n, C, H);
+      be.matmul_forward(u.data(), h.data(), w(li.up), bias(li.bup), n, C, H);
+      be.swiglu_forward(g.data(), g.data(), u.data(), size_t(n) * H);
+      be.matmul_forward(h.data(), g.data(), w(li.down), bias(li.bdown), n, H, C);
+      be.residual_forward(x.data(), x.data(), h.data(), size_t(n) * C);
+    }
+    const A* last = x.data() + size_t(n - 1) * C;
+    be.rmsnorm_forward(h.data(), rstd.data(), last, w(ix.norm), 1, C, eps);
+    be.classifier_logits(logits_.dev(), h.data(), w(ix.lm_head), 1, C, V_);
+    pos_ = n;
     return logits_.to_host();
   }
 

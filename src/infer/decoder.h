@@ -15,6 +15,12 @@ class Decoder {
   // Appends `token` at the next position; returns the logits (V) for the position after it.
   // UserError for an id outside the vocabulary.
   virtual const float* feed(int32_t token) = 0;
+  // Appends tokens[0, n) and returns the logits (V) for the position after the last, as n calls
+  // of feed would, up to summation order. From an empty cache, in one pass of the model over the
+  // n rows (a prompt's prefill: matrix products instead of n vector products, and the causal
+  // attention of training); else token by token. UserError for an id outside the vocabulary or
+  // more tokens than the cache has room for.
+  virtual const float* prefill(const int32_t* tokens, int n) = 0;
   int position() const { return pos_; }  // tokens in the cache
   int capacity() const { return max_t_; }
   void reset() { pos_ = 0; }

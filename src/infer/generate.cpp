@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "core/timer.h"
 #include "infer/decoder.h"
 #include "ops/ops.h"
 
@@ -39,25 +40,31 @@ int32_t sample_token(const float* logits, int V, const SampleOptions& opt, Rng& 
 }
 
 std::vector<int32_t> generate(const Model& model, const std::vector<int32_t>& prompt, const SampleOptions& opt,
-                              const std::function<void(int32_t)>& on_token) {
+                              const std::function<void(int32_t)>& on_token, GenerateStats* stats) {
   if (prompt.empty()) throw UserError("generation needs at least one prompt token");
+  const int V = model.config().vocab_size;
+  if (opt.vocab_limit < 0 || opt.vocab_limit > V)
+    throw UserError("the sampling vocabulary limit {} is outside the model's vocabulary of {}", opt.vocab_limit, V);
+  const int choices = opt.vocab_limit > 0 ? opt.vocab_limit : V;
   auto dec = make_decoder(model, opt.max_context);
   Decoder& gen = *dec;
   Rng rng(opt.seed, kStreamSample);
   std::vector<int32_t> all = prompt, out;
-  // Keep the most recent tokens that fit, then feed them.
+  // Keep the most recent tokens that fit, then prefill the empty cache with them in one pass.
   auto refill = [&]() -> const float* {
     gen.reset();
     size_t keep = std::min<size_t>(all.size(), size_t(std::max(1, gen.capacity() / 2)));
     if (all.size() <= size_t(gen.capacity())) keep = all.size();
-    const float* logits = nullptr;
-    for (size_t i = all.size() - keep; i < all.size(); ++i) logits = gen.feed(all[i]);
-    return logits;
+    return gen.prefill(all.data() + (all.size() - keep), int(keep));
   };
+  Timer timer;
   const float* logits = refill();
-  const int V = model.config().vocab_size;
+  GenerateStats st;
+  st.prompt_tokens = gen.position();
+  st.prefill_s = timer.seconds();
+  timer.reset();
   for (int n = 0; n < opt.max_new_tokens; ++n) {
-    int32_t tok = sample_token(logits, V, opt, rng);
+    int32_t tok = sample_token(logits, choices, opt, rng);
     out.push_back(tok);
     all.push_back(tok);
     if (on_token) on_token(tok);
@@ -65,6 +72,9 @@ std::vector<int32_t> generate(const Model& model, const std::vector<int32_t>& pr
     if (n + 1 == opt.max_new_tokens) break;
     logits = gen.position() < gen.capacity() ? gen.feed(tok) : refill();
   }
+  st.new_tokens = int(out.size());
+  st.decode_s = timer.seconds();
+  if (stats) *stats = st;
   return out;
 }
 

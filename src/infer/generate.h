@@ -19,14 +19,25 @@ struct SampleOptions {
   int stop_token = -1;       // stop after emitting this id (e.g. end-of-text); -1: none
   int max_context = 0;       // positions used; 0 = the model's block_size. Set it to the trained
                              // sequence length: later positions' embeddings were never trained.
+  int vocab_limit = 0;       // choose only ids below this (the tokenizer's vocabulary, where the
+                             // model's is padded past it, as GPT-2's 50257 to 50304); 0: all
+};
+
+// Where generation's time went: the prompt's prefill (to its first logits) and the new tokens.
+struct GenerateStats {
+  int prompt_tokens = 0;  // fed in the first prefill (the prompt's tail that fits the context)
+  double prefill_s = 0;
+  int new_tokens = 0;
+  double decode_s = 0;    // from the first logits to the last token, cache rebuilds included
 };
 
 // Picks a token id from logits (V) under the options; `rng` advances by one draw (none if greedy).
 int32_t sample_token(const float* logits, int V, const SampleOptions& opt, Rng& rng);
 
-// Feeds the prompt, then samples up to max_new_tokens, calling on_token for each new id.
-// When the context fills (max_context), the cache is rebuilt from the last half.
+// Prefills the cache with the prompt, then samples up to max_new_tokens, calling on_token for
+// each new id. When the context fills (max_context), the cache is rebuilt from the last half.
+// stats, when given, receives the timings.
 std::vector<int32_t> generate(const Model& model, const std::vector<int32_t>& prompt, const SampleOptions& opt,
-                              const std::function<void(int32_t)>& on_token = {});
+                              const std::function<void(int32_t)>& on_token = {}, GenerateStats* stats = nullptr);
 
 }  // namespace lmf

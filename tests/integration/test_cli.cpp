@@ -140,6 +140,29 @@ TEST_F(Cli, TrainingBeatsTheUnigramBaselineOnRealText) {
   EXPECT_EQ(s.out, s2.out);  // same seed, same text
 }
 
+// A model vocabulary padded past the tokenizer's (320 against the byte tokenizer's 257, as GPT-2's
+// 50304 against 50257): an untrained model spreads its choices over all 320 ids, and `sample`
+// still only picks the tokenizer's ids (else the tokenizer refuses the id), over a prompt longer
+// than the context (so the cache is prefilled from the prompt's tail and rebuilt on the way);
+// `--stats` reports both phases.
+TEST_F(Cli, SampleNeverPicksAPaddedVocabularyId) {
+  TempDir t;
+  auto run = t.path() / "run";
+  ASSERT_EQ(run_lmforge(train_args(run, "--set train.steps=1 --set train.eval_every=0 --set model.vocab_size=320"),
+                        t.path()).code,
+            0);
+  const std::string prompt(100, 'a');  // 100 tokens, the context 64
+  for (int seed : {4, 5, 6}) {  // a padded id is about one choice in five: some in 40, for each seed
+    auto s = run_lmforge("sample --run " + run.string() + " --prompt " + prompt +
+                             " --temperature 2 --top-p 1 --max-new-tokens 40 --stats --seed " + std::to_string(seed),
+                         t.path());
+    ASSERT_EQ(s.code, 0) << s.err;
+    // The prompt's last half context (32 tokens) prefilled; up to 40 new ones (end-of-text stops).
+    EXPECT_NE(s.err.find("prompt: 32 tokens in "), std::string::npos) << s.err;
+    EXPECT_NE(s.err.find("generated: "), std::string::npos) << s.err;
+  }
+}
+
 // [train] precision = bf16 (activations and the weights the layers read in bf16; on the CPU the
 // slow specification of the GPU's numbers): it trains on real text past the unigram baseline,
 // says so in its log, and its run (fp32 master weights) evaluates and samples like any other.

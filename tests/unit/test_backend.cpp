@@ -161,7 +161,7 @@ TEST_P(BackendSeam, OptimizerStateRoundTrips) {
 }
 
 // KV-cache decoding (infer/decoder.cpp) runs on the model's backend: on the stand-in device every
-// step's logits equal the CPU decoder's bit for bit, and greedy generation with a context small
+// step's logits, and a prefill's, equal the CPU decoder's bit for bit, and greedy generation with a context small
 // enough to rebuild the cache twice gives the same tokens.
 TEST_P(BackendSeam, DecodingMatchesTheCpuBitForBit) {
   const ModelConfig cfg = GetParam();
@@ -177,6 +177,14 @@ TEST_P(BackendSeam, DecodingMatchesTheCpuBitForBit) {
     const std::vector<float> c(lc, lc + cfg.vocab_size);
     const float* ld = dd->feed(b.x[t]);
     expect_same_bits(c, {ld, ld + cfg.vocab_size}, ("logits at position " + std::to_string(t)).c_str());
+  }
+  for (int n : {1, cfg.block_size}) {  // a prefill, the GQA attention over n rows
+    dc->reset();
+    dd->reset();
+    const float* lc = dc->prefill(b.x.data(), n);
+    const std::vector<float> c(lc, lc + cfg.vocab_size);
+    const float* ld = dd->prefill(b.x.data(), n);
+    expect_same_bits(c, {ld, ld + cfg.vocab_size}, ("logits after a prefill of " + std::to_string(n)).c_str());
   }
   SampleOptions o;
   o.temperature = 0;

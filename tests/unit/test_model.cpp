@@ -80,8 +80,8 @@ TEST(Gpt2, InitStatisticsAndThreadIndependence) {
   EXPECT_EQ(a.params().param(bias)[5], 0.0f);
 }
 
-// Decoding one token at a time through the KV cache gives, at every position, the logits of a
-// full forward over the prefix; for each family and the Llama variants (GQA, MQA, biases, both
+// Decoding one token at a time through the KV cache, or a prefill of the first tokens and then
+// one at a time, gives, at every position, the logits of a full forward over the prefix; for each family and the Llama variants (GQA, MQA, biases, both
 // RoPE conventions, llama3 scaling).
 void expect_decoder_matches_forward(const ModelConfig& c, uint64_t seed) {
   auto m = make_model(c);
@@ -90,6 +90,7 @@ void expect_decoder_matches_forward(const ModelConfig& c, uint64_t seed) {
   const int T = c.block_size;
   test::Batch b = test::random_batch(1, T, c.vocab_size, seed + 1);
   auto dec = test::expect_decoder_follows_forward(*m, b.x, c.vocab_size);
+  test::expect_prefill_follows_forward(*m, b.x, c.vocab_size);
   EXPECT_EQ(dec->capacity(), T);
   EXPECT_EQ(dec->position(), T);
   dec->reset();
@@ -253,6 +254,40 @@ TEST(Generate, SlidingContextMatchesFullForwardOfTheWindow) {
     ASSERT_EQ(out[i], best) << "token " << i;
     all.push_back(out[i]);
   }
+}
+
+// A vocabulary limit (the tokenizer's, below a padded model vocabulary) keeps every choice under
+// it, greedy and sampled, where without it this model picks ids past it; and the stats count the
+// prompt and the new tokens.
+TEST(Generate, VocabularyLimitKeepsChoicesBelowIt) {
+  ModelConfig c;
+  c.n_layer = 1;
+  c.n_head = 2;
+  c.n_embd = 8;
+  c.vocab_size = 11;
+  c.block_size = 32;
+  ModelOf<Gpt2<float>> owner(c);
+  owner.impl().init(5);
+  const std::vector<int32_t> prompt = {1, 2, 3};
+  for (double temperature : {0.0, 1.0}) {
+    SCOPED_TRACE(testing::Message() << "temperature " << temperature);
+    SampleOptions o;
+    o.temperature = temperature;
+    o.max_new_tokens = 24;
+    auto free = generate(owner, prompt, o);
+    EXPECT_TRUE(std::any_of(free.begin(), free.end(), [](int32_t t) { return t >= 4; }))
+        << "the model picks ids past the limit without it";
+    o.vocab_limit = 4;
+    GenerateStats st;
+    auto limited = generate(owner, prompt, o, {}, &st);
+    ASSERT_EQ(limited.size(), 24u);
+    for (int32_t t : limited) EXPECT_LT(t, 4);
+    EXPECT_EQ(st.prompt_tokens, 3);
+    EXPECT_EQ(st.new_tokens, 24);
+  }
+  SampleOptions bad;
+  bad.vocab_limit = 12;
+  EXPECT_THROW(generate(owner, prompt, bad), UserError);
 }
 
 }  // namespace

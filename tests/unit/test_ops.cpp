@@ -30,6 +30,7 @@
 
 #include "core/rng.h"
 #include "ops/backend.h"
+#include "ops/cpu/blas.h"
 #include "ops/ops.h"
 #include "ops/reference.h"
 #include "op_tolerance.h"
@@ -663,6 +664,8 @@ void PrintTo(const OpCase& c, std::ostream* os) {
 // layers (C = 768, V = 50257).
 const std::vector<OpCase> kCases = {
     {"matmul", {1, 1, 1}},
+    {"matmul", {1, 768, 1000}},  // a decoder's step: one row, through GEMV
+    {"matmul", {1, 33, 1}},
     {"matmul", {31, 32, 33}},
     {"matmul", {33, 31, 32}},
     {"matmul", {257, 96, 130}},
@@ -824,6 +827,31 @@ TEST(AttentionGqa, MatchesAttentionWhenKvhEqualsNh) {
       ASSERT_EQ(dqkv[bt * 3 * C + c], dq[bt * C + c]) << "dq at " << bt << ", " << c;
       ASSERT_EQ(dqkv[bt * 3 * C + C + c], dk[bt * C + c]) << "dk at " << bt << ", " << c;
       ASSERT_EQ(dqkv[bt * 3 * C + 2 * C + c], dv[bt * C + c]) << "dv at " << bt << ", " << c;
+    }
+}
+
+// cpu::gemm sends a single row (M = 1) to GEMV: every layout of A and B, with leading
+// dimensions wider than the rows, alpha and beta, against the product in double.
+TEST(CpuGemm, SingleRowMatchesTheProductInEveryLayout) {
+  const int K = 37, N = 45, pad = 3;
+  const float alpha = 0.75f, beta = 0.5f;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      SCOPED_TRACE(testing::Message() << "trans_a " << ta << " trans_b " << tb);
+      // A: (1, K) row-major, or A^T with A (K, 1) and lda = 1 + pad. B: (K, N), or B^T with B (N, K).
+      const int lda = ta ? 1 + pad : K + pad, ldb = (tb ? K : N) + pad;
+      const Vec a = rand_vec(size_t(ta ? K * lda : lda), 61), b = rand_vec(size_t(tb ? N : K) * ldb, 62),
+                c0 = rand_vec(size_t(N), 63);
+      auto a_t = cast<float>(a), b_t = cast<float>(b), c_t = cast<float>(c0);
+      cpu::gemm<float>(ta, tb, 1, N, K, alpha, a_t.data(), lda, b_t.data(), ldb, beta, c_t.data(), N);
+      Vec want(N);
+      for (int j = 0; j < N; ++j) {
+        double s = 0;
+        for (int k = 0; k < K; ++k) s += a[ta ? size_t(k) * lda : k] * b[tb ? size_t(j) * ldb + k : size_t(k) * ldb + j];
+        want[j] = alpha * s + beta * c0[j];
+      }
+      // K products and the scaled C: a sum of K + 1 terms, each at most |a| |b| or |c0|.
+      expect_close("c", c_t, want, tol_for<float>().gamma(K + 1) * (K * max_abs(a) * max_abs(b) + max_abs(c0)));
     }
 }
 

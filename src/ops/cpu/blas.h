@@ -3,6 +3,8 @@
 // op(A) is A (M, K) with leading dimension lda, or A^T where A is (K, M); likewise B.
 // The build links OpenBLAS's OpenMP variant: called inside our own `omp parallel` region a GEMM
 // runs on the calling thread; called outside, it uses all threads.
+// A single row (M = 1, a decoder's step) goes to GEMV: OpenBLAS's GEMM packs the whole of B
+// first, a copy of every weight per token that costs more than the product itself.
 #include <cblas.h>
 
 #include <type_traits>
@@ -21,6 +23,19 @@ inline void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const
   }
   const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans;
   const CBLAS_TRANSPOSE tb = trans_b ? CblasTrans : CblasNoTrans;
+  if (M == 1) {
+    // C (1, N) = alpha * a (K) @ op(B) (K, N): y = op(B)^T a, with op(B)^T = B (N, K) when B is
+    // stored transposed, else B^T of B (K, N). a is A's row, or A's column (stride lda) when A^T.
+    const int inc_a = trans_a ? lda : 1;
+    const int rows = trans_b ? N : K, cols = trans_b ? K : N;
+    const CBLAS_TRANSPOSE tv = trans_b ? CblasNoTrans : CblasTrans;
+    if constexpr (std::is_same_v<T, float>) {
+      cblas_sgemv(CblasRowMajor, tv, rows, cols, alpha, B, ldb, A, inc_a, beta, C, 1);
+    } else {
+      cblas_dgemv(CblasRowMajor, tv, rows, cols, alpha, B, ldb, A, inc_a, beta, C, 1);
+    }
+    return;
+  }
   if constexpr (std::is_same_v<T, float>) {
     cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   } else {
