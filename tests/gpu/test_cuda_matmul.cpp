@@ -27,6 +27,7 @@ TEST(CudaMatmul, Skipped) { GTEST_SKIP() << "built without CUDA"; }
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <fstream>
 #include <limits>
 #include <string>
 #include <utility>
@@ -44,6 +45,36 @@ namespace lmf {
 namespace {
 
 using namespace test;  // NOLINT: the shared GPU test helpers (cuda_test_util.h)
+
+// Whether a shared library whose file name starts with `stem` is mapped into this process.
+bool library_mapped(const std::string& stem) {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line)) {
+    const size_t slash = line.rfind('/');
+    if (slash != std::string::npos && line.compare(slash + 1, stem.size(), stem) == 0) return true;
+  }
+  return false;
+}
+
+// cuBLAS and cuBLASLt are loaded on first use, not linked (ops/cuda/cublas_api.h): on any
+// machine with the toolkit's libraries, a GPU or not, they load and every entry point is found;
+// and the program had not loaded them before (its start-up stays free of cuBLASLt's). The first
+// test of the file, so that in a run of the whole program no GEMM has loaded them yet.
+TEST(CudaMatmul, CublasLoadsOnDemand) {
+  const bool before = library_mapped("libcublasLt");
+  std::string where;
+  ASSERT_NO_THROW(where = cuda::cublas_libraries());
+#ifdef LMF_CUDA_EMU
+  EXPECT_EQ(where, "the CPU emulation");
+#else
+  EXPECT_FALSE(before) << "libcublasLt was mapped before the first GEMM";
+  EXPECT_NE(where.find("libcublasLt.so"), std::string::npos) << where;
+  EXPECT_NE(where.find("libcublas.so"), std::string::npos) << where;
+  EXPECT_TRUE(library_mapped("libcublasLt")) << where;
+#endif
+  (void)before;
+}
 
 // ---- matmul: out = inp @ w^T + bias -------------------------------------------------------------
 

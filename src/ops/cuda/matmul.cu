@@ -55,6 +55,7 @@
 
 #include "core/error.h"
 #include "ops/cuda/bf16.cuh"
+#include "ops/cuda/cublas_api.h"
 #include "ops/cuda/cuda_util.h"
 #include "ops/cuda/gemm.cuh"
 #include "ops/cuda/launch.cuh"
@@ -68,8 +69,8 @@ namespace {
 
 // Throws lmf::Error naming the cuBLAS status, the failed call and where it was made.
 [[noreturn]] void cublas_failed(cublasStatus_t st, const char* call, const char* file, int line) {
-  throw Error(fmt::format("cuBLAS error {} ({}) in {} at {}:{}", cublasGetStatusName(st),
-                          cublasGetStatusString(st), call, file, line));
+  throw Error(fmt::format("cuBLAS error {} ({}) in {} at {}:{}", cublas().GetStatusName(st),
+                          cublas().GetStatusString(st), call, file, line));
 }
 
 }  // namespace
@@ -108,6 +109,7 @@ constexpr size_t kCublasWorkspaceBytes = size_t(32) << 20;
 class LockedHandle {
  public:
   explicit LockedHandle(cudaStream_t stream) {
+    const CublasApi& api = cublas();
     int dev = 0;
     LMF_CUDA_CHECK(cudaGetDevice(&dev));
     LMF_CHECK(dev >= 0 && dev < kMaxDevices, "cuBLAS: device {} beyond the {} supported", dev,
@@ -117,15 +119,15 @@ class LockedHandle {
     lock_ = std::unique_lock<std::mutex>(s.mu);
     if (s.handle == nullptr) {
       cublasHandle_t h = nullptr;
-      LMF_CUBLAS_CHECK(cublasCreate(&h));
-      LMF_CUBLAS_CHECK(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));  // no TF32 (see the top)
-      LMF_CUBLAS_CHECK(cublasSetAtomicsMode(h, CUBLAS_ATOMICS_NOT_ALLOWED));
-      LMF_CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST));  // alpha, beta on host
+      LMF_CUBLAS_CHECK(api.Create(&h));
+      LMF_CUBLAS_CHECK(api.SetMathMode(h, CUBLAS_DEFAULT_MATH));  // no TF32 (see the top)
+      LMF_CUBLAS_CHECK(api.SetAtomicsMode(h, CUBLAS_ATOMICS_NOT_ALLOWED));
+      LMF_CUBLAS_CHECK(api.SetPointerMode(h, CUBLAS_POINTER_MODE_HOST));  // alpha, beta on host
       s.workspace = device_malloc(kCublasWorkspaceBytes);
       s.handle = h;
     }
-    LMF_CUBLAS_CHECK(cublasSetStream(s.handle, stream));
-    LMF_CUBLAS_CHECK(cublasSetWorkspace(s.handle, s.workspace, kCublasWorkspaceBytes));
+    LMF_CUBLAS_CHECK(api.SetStream(s.handle, stream));
+    LMF_CUBLAS_CHECK(api.SetWorkspace(s.handle, s.workspace, kCublasWorkspaceBytes));
     handle_ = s.handle;
   }
   cublasHandle_t get() const { return handle_; }
@@ -150,8 +152,8 @@ void sgemm(cublasHandle_t h, ops::MatmulPrecision p, cublasOperation_t ta, cubla
            int m, int n, int k, const float* A, int lda, const float* B, int ldb, float beta,
            float* Cm, int ldc) {
   const float alpha = 1.0f;
-  LMF_CUBLAS_CHECK(cublasGemmEx(h, ta, tb, m, n, k, &alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb,
-                                &beta, Cm, CUDA_R_32F, ldc, compute_type(p), CUBLAS_GEMM_DEFAULT));
+  LMF_CUBLAS_CHECK(cublas().GemmEx(h, ta, tb, m, n, k, &alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb,
+                                   &beta, Cm, CUDA_R_32F, ldc, compute_type(p), CUBLAS_GEMM_DEFAULT));
 }
 
 // ---- cuBLASLt: the GEMM with the bias in its epilogue -------------------------------------------
@@ -213,52 +215,53 @@ LtSlot& lt_slot() {
 }
 
 LtPlan make_plan(cublasLtHandle_t h, const LtKey& key, const void* aux) {
+  const CublasApi& api = cublas();
   LtPlan plan;
   // bf16 storage: the operands are bf16 already, so the plain fp32 compute type (no conversion).
   const cublasComputeType_t compute = key.bf16 ? CUBLAS_COMPUTE_32F : compute_type(key.p);
   const cudaDataType type = key.bf16 ? CUDA_R_16BF : CUDA_R_32F;
-  LMF_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.desc, compute, CUDA_R_32F));
+  LMF_CUBLAS_CHECK(api.LtMatmulDescCreate(&plan.desc, compute, CUDA_R_32F));
   const int32_t ta = key.ta, tb = key.tb;
   const uint32_t epilogue = key.epilogue;
-  LMF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
-  LMF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
-  LMF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue));
+  LMF_CUBLAS_CHECK(api.LtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+  LMF_CUBLAS_CHECK(api.LtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+  LMF_CUBLAS_CHECK(api.LtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue));
   if (aux != nullptr) {  // the heuristic reads the aux pointer's alignment (cublasLt.h); each call sets it again
     const int64_t ld = key.ldaux;
-    LMF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof ld));
+    LMF_CUBLAS_CHECK(api.LtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof ld));
     LMF_CUBLAS_CHECK(
-        cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof aux));
+        api.LtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof aux));
   }
   if (key.bf16) {  // the default (D's type) already; said here so that it does not depend on it
     const int32_t bias_type = CUDA_R_16BF;
-    LMF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
-                                                    &bias_type, sizeof bias_type));
+    LMF_CUBLAS_CHECK(api.LtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                                                  &bias_type, sizeof bias_type));
   }
   const bool at = key.ta == CUBLAS_OP_T, bt = key.tb == CUBLAS_OP_T;
   LMF_CUBLAS_CHECK(
-      cublasLtMatrixLayoutCreate(&plan.a, type, at ? key.k : key.m, at ? key.m : key.k, key.lda));
+      api.LtMatrixLayoutCreate(&plan.a, type, at ? key.k : key.m, at ? key.m : key.k, key.lda));
   LMF_CUBLAS_CHECK(
-      cublasLtMatrixLayoutCreate(&plan.b, type, bt ? key.n : key.k, bt ? key.k : key.n, key.ldb));
-  LMF_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.c, type, key.m, key.n, key.ldc));
+      api.LtMatrixLayoutCreate(&plan.b, type, bt ? key.n : key.k, bt ? key.k : key.n, key.ldb));
+  LMF_CUBLAS_CHECK(api.LtMatrixLayoutCreate(&plan.c, type, key.m, key.n, key.ldc));
   cublasLtMatmulPreference_t pref = nullptr;
-  LMF_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  LMF_CUBLAS_CHECK(api.LtMatmulPreferenceCreate(&pref));
   const uint64_t ws = kLtWorkspaceBytes;
   const uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE | CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE;
-  LMF_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+  LMF_CUBLAS_CHECK(api.LtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
   LMF_CUBLAS_CHECK(
-      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes, sizeof schemes));
+      api.LtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes, sizeof schemes));
   const std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t> aligns[] = {
       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.align_a},
       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.align_b},
       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.align_c},
       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align_c}};
   for (const auto& [attr, value] : aligns)
-    LMF_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &value, sizeof value));
+    LMF_CUBLAS_CHECK(api.LtMatmulPreferenceSetAttribute(pref, attr, &value, sizeof value));
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
   const cublasStatus_t st =
-      cublasLtMatmulAlgoGetHeuristic(h, plan.desc, plan.a, plan.b, plan.c, plan.c, pref, 1, &result, &found);
-  LMF_CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+      api.LtMatmulAlgoGetHeuristic(h, plan.desc, plan.a, plan.b, plan.c, plan.c, pref, 1, &result, &found);
+  LMF_CUBLAS_CHECK(api.LtMatmulPreferenceDestroy(pref));
   if (st == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS &&
       result.workspaceSize <= kLtWorkspaceBytes) {
     plan.algo = result.algo;
@@ -281,7 +284,7 @@ bool gemm_lt(ops::MatmulPrecision p, bool bf16, uint32_t epilogue, cublasOperati
   LtSlot& slot = lt_slot();
   std::lock_guard lock(slot.mu);
   if (slot.handle == nullptr) {
-    LMF_CUBLAS_CHECK(cublasLtCreate(&slot.handle));
+    LMF_CUBLAS_CHECK(cublas().LtCreate(&slot.handle));
     slot.workspace = device_malloc(kLtWorkspaceBytes);
   }
   const LtKey key{m,        n,  k, lda, ldb, ldc, ta, tb, p, alignment_of(A), alignment_of(B), alignment_of(D), bf16,
@@ -292,13 +295,13 @@ bool gemm_lt(ops::MatmulPrecision p, bool bf16, uint32_t epilogue, cublasOperati
   if (!plan.usable) return false;
   if (bias != nullptr)
     LMF_CUBLAS_CHECK(
-        cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+        cublas().LtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
   if (aux != nullptr)
     LMF_CUBLAS_CHECK(
-        cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof aux));
+        cublas().LtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof aux));
   const float alpha = 1.0f, beta = 0.0f;
-  LMF_CUBLAS_CHECK(cublasLtMatmul(slot.handle, plan.desc, &alpha, A, plan.a, B, plan.b, &beta, D, plan.c, D,
-                                  plan.c, &plan.algo, slot.workspace, kLtWorkspaceBytes, stream));
+  LMF_CUBLAS_CHECK(cublas().LtMatmul(slot.handle, plan.desc, &alpha, A, plan.a, B, plan.b, &beta, D, plan.c, D,
+                                     plan.c, &plan.algo, slot.workspace, kLtWorkspaceBytes, stream));
   return true;
 }
 
@@ -381,9 +384,9 @@ void gemm_bf16(cudaStream_t stream, bool trans_a, bool trans_b, int m, int n, in
                const uint16_t* B, int ldb, float beta, float* C, int ldc) {
   LockedHandle h(stream);
   const float alpha = 1.0f;
-  LMF_CUBLAS_CHECK(cublasGemmEx(h.get(), trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, m,
-                                n, k, &alpha, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb, &beta, C, CUDA_R_32F, ldc,
-                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  LMF_CUBLAS_CHECK(cublas().GemmEx(h.get(), trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, m,
+                                   n, k, &alpha, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb, &beta, C, CUDA_R_32F, ldc,
+                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 void gemm_bf16(cudaStream_t stream, bool trans_a, bool trans_b, int m, int n, int k,
@@ -391,10 +394,10 @@ void gemm_bf16(cudaStream_t stream, bool trans_a, bool trans_b, int m, int n, in
                int ldc) {
   LockedHandle h(stream);
   const float alpha = 1.0f;
-  LMF_CUBLAS_CHECK(cublasGemmEx(h.get(), trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, &alpha, A,
-                                CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb, &beta, C, CUDA_R_16BF, ldc,
-                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  LMF_CUBLAS_CHECK(cublas().GemmEx(h.get(), trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                   trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, &alpha, A,
+                                   CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb, &beta, C, CUDA_R_16BF, ldc,
+                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 }  // namespace detail

@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "ops/backend.h"
 
@@ -94,6 +95,10 @@ double sum_squares(const float* x, size_t n, cudaStream_t stream = 0);
 void scale(float* x, float s, size_t n, cudaStream_t stream = 0);
 
 // ---- matmul and classifier (ops/cuda/matmul.cu, classifier.cu: cuBLAS) ------------------------
+// cuBLAS and cuBLASLt are loaded on first use (ops/cuda/cublas_api.h). This loads them if not yet
+// and says from where: the two libraries' paths, ';'-joined ("the CPU emulation" there). UserError
+// when they cannot be loaded. Needs no GPU.
+std::string cublas_libraries();
 // cublasGemmEx on fp32 buffers with fp32 accumulation. `p` (ops/backend.h) picks the products:
 // fp32 (CUBLAS_COMPUTE_32F: never TF32, results match the CPU ops to fp32 rounding), tf32 or bf16
 // (CUBLAS_COMPUTE_32F_FAST_TF32 / _FAST_16BF: operands rounded, tensor cores; they match the
