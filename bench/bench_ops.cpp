@@ -4,11 +4,15 @@
 // GFLOP/s counts useful FLOPs only (attention: the causal half of QK^T and PV).
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <numeric>
 #include <vector>
 
 #include "core/buffer.h"
 #include "core/rng.h"
+#include "infer/generate.h"
 #include "ops/cpu/blas.h"
 #include "ops/ops.h"
 
@@ -265,6 +269,73 @@ void BM_sum_squares(benchmark::State& state) {
 }
 BENCHMARK(BM_adamw)->Arg(1 << 24)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_sum_squares)->Arg(1 << 24)->Unit(benchmark::kMicrosecond);
+
+// ---- decoding: one-row products and the choice of a token
+// --------------------------------------------------------------
+// y (OC) = W (OC, C) x (C), a decoder's one-row product: through cpu::gemm (M = 1 goes to
+// OpenBLAS's GEMV), against OpenBLAS's GEMM with one row (which packs all of W first, the path
+// before). GB/s counts W's bytes, the whole of the traffic.
+void BM_gemv(benchmark::State& state) {
+  const int C = (int)state.range(0), OC = (int)state.range(1);
+  const bool sgemm = state.range(2) != 0;
+  auto x = rand_buf(C, 30), w = rand_buf((size_t)OC * C, 31);
+  Buffer<float> y(OC);
+  for (auto _ : state) {
+    if (sgemm) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, 1, OC, C, 1.0f, x.data(), C, w.data(), C, 0.0f, y.data(),
+                  OC);
+    } else {
+      cpu::gemm<float>(false, true, 1, OC, C, 1.0f, x.data(), C, w.data(), C, 0.0f, y.data(), OC);
+    }
+    benchmark::ClobberMemory();
+  }
+  state.counters["GB/s"] = benchmark::Counter(4.0 * C * OC * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+// GPT-2 124M's qkv, MLP down projection, and classifier (W 7, 9 and 154 MB; the first two stay in
+// the cache across iterations here, unlike in decoding); the last argument 1 for the one-row GEMM.
+BENCHMARK(BM_gemv)
+    ->Args({768, 2304, 0})->Args({768, 2304, 1})
+    ->Args({3072, 768, 0})->Args({3072, 768, 1})
+    ->Args({768, 50257, 0})->Args({768, 50257, 1})
+    ->Unit(benchmark::kMicrosecond);
+
+// sample_token at temperature 0.8 with top_p 0.95 (`lmforge sample`'s defaults), against a full
+// sort of the vocabulary by logit (what it did before). Logits: "flat", uniform in [-8, 8] (an
+// untrained model: a nucleus of thousands), or "peaked", -2 ln(rank) over a random order of the
+// ids (Zipf-like, as a trained model's: a nucleus of tens); the second argument 1 for peaked.
+Buffer<float> bench_logits(int V, bool peaked) {
+  if (!peaked) return rand_buf(V, 32, -8.0f, 8.0f);
+  Buffer<float> l(V);
+  std::vector<int32_t> order(V);
+  std::iota(order.begin(), order.end(), 0);
+  Rng r(42, 33);
+  for (int i = V - 1; i > 0; --i) std::swap(order[i], order[r.below(uint64_t(i) + 1)]);
+  for (int rank = 0; rank < V; ++rank) l[order[rank]] = -2.0f * std::log(float(rank + 1));
+  return l;
+}
+void BM_sample_token(benchmark::State& state) {
+  const int V = (int)state.range(0);
+  auto logits = bench_logits(V, state.range(1) != 0);
+  SampleOptions o;
+  o.temperature = 0.8;
+  o.top_p = 0.95;
+  Rng rng(1, kStreamSample);
+  for (auto _ : state) benchmark::DoNotOptimize(sample_token(logits.data(), V, o, rng));
+}
+void BM_sort_vocabulary(benchmark::State& state) {
+  const int V = (int)state.range(0);
+  auto logits = bench_logits(V, state.range(1) != 0);
+  std::vector<int32_t> ids(V);
+  for (auto _ : state) {
+    std::iota(ids.begin(), ids.end(), 0);
+    std::sort(ids.begin(), ids.end(), [&](int32_t a, int32_t b) {
+      return logits[a] != logits[b] ? logits[a] > logits[b] : a < b;
+    });
+    benchmark::DoNotOptimize(ids.data());
+  }
+}
+BENCHMARK(BM_sample_token)->ArgsProduct({{50257, 128256}, {0, 1}})->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_sort_vocabulary)->ArgsProduct({{50257, 128256}, {0, 1}})->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 }  // namespace lmf::ops

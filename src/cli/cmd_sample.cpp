@@ -78,8 +78,9 @@ void add_sample(CLI::App& app) {
     std::fputs("\n", stdout);
     if (o->stats) {
       auto rate = [](int n, double s) { return s > 0 ? n / s : 0.0; };
-      fmt::print(stderr, "prompt: {} tokens in {:.3f} s ({:.1f} tokens/s); generated: {} tokens in {:.3f} s ({:.1f} tokens/s)\n",
-                 st.prompt_tokens, st.prefill_s, rate(st.prompt_tokens, st.prefill_s), st.new_tokens, st.decode_s,
+      fmt::print(stderr, "prompt: {} tokens in {:.3f} s ({:.1f} tokens/s); ", st.prompt_tokens, st.prefill_s,
+                 rate(st.prompt_tokens, st.prefill_s));
+      fmt::print(stderr, "generated: {} tokens in {:.3f} s ({:.1f} tokens/s)\n", st.new_tokens, st.decode_s,
                  rate(st.new_tokens, st.decode_s));
     }
   });

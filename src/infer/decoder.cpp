@@ -145,7 +145,8 @@ class Gpt2Decoder final : public Decoder {
     auto w = [this](size_t i) { return m_.weight(i); };
     const int C = C_, hs = C_ / NH_;
     Array<A> x = rows_of<A>(mem, n, C), h = rows_of<A>(mem, n, C), q = rows_of<A>(mem, n, C),
-             y = rows_of<A>(mem, n, C), fch = rows_of<A>(mem, n, 4 * size_t(C)), act = rows_of<A>(mem, n, 4 * size_t(C));
+             y = rows_of<A>(mem, n, C), fch = rows_of<A>(mem, n, 4 * size_t(C)),
+             act = rows_of<A>(mem, n, 4 * size_t(C));
     Array<S> mean = rows_of<S>(mem, n, 1), rstd = rows_of<S>(mem, n, 1), lse = rows_of<S>(mem, n, NH_);
     Array<int32_t> tok = rows_of<int32_t>(mem, n, 1);
     tok.upload(tokens, size_t(n));

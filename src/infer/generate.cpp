@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <numeric>
 
 #include "core/error.h"
@@ -13,24 +14,69 @@ namespace lmf {
 
 int32_t sample_token(const float* logits, int V, const SampleOptions& opt, Rng& rng) {
   if (opt.temperature <= 0) return static_cast<int32_t>(std::max_element(logits, logits + V) - logits);
+  // Candidates in the order logit descending, ties by id (deterministic), and their weights
+  // exp((logit - max) / temperature). Only as much of the order as the choice needs is made, the
+  // top_k or the nucleus: a full sort of a 128K vocabulary costs 14 ms a token, more than a GPU's
+  // decode step (docs/performance.md).
+  auto before = [logits](int32_t a, int32_t b) { return logits[a] != logits[b] ? logits[a] > logits[b] : a < b; };
+  const double mx = *std::max_element(logits, logits + V);
+  auto weight = [&](int32_t i) { return std::exp((logits[i] - mx) / opt.temperature); };
   std::vector<int32_t> ids(V);
   std::iota(ids.begin(), ids.end(), 0);
-  // Sort by logit, descending; ties by id so the order is deterministic.
-  std::sort(ids.begin(), ids.end(), [&](int32_t a, int32_t b) {
-    return logits[a] != logits[b] ? logits[a] > logits[b] : a < b;
-  });
-  size_t keep = (opt.top_k > 0) ? std::min<size_t>(opt.top_k, V) : size_t(V);
-  std::vector<double> p(keep);
-  double mx = logits[ids[0]], z = 0;
-  for (size_t i = 0; i < keep; ++i) z += (p[i] = std::exp((logits[ids[i]] - mx) / opt.temperature));
-  if (opt.top_p < 1.0) {
+  const size_t top_k = opt.top_k > 0 ? std::min<size_t>(opt.top_k, V) : size_t(V);
+  std::vector<double> p;
+  size_t keep;
+  if (top_k < size_t(V)) {
+    std::nth_element(ids.begin(), ids.begin() + top_k, ids.end(), before);  // the top_k first, then in order
+    std::sort(ids.begin(), ids.begin() + top_k, before);
+    p.resize(top_k);
+    double z = 0;
+    for (size_t i = 0; i < top_k; ++i) z += (p[i] = weight(ids[i]));
+    keep = top_k;
+    if (opt.top_p < 1.0) {  // the nucleus within the top_k
+      double cum = 0;
+      size_t n = 0;
+      while (n < keep && cum < opt.top_p * z) cum += p[n++];
+      keep = std::max<size_t>(n, 1);
+    }
+  } else if (opt.top_p < 1.0) {
+    // The nucleus of the whole vocabulary. The weights and their total in id order, and their mass
+    // in buckets of 1/8 nat below the largest logit, which finds the bucket where top_p of the
+    // total is reached. Only the ids up to it are sorted: they are a prefix of the order, since
+    // a bucket is monotone in the logit, and every other id has a smaller logit.
+    constexpr int kPerNat = 8, kBuckets = 1024;
+    std::vector<double> w(V), mass(kBuckets);
+    std::vector<uint16_t> bucket(V);
+    double z = 0;
+    for (int i = 0; i < V; ++i) {
+      z += (w[i] = weight(i));
+      bucket[i] = uint16_t(std::min<double>(kBuckets - 1, (mx - logits[i]) / opt.temperature * kPerNat));
+      mass[bucket[i]] += w[i];
+    }
+    int last = 0;
+    for (double below = 0; last < kBuckets - 1 && below + mass[last] < opt.top_p * z;) below += mass[last++];
+    const auto mid = std::partition(ids.begin(), ids.end(), [&](int32_t i) { return bucket[i] <= last; });
+    std::sort(ids.begin(), mid, before);
+    p.resize(V);
     double cum = 0;
     size_t n = 0;
-    while (n < keep && cum < opt.top_p * z) cum += p[n++];
+    auto take = [&](size_t end) {
+      for (; n < end && cum < opt.top_p * z; ++n) cum += (p[n] = w[ids[n]]);
+    };
+    take(size_t(mid - ids.begin()));
+    if (cum < opt.top_p * z) {  // the buckets' sums and this one differ in the last bits: go on
+      std::sort(mid, ids.end(), before);
+      take(size_t(V));
+    }
     keep = std::max<size_t>(n, 1);
-    z = 0;
-    for (size_t i = 0; i < keep; ++i) z += p[i];
+  } else {
+    // Every token: no order needed, the draw walks the ids in order.
+    p.resize(V);
+    for (int i = 0; i < V; ++i) p[i] = weight(i);
+    keep = size_t(V);
   }
+  double z = 0;
+  for (size_t i = 0; i < keep; ++i) z += p[i];
   double u = rng.uniform() * z, cum = 0;
   for (size_t i = 0; i < keep; ++i) {
     cum += p[i];

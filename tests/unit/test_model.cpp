@@ -6,7 +6,10 @@
 #include "model_test_util.h"
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
+#include <numeric>
+#include <set>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -188,6 +191,68 @@ TEST(Model, KeepingTheMlpActivationChangesMemoryNotNumbers) {
     EXPECT_EQ(l0, l1);
     EXPECT_EQ(g0, g1);
     EXPECT_EQ(bytes0 - bytes1, size_t(c.n_layer) * B * T * c.ffn_size() * sizeof(float));
+  }
+}
+
+// The choice by a full sort: every id in the order logit descending (ties by id), the top_k,
+// then the nucleus, a draw over what is kept in that order. Over the whole vocabulary without a
+// nucleus the draw walks the ids in id order instead (any fixed order samples the same law).
+int32_t sample_by_full_sort(const std::vector<float>& logits, const SampleOptions& o, Rng& rng) {
+  const int V = int(logits.size());
+  std::vector<int32_t> ids(V);
+  std::iota(ids.begin(), ids.end(), 0);
+  if (o.top_k > 0 || o.top_p < 1.0)
+    std::sort(ids.begin(), ids.end(), [&](int32_t a, int32_t b) {
+      return logits[a] != logits[b] ? logits[a] > logits[b] : a < b;
+    });
+  size_t keep = o.top_k > 0 ? std::min<size_t>(o.top_k, V) : size_t(V);
+  const double mx = *std::max_element(logits.begin(), logits.end());
+  std::vector<double> p(keep);
+  double z = 0;
+  for (size_t i = 0; i < keep; ++i) z += (p[i] = std::exp((logits[ids[i]] - mx) / o.temperature));
+  if (o.top_p < 1.0) {
+    double cum = 0;
+    size_t n = 0;
+    while (n < keep && cum < o.top_p * z) cum += p[n++];
+    keep = std::max<size_t>(n, 1);
+    z = 0;
+    for (size_t i = 0; i < keep; ++i) z += p[i];
+  }
+  double u = rng.uniform() * z, cum = 0;
+  for (size_t i = 0; i < keep; ++i)
+    if (u < (cum += p[i])) return ids[i];
+  return ids[keep - 1];
+}
+
+// sample_token orders only as much of the vocabulary as the choice needs (partial sorts, the
+// nucleus grown in steps); it makes the full sort's choice, draw for draw, on a vocabulary of
+// 5000 with ties, for a top_k, nuclei from one token to thousands (past each growth step), both,
+// and none.
+TEST(Sampling, PartialOrderMakesTheFullSortsChoices) {
+  const int V = 5000;
+  std::vector<float> logits(V);
+  Rng g(11, kStreamSample);
+  for (int i = 0; i < V; ++i) logits[i] = float(std::floor(8 * g.uniform()) / 2);  // 16 values: many ties
+  struct Case {
+    int top_k;
+    double top_p, temperature;
+  };
+  for (const Case& c : {Case{50, 1.0, 1.0}, Case{0, 0.05, 1.0}, Case{0, 0.3, 0.5}, Case{0, 0.9, 1.0},
+                        Case{0, 0.999, 2.0}, Case{1000, 0.5, 1.0}, Case{0, 1.0, 1.0}, Case{V, 0.7, 1.0}}) {
+    SCOPED_TRACE(testing::Message() << "top_k " << c.top_k << " top_p " << c.top_p << " temperature "
+                                    << c.temperature);
+    SampleOptions o;
+    o.top_k = c.top_k;
+    o.top_p = c.top_p;
+    o.temperature = c.temperature;
+    Rng a(3, kStreamSample), b(3, kStreamSample);
+    std::set<int32_t> seen;
+    for (int draw = 0; draw < 400; ++draw) {
+      const int32_t want = sample_by_full_sort(logits, o, b);
+      ASSERT_EQ(sample_token(logits.data(), V, o, a), want) << "draw " << draw;
+      seen.insert(want);
+    }
+    EXPECT_GT(seen.size(), 1u);  // the draws pick among many tokens, not one
   }
 }
 
