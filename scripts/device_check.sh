@@ -4,14 +4,14 @@
 #   .dev/bundle.txz          scripts/device_bundle.sh build .dev/bundle.txz
 #   .dev/hfx_{gpt2,llama,llama_bias}   lmforge's HF exports of tests/fixtures/hf_tiny/* (convert --to hf)
 #   .dev/torch_train_bench.py          ../shared/bench/torch_train_bench.py
-# Usage: scripts/device_check.sh [STEP...]   steps: tests hf bench more lab (default: all). Logs go
+# Usage: scripts/device_check.sh [STEP...]   steps: tests hf bench more sample lab (default: all). Logs go
 # to $OUT. bench: issue 5's target shapes against PyTorch; more: the other modes, smaller shapes.
 # PYTHON: the interpreter with PyTorch (and transformers, for hf); default python3.
 # CHECK_SECONDS (default 540): the whole call's deadline. Every command's timeout is cut to what is
 # left of it, so the call returns its logs before the device tool's 600 s limit, whatever hangs.
 set -uo pipefail
 out=${OUT:-/tmp/out}; mkdir -p "$out"
-steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(tests hf bench more lab)
+steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(tests hf bench more sample lab)
 deadline=$(( $(date +%s) + ${CHECK_SECONDS:-540} ))
 # t SECONDS CMD...: timeout at SECONDS or at the deadline (less 5 s for the summary), if sooner.
 t() {
@@ -123,6 +123,25 @@ more)
     done
   } > "$out/more.log" 2>&1
   grep -E '^==|^\{|rror|skipped' "$out/more.log" >> "$summary" ;;
+sample)
+  # Sampling speed on the GPU: a GPT-2 of 124M's shape over the byte tokenizer (86M parameters),
+  # trained one step on the GPU so it is a run, then the prompt's prefill and 256 greedy tokens in
+  # fp32 and in bf16 storage (`--stats`: tokens/s of each phase).
+  {
+    d=/tmp/lmf_sample; rm -rf $d
+    t 60 /tmp/lmf/bin/lmforge prepare --input tests/data/sotu_sample --output $d/data --val-fraction 0.1
+    t 120 /tmp/lmf/bin/lmforge train --set data.dir=$d/data --set log.run_dir=$d/run --set train.device=cuda \
+      --set model.n_layer=12 --set model.n_head=12 --set model.n_embd=768 --set model.block_size=1024 \
+      --set train.seq_len=1024 --set train.batch_size=4 --set train.steps=1 --set train.eval_every=0
+    prompt=$(for i in $(seq 20); do printf 'The state of the union is strong. '; done)
+    for prec in fp32 bf16; do
+      echo "== lmforge sample, cuda, $prec storage"
+      t 120 /tmp/lmf/bin/lmforge sample --run $d/run --device cuda --precision $prec --prompt "$prompt" -n 256 \
+        --temperature 0 --stats > /dev/null
+      echo "rc=$?"
+    done
+  } > "$out/sample.log" 2>&1
+  grep -E '^==|prompt:|rc=|rror|skipped' "$out/sample.log" >> "$summary" ;;
 *) echo "unknown step $step"; exit 2 ;;
 esac; done
 echo "======== summary"; cat "$summary"
