@@ -5,6 +5,7 @@
 #include "cli/commands.h"
 #include "cli/tables.h"
 #include "core/error.h"
+#include "core/file_io.h"
 #include "core/threading.h"
 #include "data/tokenizer.h"
 #include "infer/generate.h"
@@ -15,7 +16,7 @@ namespace lmf::cli {
 void add_sample(CLI::App& app) {
   auto* cmd = app.add_subcommand("sample", "Generate text from a trained run (KV-cache decoding)");
   struct Opts {
-    std::string run, prompt, device = "cpu", precision = "fp32", storage = "fp32";
+    std::string run, prompt, prompt_file, device = "cpu", precision = "fp32", storage = "fp32";
     SampleOptions s;
     int threads = 1;
     bool stats = false;
@@ -27,7 +28,11 @@ void add_sample(CLI::App& app) {
   o->s.seed = 1;
   o->s.max_new_tokens = 200;
   cmd->add_option("--run,-r", o->run, "run directory (its latest checkpoint is used)")->required();
-  cmd->add_option("--prompt,-p", o->prompt, "text to continue")->required();
+  auto* prompt = cmd->add_option("--prompt,-p", o->prompt, "text to continue");
+  auto* prompt_file =
+      cmd->add_option("--prompt-file", o->prompt_file, "file whose text to continue (instead of --prompt)");
+  prompt->excludes(prompt_file);
+  prompt_file->excludes(prompt);
   cmd->add_option("--temperature", o->s.temperature, "softmax temperature; 0 = greedy")->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--top-k", o->s.top_k, "sample among the k most likely tokens; 0 = all")->capture_default_str()
@@ -46,7 +51,13 @@ void add_sample(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--stats", o->stats,
                 "print the prompt's prefill and the generation's speed (tokens/s) to stderr at the end");
-  cmd->callback([o]() {
+  cmd->callback([o, prompt, prompt_file]() {
+    if (prompt->count() == 0 && prompt_file->count() == 0)
+      throw UserError("sample: give --prompt TEXT or --prompt-file FILE");
+    if (prompt_file->count() > 0) {
+      o->prompt = read_file(o->prompt_file);
+      if (o->prompt.empty()) throw UserError("{}: the prompt file is empty", o->prompt_file);
+    }
     set_num_threads(o->threads);
     if (o->device != "cpu" && o->device != "cuda") throw UserError("--device: expected cpu or cuda (got \"{}\")", o->device);
     const auto precision = ops::parse_matmul_precision(o->precision);

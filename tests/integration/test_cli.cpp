@@ -163,6 +163,33 @@ TEST_F(Cli, SampleNeverPicksAPaddedVocabularyId) {
   }
 }
 
+// `sample --prompt-file`: the file's text (newlines and all) is the same prompt as on the command
+// line; neither, both, a missing file and an empty one are each one line.
+TEST_F(Cli, SampleTakesItsPromptFromAFile) {
+  TempDir t;
+  auto run = t.path() / "run";
+  ASSERT_EQ(run_lmforge(train_args(run, "--set train.steps=1 --set train.eval_every=0"), t.path()).code, 0);
+  const fs::path file = t.path() / "prompt.txt";
+  std::ofstream(file) << "The Union\nis ";
+  auto from_file = run_lmforge("sample --run " + run.string() + " --prompt-file " + file.string() +
+                                   " --temperature 0 -n 8", t.path());
+  ASSERT_EQ(from_file.code, 0) << from_file.err;
+  auto inline_prompt = run_lmforge(
+      "sample --run " + run.string() + " --prompt \"$(printf 'The Union\\nis ')\" --temperature 0 -n 8", t.path());
+  ASSERT_EQ(inline_prompt.code, 0) << inline_prompt.err;
+  EXPECT_EQ(from_file.out, inline_prompt.out);
+  EXPECT_EQ(from_file.out.rfind("The Union\nis ", 0), 0u) << from_file.out;
+  expect_user_error(run_lmforge("sample --run " + run.string(), t.path()), "--prompt-file");
+  expect_user_error(run_lmforge("sample --run " + run.string() + " --prompt x --prompt-file " + file.string(), t.path()),
+                    "--prompt excludes --prompt-file");
+  expect_user_error(run_lmforge("sample --run " + run.string() + " --prompt-file " + (t.path() / "nope").string(),
+                                t.path()),
+                    "nope");
+  std::ofstream(file, std::ios::trunc).close();
+  expect_user_error(run_lmforge("sample --run " + run.string() + " --prompt-file " + file.string(), t.path()),
+                    "the prompt file is empty");
+}
+
 // [train] precision = bf16 (activations and the weights the layers read in bf16; on the CPU the
 // slow specification of the GPU's numbers): it trains on real text past the unigram baseline,
 // says so in its log, and its run (fp32 master weights) evaluates and samples like any other.
