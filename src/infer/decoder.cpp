@@ -20,16 +20,6 @@ void check_token(int32_t token, int V) {
   if (token < 0 || token >= V) throw UserError("token id {} is outside the model's vocabulary of {}", token, V);
 }
 
-// Checks a prefill's tokens; true when they go in one pass (the cache is empty), false when they
-// must be fed one at a time.
-bool check_prefill(const int32_t* tokens, int n, int V, int pos, int max_t) {
-  if (n < 1) throw UserError("a prefill needs at least one token");
-  if (n > max_t - pos)
-    throw UserError("{} tokens do not fit the KV cache: {} of its {} positions are free", n, max_t - pos, max_t);
-  for (int i = 0; i < n; ++i) check_token(tokens[i], V);
-  return pos == 0;
-}
-
 // A prefill's activations: (n, width) buffers in the backend's memory, for one call.
 template <class T>
 Array<T> rows_of(const MemorySpace& space, int n, size_t width) {
@@ -72,7 +62,7 @@ class Gpt2Decoder final : public Decoder {
 
  public:
   Gpt2Decoder(const Gpt2<A>& m, int max_context)
-      : Decoder(context_of(m.config(), max_context)),
+      : Decoder(context_of(m.config(), max_context), m.config().vocab_size),
         m_(m),
         be_(m.backend()),
         C_(m.config().n_embd),
@@ -133,12 +123,7 @@ class Gpt2Decoder final : public Decoder {
 
   // The forward over n rows: qkv's weight rows [C, 2C) and [2C, 3C) give k and v straight into
   // the cache's first n rows, and the causal attention is the GQA op with NH groups (multi-head).
-  const float* prefill(const int32_t* tokens, int n) override {
-    if (!check_prefill(tokens, n, V_, pos_, max_t_)) {
-      const float* logits = nullptr;
-      for (int i = 0; i < n; ++i) logits = feed(tokens[i]);
-      return logits;
-    }
+  const float* prefill_empty(const int32_t* tokens, int n) override {
     const auto& ix = m_.index();
     const auto& be = be_;
     const MemorySpace& mem = *be.memory;
@@ -195,7 +180,7 @@ class LlamaDecoder final : public Decoder {
 
  public:
   LlamaDecoder(const Llama<A>& m, int max_context)
-      : Decoder(context_of(m.config(), max_context)),
+      : Decoder(context_of(m.config(), max_context), m.config().vocab_size),
         m_(m),
         be_(m.backend()),
         C_(m.config().n_embd),
@@ -267,12 +252,7 @@ class LlamaDecoder final : public Decoder {
   }
 
   // The forward over n rows, k and v straight into the cache's first n rows (rotated there).
-  const float* prefill(const int32_t* tokens, int n) override {
-    if (!check_prefill(tokens, n, V_, pos_, max_t_)) {
-      const float* logits = nullptr;
-      for (int i = 0; i < n; ++i) logits = feed(tokens[i]);
-      return logits;
-    }
+  const float* prefill_empty(const int32_t* tokens, int n) override {
     const auto& ix = m_.index();
     const auto& cfg = m_.config();
     const auto& be = be_;
@@ -327,6 +307,17 @@ class LlamaDecoder final : public Decoder {
 };
 
 }  // namespace
+
+const float* Decoder::prefill(const int32_t* tokens, int n) {
+  if (n < 1) throw UserError("a prefill needs at least one token");
+  if (n > max_t_ - pos_)
+    throw UserError("{} tokens do not fit the KV cache: {} of its {} positions are free", n, max_t_ - pos_, max_t_);
+  for (int i = 0; i < n; ++i) check_token(tokens[i], vocab_);
+  if (pos_ == 0) return prefill_empty(tokens, n);
+  const float* logits = nullptr;
+  for (int i = 0; i < n; ++i) logits = feed(tokens[i]);
+  return logits;
+}
 
 std::unique_ptr<Decoder> make_decoder(const Model& model, int max_context) {
   if (auto* g = family<Gpt2<float>>(model)) return std::make_unique<Gpt2Decoder<float>>(*g, max_context);

@@ -20,14 +20,18 @@ class Decoder {
   // n rows (a prompt's prefill: matrix products instead of n vector products, and the causal
   // attention of training); else token by token. UserError for an id outside the vocabulary or
   // more tokens than the cache has room for.
-  virtual const float* prefill(const int32_t* tokens, int n) = 0;
+  const float* prefill(const int32_t* tokens, int n);
   int position() const { return pos_; }  // tokens in the cache
   int capacity() const { return max_t_; }
   void reset() { pos_ = 0; }
 
  protected:
-  explicit Decoder(int max_t) : max_t_(max_t) {}
+  Decoder(int max_t, int vocab) : max_t_(max_t), vocab_(vocab) {}
+  // prefill's one pass: tokens[0, n) (checked: ids in the vocabulary, n in [1, capacity]) into
+  // the empty cache.
+  virtual const float* prefill_empty(const int32_t* tokens, int n) = 0;
   int max_t_;
+  int vocab_;
   int pos_ = 0;
 };
 

@@ -289,13 +289,19 @@ namespace {
 
 // Past max_context the cache restarts from the last half of the text: the logits must equal a
 // full forward over exactly that window.
-TEST(Generate, SlidingContextMatchesFullForwardOfTheWindow) {
+// A GPT-2 of width 8 over 11 tokens, for the generation tests.
+ModelConfig generation_config(int n_layer, int block_size) {
   ModelConfig c;
-  c.n_layer = 2;
+  c.n_layer = n_layer;
   c.n_head = 2;
   c.n_embd = 8;
   c.vocab_size = 11;
-  c.block_size = 16;
+  c.block_size = block_size;
+  return c;
+}
+
+TEST(Generate, SlidingContextMatchesFullForwardOfTheWindow) {
+  const ModelConfig c = generation_config(2, 16);
   ModelOf<Gpt2<float>> owner(c);
   Gpt2<float>& m = owner.impl();
   m.init(3);
@@ -325,13 +331,7 @@ TEST(Generate, SlidingContextMatchesFullForwardOfTheWindow) {
 // it, greedy and sampled, where without it this model picks ids past it; and the stats count the
 // prompt and the new tokens.
 TEST(Generate, VocabularyLimitKeepsChoicesBelowIt) {
-  ModelConfig c;
-  c.n_layer = 1;
-  c.n_head = 2;
-  c.n_embd = 8;
-  c.vocab_size = 11;
-  c.block_size = 32;
-  ModelOf<Gpt2<float>> owner(c);
+  ModelOf<Gpt2<float>> owner(generation_config(1, 32));
   owner.impl().init(5);
   const std::vector<int32_t> prompt = {1, 2, 3};
   for (double temperature : {0.0, 1.0}) {
