@@ -174,4 +174,40 @@ inline void expect_prefill_follows_forward(Model& m, const std::vector<int32_t>&
   EXPECT_THROW(dec->prefill(tokens.data(), 0), UserError);
 }
 
+// A decoder over a batch of sequences: row b of each step's logits follows a full forward over
+// sequence b's prefix (the tolerance above), after a prefill of different rows and after one of
+// alike rows (the one pass for all, copied to each sequence).
+inline void expect_batch_decoder_follows_forward(Model& m, const std::vector<std::vector<int32_t>>& seqs, int V) {
+  const int B = int(seqs.size()), T = int(seqs[0].size()), n = T / 2;
+  auto dec = make_decoder(m, 0, B);
+  ASSERT_EQ(dec->batch(), B);
+  std::vector<float> full(V);
+  auto expect_row = [&](const float* logits, int b, const std::vector<int32_t>& seq, int t) {
+    m.forward(seq.data(), nullptr, 1, t);
+    m.last_logits(full.data());
+    for (int v = 0; v < V; ++v)
+      ASSERT_NEAR(logits[size_t(b) * V + v], full[v], 1e-4 * (1 + std::abs(full[v])))
+          << "sequence " << b << " position " << t << " token " << v;
+  };
+  for (bool alike : {false, true}) {
+    SCOPED_TRACE(alike ? "alike rows" : "different rows");
+    auto seq = [&](int b) -> const std::vector<int32_t>& { return seqs[alike ? 0 : b]; };
+    std::vector<int32_t> rows;
+    for (int b = 0; b < B; ++b) rows.insert(rows.end(), seq(b).begin(), seq(b).begin() + n);
+    dec->reset();
+    const float* logits = dec->prefill(rows.data(), n);
+    for (int b = 0; b < B; ++b) expect_row(logits, b, seq(b), n);
+    std::vector<int32_t> column(B);
+    for (int t = n + 1; t <= T; ++t) {
+      for (int b = 0; b < B; ++b) column[b] = seqs[b][t - 1];  // the sequences part ways here
+      logits = dec->feed(column.data());
+      for (int b = 0; b < B; ++b) {
+        std::vector<int32_t> prefix(seq(b).begin(), seq(b).begin() + n);
+        for (int u = n; u < t; ++u) prefix.push_back(seqs[b][u]);
+        expect_row(logits, b, prefix, t);
+      }
+    }
+  }
+}
+
 }  // namespace lmf::test

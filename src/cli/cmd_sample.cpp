@@ -18,7 +18,7 @@ void add_sample(CLI::App& app) {
   struct Opts {
     std::string run, prompt, prompt_file, device = "cpu", precision = "fp32", storage = "fp32";
     SampleOptions s;
-    int threads = 1;
+    int threads = 1, samples = 1;
     bool stats = false;
   };
   auto o = std::make_shared<Opts>();
@@ -49,6 +49,10 @@ void add_sample(CLI::App& app) {
   cmd->add_option("--precision", o->storage,
                   "storage of the KV cache, activations and weights: fp32 | bf16 (bf16: every product bf16)")
       ->capture_default_str();
+  cmd->add_option("--num-samples", o->samples,
+                  "continuations of the prompt, generated together (a decoder batch) and printed in turn")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1024));
   cmd->add_flag("--stats", o->stats,
                 "print the prompt's prefill and the generation's speed (tokens/s) to stderr at the end");
   cmd->callback([o, prompt, prompt_file]() {
@@ -75,18 +79,24 @@ void add_sample(CLI::App& app) {
     o->s.max_context = run.cfg.train.seq_len;
     // A model whose vocabulary is padded past the tokenizer's never emits the padding's ids.
     o->s.vocab_limit = tok->vocab_size();
-    std::fputs(o->prompt.c_str(), stdout);
     GenerateStats st;
-    generate(
-        *run.model, ids, o->s,
-        [&](int32_t id) {
-          int32_t one[1] = {id};
-          std::string piece = tok->decode(one);
-          std::fputs(piece.c_str(), stdout);
-          std::fflush(stdout);
-        },
-        &st);
-    std::fputs("\n", stdout);
+    if (o->samples == 1) {  // printed as it comes
+      std::fputs(o->prompt.c_str(), stdout);
+      generate(
+          *run.model, ids, o->s,
+          [&](int32_t id) {
+            int32_t one[1] = {id};
+            std::string piece = tok->decode(one);
+            std::fputs(piece.c_str(), stdout);
+            std::fflush(stdout);
+          },
+          &st);
+      std::fputs("\n", stdout);
+    } else {  // generated together, printed one after another
+      const auto texts = generate_samples(*run.model, ids, o->s, o->samples, {}, &st);
+      for (size_t i = 0; i < texts.size(); ++i)
+        fmt::print("--- sample {} of {} ---\n{}{}\n", i + 1, texts.size(), o->prompt, tok->decode(texts[i]));
+    }
     if (o->stats) {
       auto rate = [](int n, double s) { return s > 0 ? n / s : 0.0; };
       fmt::print(stderr, "prompt: {} tokens in {:.3f} s ({:.1f} tokens/s); ", st.prompt_tokens, st.prefill_s,

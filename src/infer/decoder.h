@@ -1,7 +1,9 @@
 #pragma once
 // Incremental decoding with a KV cache: one token per step, each layer's keys and values kept
 // for every earlier position, so step t costs O(t) attention instead of a full forward. One
-// decoder per model family, behind one interface.
+// decoder per model family, behind one interface. A decoder holds a batch of sequences that
+// advance together, one token each per step (several samples of one prompt: the step's products
+// have a row per sequence, and the weights are read once for all of them).
 #include <cstdint>
 #include <memory>
 
@@ -12,31 +14,40 @@ namespace lmf {
 class Decoder {
  public:
   virtual ~Decoder() = default;
-  // Appends `token` at the next position; returns the logits (V) for the position after it.
-  // UserError for an id outside the vocabulary.
-  virtual const float* feed(int32_t token) = 0;
-  // Appends tokens[0, n) and returns the logits (V) for the position after the last, as n calls
-  // of feed would, up to summation order. From an empty cache, in one pass of the model over the
-  // n rows (a prompt's prefill: matrix products instead of n vector products, and the causal
-  // attention of training); else token by token. UserError for an id outside the vocabulary or
-  // more tokens than the cache has room for.
+  // Appends tokens[b] to sequence b at the next position, for each b of the batch; returns the
+  // logits (batch, V), row b for the position after sequence b's new token. UserError for an id
+  // outside the vocabulary; the cache must have room.
+  const float* feed(const int32_t* tokens);
+  // feed for a batch of one sequence.
+  const float* feed(int32_t token) { return feed(&token); }
+  // Appends tokens (batch, n), row b to sequence b, and returns the logits (batch, V) for the
+  // position after the last, as n calls of feed would, up to summation order. From an empty
+  // cache, in one pass of the model over the rows (a prompt's prefill: matrix products instead
+  // of n vector products, and the causal attention of training; once for all the batch when its
+  // rows are the same); else token by token. UserError for an id outside the vocabulary or more
+  // tokens than the cache has room for.
   const float* prefill(const int32_t* tokens, int n);
-  int position() const { return pos_; }  // tokens in the cache
+  int position() const { return pos_; }  // tokens in each sequence's cache
   int capacity() const { return max_t_; }
+  int batch() const { return batch_; }
   void reset() { pos_ = 0; }
 
  protected:
-  Decoder(int max_t, int vocab) : max_t_(max_t), vocab_(vocab) {}
-  // prefill's one pass: tokens[0, n) (checked: ids in the vocabulary, n in [1, capacity]) into
-  // the empty cache.
-  virtual const float* prefill_empty(const int32_t* tokens, int n) = 0;
+  Decoder(int max_t, int vocab, int batch) : max_t_(max_t), vocab_(vocab), batch_(batch) {}
+  // feed's step, the tokens checked and the cache known to have room.
+  virtual const float* feed_checked(const int32_t* tokens) = 0;
+  // prefill's one pass into the empty cache: tokens (rows, n), checked, n in [1, capacity]; rows
+  // is the batch, or 1 when every sequence gets the same tokens (then copied to all of them).
+  virtual const float* prefill_empty(const int32_t* tokens, int n, int rows) = 0;
   int max_t_;
   int vocab_;
+  int batch_;
   int pos_ = 0;
 };
 
 // A decoder for the model's family caching up to max_context positions (0: the model's
-// block_size). The model must outlive the decoder and not change while it decodes.
-std::unique_ptr<Decoder> make_decoder(const Model& model, int max_context = 0);
+// block_size) for each of `batch` sequences. The model must outlive the decoder and not change
+// while it decodes.
+std::unique_ptr<Decoder> make_decoder(const Model& model, int max_context = 0, int batch = 1);
 
 }  // namespace lmf

@@ -85,23 +85,34 @@ int32_t sample_token(const float* logits, int V, const SampleOptions& opt, Rng& 
   return ids[keep - 1];
 }
 
-std::vector<int32_t> generate(const Model& model, const std::vector<int32_t>& prompt, const SampleOptions& opt,
-                              const std::function<void(int32_t)>& on_token, GenerateStats* stats) {
+std::vector<std::vector<int32_t>> generate_samples(const Model& model, const std::vector<int32_t>& prompt,
+                                                  const SampleOptions& opt, int samples,
+                                                  const std::function<void(int, int32_t)>& on_token,
+                                                  GenerateStats* stats) {
   if (prompt.empty()) throw UserError("generation needs at least one prompt token");
+  if (samples < 1) throw UserError("the number of samples must be at least 1 (got {})", samples);
   const int V = model.config().vocab_size;
   if (opt.vocab_limit < 0 || opt.vocab_limit > V)
     throw UserError("the sampling vocabulary limit {} is outside the model's vocabulary of {}", opt.vocab_limit, V);
   const int choices = opt.vocab_limit > 0 ? opt.vocab_limit : V;
-  auto dec = make_decoder(model, opt.max_context);
+  auto dec = make_decoder(model, opt.max_context, samples);
   Decoder& gen = *dec;
-  Rng rng(opt.seed, kStreamSample);
-  std::vector<int32_t> all = prompt, out;
+  // Sample s draws from its own stretch of the seed's sampling stream: 2^40 draws apart.
+  std::vector<Rng> rng;
+  for (int s = 0; s < samples; ++s) rng.emplace_back(opt.seed, kStreamSample, uint64_t(s) << 40);
+  // Each sequence's text so far, (samples, length): all advance together, so one length.
+  std::vector<std::vector<int32_t>> all(samples, prompt), out(samples);
+  std::vector<bool> done(samples, false);
   // Keep the most recent tokens that fit, then prefill the empty cache with them in one pass.
+  std::vector<int32_t> rows;
   auto refill = [&]() -> const float* {
     gen.reset();
-    size_t keep = std::min<size_t>(all.size(), size_t(std::max(1, gen.capacity() / 2)));
-    if (all.size() <= size_t(gen.capacity())) keep = all.size();
-    return gen.prefill(all.data() + (all.size() - keep), int(keep));
+    const size_t len = all[0].size();
+    size_t keep = std::min<size_t>(len, size_t(std::max(1, gen.capacity() / 2)));
+    if (len <= size_t(gen.capacity())) keep = len;
+    rows.clear();
+    for (const auto& a : all) rows.insert(rows.end(), a.end() - keep, a.end());
+    return gen.prefill(rows.data(), int(keep));
   };
   Timer timer;
   const float* logits = refill();
@@ -109,19 +120,31 @@ std::vector<int32_t> generate(const Model& model, const std::vector<int32_t>& pr
   st.prompt_tokens = gen.position();
   st.prefill_s = timer.seconds();
   timer.reset();
+  std::vector<int32_t> next(samples);
   for (int n = 0; n < opt.max_new_tokens; ++n) {
-    int32_t tok = sample_token(logits, choices, opt, rng);
-    out.push_back(tok);
-    all.push_back(tok);
-    if (on_token) on_token(tok);
-    if (tok == opt.stop_token) break;
-    if (n + 1 == opt.max_new_tokens) break;
-    logits = gen.position() < gen.capacity() ? gen.feed(tok) : refill();
+    for (int s = 0; s < samples; ++s) {
+      // A finished sequence goes on with its last token, its choices unused.
+      next[s] = done[s] ? all[s].back() : sample_token(logits + size_t(s) * V, choices, opt, rng[s]);
+      all[s].push_back(next[s]);
+      if (done[s]) continue;
+      out[s].push_back(next[s]);
+      if (on_token) on_token(s, next[s]);
+      done[s] = next[s] == opt.stop_token;
+    }
+    if (n + 1 == opt.max_new_tokens || std::all_of(done.begin(), done.end(), [](bool d) { return d; })) break;
+    logits = gen.position() < gen.capacity() ? gen.feed(next.data()) : refill();
   }
-  st.new_tokens = int(out.size());
+  st.new_tokens = 0;
+  for (const auto& o : out) st.new_tokens += int(o.size());
   st.decode_s = timer.seconds();
   if (stats) *stats = st;
   return out;
+}
+
+std::vector<int32_t> generate(const Model& model, const std::vector<int32_t>& prompt, const SampleOptions& opt,
+                              const std::function<void(int32_t)>& on_token, GenerateStats* stats) {
+  return generate_samples(
+      model, prompt, opt, 1, [&](int, int32_t id) { if (on_token) on_token(id); }, stats)[0];
 }
 
 }  // namespace lmf

@@ -27,7 +27,7 @@ struct SampleOptions {
 struct GenerateStats {
   int prompt_tokens = 0;  // fed in the first prefill (the prompt's tail that fits the context)
   double prefill_s = 0;
-  int new_tokens = 0;
+  int new_tokens = 0;     // of all samples
   double decode_s = 0;    // from the first logits to the last token, cache rebuilds included
 };
 
@@ -39,5 +39,15 @@ int32_t sample_token(const float* logits, int V, const SampleOptions& opt, Rng& 
 // stats, when given, receives the timings.
 std::vector<int32_t> generate(const Model& model, const std::vector<int32_t>& prompt, const SampleOptions& opt,
                               const std::function<void(int32_t)>& on_token = {}, GenerateStats* stats = nullptr);
+
+// generate for `samples` continuations of the prompt at once: one decoder with a sequence per
+// sample, so each step's products have a row per sample and read the weights once for all. Sample
+// s draws from its own part of the seed's sampling stream (sample 0's is generate's: the same
+// text); each stops at stop_token or max_new_tokens, and the batch when all have. on_token(s, id)
+// for each new id of sample s; stats count the new tokens of all samples.
+std::vector<std::vector<int32_t>> generate_samples(const Model& model, const std::vector<int32_t>& prompt,
+                                                  const SampleOptions& opt, int samples,
+                                                  const std::function<void(int, int32_t)>& on_token = {},
+                                                  GenerateStats* stats = nullptr);
 
 }  // namespace lmf

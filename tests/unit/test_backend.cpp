@@ -192,6 +192,8 @@ TEST_P(BackendSeam, DecodingMatchesTheCpuBitForBit) {
   o.max_context = cfg.block_size / 2;
   const std::vector<int32_t> prompt = {1, 2, 3};
   EXPECT_EQ(generate(*dev, prompt, o), generate(*cpu, prompt, o));
+  o.temperature = 1;  // three samples together: a batch of three sequences, the same draws
+  EXPECT_EQ(generate_samples(*dev, prompt, o, 3), generate_samples(*cpu, prompt, o, 3));
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, BackendSeam,

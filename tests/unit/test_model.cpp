@@ -84,7 +84,8 @@ TEST(Gpt2, InitStatisticsAndThreadIndependence) {
 }
 
 // Decoding one token at a time through the KV cache, or a prefill of the first tokens and then
-// one at a time, gives, at every position, the logits of a full forward over the prefix; for each family and the Llama variants (GQA, MQA, biases, both
+// one at a time, for one sequence or a batch of three, gives, at every position, the logits of a
+// full forward over the prefix; for each family and the Llama variants (GQA, MQA, biases, both
 // RoPE conventions, llama3 scaling).
 void expect_decoder_matches_forward(const ModelConfig& c, uint64_t seed) {
   auto m = make_model(c);
@@ -94,6 +95,9 @@ void expect_decoder_matches_forward(const ModelConfig& c, uint64_t seed) {
   test::Batch b = test::random_batch(1, T, c.vocab_size, seed + 1);
   auto dec = test::expect_decoder_follows_forward(*m, b.x, c.vocab_size);
   test::expect_prefill_follows_forward(*m, b.x, c.vocab_size);
+  std::vector<std::vector<int32_t>> seqs;
+  for (int s = 0; s < 3; ++s) seqs.push_back(test::random_batch(1, T, c.vocab_size, seed + 10 + s).x);
+  test::expect_batch_decoder_follows_forward(*m, seqs, c.vocab_size);
   EXPECT_EQ(dec->capacity(), T);
   EXPECT_EQ(dec->position(), T);
   dec->reset();
@@ -325,6 +329,50 @@ TEST(Generate, SlidingContextMatchesFullForwardOfTheWindow) {
     ASSERT_EQ(out[i], best) << "token " << i;
     all.push_back(out[i]);
   }
+}
+
+// Samples generated together (one decoder batch): sample 0 is generate()'s text for the seed;
+// every sample s is what drawing from the seed's stream at counter s 2^40 over a full forward of
+// its own text gives, token by token, through the cache's rebuilds; the samples differ; greedy,
+// they are all generate()'s text.
+TEST(Generate, SamplesTogetherFollowTheirOwnForwardAndDraws) {
+  const ModelConfig c = generation_config(2, 24);
+  ModelOf<Gpt2<float>> owner(c);
+  Gpt2<float>& m = owner.impl();
+  m.init(7);
+  SampleOptions o;
+  o.temperature = 1.5;
+  o.max_new_tokens = 14;
+  o.max_context = 10;  // the cache is rebuilt on the way
+  o.seed = 9;
+  const std::vector<int32_t> prompt = {1, 2, 3, 4};
+  GenerateStats st;
+  const auto samples = generate_samples(owner, prompt, o, 4, {}, &st);
+  ASSERT_EQ(samples.size(), 4u);
+  EXPECT_EQ(samples[0], generate(owner, prompt, o));
+  int total = 0;
+  for (int s = 0; s < 4; ++s) {
+    SCOPED_TRACE(testing::Message() << "sample " << s);
+    ASSERT_EQ(samples[s].size(), 14u);
+    total += int(samples[s].size());
+    Rng r(o.seed, kStreamSample, uint64_t(s) << 40);
+    std::vector<int32_t> all = prompt;
+    int start = 0;
+    std::vector<float> logits(c.vocab_size);
+    for (size_t i = 0; i < samples[s].size(); ++i) {
+      if (int(all.size()) - start > 10) start = int(all.size()) - 5;
+      m.forward(all.data() + start, nullptr, 1, int(all.size()) - start);
+      m.last_logits(logits.data());
+      ASSERT_EQ(samples[s][i], sample_token(logits.data(), c.vocab_size, o, r)) << "token " << i;
+      all.push_back(samples[s][i]);
+    }
+  }
+  EXPECT_EQ(st.new_tokens, total);
+  EXPECT_NE(samples[1], samples[2]);
+  o.temperature = 0;
+  const auto greedy = generate_samples(owner, prompt, o, 3);
+  for (const auto& g : greedy) EXPECT_EQ(g, generate(owner, prompt, o));
+  EXPECT_THROW(generate_samples(owner, prompt, o, 0), UserError);
 }
 
 // A vocabulary limit (the tokenizer's, below a padded model vocabulary) keeps every choice under

@@ -830,29 +830,38 @@ TEST(AttentionGqa, MatchesAttentionWhenKvhEqualsNh) {
     }
 }
 
-// cpu::gemm sends a single row (M = 1) to GEMV: every layout of A and B, with leading
-// dimensions wider than the rows, alpha and beta, against the product in double.
-TEST(CpuGemm, SingleRowMatchesTheProductInEveryLayout) {
-  const int K = 37, N = 45, pad = 3;
-  const float alpha = 0.75f, beta = 0.5f;
-  for (bool ta : {false, true})
-    for (bool tb : {false, true}) {
-      SCOPED_TRACE(testing::Message() << "trans_a " << ta << " trans_b " << tb);
-      // A: (1, K) row-major, or A^T with A (K, 1) and lda = 1 + pad. B: (K, N), or B^T with B (N, K).
-      const int lda = ta ? 1 + pad : K + pad, ldb = (tb ? K : N) + pad;
-      const Vec a = rand_vec(size_t(ta ? K * lda : lda), 61), b = rand_vec(size_t(tb ? N : K) * ldb, 62),
-                c0 = rand_vec(size_t(N), 63);
-      auto a_t = cast<float>(a), b_t = cast<float>(b), c_t = cast<float>(c0);
-      cpu::gemm<float>(ta, tb, 1, N, K, alpha, a_t.data(), lda, b_t.data(), ldb, beta, c_t.data(), N);
-      Vec want(N);
-      for (int j = 0; j < N; ++j) {
-        double s = 0;
-        for (int k = 0; k < K; ++k) s += a[ta ? size_t(k) * lda : k] * b[tb ? size_t(j) * ldb + k : size_t(k) * ldb + j];
-        want[j] = alpha * s + beta * c0[j];
-      }
-      // K products and the scaled C: a sum of K + 1 terms, each at most |a| |b| or |c0|.
-      expect_close("c", c_t, want, tol_for<float>().gamma(K + 1) * (K * max_abs(a) * max_abs(b) + max_abs(c0)));
-    }
+// cpu::gemm sends a single row (M = 1) to GEMV and a few rows times B^T (M up to kSkinnyRows) to
+// gemm_skinny: every layout of A and B, with leading dimensions wider than the rows, alpha and
+// beta (0: C not read, NaN there), against the product in double; M from 1 to past the limit.
+TEST(CpuGemm, FewRowsMatchTheProductInEveryLayout) {
+  const int K = 37, N = 70, pad = 3;
+  const float alpha = 0.75f;
+  for (int M : {1, 2, 5, cpu::kSkinnyRows, cpu::kSkinnyRows + 1})
+    for (float beta : {0.5f, 0.0f})
+      for (bool ta : {false, true})
+        for (bool tb : {false, true}) {
+          SCOPED_TRACE(testing::Message() << "M " << M << " beta " << beta << " trans_a " << ta << " trans_b " << tb);
+          // A: (M, K), or A^T with A (K, M); B: (K, N), or B^T with B (N, K); C (M, N). Each padded.
+          const int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+          const Vec a = rand_vec(size_t(ta ? K : M) * lda, 61), b = rand_vec(size_t(tb ? N : K) * ldb, 62),
+                    c0 = rand_vec(size_t(M) * ldc, 63);
+          auto a_t = cast<float>(a), b_t = cast<float>(b), c_t = cast<float>(c0);
+          if (beta == 0.0f) std::fill(c_t.begin(), c_t.end(), std::numeric_limits<float>::quiet_NaN());
+          cpu::gemm<float>(ta, tb, M, N, K, alpha, a_t.data(), lda, b_t.data(), ldb, beta, c_t.data(), ldc);
+          std::vector<float> got;
+          Vec want;
+          for (int i = 0; i < M; ++i)
+            for (int j = 0; j < N; ++j) {
+              double s = 0;
+              for (int k = 0; k < K; ++k)
+                s += a[ta ? size_t(k) * lda + i : size_t(i) * lda + k] *
+                     b[tb ? size_t(j) * ldb + k : size_t(k) * ldb + j];
+              want.push_back(alpha * s + beta * c0[size_t(i) * ldc + j]);
+              got.push_back(c_t[size_t(i) * ldc + j]);
+            }
+          // K products and the scaled C: a sum of K + 1 terms, each at most |a| |b| or |c0|.
+          expect_close("c", got, want, tol_for<float>().gamma(K + 1) * (K * max_abs(a) * max_abs(b) + max_abs(c0)));
+        }
 }
 
 TEST(RopeInvFreq, ScalingRules) {

@@ -3,13 +3,23 @@
 // op(A) is A (M, K) with leading dimension lda, or A^T where A is (K, M); likewise B.
 // The build links OpenBLAS's OpenMP variant: called inside our own `omp parallel` region a GEMM
 // runs on the calling thread; called outside, it uses all threads.
-// A single row (M = 1, a decoder's step) goes to GEMV: OpenBLAS's GEMM packs the whole of B
-// first, a copy of every weight per token that costs more than the product itself.
+// A single row (M = 1, a decoder's step) goes to GEMV, and a few rows times B^T (a decoder's step
+// over a batch) to gemm_skinny: OpenBLAS's GEMM packs the whole of B first, a copy of every weight
+// per token that costs more than the product itself.
 #include <cblas.h>
 
 #include <type_traits>
 
 namespace lmf::ops::cpu {
+
+// Up to this many rows, a float product with B stored transposed (the linear layers' forward)
+// goes to gemm_skinny.
+inline constexpr int kSkinnyRows = 16;
+
+// C (M, N) = alpha * A (M, K) @ B^T + beta * C (C not read when beta = 0), B (N, K): each row of B
+// read once for all of A's rows, over the threads (gemm_skinny.cpp). For M in [2, kSkinnyRows].
+void gemm_skinny(int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb, float beta,
+                 float* C, int ldc);
 
 template <class T>
 inline void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
@@ -23,6 +33,10 @@ inline void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const
   }
   const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans;
   const CBLAS_TRANSPOSE tb = trans_b ? CblasTrans : CblasNoTrans;
+  if constexpr (std::is_same_v<T, float>) {
+    if (M > 1 && M <= kSkinnyRows && !trans_a && trans_b)
+      return gemm_skinny(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  }
   if (M == 1) {
     // C (1, N) = alpha * a (K) @ op(B) (K, N): y = op(B)^T a, with op(B)^T = B (N, K) when B is
     // stored transposed, else B^T of B (K, N). a is A's row, or A's column (stride lda) when A^T.
