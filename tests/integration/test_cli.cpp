@@ -190,6 +190,32 @@ TEST_F(Cli, SampleTakesItsPromptFromAFile) {
                     "the prompt file is empty");
 }
 
+// `sample --num-samples 3`: three texts, each headed by its number, the first the single sample's
+// text for the seed, and not all three the same; a count outside [1, 1024] is one line.
+TEST_F(Cli, SampleGeneratesSeveralSamplesTogether) {
+  TempDir t;
+  auto run = t.path() / "run";
+  ASSERT_EQ(run_lmforge(train_args(run, "--set train.steps=1 --set train.eval_every=0"), t.path()).code, 0);
+  const std::string args = "sample --run " + run.string() + " --prompt 'The ' -n 30 --temperature 1.5 --seed 5";
+  auto one = run_lmforge(args, t.path());
+  ASSERT_EQ(one.code, 0) << one.err;
+  auto three = run_lmforge(args + " --num-samples 3", t.path());
+  ASSERT_EQ(three.code, 0) << three.err;
+  std::vector<std::string> texts;
+  for (int i = 1; i <= 3; ++i) {
+    const std::string head = "--- sample " + std::to_string(i) + " of 3 ---\n";
+    const size_t at = three.out.find(head);
+    ASSERT_NE(at, std::string::npos) << three.out;
+    const size_t from = at + head.size();
+    const size_t to = i < 3 ? three.out.find("--- sample " + std::to_string(i + 1) + " of 3 ---\n") : three.out.size();
+    texts.push_back(three.out.substr(from, to - from));
+  }
+  EXPECT_EQ(texts[0], one.out);
+  EXPECT_FALSE(texts[0] == texts[1] && texts[1] == texts[2]);
+  for (const auto& text : texts) EXPECT_EQ(text.rfind("The ", 0), 0u) << text;
+  expect_user_error(run_lmforge(args + " --num-samples 0", t.path()), "--num-samples");
+}
+
 // [train] precision = bf16 (activations and the weights the layers read in bf16; on the CPU the
 // slow specification of the GPU's numbers): it trains on real text past the unigram baseline,
 // says so in its log, and its run (fp32 master weights) evaluates and samples like any other.
