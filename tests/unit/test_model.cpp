@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <numeric>
 #include <set>
 #include <string>
@@ -304,6 +305,22 @@ ModelConfig generation_config(int n_layer, int block_size) {
   return c;
 }
 
+// Replays a generation through full forwards over the window the cache holds: at most
+// max_context tokens, restarting from the last half whenever it fills. `choose` picks each token
+// from the forward's logits; the generated tokens `out` must be those picks.
+void expect_replay(Gpt2<float>& m, std::vector<int32_t> all, const std::vector<int32_t>& out, int max_context,
+                   const std::function<int32_t(const float*)>& choose) {
+  int start = 0;
+  std::vector<float> logits(m.config().vocab_size);
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (int(all.size()) - start > max_context) start = int(all.size()) - max_context / 2;
+    m.forward(all.data() + start, nullptr, 1, int(all.size()) - start);
+    m.last_logits(logits.data());
+    ASSERT_EQ(out[i], choose(logits.data())) << "token " << i;
+    all.push_back(out[i]);
+  }
+}
+
 TEST(Generate, SlidingContextMatchesFullForwardOfTheWindow) {
   const ModelConfig c = generation_config(2, 16);
   ModelOf<Gpt2<float>> owner(c);
@@ -316,19 +333,11 @@ TEST(Generate, SlidingContextMatchesFullForwardOfTheWindow) {
   std::vector<int32_t> prompt = {1, 2, 3, 4};
   auto out = generate(owner, prompt, o);
   ASSERT_EQ(out.size(), 12u);
-  // Replay: each greedy token is the argmax over a window of at most 6 tokens that restarts
-  // from the last 3 whenever the cache fills.
-  std::vector<int32_t> all = prompt;
-  int start = 0;
-  std::vector<float> logits(c.vocab_size);
-  for (size_t i = 0; i < out.size(); ++i) {
-    if (int(all.size()) - start > 6) start = int(all.size()) - 3;
-    m.forward(all.data() + start, nullptr, 1, int(all.size()) - start);
-    m.last_logits(logits.data());
-    int32_t best = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
-    ASSERT_EQ(out[i], best) << "token " << i;
-    all.push_back(out[i]);
-  }
+  // Each greedy token is the argmax over a window of at most 6 tokens that restarts from the
+  // last 3 whenever the cache fills.
+  expect_replay(m, prompt, out, 6, [&](const float* logits) {
+    return int32_t(std::max_element(logits, logits + c.vocab_size) - logits);
+  });
 }
 
 // Samples generated together (one decoder batch): sample 0 is generate()'s text for the seed;
@@ -356,16 +365,8 @@ TEST(Generate, SamplesTogetherFollowTheirOwnForwardAndDraws) {
     ASSERT_EQ(samples[s].size(), 14u);
     total += int(samples[s].size());
     Rng r(o.seed, kStreamSample, uint64_t(s) << 40);
-    std::vector<int32_t> all = prompt;
-    int start = 0;
-    std::vector<float> logits(c.vocab_size);
-    for (size_t i = 0; i < samples[s].size(); ++i) {
-      if (int(all.size()) - start > 10) start = int(all.size()) - 5;
-      m.forward(all.data() + start, nullptr, 1, int(all.size()) - start);
-      m.last_logits(logits.data());
-      ASSERT_EQ(samples[s][i], sample_token(logits.data(), c.vocab_size, o, r)) << "token " << i;
-      all.push_back(samples[s][i]);
-    }
+    expect_replay(m, prompt, samples[s], 10,
+                  [&](const float* logits) { return sample_token(logits, c.vocab_size, o, r); });
   }
   EXPECT_EQ(st.new_tokens, total);
   EXPECT_NE(samples[1], samples[2]);
