@@ -337,10 +337,10 @@ TEST_F(CudaTrainer, Bf16StorageFollowsTheCpuSpecificationAndResumesBitExact) {
     expect_gpu_follows_cpu_and_resumes(arch, "train.precision=\"bf16\"", 5e-3);
 }
 
-// KV-cache decoding on the GPU (infer/decoder.cpp over the CUDA backend), token by token and
-// after a prefill: at every position the logits of a full forward over the prefix on the GPU
-// (test_model.cpp's check of the CPU decoder, with its tolerance), and the CPU decoder's greedy
-// tokens.
+// KV-cache decoding on the GPU (infer/decoder.cpp over the CUDA backend), token by token, after
+// a prefill, and for a batch of three sequences: at every position the logits of a full forward
+// over the prefix on the GPU (test_model.cpp's check of the CPU decoder, with its tolerance), and
+// the CPU decoder's greedy tokens.
 TEST(CudaDecoder, MatchesTheFullForwardAndTheCpu) {
   SKIP_WITHOUT_DEVICE();
   for (const ModelConfig& c : {gpt2_cfg(true), llama_cfg(false)}) {
@@ -354,6 +354,9 @@ TEST(CudaDecoder, MatchesTheFullForwardAndTheCpu) {
     auto dec = test::expect_decoder_follows_forward(*gpu, b.x, c.vocab_size);
     EXPECT_EQ(dec->position(), 20);
     test::expect_prefill_follows_forward(*gpu, b.x, c.vocab_size);
+    std::vector<std::vector<int32_t>> seqs;
+    for (int s = 0; s < 3; ++s) seqs.push_back(test::random_batch(1, 12, c.vocab_size, 20 + s).x);
+    test::expect_batch_decoder_follows_forward(*gpu, seqs, c.vocab_size);
     SampleOptions o;
     o.temperature = 0;
     o.max_new_tokens = 30;
