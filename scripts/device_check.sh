@@ -126,7 +126,7 @@ more)
 sample)
   # Sampling speed on the GPU: a GPT-2 of 124M's shape over the byte tokenizer (86M parameters),
   # trained one step on the GPU so it is a run, then the prompt's prefill and 256 greedy tokens in
-  # fp32 and in bf16 storage (`--stats`: tokens/s of each phase).
+  # fp32 and in bf16 storage, and 8 samples together (`--stats`: tokens/s of each phase).
   {
     d=/tmp/lmf_sample; rm -rf $d
     t 60 /tmp/lmf/bin/lmforge prepare --input tests/data/sotu_sample --output $d/data --val-fraction 0.1
@@ -140,6 +140,10 @@ sample)
         --temperature 0 --stats > /dev/null
       echo "rc=$?"
     done
+    echo "== lmforge sample, cuda, bf16 storage, 8 samples together"
+    t 120 /tmp/lmf/bin/lmforge sample --run $d/run --device cuda --precision bf16 --prompt "$prompt" -n 128 \
+      --num-samples 8 --stats > /dev/null
+    echo "rc=$?"
   } > "$out/sample.log" 2>&1
   grep -E '^==|prompt:|rc=|rror|skipped' "$out/sample.log" >> "$summary" ;;
 *) echo "unknown step $step"; exit 2 ;;
