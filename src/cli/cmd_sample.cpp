@@ -39,6 +39,14 @@ void add_sample(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--top-p", o->s.top_p, "nucleus sampling threshold in (0, 1]")->capture_default_str()
       ->check(CLI::Range(1e-9, 1.0));
+  cmd->add_option("--min-p", o->s.min_p,
+                  "then keep only tokens at least this times as likely as the most likely one; 0 = off")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--repetition-penalty", o->s.repetition_penalty,
+                  "divide the positive logits (multiply the negative) of ids already in the text; 1 = off")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--seed", o->s.seed, "sampling seed")->capture_default_str();
   cmd->add_option("--max-new-tokens,-n", o->s.max_new_tokens, "tokens to generate")->capture_default_str()
       ->check(CLI::PositiveNumber);

@@ -70,11 +70,13 @@ int32_t sample_token(const float* logits, int V, const SampleOptions& opt, Rng& 
     }
     keep = std::max<size_t>(n, 1);
   } else {
-    // Every token: no order needed, the draw walks the ids in order.
+    // Every token: no order needed, the draw walks the ids in order (min_p drops the unlikely).
     p.resize(V);
-    for (int i = 0; i < V; ++i) p[i] = weight(i);
+    for (int i = 0; i < V; ++i) p[i] = weight(i) >= opt.min_p ? weight(i) : 0.0;
     keep = size_t(V);
   }
+  if (top_k < size_t(V) || opt.top_p < 1.0)  // kept in order: min_p cuts the tail (never the first)
+    while (keep > 1 && p[keep - 1] < opt.min_p) --keep;
   double z = 0;
   for (size_t i = 0; i < keep; ++i) z += p[i];
   double u = rng.uniform() * z, cum = 0;
@@ -83,6 +85,13 @@ int32_t sample_token(const float* logits, int V, const SampleOptions& opt, Rng& 
     if (u < cum) return ids[i];
   }
   return ids[keep - 1];
+}
+
+void penalize_repeats(float* logits, const std::vector<uint8_t>& seen, double penalty) {
+  if (penalty == 1.0) return;
+  const float f = float(penalty);
+  for (size_t i = 0; i < seen.size(); ++i)
+    if (seen[i]) logits[i] = logits[i] > 0 ? logits[i] / f : logits[i] * f;
 }
 
 std::vector<std::vector<int32_t>> generate_samples(const Model& model, const std::vector<int32_t>& prompt,
@@ -94,6 +103,9 @@ std::vector<std::vector<int32_t>> generate_samples(const Model& model, const std
   const int V = model.config().vocab_size;
   if (opt.vocab_limit < 0 || opt.vocab_limit > V)
     throw UserError("the sampling vocabulary limit {} is outside the model's vocabulary of {}", opt.vocab_limit, V);
+  if (!(opt.min_p >= 0 && opt.min_p <= 1)) throw UserError("min_p must be in [0, 1] (got {})", opt.min_p);
+  if (!(opt.repetition_penalty > 0))
+    throw UserError("the repetition penalty must be positive (got {})", opt.repetition_penalty);
   const int choices = opt.vocab_limit > 0 ? opt.vocab_limit : V;
   auto dec = make_decoder(model, opt.max_context, samples);
   Decoder& gen = *dec;
@@ -103,6 +115,13 @@ std::vector<std::vector<int32_t>> generate_samples(const Model& model, const std
   // Each sequence's text so far, (samples, length): all advance together, so one length.
   std::vector<std::vector<int32_t>> all(samples, prompt), out(samples);
   std::vector<bool> done(samples, false);
+  // For the repetition penalty: the ids each sample's text holds so far, and a row to penalise.
+  const bool penalize = opt.repetition_penalty != 1.0;
+  std::vector<std::vector<uint8_t>> seen(penalize ? samples : 0, std::vector<uint8_t>(penalize ? V : 0));
+  for (auto& sn : seen)
+    for (int32_t t : prompt)
+      if (t >= 0 && t < V) sn[t] = 1;  // (an id outside is refused by the decoder's prefill)
+  std::vector<float> row(penalize ? V : 0);
   // Keep the most recent tokens that fit, then prefill the empty cache with them in one pass.
   std::vector<int32_t> rows;
   auto refill = [&]() -> const float* {
@@ -124,7 +143,18 @@ std::vector<std::vector<int32_t>> generate_samples(const Model& model, const std
   for (int n = 0; n < opt.max_new_tokens; ++n) {
     for (int s = 0; s < samples; ++s) {
       // A finished sequence goes on with its last token, its choices unused.
-      next[s] = done[s] ? all[s].back() : sample_token(logits + size_t(s) * V, choices, opt, rng[s]);
+      if (done[s]) {
+        next[s] = all[s].back();
+      } else {
+        const float* l = logits + size_t(s) * V;
+        if (penalize) {
+          std::copy(l, l + V, row.begin());
+          penalize_repeats(row.data(), seen[s], opt.repetition_penalty);
+          l = row.data();
+        }
+        next[s] = sample_token(l, choices, opt, rng[s]);
+        if (penalize) seen[s][next[s]] = 1;
+      }
       all[s].push_back(next[s]);
       if (done[s]) continue;
       out[s].push_back(next[s]);

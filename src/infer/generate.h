@@ -1,6 +1,6 @@
 #pragma once
-// Sampling: token choice under temperature / top-k / top-p, and autoregressive generation over a
-// KV-cache decoder (infer/decoder.h) of any model family.
+// Sampling: token choice under temperature / top-k / top-p / min-p and a repetition penalty, and
+// autoregressive generation over a KV-cache decoder (infer/decoder.h) of any model family.
 #include <cstdint>
 #include <functional>
 #include <vector>
@@ -14,6 +14,11 @@ struct SampleOptions {
   double temperature = 1.0;  // 0: greedy (argmax)
   int top_k = 0;             // keep the k most likely tokens; 0: all
   double top_p = 1.0;        // nucleus: smallest set with cumulative probability >= top_p
+  double min_p = 0.0;        // then keep only tokens at least min_p times as likely as the most
+                             // likely one (after the temperature); 0: off
+  double repetition_penalty = 1.0;  // a token already in the text (prompt included) has its
+                                    // logit divided by this if positive, multiplied if not
+                                    // (Hugging Face's repetition_penalty); 1: off
   uint64_t seed = 0;
   int max_new_tokens = 256;
   int stop_token = -1;       // stop after emitting this id (e.g. end-of-text); -1: none
@@ -31,8 +36,12 @@ struct GenerateStats {
   double decode_s = 0;    // from the first logits to the last token, cache rebuilds included
 };
 
-// Picks a token id from logits (V) under the options; `rng` advances by one draw (none if greedy).
+// Picks a token id from logits (V) under the options (temperature, top_k, top_p, min_p; the
+// repetition penalty is generate's); `rng` advances by one draw (none if greedy).
 int32_t sample_token(const float* logits, int V, const SampleOptions& opt, Rng& rng);
+
+// The repetition penalty on logits (V) for the ids marked in `seen` (V), in place.
+void penalize_repeats(float* logits, const std::vector<uint8_t>& seen, double penalty);
 
 // Prefills the cache with the prompt, then samples up to max_new_tokens, calling on_token for
 // each new id. When the context fills (max_context), the cache is rebuilt from the last half.

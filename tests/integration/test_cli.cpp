@@ -191,7 +191,8 @@ TEST_F(Cli, SampleTakesItsPromptFromAFile) {
 }
 
 // `sample --num-samples 3`: three texts, each headed by its number, the first the single sample's
-// text for the seed, and not all three the same; a count outside [1, 1024] is one line.
+// text for the seed, and not all three the same; a count outside [1, 1024] is one line. Also
+// --min-p and --repetition-penalty, taken and checked.
 TEST_F(Cli, SampleGeneratesSeveralSamplesTogether) {
   TempDir t;
   auto run = t.path() / "run";
@@ -214,6 +215,12 @@ TEST_F(Cli, SampleGeneratesSeveralSamplesTogether) {
   EXPECT_FALSE(texts[0] == texts[1] && texts[1] == texts[2]);
   for (const auto& text : texts) EXPECT_EQ(text.rfind("The ", 0), 0u) << text;
   expect_user_error(run_lmforge(args + " --num-samples 0", t.path()), "--num-samples");
+  // min-p and the repetition penalty are taken, and checked.
+  auto tuned = run_lmforge(args + " --min-p 0.1 --repetition-penalty 1.3", t.path());
+  ASSERT_EQ(tuned.code, 0) << tuned.err;
+  EXPECT_EQ(tuned.out.rfind("The ", 0), 0u) << tuned.out;
+  expect_user_error(run_lmforge(args + " --min-p 1.5", t.path()), "--min-p");
+  expect_user_error(run_lmforge(args + " --repetition-penalty 0", t.path()), "--repetition-penalty");
 }
 
 // [train] precision = bf16 (activations and the weights the layers read in bf16; on the CPU the

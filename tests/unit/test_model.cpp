@@ -200,8 +200,9 @@ TEST(Model, KeepingTheMlpActivationChangesMemoryNotNumbers) {
 }
 
 // The choice by a full sort: every id in the order logit descending (ties by id), the top_k,
-// then the nucleus, a draw over what is kept in that order. Over the whole vocabulary without a
-// nucleus the draw walks the ids in id order instead (any fixed order samples the same law).
+// then the nucleus, then min_p's cut, a draw over what is kept in that order. Over the whole
+// vocabulary without a nucleus the draw walks the ids in id order instead (any fixed order samples
+// the same law), min_p's cut a weight of 0.
 int32_t sample_by_full_sort(const std::vector<float>& logits, const SampleOptions& o, Rng& rng) {
   const int V = int(logits.size());
   std::vector<int32_t> ids(V);
@@ -220,19 +221,24 @@ int32_t sample_by_full_sort(const std::vector<float>& logits, const SampleOption
     size_t n = 0;
     while (n < keep && cum < o.top_p * z) cum += p[n++];
     keep = std::max<size_t>(n, 1);
-    z = 0;
-    for (size_t i = 0; i < keep; ++i) z += p[i];
   }
+  if (o.top_k > 0 || o.top_p < 1.0) {
+    while (keep > 1 && p[keep - 1] < o.min_p) --keep;
+  } else {
+    for (double& w : p) w = w >= o.min_p ? w : 0.0;
+  }
+  z = 0;
+  for (size_t i = 0; i < keep; ++i) z += p[i];
   double u = rng.uniform() * z, cum = 0;
   for (size_t i = 0; i < keep; ++i)
     if (u < (cum += p[i])) return ids[i];
   return ids[keep - 1];
 }
 
-// sample_token orders only as much of the vocabulary as the choice needs (partial sorts, the
-// nucleus grown in steps); it makes the full sort's choice, draw for draw, on a vocabulary of
-// 5000 with ties, for a top_k, nuclei from one token to thousands (past each growth step), both,
-// and none.
+// sample_token orders only as much of the vocabulary as the choice needs (a partial sort for the
+// top_k, a histogram for the nucleus); it makes the full sort's choice, draw for draw, on a
+// vocabulary of 5000 with ties, for a top_k, nuclei from one token to thousands, both, none, and
+// min_p with each. Over the same draws, min_p = 0.3 keeps only tokens within ln(1/0.3) of the top.
 TEST(Sampling, PartialOrderMakesTheFullSortsChoices) {
   const int V = 5000;
   std::vector<float> logits(V);
@@ -240,16 +246,18 @@ TEST(Sampling, PartialOrderMakesTheFullSortsChoices) {
   for (int i = 0; i < V; ++i) logits[i] = float(std::floor(8 * g.uniform()) / 2);  // 16 values: many ties
   struct Case {
     int top_k;
-    double top_p, temperature;
+    double top_p, temperature, min_p;
   };
-  for (const Case& c : {Case{50, 1.0, 1.0}, Case{0, 0.05, 1.0}, Case{0, 0.3, 0.5}, Case{0, 0.9, 1.0},
-                        Case{0, 0.999, 2.0}, Case{1000, 0.5, 1.0}, Case{0, 1.0, 1.0}, Case{V, 0.7, 1.0}}) {
+  for (const Case& c : {Case{50, 1.0, 1.0, 0}, Case{0, 0.05, 1.0, 0}, Case{0, 0.3, 0.5, 0}, Case{0, 0.9, 1.0, 0},
+                        Case{0, 0.999, 2.0, 0}, Case{1000, 0.5, 1.0, 0}, Case{0, 1.0, 1.0, 0}, Case{V, 0.7, 1.0, 0},
+                        Case{0, 1.0, 1.0, 0.3}, Case{0, 0.9, 1.0, 0.2}, Case{200, 1.0, 2.0, 0.5}}) {
     SCOPED_TRACE(testing::Message() << "top_k " << c.top_k << " top_p " << c.top_p << " temperature "
-                                    << c.temperature);
+                                    << c.temperature << " min_p " << c.min_p);
     SampleOptions o;
     o.top_k = c.top_k;
     o.top_p = c.top_p;
     o.temperature = c.temperature;
+    o.min_p = c.min_p;
     Rng a(3, kStreamSample), b(3, kStreamSample);
     std::set<int32_t> seen;
     for (int draw = 0; draw < 400; ++draw) {
@@ -258,6 +266,9 @@ TEST(Sampling, PartialOrderMakesTheFullSortsChoices) {
       seen.insert(want);
     }
     EXPECT_GT(seen.size(), 1u);  // the draws pick among many tokens, not one
+    const float top = *std::max_element(logits.begin(), logits.end());
+    for (int32_t t : seen)  // min_p's bound on what is drawn: exp((l - top) / T) >= min_p
+      EXPECT_GE(std::exp((double(logits[t]) - top) / c.temperature), c.min_p) << "token " << t;
   }
 }
 
@@ -292,18 +303,26 @@ TEST(Sampling, GreedyTopKTopP) {
 namespace lmf {
 namespace {
 
-// Past max_context the cache restarts from the last half of the text: the logits must equal a
-// full forward over exactly that window.
-// A GPT-2 of width 8 over 11 tokens, for the generation tests.
-ModelConfig generation_config(int n_layer, int block_size) {
+// A GPT-2 of width 8 over 11 tokens, initialised from `seed`, for the generation tests: `owner`
+// is the Model that generate takes, `m` its family, for full forwards.
+struct TinyGpt2 {
+  static ModelConfig config(int n_layer, int block_size) {
+    ModelConfig c;
+    c.n_layer = n_layer;
+    c.n_head = 2;
+    c.n_embd = 8;
+    c.vocab_size = 11;
+    c.block_size = block_size;
+    return c;
+  }
+  TinyGpt2(int n_layer, int block_size, uint64_t seed)
+      : c(config(n_layer, block_size)), owner(c), m(owner.impl()) {
+    m.init(seed);
+  }
   ModelConfig c;
-  c.n_layer = n_layer;
-  c.n_head = 2;
-  c.n_embd = 8;
-  c.vocab_size = 11;
-  c.block_size = block_size;
-  return c;
-}
+  ModelOf<Gpt2<float>> owner;
+  Gpt2<float>& m;
+};
 
 // Replays a generation through full forwards over the window the cache holds: at most
 // max_context tokens, restarting from the last half whenever it fills. `choose` picks each token
@@ -321,11 +340,13 @@ void expect_replay(Gpt2<float>& m, std::vector<int32_t> all, const std::vector<i
   }
 }
 
+// Past max_context the cache restarts from the last half of the text: the logits must equal a
+// full forward over exactly that window.
 TEST(Generate, SlidingContextMatchesFullForwardOfTheWindow) {
-  const ModelConfig c = generation_config(2, 16);
-  ModelOf<Gpt2<float>> owner(c);
-  Gpt2<float>& m = owner.impl();
-  m.init(3);
+  TinyGpt2 g(2, 16, 3);
+  const ModelConfig& c = g.c;
+  auto& owner = g.owner;
+  auto& m = g.m;
   SampleOptions o;
   o.temperature = 0;
   o.max_new_tokens = 12;
@@ -345,10 +366,10 @@ TEST(Generate, SlidingContextMatchesFullForwardOfTheWindow) {
 // its own text gives, token by token, through the cache's rebuilds; the samples differ; greedy,
 // they are all generate()'s text.
 TEST(Generate, SamplesTogetherFollowTheirOwnForwardAndDraws) {
-  const ModelConfig c = generation_config(2, 24);
-  ModelOf<Gpt2<float>> owner(c);
-  Gpt2<float>& m = owner.impl();
-  m.init(7);
+  TinyGpt2 g(2, 24, 7);
+  const ModelConfig& c = g.c;
+  auto& owner = g.owner;
+  auto& m = g.m;
   SampleOptions o;
   o.temperature = 1.5;
   o.max_new_tokens = 14;
@@ -376,12 +397,49 @@ TEST(Generate, SamplesTogetherFollowTheirOwnForwardAndDraws) {
   EXPECT_THROW(generate_samples(owner, prompt, o, 0), UserError);
 }
 
+// The repetition penalty (Hugging Face's): greedy generation picks, at each step, the argmax of
+// the full forward's logits with every id already in the text (the prompt's included) divided by
+// the penalty if positive, multiplied if not; without it this model repeats itself; a penalty
+// that is not positive is refused.
+TEST(Generate, RepetitionPenaltyActsOnTheIdsOfTheText) {
+  TinyGpt2 g(2, 32, 3);
+  const ModelConfig& c = g.c;
+  auto& owner = g.owner;
+  auto& m = g.m;
+  SampleOptions o;
+  o.temperature = 0;
+  o.max_new_tokens = 20;
+  const std::vector<int32_t> prompt = {1, 2, 3, 4};
+  auto distinct = [](const std::vector<int32_t>& v) { return std::set<int32_t>(v.begin(), v.end()).size(); };
+  const auto plain = generate(owner, prompt, o);
+  o.repetition_penalty = 3.0;
+  const auto penalized = generate(owner, prompt, o);
+  EXPECT_LT(distinct(plain), distinct(penalized)) << "the penalty spreads the choices";
+  std::vector<int32_t> text = prompt;
+  expect_replay(m, prompt, penalized, c.block_size, [&](const float* logits) {
+    std::vector<float> l(logits, logits + c.vocab_size);
+    for (int32_t id : std::set<int32_t>(text.begin(), text.end())) l[id] = l[id] > 0 ? l[id] / 3.0f : l[id] * 3.0f;
+    const int32_t best = int32_t(std::max_element(l.begin(), l.end()) - l.begin());
+    text.push_back(best);
+    return best;
+  });
+  // The rule on its own: positive logits divided, negative ones multiplied, unseen ids untouched.
+  std::vector<float> l = {2.0f, -2.0f, 1.0f, -1.0f};
+  penalize_repeats(l.data(), {1, 1, 0, 0}, 2.0);
+  EXPECT_EQ(l, (std::vector<float>{1.0f, -4.0f, 1.0f, -1.0f}));
+  o.repetition_penalty = 0;
+  EXPECT_THROW(generate(owner, prompt, o), UserError);
+  o.repetition_penalty = 1;
+  o.min_p = 1.5;
+  EXPECT_THROW(generate(owner, prompt, o), UserError);
+}
+
 // A vocabulary limit (the tokenizer's, below a padded model vocabulary) keeps every choice under
 // it, greedy and sampled, where without it this model picks ids past it; and the stats count the
 // prompt and the new tokens.
 TEST(Generate, VocabularyLimitKeepsChoicesBelowIt) {
-  ModelOf<Gpt2<float>> owner(generation_config(1, 32));
-  owner.impl().init(5);
+  TinyGpt2 g(1, 32, 5);
+  auto& owner = g.owner;
   const std::vector<int32_t> prompt = {1, 2, 3};
   for (double temperature : {0.0, 1.0}) {
     SCOPED_TRACE(testing::Message() << "temperature " << temperature);
