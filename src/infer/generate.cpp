@@ -72,7 +72,10 @@ int32_t sample_token(const float* logits, int V, const SampleOptions& opt, Rng& 
   } else {
     // Every token: no order needed, the draw walks the ids in order (min_p drops the unlikely).
     p.resize(V);
-    for (int i = 0; i < V; ++i) p[i] = weight(i) >= opt.min_p ? weight(i) : 0.0;
+    for (int i = 0; i < V; ++i) {
+      const double w = weight(i);
+      p[i] = w >= opt.min_p ? w : 0.0;
+    }
     keep = size_t(V);
   }
   if (top_k < size_t(V) || opt.top_p < 1.0)  // kept in order: min_p cuts the tail (never the first)
@@ -117,7 +120,7 @@ std::vector<std::vector<int32_t>> generate_samples(const Model& model, const std
   std::vector<bool> done(samples, false);
   // For the repetition penalty: the ids each sample's text holds so far, and a row to penalise.
   const bool penalize = opt.repetition_penalty != 1.0;
-  std::vector<std::vector<uint8_t>> seen(penalize ? samples : 0, std::vector<uint8_t>(penalize ? V : 0));
+  std::vector<std::vector<uint8_t>> seen(penalize ? samples : 0, std::vector<uint8_t>(V));
   for (auto& sn : seen)
     for (int32_t t : prompt)
       if (t >= 0 && t < V) sn[t] = 1;  // (an id outside is refused by the decoder's prefill)

@@ -17,15 +17,17 @@ namespace {
 #define LMF_CUBLAS_NAME_(f) #f
 #define LMF_CUBLAS_NAME(f) LMF_CUBLAS_NAME_(f)  // after cublas_v2.h's macros: cublasCreate_v2
 
-#ifdef LMF_CUDA_EMU
-
+// The entry points and where they came from (cublas_libraries).
 struct Loaded {
   CublasApi api;
-  std::string where = "the CPU emulation";
+  std::string where;
 };
+
+#ifdef LMF_CUDA_EMU
 
 Loaded load() {
   Loaded l;
+  l.where = "the CPU emulation";
   CublasApi& a = l.api;
 #define LMF_BIND(member, fn) a.member = &::fn;
   LMF_CUBLAS_ENTRIES(LMF_BIND)
@@ -55,11 +57,6 @@ void* open_library(const char* stem, std::string& where) {
   }
   return lib;
 }
-
-struct Loaded {
-  CublasApi api;
-  std::string where;
-};
 
 Loaded load() {
   Loaded l;
