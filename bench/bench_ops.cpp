@@ -272,31 +272,38 @@ BENCHMARK(BM_sum_squares)->Arg(1 << 24)->Unit(benchmark::kMicrosecond);
 
 // ---- decoding: one-row products and the choice of a token
 // --------------------------------------------------------------
-// y (OC) = W (OC, C) x (C), a decoder's one-row product: through cpu::gemm (M = 1 goes to
-// OpenBLAS's GEMV), against OpenBLAS's GEMM with one row (which packs all of W first, the path
-// before). GB/s counts W's bytes, the whole of the traffic.
+// y (OC) = W (OC, C) x (C), a decoder's one-row product, by the third argument: 0 OpenBLAS's GEMV,
+// 1 OpenBLAS's GEMM with one row (which packs all of W first), 2 cpu::gemm (gemm_skinny over float
+// W, the fp32 decoders'), 3 gemm_skinny over bf16 W (the bf16 decoders'). GB/s counts W's bytes,
+// the whole of the traffic.
 void BM_gemv(benchmark::State& state) {
-  const int C = (int)state.range(0), OC = (int)state.range(1);
-  const bool sgemm = state.range(2) != 0;
+  const int C = (int)state.range(0), OC = (int)state.range(1), how = (int)state.range(2);
   auto x = rand_buf(C, 30), w = rand_buf((size_t)OC * C, 31);
+  std::vector<bf16> w16(w.size());
+  for (size_t i = 0; i < w.size(); ++i) w16[i] = bf16(w[i]);
   Buffer<float> y(OC);
   for (auto _ : state) {
-    if (sgemm) {
+    if (how == 1) {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, 1, OC, C, 1.0f, x.data(), C, w.data(), C, 0.0f, y.data(),
                   OC);
-    } else {
+    } else if (how == 2) {
       cpu::gemm<float>(false, true, 1, OC, C, 1.0f, x.data(), C, w.data(), C, 0.0f, y.data(), OC);
+    } else if (how == 3) {
+      cpu::gemm_skinny(1, OC, C, 1.0f, x.data(), C, w16.data(), C, 0.0f, y.data(), OC);
+    } else {
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, OC, C, 1.0f, w.data(), C, x.data(), 1, 0.0f, y.data(), 1);
     }
     benchmark::ClobberMemory();
   }
-  state.counters["GB/s"] = benchmark::Counter(4.0 * C * OC * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  const double bytes = (how == 3 ? 2.0 : 4.0) * C * OC;
+  state.counters["GB/s"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 // GPT-2 124M's qkv, MLP down projection, and classifier (W 7, 9 and 154 MB; the first two stay in
-// the cache across iterations here, unlike in decoding); the last argument 1 for the one-row GEMM.
+// the cache across iterations here, unlike in decoding).
 BENCHMARK(BM_gemv)
-    ->Args({768, 2304, 0})->Args({768, 2304, 1})
-    ->Args({3072, 768, 0})->Args({3072, 768, 1})
-    ->Args({768, 50257, 0})->Args({768, 50257, 1})
+    ->ArgsProduct({{768}, {2304}, {0, 1, 2, 3}})
+    ->ArgsProduct({{3072}, {768}, {0, 1, 2, 3}})
+    ->ArgsProduct({{768}, {50257}, {0, 1, 2, 3}})
     ->Unit(benchmark::kMicrosecond);
 
 // sample_token at temperature 0.8 with top_p 0.95 (`lmforge sample`'s defaults), against a full

@@ -473,9 +473,10 @@ void BM_attention_decode(benchmark::State& st) {
   const int T = int(st.range(0)), C = kC, NH = kNH, hs = kC / kNH;
   auto q = rand_vec(C, 38), k = rand_vec(size_t(T) * C, 39), v = rand_vec(size_t(T) * C, 40);
   FVec ref(C), scratch(size_t(NH) * T);
-  ops::attention_decode(ref.data(), scratch.data(), q.data(), k.data(), v.data(), T, NH, NH, hs, C);
+  const ops::DecodeLayout lay{.B = 1, .T = T, .shared = 0, .ld = C, .seq = 0, .q_ld = C};
+  ops::attention_decode(ref.data(), scratch.data(), q.data(), k.data(), v.data(), lay, NH, NH, hs);
   DeviceBuffer<float> dq(q), dk(k), dv(v), dy(C), ds(size_t(NH) * T);
-  auto launch = [&] { cuda::attention_decode(dy.data(), ds.data(), dq.data(), dk.data(), dv.data(), T, NH, NH, hs, C); };
+  auto launch = [&] { cuda::attention_decode(dy.data(), ds.data(), dq.data(), dk.data(), dv.data(), lay, NH, NH, hs); };
   launch();
   run(st, launch, 4.0 * 2.0 * T * C, max_err(dy.to_host(), ref));
 }

@@ -35,7 +35,8 @@ Array<T> rows_of(const MemorySpace& space, int n, size_t width) {
 // is made), and only the tokens go in and the logits (float) come out (to host memory) per step.
 // On the CPU backend in fp32 the ops are the CPU ops, called as before: the same numbers bit for
 // bit. The cache of layer l and sequence b is rows [0, maxT) of block (l, b) of (L, batch, maxT,
-// width) for k and for v.
+// width) for k and for v; after a prefill of alike rows, rows [0, shared_) of sequence 0's block
+// serve every sequence (the others' are not written).
 
 // Host logits of a step, (batch, V): the backend's buffer itself on the host, else a downloaded
 // copy.
@@ -74,14 +75,17 @@ void gather_last_rows(const ops::Backend<A>& be, A* out /*(batch, C)*/, const A*
   for (int b = 0; b < batch; ++b)
     be.copy(out + size_t(b) * C, x + (size_t(rows == 1 ? 0 : b) * n + n - 1) * C, size_t(C));
 }
-// k or v of a prefill, (rows, n, width), into the cache's first n rows of each sequence of layer l
-// (every sequence takes row 0's when rows is 1).
+// k or v of a prefill, (rows, n, width), into the cache's first n rows of each of the `rows`
+// sequences of layer l (rows 1: sequence 0's only, the prefix all of them share).
 template <class A>
 void store_rows(const ops::Backend<A>& be, A* cache, const A* src, int l, int rows, int n, int batch, int max_t,
                 size_t width) {
-  for (int b = 0; b < batch; ++b)
-    be.copy(cache + (size_t(l) * batch + b) * max_t * width, src + size_t(rows == 1 ? 0 : b) * n * width,
-            size_t(n) * width);
+  for (int b = 0; b < rows; ++b)
+    be.copy(cache + (size_t(l) * batch + b) * max_t * width, src + size_t(b) * n * width, size_t(n) * width);
+}
+// Where the batch's caches of layer l are for attention_decode: position pos_ is the new one.
+inline ops::DecodeLayout decode_layout(int batch, int pos, int shared, int max_t, size_t width, int q_ld) {
+  return {.B = batch, .T = pos + 1, .shared = shared, .ld = int(width), .seq = size_t(max_t) * width, .q_ld = q_ld};
 }
 
 template <class A>
@@ -116,8 +120,8 @@ class Gpt2Decoder final : public Decoder {
  private:
   A* cache(Array<A>& kv, int l, int b) { return kv.data() + (size_t(l) * batch_ + b) * max_t_ * C_; }
 
-  // One token for each sequence: the block's ops over (batch, C) rows, the attention row by row
-  // over each sequence's cache (k and v of the new position copied in first).
+  // One token for each sequence: the block's ops over (batch, C) rows, then the attention of each
+  // sequence over its cache (k and v of the new position copied in first).
   const float* feed_checked(const int32_t* tokens) override {
     const auto& ix = m_.index();
     const auto& be = be_;
@@ -132,13 +136,12 @@ class Gpt2Decoder final : public Decoder {
       be.layernorm_forward(h, mean, rstd, x, w(li.ln1_w), w(li.ln1_b), B, C);
       be.matmul_forward(qkv, h, w(li.qkv_w), w(li.qkv_b), B, C, 3 * C);
       for (int b = 0; b < B; ++b) {
-        A *kc = cache(k_, l, b), *vc = cache(v_, l, b);  // (maxT, C)
         const A* row = qkv + size_t(b) * 3 * C;
-        be.copy(kc + size_t(pos_) * C, row + C, C);
-        be.copy(vc + size_t(pos_) * C, row + 2 * C, C);
-        be.attention_decode(y + size_t(b) * C, a_.data() + size_t(b) * NH_ * max_t_, row, kc, vc, pos_ + 1, NH_,
-                            NH_, C / NH_, C);
+        be.copy(cache(k_, l, b) + size_t(pos_) * C, row + C, C);
+        be.copy(cache(v_, l, b) + size_t(pos_) * C, row + 2 * C, C);
       }
+      be.attention_decode(y, a_.data(), qkv, cache(k_, l, 0), cache(v_, l, 0),
+                          decode_layout(B, pos_, shared_, max_t_, C, 3 * C), NH_, NH_, C / NH_);
       be.matmul_forward(h, y, w(li.proj_w), w(li.proj_b), B, C, C);
       be.residual_forward(x, x, h, size_t(B) * C);
       be.layernorm_forward(h, mean, rstd, x, w(li.ln2_w), w(li.ln2_b), B, C);
@@ -245,7 +248,7 @@ class LlamaDecoder final : public Decoder {
   A* cache(Array<A>& kv, int l, int b) { return kv.data() + (size_t(l) * batch_ + b) * max_t_ * kv_width(); }
 
   // One token for each sequence: the block's ops over (batch, ...) rows; k and v of the new
-  // position, rotated, copied into each sequence's cache, then the attention row by row.
+  // position, rotated, copied into each sequence's cache, then the attention of each sequence.
   const float* feed_checked(const int32_t* tokens) override {
     const auto& ix = m_.index();
     const auto& cfg = m_.config();
@@ -269,12 +272,11 @@ class LlamaDecoder final : public Decoder {
       be.rope_forward(q, q, B, 1, NH_, hs_, inv_freq, cfg.rope_interleaved, pos_);
       be.rope_forward(kt, kt, B, 1, KVH_, hs_, inv_freq, cfg.rope_interleaved, pos_);
       for (int b = 0; b < B; ++b) {
-        A *kc = cache(k_, l, b), *vc = cache(v_, l, b);  // (maxT, KV)
-        be.copy(kc + size_t(pos_) * KV, kt + size_t(b) * KV, size_t(KV));
-        be.copy(vc + size_t(pos_) * KV, vt + size_t(b) * KV, size_t(KV));
-        be.attention_decode(y + size_t(b) * C, a_.data() + size_t(b) * NH_ * max_t_, q + size_t(b) * C, kc, vc,
-                            pos_ + 1, NH_, KVH_, hs_, KV);
+        be.copy(cache(k_, l, b) + size_t(pos_) * KV, kt + size_t(b) * KV, size_t(KV));
+        be.copy(cache(v_, l, b) + size_t(pos_) * KV, vt + size_t(b) * KV, size_t(KV));
       }
+      be.attention_decode(y, a_.data(), q, cache(k_, l, 0), cache(v_, l, 0),
+                          decode_layout(B, pos_, shared_, max_t_, size_t(KV), C), NH_, KVH_, hs_);
       be.matmul_forward(h, y, w(li.wo), bias(li.bo), B, C, C);
       be.residual_forward(x, x, h, size_t(B) * C);
       be.rmsnorm_forward(h, rstd, x, w(li.ffn_norm), B, C, eps);
@@ -363,6 +365,7 @@ const float* Decoder::prefill(const int32_t* tokens, int n) {
     for (size_t i = size_t(n); i < all && alike; ++i) alike = tokens[i] == tokens[i % size_t(n)];
     const float* logits = prefill_empty(tokens, n, alike ? 1 : batch_);
     pos_ = n;
+    shared_ = alike ? n : 0;
     return logits;
   }
   std::vector<int32_t> column(batch_);

@@ -23,26 +23,32 @@ class Decoder {
   // Appends tokens (batch, n), row b to sequence b, and returns the logits (batch, V) for the
   // position after the last, as n calls of feed would, up to summation order. From an empty
   // cache, in one pass of the model over the rows (a prompt's prefill: matrix products instead
-  // of n vector products, and the causal attention of training; once for all the batch when its
-  // rows are the same); else token by token. UserError for an id outside the vocabulary or more
-  // tokens than the cache has room for.
+  // of n vector products, and the causal attention of training); else token by token. When the
+  // rows are all the same (several samples of one prompt) the pass runs once, and its keys and
+  // values are cached once, in sequence 0's cache, which every sequence's attention then reads
+  // for those positions (shared()): the numbers of N copies, bit for bit, without N times the
+  // cache traffic. UserError for an id outside the vocabulary or more tokens than the cache has
+  // room for.
   const float* prefill(const int32_t* tokens, int n);
   int position() const { return pos_; }  // tokens in each sequence's cache
+  int shared() const { return shared_; }  // leading positions all sequences read from sequence 0's
   int capacity() const { return max_t_; }
   int batch() const { return batch_; }
-  void reset() { pos_ = 0; }
+  void reset() { pos_ = shared_ = 0; }
 
  protected:
   Decoder(int max_t, int vocab, int batch) : max_t_(max_t), vocab_(vocab), batch_(batch) {}
   // feed's step, the tokens checked and the cache known to have room.
   virtual const float* feed_checked(const int32_t* tokens) = 0;
   // prefill's one pass into the empty cache: tokens (rows, n), checked, n in [1, capacity]; rows
-  // is the batch, or 1 when every sequence gets the same tokens (then copied to all of them).
+  // is the batch, or 1 when every sequence gets the same tokens (then cached in sequence 0's rows
+  // only, which shared() then says all of them read).
   virtual const float* prefill_empty(const int32_t* tokens, int n, int rows) = 0;
   int max_t_;
   int vocab_;
   int batch_;
   int pos_ = 0;
+  int shared_ = 0;
 };
 
 // A decoder for the model's family caching up to max_context positions (0: the model's

@@ -112,8 +112,8 @@ struct Backend {
                                 int KVH, int hs);
   void (*attention_gqa_backward)(F* dq, F* dk, F* dv, const F* dout, const F* q, const F* k, const F* v,
                                  const F* out, const S* lse, int B, int T, int NH, int KVH, int hs);
-  void (*attention_decode)(F* y, S* scratch, const F* q, const F* k, const F* v, int T, int NH, int KVH, int hs,
-                           int ld);
+  void (*attention_decode)(F* y, S* scratch, const F* q, const F* k, const F* v, DecodeLayout c, int NH, int KVH,
+                           int hs);
 
   // x[0, n) = value.
   void (*fill)(F* x, F value, size_t n);

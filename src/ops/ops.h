@@ -12,6 +12,10 @@
 
 #include "ops/adamw_step.h"
 
+namespace lmf {
+struct bf16;
+}
+
 namespace lmf::ops {
 
 // out = inp @ w^T + bias
@@ -169,13 +173,35 @@ template <class F>
 void attention_gqa_backward(F* dq, F* dk, F* dv, const F* dout, const F* q, const F* k, const F* v,
                             const F* out, const F* lse, int B, int T, int NH, int KVH, int hs);
 
-// One new query against a KV cache (decoding): y (NH*hs) = softmax(q k^T / sqrt(hs)) v over the
-// cached positions [0, T), query head h reading kv head h / (NH / KVH). k, v (T, ld): row t holds
-// the KVH heads' hs values at columns [kh*hs, (kh+1)*hs). scratch (NH, T): the probabilities.
-// Per head: the scores in t order, their max, the exps and their sum in t order, then y in t order
-// of (e_t / sum) v_t.
+// Where a batch of decoding sequences keeps its KV cache (attention_decode). Sequence b's position
+// t is row t of its own cache, at k + b*seq + t*ld (v likewise), except that positions [0, shared)
+// of every sequence are sequence 0's rows: a prefix they all have, such as a prompt, cached once.
+struct DecodeLayout {
+  int B = 1;       // sequences, one query each
+  int T = 1;       // cached positions each query attends to: [0, T)
+  int shared = 0;  // leading positions every sequence reads from sequence 0's cache, in [0, T]
+  int ld = 0;      // elements between two rows of a cache
+  size_t seq = 0;  // elements between two sequences' caches (unused for B = 1)
+  int q_ld = 0;    // elements between two sequences' queries; y's rows are NH*hs apart
+};
+// Whether c describes caches attention_decode can read for NH query heads over KVH kv heads of hs.
+inline bool decode_layout_ok(const DecodeLayout& c, int NH, int KVH, int hs) {
+  return c.B > 0 && c.T > 0 && c.shared >= 0 && c.shared <= c.T && NH > 0 && KVH > 0 && NH % KVH == 0 && hs > 0 &&
+         c.ld >= KVH * hs && c.q_ld >= NH * hs && (c.B == 1 || c.seq >= size_t(c.T) * c.ld);
+}
+
+// One new query per sequence against its KV cache (decoding): y (B, NH*hs), row b = softmax(q_b
+// k_b^T / sqrt(hs)) v_b over sequence b's positions [0, T), query head h reading kv head h / (NH /
+// KVH). A cache row holds the KVH heads' hs values at columns [kh*hs, (kh+1)*hs). scratch (B, NH,
+// T): the probabilities. Per sequence and head: the scores in t order, their max, the exps and
+// their sum in t order, then y in t order of (e_t / sum) v_t; so a shared prefix gives the
+// numbers of the same rows copied into every cache, bit for bit.
 template <class F>
-void attention_decode(F* y, F* scratch, const F* q, const F* k, const F* v, int T, int NH, int KVH, int hs,
-                      int ld);
+void attention_decode(F* y, F* scratch, const F* q, const F* k, const F* v, DecodeLayout c, int NH, int KVH,
+                      int hs);
+// The same over bf16 queries and caches (a bf16 decoder's, read as they are), in float: the float
+// op's numbers on the widened values, bit for bit.
+void attention_decode(float* y, float* scratch, const bf16* q, const bf16* k, const bf16* v, DecodeLayout c, int NH,
+                      int KVH, int hs);
 
 }  // namespace lmf::ops

@@ -1025,51 +1025,55 @@ TEST(CudaBf16, AttentionPacked) {
   }
 }
 
-// One query against a KV cache (rows of ld > KVH hs). Per head h: the scores' error ds_h =
-// gamma(hs) scale max_t sum_d |q_d k_td|; lse's: ds_h + gamma(T) + gamma(4) |lse_h|; p_t's relative
-// error ds_h + that + gamma(16); y = sum_t p_t v_t: V_h (dp_h + gamma(T)) (test_cuda_ops.cpp's
-// attention bound for one row), times kBoth, plus the rounding of y.
+// One query per sequence against its KV cache: 3 sequences, rows of ld > KVH hs, caches seq apart,
+// the first `shared` positions read from sequence 0's cache, queries q_ld apart. Per sequence b and
+// head h: the scores' error ds = gamma(hs) scale max_t sum_d |q_d k_td|; lse's: ds + gamma(T) +
+// gamma(4) |lse|; p_t's relative error ds + that + gamma(16); y = sum_t p_t v_t: V (dp + gamma(T))
+// (test_cuda_ops.cpp's attention bound for one row), times kBoth, plus the rounding of y.
 TEST(CudaBf16, AttentionDecode) {
   SKIP_WITHOUT_DEVICE();
   const Tol t = tol_f32();
-  const int T_ = 45, NH = 4, KVH = 2, hs = 24, ld = KVH * hs + 8;
-  const Bf q = rand_bf((size_t)NH * hs, 36), k = rand_bf((size_t)T_ * ld, 37),
-           v = rand_bf((size_t)T_ * ld, 38);
+  const int T_ = 45, NH = 4, KVH = 2, hs = 24, ld = KVH * hs + 8, B = 3, shared = 20, Q = NH * hs, q_ld = Q + 4;
+  const size_t seq = size_t(T_) * ld + 7, cache = (B - 1) * seq + size_t(T_) * ld;
+  const ops::DecodeLayout lay{.B = B, .T = T_, .shared = shared, .ld = ld, .seq = seq, .q_ld = q_ld};
+  const Bf q = rand_bf(size_t(B) * q_ld, 36), k = rand_bf(cache, 37), v = rand_bf(cache, 38);
   const Vec qd = wide_d(q), kd = wide_d(k), vd = wide_d(v);
   const double scale = 1 / std::sqrt((double)hs);
-  Vec tol_y((size_t)NH * hs);
-  for (int h = 0; h < NH; ++h) {
-    const size_t koff = size_t(h / (NH / KVH)) * hs;
-    double ds = 0, mx = -1e300, V = 0;
-    Vec sc(T_);
-    for (int tt = 0; tt < T_; ++tt) {
-      double sab = 0, dot = 0;
-      for (int d = 0; d < hs; ++d) {
-        sab += std::abs(qd[(size_t)h * hs + d] * kd[(size_t)tt * ld + koff + d]);
-        dot += qd[(size_t)h * hs + d] * kd[(size_t)tt * ld + koff + d];
-        V = std::max(V, std::abs(vd[(size_t)tt * ld + koff + d]));
+  Vec tol_y(size_t(B) * Q);
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < NH; ++h) {
+      const double* qh = qd.data() + size_t(b) * q_ld + size_t(h) * hs;
+      auto at = [&](int tt) { return (tt < shared ? 0 : b * seq) + size_t(tt) * ld + size_t(h / (NH / KVH)) * hs; };
+      double ds = 0, mx = -1e300, V = 0;
+      Vec sc(T_);
+      for (int tt = 0; tt < T_; ++tt) {
+        double sab = 0, dot = 0;
+        for (int d = 0; d < hs; ++d) {
+          sab += std::abs(qh[d] * kd[at(tt) + d]);
+          dot += qh[d] * kd[at(tt) + d];
+          V = std::max(V, std::abs(vd[at(tt) + d]));
+        }
+        ds = std::max(ds, t.gamma(hs) * scale * sab);
+        sc[tt] = dot * scale;
+        mx = std::max(mx, sc[tt]);
       }
-      ds = std::max(ds, t.gamma(hs) * scale * sab);
-      sc[tt] = dot * scale;
-      mx = std::max(mx, sc[tt]);
+      double z = 0;
+      for (double x : sc) z += std::exp(x - mx);
+      const double lse = mx + std::log(z), dlse = ds + t.gamma(T_) + t.gamma(4) * std::abs(lse);
+      for (int d = 0; d < hs; ++d)
+        tol_y[size_t(b) * Q + size_t(h) * hs + d] = kBoth * V * (ds + dlse + t.gamma(16) + t.gamma(T_));
     }
-    double z = 0;
-    for (double x : sc) z += std::exp(x - mx);
-    const double lse = mx + std::log(z), dlse = ds + t.gamma(T_) + t.gamma(4) * std::abs(lse);
-    for (int d = 0; d < hs; ++d)
-      tol_y[(size_t)h * hs + d] = kBoth * V * (ds + dlse + t.gamma(16) + t.gamma(T_));
-  }
-  DeviceBuffer<bf16> d_q(q), d_k(k), d_v(v), d_y(bnans((size_t)NH * hs));
-  DeviceBuffer<float> d_scratch(nans((size_t)NH * T_));
+  DeviceBuffer<bf16> d_q(q), d_k(k), d_v(v), d_y(bnans(size_t(B) * Q));
+  DeviceBuffer<float> d_scratch(nans(size_t(B) * NH * T_));
   cuda::backend_bf16().attention_decode(d_y.data(), d_scratch.data(), d_q.data(), d_k.data(),
-                                        d_v.data(), T_, NH, KVH, hs, ld);
-  FVec y_c((size_t)NH * hs), scratch_c((size_t)NH * T_);
+                                        d_v.data(), lay, NH, KVH, hs);
+  FVec y_c(size_t(B) * Q), scratch_c(size_t(B) * NH * T_);
   spec::f32().attention_decode(y_c.data(), scratch_c.data(), widen(q).data(), widen(k).data(),
-                               widen(v).data(), T_, NH, KVH, hs, ld);
+                               widen(v).data(), lay, NH, KVH, hs);
   expect_close_bf("y", d_y.to_host(), narrow(y_c), tol_y);
-  DeviceBuffer<float> f_q(widen(q)), f_k(widen(k)), f_v(widen(v)), f_y(nans((size_t)NH * hs));
-  cuda::attention_decode(f_y.data(), d_scratch.data(), f_q.data(), f_k.data(), f_v.data(), T_, NH,
-                         KVH, hs, ld);
+  DeviceBuffer<float> f_q(widen(q)), f_k(widen(k)), f_v(widen(v)), f_y(nans(size_t(B) * Q));
+  cuda::attention_decode(f_y.data(), d_scratch.data(), f_q.data(), f_k.data(), f_v.data(), lay, NH,
+                         KVH, hs);
   expect_bits("y vs fp32 kernel rounded", d_y.to_host(), narrow(f_y.to_host()));
 }
 

@@ -25,6 +25,7 @@
 #include "model_test_util.h"
 #include "op_tolerance.h"
 #include "ops/backend.h"
+#include "ops/cpu/blas.h"
 #include "optim/adamw.h"
 #include "tp_test_util.h"
 
@@ -104,6 +105,28 @@ TEST(Bf16Ops, MatmulAndClassifier) {
   be16().classifier_logits(logits.data(), x.data(), wv.data(), 2, C, V);
   be32().classifier_logits(logits_want.data(), xf.data(), wvf.data(), 2, C, V);
   expect_same("classifier logits", logits, logits_want);
+}
+
+// A decoder's products, of 1 to kSkinnyRows rows, read the bf16 weights as they are (no widened copy
+// per call): the same numbers as the float op on the widened operands, rounded once.
+TEST(Bf16Ops, FewRowProductsAreTheFloatOpsRounded) {
+  const int C = 100, OC = 67, V = 131;
+  for (int N : {1, 4, ops::cpu::kSkinnyRows}) {
+    SCOPED_TRACE(testing::Message() << "N " << N);
+    const B16 x = rand_b16(size_t(N) * C, 11), w = rand_b16(size_t(OC) * C, 12), bias = rand_b16(OC, 13),
+              wv = rand_b16(size_t(V) * C, 14);
+    B16 out = nan16(size_t(N) * OC), plain = nan16(size_t(N) * OC);
+    Floats want(size_t(N) * OC), plain_want(size_t(N) * OC), logits(size_t(N) * V), logits_want(size_t(N) * V);
+    be16().matmul_forward(out.data(), x.data(), w.data(), bias.data(), N, C, OC);
+    be32().matmul_forward(want.data(), widen(x).data(), widen(w).data(), widen(bias).data(), N, C, OC);
+    expect_rounded("matmul out", out, want);
+    be16().matmul_forward(plain.data(), x.data(), w.data(), nullptr, N, C, OC);
+    be32().matmul_forward(plain_want.data(), widen(x).data(), widen(w).data(), nullptr, N, C, OC);
+    expect_rounded("matmul out, no bias", plain, plain_want);
+    be16().classifier_logits(logits.data(), x.data(), wv.data(), N, C, V);
+    be32().classifier_logits(logits_want.data(), widen(x).data(), widen(wv).data(), N, C, V);
+    expect_same("classifier logits", logits, logits_want);
+  }
 }
 
 // GPT-2's MLP GEMMs fused with GELU: the float composition, each bf16 output rounded once, so GELU
@@ -293,14 +316,17 @@ TEST(Bf16Ops, EncoderAndAttention) {
   be32().attention_backward(dqkv_want.data(), df.data(), qkvf.data(), widen(o).data(), l.data(), B, T, C, NH);
   expect_rounded("packed attention dqkv", dqkv, dqkv_want);
 
-  // Decoding against a KV cache whose rows are wider than the kv heads (ld > KVH hs).
-  const int ld = KVH * hs + 5;
-  const B16 kc = rand_b16(size_t(T) * ld, 40), vc = rand_b16(size_t(T) * ld, 41), q1 = rand_b16(NH * hs, 42);
-  B16 y1 = nan16(NH * hs);
-  Floats scratch(size_t(NH) * T), scratch_want(scratch.size()), y1_want(NH * hs);
-  be16().attention_decode(y1.data(), scratch.data(), q1.data(), kc.data(), vc.data(), T, NH, KVH, hs, ld);
-  be32().attention_decode(y1_want.data(), scratch_want.data(), widen(q1).data(), widen(kc).data(), widen(vc).data(), T,
-                          NH, KVH, hs, ld);
+  // Decoding, 2 sequences, against caches whose rows are wider than the kv heads (ld > KVH hs),
+  // the first T/2 positions read from sequence 0's (a shared prefix), queries q_ld apart.
+  const int ld = KVH * hs + 5, Q = NH * hs, q_ld = Q + 3;
+  const size_t seq = size_t(T) * ld + 2, cache = seq + size_t(T) * ld;
+  const ops::DecodeLayout lay{.B = 2, .T = T, .shared = T / 2, .ld = ld, .seq = seq, .q_ld = q_ld};
+  const B16 kc = rand_b16(cache, 40), vc = rand_b16(cache, 41), q1 = rand_b16(2 * size_t(q_ld), 42);
+  B16 y1 = nan16(2 * size_t(Q));
+  Floats scratch(2 * size_t(NH) * T), scratch_want(scratch.size()), y1_want(2 * size_t(Q));
+  be16().attention_decode(y1.data(), scratch.data(), q1.data(), kc.data(), vc.data(), lay, NH, KVH, hs);
+  be32().attention_decode(y1_want.data(), scratch_want.data(), widen(q1).data(), widen(kc).data(), widen(vc).data(),
+                          lay, NH, KVH, hs);
   expect_rounded("attention_decode", y1, y1_want);
 }
 

@@ -545,31 +545,43 @@ void check_classifier(const Shape& s) {
   expect_close("logits", logits_t, logits_r, tol_logits);
 }
 
-// attention_decode: shape (T, NH, KVH, hs). One query over T cached positions is the last row of
-// causal attention over T rows whose last query is that one: the reference, and the bound, are
-// attention_gqa's for that row. The cache rows are padded (ld = KVH hs + 3), as a decoder's are
-// not, to check the stride.
+// attention_decode: shape (T, NH, KVH, hs, B, shared). One query over T cached positions is the last
+// row of causal attention over T rows whose last query is that one: the reference, and the bound,
+// are attention_gqa's for that row, for each of the B sequences. Sequence b's rows [0, shared) are
+// sequence 0's, and its own cache holds NaN there: the op must read them from sequence 0's. The
+// cache rows are padded (ld = KVH hs + 3), as are the caches (seq) and the queries (q_ld), with 7s
+// that must not be read either.
 template <class T>
 void check_attention_decode(const Shape& s) {
-  const int T_ = s[0], NH = s[1], KVH = s[2], hs = s[3];
-  const int C = NH * hs, KC = KVH * hs, ld = KC + 3;
-  const Vec q = rand_vec((size_t)T_ * C, 54), k = rand_vec((size_t)T_ * KC, 55), v = rand_vec((size_t)T_ * KC, 56),
-            dout = rand_vec((size_t)T_ * C, 57);
-  Vec out_r(q.size()), lse_r((size_t)NH * T_);
-  ref::attention_gqa_forward(out_r.data(), lse_r.data(), q.data(), k.data(), v.data(), 1, T_, NH, KVH, hs);
-  const auto tol = test::attention_tolerance(q, k, v, dout, out_r, lse_r, 1, T_, NH, KVH, hs, tol_for<T>());
-  const size_t last = (size_t)(T_ - 1) * C;
-  std::vector<T> kp((size_t)T_ * ld, T(7)), vp((size_t)T_ * ld, T(7));  // padding that must not be read
-  for (int t = 0; t < T_; ++t)
-    for (int c = 0; c < KC; ++c) {
-      kp[(size_t)t * ld + c] = (T)k[(size_t)t * KC + c];
-      vp[(size_t)t * ld + c] = (T)v[(size_t)t * KC + c];
-    }
-  const auto q_t = cast<T>(Vec(q.begin() + (long)last, q.end()));
-  auto y = nans<T>(C), scratch = nans<T>((size_t)NH * T_);
-  attention_decode<T>(y.data(), scratch.data(), q_t.data(), kp.data(), vp.data(), T_, NH, KVH, hs, ld);
-  expect_close("y", y, Vec(out_r.begin() + (long)last, out_r.end()),
-               Vec(tol.out.begin() + (long)last, tol.out.end()));
+  const int T_ = s[0], NH = s[1], KVH = s[2], hs = s[3], B = s[4], shared = s[5];
+  const int C = NH * hs, KC = KVH * hs, ld = KC + 3, q_ld = C + 2;
+  const size_t seq = (size_t)T_ * ld + 5;
+  std::vector<T> kp((B - 1) * seq + (size_t)T_ * ld, T(7)), vp(kp.size(), T(7)), q_t((size_t)B * q_ld, T(7));
+  Vec want((size_t)B * C), tol_y((size_t)B * C), k0, v0;
+  for (int b = 0; b < B; ++b) {
+    const Vec q = rand_vec((size_t)T_ * C, 54 + 4 * b), dout = rand_vec((size_t)T_ * C, 57 + 4 * b);
+    Vec k = rand_vec((size_t)T_ * KC, 55 + 4 * b), v = rand_vec((size_t)T_ * KC, 56 + 4 * b);
+    if (b == 0) k0 = k, v0 = v;
+    std::copy(k0.begin(), k0.begin() + (long)shared * KC, k.begin());  // the shared prefix
+    std::copy(v0.begin(), v0.begin() + (long)shared * KC, v.begin());
+    Vec out_r(q.size()), lse_r((size_t)NH * T_);
+    ref::attention_gqa_forward(out_r.data(), lse_r.data(), q.data(), k.data(), v.data(), 1, T_, NH, KVH, hs);
+    const auto tol = test::attention_tolerance(q, k, v, dout, out_r, lse_r, 1, T_, NH, KVH, hs, tol_for<T>());
+    const size_t last = (size_t)(T_ - 1) * C;
+    std::copy(out_r.begin() + (long)last, out_r.end(), want.begin() + (long)b * C);
+    std::copy(tol.out.begin() + (long)last, tol.out.end(), tol_y.begin() + (long)b * C);
+    for (int c = 0; c < C; ++c) q_t[(size_t)b * q_ld + c] = (T)q[last + c];
+    for (int t = 0; t < T_; ++t)
+      for (int c = 0; c < KC; ++c) {
+        const bool read = b == 0 || t >= shared;
+        kp[b * seq + (size_t)t * ld + c] = read ? (T)k[(size_t)t * KC + c] : std::numeric_limits<T>::quiet_NaN();
+        vp[b * seq + (size_t)t * ld + c] = read ? (T)v[(size_t)t * KC + c] : std::numeric_limits<T>::quiet_NaN();
+      }
+  }
+  auto y = nans<T>((size_t)B * C), scratch = nans<T>((size_t)B * NH * T_);
+  const DecodeLayout lay{.B = B, .T = T_, .shared = shared, .ld = ld, .seq = seq, .q_ld = q_ld};
+  attention_decode<T>(y.data(), scratch.data(), q_t.data(), kp.data(), vp.data(), lay, NH, KVH, hs);
+  expect_close("y", y, want, tol_y);
 }
 
 // ---- optimizer kernels (float only)
@@ -742,10 +754,14 @@ const std::vector<OpCase> kCases = {
     {"attention_gqa", {1, 65, 3, 1, 5}},
     {"attention_gqa", {1, 130, 8, 2, 12}},
     {"attention_gqa", {1, 300, 8, 2, 16}},
-    {"attention_decode", {1, 1, 1, 4}},
-    {"attention_decode", {37, 4, 2, 16}},
-    {"attention_decode", {65, 3, 3, 5}},
-    {"attention_decode", {300, 8, 1, 64}},
+    // attention_decode: (T, NH, KVH, hs, B, shared)
+    {"attention_decode", {1, 1, 1, 4, 1, 0}},
+    {"attention_decode", {37, 4, 2, 16, 1, 0}},
+    {"attention_decode", {65, 3, 3, 5, 1, 65}},
+    {"attention_decode", {300, 8, 1, 64, 1, 0}},
+    {"attention_decode", {37, 4, 2, 16, 3, 20}},
+    {"attention_decode", {9, 2, 1, 8, 4, 0}},
+    {"attention_decode", {40, 6, 3, 8, 2, 40}},
     {"matmul_gelu", {1, 1, 1}},
     {"matmul_gelu", {37, 67, 131}},
     {"matmul_gelu", {64, 96, 256}},
@@ -834,13 +850,15 @@ TEST(AttentionGqa, MatchesAttentionWhenKvhEqualsNh) {
 // gemm_skinny: every layout of A and B, with leading dimensions wider than the rows, alpha and
 // beta (0: C not read, NaN there), against the product in double; M from 1 to past the limit.
 TEST(CpuGemm, FewRowsMatchTheProductInEveryLayout) {
-  const int K = 37, N = 70, pad = 3;
+  const int N = 70, pad = 3;
   const float alpha = 0.75f;
+  for (int K : {5, 32, 37})  // under a vector of 16, whole vectors, and a tail
   for (int M : {1, 2, 5, cpu::kSkinnyRows, cpu::kSkinnyRows + 1})
     for (float beta : {0.5f, 0.0f})
       for (bool ta : {false, true})
         for (bool tb : {false, true}) {
-          SCOPED_TRACE(testing::Message() << "M " << M << " beta " << beta << " trans_a " << ta << " trans_b " << tb);
+          SCOPED_TRACE(testing::Message() << "K " << K << " M " << M << " beta " << beta << " trans_a " << ta
+                                          << " trans_b " << tb);
           // A: (M, K), or A^T with A (K, M); B: (K, N), or B^T with B (N, K); C (M, N). Each padded.
           const int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
           const Vec a = rand_vec(size_t(ta ? K : M) * lda, 61), b = rand_vec(size_t(tb ? N : K) * ldb, 62),
@@ -862,6 +880,29 @@ TEST(CpuGemm, FewRowsMatchTheProductInEveryLayout) {
           // K products and the scaled C: a sum of K + 1 terms, each at most |a| |b| or |c0|.
           expect_close("c", got, want, tol_for<float>().gamma(K + 1) * (K * max_abs(a) * max_abs(b) + max_abs(c0)));
         }
+}
+
+// gemm_skinny over bf16 weights computes what it does over the same weights widened to float, bit
+// for bit (the bf16 decoders' products are the float op's on the widened weights), for any rows,
+// lengths with and without a tail, padded rows and beta.
+TEST(CpuGemm, SkinnyOverBf16WeightsIsTheFloatKernelOnThemWidened) {
+  const int N = 70, pad = 3;
+  for (int K : {5, 37, 768})
+    for (int M : {1, 3, cpu::kSkinnyRows})
+      for (float beta : {0.0f, 1.0f}) {
+        SCOPED_TRACE(testing::Message() << "K " << K << " M " << M << " beta " << beta);
+        const int lda = K + pad, ldb = K + pad, ldc = N + pad;
+        const auto a = cast<float>(rand_vec(size_t(M) * lda, 64)), c0 = cast<float>(rand_vec(size_t(M) * ldc, 65));
+        const Vec b = rand_vec(size_t(N) * ldb, 66);
+        std::vector<bf16> b16(b.size());
+        std::vector<float> wide(b.size());
+        for (size_t i = 0; i < b.size(); ++i) wide[i] = float(b16[i] = bf16(float(b[i])));
+        auto c16 = c0, c32 = c0;
+        cpu::gemm_skinny(M, N, K, 0.5f, a.data(), lda, b16.data(), ldb, beta, c16.data(), ldc);
+        cpu::gemm_skinny(M, N, K, 0.5f, a.data(), lda, wide.data(), ldb, beta, c32.data(), ldc);
+        EXPECT_EQ(0, std::memcmp(c16.data(), c32.data(), c16.size() * sizeof(float)));
+        EXPECT_NE(c16, c0);
+      }
 }
 
 TEST(RopeInvFreq, ScalingRules) {

@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "core/half.h"
 #include "ops/backend.h"
+#include "ops/cpu/blas.h"
 #include "ops/cpu/rounded.h"
 
 namespace lmf::ops {
@@ -61,9 +62,24 @@ class Out {
 
 const Backend<float>& f32() { return cpu_backend<float>(MatmulPrecision::bf16); }
 
+// A product of at most kSkinnyRows rows (a decoder's step): out (N, OC) = inp w^T (+ bias) in float,
+// read from the bf16 weights as they are (cpu::gemm_skinny over bf16), not from a widened copy of
+// them per call: the float op's own computation (the bias seeded, then gemm_skinny), bit for bit.
+void skinny_product(float* out, const bf16* inp, const bf16* w, const bf16* bias, int N, int C, int OC) {
+  Wide i = widen(inp, size_t(N) * C);
+  float beta = 0.0f;
+  if (bias) {
+    for (int n = 0; n < N; ++n)
+      for (int o = 0; o < OC; ++o) out[size_t(n) * OC + o] = float(bias[o]);
+    beta = 1.0f;
+  }
+  cpu::gemm_skinny(N, OC, C, 1.0f, i.data(), C, w, C, beta, out, OC);
+}
+
 void matmul_forward(bf16* out, const bf16* inp, const bf16* w, const bf16* bias, int N, int C, int OC) {
-  Wide i = widen(inp, size_t(N) * C), ww = widen(w, size_t(OC) * C), b = widen(bias, size_t(OC));
   Out o(out, size_t(N) * OC);
+  if (N <= cpu::kSkinnyRows) return skinny_product(o.get(), inp, w, bias, N, C, OC);
+  Wide i = widen(inp, size_t(N) * C), ww = widen(w, size_t(OC) * C), b = widen(bias, size_t(OC));
   f32().matmul_forward(o.get(), i.data(), ww.data(), data_or_null(b), N, C, OC);
 }
 void matmul_backward(bf16* dinp, float* dw, float* dbias, const bf16* dout, const bf16* inp, const bf16* w, int N,
@@ -156,6 +172,7 @@ double classifier_ce_forward(float* losses, bf16* dx, float* dw, const bf16* x, 
   return f32().classifier_ce_forward(losses, d.get(), dw, xx.data(), ww.data(), targets, dloss, N, C, V);
 }
 void classifier_logits(float* logits, const bf16* x, const bf16* w, int N, int C, int V) {
+  if (N <= cpu::kSkinnyRows) return skinny_product(logits, x, w, nullptr, N, C, V);
   Wide xx = widen(x, size_t(N) * C), ww = widen(w, size_t(V) * C);
   f32().classifier_logits(logits, xx.data(), ww.data(), N, C, V);
 }
@@ -215,18 +232,12 @@ void attention_gqa_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, cons
   f32().attention_gqa_backward(dqo.get(), dko.get(), dvo.get(), d.data(), qq.data(), kk.data(), vv.data(), o.data(),
                                lse, B, T, NH, KVH, hs);
 }
-// k, v (T, ld): only the first KVH * hs columns of each row are read; widened with the stride.
-void attention_decode(bf16* y, float* scratch, const bf16* q, const bf16* k, const bf16* v, int T, int NH, int KVH,
-                      int hs, int ld) {
-  const size_t kv = size_t(KVH) * hs;
-  Wide qq = widen(q, size_t(NH) * hs), kk(size_t(T) * kv), vv(size_t(T) * kv);
-  for (int t = 0; t < T; ++t)
-    for (size_t c = 0; c < kv; ++c) {
-      kk[t * kv + c] = float(k[size_t(t) * ld + c]);
-      vv[t * kv + c] = float(v[size_t(t) * ld + c]);
-    }
-  Out o(y, size_t(NH) * hs);
-  f32().attention_decode(o.get(), scratch, qq.data(), kk.data(), vv.data(), T, NH, KVH, hs, int(kv));
+// The float op on the widened values, which it reads from the bf16 queries and caches as they are
+// (a step reads every cache once; a widened copy of them per call would cost more than the op).
+void attention_decode(bf16* y, float* scratch, const bf16* q, const bf16* k, const bf16* v, DecodeLayout c, int NH,
+                      int KVH, int hs) {
+  Out o(y, size_t(c.B) * NH * hs);
+  ops::attention_decode(o.get(), scratch, q, k, v, c, NH, KVH, hs);
 }
 void fill(bf16* x, bf16 value, size_t n) { std::fill(x, x + n, value); }
 void fill_stat(float* x, float value, size_t n) { std::fill(x, x + n, value); }

@@ -3,22 +3,29 @@
 // op(A) is A (M, K) with leading dimension lda, or A^T where A is (K, M); likewise B.
 // The build links OpenBLAS's OpenMP variant: called inside our own `omp parallel` region a GEMM
 // runs on the calling thread; called outside, it uses all threads.
-// A single row (M = 1, a decoder's step) goes to GEMV, and a few rows times B^T (a decoder's step
-// over a batch) to gemm_skinny: OpenBLAS's GEMM packs the whole of B first, a copy of every weight
-// per token that costs more than the product itself.
+// Up to kSkinnyRows rows times B^T (a decoder's step, over one sequence or a batch) go to
+// gemm_skinny, and other single rows to GEMV: OpenBLAS's GEMM packs the whole of B first, a copy
+// of every weight per token that costs more than the product itself.
 #include <cblas.h>
 
 #include <type_traits>
 
+#include "core/half.h"
+
 namespace lmf::ops::cpu {
 
 // Up to this many rows, a float product with B stored transposed (the linear layers' forward)
-// goes to gemm_skinny.
+// goes to gemm_skinny (one row too: as fast as OpenBLAS's GEMV there, bench_ops BM_gemv, and the
+// same sums as the bf16 weights' kernel).
 inline constexpr int kSkinnyRows = 16;
 
 // C (M, N) = alpha * A (M, K) @ B^T + beta * C (C not read when beta = 0), B (N, K): each row of B
-// read once for all of A's rows, over the threads (gemm_skinny.cpp). For M in [2, kSkinnyRows].
+// read once for all of A's rows, over the threads (gemm_skinny.cpp). For M in [1, kSkinnyRows].
 void gemm_skinny(int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb, float beta,
+                 float* C, int ldc);
+// The same over bf16 weights, read as they are (half the bytes) and widened in registers: the float
+// kernel's numbers on the widened B, bit for bit. For M in [1, kSkinnyRows] (the bf16 decoders').
+void gemm_skinny(int M, int N, int K, float alpha, const float* A, int lda, const bf16* B, int ldb, float beta,
                  float* C, int ldc);
 
 template <class T>
@@ -34,7 +41,7 @@ inline void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const
   const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans;
   const CBLAS_TRANSPOSE tb = trans_b ? CblasTrans : CblasNoTrans;
   if constexpr (std::is_same_v<T, float>) {
-    if (M > 1 && M <= kSkinnyRows && !trans_a && trans_b)
+    if (M <= kSkinnyRows && !trans_a && trans_b)
       return gemm_skinny(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   }
   if (M == 1) {

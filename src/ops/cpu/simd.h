@@ -13,6 +13,10 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "core/half.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define LMF_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -50,5 +54,65 @@ LMF_INLINE double vexp(double x) { return std::exp(x); }
 // (it uses 1 + tanh). Saturates to +-1 without inf/nan.
 LMF_INLINE float vtanh(float u) { return 1.0f - 2.0f / (vexp(2.0f * u) + 1.0f); }
 LMF_INLINE double vtanh(double u) { return std::tanh(u); }
+
+// Sums in a fixed order, vectorised: lane j of a sum of products takes the terms k = j (mod
+// kLanes), in GCC's vector types (one 512-bit register of floats, two 256-bit ones, or SSE and
+// scalar code, by ISA clone), then the lanes add up in a fixed tree (add_lanes). The order is the
+// source's, not the vectoriser's, and the same over float or bf16 operands (a bf16 widened in the
+// register is the float), so a kernel over bf16 data computes the float kernel's numbers on the
+// widened data, bit for bit. The helpers are always inlined into their clone, so no vector
+// crosses a call and GCC's -Wpsabi note (a vector argument's ABI without AVX-512) does not apply;
+// it is off for the files that include this one (it is reported at the end of the file).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+inline constexpr int kLanes = 16;
+using LanesF = float __attribute__((vector_size(kLanes * sizeof(float))));
+using LanesD = double __attribute__((vector_size(kLanes * sizeof(double))));
+using LanesU = uint32_t __attribute__((vector_size(kLanes * sizeof(uint32_t))));
+using LanesH = uint16_t __attribute__((vector_size(kLanes * sizeof(uint16_t))));
+LMF_INLINE LanesF load_lanes(const float* p) {
+  LanesF v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+LMF_INLINE LanesD load_lanes(const double* p) {
+  LanesD v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+LMF_INLINE LanesF load_lanes(const bf16* p) {
+  LanesH h;
+  std::memcpy(&h, p, sizeof h);
+  return (LanesF)(__builtin_convertvector(h, LanesU) << 16);  // each bf16 as the top half of a float
+}
+// One element as the sums' type: itself, or a bf16 widened.
+LMF_INLINE float lane_value(float x) { return x; }
+LMF_INLINE double lane_value(double x) { return x; }
+LMF_INLINE float lane_value(bf16 x) { return std::bit_cast<float>(uint32_t(x.bits) << 16); }
+// s[j] += s[j + w] for w = 8, 4, 2, 1: s[0].
+LMF_INLINE float add_lanes(LanesF s) {
+  using V8 = float __attribute__((vector_size(8 * sizeof(float))));
+  using V4 = float __attribute__((vector_size(4 * sizeof(float))));
+  const V8 t8 = __builtin_shufflevector(s, s, 0, 1, 2, 3, 4, 5, 6, 7) +
+                __builtin_shufflevector(s, s, 8, 9, 10, 11, 12, 13, 14, 15);
+  const V4 t4 = __builtin_shufflevector(t8, t8, 0, 1, 2, 3) + __builtin_shufflevector(t8, t8, 4, 5, 6, 7);
+  return (t4[0] + t4[2]) + (t4[1] + t4[3]);
+}
+LMF_INLINE double add_lanes(LanesD s) {
+  for (int w = kLanes / 2; w >= 1; w /= 2)
+    for (int j = 0; j < w; ++j) s[j] += s[j + w];
+  return s[0];
+}
+// sum_k a[k] b[k] over [0, n) in lanes; S the sums' type (float over float or bf16, or double).
+template <class S, class A, class B>
+LMF_INLINE S dot_lanes(const A* a, const B* b, int n) {
+  using V = std::conditional_t<std::is_same_v<S, double>, LanesD, LanesF>;
+  V s{};
+  int k = 0;
+  for (; k + kLanes <= n; k += kLanes) s += load_lanes(a + k) * load_lanes(b + k);
+  for (int j = 0; k + j < n; ++j) s[j] += lane_value(a[k + j]) * lane_value(b[k + j]);
+  return add_lanes(s);
+}
 
 }  // namespace lmf::ops::cpu

@@ -227,10 +227,11 @@ void attention_gqa_backward(float* dq, float* dk, float* dv, const float* dout, 
                             int B, int T, int NH, int KVH, int hs, cudaStream_t stream = 0,
                            ops::MatmulPrecision p = ops::MatmulPrecision::fp32);
 
-// One query against a KV cache, as ops::attention_decode (fp32): one block per query head,
-// the scores and exps through scratch (NH, T) in device memory, y summed in t order.
-void attention_decode(float* y, float* scratch, const float* q, const float* k, const float* v, int T, int NH,
-                      int KVH, int hs, int ld, cudaStream_t stream = 0);
+// One query per sequence against its KV cache, as ops::attention_decode (fp32): one block per
+// (query head, sequence), the scores and exps through scratch (B, NH, T) in device memory, y
+// summed in t order.
+void attention_decode(float* y, float* scratch, const float* q, const float* k, const float* v,
+                      ops::DecodeLayout c, int NH, int KVH, int hs, cudaStream_t stream = 0);
 
 // out (B, T, C) = wte (V, C)[tokens] + wpe (T, C)[t]; wpe nullptr: no position table (RoPE
 // models). tokens (B, T) int32 ON THE DEVICE, each in [0, V) (not checked).
@@ -343,8 +344,8 @@ void attention_gqa_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, cons
                             const bf16* k, const bf16* v, const bf16* out, const float* lse, int B,
                             int T, int NH, int KVH, int hs, cudaStream_t stream = 0,
                             ops::MatmulPrecision p = ops::MatmulPrecision::bf16);
-// y (NH, hs) bf16; scratch (NH, T) float; q (NH, hs), k, v (T, ld) bf16.
-void attention_decode(bf16* y, float* scratch, const bf16* q, const bf16* k, const bf16* v, int T,
-                      int NH, int KVH, int hs, int ld, cudaStream_t stream = 0);
+// y (B, NH hs) bf16; scratch (B, NH, T) float; q and the caches bf16.
+void attention_decode(bf16* y, float* scratch, const bf16* q, const bf16* k, const bf16* v,
+                      ops::DecodeLayout c, int NH, int KVH, int hs, cudaStream_t stream = 0);
 
 }  // namespace lmf::cuda
