@@ -466,19 +466,23 @@ void BM_attention(benchmark::State& st) {
   set_tflops(st, 2.0 * fwd_flops);
 }
 
-// One decoding step's attention over a KV cache of range(0) positions, GPT-2 124M's heads (12 x
-// 64): the cache is read once (2 T C floats).
+// One decoding step's attention over KV caches of range(0) positions, GPT-2 124M's heads (12 x
+// 64), for range(1) sequences: one sequence reads its cache once (2 T C floats); 8 sequences share
+// the first T - 64 positions (a prompt cached once, in sequence 0's cache), so the step reads
+// that prefix once, through L2 at best, and each sequence's last 64 rows.
 void BM_attention_decode(benchmark::State& st) {
   if (!need_device(st)) return;
-  const int T = int(st.range(0)), C = kC, NH = kNH, hs = kC / kNH;
-  auto q = rand_vec(C, 38), k = rand_vec(size_t(T) * C, 39), v = rand_vec(size_t(T) * C, 40);
-  FVec ref(C), scratch(size_t(NH) * T);
-  const ops::DecodeLayout lay{.B = 1, .T = T, .shared = 0, .ld = C, .seq = 0, .q_ld = C};
+  const int T = int(st.range(0)), B = int(st.range(1)), C = kC, NH = kNH, hs = kC / kNH;
+  const int shared = B > 1 ? std::max(0, T - 64) : 0;
+  const size_t seq = size_t(T) * C;
+  auto q = rand_vec(size_t(B) * C, 38), k = rand_vec(B * seq, 39), v = rand_vec(B * seq, 40);
+  FVec ref(size_t(B) * C), scratch(size_t(B) * NH * T);
+  const ops::DecodeLayout lay{.B = B, .T = T, .shared = shared, .ld = C, .seq = seq, .q_ld = C};
   ops::attention_decode(ref.data(), scratch.data(), q.data(), k.data(), v.data(), lay, NH, NH, hs);
-  DeviceBuffer<float> dq(q), dk(k), dv(v), dy(C), ds(size_t(NH) * T);
+  DeviceBuffer<float> dq(q), dk(k), dv(v), dy(size_t(B) * C), ds(size_t(B) * NH * T);
   auto launch = [&] { cuda::attention_decode(dy.data(), ds.data(), dq.data(), dk.data(), dv.data(), lay, NH, NH, hs); };
   launch();
-  run(st, launch, 4.0 * 2.0 * T * C, max_err(dy.to_host(), ref));
+  run(st, launch, 4.0 * 2.0 * (shared + double(B) * (T - shared)) * C, max_err(dy.to_host(), ref));
 }
 
 void BM_encoder(benchmark::State& st) {
@@ -815,7 +819,7 @@ LAB(BM_scale);
 LAB(BM_matmul_forward)->ArgsProduct({{3 * kC, 4 * kC}, {kC}, {0, 1, 2}})->ArgsProduct({{kC}, {4 * kC}, {0, 1, 2}});
 LAB(BM_matmul_backward)->ArgsProduct({{3 * kC, 4 * kC}, {kC}, {0, 1, 2}})->ArgsProduct({{kC}, {4 * kC}, {0, 1, 2}});
 LAB(BM_adamw_step)->Arg(0)->Arg(1);
-LAB(BM_attention_decode)->Arg(64)->Arg(1024)->Arg(8192);
+LAB(BM_attention_decode)->ArgsProduct({{64, 1024, 8192}, {1}})->ArgsProduct({{1024, 8192}, {8}});
 LAB(BM_attention)->ArgsProduct({{0, 1}, {0, 1, 2}});
 LAB(BM_encoder)->Arg(0)->Arg(1);
 LAB(BM_classifier_ce);
