@@ -36,7 +36,8 @@ struct MemorySpace {
   const VirtualMemory* virtual_memory = nullptr;  // nullptr: the space has none
 };
 
-// Aligned heap memory (64 bytes, core/buffer.h's kAlign).
+// Aligned host memory (64 bytes, core/buffer.h's kAlign): from the heap, or for 1 MiB and more a
+// mapping of its own, whose pages take memory only once written (memory.cpp).
 const MemorySpace& host_memory();
 
 // n values of T in a MemorySpace; movable, not copyable. Contents are not kept by resize().

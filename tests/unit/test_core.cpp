@@ -1,11 +1,49 @@
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
 #include <set>
 
+#include "core/memory.h"
 #include "core/param_store.h"
 #include "core/rng.h"
 
 namespace lmf {
+
+namespace {
+// Resident memory of this process, in bytes (/proc/self/statm's second field, in pages).
+long resident_bytes() {
+  long pages = 0, resident = 0;
+  FILE* f = std::fopen("/proc/self/statm", "r");
+  if (!f) return -1;
+  const int got = std::fscanf(f, "%ld %ld", &pages, &resident);
+  std::fclose(f);
+  return got == 2 ? resident * sysconf(_SC_PAGESIZE) : -1;
+}
+}  // namespace
+
+// A large host buffer is zero and takes memory only where it is written (a KV cache sized for the
+// whole context holds what is used), and gives it back when freed; a small one is zero too.
+TEST(HostMemory, LargeBuffersTakeMemoryOnlyWhereWritten) {
+  const long slack = 8L << 20;  // other allocations of the test process meanwhile
+  const size_t n = size_t(64) << 20;
+  const long before = resident_bytes();
+  ASSERT_GT(before, 0);
+  Array<unsigned char> a;
+  a.resize(n);
+  EXPECT_LT(resident_bytes() - before, slack) << "allocating 64 MiB made it resident";
+  EXPECT_EQ(a.data()[0] + a.data()[n / 2] + a.data()[n - 1], 0);
+  std::memset(a.data(), 1, n / 2);
+  EXPECT_GT(resident_bytes() - before, long(n / 2) - slack);
+  EXPECT_EQ(a.data()[n / 2 - 1], 1);
+  a.resize(0);
+  EXPECT_LT(resident_bytes() - before, slack) << "freeing did not give the pages back";
+  Array<float> small;
+  small.resize(1000);
+  for (size_t i = 0; i < small.size(); ++i) ASSERT_EQ(small.data()[i], 0.0f) << i;
+}
 
 TEST(ParamStore, OffsetsAreAlignedAndDisjoint) {
   ParamStore<float> ps;
