@@ -193,9 +193,10 @@ inline bool decode_layout_ok(const DecodeLayout& c, int NH, int KVH, int hs) {
 // One new query per sequence against its KV cache (decoding): y (B, NH*hs), row b = softmax(q_b
 // k_b^T / sqrt(hs)) v_b over sequence b's positions [0, T), query head h reading kv head h / (NH /
 // KVH). A cache row holds the KVH heads' hs values at columns [kh*hs, (kh+1)*hs). scratch (B, NH,
-// T): the probabilities. Per sequence and head: the scores in t order, their max, the exps and
-// their sum in t order, then y in t order of (e_t / sum) v_t; so a shared prefix gives the
-// numbers of the same rows copied into every cache, bit for bit.
+// T): the probabilities. Per sequence and head: the scores in t order (each a dot product in
+// cpu/simd.h's fixed lane order), their max, the exps and their sum in t order, then y in t order
+// of (e_t / sum) v_t; so a shared prefix gives the numbers of the same rows copied into every
+// cache, bit for bit.
 template <class F>
 void attention_decode(F* y, F* scratch, const F* q, const F* k, const F* v, DecodeLayout c, int NH, int KVH,
                       int hs);

@@ -3,8 +3,9 @@
 // sequence 0's rows by all of their blocks (through L2). A block's threads score the cached
 // positions (a serial dot in d order each), agree on the max and the sum of exps
 // (block_reduce.cuh), and then each owns dimensions of y, summing (e_t / sum) v_t in t order as
-// the CPU op does. fp32; the CPU op's numbers up to the order of the sum of exps. Templated over
-// the storage type T of y, q, k, v (float or bf16, bf16.cuh); scratch is float.
+// the CPU op does. fp32; the CPU op's numbers up to the order of the dot products (the CPU's in
+// lanes) and of the sum of exps. Templated over the storage type T of y, q, k, v (float or bf16,
+// bf16.cuh); scratch is float.
 #include <cuda_runtime.h>
 
 #include <cmath>
