@@ -317,6 +317,16 @@ const StTensorInfo* SafetensorsFile::find(const std::string& name) const {
   return it == index_.end() ? nullptr : &tensors_[it->second];
 }
 
+// The mapped file's pages wholly inside [p, p + n) leave this process's resident memory (they stay
+// in the page cache, and come back from the file if read again): a tensor copied out once is not
+// kept twice, so loading a checkpoint peaks at its parameters, not at them plus the file.
+void SafetensorsFile::release_pages(const uint8_t* p, size_t n) const {
+  const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + page - 1) / page * page,
+                  end = (reinterpret_cast<uintptr_t>(p) + n) / page * page;
+  if (map_ && end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 void SafetensorsFile::read_as_float(const std::string& name, const Shape& expected,
                                     float* dst) const {
   const StTensorInfo* t = find(name);
@@ -334,6 +344,7 @@ void SafetensorsFile::read_as_float(const std::string& name, const Shape& expect
   const uint8_t* src = data_ + t->offset;
   if (t->dtype == DType::F32) {
     if (t->nbytes) std::memcpy(dst, src, t->nbytes);
+    release_pages(src, t->nbytes);
     return;
   }
   // Element-wise memcpy: a foreign file's tensors need not be aligned to their element size.
@@ -362,6 +373,7 @@ void SafetensorsFile::read_as_float(const std::string& name, const Shape& expect
         break;  // excluded above
     }
   }
+  release_pages(src, t->nbytes);
 }
 
 }  // namespace lmf

@@ -74,7 +74,7 @@ class SafetensorsFile {
 
   // Copies tensor `name` into dst (numel(expected) floats), converting from F32, F64, BF16 or
   // F16. UserError naming the file and tensor if it is absent, has another shape, or another
-  // dtype.
+  // dtype. The tensor's pages of the mapping then leave resident memory (release_pages).
   void read_as_float(const std::string& name, const Shape& expected, float* dst) const;
 
  private:
@@ -82,6 +82,7 @@ class SafetensorsFile {
   void release() noexcept;
 
   std::filesystem::path path_;
+  void release_pages(const uint8_t* p, size_t n) const;
   void* map_ = nullptr;  // the whole file
   size_t map_size_ = 0;
   const uint8_t* data_ = nullptr;  // start of the data section, inside map_

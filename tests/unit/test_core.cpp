@@ -1,28 +1,16 @@
 #include <gtest/gtest.h>
 
-#include <unistd.h>
-
-#include <cstdio>
 #include <cstring>
 #include <set>
 
 #include "core/memory.h"
 #include "core/param_store.h"
 #include "core/rng.h"
+#include "test_util.h"
 
 namespace lmf {
 
-namespace {
-// Resident memory of this process, in bytes (/proc/self/statm's second field, in pages).
-long resident_bytes() {
-  long pages = 0, resident = 0;
-  FILE* f = std::fopen("/proc/self/statm", "r");
-  if (!f) return -1;
-  const int got = std::fscanf(f, "%ld %ld", &pages, &resident);
-  std::fclose(f);
-  return got == 2 ? resident * sysconf(_SC_PAGESIZE) : -1;
-}
-}  // namespace
+using test::resident_bytes;
 
 // A large host buffer is zero and takes memory only where it is written (a KV cache sized for the
 // whole context holds what is used), and gives it back when freed; a small one is zero too.

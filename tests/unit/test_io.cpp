@@ -241,6 +241,37 @@ TEST(Safetensors, ReadAsFloatConverts) {
                     "dtype I32");
 }
 
+// Reading a tensor out of the mapped file does not leave the file's pages resident besides the
+// copy (a checkpoint's load peaks at its parameters, not twice that), and a second read still
+// gets the same values (the pages come back from the file).
+TEST(Safetensors, ReadingDoesNotKeepTheFilesPages) {
+  TempDir dir;
+  const fs::path p = dir / "big.safetensors";
+  const size_t n = size_t(4) << 20;  // 16 MiB of F32, 8 MiB of BF16
+  std::vector<float> w(n);
+  std::vector<uint16_t> h(n);
+  for (size_t i = 0; i < n; ++i) {
+    w[i] = float(i % 64) * 0.25f;  // exact in bf16
+    h[i] = float_to_bf16(w[i]);
+  }
+  SafetensorsWriter wr;
+  wr.add("w", DType::F32, {int64_t(n)}, w.data());
+  wr.add("h", DType::BF16, {int64_t(n)}, h.data());
+  wr.write(p);
+  std::vector<float> got(n, -1.0f), got16(n, -1.0f);  // written: resident before the measure
+  auto f = SafetensorsFile::open(p);
+  const long before = test::resident_bytes();
+  ASSERT_GT(before, 0);
+  f.read_as_float("w", {int64_t(n)}, got.data());
+  f.read_as_float("h", {int64_t(n)}, got16.data());
+  EXPECT_LT(test::resident_bytes() - before, 4L << 20) << "the file's 24 MiB stayed resident";
+  EXPECT_EQ(got, w);
+  EXPECT_EQ(got16, w);
+  std::fill(got.begin(), got.end(), -1.0f);
+  f.read_as_float("w", {int64_t(n)}, got.data());
+  EXPECT_EQ(got, w);
+}
+
 // A file from elsewhere may pack mixed dtypes so that an F32 tensor starts at an odd offset, and
 // may use dtypes lmforge has no DType for.
 TEST(Safetensors, ForeignFileUnalignedAndUnknownDtype) {
