@@ -176,7 +176,8 @@ inline void expect_prefill_follows_forward(Model& m, const std::vector<int32_t>&
 
 // A decoder over a batch of sequences: row b of each step's logits follows a full forward over
 // sequence b's prefix (the tolerance above), after a prefill of different rows and after one of
-// alike rows (the one pass for all, copied to each sequence).
+// alike rows (the one pass for all, cached once in sequence 0's cache and shared, while the
+// sequences then part ways in their own).
 inline void expect_batch_decoder_follows_forward(Model& m, const std::vector<std::vector<int32_t>>& seqs, int V) {
   const int B = int(seqs.size()), T = int(seqs[0].size()), n = T / 2;
   auto dec = make_decoder(m, 0, B);
@@ -196,6 +197,7 @@ inline void expect_batch_decoder_follows_forward(Model& m, const std::vector<std
     for (int b = 0; b < B; ++b) rows.insert(rows.end(), seq(b).begin(), seq(b).begin() + n);
     dec->reset();
     const float* logits = dec->prefill(rows.data(), n);
+    EXPECT_EQ(dec->shared(), alike ? n : 0);
     for (int b = 0; b < B; ++b) expect_row(logits, b, seq(b), n);
     std::vector<int32_t> column(B);
     for (int t = n + 1; t <= T; ++t) {
@@ -207,7 +209,10 @@ inline void expect_batch_decoder_follows_forward(Model& m, const std::vector<std
         expect_row(logits, b, prefix, t);
       }
     }
+    EXPECT_EQ(dec->shared(), alike ? n : 0);
   }
+  dec->reset();
+  EXPECT_EQ(dec->shared(), 0);
 }
 
 }  // namespace lmf::test

@@ -80,9 +80,9 @@ class SafetensorsFile {
  private:
   SafetensorsFile() = default;
   void release() noexcept;
+  void release_pages(const uint8_t* p, size_t n) const;
 
   std::filesystem::path path_;
-  void release_pages(const uint8_t* p, size_t n) const;
   void* map_ = nullptr;  // the whole file
   size_t map_size_ = 0;
   const uint8_t* data_ = nullptr;  // start of the data section, inside map_

@@ -52,22 +52,15 @@ struct Row {
   const E* operator()(const E* kv, int t) const { return kv + (t < shared ? 0 : own) + size_t(t) * ld + koff; }
 };
 
-// The pair's kernel per ISA (simd.h's clones), for float and bf16 elements; double runs unspecialised.
-LMF_CLONES void pair_f32(float* y, float* a, const float* qh, const float* k, const float* v, Row<float> row, int T,
-                         int hs, float scale) {
+// The pair's kernel per ISA (simd.h's clones), for float and bf16 elements; double, for the tests'
+// reference, unspecialised.
+LMF_CLONES void pair(float* y, float* a, const float* qh, const float* k, const float* v, Row<float> row, int T, int hs,
+                     float scale) {
   one_pair(y, a, qh, k, v, row, T, hs, scale);
 }
-LMF_CLONES void pair_bf16(float* y, float* a, const bf16* qh, const bf16* k, const bf16* v, Row<bf16> row, int T,
-                          int hs, float scale) {
+LMF_CLONES void pair(float* y, float* a, const bf16* qh, const bf16* k, const bf16* v, Row<bf16> row, int T, int hs,
+                     float scale) {
   one_pair(y, a, qh, k, v, row, T, hs, scale);
-}
-void pair(float* y, float* a, const float* qh, const float* k, const float* v, Row<float> row, int T, int hs,
-          float scale) {
-  pair_f32(y, a, qh, k, v, row, T, hs, scale);
-}
-void pair(float* y, float* a, const bf16* qh, const bf16* k, const bf16* v, Row<bf16> row, int T, int hs,
-          float scale) {
-  pair_bf16(y, a, qh, k, v, row, T, hs, scale);
 }
 void pair(double* y, double* a, const double* qh, const double* k, const double* v, Row<double> row, int T, int hs,
           double scale) {

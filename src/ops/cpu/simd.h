@@ -104,15 +104,29 @@ LMF_INLINE double add_lanes(LanesD s) {
     for (int j = 0; j < w; ++j) s[j] += s[j + w];
   return s[0];
 }
-// sum_k a[k] b[k] over [0, n) in lanes; S the sums' type (float over float or bf16, or double).
+// out[r] = sum_k a[k] b[r][k] over [0, n) in lanes, for R rows of b at once (a's vector loaded once
+// for all of them); S the sums' type (float over float or bf16, or double).
+template <int R, class S, class A, class B>
+LMF_INLINE void dot_rows(S* out, const A* a, const B* const* b, int n) {
+  using V = std::conditional_t<std::is_same_v<S, double>, LanesD, LanesF>;
+  V s[R];
+  for (int r = 0; r < R; ++r) s[r] = V{};
+  int k = 0;
+  for (; k + kLanes <= n; k += kLanes) {
+    const V x = load_lanes(a + k);
+    for (int r = 0; r < R; ++r) s[r] += x * load_lanes(b[r] + k);
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int j = 0; k + j < n; ++j) s[r][j] += lane_value(a[k + j]) * lane_value(b[r][k + j]);
+    out[r] = add_lanes(s[r]);
+  }
+}
+// sum_k a[k] b[k] over [0, n) in lanes: dot_rows of one row.
 template <class S, class A, class B>
 LMF_INLINE S dot_lanes(const A* a, const B* b, int n) {
-  using V = std::conditional_t<std::is_same_v<S, double>, LanesD, LanesF>;
-  V s{};
-  int k = 0;
-  for (; k + kLanes <= n; k += kLanes) s += load_lanes(a + k) * load_lanes(b + k);
-  for (int j = 0; k + j < n; ++j) s[j] += lane_value(a[k + j]) * lane_value(b[k + j]);
-  return add_lanes(s);
+  S out;
+  dot_rows<1>(&out, a, &b, n);
+  return out;
 }
 
 }  // namespace lmf::ops::cpu
